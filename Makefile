@@ -1,0 +1,34 @@
+# make demo  -> create .venv, install, run the offline demo
+# make test  -> create .venv, install, run the test suite (offline)
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test train lint clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/vlmtune train --config configs/builtin/tiny_fashion_vqa.yaml
+	$(BIN)/vlmtune eval --model runs/tiny_fashion_vqa --data data/fashion-3000 --split test
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not gpu and not slow" -p no:cacheprovider; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+
+clean:
+	rm -rf $(VENV) runs data .pytest_cache

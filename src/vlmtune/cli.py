@@ -1,0 +1,158 @@
+"""`vlmtune <verb>`: subcommand -> function. Results are printed as JSON on the last stdout line.
+
+    vlmtune data synth fashion --out data/fashion --n 3000 --seed 0
+    vlmtune train --config configs/builtin/tiny_fashion_vqa.yaml [--train.lr 1e-3 ...]
+    vlmtune eval --model runs/tiny_fashion_vqa --data data/fashion --split test
+    vlmtune predict --model runs/tiny_fashion_vqa --data data/fashion --split test --out preds.jsonl
+    vlmtune models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _emit(result: dict) -> None:
+    print(json.dumps(result, ensure_ascii=False))
+
+
+def cmd_data_synth(a) -> dict:
+    from vlmtune.data.dataset import synthesize
+
+    counts = synthesize(a.out, a.world, a.n, a.seed, a.size, a.caption_fraction, a.val, a.test)
+    return {"out": str(a.out), "world": a.world, "splits": counts}
+
+
+def cmd_train(a, overrides: list[str]) -> dict:
+    from vlmtune.config import RunCfg
+    from vlmtune.train.loop import train
+
+    cfg = RunCfg.from_file(a.config, overrides)
+    return train(cfg)
+
+
+def _eval_samples(a, run_dir: Path | None):
+    from vlmtune.data.dataset import load_split
+
+    rejected = Path(a.out) / "rejected.jsonl" if getattr(a, "out", None) and a.skip_bad else None
+    samples = load_split(Path(a.data), a.split, a.skip_bad, rejected)
+    return samples[: a.limit] if a.limit else samples
+
+
+def _predictor(a):
+    from vlmtune.infer import Predictor
+
+    return Predictor.from_path(a.model, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
+                               num_beams=a.num_beams, max_length=a.max_length)
+
+
+def cmd_eval(a) -> dict:
+    from vlmtune.eval.runner import evaluate
+    from vlmtune.eval.tasks import get_task
+
+    out = Path(a.out) if a.out else Path(a.model) / "eval" / (a.split or "all")
+    a.out = str(out)
+    samples = _eval_samples(a, None)
+    metrics = evaluate(_predictor(a), a.data, samples, get_task(a.task), out, progress=True)
+    print(f"wrote {out}/metrics.json and {out}/predictions.jsonl", file=sys.stderr)
+    return metrics
+
+
+def cmd_predict(a) -> dict:
+    from vlmtune.eval.runner import predict
+
+    out = Path(a.out)
+    a.out = str(out.parent)
+    samples = _eval_samples(a, None)
+    rows = predict(_predictor(a), a.data, samples, out, progress=True)
+    return {"out": str(out), "n": len(rows)}
+
+
+def cmd_models(a) -> dict:
+    from vlmtune.models import FAMILIES
+
+    rows = {}
+    for name, f in FAMILIES.items():
+        rows[name] = {"description": f.description, "tasks": list(f.tasks), "lora_targets": list(f.lora_targets),
+                      "freeze_groups": sorted(f.freeze_groups), "text_only": f.text_only,
+                      "multi_image": f.multi_image}
+        print(f"{name:12s} {f.description}", file=sys.stderr)
+    return {"families": rows, "builtin": "model.path: builtin (llava family)"}
+
+
+def _add_model_args(p) -> None:
+    p.add_argument("--model", required=True, help="a run directory (its best checkpoint), checkpoint or HF model dir")
+    p.add_argument("--data", required=True, help="dataset directory (manifest.jsonl + images)")
+    p.add_argument("--split", default=None, help="split to use (default: every sample)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--limit", type=int, default=None, help="only the first N samples")
+    p.add_argument("--skip-bad", action="store_true", help="skip bad records (listed in rejected.jsonl)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ex = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="vlmtune", description=__doc__, formatter_class=ex)
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    d = sub.add_parser("data", help="create, import and check datasets")
+    dsub = d.add_subparsers(dest="data_verb", required=True)
+    s = dsub.add_parser("synth", help="draw a synthetic world with known answers", formatter_class=ex,
+                        epilog="example: vlmtune data synth fashion --out data/fashion --n 3000 --seed 0")
+    s.add_argument("world", choices=["fashion", "shapes"])
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--caption-fraction", type=float, default=0.0)
+    s.add_argument("--val", type=float, default=0.1, help="fraction in the val split")
+    s.add_argument("--test", type=float, default=0.1, help="fraction in the test split")
+    s.set_defaults(fn=cmd_data_synth)
+
+    t = sub.add_parser("train", help="fine-tune (or train) a model from a YAML config", formatter_class=ex,
+                       epilog="example: vlmtune train --config configs/builtin/tiny_fashion_vqa.yaml --train.lr 1e-3\n"
+                              "any config key can be overridden as --section.key VALUE")
+    t.add_argument("--config", "-c", default=None)
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="generate answers for a dataset and score them", formatter_class=ex,
+                       epilog="example: vlmtune eval --model runs/tiny_fashion_vqa --data data/fashion --split test")
+    _add_model_args(e)
+    e.add_argument("--task", default="vqa")
+    e.add_argument("--out", default=None, help="output directory (default: MODEL/eval/SPLIT)")
+    e.set_defaults(fn=cmd_eval)
+
+    pr = sub.add_parser("predict", help="write predictions for a dataset", formatter_class=ex,
+                        epilog="example: vlmtune predict --model runs/x --data data/fashion --out preds.jsonl")
+    _add_model_args(pr)
+    pr.add_argument("--out", required=True, help="predictions JSONL file")
+    pr.set_defaults(fn=cmd_predict)
+
+    m = sub.add_parser("models", help="list model families")
+    m.set_defaults(fn=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    a, rest = parser.parse_known_args(argv)
+    if a.verb == "train":
+        result = cmd_train(a, rest)
+    else:
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        result = a.fn(a)
+    _emit(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

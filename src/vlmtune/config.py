@@ -1,0 +1,271 @@
+"""Typed configuration of a run: every section is a dataclass, loaded from YAML plus dotted overrides.
+
+    cfg = RunCfg.from_file("configs/builtin/tiny_fashion_vqa.yaml", ["--train.lr", "1e-3", "--name", "x"])
+    cfg.save("runs/x/run_config.yaml")            # the resolved config, reloadable with RunCfg.from_file
+
+Unknown keys fail loudly (a typo never silently falls back to a default); values are converted to the
+declared field type; cross-field checks run at load time, not at step 5000.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+@dataclass
+class BuiltinCfg:
+    """The built-in model: an HF LLaVA-architecture model (CLIP vision tower + Llama decoder) built from a config."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_dim: int = 128
+    vision_layers: int = 4
+    text_dim: int = 128
+    text_layers: int = 2
+    heads: int = 4
+    vocab_size: int = 640
+    """Size of the byte-level BPE vocabulary trained at build time (special tokens included)."""
+
+
+@dataclass
+class ModelCfg:
+    family: str = "llava"
+    path: str = "builtin"
+    """A local directory or hub id loaded with the Auto classes; "builtin" builds the built-in model from `builtin`
+    with random weights (for training from scratch)."""
+    builtin: BuiltinCfg = field(default_factory=BuiltinCfg)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+@dataclass
+class LoraCfg:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: list[str] | None = None
+    """Module-name suffixes; None: the family's `lora_targets`."""
+
+
+@dataclass
+class SynthCfg:
+    """Generate the dataset with a synthetic world instead of reading one (self-contained recipes)."""
+
+    world: str = "fashion"
+    n: int = 3000
+    seed: int = 0
+    size: int = 64
+    caption_fraction: float = 0.0
+    val: float = 0.1
+    test: float = 0.1
+
+
+@dataclass
+class DataCfg:
+    path: str | None = None
+    """Dataset directory (manifest.jsonl + images/). With `synth` set and no manifest there yet, it is generated."""
+    synth: SynthCfg | None = None
+    train_split: str | None = "train"
+    """Split used for training; None: every sample."""
+    val_split: str | None = "val"
+    max_length: int = 512
+    """Samples longer than this (image tokens included) are rejected, never truncated."""
+    skip_bad: bool = False
+    """Skip malformed records (written to rejected.jsonl) instead of stopping."""
+
+    def __post_init__(self):
+        if self.path is None and self.synth is None:
+            raise ValueError("data: set `path` (a dataset directory) or `synth` (a synthetic world)")
+
+
+@dataclass
+class TrainCfg:
+    seed: int = 0
+    max_steps: int = 1000
+    """Optimizer steps."""
+    micro_batch_size: int = 8
+    global_batch_size: int = 8
+    lr: float = 2e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    freeze_vision: bool = False
+    freeze_projector: bool = False
+    freeze_language: bool = False
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    log_every: int = 10
+    eval_every: int = 0
+    """Evaluate on the val split every N steps (0: only at the end)."""
+    save_every: int = 0
+    """Save a resumable checkpoint every N steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """How many step-N checkpoints to keep (the best one is kept separately)."""
+    num_workers: int = 0
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    progress: bool = True
+
+    def grad_accum_steps(self, world: int = 1) -> int:
+        return self.global_batch_size // (self.micro_batch_size * world)
+
+    def __post_init__(self):
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError("train: global_batch_size must be a multiple of micro_batch_size")
+
+
+@dataclass
+class EvalCfg:
+    task: str = "vqa"
+    metric: str = "vqa_accuracy"
+    """Metric that picks the best checkpoint (higher is better)."""
+    batch_size: int = 32
+    max_new_tokens: int = 16
+    num_beams: int = 1
+    max_samples: int | None = None
+    """Evaluate on at most this many samples of the val split during training (None: all)."""
+
+
+@dataclass
+class RunCfg:
+    name: str = "run"
+    out_dir: str = "runs"
+    model: ModelCfg = field(default_factory=ModelCfg)
+    lora: LoraCfg = field(default_factory=LoraCfg)
+    data: DataCfg = field(default_factory=lambda: DataCfg(synth=SynthCfg()))
+    train: TrainCfg = field(default_factory=TrainCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunCfg:
+        return _build(cls, d, "")
+
+    @classmethod
+    def from_file(cls, path: str | Path | None, overrides: list[str] | None = None) -> RunCfg:
+        d = yaml.safe_load(Path(path).read_text()) if path else {}
+        d = d or {}
+        for key, value in parse_overrides(overrides or []):
+            _set_dotted(d, key, value)
+        return cls.from_dict(d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        tmp.replace(path)
+
+
+def parse_overrides(args: list[str]) -> list[tuple[str, str]]:
+    """`--train.lr 1e-3` or `--train.lr=1e-3` -> [("train.lr", "1e-3")]."""
+    out = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--"):
+            raise ValueError(f"expected --section.key VALUE, got {a!r}")
+        if "=" in a:
+            key, value = a[2:].split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ValueError(f"{a} needs a value")
+            key, value = a[2:], args[i + 1]
+            i += 2
+        out.append((key.replace("-", "_"), value))
+    return out
+
+
+def _set_dotted(d: dict, key: str, value: str) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        if d.get(p) is None:
+            d[p] = {}
+        d = d[p]
+    d[parts[-1]] = _RawOverride(value)
+
+
+class _RawOverride(str):
+    """A string from the command line, converted to the field's type when the config is built."""
+
+
+def _build(cls, d: Any, where: str):
+    if isinstance(d, cls):
+        return d
+    if not isinstance(d, dict):
+        raise ValueError(f"{where.rstrip('.') or 'config'}: expected a mapping, got {d!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise ValueError(f"{where.rstrip('.') or 'config'}: unknown key(s) {sorted(unknown)}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _convert(hints[name], value, f"{where}{name}") for name, value in d.items()}
+    return cls(**kwargs)
+
+
+def _convert(tp, value: Any, where: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, _RawOverride) and value.lower() in ("null", "none")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, _RawOverride):
+            raise ValueError(f"{where}: is a section; set its keys (--{where}.KEY VALUE)")
+        return _build(tp, value, where + ".")
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
+        return str(value)
+    if isinstance(value, _RawOverride):
+        if tp is str:
+            return str(value)
+        value = yaml.safe_load(value)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        return [_convert(args[0], v, where) for v in value]
+    if origin is dict:
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected true/false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        try:
+            out = tp(value)
+        except ValueError:
+            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        if tp is int and float(value) != out:
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return out
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value

@@ -1,0 +1,57 @@
+"""Training/eval datasets: a manifest's samples of one split, or a synthetic world generated on first use."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from vlmtune.data.store import MANIFEST, BadRecord, read_samples, write_rejected
+
+
+def synthesize(out: str | Path, world: str, n: int, seed: int = 0, size: int = 64, caption_fraction: float = 0.0,
+               val: float = 0.1, test: float = 0.1) -> dict[str, int]:
+    """Draw `n` samples of a synthetic world into `out` with train/val/test splits (different images)."""
+    from vlmtune.data.store import write_dataset
+    from vlmtune.data.synthetic import WORLDS
+
+    if world not in WORLDS:
+        raise ValueError(f"unknown synthetic world {world!r}; known: {sorted(WORLDS)}")
+    n_val, n_test = round(n * val), round(n * test)
+    n_train = n - n_val - n_test
+    counts = {"train": n_train, "val": n_val, "test": n_test}
+
+    def items():
+        for i, (sample, image) in enumerate(WORLDS[world](n, seed=seed, size=size, caption_fraction=caption_fraction)):
+            sample.split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+            yield sample, [image]
+
+    write_dataset(out, items())
+    return counts
+
+
+def prepare_data_dir(data_cfg) -> Path:
+    """The dataset directory of a DataCfg, generated from its synthetic world when it does not exist yet."""
+    s = data_cfg.synth
+    path = Path(data_cfg.path or f"data/{s.world}-n{s.n}-seed{s.seed}-size{s.size}")
+    if not (path / MANIFEST).is_file():
+        if s is None:
+            raise FileNotFoundError(f"{path}: no {MANIFEST}")
+        print(f"generating {s.n} samples of the {s.world!r} world into {path}", file=sys.stderr)
+        synthesize(path, s.world, s.n, s.seed, s.size, s.caption_fraction, s.val, s.test)
+    return path
+
+
+def load_split(root: Path, split: str | None, skip_bad: bool, rejected_path: Path | None = None):
+    """Samples of one split; bad records stop the run unless `skip_bad`, then they go to `rejected_path`."""
+    try:
+        samples, bad = read_samples(root, split, skip_bad=skip_bad)
+    except BadRecord as e:
+        raise BadRecord(e.file, e.line, e.reason + " (use --data.skip_bad true to skip bad records)", e.raw) from None
+    if bad:
+        print(f"{root}: skipped {len(bad)} bad record(s)" + (f", listed in {rejected_path}" if rejected_path else ""),
+              file=sys.stderr)
+        if rejected_path:
+            write_rejected(rejected_path, bad)
+    if not samples:
+        raise ValueError(f"{root}: no samples in split {split!r}")
+    return samples

@@ -1,0 +1,64 @@
+"""Predictor: the one generation path, shared by `vlmtune eval`, `vlmtune predict`, evaluation during training,
+serving and the demo.
+
+    p = Predictor.from_path("runs/tiny_fashion_vqa")          # a run (its best checkpoint), checkpoint or HF dir
+    p.ask(Image.open("x.png"), "What colour is the top?")     # -> "red"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlmtune.data.sample import Sample, assistant, user
+from vlmtune.models.family import Loaded, ModelFamily
+
+
+@dataclass
+class Predictor:
+    loaded: Loaded
+    family: ModelFamily
+    max_new_tokens: int = 16
+    num_beams: int = 1
+    batch_size: int = 16
+    max_length: int = 2048
+
+    @classmethod
+    def from_path(cls, path: str | Path, **kwargs) -> Predictor:
+        from vlmtune.models import get_family
+        from vlmtune.train.checkpoint import load_for_inference
+
+        loaded = load_for_inference(path)
+        return cls(loaded=loaded, family=get_family(loaded.family), **kwargs)
+
+    def generate(self, samples: list[Sample], images: list[list]) -> list[str]:
+        """Greedy (or beam) answers for each sample's prompt (its messages up to the last assistant turn)."""
+        import torch
+
+        model = self.loaded.model
+        was_training = model.training
+        model.eval()
+        answers: list[str] = []
+        try:
+            for i in range(0, len(samples), self.batch_size):
+                chunk, chunk_images = samples[i : i + self.batch_size], images[i : i + self.batch_size]
+                batch = self.family.encode(self.loaded.processor, chunk, chunk_images, "generate", self.max_length)
+                batch = batch.to(model.device)
+                with torch.inference_mode():
+                    out = model.generate(
+                        **batch.inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                        num_beams=self.num_beams,
+                    )
+                new = out[:, batch.inputs["input_ids"].shape[1] :]  # [B, new tokens]; prompts are left-padded
+                texts = self.loaded.processor.tokenizer.batch_decode(new, skip_special_tokens=True)
+                answers.extend(t.strip() for t in texts)
+        finally:
+            model.train(was_training)
+        return answers
+
+    def ask(self, image, question: str) -> str:
+        """One image (or None) and one question -> the answer."""
+        images = [image] if image is not None else []
+        sample = Sample(id="ask", messages=[user(question, n_images=len(images)), assistant("?")],
+                        images=["image"] * len(images))
+        return self.generate([sample], [images])[0]

@@ -1,0 +1,30 @@
+"""Model families: FAMILIES is the one registry (adding a family = one file + one line here)."""
+
+from __future__ import annotations
+
+from vlmtune.models import llava
+from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong
+
+FAMILIES: dict[str, ModelFamily] = {
+    "llava": llava.FAMILY,
+}
+
+
+def get_family(name: str) -> ModelFamily:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; known: {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def load_model(cfg, seed: int = 0) -> Loaded:
+    """Model + processor for a ModelCfg: the built-in model (random weights) or a checkpoint via the family."""
+    if cfg.path == "builtin":
+        from vlmtune.models.builtin import build_builtin
+
+        if cfg.family != "llava":
+            raise ValueError("model.path=builtin is a llava-family model; set model.family: llava")
+        return build_builtin(cfg.builtin, seed=seed)
+    return get_family(cfg.family).load(cfg)
+
+
+__all__ = ["FAMILIES", "Batch", "Loaded", "ModelFamily", "SampleTooLong", "get_family", "load_model"]

@@ -1,0 +1,93 @@
+"""`ModelFamily`: what vlmtune needs to know about one family of VLMs, and nothing more.
+
+A family turns `Sample`s into tensors (`encode`), names the modules LoRA adapts (`lora_targets`) and the
+parameter groups that can be frozen (`freeze_groups`), loads real checkpoints (`load`) and builds a tiny
+random model with an offline processor for tests (`tiny`). The training loop, the Predictor and the CLI
+only ever call these fields: family quirks stay in the family's own file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from vlmtune.config import ModelCfg
+    from vlmtune.data.sample import Sample
+
+Mode = Literal["train", "generate"]
+
+
+class SampleTooLong(ValueError):
+    """A sample does not fit `max_length`. vlmtune never truncates: it names the sample and stops or skips it."""
+
+
+@dataclass
+class Loaded:
+    """A model and its processor, as returned by `ModelFamily.load` / `ModelFamily.tiny`."""
+
+    model: Any
+    processor: Any
+    family: str
+
+
+@dataclass
+class Batch:
+    """Tensors ready for `model(**inputs)` (train) or `model.generate(**inputs)` (generate).
+
+    `inputs` holds exactly the keyword arguments of the model (input_ids, attention_mask, pixel_values, labels,
+    and family extras such as image_grid_thw); `ids` are the sample ids in batch order.
+    """
+
+    inputs: dict[str, Any]
+    ids: list[str]
+    n_target_tokens: int = 0
+
+    def to(self, device) -> Batch:
+        moved = {k: v.to(device) if hasattr(v, "to") else v for k, v in self.inputs.items()}
+        return Batch(moved, self.ids, self.n_target_tokens)
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    name: str
+    description: str
+    load: Callable[[ModelCfg], Loaded]
+    """Load model + processor from a local directory or hub id (Auto classes)."""
+    encode: Callable[..., Batch]
+    """encode(processor, samples, images, mode, max_length) -> Batch. In "train" mode labels are -100
+    everywhere except the assistant answer tokens and the end token; in "generate" mode the prompt ends with
+    the generation prompt and padding is on the left."""
+    lora_targets: tuple[str, ...]
+    """Module-name suffixes given to peft's target_modules (regex over the language model only)."""
+    freeze_groups: dict[str, tuple[str, ...]]
+    """Group name (vision, projector, language) -> parameter-name prefixes of that group."""
+    tiny: Callable[[], Loaded]
+    """A random tiny model + offline processor, in under a second, for tests."""
+    tasks: tuple[str, ...] = ("vqa", "caption")
+    text_only: bool = True
+    """Whether a batch may hold samples without images."""
+    multi_image: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def freeze_group_of(family: ModelFamily, param_name: str) -> str | None:
+    """The freeze group a parameter belongs to (peft's `base_model.model.` prefix is ignored)."""
+    name = param_name.removeprefix("base_model.model.")
+    for group, prefixes in family.freeze_groups.items():
+        if any(name.startswith(p) for p in prefixes):
+            return group
+    return None
+
+
+def load_image_list(samples: list[Sample], images: list[list[Image]]) -> list[Image]:
+    """Flatten per-sample image lists, checking each sample got as many images as it has slots."""
+    flat = []
+    for s, imgs in zip(samples, images, strict=True):
+        if len(imgs) != len(s.images):
+            raise ValueError(f"sample {s.id!r}: expected {len(s.images)} image(s), got {len(imgs)}")
+        flat.extend(imgs)
+    return flat

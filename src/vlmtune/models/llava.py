@@ -1,0 +1,106 @@
+"""LLaVA-1.5 family (`LlavaForConditionalGeneration`): CLIP/SigLIP vision tower -> MLP projector -> Llama/Mistral/...
+
+Every image is one `<image>` placeholder in the chat template, which the processor expands into a fixed number
+of feature tokens ((crop/patch)^2, CLS dropped). The built-in model is an ordinary member of this family.
+"""
+
+from __future__ import annotations
+
+from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list
+from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
+
+LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def load(cfg) -> Loaded:
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(
+        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+    )
+    model = AutoModelForImageTextToText.from_pretrained(
+        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+        dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation,
+    )
+    return Loaded(model=model, processor=processor, family="llava")
+
+
+def image_token_count(processor) -> int:
+    """Feature tokens per image, as LlavaProcessor computes them."""
+    crop = processor.image_processor.crop_size
+    n = (crop["height"] // processor.patch_size) * (crop["width"] // processor.patch_size)
+    n += processor.num_additional_image_tokens
+    if processor.vision_feature_select_strategy == "default":
+        n -= 1
+    return n
+
+
+def encode(processor, samples, images, mode: str = "train", max_length: int = 2048) -> Batch:
+    """Samples -> model inputs. "train": the whole conversation, labels only on assistant turns (+ end token),
+    right padding. "generate": the conversation up to the last assistant turn plus the generation prompt, left
+    padding. A sample longer than `max_length` (image tokens included) raises SampleTooLong; nothing is cut."""
+    import torch
+
+    tok = processor.tokenizer
+
+    def render(messages, add_generation_prompt):
+        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    train = mode == "train"
+    texts = [render(s.messages if train else s.prompt_messages, not train) for s in samples]
+    per_image = image_token_count(processor)
+    for s, text in zip(samples, texts):
+        n_text = len(tok(text).input_ids) - len(s.images)
+        n = n_text + per_image * len(s.images)
+        if n > max_length:
+            raise SampleTooLong(
+                f"sample {s.id!r}: {n} tokens ({per_image * len(s.images)} image tokens + {n_text} text tokens) "
+                f"exceed max_length={max_length}; vlmtune never truncates: raise max_length, shorten the text "
+                "or drop the sample"
+            )
+    flat = load_image_list(samples, images)
+    tok.padding_side = "right" if train else "left"
+    out = processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
+    inputs = dict(out)
+    n_target = 0
+    if train:
+        image_id = processor.image_token_id
+        labels = torch.full_like(out["input_ids"], IGNORE_INDEX)
+        for b, s in enumerate(samples):
+            ids = out["input_ids"][b][out["attention_mask"][b].bool()].tolist()
+            unexpanded, spans = assistant_spans(lambda t: tok(t).input_ids, render, s.messages, s.id)
+            lab = labels_for_expanded(unexpanded, spans, ids, image_id, [per_image] * len(s.images), s.id)
+            labels[b, : len(lab)] = torch.tensor(lab)
+        n_target = int((labels != IGNORE_INDEX).sum())
+        inputs["labels"] = labels
+    return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
+
+
+def tiny() -> Loaded:
+    """A random 2-layer LLaVA (ViT dim 32 on 32x32 images, Llama dim 32) with the built-in offline processor."""
+    from vlmtune.config import BuiltinCfg
+    from vlmtune.models.builtin import build_builtin
+
+    return build_builtin(BuiltinCfg(image_size=32, patch_size=8, vision_dim=32, vision_layers=2, text_dim=32,
+                                    text_layers=2, heads=4, vocab_size=640))
+
+
+FAMILY = ModelFamily(
+    name="llava",
+    description="LLaVA-1.5 (llava-hf/*): CLIP/SigLIP -> MLP projector -> Llama-style decoder; also the built-in model",
+    load=load,
+    encode=encode,
+    # regex: the language model's linears only (the CLIP tower has q_proj/k_proj/v_proj too)
+    lora_targets=(r".*language_model.*\.(" + "|".join(LANGUAGE_LINEARS) + ")",),
+    freeze_groups={
+        "vision": ("model.vision_tower.",),
+        "projector": ("model.multi_modal_projector.",),
+        "language": ("model.language_model.", "lm_head."),
+    },
+    tiny=tiny,
+    tasks=("vqa", "caption"),
+    text_only=True,
+    multi_image=True,
+    extra={"projector_modules": ("multi_modal_projector",)},
+)

@@ -1,0 +1,171 @@
+"""Checkpoints: atomic save, resume, best-by-metric, and loading any saved model back for inference.
+
+    runs/<name>/checkpoints/step-N/
+      config.json + model.safetensors      (full fine-tune)   or   adapter_config.json + adapter_model.safetensors
+      tokenizer / processor files          (everything AutoProcessor needs)
+      vlmtune.json                          family, whether it is an adapter, its base model, step, metrics
+      trainer/ trainable.safetensors optimizer.pt scheduler.pt rng.pt state.json   (only in resumable checkpoints)
+    runs/<name>/best/                       the checkpoint with the best validation metric (model files only)
+    runs/<name>/base/                       the base weights an adapter needs when the base was built, not downloaded
+
+A checkpoint is written into a temporary directory and renamed into place, so a run killed mid-save leaves
+the previous checkpoint intact. `torch.load` is only used with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+META = "vlmtune.json"
+TRAINER = "trainer"
+
+
+def save_model_files(path: Path, model, processor, meta: dict) -> None:
+    """Model weights (or adapter) + processor + vlmtune.json into `path` (which must not exist yet)."""
+    path.mkdir(parents=True)
+    model.save_pretrained(path, safe_serialization=True)
+    processor.save_pretrained(path)
+    (path / META).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_checkpoint(run_dir: Path, step: int, model, processor, meta: dict, optimizer, scheduler,
+                    state: dict) -> Path:
+    """A resumable checkpoint at checkpoints/step-N (model files + trainer state)."""
+    import torch
+    from safetensors.torch import save_file
+
+    final = run_dir / "checkpoints" / f"step-{step}"
+    tmp = final.with_name(f".tmp-step-{step}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model_files(tmp, model, processor, {**meta, "step": step})
+    trainer = tmp / TRAINER
+    trainer.mkdir()
+    trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(trainable, trainer / "trainable.safetensors")
+    torch.save(optimizer.state_dict(), trainer / "optimizer.pt")
+    torch.save(scheduler.state_dict(), trainer / "scheduler.pt")
+    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, trainer / "rng.pt")
+    (trainer / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
+    _swap_in(tmp, final)
+    return final
+
+
+def save_best(run_dir: Path, source: Path) -> Path:
+    """Copy a checkpoint's model files (not its trainer state) to run_dir/best atomically."""
+    tmp = run_dir / ".tmp-best"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(TRAINER))
+    final = run_dir / "best"
+    _swap_in(tmp, final)
+    return final
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete step-N checkpoints, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := re.fullmatch(r"step-(\d+)", p.name))]
+    return [p for _, p in sorted(found) if (p / TRAINER / "state.json").is_file()]
+
+
+def prune(run_dir: Path, keep: int) -> None:
+    for p in checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(p)
+
+
+def load_trainer_state(path: Path, model, optimizer, scheduler) -> dict:
+    """Restore trainable weights, optimizer, scheduler and RNG from a checkpoint; returns its state.json."""
+    import torch
+    from safetensors.torch import load_file
+
+    trainer = Path(path) / TRAINER
+    weights = load_file(trainer / "trainable.safetensors")
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    if missing or set(weights) - set(params):
+        raise RuntimeError(f"{path}: checkpoint does not match the model (missing {missing[:3]}, "
+                           f"unexpected {sorted(set(weights) - set(params))[:3]}); was the config changed?")
+    with torch.no_grad():
+        for n, w in weights.items():
+            params[n].copy_(w)
+    optimizer.load_state_dict(torch.load(trainer / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(trainer / "scheduler.pt", weights_only=True))
+    rng = torch.load(trainer / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(_as_tuple(rng["python"]))
+    return json.loads((trainer / "state.json").read_text())
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A run directory -> its best checkpoint (else its latest); a checkpoint or HF model directory -> itself."""
+    path = Path(path)
+    if (path / "run_config.yaml").is_file() and not (path / "config.json").exists():
+        if (path / "best" / META).is_file():
+            return path / "best"
+        done = checkpoints(path)
+        if done:
+            return done[-1]
+        raise FileNotFoundError(f"{path}: a run directory with no checkpoint yet")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such model directory (expected a run, checkpoint or HF model directory)")
+    return path
+
+
+RUN_BASE = "@run/base"
+"""meta["base"] of an adapter whose base model was built (not downloaded) and saved in the run's base/ directory."""
+
+
+def _base_path(model_dir: Path, base: str) -> str:
+    if base != RUN_BASE:
+        return base
+    for parent in (model_dir.parent, model_dir.parent.parent):
+        if (parent / "base" / "config.json").is_file():
+            return str(parent / "base")
+    raise FileNotFoundError(f"{model_dir}: adapter needs the run's base/ directory, which is missing")
+
+
+def load_for_inference(path: str | Path):
+    """Model + processor from a run, checkpoint, adapter or plain HF model directory, in eval mode."""
+    from transformers import AutoConfig
+
+    from vlmtune.config import ModelCfg
+    from vlmtune.models import FAMILIES, get_family
+    from vlmtune.models.family import Loaded
+
+    model_dir = resolve_model_dir(path)
+    meta = json.loads((model_dir / META).read_text()) if (model_dir / META).is_file() else {}
+    if meta.get("adapter"):
+        from peft import PeftModel
+        from transformers import AutoProcessor
+
+        base_cfg = ModelCfg(family=meta["family"], path=_base_path(model_dir, meta["base"]))
+        base = get_family(meta["family"]).load(base_cfg)
+        model = PeftModel.from_pretrained(base.model, model_dir)
+        loaded = Loaded(model=model, processor=AutoProcessor.from_pretrained(model_dir), family=meta["family"])
+    else:
+        family = meta.get("family") or AutoConfig.from_pretrained(model_dir).model_type
+        if family not in FAMILIES:
+            raise ValueError(f"{model_dir}: model type {family!r} is not a known family ({sorted(FAMILIES)})")
+        loaded = get_family(family).load(ModelCfg(family=family, path=str(model_dir)))
+    loaded.model.eval()
+    return loaded

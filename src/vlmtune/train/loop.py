@@ -1,0 +1,335 @@
+"""The training loop: `setup()` builds everything, `fit()` runs it, top to bottom, on Accelerate.
+
+    vlmtune train --config configs/builtin/tiny_fashion_vqa.yaml --train.max_steps 200
+
+One process or many (`accelerate launch` / `torchrun`: DDP, FSDP, DeepSpeed come from Accelerate). Each optimizer
+step consumes `global_batch_size` samples, in an order fixed by (seed, step) alone, so a resumed run sees exactly
+the samples an uninterrupted one would. The loss is averaged over answer tokens of the whole global batch (not
+mean-of-micro-batch-means), so gradient accumulation does not change the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlmtune.config import RunCfg
+from vlmtune.data.dataset import load_split, prepare_data_dir
+from vlmtune.data.sample import Sample
+from vlmtune.models import ModelFamily, get_family, load_model
+from vlmtune.models.family import Loaded, freeze_group_of
+from vlmtune.train import checkpoint as ckpt
+
+
+@dataclass
+class State:
+    cfg: RunCfg
+    run_dir: Path
+    accelerator: Any
+    family: ModelFamily
+    loaded: Loaded
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    data_root: Path
+    train: list[Sample]
+    val: list[Sample]
+    meta: dict
+    """vlmtune.json of every checkpoint: family, adapter or not, base model."""
+    step: int = 0
+    best: float | None = None
+    best_step: int | None = None
+
+
+# ---------------------------------------------------------------- builders
+
+
+def build_model(cfg: RunCfg, family: ModelFamily, run_dir: Path, is_main: bool) -> tuple[Loaded, Any, dict]:
+    """Load the model, apply LoRA and freezing; returns (loaded, trainable model, checkpoint meta)."""
+    loaded = load_model(cfg.model, seed=cfg.train.seed)
+    model = loaded.model
+    frozen = {g for g, on in (("vision", cfg.train.freeze_vision), ("projector", cfg.train.freeze_projector),
+                              ("language", cfg.train.freeze_language)) if on}
+    meta = {"family": family.name, "adapter": cfg.lora.enabled, "base": cfg.model.path}
+    if cfg.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        if cfg.model.path == "builtin":  # a built (random) base must be saved for the adapter to mean anything
+            if is_main and not (run_dir / "base" / "config.json").is_file():
+                tmp = run_dir / ".tmp-base"
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+                ckpt.save_model_files(tmp, model, loaded.processor, {"family": family.name})
+                tmp.rename(run_dir / "base")
+            meta["base"] = ckpt.RUN_BASE
+        targets = cfg.lora.targets or list(family.lora_targets)
+        projector = [] if "projector" in frozen else list(family.extra.get("projector_modules", ()))
+        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=targets[0] if len(targets) == 1 else targets,
+                          modules_to_save=projector or None)
+        model = get_peft_model(model, lora)
+    else:
+        for name, p in model.named_parameters():
+            if freeze_group_of(family, name) in frozen:
+                p.requires_grad_(False)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("nothing to train: every parameter group is frozen")
+    return loaded, model, meta
+
+
+def build_optimizer(cfg: RunCfg, model):
+    import torch
+
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95))
+    t = cfg.train
+
+    def factor(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.schedule == "constant":
+            return 1.0
+        progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if t.schedule == "cosine" else 1 - progress
+        return t.min_lr_ratio + (1 - t.min_lr_ratio) * shape
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_data(cfg: RunCfg, run_dir: Path) -> tuple[Path, list[Sample], list[Sample]]:
+    root = prepare_data_dir(cfg.data)
+    train = load_split(root, cfg.data.train_split, cfg.data.skip_bad, run_dir / "rejected.jsonl")
+    val = []
+    if cfg.data.val_split:
+        val = load_split(root, cfg.data.val_split, cfg.data.skip_bad, run_dir / "rejected.jsonl")
+        if cfg.eval.max_samples:
+            val = val[: cfg.eval.max_samples]
+    return root, train, val
+
+
+def sample_order(n: int, seed: int, step: int, per_step: int) -> list[int]:
+    """Indices of the samples of optimizer step `step`: epoch permutations from (seed, epoch), concatenated."""
+    import numpy as np
+
+    start = step * per_step
+    out: list[int] = []
+    while len(out) < per_step:
+        epoch, offset = divmod(start + len(out), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        out.extend(int(i) for i in perm[offset : offset + per_step - len(out)])
+    return out
+
+
+# ---------------------------------------------------------------- setup / fit
+
+
+def setup(cfg: RunCfg) -> State:
+    """Everything `fit` needs: accelerator, model (+LoRA/freezing), optimizer, schedule, data; resumes if it can."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+    run_dir = cfg.run_dir
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        log_with=cfg.train.trackers or None,
+        project_dir=str(run_dir),
+        # LLaVA under DDP: text-only batches leave the vision tower unused
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+    )
+    if cfg.train.global_batch_size % (cfg.train.micro_batch_size * accelerator.num_processes):
+        raise ValueError("global_batch_size must be a multiple of micro_batch_size x number of processes")
+    set_seed(cfg.train.seed)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "run_config.yaml")
+        data_root, train, val = build_data(cfg, run_dir)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        data_root, train, val = build_data(cfg, run_dir)
+    family = get_family(cfg.model.family)
+    loaded, model, meta = build_model(cfg, family, run_dir, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    optimizer, scheduler = build_optimizer(cfg, model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = State(cfg, run_dir, accelerator, family, loaded, model, optimizer, scheduler, data_root, train, val, meta)
+    done = ckpt.checkpoints(run_dir)
+    if done:
+        resumed = ckpt.load_trainer_state(done[-1], accelerator.unwrap_model(model), optimizer, scheduler)
+        state.step, state.best, state.best_step = resumed["step"], resumed.get("best"), resumed.get("best_step")
+        if accelerator.is_main_process:
+            _truncate_log(run_dir / "metrics.jsonl", state.step)
+        accelerator.print(f"resumed from {done[-1]} (step {state.step})", file=sys.stderr)
+    torch.manual_seed(cfg.train.seed + state.step)
+    if cfg.train.trackers:
+        flat = {k: v for k, v in _flatten(cfg.to_dict()).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("tensorboard", config=flat)
+    return state
+
+
+def fit(state: State) -> dict:
+    """Train to `max_steps`: micro-steps, clip, step, log, eval every N, save every N. Returns the final metrics."""
+    import torch
+
+    cfg, acc, t = state.cfg, state.accelerator, state.cfg.train
+    world, rank = acc.num_processes, acc.process_index
+    accum = t.grad_accum_steps(world)
+    model = state.model
+    model.train()
+    bar = None
+    if t.progress and acc.is_main_process:
+        from tqdm import tqdm
+
+        bar = tqdm(total=t.max_steps, initial=state.step, desc="train", file=sys.stderr, dynamic_ncols=True)
+    last: dict = {}
+    tic = time.perf_counter()
+    while state.step < t.max_steps:
+        order = sample_order(len(state.train), t.seed, state.step, t.global_batch_size)
+        mine = order[rank * t.micro_batch_size * accum : (rank + 1) * t.micro_batch_size * accum]
+        batches = [encode_batch(state, [state.train[i] for i in mine[k : k + t.micro_batch_size]])
+                   for k in range(0, len(mine), t.micro_batch_size)]
+        # token-weighted loss over the whole global batch (all micro-batches, all processes)
+        n_tokens = torch.tensor(sum(b.n_target_tokens for b in batches), device=acc.device, dtype=torch.float32)
+        total_tokens = acc.reduce(n_tokens, reduction="sum").clamp(min=1)
+        loss_sum = 0.0
+        for k, batch in enumerate(batches):
+            batch = batch.to(acc.device)
+            sync = k == len(batches) - 1
+            with acc.no_sync(model) if not sync else contextlib.nullcontext():
+                with acc.autocast():
+                    out = model(**batch.inputs)
+                loss = out.loss * batch.n_target_tokens / total_tokens * world  # DDP averages over processes
+                acc.backward(loss)
+            loss_sum += out.loss.item() * batch.n_target_tokens
+        grad_norm = acc.clip_grad_norm_(model.parameters(), t.grad_clip) if t.grad_clip > 0 else None
+        state.optimizer.step()
+        state.scheduler.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        step_loss = acc.reduce(torch.tensor(loss_sum, device=acc.device), reduction="sum").item() / total_tokens.item()
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+        if state.step % t.log_every == 0 or state.step == t.max_steps:
+            row = {"step": state.step, "loss": step_loss, "lr": state.scheduler.get_last_lr()[0],
+                   "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                   "samples_per_s": t.global_batch_size * t.log_every / (time.perf_counter() - tic)}
+            log(state, row)
+            tic = time.perf_counter()
+        final = state.step == t.max_steps
+        evaluated = None
+        if state.val and ((t.eval_every and state.step % t.eval_every == 0) or final):
+            evaluated = validate(state)
+            last = evaluated
+        if (t.save_every and state.step % t.save_every == 0) or final:
+            save(state, evaluated)
+    if bar:
+        bar.close()
+    acc.wait_for_everyone()
+    acc.end_training()
+    return last
+
+
+def encode_batch(state: State, samples: list[Sample]):
+    from vlmtune.eval.runner import load_images
+
+    images = [load_images(state.data_root, s) for s in samples]
+    return state.family.encode(state.loaded.processor, samples, images, "train", state.cfg.data.max_length)
+
+
+def validate(state: State) -> dict:
+    """Generation-based metrics on the val split (main process), logged with the step."""
+    from vlmtune.eval.runner import evaluate
+    from vlmtune.eval.tasks import get_task
+    from vlmtune.infer import Predictor
+
+    acc = state.accelerator
+    metrics: dict = {}
+    if acc.is_main_process:
+        e = state.cfg.eval
+        unwrapped = acc.unwrap_model(state.model)
+        predictor = Predictor(Loaded(unwrapped, state.loaded.processor, state.family.name), state.family,
+                              max_new_tokens=e.max_new_tokens, num_beams=e.num_beams, batch_size=e.batch_size,
+                              max_length=state.cfg.data.max_length)
+        out_dir = state.run_dir / "predictions" / f"step-{state.step}"
+        metrics = evaluate(predictor, state.data_root, state.val, get_task(e.task), out_dir)
+        flat = {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+        log(state, {"step": state.step, **flat})
+        acc.print(json.dumps({"step": state.step, **{k: round(v, 4) for k, v in flat.items()}}), file=sys.stderr)
+    acc.wait_for_everyone()
+    return metrics
+
+
+def save(state: State, evaluated: dict | None) -> None:
+    """A resumable checkpoint; it becomes best/ when its validation metric beats the best so far."""
+    acc = state.accelerator
+    if acc.is_main_process:
+        metric = state.cfg.eval.metric
+        value = evaluated.get(metric) if evaluated else None
+        if value is not None and (state.best is None or value > state.best):
+            state.best, state.best_step = value, state.step
+            improved = True
+        else:
+            improved = False
+        model = acc.unwrap_model(state.model)
+        meta = {**state.meta, "metrics": evaluated or {}}
+        path = ckpt.save_checkpoint(state.run_dir, state.step, model, state.loaded.processor, meta, state.optimizer,
+                                    state.scheduler, {"best": state.best, "best_step": state.best_step})
+        if improved or not (state.run_dir / "best").exists():
+            ckpt.save_best(state.run_dir, path)
+        ckpt.prune(state.run_dir, max(1, state.cfg.train.keep_checkpoints))
+        # keep best/ pointing at the best step even when its step-N directory is pruned
+    acc.wait_for_everyone()
+
+
+def log(state: State, row: dict) -> None:
+    acc = state.accelerator
+    if acc.is_main_process:
+        with open(state.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+    if state.cfg.train.trackers:
+        acc.log({k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}, step=row["step"])
+
+
+def train(cfg: RunCfg) -> dict:
+    """setup + fit; returns the final validation metrics (with the best step)."""
+    state = setup(cfg)
+    metrics = fit(state)
+    return {**metrics, "best": state.best, "best_step": state.best_step, "run_dir": str(state.run_dir)}
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log rows written after the checkpoint a run resumes from (the killed run got further than it saved)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line
+    from vlmtune.data.store import atomic_write_text
+
+    atomic_write_text(path, "".join(x + "\n" for x in keep))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
