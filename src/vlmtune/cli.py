@@ -144,12 +144,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     a, rest = parser.parse_known_args(argv)
-    if a.verb == "train":
-        result = cmd_train(a, rest)
-    else:
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        result = a.fn(a)
+    if a.verb != "train" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        result = cmd_train(a, rest) if a.verb == "train" else a.fn(a)
+    except (ValueError, FileNotFoundError) as e:  # bad input: say what and where, without a traceback
+        if os.environ.get("VLMTUNE_DEBUG"):
+            raise
+        print(f"vlmtune {a.verb}: error: {e}", file=sys.stderr)
+        return 2
     _emit(result)
     return 0
 

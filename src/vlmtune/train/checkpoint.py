@@ -26,6 +26,9 @@ TRAINER = "trainer"
 
 def save_model_files(path: Path, model, processor, meta: dict) -> None:
     """Model weights (or adapter) + processor + vlmtune.json into `path` (which must not exist yet)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one tiny bar per save only clutters the training log
     path.mkdir(parents=True)
     model.save_pretrained(path, safe_serialization=True)
     processor.save_pretrained(path)

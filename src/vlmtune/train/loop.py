@@ -182,7 +182,7 @@ def fit(state: State) -> dict:
     """Train to `max_steps`: micro-steps, clip, step, log, eval every N, save every N. Returns the final metrics."""
     import torch
 
-    cfg, acc, t = state.cfg, state.accelerator, state.cfg.train
+    acc, t = state.accelerator, state.cfg.train
     world, rank = acc.num_processes, acc.process_index
     accum = t.grad_accum_steps(world)
     model = state.model

@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import REPO
+
+from vlmtune.config import RunCfg, parse_overrides
+
+
+def test_dotted_overrides_are_typed():
+    cfg = RunCfg.from_file(None, ["--train.lr", "1e-3", "--data.synth.n", "100", "--lora.targets", "q_proj,v_proj",
+                                  "--eval.max_samples", "null", "--train.freeze_vision", "true", "--name=x"])
+    assert cfg.train.lr == 1e-3 and isinstance(cfg.train.lr, float)
+    assert cfg.data.synth.n == 100
+    assert cfg.lora.targets == ["q_proj", "v_proj"]
+    assert cfg.eval.max_samples is None
+    assert cfg.train.freeze_vision is True
+    assert cfg.name == "x"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--train.lrr", "1"], "unknown key"),
+    (["--train.max_steps", "1.5"], "integer"),
+    (["--train.freeze_vision", "maybe"], "true/false"),
+    (["--train.schedule", "exp"], "not one of"),
+    (["--train", "1"], "is a section"),
+    (["--train.micro_batch_size", "3"], "multiple"),
+    (["train.lr", "1"], "expected --section.key"),
+])
+def test_bad_config_fails_loudly(args, message):
+    with pytest.raises(ValueError, match=message):
+        RunCfg.from_file(None, args)
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = RunCfg.from_file(None, ["--train.lr", "5e-4", "--lora.enabled", "true"])
+    cfg.save(tmp_path / "run_config.yaml")
+    assert RunCfg.from_file(tmp_path / "run_config.yaml") == cfg
+
+
+def test_parse_overrides_forms():
+    assert parse_overrides(["--a.b", "1", "--c-d=2"]) == [("a.b", "1"), ("c_d", "2")]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_recipe_parses_and_says_how_to_run_it(path: Path):
+    text = path.read_text()
+    assert text.startswith("# vlmtune "), "each recipe opens with the command that runs it"
+    cfg = RunCfg.from_dict(yaml.safe_load(text))
+    assert cfg.name
+
+
+def test_recipes_exist():
+    assert (REPO / "configs" / "builtin" / "tiny_fashion_vqa.yaml").is_file()
