@@ -35,10 +35,11 @@ def cmd_train(a, overrides: list[str]) -> dict:
     return train(cfg)
 
 
-def _eval_samples(a, run_dir: Path | None):
+def _eval_samples(a, out_dir: Path):
+    """The samples to evaluate; with --skip-bad, bad records are listed in OUT_DIR/rejected.jsonl."""
     from vlmtune.data.dataset import load_split
 
-    rejected = Path(a.out) / "rejected.jsonl" if getattr(a, "out", None) and a.skip_bad else None
+    rejected = out_dir / "rejected.jsonl" if a.skip_bad else None
     samples = load_split(Path(a.data), a.split, a.skip_bad, rejected)
     return samples[: a.limit] if a.limit else samples
 
@@ -55,8 +56,7 @@ def cmd_eval(a) -> dict:
     from vlmtune.eval.tasks import get_task
 
     out = Path(a.out) if a.out else Path(a.model) / "eval" / (a.split or "all")
-    a.out = str(out)
-    samples = _eval_samples(a, None)
+    samples = _eval_samples(a, out)
     metrics = evaluate(_predictor(a), a.data, samples, get_task(a.task), out, progress=True)
     print(f"wrote {out}/metrics.json and {out}/predictions.jsonl", file=sys.stderr)
     return metrics
@@ -66,8 +66,7 @@ def cmd_predict(a) -> dict:
     from vlmtune.eval.runner import predict
 
     out = Path(a.out)
-    a.out = str(out.parent)
-    samples = _eval_samples(a, None)
+    samples = _eval_samples(a, out.parent)
     rows = predict(_predictor(a), a.data, samples, out, progress=True)
     return {"out": str(out), "n": len(rows)}
 

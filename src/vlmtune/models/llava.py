@@ -50,8 +50,13 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     train = mode == "train"
     texts = [render(s.messages if train else s.prompt_messages, not train) for s in samples]
     per_image = image_token_count(processor)
+    tokenized = []  # per sample: (ids with one placeholder per image, assistant spans)
     for s, text in zip(samples, texts):
-        n_text = len(tok(text).input_ids) - len(s.images)
+        if train:
+            unexpanded, spans = assistant_spans(lambda t: tok(t).input_ids, render, s.messages, s.id)
+        else:
+            unexpanded, spans = tok(text).input_ids, []
+        n_text = len(unexpanded) - len(s.images)
         n = n_text + per_image * len(s.images)
         if n > max_length:
             raise SampleTooLong(
@@ -59,6 +64,7 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
                 f"exceed max_length={max_length}; vlmtune never truncates: raise max_length, shorten the text "
                 "or drop the sample"
             )
+        tokenized.append((unexpanded, spans))
     flat = load_image_list(samples, images)
     tok.padding_side = "right" if train else "left"
     out = processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
@@ -67,9 +73,8 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     if train:
         image_id = processor.image_token_id
         labels = torch.full_like(out["input_ids"], IGNORE_INDEX)
-        for b, s in enumerate(samples):
+        for b, (s, (unexpanded, spans)) in enumerate(zip(samples, tokenized)):
             ids = out["input_ids"][b][out["attention_mask"][b].bool()].tolist()
-            unexpanded, spans = assistant_spans(lambda t: tok(t).input_ids, render, s.messages, s.id)
             lab = labels_for_expanded(unexpanded, spans, ids, image_id, [per_image] * len(s.images), s.id)
             labels[b, : len(lab)] = torch.tensor(lab)
         n_target = int((labels != IGNORE_INDEX).sum())

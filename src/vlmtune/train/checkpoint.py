@@ -67,6 +67,18 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, meta: dict, opti
     return final
 
 
+def save_base(run_dir: Path, model, processor, family: str) -> None:
+    """The base weights of a built (not downloaded) model, saved once per run so its adapters can be reloaded."""
+    final = run_dir / "base"
+    if (final / "config.json").is_file():
+        return
+    tmp = run_dir / ".tmp-base"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model_files(tmp, model, processor, {"family": family})
+    _swap_in(tmp, final)
+
+
 def save_best(run_dir: Path, source: Path) -> Path:
     """Copy a checkpoint's model files (not its trainer state) to run_dir/best atomically."""
     tmp = run_dir / ".tmp-best"

@@ -61,13 +61,8 @@ def build_model(cfg: RunCfg, family: ModelFamily, run_dir: Path, is_main: bool) 
         from peft import LoraConfig, get_peft_model
 
         if cfg.model.path == "builtin":  # a built (random) base must be saved for the adapter to mean anything
-            if is_main and not (run_dir / "base" / "config.json").is_file():
-                tmp = run_dir / ".tmp-base"
-                import shutil
-
-                shutil.rmtree(tmp, ignore_errors=True)
-                ckpt.save_model_files(tmp, model, loaded.processor, {"family": family.name})
-                tmp.rename(run_dir / "base")
+            if is_main:
+                ckpt.save_base(run_dir, model, loaded.processor, family.name)
             meta["base"] = ckpt.RUN_BASE
         targets = cfg.lora.targets or list(family.lora_targets)
         projector = [] if "projector" in frozen else list(family.extra.get("projector_modules", ()))
@@ -277,19 +272,16 @@ def save(state: State, evaluated: dict | None) -> None:
     if acc.is_main_process:
         metric = state.cfg.eval.metric
         value = evaluated.get(metric) if evaluated else None
-        if value is not None and (state.best is None or value > state.best):
+        improved = value is not None and (state.best is None or value > state.best)
+        if improved:
             state.best, state.best_step = value, state.step
-            improved = True
-        else:
-            improved = False
         model = acc.unwrap_model(state.model)
         meta = {**state.meta, "metrics": evaluated or {}}
         path = ckpt.save_checkpoint(state.run_dir, state.step, model, state.loaded.processor, meta, state.optimizer,
                                     state.scheduler, {"best": state.best, "best_step": state.best_step})
         if improved or not (state.run_dir / "best").exists():
             ckpt.save_best(state.run_dir, path)
-        ckpt.prune(state.run_dir, max(1, state.cfg.train.keep_checkpoints))
-        # keep best/ pointing at the best step even when its step-N directory is pruned
+        ckpt.prune(state.run_dir, max(1, state.cfg.train.keep_checkpoints))  # best/ is a copy: pruning keeps it
     acc.wait_for_everyone()
 
 
