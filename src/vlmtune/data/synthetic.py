@@ -151,23 +151,25 @@ def _sample(
 _FIGURE: dict[str, tuple[float, float, float, float]] = {
     "head": (-5.0, -25.0, 5.0, -15.0),
     "neck": (-1.5, -16.0, 1.5, -13.0),
-    "torso": (-8.0, -13.0, 8.0, 5.0),
-    "left_arm": (-13.0, -13.0, -9.0, 3.0),
-    "right_arm": (9.0, -13.0, 13.0, 3.0),
-    "left_short_sleeve": (-14.0, -13.0, -8.0, -6.0),
-    "right_short_sleeve": (8.0, -13.0, 14.0, -6.0),
-    "left_long_sleeve": (-14.0, -13.0, -8.0, 0.0),
-    "right_long_sleeve": (8.0, -13.0, 14.0, 0.0),
-    "hips": (-8.0, 5.0, 8.0, 10.0),
-    "left_leg": (-7.5, 5.0, -1.0, 23.0),
-    "right_leg": (1.0, 5.0, 7.5, 23.0),
-    "left_shorts_leg": (-8.0, 5.0, -0.5, 12.0),
-    "right_shorts_leg": (0.5, 5.0, 8.0, 12.0),
-    "skirt": (-12.0, 5.0, 12.0, 17.0),
-    "left_shoe": (-8.5, 22.0, -1.0, 25.0),
-    "right_shoe": (1.0, 22.0, 8.5, 25.0),
+    "torso": (-9.0, -13.0, 9.0, 5.0),
+    "left_arm": (-16.0, -13.0, -10.0, 4.0),
+    "right_arm": (10.0, -13.0, 16.0, 4.0),
+    # Sleeves are wider than the arm, so a garment's type changes its silhouette, not only a few arm pixels:
+    # t-shirt sleeves flare out short, sweater sleeves run to the wrist, a tank top leaves the arms bare.
+    "left_short_sleeve": (-19.0, -13.0, -9.0, -5.0),
+    "right_short_sleeve": (9.0, -13.0, 19.0, -5.0),
+    "left_long_sleeve": (-17.0, -13.0, -9.0, 2.0),
+    "right_long_sleeve": (9.0, -13.0, 17.0, 2.0),
+    "hips": (-9.0, 5.0, 9.0, 10.0),
+    "left_leg": (-8.5, 5.0, -1.0, 23.0),
+    "right_leg": (1.0, 5.0, 8.5, 23.0),
+    "left_shorts_leg": (-9.5, 5.0, -0.5, 12.0),
+    "right_shorts_leg": (0.5, 5.0, 9.5, 12.0),
+    "skirt": (-15.0, 5.0, 15.0, 17.0),
+    "left_shoe": (-9.5, 22.0, -1.0, 25.0),
+    "right_shoe": (1.0, 22.0, 9.5, 25.0),
 }
-_SKIRT_TOP_HALF_WIDTH = 8.0
+_SKIRT_TOP_HALF_WIDTH = 9.0
 
 
 def figure_boxes(cx: int, cy: int, scale: float, size: int = 64) -> dict[str, Box]:
@@ -236,16 +238,16 @@ def _draw_figure(
     x0, y0, x1, y1 = boxes["torso"]
     ink = _pattern_colour(top_colour)
     if pattern == "striped":
-        period, thickness = max(3, round(4 * k)), max(1, round(2 * k))
+        period, thickness = max(4, round(6 * k)), max(2, round(3 * k))
         y = y0 + 2
         while y + thickness - 1 <= y1 - 1:
             draw.rectangle((x0 + 1, y, x1 - 1, y + thickness - 1), fill=ink)
             y += period
     elif pattern == "dotted":
-        # Two columns by three rows of round dots, 4 px across at 64 px, at least ~1.4 px apart.
+        # Two columns by three rows of round dots, 4 px across at 64 px, at least ~2 px apart.
         d = max(3, round(4 * k))
         mx, my = (x0 + x1) / 2, (y0 + y1) / 2
-        for dx in (-4.0, 4.0):
+        for dx in (-4.5, 4.5):
             for dy in (-6.0, 0.0, 6.0):
                 px, py = round(mx + dx * k) - d // 2, round(my + dy * k) - d // 2
                 draw.ellipse((px, py, px + d - 1, py + d - 1), fill=ink)
