@@ -102,6 +102,10 @@ class TrainCfg:
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
+    hflip: bool = False
+    """Mirror each training image left-right with probability 0.5 (decided by seed, step and position, so a resumed
+    run flips the same images). Only for data whose answers do not depend on left/right: a training text that
+    mentions left or right stops the run."""
     freeze_vision: bool = False
     freeze_projector: bool = False
     freeze_language: bool = False

@@ -90,3 +90,28 @@ def test_lora_run_saves_adapter_and_reloads_for_inference(tmp_path, fashion_dir)
     val, _ = read_samples(fashion_dir, split="val")
     p = Predictor.from_path(run, max_new_tokens=4)
     assert p.generate(val, [load_images(fashion_dir, s) for s in val]) == [r["prediction"] for r in rows]
+
+
+def test_hflip_is_a_fixed_function_of_seed_and_step_and_mirrors_the_images(tmp_path, fashion_dir):
+    from vlmtune.train.loop import encode_batch, hflip_mask
+
+    masks = [hflip_mask(0, step, 64) for step in range(4)]
+    assert masks == [hflip_mask(0, step, 64) for step in range(4)]  # a resumed run flips the same images
+    assert masks[0] != masks[1] and 16 < sum(masks[0]) < 48
+    cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, fashion_dir, train={"hflip": True}))
+    state = setup(cfg)
+    samples = state.train[:2]
+    plain = encode_batch(state, samples, [False, False]).inputs["pixel_values"]  # [B, C, H, W]
+    mixed = encode_batch(state, samples, [True, False]).inputs["pixel_values"]
+    assert torch.equal(mixed[0], plain[0].flip(-1)) and not torch.equal(mixed[0], plain[0])
+    assert torch.equal(mixed[1], plain[1])
+
+
+def test_hflip_refuses_data_that_talks_about_left_and_right(tmp_path):
+    from vlmtune.data.dataset import synthesize
+
+    data = tmp_path / "shapes"
+    synthesize(data, "shapes", 40, seed=0)
+    cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, data, train={"hflip": True}))
+    with pytest.raises(ValueError, match=r"train.hflip: sample 'shapes-0-\d+' mentions left/right"):
+        setup(cfg)

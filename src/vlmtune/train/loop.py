@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Any
 
 from vlmtune.config import RunCfg
 from vlmtune.data.dataset import load_split, prepare_data_dir
-from vlmtune.data.sample import Sample
+from vlmtune.data.sample import Sample, message_text
 from vlmtune.models import ModelFamily, get_family, load_model
 from vlmtune.models.family import Loaded, freeze_group_of
 from vlmtune.train import checkpoint as ckpt
@@ -126,6 +127,26 @@ def sample_order(n: int, seed: int, step: int, per_step: int) -> list[int]:
     return out
 
 
+def hflip_mask(seed: int, step: int, n: int) -> list[bool]:
+    """Which of the `n` samples of optimizer step `step` are mirrored: a function of (seed, step) alone."""
+    import numpy as np
+
+    return [bool(x) for x in np.random.default_rng([seed, step, 1]).random(n) < 0.5]
+
+
+_SIDES = re.compile(r"\b(left|right)", re.IGNORECASE)
+
+
+def check_hflip(samples: list[Sample]) -> None:
+    """Mirroring swaps left and right: refuse it for data whose texts talk about sides."""
+    for s in samples:
+        for m in s.messages:
+            text = message_text(m)
+            if _SIDES.search(text):
+                raise ValueError(f"train.hflip: sample {s.id!r} mentions left/right ({text!r}); mirroring its image "
+                                 "would make the answer wrong. Turn hflip off for this data.")
+
+
 # ---------------------------------------------------------------- setup / fit
 
 
@@ -153,6 +174,8 @@ def setup(cfg: RunCfg) -> State:
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         data_root, train, val = build_data(cfg, run_dir)
+    if cfg.train.hflip:
+        check_hflip(train)
     family = get_family(cfg.model.family)
     loaded, model, meta = build_model(cfg, family, run_dir, accelerator.is_main_process)
     accelerator.wait_for_everyone()
@@ -192,7 +215,10 @@ def fit(state: State) -> dict:
     while state.step < t.max_steps:
         order = sample_order(len(state.train), t.seed, state.step, t.global_batch_size)
         mine = order[rank * t.micro_batch_size * accum : (rank + 1) * t.micro_batch_size * accum]
-        batches = [encode_batch(state, [state.train[i] for i in mine[k : k + t.micro_batch_size]])
+        flips = hflip_mask(t.seed, state.step, len(order)) if t.hflip else [False] * len(order)
+        mine_flips = flips[rank * t.micro_batch_size * accum : (rank + 1) * t.micro_batch_size * accum]
+        batches = [encode_batch(state, [state.train[i] for i in mine[k : k + t.micro_batch_size]],
+                                mine_flips[k : k + t.micro_batch_size])
                    for k in range(0, len(mine), t.micro_batch_size)]
         # token-weighted loss over the whole global batch (all micro-batches, all processes)
         n_tokens = torch.tensor(sum(b.n_target_tokens for b in batches), device=acc.device, dtype=torch.float32)
@@ -236,10 +262,14 @@ def fit(state: State) -> dict:
     return last
 
 
-def encode_batch(state: State, samples: list[Sample]):
+def encode_batch(state: State, samples: list[Sample], flips: list[bool] | None = None):
+    from PIL import ImageOps
+
     from vlmtune.eval.runner import load_images
 
     images = [load_images(state.data_root, s) for s in samples]
+    if flips:
+        images = [[ImageOps.mirror(im) for im in ims] if f else ims for ims, f in zip(images, flips, strict=True)]
     return state.family.encode(state.loaded.processor, samples, images, "train", state.cfg.data.max_length)
 
 
