@@ -214,9 +214,10 @@ def fit(state: State) -> dict:
     tic = time.perf_counter()
     while state.step < t.max_steps:
         order = sample_order(len(state.train), t.seed, state.step, t.global_batch_size)
-        mine = order[rank * t.micro_batch_size * accum : (rank + 1) * t.micro_batch_size * accum]
+        lo, hi = rank * t.micro_batch_size * accum, (rank + 1) * t.micro_batch_size * accum  # this process's share
+        mine = order[lo:hi]
         flips = hflip_mask(t.seed, state.step, len(order)) if t.hflip else [False] * len(order)
-        mine_flips = flips[rank * t.micro_batch_size * accum : (rank + 1) * t.micro_batch_size * accum]
+        mine_flips = flips[lo:hi]
         batches = [encode_batch(state, [state.train[i] for i in mine[k : k + t.micro_batch_size]],
                                 mine_flips[k : k + t.micro_batch_size])
                    for k in range(0, len(mine), t.micro_batch_size)]
