@@ -216,10 +216,9 @@ def fit(state: State) -> dict:
         order = sample_order(len(state.train), t.seed, state.step, t.global_batch_size)
         lo, hi = rank * t.micro_batch_size * accum, (rank + 1) * t.micro_batch_size * accum  # this process's share
         mine = order[lo:hi]
-        flips = hflip_mask(t.seed, state.step, len(order)) if t.hflip else [False] * len(order)
-        mine_flips = flips[lo:hi]
+        flips = hflip_mask(t.seed, state.step, len(order))[lo:hi] if t.hflip else None
         batches = [encode_batch(state, [state.train[i] for i in mine[k : k + t.micro_batch_size]],
-                                mine_flips[k : k + t.micro_batch_size])
+                                flips[k : k + t.micro_batch_size] if flips else None)
                    for k in range(0, len(mine), t.micro_batch_size)]
         # token-weighted loss over the whole global batch (all micro-batches, all processes)
         n_tokens = torch.tensor(sum(b.n_target_tokens for b in batches), device=acc.device, dtype=torch.float32)
