@@ -66,8 +66,32 @@ class SynthCfg:
     seed: int = 0
     size: int = 64
     caption_fraction: float = 0.0
+    questions: list[str] | None = None
+    """Question types to ask (e.g. [top_colour, bottom_colour]); None: all of the world's."""
     val: float = 0.1
     test: float = 0.1
+
+    def default_path(self) -> str:
+        qs = "-" + "+".join(self.questions) if self.questions else ""
+        cap = f"-cap{self.caption_fraction:g}" if self.caption_fraction else ""
+        return f"data/{self.world}-n{self.n}-seed{self.seed}-size{self.size}{cap}{qs}"
+
+
+@dataclass
+class SourceCfg:
+    """One weighted source of training data (domain or replay); see `data.sources`."""
+
+    name: str
+    path: str | None = None
+    synth: SynthCfg | None = None
+    split: str | None = "train"
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if self.path is None and self.synth is None:
+            raise ValueError(f"data.sources[{self.name}]: set `path` or `synth`")
+        if not self.weight > 0:
+            raise ValueError(f"data.sources[{self.name}]: weight must be > 0, got {self.weight}")
 
 
 @dataclass
@@ -82,10 +106,20 @@ class DataCfg:
     """Samples longer than this (image tokens included) are rejected, never truncated."""
     skip_bad: bool = False
     """Skip malformed records (written to rejected.jsonl) instead of stopping."""
+    sources: list[SourceCfg] | None = None
+    """Weighted training mix, e.g. the domain plus replay of general data (text-only samples allowed). Each
+    optimizer step takes from source i a share weight_i / sum(weights) of the global batch, exactly (see
+    `data/mix.py`); loss and sample counts are logged per source. Validation still uses `path`/`synth`."""
 
     def __post_init__(self):
         if self.path is None and self.synth is None:
             raise ValueError("data: set `path` (a dataset directory) or `synth` (a synthetic world)")
+        if self.sources is not None:
+            names = [s.name for s in self.sources]
+            if not names:
+                raise ValueError("data.sources: empty list (leave it out to train on `path`)")
+            if len(set(names)) != len(names):
+                raise ValueError(f"data.sources: names must be unique, got {names}")
 
 
 @dataclass
@@ -142,6 +176,38 @@ class EvalCfg:
 
 
 @dataclass
+class ProbeCfg:
+    """A dataset scored for the base model before step 0 and at every eval, to measure forgetting."""
+
+    name: str
+    path: str | None = None
+    synth: SynthCfg | None = None
+    split: str | None = "val"
+    task: str = "vqa"
+    metric: str = "vqa_accuracy"
+    max_samples: int | None = None
+
+    def __post_init__(self):
+        if self.path is None and self.synth is None:
+            raise ValueError(f"probes[{self.name}]: set `path` or `synth`")
+
+
+@dataclass
+class ForgettingCfg:
+    max_drop: float | None = None
+    """Largest allowed drop of any probe below the base model, in points (100 x the metric: VQA accuracy 0.62 is
+    62 points). A checkpoint beyond it is never chosen as best. None: no gate (drops are still measured)."""
+    stop_on_violation: bool = False
+    """End training at the first eval whose probes break the gate."""
+
+    def __post_init__(self):
+        if self.max_drop is not None and self.max_drop < 0:
+            raise ValueError(f"forgetting.max_drop must be >= 0 points, got {self.max_drop}")
+        if self.stop_on_violation and self.max_drop is None:
+            raise ValueError("forgetting.stop_on_violation needs forgetting.max_drop")
+
+
+@dataclass
 class RunCfg:
     name: str = "run"
     out_dir: str = "runs"
@@ -150,6 +216,17 @@ class RunCfg:
     data: DataCfg = field(default_factory=lambda: DataCfg(synth=SynthCfg()))
     train: TrainCfg = field(default_factory=TrainCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
+    probes: list[ProbeCfg] = field(default_factory=list)
+    forgetting: ForgettingCfg = field(default_factory=ForgettingCfg)
+    report: bool = True
+    """Write report.html in the run directory at the end of training."""
+
+    def __post_init__(self):
+        names = [p.name for p in self.probes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"probes: names must be unique, got {names}")
+        if self.forgetting.max_drop is not None and not self.probes:
+            raise ValueError("forgetting.max_drop needs at least one entry in `probes`")
 
     @property
     def run_dir(self) -> Path:
@@ -251,7 +328,7 @@ def _convert(tp, value: Any, where: str):
             value = [v for v in value.split(",") if v]
         if not isinstance(value, list):
             raise ValueError(f"{where}: expected a list, got {value!r}")
-        return [_convert(args[0], v, where) for v in value]
+        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         return dict(value)
     if tp is bool:

@@ -9,7 +9,7 @@ from vlmtune.data.store import MANIFEST, BadRecord, read_samples, write_rejected
 
 
 def synthesize(out: str | Path, world: str, n: int, seed: int = 0, size: int = 64, caption_fraction: float = 0.0,
-               val: float = 0.1, test: float = 0.1) -> dict[str, int]:
+               val: float = 0.1, test: float = 0.1, questions: list[str] | None = None) -> dict[str, int]:
     """Draw `n` samples of a synthetic world into `out` with train/val/test splits (different images)."""
     from vlmtune.data.store import write_dataset
     from vlmtune.data.synthetic import WORLDS
@@ -21,7 +21,9 @@ def synthesize(out: str | Path, world: str, n: int, seed: int = 0, size: int = 6
     counts = {"train": n_train, "val": n_val, "test": n_test}
 
     def items():
-        for i, (sample, image) in enumerate(WORLDS[world](n, seed=seed, size=size, caption_fraction=caption_fraction)):
+        for i, (sample, image) in enumerate(
+            WORLDS[world](n, seed=seed, size=size, caption_fraction=caption_fraction, questions=questions)
+        ):
             sample.split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
             yield sample, [image]
 
@@ -29,16 +31,22 @@ def synthesize(out: str | Path, world: str, n: int, seed: int = 0, size: int = 6
     return counts
 
 
+def prepare_dataset(path: str | None, synth) -> Path:
+    """A dataset directory (`path`, or a name derived from the SynthCfg `synth`), generated from the synthetic
+    world when it has no manifest yet."""
+    root = Path(path or synth.default_path())
+    if not (root / MANIFEST).is_file():
+        if synth is None:
+            raise FileNotFoundError(f"{root}: no {MANIFEST}")
+        print(f"generating {synth.n} samples of the {synth.world!r} world into {root}", file=sys.stderr)
+        synthesize(root, synth.world, synth.n, synth.seed, synth.size, synth.caption_fraction, synth.val, synth.test,
+                   synth.questions)
+    return root
+
+
 def prepare_data_dir(data_cfg) -> Path:
     """The dataset directory of a DataCfg, generated from its synthetic world when it does not exist yet."""
-    s = data_cfg.synth
-    path = Path(data_cfg.path or f"data/{s.world}-n{s.n}-seed{s.seed}-size{s.size}")
-    if not (path / MANIFEST).is_file():
-        if s is None:
-            raise FileNotFoundError(f"{path}: no {MANIFEST}")
-        print(f"generating {s.n} samples of the {s.world!r} world into {path}", file=sys.stderr)
-        synthesize(path, s.world, s.n, s.seed, s.size, s.caption_fraction, s.val, s.test)
-    return path
+    return prepare_dataset(data_cfg.path, data_cfg.synth)
 
 
 def load_split(root: Path, split: str | None, skip_bad: bool, rejected_path: Path | None = None):

@@ -18,7 +18,7 @@ can check answers against pixels; `figure_boxes` gives the regions a figure is d
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -115,6 +115,16 @@ def _add_noise(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     arr = np.asarray(img, dtype=np.int16)
     noise = rng.integers(-NOISE, NOISE + 1, size=(size[1], size[0], 1), dtype=np.int16)
     return Image.fromarray(np.clip(arr + noise, 0, 255).astype(np.uint8), "RGB")
+
+
+def _question_types(world: str, known: dict[str, tuple[str, ...]], asked: Sequence[str] | None) -> tuple[str, ...]:
+    """The question types a generator draws from: all of the world's, or the `asked` subset (checked)."""
+    if not asked:
+        return tuple(known)
+    unknown = [q for q in asked if q not in known]
+    if unknown:
+        raise ValueError(f"{world}: unknown question type(s) {unknown}; known: {list(known)}")
+    return tuple(asked)
 
 
 def _article(phrase: str) -> str:
@@ -266,7 +276,7 @@ def _fashion_caption(top_type: str, top_colour: str, pattern: str, bottom_type: 
 
 
 def fashion(
-    n: int, seed: int = 0, size: int = 64, caption_fraction: float = 0.0
+    n: int, seed: int = 0, size: int = 64, caption_fraction: float = 0.0, questions: Sequence[str] | None = None
 ) -> Iterator[tuple[Sample, Image.Image]]:
     """A standing figure in a top (t-shirt/sweater/tank top; plain/striped/dotted) and a bottom (trousers/shorts/skirt).
 
@@ -276,7 +286,7 @@ def fashion(
     """
     r = random.Random(seed)
     rng = np.random.default_rng(seed)
-    qtypes = tuple(FASHION_QUESTIONS)
+    qtypes = _question_types("fashion", FASHION_QUESTIONS, questions)
     for i in range(n):
         top_type, bottom_type = r.choice(TOP_TYPES), r.choice(BOTTOM_TYPES)
         top_colour = r.choice(COLOURS)
@@ -349,7 +359,7 @@ def _shapes_caption(items: list[dict]) -> str:
 
 
 def shapes(
-    n: int, seed: int = 0, size: int = 64, caption_fraction: float = 0.0
+    n: int, seed: int = 0, size: int = 64, caption_fraction: float = 0.0, questions: Sequence[str] | None = None
 ) -> Iterator[tuple[Sample, Image.Image]]:
     """Scenes of 2 or 3 non-overlapping shapes (circle/square/triangle) in distinct palette colours.
 
@@ -359,7 +369,7 @@ def shapes(
     """
     r = random.Random(seed)
     rng = np.random.default_rng(seed)
-    qtypes = tuple(SHAPES_QUESTIONS)
+    qtypes = _question_types("shapes", SHAPES_QUESTIONS, questions)
     for i in range(n):
         caption = r.random() < caption_fraction
         qtype = "caption" if caption else r.choice(qtypes)

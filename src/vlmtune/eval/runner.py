@@ -57,7 +57,7 @@ def predict(predictor, root: str | Path, samples: list[Sample], out: Path | None
             chunk = todo[i : i + step]
             answers = predictor.generate(chunk, [load_images(root, s) for s in chunk])
             for s, a in zip(chunk, answers):
-                row = {"id": s.id, "question": s.question, "prediction": a, "answers": s.gold()}
+                row = {"id": s.id, "images": s.images, "question": s.question, "prediction": a, "answers": s.gold()}
                 if s.meta:
                     row["meta"] = {k: v for k, v in s.meta.items() if isinstance(v, (str, int, float, bool))}
                 if task is not None:

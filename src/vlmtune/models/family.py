@@ -71,6 +71,9 @@ class ModelFamily:
     text_only: bool = True
     """Whether a batch may hold samples without images."""
     multi_image: bool = False
+    shift_labels: bool = True
+    """Decoder-only models predict token t+1 at position t (logits and labels are shifted against each other);
+    encoder-decoder models (labels are the decoder's targets) are not shifted."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -91,3 +94,19 @@ def load_image_list(samples: list[Sample], images: list[list[Image]]) -> list[Im
             raise ValueError(f"sample {s.id!r}: expected {len(s.images)} image(s), got {len(imgs)}")
         flat.extend(imgs)
     return flat
+
+
+def token_losses(logits, labels, shift: bool = True):
+    """Per-sample (sum of token cross-entropies, number of target tokens) over the label positions != -100.
+
+    The training loop backpropagates sum/total over the whole global batch, and logs the same sums per data source.
+    """
+    import torch
+
+    if shift:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    per_token = torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(labels.shape)
+    mask = labels != -100
+    return (per_token * mask).sum(dim=1), mask.sum(dim=1)

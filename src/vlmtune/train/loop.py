@@ -3,9 +3,14 @@
     vlmtune train --config configs/builtin/tiny_fashion_vqa.yaml --train.max_steps 200
 
 One process or many (`accelerate launch` / `torchrun`: DDP, FSDP, DeepSpeed come from Accelerate). Each optimizer
-step consumes `global_batch_size` samples, in an order fixed by (seed, step) alone, so a resumed run sees exactly
-the samples an uninterrupted one would. The loss is averaged over answer tokens of the whole global batch (not
-mean-of-micro-batch-means), so gradient accumulation does not change the result.
+step consumes `global_batch_size` samples from the weighted sources of `data.sources` (or the train split), in an
+order fixed by (seed, step) alone, so a resumed run sees exactly the samples an uninterrupted one would. The loss
+is averaged over answer tokens of the whole global batch (not mean-of-micro-batch-means), so gradient
+accumulation does not change the result; it is also logged per source.
+
+Before step 0 the base model is evaluated on the val split and on every probe (`probes:`); each later eval logs the
+probes' deltas from the base, and the forgetting gate (`forgetting.max_drop`) keeps a checkpoint that forgot too
+much from becoming best/ (`forgetting.stop_on_violation` ends the run there).
 """
 
 from __future__ import annotations
@@ -16,16 +21,20 @@ import math
 import re
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlmtune.config import RunCfg
-from vlmtune.data.dataset import load_split, prepare_data_dir
+from vlmtune.data.dataset import load_split, prepare_data_dir, prepare_dataset
+from vlmtune.data.mix import Mixture
 from vlmtune.data.sample import Sample, message_text
+from vlmtune.eval import forgetting
 from vlmtune.models import ModelFamily, get_family, load_model
-from vlmtune.models.family import Loaded, freeze_group_of
+from vlmtune.models.family import Loaded, freeze_group_of, token_losses
 from vlmtune.train import checkpoint as ckpt
+
+PROBES_BASE = "probes_base.json"
 
 
 @dataclass
@@ -39,13 +48,22 @@ class State:
     optimizer: Any
     scheduler: Any
     data_root: Path
-    train: list[Sample]
+    """Where the val split's images are."""
+    mixture: Mixture
+    roots: list[Path]
+    """Image root of each source of the mixture."""
     val: list[Sample]
+    probes: list[forgetting.Probe]
     meta: dict
     """vlmtune.json of every checkpoint: family, adapter or not, base model."""
     step: int = 0
     best: float | None = None
     best_step: int | None = None
+    probe_base: dict[str, float] | None = None
+    """The base model's score on each probe (its metric), measured before step 0."""
+    rejected: dict[str, str] = field(default_factory=dict)
+    """Checkpoint step -> why the forgetting gate rejected it."""
+    stopped: str | None = None
 
 
 # ---------------------------------------------------------------- builders
@@ -103,28 +121,24 @@ def build_optimizer(cfg: RunCfg, model):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def build_data(cfg: RunCfg, run_dir: Path) -> tuple[Path, list[Sample], list[Sample]]:
-    root = prepare_data_dir(cfg.data)
-    train = load_split(root, cfg.data.train_split, cfg.data.skip_bad, run_dir / "rejected.jsonl")
+def build_data(cfg: RunCfg, run_dir: Path):
+    """(val root, training mixture, image root per source, val samples, probes)."""
+    d, rejected = cfg.data, run_dir / "rejected.jsonl"
+    root = prepare_data_dir(d)
+    if d.sources:
+        roots = [prepare_dataset(src.path, src.synth) for src in d.sources]
+        mixture = Mixture([(src.name, load_split(r, src.split, d.skip_bad, rejected), src.weight)
+                           for src, r in zip(d.sources, roots, strict=True)])
+    else:
+        roots = [root]
+        mixture = Mixture([("train", load_split(root, d.train_split, d.skip_bad, rejected), 1.0)])
     val = []
-    if cfg.data.val_split:
-        val = load_split(root, cfg.data.val_split, cfg.data.skip_bad, run_dir / "rejected.jsonl")
+    if d.val_split:
+        val = load_split(root, d.val_split, d.skip_bad, rejected)
         if cfg.eval.max_samples:
             val = val[: cfg.eval.max_samples]
-    return root, train, val
-
-
-def sample_order(n: int, seed: int, step: int, per_step: int) -> list[int]:
-    """Indices of the samples of optimizer step `step`: epoch permutations from (seed, epoch), concatenated."""
-    import numpy as np
-
-    start = step * per_step
-    out: list[int] = []
-    while len(out) < per_step:
-        epoch, offset = divmod(start + len(out), n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        out.extend(int(i) for i in perm[offset : offset + per_step - len(out)])
-    return out
+    probes = forgetting.load_probes(cfg.probes, d.skip_bad, rejected)
+    return root, mixture, roots, val, probes
 
 
 def hflip_mask(seed: int, step: int, n: int) -> list[bool]:
@@ -170,25 +184,31 @@ def setup(cfg: RunCfg) -> State:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "run_config.yaml")
-        data_root, train, val = build_data(cfg, run_dir)
+        data = build_data(cfg, run_dir)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
-        data_root, train, val = build_data(cfg, run_dir)
+        data = build_data(cfg, run_dir)
+    data_root, mixture, roots, val, probes = data
     if cfg.train.hflip:
-        check_hflip(train)
+        for src in mixture.sources:
+            check_hflip(src.samples)
     family = get_family(cfg.model.family)
     loaded, model, meta = build_model(cfg, family, run_dir, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     optimizer, scheduler = build_optimizer(cfg, model)
     model, optimizer = accelerator.prepare(model, optimizer)
-    state = State(cfg, run_dir, accelerator, family, loaded, model, optimizer, scheduler, data_root, train, val, meta)
+    state = State(cfg, run_dir, accelerator, family, loaded, model, optimizer, scheduler, data_root, mixture, roots,
+                  val, probes, meta)
     done = ckpt.checkpoints(run_dir)
     if done:
         resumed = ckpt.load_trainer_state(done[-1], accelerator.unwrap_model(model), optimizer, scheduler)
         state.step, state.best, state.best_step = resumed["step"], resumed.get("best"), resumed.get("best_step")
+        state.rejected = resumed.get("rejected", {})
         if accelerator.is_main_process:
             _truncate_log(run_dir / "metrics.jsonl", state.step)
         accelerator.print(f"resumed from {done[-1]} (step {state.step})", file=sys.stderr)
+    if (run_dir / PROBES_BASE).is_file():
+        state.probe_base = json.loads((run_dir / PROBES_BASE).read_text())["scores"]
     torch.manual_seed(cfg.train.seed + state.step)
     if cfg.train.trackers:
         flat = {k: v for k, v in _flatten(cfg.to_dict()).items() if isinstance(v, (int, float, str, bool))}
@@ -204,41 +224,51 @@ def fit(state: State) -> dict:
     world, rank = acc.num_processes, acc.process_index
     accum = t.grad_accum_steps(world)
     model = state.model
+    last: dict = {}
+    if state.step == 0 and (state.val or state.probes):
+        last = validate(state)  # the base model: step 0 of every curve, the probes' reference, the gallery's "before"
     model.train()
     bar = None
     if t.progress and acc.is_main_process:
         from tqdm import tqdm
 
         bar = tqdm(total=t.max_steps, initial=state.step, desc="train", file=sys.stderr, dynamic_ncols=True)
-    last: dict = {}
+    names = state.mixture.names
+    window = torch.zeros(len(names), 2, dtype=torch.float64)  # per source: loss sum, target tokens since last log
     tic = time.perf_counter()
-    while state.step < t.max_steps:
-        order = sample_order(len(state.train), t.seed, state.step, t.global_batch_size)
+    while state.step < t.max_steps and not state.stopped:
+        items = state.mixture.step_items(t.seed, state.step, t.global_batch_size)
         lo, hi = rank * t.micro_batch_size * accum, (rank + 1) * t.micro_batch_size * accum  # this process's share
-        mine = order[lo:hi]
-        flips = hflip_mask(t.seed, state.step, len(order))[lo:hi] if t.hflip else None
-        batches = [encode_batch(state, [state.train[i] for i in mine[k : k + t.micro_batch_size]],
-                                flips[k : k + t.micro_batch_size] if flips else None)
-                   for k in range(0, len(mine), t.micro_batch_size)]
+        mine = items[lo:hi]
+        flips = hflip_mask(t.seed, state.step, len(items))[lo:hi] if t.hflip else None
+        chunks = [mine[k : k + t.micro_batch_size] for k in range(0, len(mine), t.micro_batch_size)]
+        batches = [encode_batch(state, chunk, flips[k * t.micro_batch_size : (k + 1) * t.micro_batch_size]
+                                if flips else None) for k, chunk in enumerate(chunks)]
         # token-weighted loss over the whole global batch (all micro-batches, all processes)
         n_tokens = torch.tensor(sum(b.n_target_tokens for b in batches), device=acc.device, dtype=torch.float32)
         total_tokens = acc.reduce(n_tokens, reduction="sum").clamp(min=1)
-        loss_sum = 0.0
-        for k, batch in enumerate(batches):
+        stats = torch.zeros(len(names), 3, dtype=torch.float64, device=acc.device)  # loss sum, tokens, samples
+        for k, (chunk, batch) in enumerate(zip(chunks, batches, strict=True)):
             batch = batch.to(acc.device)
+            labels = batch.inputs.pop("labels")
             sync = k == len(batches) - 1
             with acc.no_sync(model) if not sync else contextlib.nullcontext():
                 with acc.autocast():
-                    out = model(**batch.inputs)
-                loss = out.loss * batch.n_target_tokens / total_tokens * world  # DDP averages over processes
-                acc.backward(loss)
-            loss_sum += out.loss.item() * batch.n_target_tokens
+                    logits = model(**batch.inputs).logits
+                sums, counts = token_losses(logits, labels, state.family.shift_labels)
+                acc.backward(sums.sum() / total_tokens * world)  # DDP averages gradients over processes
+            src = torch.tensor([j for j, _ in chunk], device=acc.device)
+            stats[:, 0].index_add_(0, src, sums.detach().double())
+            stats[:, 1].index_add_(0, src, counts.double())
+            stats[:, 2].index_add_(0, src, torch.ones_like(src, dtype=torch.float64))
         grad_norm = acc.clip_grad_norm_(model.parameters(), t.grad_clip) if t.grad_clip > 0 else None
         state.optimizer.step()
         state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        step_loss = acc.reduce(torch.tensor(loss_sum, device=acc.device), reduction="sum").item() / total_tokens.item()
+        stats = acc.reduce(stats, reduction="sum").cpu()
+        window += stats[:, :2]
+        step_loss = stats[:, 0].sum().item() / total_tokens.item()
         if bar:
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}")
@@ -246,35 +276,50 @@ def fit(state: State) -> dict:
             row = {"step": state.step, "loss": step_loss, "lr": state.scheduler.get_last_lr()[0],
                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
                    "samples_per_s": t.global_batch_size * t.log_every / (time.perf_counter() - tic)}
+            if len(names) > 1:
+                drawn = state.mixture.drawn(state.step, t.global_batch_size)
+                for j, name in enumerate(names):
+                    if window[j, 1] > 0:
+                        row[f"loss/{name}"] = window[j, 0].item() / window[j, 1].item()
+                    row[f"samples/{name}"] = drawn[j]
+            window.zero_()
             log(state, row)
             tic = time.perf_counter()
         final = state.step == t.max_steps
         evaluated = None
-        if state.val and ((t.eval_every and state.step % t.eval_every == 0) or final):
+        if (state.val or state.probes) and ((t.eval_every and state.step % t.eval_every == 0) or final):
             evaluated = validate(state)
             last = evaluated
-        if (t.save_every and state.step % t.save_every == 0) or final:
+        if (t.save_every and state.step % t.save_every == 0) or final or state.stopped:
             save(state, evaluated)
     if bar:
         bar.close()
+    if state.stopped:
+        acc.print(f"stopped early at step {state.step}: {state.stopped}", file=sys.stderr)
     acc.wait_for_everyone()
     acc.end_training()
     return last
 
 
-def encode_batch(state: State, samples: list[Sample], flips: list[bool] | None = None):
+def encode_batch(state: State, items: list[tuple[int, Sample]], flips: list[bool] | None = None):
+    """(source index, sample) pairs -> a training Batch; images are read from each source's root."""
     from PIL import ImageOps
 
     from vlmtune.eval.runner import load_images
 
-    images = [load_images(state.data_root, s) for s in samples]
+    samples = [s for _, s in items]
+    images = [load_images(state.roots[j], s) for j, s in items]
     if flips:
         images = [[ImageOps.mirror(im) for im in ims] if f else ims for ims, f in zip(images, flips, strict=True)]
     return state.family.encode(state.loaded.processor, samples, images, "train", state.cfg.data.max_length)
 
 
 def validate(state: State) -> dict:
-    """Generation-based metrics on the val split (main process), logged with the step."""
+    """Generation-based metrics on the val split and on every probe (main process), logged with the step.
+
+    At step 0 the probes' scores become the base; later, each probe's delta from the base (points) is logged and
+    the forgetting gate is applied (the verdict is returned under "gate").
+    """
     from vlmtune.eval.runner import evaluate
     from vlmtune.eval.tasks import get_task
     from vlmtune.infer import Predictor
@@ -288,28 +333,61 @@ def validate(state: State) -> dict:
                               max_new_tokens=e.max_new_tokens, num_beams=e.num_beams, batch_size=e.batch_size,
                               max_length=state.cfg.data.max_length)
         out_dir = state.run_dir / "predictions" / f"step-{state.step}"
-        metrics = evaluate(predictor, state.data_root, state.val, get_task(e.task), out_dir)
-        flat = {f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-        log(state, {"step": state.step, **flat})
-        acc.print(json.dumps({"step": state.step, **{k: round(v, 4) for k, v in flat.items()}}), file=sys.stderr)
+        if state.val:
+            metrics = evaluate(predictor, state.data_root, state.val, get_task(e.task), out_dir)
+        row = {"step": state.step, **{f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        if state.probes:
+            scored = forgetting.score(predictor, state.probes, out_dir)
+            now = {p.name: scored[p.name][p.metric] for p in state.probes}
+            if state.probe_base is None:
+                state.probe_base = now
+                from vlmtune.data.store import atomic_write_text
+
+                atomic_write_text(state.run_dir / PROBES_BASE, json.dumps({"step": state.step, "scores": now}) + "\n")
+            verdict = forgetting.gate(state.probe_base, now, state.cfg.forgetting.max_drop)
+            for p in state.probes:
+                row[f"probe/{p.name}/{p.metric}"] = now[p.name]
+                row[f"probe/{p.name}/delta"] = verdict.deltas[p.name]
+            metrics["probes"] = {name: {"score": now[name], "delta": verdict.deltas[name]} for name in now}
+            metrics["gate"] = {"passed": verdict.passed, "reason": verdict.reason()}
+            if not verdict.passed and state.step > 0:
+                acc.print(f"step {state.step}: forgetting gate: {verdict.reason()}", file=sys.stderr)
+                if state.cfg.forgetting.stop_on_violation:
+                    state.stopped = f"forgetting.stop_on_violation: {verdict.reason()}"
+        log(state, row)
+        acc.print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+                  file=sys.stderr)
     acc.wait_for_everyone()
+    stopped = [state.stopped]
+    if acc.num_processes > 1:  # every process must leave the loop together
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(stopped, from_process=0)
+    state.stopped = stopped[0]
     return metrics
 
 
 def save(state: State, evaluated: dict | None) -> None:
-    """A resumable checkpoint; it becomes best/ when its validation metric beats the best so far."""
+    """A resumable checkpoint; it becomes best/ when its validation metric beats the best so far among the
+    checkpoints that pass the forgetting gate. Rejected checkpoints are logged with the reason."""
     acc = state.accelerator
     if acc.is_main_process:
         metric = state.cfg.eval.metric
         value = evaluated.get(metric) if evaluated else None
+        gate = (evaluated or {}).get("gate")
+        if gate and not gate["passed"]:
+            state.rejected[str(state.step)] = gate["reason"]
+            log(state, {"step": state.step, "gate": "rejected", "reason": gate["reason"]})
+            value = None
         improved = value is not None and (state.best is None or value > state.best)
         if improved:
             state.best, state.best_step = value, state.step
         model = acc.unwrap_model(state.model)
-        meta = {**state.meta, "metrics": evaluated or {}}
+        meta = {**state.meta, "metrics": {k: v for k, v in (evaluated or {}).items()}}
         path = ckpt.save_checkpoint(state.run_dir, state.step, model, state.loaded.processor, meta, state.optimizer,
-                                    state.scheduler, {"best": state.best, "best_step": state.best_step})
-        if improved or not (state.run_dir / "best").exists():
+                                    state.scheduler, {"best": state.best, "best_step": state.best_step,
+                                                      "rejected": state.rejected})
+        if improved or (state.best is None and not gate and not (state.run_dir / "best").exists()):
             ckpt.save_best(state.run_dir, path)
         ckpt.prune(state.run_dir, max(1, state.cfg.train.keep_checkpoints))  # best/ is a copy: pruning keeps it
     acc.wait_for_everyone()
@@ -325,10 +403,23 @@ def log(state: State, row: dict) -> None:
 
 
 def train(cfg: RunCfg) -> dict:
-    """setup + fit; returns the final validation metrics (with the best step)."""
+    """setup + fit (+ report.html); returns the final validation metrics, the best step and the gate's rejections."""
     state = setup(cfg)
     metrics = fit(state)
-    return {**metrics, "best": state.best, "best_step": state.best_step, "run_dir": str(state.run_dir)}
+    out = {**{k: v for k, v in metrics.items() if k not in ("gate",)}, "best": state.best,
+           "best_step": state.best_step, "run_dir": str(state.run_dir)}
+    if state.probes:
+        out["rejected"] = state.rejected
+        if state.best_step is None:
+            out["warning"] = ("no checkpoint passed the forgetting gate: best/ was not written; the last checkpoint "
+                              "is in checkpoints/")
+    if state.stopped:
+        out["stopped"] = state.stopped
+    if cfg.report and state.accelerator.is_main_process:
+        from vlmtune.eval.report import write_run_report
+
+        out["report"] = str(write_run_report(state.run_dir))
+    return out
 
 
 def _truncate_log(path: Path, step: int) -> None:
