@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test train lint clean
+.PHONY: install demo test recipe lint clean browser
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,10 +20,18 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	$(BIN)/vlmtune demo
+
+# the issue-2 recipe: the built-in model trained from scratch on 3,000 fashion figures
+recipe: $(STAMP)
 	$(BIN)/vlmtune train --config configs/builtin/tiny_fashion_vqa.yaml
 	$(BIN)/vlmtune eval --model runs/tiny_fashion_vqa --data data/fashion-3000 --split test
 
-test: $(STAMP)
+# Debian's chromium for the headless-browser tests (Playwright drives it; never `playwright install`)
+browser:
+	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -m "not gpu and not slow" -p no:cacheprovider; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

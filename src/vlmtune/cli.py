@@ -23,7 +23,8 @@ def _emit(result: dict) -> None:
 def cmd_data_synth(a) -> dict:
     from vlmtune.data.dataset import synthesize
 
-    counts = synthesize(a.out, a.world, a.n, a.seed, a.size, a.caption_fraction, a.val, a.test)
+    questions = a.questions.split(",") if a.questions else None
+    counts = synthesize(a.out, a.world, a.n, a.seed, a.size, a.caption_fraction, a.val, a.test, questions)
     return {"out": str(a.out), "world": a.world, "splits": counts}
 
 
@@ -71,6 +72,12 @@ def cmd_predict(a) -> dict:
     return {"out": str(out), "n": len(rows)}
 
 
+def cmd_demo(a) -> dict:
+    from vlmtune.demo import run
+
+    return run(a.out, quick=a.quick)
+
+
 def cmd_models(a) -> dict:
     from vlmtune.models import FAMILIES
 
@@ -110,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--caption-fraction", type=float, default=0.0)
+    s.add_argument("--questions", default=None, help="comma-separated question types (default: all of the world's)")
     s.add_argument("--val", type=float, default=0.1, help="fraction in the val split")
     s.add_argument("--test", type=float, default=0.1, help="fraction in the test split")
     s.set_defaults(fn=cmd_data_synth)
@@ -132,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(pr)
     pr.add_argument("--out", required=True, help="predictions JSONL file")
     pr.set_defaults(fn=cmd_predict)
+
+    dm = sub.add_parser("demo", help="the offline demo: pretrain, fine-tune naive vs replay, measure forgetting",
+                        formatter_class=ex, epilog="example: vlmtune demo            (about 6 minutes on 2 CPU cores)")
+    dm.add_argument("--quick", action="store_true", help="a small version (seconds; what the tests run)")
+    dm.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    dm.set_defaults(fn=cmd_demo)
 
     m = sub.add_parser("models", help="list model families")
     m.set_defaults(fn=cmd_models)
