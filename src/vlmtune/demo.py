@@ -38,8 +38,8 @@ class Scale:
     builtin: dict
 
 
-FULL = Scale(general_n=4000, domain_n=2000, probe_n=300, pretrain_steps=500, finetune_steps=200, batch=32,
-             eval_every=50, builtin={"image_size": 48, "patch_size": 8})
+FULL = Scale(general_n=4000, domain_n=2000, probe_n=300, pretrain_steps=800, finetune_steps=250, batch=32,
+             eval_every=100, builtin={"image_size": 48, "patch_size": 16})
 QUICK = Scale(general_n=160, domain_n=120, probe_n=24, pretrain_steps=12, finetune_steps=6, batch=8,
               eval_every=3, builtin={"image_size": 32, "patch_size": 8, "vision_dim": 32, "vision_layers": 2,
                                      "text_dim": 32, "text_layers": 2})
