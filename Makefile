@@ -32,6 +32,7 @@ browser:
 	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
 test: $(STAMP) browser
+	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -m "not gpu and not slow" -p no:cacheprovider; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

@@ -15,11 +15,22 @@ def _last_json(capsys):
 
 
 def test_data_synth_writes_splits(tmp_path, capsys):
-    assert main(["data", "synth", "shapes", "--out", str(tmp_path / "d"), "--n", "20", "--seed", "1", "--size", "32"]) == 0
+    out = str(tmp_path / "d")
+    assert main(["data", "synth", "shapes", "--out", out, "--n", "20", "--seed", "1", "--size", "32"]) == 0
     assert _last_json(capsys)["splits"] == {"train": 16, "val": 2, "test": 2}
     rows = [json.loads(x) for x in (tmp_path / "d/manifest.jsonl").read_text().splitlines()]
     assert [r["split"] for r in rows].count("test") == 2 and all((tmp_path / "d" / r["images"][0]).is_file()
                                                                    for r in rows)
+
+
+def test_data_synth_asks_only_the_chosen_question_types(tmp_path, capsys):
+    out = str(tmp_path / "q")
+    assert main(["data", "synth", "fashion", "--out", out, "--n", "30", "--size", "32",
+                 "--questions", "top_colour,bottom_colour"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "q/manifest.jsonl").read_text().splitlines()]
+    assert {r["meta"]["question_type"] for r in rows} == {"top_colour", "bottom_colour"}
+    assert main(["data", "synth", "fashion", "--out", out + "2", "--questions", "sleeve_length"]) == 2
+    assert "unknown question type(s) ['sleeve_length']" in capsys.readouterr().err
 
 
 def test_models_lists_families(capsys):
@@ -91,8 +102,8 @@ def test_eval_bad_records_stop_or_are_skipped(trained_run, fashion_dir, tmp_path
     assert _last_json(capsys)["n"] == 44, "the other 44 samples are evaluated"
     rejected = [json.loads(x) for x in (tmp_path / "ev/rejected.jsonl").read_text().splitlines()]
     assert [r["line"] for r in rejected] == [1, 2, 3, 4]
-    assert [k in r["error"] for r, k in zip(rejected, ["cannot decode", "malformed JSON", "empty answer",
-                                                        "not found"])] == [True] * 4
+    wanted = ["cannot decode", "malformed JSON", "empty answer", "not found"]
+    assert [k in r["error"] for r, k in zip(rejected, wanted, strict=True)] == [True] * 4
 
 
 def test_eval_resumes_from_partial_predictions(trained_run, fashion_dir, tmp_path, capsys):

@@ -99,11 +99,11 @@ def _final_probe(run_dir: Path) -> dict:
 
 def run(out: str | Path = "runs/demo", quick: bool = False) -> dict:
     from vlmtune.config import RunCfg
+    from vlmtune.data.dataset import load_split, prepare_dataset
     from vlmtune.eval.report import write_comparison_report
     from vlmtune.eval.runner import evaluate
     from vlmtune.eval.tasks import get_task
     from vlmtune.infer import Predictor
-    from vlmtune.data.dataset import load_split, prepare_dataset
     from vlmtune.train.checkpoint import checkpoints
     from vlmtune.train.loop import train
 
@@ -158,11 +158,11 @@ def _print_table(summary: list[dict], seconds: float) -> None:
     cols = ["fine-tune", "domain test VQA acc (tuned)", "general probe (base)", "general probe (tuned)",
             "probe delta (points)", "gate (max drop 5 pts)"]
     widths = [max(len(c), 8) for c in cols]
-    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths))
+    line = "  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True))
     print("\n" + line, file=sys.stderr)
     for r in summary:
         cells = [f"{r[c]:.3f}" if isinstance(r[c], float) and "delta" not in c else
                  f"{r[c]:+.1f}" if "delta" in c else str(r[c]) for c in cols]
-        print("  ".join(x.ljust(w) for x, w in zip(cells, widths)), file=sys.stderr)
+        print("  ".join(x.ljust(w) for x, w in zip(cells, widths, strict=True)), file=sys.stderr)
     print(f"domain test accuracy of the base model: {summary[0]['domain test VQA acc (base)']:.3f}; "
           f"total {seconds:.0f} s", file=sys.stderr)

@@ -58,7 +58,7 @@ def test_different_seed_different_images(world):
     gen = WORLDS[world]
     a = [img.tobytes() for _, img in gen(20, seed=1)]
     b = [img.tobytes() for _, img in gen(20, seed=2)]
-    assert all(x != y for x, y in zip(a, b))
+    assert all(x != y for x, y in zip(a, b, strict=True))
     assert len(set(a)) == len(a)  # no two images of one run are the same either
 
 

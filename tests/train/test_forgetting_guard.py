@@ -35,7 +35,8 @@ def test_probes_are_scored_before_step_0_and_at_every_eval(tmp_path, fashion_dir
     base = json.loads((cfg.run_dir / "probes_base.json").read_text())
     assert base == {"step": 0, "scores": {"general": rows[0]["probe/general/vqa_accuracy"]}}
     for r in rows:
-        assert r["probe/general/delta"] == pytest.approx(100 * (r["probe/general/vqa_accuracy"] - base["scores"]["general"]))
+        expected = 100 * (r["probe/general/vqa_accuracy"] - base["scores"]["general"])
+        assert r["probe/general/delta"] == pytest.approx(expected)
     assert (cfg.run_dir / "predictions/step-3/probe-general/predictions.jsonl").is_file()
     assert result["rejected"] == {}  # no gate configured: nothing rejected
 
@@ -123,3 +124,15 @@ def test_sources_follow_their_weights_and_log_loss_per_source(tmp_path, fashion_
     for r in steps:
         assert r["loss/domain"] > 0 and r["loss/text"] > 0
         assert min(r["loss/domain"], r["loss/text"]) <= r["loss"] <= max(r["loss/domain"], r["loss/text"])
+
+
+def test_a_resumed_run_keeps_the_base_scores_and_the_rejections(tmp_path, fashion_dir, monkeypatch):
+    calls = _scripted_probe(monkeypatch, {0: 0.80, 3: 0.50, 6: 0.78})
+    first = _probe_cfg(tmp_path, fashion_dir, forgetting={"max_drop": 5.0}, train={"max_steps": 3})
+    loop.train(first)
+    assert calls == [0, 3]
+    again = _probe_cfg(tmp_path, fashion_dir, forgetting={"max_drop": 5.0}, train={"max_steps": 6})
+    result = loop.train(again)  # same run directory: resumes from checkpoints/step-3
+    assert calls == [0, 3, 6], "the base model is not scored again"
+    assert list(result["rejected"]) == ["3"] and result["best_step"] == 6
+    assert [r["step"] for r in _rows(again.run_dir) if "probe/general/delta" in r] == [0, 3, 6]

@@ -331,10 +331,10 @@ def _shape_layout(r: random.Random, n: int, size: int) -> list[Box]:
     margin, gap = 2 * k, 3 * k
     slack = max(0.0, size - 2 * margin - sum(widths) - (n - 1) * gap)
     cuts = sorted(r.random() for _ in range(n))
-    shares = [b - a for a, b in zip([0.0, *cuts], cuts)]  # n parts of the slack before each shape
+    shares = [b - a for a, b in zip([0.0, *cuts], cuts, strict=False)]  # n parts of the slack before each shape
     boxes: list[Box] = []
     x = margin
-    for w, share in zip(widths, shares):
+    for w, share in zip(widths, shares, strict=True):
         x += share * slack
         x0 = round(x)
         y0 = round(r.uniform(margin, size - margin - w))
@@ -395,7 +395,7 @@ def shapes(
         img = _background(r, size)
         draw = ImageDraw.Draw(img)
         items = []
-        for kind, colour, box in zip(kinds, colours, _shape_layout(r, count, size)):
+        for kind, colour, box in zip(kinds, colours, _shape_layout(r, count, size), strict=True):
             _draw_shape(draw, kind, box, PALETTE[colour])
             items.append({"shape": kind, "colour": colour, "box": list(box)})
         img = _add_noise(img, rng)

@@ -56,7 +56,7 @@ def predict(predictor, root: str | Path, samples: list[Sample], out: Path | None
         for i in range(0, len(todo), step):
             chunk = todo[i : i + step]
             answers = predictor.generate(chunk, [load_images(root, s) for s in chunk])
-            for s, a in zip(chunk, answers):
+            for s, a in zip(chunk, answers, strict=True):
                 row = {"id": s.id, "images": s.images, "question": s.question, "prediction": a, "answers": s.gold()}
                 if s.meta:
                     row["meta"] = {k: v for k, v in s.meta.items() if isinstance(v, (str, int, float, bool))}

@@ -51,7 +51,7 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     texts = [render(s.messages if train else s.prompt_messages, not train) for s in samples]
     per_image = image_token_count(processor)
     tokenized = []  # per sample: (ids with one placeholder per image, assistant spans)
-    for s, text in zip(samples, texts):
+    for s, text in zip(samples, texts, strict=True):
         if train:
             unexpanded, spans = assistant_spans(lambda t: tok(t).input_ids, render, s.messages, s.id)
         else:
@@ -73,7 +73,7 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     if train:
         image_id = processor.image_token_id
         labels = torch.full_like(out["input_ids"], IGNORE_INDEX)
-        for b, (s, (unexpanded, spans)) in enumerate(zip(samples, tokenized)):
+        for b, (s, (unexpanded, spans)) in enumerate(zip(samples, tokenized, strict=True)):
             ids = out["input_ids"][b][out["attention_mask"][b].bool()].tolist()
             lab = labels_for_expanded(unexpanded, spans, ids, image_id, [per_image] * len(s.images), s.id)
             labels[b, : len(lab)] = torch.tensor(lab)

@@ -80,4 +80,5 @@ def labels_for_expanded(
 
 def trained_tokens(tokenizer, input_ids: Sequence[int], labels: Sequence[int]) -> list[str]:
     """The tokens the loss is computed on, as strings: what the label-mask tests print and assert."""
-    return [tokenizer.convert_ids_to_tokens(int(t)) for t, lab in zip(input_ids, labels) if lab != IGNORE_INDEX]
+    pairs = zip(input_ids, labels, strict=True)
+    return [tokenizer.convert_ids_to_tokens(int(t)) for t, lab in pairs if lab != IGNORE_INDEX]

@@ -387,7 +387,9 @@ def save(state: State, evaluated: dict | None) -> None:
         path = ckpt.save_checkpoint(state.run_dir, state.step, model, state.loaded.processor, meta, state.optimizer,
                                     state.scheduler, {"best": state.best, "best_step": state.best_step,
                                                       "rejected": state.rejected})
-        if improved or (state.best is None and not gate and not (state.run_dir / "best").exists()):
+        # without a validation metric the first checkpoint stands in as best/; with probes, only a gated one may
+        unjudged = state.best is None and not state.probes and not (state.run_dir / "best").exists()
+        if improved or unjudged:
             ckpt.save_best(state.run_dir, path)
         ckpt.prune(state.run_dir, max(1, state.cfg.train.keep_checkpoints))  # best/ is a copy: pruning keeps it
     acc.wait_for_everyone()
