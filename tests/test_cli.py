@@ -33,6 +33,14 @@ def test_data_synth_asks_only_the_chosen_question_types(tmp_path, capsys):
     assert "unknown question type(s) ['sleeve_length']" in capsys.readouterr().err
 
 
+def test_data_synth_caption_turn_extends_only_the_train_split(tmp_path, capsys):
+    out = str(tmp_path / "c")
+    assert main(["data", "synth", "fashion", "--out", out, "--n", "20", "--size", "32", "--caption-turn"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "c/manifest.jsonl").read_text().splitlines()]
+    assert {(r["split"], len(r["messages"]), r["task"]) for r in rows} == {
+        ("train", 4, "caption"), ("val", 2, "vqa"), ("test", 2, "vqa")}
+
+
 def test_models_lists_families(capsys):
     assert main(["models"]) == 0
     fam = _last_json(capsys)["families"]["llava"]

@@ -24,7 +24,8 @@ def cmd_data_synth(a) -> dict:
     from vlmtune.data.dataset import synthesize
 
     questions = a.questions.split(",") if a.questions else None
-    counts = synthesize(a.out, a.world, a.n, a.seed, a.size, a.caption_fraction, a.val, a.test, questions)
+    counts = synthesize(a.out, a.world, a.n, a.seed, a.size, a.caption_fraction, a.val, a.test, questions,
+                        a.caption_turn)
     return {"out": str(a.out), "world": a.world, "splits": counts}
 
 
@@ -118,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--caption-fraction", type=float, default=0.0)
     s.add_argument("--questions", default=None, help="comma-separated question types (default: all of the world's)")
+    s.add_argument("--caption-turn", action="store_true",
+                   help="follow each train-split question with a caption turn (val/test keep the question alone)")
     s.add_argument("--val", type=float, default=0.1, help="fraction in the val split")
     s.add_argument("--test", type=float, default=0.1, help="fraction in the test split")
     s.set_defaults(fn=cmd_data_synth)

@@ -68,13 +68,16 @@ class SynthCfg:
     caption_fraction: float = 0.0
     questions: list[str] | None = None
     """Question types to ask (e.g. [top_colour, bottom_colour]); None: all of the world's."""
+    caption_turn: bool = False
+    """Follow every train-split question with a caption turn (val/test keep the single question)."""
     val: float = 0.1
     test: float = 0.1
 
     def default_path(self) -> str:
         qs = "-" + "+".join(self.questions) if self.questions else ""
         cap = f"-cap{self.caption_fraction:g}" if self.caption_fraction else ""
-        return f"data/{self.world}-n{self.n}-seed{self.seed}-size{self.size}{cap}{qs}"
+        turn = "-capturn" if self.caption_turn else ""
+        return f"data/{self.world}-n{self.n}-seed{self.seed}-size{self.size}{cap}{turn}{qs}"
 
 
 @dataclass

@@ -264,3 +264,36 @@ def test_caption_fraction_is_respected(world):
     tasks = Counter(s.task for s, _ in WORLDS[world](n, seed=0, caption_fraction=0.25))
     assert 0.2 < tasks["caption"] / n < 0.3
     assert all(s.task == "caption" for s, _ in WORLDS[world](50, seed=4, caption_fraction=1.0))
+
+
+@pytest.mark.parametrize("world", sorted(WORLDS))
+def test_caption_turn_follows_each_train_question_and_leaves_val_and_test_alone(tmp_path, world):
+    import dataclasses
+
+    from vlmtune.data.dataset import synthesize
+    from vlmtune.data.sample import message_text
+    from vlmtune.data.store import read_samples
+
+    synthesize(tmp_path, world, 40, seed=2, size=32, caption_turn=True)
+    plain = {s.id: s for s, _ in WORLDS[world](40, seed=2, size=32)}
+    samples, _ = read_samples(tmp_path)
+    assert {s.split for s in samples} == {"train", "val", "test"}
+    for s in samples:
+        question = plain[s.id]
+        if s.split != "train":
+            assert s == dataclasses.replace(question, split=s.split)  # scored on the single question, as drawn
+            continue
+        assert s.messages[:2] == question.messages  # the question stays first, with the image
+        assert [m["role"] for m in s.messages] == ["user", "assistant", "user", "assistant"]
+        assert s.messages[2]["content"] == [{"type": "text", "text": s.messages[2]["content"][0]["text"]}]  # no image
+        assert message_text(s.messages[3]) == question.meta["caption"] == s.target
+        assert (s.task, s.references, s.answers) == ("caption", [question.meta["caption"]], None)
+        assert s.meta["first_question_type"] == question.meta["question_type"]
+    # the caption names every fact the questions ask about
+    for s in samples:
+        if world == "fashion":
+            facts = [s.meta[k] for k in ("top_type", "top_colour", "top_pattern", "bottom_type", "bottom_colour")]
+            facts = [f for f in facts if f != "plain"] + (["plain"] if s.meta["top_pattern"] == "plain" else [])
+        else:
+            facts = [v for it in s.meta["shapes"] for v in (it["shape"], it["colour"])]
+        assert all(f in s.meta["caption"] for f in facts), (s.meta["caption"], facts)

@@ -46,6 +46,34 @@ def test_multi_turn_trains_every_assistant_turn(tiny_llava):
     assert trained_tokens(tok, b.inputs["input_ids"][0], b.inputs["labels"][0]) == ["Ġred", "</s>", "Ġblue", "</s>"]
 
 
+def test_logits_at_loss_positions_give_the_same_loss_and_gradients(tiny_llava):
+    from vlmtune.models.family import accepts_logits_to_keep, loss_positions, token_losses
+
+    model = tiny_llava.model
+    assert accepts_logits_to_keep(model)
+    samples = [_vqa(0, "red"), _vqa(1, "dark red", "Describe the colour of the top in two words, please.")]
+    b = FAMILY.encode(tiny_llava.processor, samples, [_img(), _img("blue")], "train", 256)
+    labels = b.inputs.pop("labels")
+    kept = loss_positions(labels, FAMILY.shift_labels)
+    assert int(kept.sum()) == b.n_target_tokens < labels.numel() // 4  # a small part of the sequence
+
+    def loss_and_grads(**kw):
+        model.zero_grad()
+        logits = model(**b.inputs, **kw).logits
+        sums, counts = token_losses(logits, labels, FAMILY.shift_labels, kw.get("logits_to_keep"))
+        (sums.sum() / counts.sum()).backward()
+        return sums.detach(), counts, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    full_sums, full_counts, full_grads = loss_and_grads()
+    kept_sums, kept_counts, kept_grads = loss_and_grads(logits_to_keep=kept)
+    model.zero_grad()
+    assert torch.equal(full_counts, kept_counts)
+    torch.testing.assert_close(kept_sums, full_sums)
+    assert full_grads.keys() == kept_grads.keys()
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(kept_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_text_only_and_image_samples_share_a_batch(tiny_llava):
     text_only = Sample(id="t", messages=[user("Say yes.", n_images=0), assistant("yes")])
     b = FAMILY.encode(tiny_llava.processor, [text_only, _vqa()], [[], _img()], "train", 256)

@@ -9,10 +9,14 @@ from vlmtune.data.store import MANIFEST, BadRecord, read_samples, write_rejected
 
 
 def synthesize(out: str | Path, world: str, n: int, seed: int = 0, size: int = 64, caption_fraction: float = 0.0,
-               val: float = 0.1, test: float = 0.1, questions: list[str] | None = None) -> dict[str, int]:
-    """Draw `n` samples of a synthetic world into `out` with train/val/test splits (different images)."""
+               val: float = 0.1, test: float = 0.1, questions: list[str] | None = None,
+               caption_turn: bool = False) -> dict[str, int]:
+    """Draw `n` samples of a synthetic world into `out` with train/val/test splits (different images).
+
+    `caption_turn`: every train-split question is followed by a caption turn (see `synthetic.with_caption_turn`);
+    val and test keep the single question they are scored on."""
     from vlmtune.data.store import write_dataset
-    from vlmtune.data.synthetic import WORLDS
+    from vlmtune.data.synthetic import CAPTION_PROMPTS, WORLDS, with_caption_turn
 
     if world not in WORLDS:
         raise ValueError(f"unknown synthetic world {world!r}; known: {sorted(WORLDS)}")
@@ -25,6 +29,8 @@ def synthesize(out: str | Path, world: str, n: int, seed: int = 0, size: int = 6
             WORLDS[world](n, seed=seed, size=size, caption_fraction=caption_fraction, questions=questions)
         ):
             sample.split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+            if caption_turn and sample.split == "train":
+                sample = with_caption_turn(sample, CAPTION_PROMPTS[i % len(CAPTION_PROMPTS)])
             yield sample, [image]
 
     write_dataset(out, items())
@@ -40,7 +46,7 @@ def prepare_dataset(path: str | None, synth) -> Path:
             raise FileNotFoundError(f"{root}: no {MANIFEST}")
         print(f"generating {synth.n} samples of the {synth.world!r} world into {root}", file=sys.stderr)
         synthesize(root, synth.world, synth.n, synth.seed, synth.size, synth.caption_fraction, synth.val, synth.test,
-                   synth.questions)
+                   synth.questions, synth.caption_turn)
     return root
 
 

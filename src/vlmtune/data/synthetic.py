@@ -139,6 +139,7 @@ def _sample(
     answer: str,
     question_type: str,
     facts: dict,
+    caption_text: str,
 ) -> Sample:
     sid = f"{world}-{seed}-{i:06d}"
     caption = question_type == "caption"
@@ -150,7 +151,31 @@ def _sample(
         answers=None if caption else [answer],
         references=[answer] if caption else None,
         source=world,
-        meta={"question_type": question_type, "answer_type": ANSWER_TYPES[question_type], **facts},
+        meta={"question_type": question_type, "answer_type": ANSWER_TYPES[question_type], **facts,
+              "caption": caption_text},
+    )
+
+
+def with_caption_turn(sample: Sample, prompt: str) -> Sample:
+    """A question sample followed by a caption turn: (image, question) -> answer, then prompt -> the scene's caption.
+
+    Training on these supervises every attribute of the image in every sample (the caption names them all) while
+    keeping the question first, as the held-out questions ask it; the result is a captioning sample (the caption is
+    the last turn and the only reference), so evaluating it stays consistent with its target.
+    """
+    if sample.task != "vqa":
+        return sample
+    caption = sample.meta["caption"]
+    return Sample(
+        id=sample.id,
+        messages=[*sample.messages, user(prompt, n_images=0), assistant(caption)],
+        images=list(sample.images),
+        task="caption",
+        references=[caption],
+        source=sample.source,
+        split=sample.split,
+        meta={**sample.meta, "question_type": "caption", "answer_type": ANSWER_TYPES["caption"],
+              "first_question_type": sample.meta["question_type"]},
     )
 
 
@@ -311,13 +336,13 @@ def fashion(
             "bottom_colour": bottom_colour,
             "figure": {"cx": cx, "cy": cy, "scale": scale},
         }
+        caption = _fashion_caption(top_type, top_colour, pattern, bottom_type, bottom_colour)
         if r.random() < caption_fraction:
-            qtype, question = "caption", r.choice(CAPTION_PROMPTS)
-            answer = _fashion_caption(top_type, top_colour, pattern, bottom_type, bottom_colour)
+            qtype, question, answer = "caption", r.choice(CAPTION_PROMPTS), caption
         else:
             qtype = r.choice(qtypes)
             question, answer = r.choice(FASHION_QUESTIONS[qtype]), facts[qtype]
-        yield _sample("fashion", seed, i, question, answer, qtype, facts), img
+        yield _sample("fashion", seed, i, question, answer, qtype, facts, caption), img
 
 
 # ----------------------------------------------------------------------------------------------------- shapes
@@ -400,8 +425,9 @@ def shapes(
             items.append({"shape": kind, "colour": colour, "box": list(box)})
         img = _add_noise(img, rng)
 
+        caption = _shapes_caption(items)
         if qtype == "caption":
-            question, answer = r.choice(CAPTION_PROMPTS), _shapes_caption(items)
+            question, answer = r.choice(CAPTION_PROMPTS), caption
         elif qtype == "colour_of_shape":
             question = r.choice(SHAPES_QUESTIONS[qtype]).format(shape=asked_shape)
             answer = next(it["colour"] for it in items if it["shape"] == asked_shape)
@@ -412,7 +438,7 @@ def shapes(
         else:
             question = r.choice(SHAPES_QUESTIONS[qtype]).format(colour=asked_colour)
             answer = "yes" if asked_colour in colours else "no"
-        yield _sample("shapes", seed, i, question, answer, qtype, {"shapes": items}), img
+        yield _sample("shapes", seed, i, question, answer, qtype, {"shapes": items}, caption), img
 
 
 WORLDS: dict[str, Callable[..., Iterator[tuple[Sample, Image.Image]]]] = {"fashion": fashion, "shapes": shapes}

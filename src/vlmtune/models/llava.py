@@ -53,7 +53,7 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     tokenized = []  # per sample: (ids with one placeholder per image, assistant spans)
     for s, text in zip(samples, texts, strict=True):
         if train:
-            unexpanded, spans = assistant_spans(lambda t: tok(t).input_ids, render, s.messages, s.id)
+            unexpanded, spans = assistant_spans(lambda ts: tok(ts).input_ids, render, s.messages, s.id)
         else:
             unexpanded, spans = tok(text).input_ids, []
         n_text = len(unexpanded) - len(s.images)

@@ -22,15 +22,19 @@ Render = Callable[[list[dict], bool], str]
 """render(messages, add_generation_prompt) -> the chat template's text."""
 
 
-def assistant_spans(tokenize: Callable[[str], list[int]], render: Render, messages: list[dict], sample_id: str):
-    """Token ids of the whole conversation and the [start, end) token span of each assistant turn."""
-    full = tokenize(render(messages, False))
+def assistant_spans(tokenize: Callable[[list[str]], list[list[int]]], render: Render, messages: list[dict],
+                    sample_id: str):
+    """Token ids of the whole conversation and the [start, end) token span of each assistant turn.
+
+    `tokenize` takes a list of texts (one batched tokenizer call for the conversation and all its prefixes)."""
+    turns = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
+    texts = [render(messages, False)]
+    for k in turns:
+        texts.append(render(messages[:k], True))
+        texts.append(texts[0] if k + 1 == len(messages) else render(messages[: k + 1], False))
+    full, *prefixes = tokenize(texts)
     spans = []
-    for k, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        before = tokenize(render(messages[:k], True))
-        through = tokenize(render(messages[: k + 1], False))
+    for k, before, through in zip(turns, prefixes[0::2], prefixes[1::2], strict=True):
         if full[: len(before)] != before or full[: len(through)] != through:
             raise ValueError(
                 f"sample {sample_id!r}: the chat template does not render turn {k} as a prefix of the conversation; "

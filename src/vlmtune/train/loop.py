@@ -31,7 +31,7 @@ from vlmtune.data.mix import Mixture
 from vlmtune.data.sample import Sample, message_text
 from vlmtune.eval import forgetting
 from vlmtune.models import ModelFamily, get_family, load_model
-from vlmtune.models.family import Loaded, freeze_group_of, token_losses
+from vlmtune.models.family import Loaded, accepts_logits_to_keep, freeze_group_of, loss_positions, token_losses
 from vlmtune.train import checkpoint as ckpt
 
 PROBES_BASE = "probes_base.json"
@@ -225,6 +225,7 @@ def fit(state: State) -> dict:
     accum = t.grad_accum_steps(world)
     model = state.model
     last: dict = {}
+    keep_logits = accepts_logits_to_keep(acc.unwrap_model(model))
     if state.step == 0 and (state.val or state.probes):
         last = validate(state)  # the base model: step 0 of every curve, the probes' reference, the gallery's "before"
     model.train()
@@ -237,13 +238,7 @@ def fit(state: State) -> dict:
     window = torch.zeros(len(names), 2, dtype=torch.float64)  # per source: loss sum, target tokens since last log
     tic = time.perf_counter()
     while state.step < t.max_steps and not state.stopped:
-        items = state.mixture.step_items(t.seed, state.step, t.global_batch_size)
-        lo, hi = rank * t.micro_batch_size * accum, (rank + 1) * t.micro_batch_size * accum  # this process's share
-        mine = items[lo:hi]
-        flips = hflip_mask(t.seed, state.step, len(items))[lo:hi] if t.hflip else None
-        chunks = [mine[k : k + t.micro_batch_size] for k in range(0, len(mine), t.micro_batch_size)]
-        batches = [encode_batch(state, chunk, flips[k * t.micro_batch_size : (k + 1) * t.micro_batch_size]
-                                if flips else None) for k, chunk in enumerate(chunks)]
+        chunks, batches = step_batches(state, state.step, rank, accum)
         # token-weighted loss over the whole global batch (all micro-batches, all processes)
         n_tokens = torch.tensor(sum(b.n_target_tokens for b in batches), device=acc.device, dtype=torch.float32)
         total_tokens = acc.reduce(n_tokens, reduction="sum").clamp(min=1)
@@ -253,9 +248,10 @@ def fit(state: State) -> dict:
             labels = batch.inputs.pop("labels")
             sync = k == len(batches) - 1
             with acc.no_sync(model) if not sync else contextlib.nullcontext():
+                kept = loss_positions(labels, state.family.shift_labels) if keep_logits else None
                 with acc.autocast():
-                    logits = model(**batch.inputs).logits
-                sums, counts = token_losses(logits, labels, state.family.shift_labels)
+                    logits = model(**batch.inputs, **({"logits_to_keep": kept} if keep_logits else {})).logits
+                sums, counts = token_losses(logits, labels, state.family.shift_labels, kept)
                 acc.backward(sums.sum() / total_tokens * world)  # DDP averages gradients over processes
             src = torch.tensor([j for j, _ in chunk], device=acc.device)
             stats[:, 0].index_add_(0, src, sums.detach().double())
@@ -299,6 +295,19 @@ def fit(state: State) -> dict:
     acc.wait_for_everyone()
     acc.end_training()
     return last
+
+
+def step_batches(state: State, step: int, rank: int, accum: int):
+    """This process's micro-batches of one optimizer step: (chunks of (source index, sample), encoded Batches)."""
+    t = state.cfg.train
+    items = state.mixture.step_items(t.seed, step, t.global_batch_size)
+    lo, hi = rank * t.micro_batch_size * accum, (rank + 1) * t.micro_batch_size * accum  # this process's share
+    mine = items[lo:hi]
+    flips = hflip_mask(t.seed, step, len(items))[lo:hi] if t.hflip else None
+    chunks = [mine[k : k + t.micro_batch_size] for k in range(0, len(mine), t.micro_batch_size)]
+    batches = [encode_batch(state, chunk, flips[k * t.micro_batch_size : (k + 1) * t.micro_batch_size]
+                            if flips else None) for k, chunk in enumerate(chunks)]
+    return chunks, batches
 
 
 def encode_batch(state: State, items: list[tuple[int, Sample]], flips: list[bool] | None = None):
