@@ -38,7 +38,7 @@ class Scale:
     builtin: dict
 
 
-FULL = Scale(general_n=4000, domain_n=2000, probe_n=300, pretrain_steps=800, finetune_steps=250, batch=32,
+FULL = Scale(general_n=4000, domain_n=2000, probe_n=300, pretrain_steps=800, finetune_steps=400, batch=32,
              eval_every=100, builtin={"image_size": 48, "patch_size": 16})
 QUICK = Scale(general_n=160, domain_n=120, probe_n=24, pretrain_steps=12, finetune_steps=6, batch=8,
               eval_every=3, builtin={"image_size": 32, "patch_size": 8, "vision_dim": 32, "vision_layers": 2,
@@ -69,9 +69,9 @@ def configs(s: Scale, out: Path) -> dict[str, dict]:
     size = s.builtin["image_size"]
     data = out / "data"
     general = {"path": str(data / "general"), "synth": {"world": "shapes", "n": s.general_n, "seed": 0, "size": size,
-                                                        "caption_fraction": 0.2}}
+                                                        "caption_turn": True}}
     domain = {"path": str(data / "fashion"), "synth": {"world": "fashion", "n": s.domain_n, "seed": 0, "size": size,
-                                                       "questions": DOMAIN_QUESTIONS}}
+                                                       "questions": DOMAIN_QUESTIONS, "caption_turn": True}}
     base = out / "general" / "best"
     pre = _common(s, out, data)
     pre.update(name="general", data={**general, "max_length": 128}, probes=[], model={
