@@ -79,6 +79,12 @@ def cmd_demo(a) -> dict:
     return run(a.out, quick=a.quick)
 
 
+def cmd_export(a) -> dict:
+    from vlmtune.export import export
+
+    return export(a.model, a.out, merge=a.merge)
+
+
 def cmd_models(a) -> dict:
     from vlmtune.models import FAMILIES
 
@@ -150,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     dm.set_defaults(fn=cmd_demo)
 
+    x = sub.add_parser("export", help="write a run as a standalone Hugging Face model directory", formatter_class=ex,
+                       epilog="example: vlmtune export --model runs/my_run --out exported/my_model --merge")
+    x.add_argument("--model", required=True, help="run directory (its best checkpoint), checkpoint or model directory")
+    x.add_argument("--out", required=True, help="new directory to write (never overwritten)")
+    x.add_argument("--merge", action="store_true", help="merge a LoRA adapter into its base (required for adapters)")
+    x.set_defaults(fn=cmd_export)
+
     m = sub.add_parser("models", help="list model families")
     m.set_defaults(fn=cmd_models)
     return p
@@ -164,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         result = cmd_train(a, rest) if a.verb == "train" else a.fn(a)
-    except (ValueError, FileNotFoundError) as e:  # bad input: say what and where, without a traceback
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input: say what and where, without a traceback
         if os.environ.get("VLMTUNE_DEBUG"):
             raise
         print(f"vlmtune {a.verb}: error: {e}", file=sys.stderr)

@@ -49,7 +49,9 @@ class Predictor:
                         **batch.inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
                         num_beams=self.num_beams,
                     )
-                new = out[:, batch.inputs["input_ids"].shape[1] :]  # [B, new tokens]; prompts are left-padded
+                # decoder-only: the output repeats the (left-padded) prompt; encoder-decoder: only decoder tokens
+                n_prompt = batch.inputs["input_ids"].shape[1] if self.family.shift_labels else 0
+                new = out[:, n_prompt:]
                 texts = self.loaded.processor.tokenizer.batch_decode(new, skip_special_tokens=True)
                 answers.extend(t.strip() for t in texts)
         finally:

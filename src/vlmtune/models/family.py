@@ -67,6 +67,9 @@ class ModelFamily:
     """Group name (vision, projector, language) -> parameter-name prefixes of that group."""
     tiny: Callable[[], Loaded]
     """A random tiny model + offline processor, in under a second, for tests."""
+    image_tokens: Callable[[Any, int, int], int]
+    """image_tokens(processor, width, height) -> the sequence positions one image of that size takes (to budget
+    `max_length`; `SampleTooLong` messages quote the same number)."""
     tasks: tuple[str, ...] = ("vqa", "caption")
     text_only: bool = True
     """Whether a batch may hold samples without images."""

@@ -104,6 +104,7 @@ FAMILY = ModelFamily(
         "language": ("model.language_model.", "lm_head."),
     },
     tiny=tiny,
+    image_tokens=lambda processor, width, height: image_token_count(processor),  # resized to one fixed size
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,

@@ -1,0 +1,52 @@
+"""`vlmtune export`: a run (or checkpoint) -> a plain Hugging Face model directory that needs nothing else.
+
+    vlmtune export --model runs/my_run --out exported/           # full fine-tune: the best checkpoint's weights
+    vlmtune export --model runs/my_lora_run --out exported/ --merge   # LoRA: the adapter merged into its base
+
+The directory holds the weights, config.json, generation_config.json and every processor file (image processor,
+tokenizer, chat template), so `AutoModelForImageTextToText.from_pretrained(out)` and
+`AutoProcessor.from_pretrained(out)` load it with no vlmtune, no adapter and no base model beside it. An adapter
+run without `--merge` is refused: its weights mean nothing without the base, and the point of an export is a
+directory that stands alone (the adapter itself is already in the run's checkpoint for PEFT users).
+It is written to a temporary directory and renamed into place, and never over an existing directory.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+REQUIRED_FILES = ("config.json", "generation_config.json")
+
+
+def export(model: str | Path, out: str | Path, merge: bool = False) -> dict:
+    """Write the model at `model` (run, checkpoint or model directory) to `out` as a standalone HF directory."""
+    from vlmtune.train.checkpoint import META, load_for_inference, resolve_model_dir
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out}: already exists; export never overwrites (choose a new --out)")
+    source = resolve_model_dir(model)
+    meta = json.loads((source / META).read_text()) if (source / META).is_file() else {}
+    if meta.get("adapter") and not merge:
+        raise ValueError(f"{source}: a LoRA adapter; pass --merge to write a standalone model (adapter merged "
+                         "into its base), or use the checkpoint directory itself with PEFT")
+    loaded = load_for_inference(source)
+    model_obj = loaded.model
+    if meta.get("adapter"):
+        model_obj = model_obj.merge_and_unload()
+    tmp = out.with_name(f".tmp-{out.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    model_obj.save_pretrained(tmp, safe_serialization=True)
+    loaded.processor.save_pretrained(tmp)
+    missing = [f for f in REQUIRED_FILES if not (tmp / f).is_file()]
+    if missing:
+        raise RuntimeError(f"{tmp}: export is missing {missing}")
+    info = {"family": loaded.family, "exported_from": str(source), "merged": bool(meta.get("adapter")),
+            "step": meta.get("step")}
+    (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
+    tmp.rename(out)
+    return {"out": str(out), **info, "files": sorted(p.name for p in out.iterdir())}
