@@ -14,6 +14,15 @@ from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models.family import Loaded, ModelFamily
 
 
+def prompt_length(family, batch) -> int:
+    """Leading columns of `generate`'s output that are not new tokens: a decoder-only model repeats its
+    (left-padded) prompt; an encoder-decoder model starts with its decoder prompt (the decoder start token)."""
+    if family.shift_labels:
+        return batch.inputs["input_ids"].shape[1]
+    decoder = batch.inputs.get("decoder_input_ids")
+    return decoder.shape[1] if decoder is not None else 1
+
+
 @dataclass
 class Predictor:
     loaded: Loaded
@@ -49,9 +58,7 @@ class Predictor:
                         **batch.inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
                         num_beams=self.num_beams,
                     )
-                # decoder-only: the output repeats the (left-padded) prompt; encoder-decoder: only decoder tokens
-                n_prompt = batch.inputs["input_ids"].shape[1] if self.family.shift_labels else 0
-                new = out[:, n_prompt:]
+                new = out[:, prompt_length(self.family, batch) :]
                 texts = self.loaded.processor.tokenizer.batch_decode(new, skip_special_tokens=True)
                 answers.extend(t.strip() for t in texts)
         finally:

@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
-from vlmtune.models import llava
+from vlmtune.models import (
+    blip2,
+    florence2,
+    gemma3,
+    git,
+    idefics3,
+    instructblip,
+    llava,
+    llava_next,
+    mllama,
+    paligemma,
+    pix2struct,
+    qwen2_5_vl,
+    qwen2_vl,
+    smolvlm,
+)
 from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong
 
 FAMILIES: dict[str, ModelFamily] = {
+    "blip2": blip2.FAMILY,
+    "florence2": florence2.FAMILY,
+    "git": git.FAMILY,
+    "gemma3": gemma3.FAMILY,
+    "idefics3": idefics3.FAMILY,
+    "instructblip": instructblip.FAMILY,
     "llava": llava.FAMILY,
+    "llava_next": llava_next.FAMILY,
+    "mllama": mllama.FAMILY,
+    "paligemma": paligemma.FAMILY,
+    "pix2struct": pix2struct.FAMILY,
+    "qwen2_5_vl": qwen2_5_vl.FAMILY,
+    "qwen2_vl": qwen2_vl.FAMILY,
+    "smolvlm": smolvlm.FAMILY,
 }
 
 

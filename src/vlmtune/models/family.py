@@ -77,6 +77,9 @@ class ModelFamily:
     shift_labels: bool = True
     """Decoder-only models predict token t+1 at position t (logits and labels are shifted against each other);
     encoder-decoder models (labels are the decoder's targets) are not shifted."""
+    logit_prefix: Callable[[Any], int] | None = None
+    """logit_prefix(model) -> positions the model puts in front of the text in its logits (GIT prepends the image
+    features inside the model, so its logits are that much longer than input_ids); the loss skips them."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -108,7 +111,29 @@ def accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def loss_positions(labels, shift: bool = True):
+def logit_prefix_of(family: ModelFamily, model) -> int:
+    """`family.logit_prefix` of a (possibly PEFT- or Accelerate-wrapped) model; 0 for most families."""
+    if family.logit_prefix is None:
+        return 0
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return family.logit_prefix(base)
+
+
+def forward_losses(model, family: ModelFamily, inputs: dict, labels, keep_logits: bool, prefix: int = 0):
+    """One forward pass the training loop's way -> per-sample (loss sums, target counts), see `token_losses`.
+
+    With `keep_logits` the model computes logits only where a target is predicted (`loss_positions`). An
+    encoder-decoder model whose inputs carry no decoder_input_ids gets the labels too: it builds its decoder inputs
+    from them (and computes its own loss, which is not used)."""
+    kept = loss_positions(labels, family.shift_labels, prefix) if keep_logits else None
+    extra = {"logits_to_keep": kept} if kept is not None else {}
+    if not family.shift_labels and "decoder_input_ids" not in inputs:
+        extra["labels"] = labels
+    logits = model(**inputs, **extra).logits
+    return token_losses(logits, labels, family.shift_labels, kept, prefix)
+
+
+def loss_positions(labels, shift: bool = True, prefix: int = 0):
     """(batch, seq) bool: the positions whose logits predict a target token (for a causal LM: the one before it).
 
     Passed to the model as `logits_to_keep`, the LM head and the softmax run at these positions only, not over the
@@ -116,23 +141,25 @@ def loss_positions(labels, shift: bool = True):
     import torch
 
     targets = labels != -100
-    if not shift:
-        return targets
-    keep = torch.zeros_like(targets)
-    keep[:, :-1] = targets[:, 1:]
+    keep = torch.zeros((labels.shape[0], prefix + labels.shape[1]), dtype=torch.bool, device=labels.device)
+    if shift:
+        keep[:, prefix : prefix + labels.shape[1] - 1] = targets[:, 1:]
+    else:
+        keep[:, prefix:] = targets
     return keep
 
 
-def token_losses(logits, labels, shift: bool = True, kept=None):
+def token_losses(logits, labels, shift: bool = True, kept=None, prefix: int = 0):
     """Per-sample (sum of token cross-entropies, number of target tokens) over the label positions != -100.
 
     `logits` are (batch, seq, vocab), or with `kept` (the `loss_positions` mask) the (n_kept, vocab) rows the model
-    computed at those positions only. The training loop backpropagates sum/total over the whole global batch, and
-    logs the same sums per data source.
+    computed at those positions only; the first `prefix` logit positions (`ModelFamily.logit_prefix`) are not text.
+    The training loop backpropagates sum/total over the whole global batch, and logs the same sums per data source.
     """
     import torch
 
     if kept is not None:
+        kept = kept[:, prefix:]
         targets = torch.full_like(labels, -100)
         if shift:
             targets[:, :-1] = labels[:, 1:]
@@ -142,6 +169,7 @@ def token_losses(logits, labels, shift: bool = True, kept=None):
         per_token = torch.nn.functional.cross_entropy(logits.float(), targets[kept], reduction="none")
         sums = per_token.new_zeros(labels.shape[0]).index_add(0, rows, per_token)
         return sums, kept.sum(dim=1)
+    logits = logits[:, prefix:]
     if shift:
         logits, labels = logits[:, :-1], labels[:, 1:]
     per_token = torch.nn.functional.cross_entropy(

@@ -31,7 +31,7 @@ from vlmtune.data.mix import Mixture
 from vlmtune.data.sample import Sample, message_text
 from vlmtune.eval import forgetting
 from vlmtune.models import ModelFamily, get_family, load_model
-from vlmtune.models.family import Loaded, accepts_logits_to_keep, freeze_group_of, loss_positions, token_losses
+from vlmtune.models.family import Loaded, accepts_logits_to_keep, forward_losses, freeze_group_of, logit_prefix_of
 from vlmtune.train import checkpoint as ckpt
 
 PROBES_BASE = "probes_base.json"
@@ -226,6 +226,7 @@ def fit(state: State) -> dict:
     model = state.model
     last: dict = {}
     keep_logits = accepts_logits_to_keep(acc.unwrap_model(model))
+    prefix = logit_prefix_of(state.family, acc.unwrap_model(model))
     if state.step == 0 and (state.val or state.probes):
         last = validate(state)  # the base model: step 0 of every curve, the probes' reference, the gallery's "before"
     model.train()
@@ -248,10 +249,8 @@ def fit(state: State) -> dict:
             labels = batch.inputs.pop("labels")
             sync = k == len(batches) - 1
             with acc.no_sync(model) if not sync else contextlib.nullcontext():
-                kept = loss_positions(labels, state.family.shift_labels) if keep_logits else None
                 with acc.autocast():
-                    logits = model(**batch.inputs, **({"logits_to_keep": kept} if keep_logits else {})).logits
-                sums, counts = token_losses(logits, labels, state.family.shift_labels, kept)
+                    sums, counts = forward_losses(model, state.family, batch.inputs, labels, keep_logits, prefix)
                 acc.backward(sums.sum() / total_tokens * world)  # DDP averages gradients over processes
             src = torch.tensor([j for j, _ in chunk], device=acc.device)
             stats[:, 0].index_add_(0, src, sums.detach().double())

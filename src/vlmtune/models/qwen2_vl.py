@@ -1,0 +1,252 @@
+"""Qwen2-VL family (`Qwen2VLForConditionalGeneration`): ViT with 2D rotary -> 2x2 patch merger -> Qwen2 decoder
+with multimodal rotary positions (M-RoPE).
+
+Checkpoints: Qwen/Qwen2-VL-2B-Instruct, Qwen/Qwen2-VL-7B-Instruct, Qwen/Qwen2-VL-72B-Instruct (and fine-tunes).
+Qwen2.5-VL (qwen2_5_vl.py) reuses this file's processor, `encode` and `image_tokens`.
+
+Prompt format: the checkpoints' ChatML chat template, rendered through the processor:
+
+    <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
+    <|im_start|>user\\n<|vision_start|><|image_pad|><|vision_end|>What colour is the top?<|im_end|>\\n
+    <|im_start|>assistant\\nred<|im_end|>\\n
+
+The generation prompt is `<|im_start|>assistant\\n`. The trained tokens are the answer and `<|im_end|>`, the token
+generation stops at (the template's `\\n` after it is not trained).
+
+Traps handled here:
+- Dynamic resolution: each image is resized to multiples of patch x merge within [min_pixels, max_pixels], so its
+  number of `<|image_pad|>` tokens (merged patches, grid_thw.prod() // merge**2) depends on its size;
+  `image_tokens` asks the image processor's own resize logic.
+- `Qwen2VLProcessor` insists on a video processor, which needs torchvision (absent here). vlmtune feeds images
+  only, so `ImageOnlyProcessor` is Qwen2VLProcessor without the video processor: the same image/text code, the same
+  outputs (`input_ids` with expanded `<|image_pad|>`, `pixel_values`, `image_grid_thw`, `mm_token_type_ids`).
+  It is registered with AutoProcessor when first built (by `load` or `tiny`), so a saved processor reloads with
+  `AutoProcessor.from_pretrained` in that process.
+- `mm_token_type_ids` must reach the model: Qwen2-VL raises without it, Qwen2.5-VL silently computes wrong rotary
+  positions. The processor returns it and `encode` passes every processor output on.
+- In tiny configs `mrope_section` must sum to head_dim / 2.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list
+from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
+
+LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+END = "<|im_end|>"
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", END, "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                  "<|video_pad|>"]
+
+# The chat template of Qwen/Qwen2-VL-*-Instruct and Qwen/Qwen2.5-VL-*-Instruct (identical in both).
+CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def __getattr__(name: str):
+    # ImageOnlyProcessor is built on first use: defining it imports transformers (seconds), which importing the
+    # family registry must not do. Resolving it here also lets pickle find it by name.
+    if name == "ImageOnlyProcessor":
+        return image_only_processor()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def image_only_processor() -> type:
+    """`ImageOnlyProcessor`, registered with AutoProcessor for both Qwen VL configs, so a processor saved with its
+    name as `processor_class` reloads with `AutoProcessor.from_pretrained`."""
+    from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2VLConfig, Qwen2VLProcessor
+
+    class ImageOnlyProcessor(Qwen2VLProcessor):
+        """Qwen2VLProcessor without its video processor (which needs torchvision); images and text go through the
+        very same code. Qwen2.5-VL's processor differs from Qwen2-VL's only for video, so this serves both."""
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    ImageOnlyProcessor.__qualname__ = ImageOnlyProcessor.__name__
+    for config_cls in (Qwen2VLConfig, Qwen2_5_VLConfig):
+        AutoProcessor.register(config_cls, ImageOnlyProcessor, exist_ok=True)
+    return ImageOnlyProcessor
+
+
+def load(cfg, family: str = "qwen2_vl") -> Loaded:
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    # the checkpoint's image processor, tokenizer and chat template, without the torchvision-only video processor
+    processor = image_only_processor().from_pretrained(
+        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+    )
+    model = AutoModelForImageTextToText.from_pretrained(
+        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+        dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation,
+    )
+    return Loaded(model=model, processor=processor, family=family)
+
+
+def image_tokens(processor, width: int, height: int) -> int:
+    """`<|image_pad|>` tokens for one image: merged patches after the image processor's dynamic resize."""
+    image_processor = processor.image_processor
+    return image_processor.get_number_of_image_patches(height, width) // image_processor.merge_size**2
+
+
+def encode(processor, samples, images, mode: str = "train", max_length: int = 2048) -> Batch:
+    """Samples -> model inputs. "train": the whole conversation, labels only on assistant answers + their
+    `<|im_end|>`, right padding. "generate": the conversation up to `<|im_start|>assistant\\n`, left padding.
+    A sample longer than `max_length` (image tokens included) raises SampleTooLong; nothing is cut."""
+    import torch
+
+    tok = processor.tokenizer
+    train = mode == "train"
+    end_id = tok.convert_tokens_to_ids(END)
+
+    def render(messages, add_generation_prompt):
+        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    flat = load_image_list(samples, images)
+    texts = [render(s.messages if train else s.prompt_messages, not train) for s in samples]
+    tokenized = []  # per sample: (ids with one <|image_pad|> per image, assistant spans, image tokens per image)
+    for s, text, imgs in zip(samples, texts, images, strict=True):
+        per_image = [image_tokens(processor, img.width, img.height) for img in imgs]
+        if train:
+            unexpanded, spans = assistant_spans(lambda ts: tok(ts).input_ids, render, s.messages, s.id)
+            spans = [(start, _through_end_token(unexpanded, start, end, end_id, s.id)) for start, end in spans]
+        else:
+            unexpanded, spans = tok(text).input_ids, []
+        n_text, n_image = len(unexpanded) - len(imgs), sum(per_image)
+        if n_text + n_image > max_length:
+            raise SampleTooLong(
+                f"sample {s.id!r}: {n_text + n_image} tokens ({n_image} image tokens + {n_text} text tokens) "
+                f"exceed max_length={max_length}; vlmtune never truncates: raise max_length, shorten the text "
+                "or drop the sample"
+            )
+        tokenized.append((unexpanded, spans, per_image))
+    out = processor(text=texts, images=flat or None, padding=True, padding_side="right" if train else "left",
+                    return_tensors="pt")
+    inputs = dict(out)  # input_ids, attention_mask, mm_token_type_ids (+ pixel_values, image_grid_thw)
+    n_target = 0
+    if train:
+        labels = torch.full_like(out["input_ids"], IGNORE_INDEX)
+        for b, (s, (unexpanded, spans, per_image)) in enumerate(zip(samples, tokenized, strict=True)):
+            ids = out["input_ids"][b][out["attention_mask"][b].bool()].tolist()
+            lab = labels_for_expanded(unexpanded, spans, ids, processor.image_token_id, per_image, s.id)
+            labels[b, : len(lab)] = torch.tensor(lab)
+        n_target = int((labels != IGNORE_INDEX).sum())
+        inputs["labels"] = labels
+    return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
+
+
+def _through_end_token(ids: list[int], start: int, end: int, end_id: int, sample_id: str) -> int:
+    """The end of an assistant span cut after its `<|im_end|>` (the template's "\\n" after it is not trained)."""
+    if end_id not in ids[start:end]:
+        raise ValueError(f"sample {sample_id!r}: an assistant turn does not end with {END}")
+    return ids.index(end_id, start, end) + 1
+
+
+_CORPUS = [
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|im_start|>assistant\n",
+    "What colour is the top? What colour are the trousers? Describe the image.",
+    "a person wearing a red top and blue trousers",
+    "red blue green yellow white black orange purple pink grey brown",
+    "what which who where how many is are the a an of in on at with and or not yes no there this that",
+    "shirt dress skirt jacket coat shoes hat shape circle square triangle left right top bottom one two three",
+]
+# Qwen2's pre-tokenizer split: letters with at most one leading non-letter, single digits, newlines apart
+_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+          r"|\s+(?!\S)|\s+")
+
+
+def build_tokenizer():
+    """A small byte-level BPE trained in-process with Qwen2's pre-tokenizer and special tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=640, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS * 20, trainer=trainer)
+    # as in the Instruct checkpoints: no BOS, eos <|im_end|>, pad <|endoftext|>
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=END, pad_token="<|endoftext|>",
+                                   extra_special_tokens=[t for t in SPECIAL_TOKENS if t not in (END, "<|endoftext|>")],
+                                   model_max_length=4096)
+
+
+def build_processor():
+    """Tokenizer + PIL image processor: 8x8 patches merged 2x2, images resized to 32x32 .. 64x64 pixels."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    image_processor = Qwen2VLImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
+                                               min_pixels=32 * 32, max_pixels=64 * 64)
+    return image_only_processor()(image_processor, build_tokenizer(), chat_template=CHAT_TEMPLATE)
+
+
+def build_tiny(config_cls, model_cls, vision: dict, family: str) -> Loaded:
+    """A random model around `vision`: a 2-layer Qwen2 decoder, dim 32, 4 heads of 8 (M-RoPE sections (t, h, w) sum
+    to head_dim / 2 = 4), special token ids and generation config as in the Instruct checkpoints."""
+    processor = build_processor()
+    tok = processor.tokenizer
+    ids = tok.convert_tokens_to_ids
+    end, pad = ids(END), tok.pad_token_id
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=pad, eos_token_id=end,
+                pad_token_id=pad, rope_parameters={"rope_type": "default", "mrope_section": [2, 1, 1],
+                                                   "rope_theta": 1e6})
+    config = config_cls(text_config=text, vision_config=vision, tie_word_embeddings=False,
+                        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+                        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+    model = model_cls(config).float()
+    model.generation_config.bos_token_id = pad
+    model.generation_config.pad_token_id = pad
+    model.generation_config.eos_token_id = [end, pad]  # stop at <|im_end|> or <|endoftext|>
+    return Loaded(model=model, processor=processor, family=family)
+
+
+def tiny() -> Loaded:
+    """A random Qwen2-VL: ViT 2 layers dim 32, merger into the tiny decoder."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    vision = dict(depth=2, embed_dim=32, hidden_size=32, mlp_ratio=2, num_heads=4, patch_size=8,
+                  spatial_merge_size=2, temporal_patch_size=2)
+    return build_tiny(Qwen2VLConfig, Qwen2VLForConditionalGeneration, vision, "qwen2_vl")
+
+
+FREEZE_GROUPS = {
+    "vision": ("model.visual.patch_embed.", "model.visual.blocks."),
+    "projector": ("model.visual.merger.",),
+    "language": ("model.language_model.", "lm_head."),
+}
+
+FAMILY = ModelFamily(
+    name="qwen2_vl",
+    description="Qwen2-VL (Qwen/Qwen2-VL-*-Instruct): dynamic-resolution ViT -> patch merger -> Qwen2 with M-RoPE",
+    load=load,
+    encode=encode,
+    # regex: the language model's linears only
+    lora_targets=(r".*language_model.*\.(" + "|".join(LANGUAGE_LINEARS) + ")",),
+    freeze_groups=FREEZE_GROUPS,
+    tiny=tiny,
+    image_tokens=image_tokens,
+    tasks=("vqa", "caption"),
+    text_only=True,
+    multi_image=True,
+    extra={"projector_modules": ("merger",)},
+)
