@@ -41,6 +41,18 @@ def test_data_synth_caption_turn_extends_only_the_train_split(tmp_path, capsys):
         ("train", 4, "caption"), ("val", 2, "vqa"), ("test", 2, "vqa")}
 
 
+def test_docs_models_md_is_the_generated_support_table(capsys):
+    from pathlib import Path
+
+    from vlmtune.models import FAMILIES
+
+    assert main(["models", "--markdown"]) == 0
+    table = capsys.readouterr().out
+    assert len([x for x in table.splitlines() if x.startswith("| `")]) == len(FAMILIES) == 14
+    docs = Path(__file__).resolve().parents[1] / "docs" / "models.md"
+    assert docs.read_text() == table, "docs/models.md is stale: run `vlmtune models --markdown > docs/models.md`"
+
+
 def test_models_lists_families(capsys):
     assert main(["models"]) == 0
     fam = _last_json(capsys)["families"]["llava"]

@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 
-def _emit(result: dict) -> None:
-    print(json.dumps(result, ensure_ascii=False))
+def _emit(result: dict | None) -> None:
+    if result is not None:  # None: the command printed its own output (e.g. models --markdown)
+        print(json.dumps(result, ensure_ascii=False))
 
 
 def cmd_data_synth(a) -> dict:
@@ -85,9 +86,12 @@ def cmd_export(a) -> dict:
     return export(a.model, a.out, merge=a.merge)
 
 
-def cmd_models(a) -> dict:
-    from vlmtune.models import FAMILIES
+def cmd_models(a) -> dict | None:
+    from vlmtune.models import FAMILIES, support_table
 
+    if a.markdown:
+        print(support_table(), end="")
+        return None
     rows = {}
     for name, f in FAMILIES.items():
         rows[name] = {"description": f.description, "tasks": list(f.tasks), "lora_targets": list(f.lora_targets),
@@ -164,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(fn=cmd_export)
 
     m = sub.add_parser("models", help="list model families")
+    m.add_argument("--markdown", action="store_true", help="print the support table of docs/models.md")
     m.set_defaults(fn=cmd_models)
     return p
 

@@ -38,6 +38,29 @@ FAMILIES: dict[str, ModelFamily] = {
 }
 
 
+def support_table() -> str:
+    """What each family supports, as the markdown table in docs/models.md (generated from FAMILIES, never by hand:
+    `vlmtune models --markdown > docs/models.md`; a test keeps the two equal)."""
+    yes = {True: "yes", False: "no"}
+    lines = [
+        "# Model families",
+        "",
+        "Generated from `FAMILIES` by `vlmtune models --markdown > docs/models.md` (a test fails if it is stale).",
+        "Every family passes the same contract test (`tests/models/test_contract.py`) on a tiny random model.",
+        "",
+        "| family | models | tasks | architecture | text-only samples | several images per sample "
+        "| freeze groups | LoRA targets (regex) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, f in sorted(FAMILIES.items()):
+        arch = "decoder-only" if f.shift_labels else "encoder-decoder"
+        targets = " ".join(f"`{t}`" for t in f.lora_targets).replace("|", "\\|")
+        lines.append(f"| `{name}` | {f.description.replace('|', '/')} | {', '.join(f.tasks)} | {arch} "
+                     f"| {yes[f.text_only]} | {yes[f.multi_image]} | {', '.join(sorted(f.freeze_groups))} "
+                     f"| {targets} |")
+    return "\n".join(lines) + "\n"
+
+
 def get_family(name: str) -> ModelFamily:
     if name not in FAMILIES:
         raise ValueError(f"unknown model family {name!r}; known: {sorted(FAMILIES)}")
@@ -55,4 +78,4 @@ def load_model(cfg, seed: int = 0) -> Loaded:
     return get_family(cfg.family).load(cfg)
 
 
-__all__ = ["FAMILIES", "Batch", "Loaded", "ModelFamily", "SampleTooLong", "get_family", "load_model"]
+__all__ = ["FAMILIES", "Batch", "Loaded", "ModelFamily", "SampleTooLong", "get_family", "load_model", "support_table"]
