@@ -42,7 +42,8 @@ class ModelCfg:
     with random weights (for training from scratch)."""
     builtin: BuiltinCfg = field(default_factory=BuiltinCfg)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    attn_implementation: str = "sdpa"
+    attn_implementation: str | None = None
+    """"sdpa", "eager", "flash_attention_2", ...; None: what transformers picks (sdpa where the model supports it)."""
     trust_remote_code: bool = False
     revision: str | None = None
 

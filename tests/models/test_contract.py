@@ -140,6 +140,14 @@ def test_save_and_load_through_auto_classes_gives_identical_logits(family_and_ti
     tiny.model.eval()
     with torch.no_grad():
         assert torch.equal(model(**b.inputs).logits, tiny.model(**b0.inputs).logits)
+    # the family's own `load` (what `model.path` in a config goes through) reads the same directory alike
+    from vlmtune.config import ModelCfg
+
+    loaded = family.load(ModelCfg(family=family.name, path=str(tmp_path)))
+    assert loaded.family == family.name
+    b1 = family.encode(loaded.processor, samples, [_image(), _image("blue")], "train", 512)
+    with torch.no_grad():
+        assert torch.equal(loaded.model.eval()(**b1.inputs).logits, tiny.model(**b0.inputs).logits)
 
 
 def test_generation_is_bounded_and_stops_at_the_end_token(family_and_tiny):

@@ -20,7 +20,7 @@ Traps handled:
 from __future__ import annotations
 
 from vlmtune.data.sample import message_text
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list
+from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
 from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
 
 END = "\n"
@@ -42,17 +42,7 @@ CORPUS = [
 
 
 def load(cfg, family: str = "blip2") -> Loaded:
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
-    model = AutoModelForImageTextToText.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-        dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation,
-    )
-    return Loaded(model=model, processor=processor, family=family)
+    return load_pretrained(cfg, family)
 
 
 def render(messages: list[dict], add_generation_prompt: bool = False) -> str:

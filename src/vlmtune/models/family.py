@@ -83,6 +83,20 @@ class ModelFamily:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def load_pretrained(cfg: ModelCfg, family: str, processor_class=None) -> Loaded:
+    """Model + processor of a hub id or local directory through the Auto classes (or `processor_class`, for
+    processors AutoProcessor cannot build here), with `cfg`'s revision, remote-code, dtype and attention options."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    options = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    processor = (processor_class or AutoProcessor).from_pretrained(cfg.path, **options)
+    model = AutoModelForImageTextToText.from_pretrained(
+        cfg.path, **options, dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation
+    )
+    return Loaded(model=model, processor=processor, family=family)
+
+
 def freeze_group_of(family: ModelFamily, param_name: str) -> str | None:
     """The freeze group a parameter belongs to (peft's `base_model.model.` prefix is ignored)."""
     name = param_name.removeprefix("base_model.model.")

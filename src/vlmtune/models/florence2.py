@@ -20,23 +20,17 @@ torchvision).
 from __future__ import annotations
 
 from vlmtune.data.sample import message_text
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list
+from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
 from vlmtune.train.collate import IGNORE_INDEX
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
 def load(cfg) -> Loaded:
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    model = AutoModelForImageTextToText.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-        dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation,
-    )
+    loaded = load_pretrained(cfg, "florence2")
+    model, processor = loaded.model, loaded.processor
     model.generation_config.forced_bos_token_id = processor.tokenizer.bos_token_id  # `<s>` after `</s>`, untrained
-    return Loaded(model=model, processor=processor, family="florence2")
+    return loaded
 
 
 def image_token_count(processor) -> int:

@@ -20,22 +20,16 @@ padded) attention mask, so the text starts at position 0 as in training.
 from __future__ import annotations
 
 from vlmtune.data.sample import message_text
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list
+from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
 from vlmtune.train.collate import IGNORE_INDEX
 
 
 def load(cfg) -> Loaded:
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    model = AutoModelForImageTextToText.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-        dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation,
-    )
+    loaded = load_pretrained(cfg, "git")
+    model, processor = loaded.model, loaded.processor
     # the number of prepended image positions, which only the model knows (ViT patch size + CLS)
     processor.image_processor.image_seq_length = model.git.encoder.layer[0].attention.self.image_patch_tokens
-    return Loaded(model=model, processor=processor, family="git")
+    return loaded
 
 
 def image_token_count(processor) -> int:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list
+from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
 from vlmtune.train.collate import IGNORE_INDEX, assistant_spans
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -56,18 +56,10 @@ def stop_at_end_of_utterance(model, tokenizer) -> None:
 
 
 def load(cfg) -> Loaded:
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
-    model = AutoModelForImageTextToText.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-        dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation,
-    )
+    loaded = load_pretrained(cfg, "idefics3")
+    model, processor = loaded.model, loaded.processor
     stop_at_end_of_utterance(model, processor.tokenizer)
-    return Loaded(model=model, processor=processor, family="idefics3")
+    return loaded
 
 
 def image_tokens(processor, width: int, height: int) -> int:

@@ -6,24 +6,14 @@ of feature tokens ((crop/patch)^2, CLS dropped). The built-in model is an ordina
 
 from __future__ import annotations
 
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list
+from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
 from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 def load(cfg) -> Loaded:
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
-    model = AutoModelForImageTextToText.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-        dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation,
-    )
-    return Loaded(model=model, processor=processor, family="llava")
+    return load_pretrained(cfg, "llava")
 
 
 def image_token_count(processor) -> int:

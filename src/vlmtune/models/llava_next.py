@@ -18,23 +18,13 @@ Differences from LLaVA-1.5 (llava.py), handled here:
 
 from __future__ import annotations
 
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list
+from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
 from vlmtune.models.llava import LANGUAGE_LINEARS
 from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
 
 
 def load(cfg) -> Loaded:
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
-    model = AutoModelForImageTextToText.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-        dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation,
-    )
-    return Loaded(model=model, processor=processor, family="llava_next")
+    return load_pretrained(cfg, "llava_next")
 
 
 def image_token_count(processor, width: int, height: int) -> int:

@@ -25,7 +25,7 @@ Traps handled:
 
 from __future__ import annotations
 
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong
+from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_pretrained
 from vlmtune.models.llava import LANGUAGE_LINEARS
 from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
 
@@ -55,17 +55,7 @@ CHAT_TEMPLATE = (
 
 
 def load(cfg) -> Loaded:
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
-    model = AutoModelForImageTextToText.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-        dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation,
-    )
-    return Loaded(model=model, processor=processor, family="mllama")
+    return load_pretrained(cfg, "mllama")
 
 
 def encode(processor, samples, images, mode: str = "train", max_length: int = 2048) -> Batch:

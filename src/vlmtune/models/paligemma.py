@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 
 from vlmtune.data.sample import message_text
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list
+from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
 from vlmtune.train.collate import IGNORE_INDEX
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -36,21 +36,13 @@ DEFAULT_PREFIX = {"vqa": "answer en {question}", "caption": "caption en"}
 
 
 def load(cfg) -> Loaded:
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
-    model = AutoModelForImageTextToText.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-        dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation,
-    )
+    loaded = load_pretrained(cfg, "paligemma")
+    model, processor = loaded.model, loaded.processor
     eos = model.generation_config.eos_token_id
     eos = [] if eos is None else eos if isinstance(eos, list) else [eos]
     if processor.tokenizer.eos_token_id not in eos:  # the processor ends every suffix with the tokenizer's eos
         model.generation_config.eos_token_id = [*eos, processor.tokenizer.eos_token_id]
-    return Loaded(model=model, processor=processor, family="paligemma")
+    return loaded
 
 
 def prefix_of(sample, messages: list[dict]) -> str:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list
+from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
 from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -84,18 +84,8 @@ def image_only_processor() -> type:
 
 
 def load(cfg, family: str = "qwen2_vl") -> Loaded:
-    import torch
-    from transformers import AutoModelForImageTextToText
-
     # the checkpoint's image processor, tokenizer and chat template, without the torchvision-only video processor
-    processor = image_only_processor().from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
-    model = AutoModelForImageTextToText.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-        dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation,
-    )
-    return Loaded(model=model, processor=processor, family=family)
+    return load_pretrained(cfg, family, image_only_processor())
 
 
 def image_tokens(processor, width: int, height: int) -> int:

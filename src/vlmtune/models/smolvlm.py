@@ -19,23 +19,16 @@ Trained tokens: the answer and `<end_of_utterance>` (SmolVLM's EOS). Traps handl
 from __future__ import annotations
 
 from vlmtune.models import idefics3
-from vlmtune.models.family import Loaded, ModelFamily
+from vlmtune.models.family import Loaded, ModelFamily, load_pretrained
 
 
 def load(cfg) -> Loaded:
-    import torch
-    from transformers import AutoModelForImageTextToText, Idefics3Processor
+    from transformers import Idefics3Processor
 
     # not AutoProcessor: that builds SmolVLMProcessor, which needs torchvision and num2words (see above)
-    processor = Idefics3Processor.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-    )
-    model = AutoModelForImageTextToText.from_pretrained(
-        cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-        dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation,
-    )
-    idefics3.stop_at_end_of_utterance(model, processor.tokenizer)
-    return Loaded(model=model, processor=processor, family="smolvlm")
+    loaded = load_pretrained(cfg, "smolvlm", Idefics3Processor)
+    idefics3.stop_at_end_of_utterance(loaded.model, loaded.processor.tokenizer)
+    return loaded
 
 
 def tiny() -> Loaded:
