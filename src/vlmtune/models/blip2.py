@@ -111,15 +111,12 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
 
 def build_tokenizer(corpus: list[str] = CORPUS, vocab_size: int = 320):
     """A small byte-level BPE that prepends BOS (as OPT's and Llama's tokenizers do), with no `image_token`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[PAD, BOS, EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus, trainer=trainer)
+    from vlmtune.models.builtin import train_byte_bpe
+
+    tok = train_byte_bpe(corpus, [PAD, BOS, EOS], vocab_size)
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, tok.token_to_id(BOS))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS,
                                    model_max_length=512)

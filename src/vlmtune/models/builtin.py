@@ -54,21 +54,28 @@ def _corpus() -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int = 640):
-    """A byte-level BPE tokenizer trained in-process (deterministic), wrapped for transformers."""
+def train_byte_bpe(lines: list[str], special_tokens: list[str], vocab_size: int, add_prefix_space: bool = False,
+                   pre_tokenizer=None):
+    """A byte-level BPE `tokenizers.Tokenizer` trained in-process (deterministic, milliseconds) on `lines`, with
+    `special_tokens` first in the vocabulary. Every tiny model's tokenizer starts here; the caller adds what its
+    family needs (a post-processor, late special tokens) and wraps it in `PreTrainedTokenizerFast`.
+    `pre_tokenizer`: replaces the default `ByteLevel(add_prefix_space)` (e.g. Qwen's split regex first)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizer or pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[PAD, BOS, EOS, IMAGE],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(lines, trainer=trainer)
+    return tok
+
+
+def build_tokenizer(vocab_size: int = 640):
+    """The built-in model's tokenizer, trained in-process on vlmtune's synthetic worlds, wrapped for transformers."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = train_byte_bpe(_corpus(), [PAD, BOS, EOS, IMAGE], vocab_size)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS,
         extra_special_tokens={"image_token": IMAGE}, model_max_length=2048,

@@ -174,11 +174,10 @@ def token_losses(logits, labels, shift: bool = True, kept=None, prefix: int = 0)
 
     if kept is not None:
         kept = kept[:, prefix:]
-        targets = torch.full_like(labels, -100)
+        targets = labels
         if shift:
+            targets = torch.full_like(labels, -100)
             targets[:, :-1] = labels[:, 1:]
-        else:
-            targets = labels
         rows = kept.nonzero()[:, 0]
         per_token = torch.nn.functional.cross_entropy(logits.float(), targets[kept], reduction="none")
         sums = per_token.new_zeros(labels.shape[0]).index_add(0, rows, per_token)

@@ -95,15 +95,11 @@ _CORPUS = (
 
 def build_tokenizer():
     """A byte-level BPE with BART's special tokens (+ `<image>`), trained in-process in milliseconds."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<image>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([_CORPUS] * 20, trainer=trainer)
+    from vlmtune.models.builtin import train_byte_bpe
+
+    tok = train_byte_bpe([_CORPUS] * 20, ["<s>", "<pad>", "</s>", "<unk>", "<image>"], 400)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", eos_token="</s>",
                                    unk_token="<unk>", extra_special_tokens={"image_token": "<image>"})
 

@@ -140,16 +140,11 @@ _CORPUS = [
 
 def build_tokenizer(bos: str, eos: str, pad: str):
     """A small byte-level BPE trained in-process, with the Idefics3 image tokens and the checkpoint's BOS/EOS/PAD."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = list(dict.fromkeys([pad, bos, eos] + IMAGE_SPECIAL_TOKENS))
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_CORPUS * 20, trainer=trainer)
+    from vlmtune.models.builtin import train_byte_bpe
+
+    tok = train_byte_bpe(_CORPUS * 20, list(dict.fromkeys([pad, bos, eos] + IMAGE_SPECIAL_TOKENS)), 600)
     # no post-processor: the chat template writes BOS itself
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad,
                                    model_max_length=4096)

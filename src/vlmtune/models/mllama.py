@@ -106,18 +106,14 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
 
 def build_tokenizer(vocab_size: int = 400):
     """A byte-level BPE with Llama 3's special tokens, trained here; `<|image|>` is added last (id = text vocab)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
+
+    from vlmtune.models.builtin import train_byte_bpe
 
     corpus = ["system user assistant Cutting Knowledge Date: December 2023 Today Date: 26 Jul 2024",
               "What colour is the top? Describe the image. What is in the picture? How many are there?",
               "a person wearing a red top and blue trousers", "red green blue yellow black white yes no one two three"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus * 10, trainer=trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
+    tok = train_byte_bpe(corpus * 10, list(SPECIAL), vocab_size)
     tok.add_special_tokens([IMAGE])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
                                    pad_token="<|finetune_right_pad_id|>", model_max_length=2048)

@@ -96,15 +96,11 @@ _CORPUS = [
 
 def build_tokenizer():
     """A byte-level BPE with Gemma's special tokens (pad 0, eos 1, bos 2), trained here on a few sentences."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<eos>", "<bos>", "<image>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    from vlmtune.models.builtin import train_byte_bpe
+
+    tok = train_byte_bpe(_CORPUS * 4, ["<pad>", "<eos>", "<bos>", "<image>"], 400)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
                                    extra_special_tokens={"image_token": "<image>"})
 

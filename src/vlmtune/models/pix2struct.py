@@ -125,15 +125,12 @@ TINY_CORPUS = (
 
 def build_tokenizer(vocab_size: int = 400):
     """A byte-level BPE trained in-process, with T5's special-token layout (pad 0, eos 1, unk 2) and no BOS."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)  # like T5's sentencepiece "▁" prefix
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(TINY_CORPUS, trainer=trainer)
+    from vlmtune.models.builtin import train_byte_bpe
+
+    # a leading space, like T5's sentencepiece "▁" prefix
+    tok = train_byte_bpe(TINY_CORPUS, ["<pad>", "</s>", "<unk>"], vocab_size, add_prefix_space=True)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 

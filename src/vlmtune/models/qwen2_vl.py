@@ -162,18 +162,15 @@ _SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p
 
 def build_tokenizer():
     """A small byte-level BPE trained in-process with Qwen2's pre-tokenizer and special tokens."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
+    from vlmtune.models.builtin import train_byte_bpe
+
+    tok = train_byte_bpe(_CORPUS * 20, SPECIAL_TOKENS, 640, pre_tokenizer=pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=640, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_CORPUS * 20, trainer=trainer)
+    ]))
     # as in the Instruct checkpoints: no BOS, eos <|im_end|>, pad <|endoftext|>
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=END, pad_token="<|endoftext|>",
                                    extra_special_tokens=[t for t in SPECIAL_TOKENS if t not in (END, "<|endoftext|>")],
