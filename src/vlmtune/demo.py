@@ -3,8 +3,9 @@
     vlmtune demo                 # runs/demo/: general/, naive/, replay/, report.html (make demo runs this)
     vlmtune demo --quick         # a smaller version (used by the tests)
 
-1. draws a *general* world (scenes of coloured shapes: colour, count, position questions and captions) and a
-   *domain* world (fashion figures: questions on the colours of the garments);
+1. draws a *general* world (scenes of coloured shapes: colour, count, position questions) and a *domain* world
+   (fashion figures: questions on the colours of the garments); every training question is followed by a caption
+   turn (`synth.caption_turn`), which is what lets the from-scratch model learn both worlds in minutes;
 2. pretrains the built-in model from scratch on the general world: this is "the base model";
 3. fine-tunes the base on the domain twice: (a) domain data only, (b) domain plus replay of general data
    (`data.sources`), both with the general world's held-out VQA as a probe and the forgetting gate on;

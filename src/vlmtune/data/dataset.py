@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -45,8 +46,7 @@ def prepare_dataset(path: str | None, synth) -> Path:
         if synth is None:
             raise FileNotFoundError(f"{root}: no {MANIFEST}")
         print(f"generating {synth.n} samples of the {synth.world!r} world into {root}", file=sys.stderr)
-        synthesize(root, synth.world, synth.n, synth.seed, synth.size, synth.caption_fraction, synth.val, synth.test,
-                   synth.questions, synth.caption_turn)
+        synthesize(root, **dataclasses.asdict(synth))  # SynthCfg's fields are synthesize's parameters
     return root
 
 
