@@ -28,3 +28,33 @@ def tiny_run_cfg(tmp_path: Path, data_dir: Path, **sections) -> dict:
         else:
             cfg[key] = value
     return cfg
+
+
+FORMAT_FIXTURES = REPO / "tests" / "fixtures" / "formats"
+
+
+def import_format(name: str, src: Path, out: Path, images: Path | None = None, skip_bad: bool = False) -> list:
+    """Import with the real driver and read the resulting dataset back: its Samples, in manifest order."""
+    from vlmtune.data.formats import get_format, import_dataset
+    from vlmtune.data.store import read_samples
+
+    import_dataset(get_format(name), src, out, images, skip_bad=skip_bad, progress=False)
+    return read_samples(out)[0]
+
+
+def assert_round_trip(name: str, src: Path, tmp_path: Path, images: Path | None = None,
+                      reimport=lambda exported: (exported, None)) -> list:
+    """import -> export -> import gives identical Samples (ids, messages, images, answers, meta...) and identical
+    image bytes. `reimport(export_dir) -> (src, images)` says where the exported files are to be read from."""
+    from vlmtune.data.formats import export_dataset, get_format
+
+    first = import_format(name, src, tmp_path / "a", images)
+    assert first, f"{name}: the fixture imported no samples"
+    export_dataset(get_format(name), tmp_path / "a", tmp_path / "exported")
+    src2, images2 = reimport(tmp_path / "exported")
+    second = import_format(name, src2, tmp_path / "b", images2)
+    assert [s.to_json() for s in second] == [s.to_json() for s in first]
+    for s in first:
+        for rel in s.images:
+            assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    return first

@@ -30,6 +30,18 @@ def cmd_data_synth(a) -> dict:
     return {"out": str(a.out), "world": a.world, "splits": counts}
 
 
+def cmd_data_import(a) -> dict:
+    from vlmtune.data.formats import get_format, import_dataset
+
+    return import_dataset(get_format(a.format), a.src, a.out, a.images, skip_bad=a.skip_bad)
+
+
+def cmd_data_export(a) -> dict:
+    from vlmtune.data.formats import export_dataset, get_format
+
+    return export_dataset(get_format(a.format), a.dir, a.out, split=a.split)
+
+
 def cmd_train(a, overrides: list[str]) -> dict:
     from vlmtune.config import RunCfg
     from vlmtune.train.loop import train
@@ -134,6 +146,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val", type=float, default=0.1, help="fraction in the val split")
     s.add_argument("--test", type=float, default=0.1, help="fraction in the test split")
     s.set_defaults(fn=cmd_data_synth)
+
+    from vlmtune.data.formats import FORMATS
+
+    formats = "\n".join(f"  {k:12s} {v}" for k, v in FORMATS.items())
+    im = dsub.add_parser("import", help="convert an outside dataset into a vlmtune dataset", formatter_class=ex,
+                         epilog=f"formats:\n{formats}\n\nexample: vlmtune data import vizwiz vizwiz/ --out data/vizwiz"
+                                "\nan interrupted import continues where it stopped when run again")
+    im.add_argument("format", choices=sorted(FORMATS), metavar="FORMAT")
+    im.add_argument("src", help="the source file or directory")
+    im.add_argument("--out", required=True, help="new dataset directory")
+    im.add_argument("--images", default=None, help="directory the source's image paths are relative to")
+    im.add_argument("--skip-bad", action="store_true", help="skip bad records (listed in OUT/rejected.jsonl)")
+    im.set_defaults(fn=cmd_data_import)
+    ex_ = dsub.add_parser("export", help="write a vlmtune dataset in an outside format", formatter_class=ex,
+                          epilog=f"formats:\n{formats}\n\nexample: vlmtune data export llava data/vizwiz --out llava/")
+    ex_.add_argument("format", choices=sorted(FORMATS), metavar="FORMAT")
+    ex_.add_argument("dir", help="vlmtune dataset directory")
+    ex_.add_argument("--out", required=True, help="new directory to write (never overwritten)")
+    ex_.add_argument("--split", default=None, help="only this split (default: every sample)")
+    ex_.set_defaults(fn=cmd_data_export)
 
     t = sub.add_parser("train", help="fine-tune (or train) a model from a YAML config", formatter_class=ex,
                        epilog="example: vlmtune train --config configs/builtin/tiny_fashion_vqa.yaml --train.lr 1e-3\n"

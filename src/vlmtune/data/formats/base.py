@@ -1,0 +1,275 @@
+"""What every outside format provides, and the two streaming drivers that use it (`import_dataset`, `export_dataset`).
+
+A format is one file under `data/formats/` exposing `FORMAT = Format(...)`:
+
+    read(src, images) -> iterator of Imported | BadRecord     outside files -> Samples (+ where their image bytes are)
+    write(items, dest) -> dict                                 (Sample, absolute image paths) pairs -> outside files
+
+`read` yields records in a fixed order (resume counts them), never loads all images, and yields a `BadRecord` naming
+file and record for anything it cannot turn into a Sample (the driver stops or skips it). Sample ids and image paths
+come from the source itself (question_id, file name, ...), so import -> export -> import gives identical Samples.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlmtune.data.images import ImageError, resolve_inside
+from vlmtune.data.sample import Sample
+from vlmtune.data.store import MANIFEST, BadRecord, iter_records, write_jsonl
+
+
+@dataclass
+class ImageRef:
+    """Where an imported image's bytes come from: a file (`path`) or bytes already in memory (`data`: base64 in a
+    JSONL line, an image cell of a parquet file)."""
+
+    path: Path | None = None
+    data: bytes | None = None
+
+
+@dataclass
+class Imported:
+    sample: Sample
+    """Its `images` are the paths its images get inside the new dataset, e.g. "images/VizWiz_val_00000000.jpg"."""
+    sources: list[ImageRef]
+    """One per `sample.images`, in order."""
+    file: Path | None = None
+    line: int = 0
+    """Where the record is (file, line or record number), for error messages about its images or answers."""
+
+
+Record = Imported | BadRecord
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    description: str
+    layout: str
+    """The source layout in one line, shown by `vlmtune data import --help`."""
+    read: Callable[[Path, Path | None], Iterator[Record]]
+    write: Callable[[Iterable[tuple[Sample, list[Path]]], Path], dict]
+
+
+# ---------------------------------------------------------------- helpers for format files
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+_DATA_URI = re.compile(r"^data:image/(?P<ext>[a-zA-Z0-9.+-]+);base64,(?P<b64>.*)$", re.S)
+
+
+def image_ref(base: Path, rel: str, where: str) -> ImageRef:
+    """A source image `rel` under `base`, refusing paths that escape `base` (`where` names the record)."""
+    try:
+        return ImageRef(path=resolve_inside(base, rel))
+    except ImageError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def decode_data_uri(uri: str, where: str) -> tuple[bytes, str]:
+    """A `data:image/...;base64,` URI -> (bytes, file suffix)."""
+    m = _DATA_URI.match(uri.strip())
+    if not m:
+        raise ValueError(f"{where}: not a base64 image data URI")
+    try:
+        data = base64.b64decode(m["b64"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{where}: invalid base64 image data") from None
+    ext = {"jpeg": "jpg", "svg+xml": "svg"}.get(m["ext"].lower(), m["ext"].lower())
+    return data, "." + ext
+
+
+def content_name(data: bytes, suffix: str) -> str:
+    """A file name for inline image bytes, stable across imports: images/<sha256 prefix><suffix>."""
+    return f"images/{hashlib.sha256(data).hexdigest()[:20]}{suffix}"
+
+
+def data_uri(path: Path) -> str:
+    """An image file as a `data:image/...;base64,` URI (for formats that carry images inline)."""
+    ext = path.suffix.lower().lstrip(".")
+    mime = {"jpg": "jpeg", "tif": "tiff"}.get(ext, ext)
+    return f"data:image/{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+
+
+def copy_image(src: Path, root: Path, rel: str) -> str:
+    """Copy `src` to `root/rel` (once: an existing file of the same size is kept); returns `rel`."""
+    dest = resolve_inside(root, rel)
+    if dest.is_file() and dest.stat().st_size == src.stat().st_size:
+        return rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    shutil.copyfile(src, tmp)
+    tmp.replace(dest)
+    return rel
+
+
+def new_dir(dest: Path) -> Path:
+    """`dest` as a new (or empty) directory: an export never overwrites what is there."""
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise FileExistsError(f"{dest}: exists and is not an empty directory (an export never overwrites)")
+    dest.mkdir(parents=True, exist_ok=True)
+    return dest
+
+
+# ---------------------------------------------------------------- drivers
+
+STATE = ".import-state.json"
+PARTIAL = MANIFEST + ".partial"
+
+
+def _store(root: Path, rel: str, ref: ImageRef) -> None:
+    dest = resolve_inside(root, rel)
+    if ref.data is not None:
+        if dest.is_file() and dest.stat().st_size == len(ref.data):
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(ref.data)
+        tmp.replace(dest)
+        return
+    if ref.path is None or not ref.path.is_file():
+        raise ImageError(f"{ref.path}: image file not found")
+    copy_image(ref.path, root, rel)
+
+
+def _check_image(path: Path) -> None:
+    """Cheap integrity check at import (header + structure, not a full decode; `data check` decodes everything)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as e:  # PIL raises many types for corrupt data
+        raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def import_dataset(fmt: Format, src: str | Path, out: str | Path, images: str | Path | None = None,
+                   skip_bad: bool = False, progress: bool = True) -> dict:
+    """Stream `src` (in format `fmt`) into the vlmtune dataset `out`: images copied to `out`, samples appended to the
+    manifest one by one (never all in memory).
+
+    A bad record (missing or corrupt image, malformed row, empty answer, a path escaping the source) stops the import
+    with a message naming file and record, or with `skip_bad` goes to `out/rejected.jsonl`. The import is resumable:
+    what was written so far is kept (`manifest.jsonl.partial` + `.import-state.json`), and running the same command
+    again continues after the last record written. The manifest appears only when the import is complete."""
+    from tqdm import tqdm
+
+    src, out = Path(src), Path(out)
+    images = Path(images) if images else None
+    if (out / MANIFEST).exists():
+        raise FileExistsError(f"{out}: already holds a dataset ({MANIFEST}); import into a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    key = {"format": fmt.name, "src": str(src.resolve()), "images": str(images.resolve()) if images else None}
+    state_file, partial, rejected_file = out / STATE, out / PARTIAL, out / "rejected.jsonl"
+    state = {**key, "records": 0, "bytes": 0, "rejected_bytes": 0, "ids": 0}
+    if state_file.is_file():
+        old = json.loads(state_file.read_text())
+        if {k: old.get(k) for k in key} != key:
+            raise ValueError(f"{out}: holds an unfinished import of {old.get('format')} {old.get('src')}; "
+                             f"use another --out or delete {out}")
+        state = old
+    # drop whatever was written after the last saved state (a killed import may leave half a line)
+    for file, n in ((partial, state["bytes"]), (rejected_file, state["rejected_bytes"])):
+        with open(file, "a+b") as f:
+            f.truncate(n)
+    seen: set[str] = set()
+    with open(partial, encoding="utf-8") as f:
+        for line in f:
+            seen.add(json.loads(line)["id"])
+    counts: dict[str, int] = {}
+    n_bad = 0
+    with open(partial, "a", encoding="utf-8") as man, open(rejected_file, "a", encoding="utf-8") as rej:
+
+        def save_state():
+            man.flush(), rej.flush()
+            state.update(bytes=man.tell(), rejected_bytes=rej.tell())
+            tmp = state_file.with_name(state_file.name + ".tmp")
+            tmp.write_text(json.dumps(state))
+            tmp.replace(state_file)
+
+        bar = tqdm(desc=f"import {fmt.name}", unit=" records", disable=not progress, initial=state["records"])
+        for i, rec in enumerate(fmt.read(src, images)):
+            if i < state["records"]:
+                continue
+            if isinstance(rec, Imported):
+                try:
+                    if rec.sample.id in seen:
+                        raise ValueError(f"duplicate sample id {rec.sample.id!r}")
+                    for rel, ref in zip(rec.sample.images, rec.sources, strict=True):
+                        _store(out, rel, ref)
+                        _check_image(resolve_inside(out, rel))
+                    _check_answers(rec.sample)
+                except (ImageError, ValueError) as e:
+                    rec = BadRecord(rec.file or src, rec.line or i + 1, f"sample {rec.sample.id!r}: {e}")
+            if isinstance(rec, BadRecord):
+                if not skip_bad:
+                    save_state()
+                    raise BadRecord(rec.file, rec.line, rec.reason + " (--skip-bad skips bad records; running the "
+                                    "same command again resumes after the last record written)", rec.raw)
+                n_bad += 1
+                rej.write(json.dumps(rec.to_json(), ensure_ascii=False) + "\n")
+            else:
+                seen.add(rec.sample.id)
+                man.write(json.dumps(rec.sample.to_json(), ensure_ascii=False) + "\n")
+                split = rec.sample.split or ""
+                counts[split] = counts.get(split, 0) + 1
+            state["records"] = i + 1
+            bar.update()
+            if state["records"] % 1000 == 0:
+                save_state()
+        bar.close()
+        save_state()
+    if not seen:
+        raise ValueError(f"{src}: no samples imported ({fmt.name} format; {n_bad} bad record(s))")
+    partial.replace(out / MANIFEST)
+    state_file.unlink()
+    if rejected_file.stat().st_size == 0:
+        rejected_file.unlink()
+    elif n_bad:
+        print(f"{out}: {n_bad} bad record(s) skipped, listed in {rejected_file}", file=sys.stderr)
+    return {"format": fmt.name, "out": str(out), "samples": len(seen), "splits": counts, "rejected": n_bad}
+
+
+def _check_answers(sample: Sample) -> None:
+    if sample.messages[-1]["role"] == "assistant" and not sample.target.strip():
+        raise ValueError("empty answer")
+    for name in ("answers", "references"):
+        values = getattr(sample, name)
+        if values is not None and (not values or any(not str(v).strip() for v in values)):
+            raise ValueError(f"empty entry in {name}")
+
+
+def export_dataset(fmt: Format, root: str | Path, dest: str | Path, split: str | None = None) -> dict:
+    """Write the dataset `root` (one split, or all) in format `fmt` to the new directory `dest`, streaming."""
+    root = Path(root)
+
+    def items():
+        for rec in iter_records(root, check_images=False):
+            if isinstance(rec, BadRecord):
+                raise rec
+            if split is None or rec.split == split:
+                yield rec, [resolve_inside(root, rel) for rel in rec.images]
+
+    info = fmt.write(items(), new_dir(Path(dest)))
+    return {"format": fmt.name, "out": str(dest), **info}
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+__all__ = ["Format", "ImageRef", "Imported", "Record", "BadRecord", "content_name", "copy_image", "data_uri",
+           "decode_data_uri", "export_dataset", "image_ref", "import_dataset", "new_dir", "write_json", "write_jsonl",
+           "IMAGE_SUFFIXES"]
