@@ -29,5 +29,6 @@ def test_recipe_parses_and_names_what_exists(path):
     if path.parent.name != "builtin":
         assert cfg.model.path != "builtin" and "/" in cfg.model.path, "a hub id"
         size, method, task = re.fullmatch(r"([^_]+)_(lora|qlora|full)_(\w+)\.yaml", path.name).groups()
-        assert (method == "lora") == cfg.lora.enabled
+        assert (method in ("lora", "qlora")) == cfg.lora.enabled
+        assert (method == "qlora") == (cfg.model.quantization is not None)
         assert cfg.train.global_batch_size % cfg.train.micro_batch_size == 0

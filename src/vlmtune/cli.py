@@ -42,6 +42,19 @@ def cmd_data_export(a) -> dict:
     return export_dataset(get_format(a.format), a.dir, a.out, split=a.split)
 
 
+def cmd_data_check(a) -> dict:
+    from vlmtune.data.lint import image_token_report, parse_size
+
+    if not a.image_size:
+        raise ValueError("data check: give --image-size WxH (and --model)")
+    if not a.model:
+        raise ValueError("data check --image-size needs --model (a run, checkpoint or model directory)")
+    report = image_token_report(a.model, [parse_size(s) for s in a.image_size])
+    for size, n in report["image_tokens"].items():
+        print(f"{report['family']}: one {size} image takes {n} tokens", file=sys.stderr)
+    return report
+
+
 def cmd_train(a, overrides: list[str]) -> dict:
     from vlmtune.config import RunCfg
     from vlmtune.train.loop import train
@@ -166,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex_.add_argument("--out", required=True, help="new directory to write (never overwritten)")
     ex_.add_argument("--split", default=None, help="only this split (default: every sample)")
     ex_.set_defaults(fn=cmd_data_export)
+
+    ck = dsub.add_parser("check", help="check a dataset (and its fit to a model) before training", formatter_class=ex,
+                         epilog="example: vlmtune data check --model runs/my_run --image-size 336x336 --image-size "
+                                "1280x960   (image tokens per image of each size)")
+    ck.add_argument("--model", default=None, help="a run, checkpoint or model directory")
+    ck.add_argument("--image-size", action="append", default=[], metavar="WxH",
+                    help="report the image tokens one image of this size takes (repeatable)")
+    ck.set_defaults(fn=cmd_data_check)
 
     t = sub.add_parser("train", help="fine-tune (or train) a model from a YAML config", formatter_class=ex,
                        epilog="example: vlmtune train --config configs/builtin/tiny_fashion_vqa.yaml --train.lr 1e-3\n"

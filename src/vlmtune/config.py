@@ -35,6 +35,26 @@ class BuiltinCfg:
 
 
 @dataclass
+class QuantCfg:
+    """A 4- or 8-bit quantised base model (QLoRA, through bitsandbytes): the language model's linear layers are
+    stored quantised and frozen, LoRA adapters train in `compute_dtype`. The vision tower, projector and LM head stay
+    in `model.dtype` (their weights are few; quantising them costs accuracy for no memory worth having)."""
+
+    bits: int = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type; NF4 is the QLoRA paper's."""
+    double_quant: bool = True
+    """Quantise the quantisation constants too (QLoRA: ~0.4 bit per parameter saved)."""
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    skip_modules: list[str] | None = None
+    """Module names (prefixes) kept unquantised; None: the family's vision and projector groups and the LM head."""
+
+    def __post_init__(self):
+        if self.bits not in (4, 8):
+            raise ValueError(f"model.quantization.bits must be 4 or 8, got {self.bits}")
+
+
+@dataclass
 class ModelCfg:
     family: str = "llava"
     path: str = "builtin"
@@ -46,6 +66,8 @@ class ModelCfg:
     """"sdpa", "eager", "flash_attention_2", ...; None: what transformers picks (sdpa where the model supports it)."""
     trust_remote_code: bool = False
     revision: str | None = None
+    quantization: QuantCfg | None = None
+    """Load the base quantised to 4 or 8 bits (QLoRA; needs `lora.enabled` and the bitsandbytes package)."""
 
 
 @dataclass
@@ -147,6 +169,8 @@ class TrainCfg:
     freeze_vision: bool = False
     freeze_projector: bool = False
     freeze_language: bool = False
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (non-reentrant): less memory for ~30% more compute."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     log_every: int = 10
     eval_every: int = 0
@@ -231,6 +255,13 @@ class RunCfg:
             raise ValueError(f"probes: names must be unique, got {names}")
         if self.forgetting.max_drop is not None and not self.probes:
             raise ValueError("forgetting.max_drop needs at least one entry in `probes`")
+        if self.model.quantization is not None:
+            if not self.lora.enabled:
+                raise ValueError("model.quantization: a quantised base cannot be trained itself; set lora.enabled "
+                                 "(QLoRA) or remove model.quantization")
+            if self.model.path == "builtin":
+                raise ValueError("model.quantization: the built-in model is built with random weights; quantise a "
+                                 "saved or downloaded model (model.path)")
 
     @property
     def run_dir(self) -> Path:

@@ -32,7 +32,8 @@ def export(model: str | Path, out: str | Path, merge: bool = False) -> dict:
     if meta.get("adapter") and not merge:
         raise ValueError(f"{source}: a LoRA adapter; pass --merge to write a standalone model (adapter merged "
                          "into its base), or use the checkpoint directory itself with PEFT")
-    loaded = load_for_inference(source)
+    # a QLoRA adapter is merged into the full-precision base: merging into 4/8-bit weights would round them again
+    loaded = load_for_inference(source, quantized=False)
     model_obj = loaded.model
     if meta.get("adapter"):
         model_obj = model_obj.merge_and_unload()
@@ -47,6 +48,8 @@ def export(model: str | Path, out: str | Path, merge: bool = False) -> dict:
         raise RuntimeError(f"{tmp}: export is missing {missing}")
     info = {"family": loaded.family, "exported_from": str(source), "merged": bool(meta.get("adapter")),
             "step": meta.get("step")}
+    if meta.get("quantization"):
+        info["trained_on_quantized_base"] = meta["quantization"]
     (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
     tmp.rename(out)
     return {"out": str(out), **info, "files": sorted(p.name for p in out.iterdir())}

@@ -46,7 +46,8 @@ def support_table() -> str:
         "# Model families",
         "",
         "Generated from `FAMILIES` by `vlmtune models --markdown > docs/models.md` (a test fails if it is stale).",
-        "Every family passes the same contract test (`tests/models/test_contract.py`) on a tiny random model.",
+        "Every family passes the same contract test (`tests/models/test_contract.py`) on a tiny random model, and loads",
+        "a 4/8-bit base for QLoRA with only its language model quantised (`tests/test_quantization.py`).",
         "",
         "| family | models | tasks | architecture | text-only samples | several images per sample "
         "| freeze groups | LoRA targets (regex) |",
@@ -67,6 +68,27 @@ def get_family(name: str) -> ModelFamily:
     return FAMILIES[name]
 
 
+MODEL_TYPES = {"blip-2": "blip2"}
+"""transformers `model_type`s whose family has another name (the rest are the family's name)."""
+
+
+def family_of(model_dir) -> str:
+    """The family of a saved model: vlmtune.json's `family` when vlmtune wrote it, else config.json's model_type."""
+    import json
+    from pathlib import Path
+
+    meta, config = Path(model_dir) / "vlmtune.json", Path(model_dir) / "config.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("family"):
+        return json.loads(meta.read_text())["family"]
+    if not config.is_file():
+        raise FileNotFoundError(f"{model_dir}: no config.json (not a model directory)")
+    model_type = json.loads(config.read_text()).get("model_type", "")
+    name = MODEL_TYPES.get(model_type, model_type)
+    if name not in FAMILIES:
+        raise ValueError(f"{model_dir}: model type {model_type!r} is not a known family ({sorted(FAMILIES)})")
+    return name
+
+
 def load_model(cfg, seed: int = 0) -> Loaded:
     """Model + processor for a ModelCfg: the built-in model (random weights) or a checkpoint via the family."""
     if cfg.path == "builtin":
@@ -78,4 +100,5 @@ def load_model(cfg, seed: int = 0) -> Loaded:
     return get_family(cfg.family).load(cfg)
 
 
-__all__ = ["FAMILIES", "Batch", "Loaded", "ModelFamily", "SampleTooLong", "get_family", "load_model", "support_table"]
+__all__ = ["FAMILIES", "Batch", "Loaded", "ModelFamily", "SampleTooLong", "family_of", "get_family", "load_model",
+           "support_table"]

@@ -91,10 +91,41 @@ def load_pretrained(cfg: ModelCfg, family: str, processor_class=None) -> Loaded:
 
     options = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     processor = (processor_class or AutoProcessor).from_pretrained(cfg.path, **options)
+    quantized = {}
+    if cfg.quantization is not None:
+        from accelerate import PartialState
+
+        from vlmtune.models import get_family
+
+        # bitsandbytes places the weights itself: on this process's device (its GPU under accelerate launch)
+        quantized = {"quantization_config": quantization_config(cfg.quantization, get_family(family)),
+                     "device_map": {"": PartialState().device}}
     model = AutoModelForImageTextToText.from_pretrained(
-        cfg.path, **options, dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation
+        cfg.path, **options, dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation, **quantized
     )
     return Loaded(model=model, processor=processor, family=family)
+
+
+def quantization_config(q, family: ModelFamily):
+    """transformers' BitsAndBytesConfig for a QuantCfg: the language model quantised, the family's other parameter
+    groups (vision tower, projector) and the LM head kept in full precision unless `q.skip_modules` says otherwise."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ValueError("model.quantization needs the bitsandbytes package: pip install 'vlmtune[qlora]'") from None
+    skip = q.skip_modules
+    if skip is None:
+        # freeze-group prefixes ("model.vision_tower.") as module names ("model.vision_tower")
+        skip = sorted({p.rstrip(".") for g, ps in family.freeze_groups.items() if g != "language" for p in ps})
+        skip.append("lm_head")
+    return BitsAndBytesConfig(
+        load_in_4bit=q.bits == 4, load_in_8bit=q.bits == 8, bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant, bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
+        llm_int8_skip_modules=skip,
+    )
 
 
 def freeze_group_of(family: ModelFamily, param_name: str) -> str | None:

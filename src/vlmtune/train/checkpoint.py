@@ -159,12 +159,13 @@ def _base_path(model_dir: Path, base: str) -> str:
     raise FileNotFoundError(f"{model_dir}: adapter needs the run's base/ directory, which is missing")
 
 
-def load_for_inference(path: str | Path):
-    """Model + processor from a run, checkpoint, adapter or plain HF model directory, in eval mode."""
-    from transformers import AutoConfig
+def load_for_inference(path: str | Path, quantized: bool = True):
+    """Model + processor from a run, checkpoint, adapter or plain HF model directory, in eval mode.
 
+    An adapter trained on a quantised base (QLoRA) is loaded on the same quantised base, as it was trained; with
+    `quantized=False` on the full-precision base instead (what `export --merge` merges into)."""
     from vlmtune.config import ModelCfg
-    from vlmtune.models import FAMILIES, get_family
+    from vlmtune.models import family_of, get_family
     from vlmtune.models.family import Loaded
 
     model_dir = resolve_model_dir(path)
@@ -173,14 +174,16 @@ def load_for_inference(path: str | Path):
         from peft import PeftModel
         from transformers import AutoProcessor
 
-        base_cfg = ModelCfg(family=meta["family"], path=_base_path(model_dir, meta["base"]))
+        from vlmtune.config import QuantCfg
+
+        quant = QuantCfg(**meta["quantization"]) if quantized and meta.get("quantization") else None
+        base_cfg = ModelCfg(family=meta["family"], path=_base_path(model_dir, meta["base"]), quantization=quant,
+                            dtype=meta.get("dtype", "float32"))
         base = get_family(meta["family"]).load(base_cfg)
         model = PeftModel.from_pretrained(base.model, model_dir)
         loaded = Loaded(model=model, processor=AutoProcessor.from_pretrained(model_dir), family=meta["family"])
     else:
-        family = meta.get("family") or AutoConfig.from_pretrained(model_dir).model_type
-        if family not in FAMILIES:
-            raise ValueError(f"{model_dir}: model type {family!r} is not a known family ({sorted(FAMILIES)})")
+        family = family_of(model_dir)
         loaded = get_family(family).load(ModelCfg(family=family, path=str(model_dir)))
     loaded.model.eval()
     return loaded

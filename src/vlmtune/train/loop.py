@@ -16,6 +16,7 @@ much from becoming best/ (`forgetting.stop_on_violation` ends the run there).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import re
@@ -75,7 +76,14 @@ def build_model(cfg: RunCfg, family: ModelFamily, run_dir: Path, is_main: bool) 
     model = loaded.model
     frozen = {g for g, on in (("vision", cfg.train.freeze_vision), ("projector", cfg.train.freeze_projector),
                               ("language", cfg.train.freeze_language)) if on}
-    meta = {"family": family.name, "adapter": cfg.lora.enabled, "base": cfg.model.path}
+    meta = {"family": family.name, "adapter": cfg.lora.enabled, "base": cfg.model.path, "dtype": cfg.model.dtype}
+    if cfg.model.quantization is not None:  # QLoRA: norms to fp32, input grads on (peft's recipe)
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        meta["quantization"] = dataclasses.asdict(cfg.model.quantization)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
