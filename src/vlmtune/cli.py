@@ -43,16 +43,24 @@ def cmd_data_export(a) -> dict:
 
 
 def cmd_data_check(a) -> dict:
-    from vlmtune.data.lint import image_token_report, parse_size
+    from vlmtune.data.lint import check_dataset, image_token_report, parse_size, summary, write_report
 
-    if not a.image_size:
-        raise ValueError("data check: give --image-size WxH (and --model)")
-    if not a.model:
+    if a.image_size and not a.model:
         raise ValueError("data check --image-size needs --model (a run, checkpoint or model directory)")
-    report = image_token_report(a.model, [parse_size(s) for s in a.image_size])
-    for size, n in report["image_tokens"].items():
-        print(f"{report['family']}: one {size} image takes {n} tokens", file=sys.stderr)
-    return report
+    if a.dir is None:
+        if not a.image_size:
+            raise ValueError("data check: give a dataset directory, or --model with --image-size WxH")
+        report = image_token_report(a.model, [parse_size(s) for s in a.image_size])
+        for size, n in report["image_tokens"].items():
+            print(f"{report['family']}: one {size} image takes {n} tokens", file=sys.stderr)
+        return report
+    report = check_dataset(a.dir, a.model, a.max_length)
+    if a.image_size:
+        report["image_tokens"] = image_token_report(a.model, [parse_size(s) for s in a.image_size])["image_tokens"]
+    out = Path(a.out) if a.out else Path(a.dir) / "check_report.json"
+    write_report(report, out)
+    print(summary(report) + f"\nreport: {out}", file=sys.stderr)
+    return {k: v for k, v in report.items() if k not in ("errors", "warnings")} | {"report": str(out)}
 
 
 def cmd_train(a, overrides: list[str]) -> dict:
@@ -181,9 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex_.set_defaults(fn=cmd_data_export)
 
     ck = dsub.add_parser("check", help="check a dataset (and its fit to a model) before training", formatter_class=ex,
-                         epilog="example: vlmtune data check --model runs/my_run --image-size 336x336 --image-size "
-                                "1280x960   (image tokens per image of each size)")
-    ck.add_argument("--model", default=None, help="a run, checkpoint or model directory")
+                         epilog="examples:\n  vlmtune data check data/vizwiz --model runs/base --max-length 1024"
+                                "   (exit status 1 when errors are found)\n"
+                                "  vlmtune data check --model runs/my_run --image-size 336x336 --image-size 1280x960"
+                                "   (image tokens per image of each size)")
+    ck.add_argument("dir", nargs="?", default=None, help="vlmtune dataset directory")
+    ck.add_argument("--model", default=None,
+                    help="a family name (what it can take) or a run/checkpoint/model directory (also token lengths)")
+    ck.add_argument("--max-length", type=int, default=None, help="report samples longer than this (tokens)")
+    ck.add_argument("--out", default=None, help="JSON report path (default: DIR/check_report.json)")
     ck.add_argument("--image-size", action="append", default=[], metavar="WxH",
                     help="report the image tokens one image of this size takes (repeatable)")
     ck.set_defaults(fn=cmd_data_check)
@@ -241,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vlmtune {a.verb}: error: {e}", file=sys.stderr)
         return 2
     _emit(result)
-    return 0
+    return 1 if isinstance(result, dict) and result.get("ok") is False else 0  # e.g. data check found errors
 
 
 if __name__ == "__main__":

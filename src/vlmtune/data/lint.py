@@ -1,15 +1,49 @@
-"""Pre-flight checks of a dataset against a model, before any training step is spent.
+"""Pre-flight checks of a dataset (and its fit to a model), before any training step is spent.
 
+    vlmtune data check data/vizwiz --model runs/base_llava --max-length 1024     # exit status 1 when errors are found
     vlmtune data check --model runs/my_run --image-size 336x336 --image-size 1280x960
 
-`image_token_report` says how many sequence positions one image of each size takes in a model's family (LLaVA-1.5: a
-fixed 576 whatever the size; Qwen2-VL: one per 28x28 pixels after resizing; Idefics3: per tile), so `max_length` can
-be budgeted before a sample is rejected as too long.
+`check_dataset` streams the manifest once (one sample and its images in memory at a time) and reports:
+
+errors (each names the manifest line and sample; exit status 1)
+  bad records: malformed JSON, unknown fields, placeholder/image count mismatch, empty or whitespace answers, paths
+  escaping the dataset root, missing images; images that do not decode (corrupt, truncated) or exceed the pixel limit
+  (decompression bombs); literal `<image>` placeholders inside message text (the processor would expand them into
+  image tokens that match no image) or inside answers; duplicate sample ids; the same image (by content) in two
+  splits; samples the model's family cannot take (several images, no image, a task it lacks); samples longer than
+  `max_length` tokens, image tokens included.
+warnings (handled, but worth knowing)
+  images in modes converted on load (CMYK, 16-bit, palette with transparency, alpha: composited on white), images
+  with an EXIF orientation (rotated on load), the same images and prompt twice in a split.
+statistics
+  samples per split and task, answer distribution (overall and per question type), image sizes, and with a model
+  the token length of every sample (histogram, percentiles, the samples that do not fit).
+
+The report is JSON (written to `DIR/check_report.json` or `--out`); `image_token_report` answers how many positions
+one image of a given size takes in a model's family, to budget `max_length`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+from collections import Counter, defaultdict
 from pathlib import Path
+
+from vlmtune.data.images import MAX_IMAGE_PIXELS, ImageError, load_image, resolve_inside
+from vlmtune.data.sample import Sample, message_text
+from vlmtune.data.store import MANIFEST, BadRecord
+
+MAX_LISTED = 200
+"""Issues listed per kind in the report (all are counted)."""
+CONVERTED_MODES = {"CMYK": "CMYK converted to RGB", "I;16": "16-bit scaled to 8-bit", "I;16B": "16-bit scaled to 8-bit",
+                   "I;16L": "16-bit scaled to 8-bit", "I": "32-bit integer scaled to 8-bit",
+                   "RGBA": "alpha composited on white", "LA": "alpha composited on white",
+                   "PA": "alpha composited on white"}
+PLACEHOLDERS = re.compile(
+    r"<image>|<\|image_pad\|>|<start_of_image>|<image_soft_token>|<\|image\|>|<fake_token_around_image>")
+"""Image placeholder strings of the common chat templates; literal text like this is never an image slot."""
 
 
 def load_processor(model: str | Path):
@@ -21,6 +55,17 @@ def load_processor(model: str | Path):
 
     model_dir = resolve_model_dir(model)
     return get_family(family_of(model_dir)), AutoProcessor.from_pretrained(model_dir)
+
+
+def resolve_model(model: str | Path | None):
+    """`--model`: a family name (checks what the family can take) or a model directory (also token lengths)."""
+    from vlmtune.models import FAMILIES
+
+    if model is None:
+        return None, None
+    if str(model) in FAMILIES and not Path(model).exists():
+        return FAMILIES[str(model)], None
+    return load_processor(model)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -39,3 +84,227 @@ def image_token_report(model: str | Path, sizes: list[tuple[int, int]]) -> dict:
     family, processor = load_processor(model)
     return {"model": str(model), "family": family.name,
             "image_tokens": {f"{w}x{h}": family.image_tokens(processor, w, h) for w, h in sizes}}
+
+
+class Report:
+    """Issues by kind (counted, the first MAX_LISTED listed) and statistics."""
+
+    def __init__(self):
+        self.errors: dict[str, list[dict]] = defaultdict(list)
+        self.warnings: dict[str, list[dict]] = defaultdict(list)
+        self.counts: Counter = Counter()
+
+    def add(self, level: str, kind: str, line: int | None, sample: str | None, message: str) -> None:
+        self.counts[f"{level}:{kind}"] += 1
+        bucket = (self.errors if level == "error" else self.warnings)[kind]
+        if len(bucket) < MAX_LISTED:
+            bucket.append({"line": line, "sample": sample, "message": message})
+
+    def n(self, level: str) -> int:
+        return sum(v for k, v in self.counts.items() if k.startswith(level + ":"))
+
+
+def _inspect_image(path: Path, max_pixels: int):
+    """(info, warnings, image): mode, size and EXIF orientation of one image, fully decoded (so corrupt and
+    truncated files are caught), the warnings it deserves, and the RGB image. Raises ImageError if unusable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            orientation = img.getexif().get(0x0112, 1)
+            transparent_palette = mode == "P" and "transparency" in img.info
+    except FileNotFoundError:
+        raise ImageError(f"{path}: image file not found") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: {e}") from None
+    except Exception as e:  # PIL raises many types for unreadable headers
+        raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+    img = load_image(path, max_pixels=max_pixels)  # full decode: truncated data, pixel limit
+    warnings = []
+    if mode in CONVERTED_MODES:
+        warnings.append(("image_mode", f"{path.name}: mode {mode} ({CONVERTED_MODES[mode]} on load)"))
+    if transparent_palette:
+        warnings.append(("image_mode", f"{path.name}: palette with transparency (composited on white on load)"))
+    if orientation not in (None, 1):
+        warnings.append(("exif_orientation", f"{path.name}: EXIF orientation {orientation} (rotated on load to "
+                                             f"{img.width}x{img.height})"))
+    return {"mode": mode, "width": img.width, "height": img.height}, warnings, img
+
+
+def _text_issues(sample: Sample) -> list[tuple[str, str]]:
+    issues = []
+    for k, m in enumerate(sample.messages):
+        text = message_text(m)
+        found = PLACEHOLDERS.search(text)
+        if found:
+            where = "answer" if m["role"] == "assistant" else f"{m['role']} turn {k}"
+            kind = "placeholder_in_answer" if m["role"] == "assistant" else "placeholder_in_text"
+            issues.append((kind, f"literal {found.group()!r} in the {where} text (images are slots in `content`, "
+                                 f"never text)"))
+    return issues
+
+
+def _family_issues(family, sample: Sample) -> list[str]:
+    issues = []
+    if len(sample.images) > 1 and not family.multi_image:
+        issues.append(f"{len(sample.images)} images; the {family.name} family takes one per sample")
+    if not sample.images and not family.text_only:
+        issues.append(f"no image; the {family.name} family needs one")
+    if sample.task not in family.tasks and sample.task not in ("vqa", "caption"):
+        issues.append(f"task {sample.task!r} is not one of the {family.name} family's {list(family.tasks)}")
+    return issues
+
+
+def _records(root: Path):
+    """(line number, Sample or BadRecord) for every non-empty manifest line (images are checked by the caller)."""
+    from vlmtune.data.store import parse_line
+
+    file = root / MANIFEST
+    if not file.is_file():
+        raise FileNotFoundError(f"{root}: no {MANIFEST} (not a vlmtune dataset directory)")
+    with open(file, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            raw = raw.rstrip("\n")
+            if not raw.strip():
+                continue
+            try:
+                yield lineno, parse_line(root, file, lineno, raw, check_images=False)
+            except BadRecord as e:
+                yield lineno, e
+
+
+def _histogram(values: list[int], bins: int = 10) -> list[list[int]]:
+    if not values:
+        return []
+    lo, hi = min(values), max(values)
+    width = max(1, -(-(hi - lo + 1) // bins))
+    counts = Counter((v - lo) // width for v in values)
+    return [[lo + b * width, lo + (b + 1) * width - 1, counts.get(b, 0)] for b in range((hi - lo) // width + 1)]
+
+
+def _percentile(sorted_values: list[int], q: float) -> int:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def check_dataset(root: str | Path, model: str | Path | None = None, max_length: int | None = None,
+                  max_pixels: int = MAX_IMAGE_PIXELS, progress: bool = True) -> dict:
+    """Check the dataset at `root` (see the module docstring); returns the report (`report["ok"]`: no errors)."""
+    from tqdm import tqdm
+
+    root = Path(root)
+    family, processor = resolve_model(model)
+    report = Report()
+    ids: dict[str, int] = {}
+    image_splits: dict[str, dict[str, str]] = {}  # content hash -> split -> first sample id
+    hash_of: dict[str, str] = {}  # relative path -> content hash (images shared by several samples)
+    prompts: dict[tuple, str] = {}
+    splits, tasks = Counter(), Counter()
+    answers, by_type = Counter(), defaultdict(Counter)
+    sizes, modes = Counter(), Counter()
+    lengths: list[int] = []
+    too_long: list[dict] = []
+    bar = tqdm(desc=f"check {root}", unit=" samples", disable=not progress)
+    for lineno, rec in _records(root):
+        bar.update()
+        if isinstance(rec, BadRecord):
+            report.add("error", "bad_record", rec.line, None, rec.reason)
+            continue
+        s = rec
+        if s.id in ids:
+            report.add("error", "duplicate_id", lineno, s.id, f"sample id {s.id!r} also on line {ids[s.id]}")
+            continue
+        ids[s.id] = lineno
+        splits[s.split or ""] += 1
+        tasks[s.task] += 1
+        for kind, message in _text_issues(s):
+            report.add("error", kind, lineno, s.id, message)
+        if family is not None:
+            for message in _family_issues(family, s):
+                report.add("error", "family", lineno, s.id, message)
+        if s.messages[-1]["role"] == "assistant":
+            answers[s.target] += 1
+            by_type[s.meta.get("question_type", s.task)][s.target] += 1
+        images, ok = [], True
+        for rel in s.images:
+            try:
+                path = resolve_inside(root, rel)
+                info, warnings, img = _inspect_image(path, max_pixels)
+            except ImageError as e:
+                report.add("error", "image", lineno, s.id, str(e))
+                ok = False
+                continue
+            for kind, message in warnings:
+                report.add("warning", kind, lineno, s.id, message)
+            modes[info["mode"]] += 1
+            sizes[f"{info['width']}x{info['height']}"] += 1
+            if rel not in hash_of:
+                hash_of[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            seen = image_splits.setdefault(hash_of[rel], {})
+            split = s.split or ""
+            if split not in seen:
+                for other, first in seen.items():
+                    report.add("error", "split_leak", lineno, s.id,
+                               f"{rel}: the same image as sample {first!r} of split {other!r} (in split {split!r})")
+                seen[split] = s.id
+            if processor is not None:
+                images.append(img)
+        key = (s.split, tuple(hash_of.get(r, r) for r in s.images), json.dumps(s.prompt_messages, sort_keys=True))
+        if key in prompts:  # several questions per image are normal; the same question twice is a duplicate
+            report.add("warning", "duplicate_sample", lineno, s.id, f"same images and prompt as {prompts[key]!r}")
+        prompts.setdefault(key, s.id)
+        if processor is not None and ok:
+            try:
+                mode = "train" if s.messages[-1]["role"] == "assistant" else "generate"
+                batch = family.encode(processor, [s], [images], mode, 10**9)
+            except ValueError as e:
+                report.add("error", "encode", lineno, s.id, str(e))
+                continue
+            n = int(batch.inputs["attention_mask"][0].sum()) if "attention_mask" in batch.inputs else int(
+                batch.inputs["input_ids"].shape[1])
+            lengths.append(n)
+            if max_length is not None and n > max_length:
+                too_long.append({"line": lineno, "sample": s.id, "tokens": n})
+                report.add("error", "too_long", lineno, s.id,
+                           f"{n} tokens (images included) > max_length {max_length}; vlmtune never truncates")
+    bar.close()
+    stats = {
+        "samples": len(ids), "splits": dict(splits), "tasks": dict(tasks), "image_modes": dict(modes),
+        "image_sizes": dict(sizes.most_common(20)), "distinct_images": len(image_splits),
+        "answers": {"distinct": len(answers), "top": answers.most_common(20),
+                    "by_question_type": {t: c.most_common(10) for t, c in sorted(by_type.items())}},
+    }
+    if lengths:
+        ordered = sorted(lengths)
+        stats["tokens"] = {"model": str(model), "family": family.name, "max_length": max_length,
+                           "min": ordered[0], "p50": _percentile(ordered, 0.5), "p95": _percentile(ordered, 0.95),
+                           "max": ordered[-1], "histogram": _histogram(lengths), "too_long": too_long[:MAX_LISTED],
+                           "n_too_long": len(too_long)}
+    return {"dataset": str(root), "ok": report.n("error") == 0, "n_errors": report.n("error"),
+            "n_warnings": report.n("warning"), "counts": dict(sorted(report.counts.items())),
+            "errors": dict(report.errors), "warnings": dict(report.warnings), **stats}
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+def summary(report: dict) -> str:
+    """A few lines for the terminal."""
+    lines = [f"{report['dataset']}: {report['samples']} samples {report['splits']}, "
+             f"{report['n_errors']} error(s), {report['n_warnings']} warning(s)"]
+    for level in ("errors", "warnings"):
+        for kind, items in report[level].items():
+            n = report["counts"][f"{level[:-1]}:{kind}"]
+            first = items[0]
+            lines.append(f"  {level[:-1]} {kind} x{n}: line {first['line']} {first['sample'] or ''}: "
+                         f"{first['message']}")
+    if "tokens" in report:
+        t = report["tokens"]
+        lines.append(f"  tokens ({t['family']}): min {t['min']} p50 {t['p50']} p95 {t['p95']} max {t['max']}; "
+                     f"{t['n_too_long']} over max_length {t['max_length']}")
+    return "\n".join(lines)
+
+
+__all__ = ["MANIFEST", "check_dataset", "image_token_report", "parse_size", "summary", "write_report"]

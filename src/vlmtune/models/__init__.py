@@ -46,8 +46,8 @@ def support_table() -> str:
         "# Model families",
         "",
         "Generated from `FAMILIES` by `vlmtune models --markdown > docs/models.md` (a test fails if it is stale).",
-        "Every family passes the same contract test (`tests/models/test_contract.py`) on a tiny random model, and loads",
-        "a 4/8-bit base for QLoRA with only its language model quantised (`tests/test_quantization.py`).",
+        "Every family passes the same contract test (`tests/models/test_contract.py`) on a tiny random model and",
+        "loads a 4/8-bit base for QLoRA with only its language model quantised (`tests/test_quantization.py`).",
         "",
         "| family | models | tasks | architecture | text-only samples | several images per sample "
         "| freeze groups | LoRA targets (regex) |",
