@@ -63,6 +63,15 @@ def cmd_data_check(a) -> dict:
     return {k: v for k, v in report.items() if k not in ("errors", "warnings")} | {"report": str(out)}
 
 
+def cmd_data_vqa_from_attributes(a) -> dict:
+    from vlmtune.data.attributes import generate_vqa
+
+    report = generate_vqa(a.table, a.images, a.templates, a.out, langs=a.langs, balance=a.balance,
+                          min_count=a.min_count, seed=a.seed, val=a.val, test=a.test, skip_bad=a.skip_bad,
+                          sheet=a.sheet)
+    return {k: report[k] for k in ("out", "languages", "samples", "images", "splits", "rare", "rejected")}
+
+
 def cmd_train(a, overrides: list[str]) -> dict:
     from vlmtune.config import RunCfg
     from vlmtune.train.loop import train
@@ -201,6 +210,26 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--image-size", action="append", default=[], metavar="WxH",
                     help="report the image tokens one image of this size takes (repeatable)")
     ck.set_defaults(fn=cmd_data_check)
+
+    va = dsub.add_parser("vqa-from-attributes", formatter_class=ex,
+                         help="generate VQA from a table of per-image attributes and question templates",
+                         epilog="example: vlmtune data vqa-from-attributes catalogue.xlsx --images photos/ "
+                                "--templates templates.yaml --out data/catalogue-vqa --balance cap:3\n"
+                                "see docs/data.md for the templates file (questions per language, answer translations)")
+    va.add_argument("table", help="CSV or XLSX: one row per image, one column per attribute")
+    va.add_argument("--images", required=True, help="directory the table's image paths are relative to")
+    va.add_argument("--templates", required=True, help="YAML: questions (per language) and answer translations")
+    va.add_argument("--out", required=True, help="new dataset directory")
+    va.add_argument("--langs", default=None, help="comma-separated languages (default: the templates' languages)")
+    va.add_argument("--balance", default=None, metavar="cap:K",
+                    help="train split: no answer more than K times as frequent as the rarest (per attribute)")
+    va.add_argument("--min-count", type=int, default=20, help="report values seen in fewer rows as too rare")
+    va.add_argument("--seed", type=int, default=0)
+    va.add_argument("--val", type=float, default=0.1)
+    va.add_argument("--test", type=float, default=0.1)
+    va.add_argument("--sheet", default=None, help="XLSX sheet (default: the first)")
+    va.add_argument("--skip-bad", action="store_true", help="skip bad rows (listed in OUT/rejected.jsonl)")
+    va.set_defaults(fn=cmd_data_vqa_from_attributes)
 
     t = sub.add_parser("train", help="fine-tune (or train) a model from a YAML config", formatter_class=ex,
                        epilog="example: vlmtune train --config configs/builtin/tiny_fashion_vqa.yaml --train.lr 1e-3\n"

@@ -143,7 +143,7 @@ def _store(root: Path, rel: str, ref: ImageRef) -> None:
     copy_image(ref.path, root, rel)
 
 
-def _check_image(path: Path) -> None:
+def check_image(path: Path) -> None:
     """Cheap integrity check at import (header + structure, not a full decode; `data check` decodes everything)."""
     from PIL import Image
 
@@ -184,10 +184,13 @@ def import_dataset(fmt: Format, src: str | Path, out: str | Path, images: str | 
         with open(file, "a+b") as f:
             f.truncate(n)
     seen: set[str] = set()
-    with open(partial, encoding="utf-8") as f:
-        for line in f:
-            seen.add(json.loads(line)["id"])
     counts: dict[str, int] = {}
+    with open(partial, encoding="utf-8") as f:  # what an interrupted run already wrote
+        for line in f:
+            row = json.loads(line)
+            seen.add(row["id"])
+            counts[row.get("split") or ""] = counts.get(row.get("split") or "", 0) + 1
+    placed: dict[str, str] = {}  # image path in the dataset -> its source (path, or sha256 of inline bytes)
     n_bad = 0
     with open(partial, "a", encoding="utf-8") as man, open(rejected_file, "a", encoding="utf-8") as rej:
 
@@ -207,8 +210,13 @@ def import_dataset(fmt: Format, src: str | Path, out: str | Path, images: str | 
                     if rec.sample.id in seen:
                         raise ValueError(f"duplicate sample id {rec.sample.id!r}")
                     for rel, ref in zip(rec.sample.images, rec.sources, strict=True):
-                        _store(out, rel, ref)
-                        _check_image(resolve_inside(out, rel))
+                        origin = str(ref.path) if ref.data is None else hashlib.sha256(ref.data).hexdigest()
+                        if placed.get(rel, origin) != origin:
+                            raise ValueError(f"{rel}: another image ({placed[rel]}) is already stored under this name")
+                        if rel not in placed:  # an image shared by several records is copied and checked once
+                            _store(out, rel, ref)
+                            check_image(resolve_inside(out, rel))
+                            placed[rel] = origin
                     _check_answers(rec.sample)
                 except (ImageError, ValueError) as e:
                     rec = BadRecord(rec.file or src, rec.line or i + 1, f"sample {rec.sample.id!r}: {e}")
@@ -243,7 +251,7 @@ def import_dataset(fmt: Format, src: str | Path, out: str | Path, images: str | 
 
 def _check_answers(sample: Sample) -> None:
     if sample.messages[-1]["role"] == "assistant" and not sample.target.strip():
-        raise ValueError("empty answer")
+        raise ValueError("empty caption" if sample.task == "caption" else "empty answer")
     for name in ("answers", "references"):
         values = getattr(sample, name)
         if values is not None and (not values or any(not str(v).strip() for v in values)):
@@ -270,6 +278,6 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
-__all__ = ["Format", "ImageRef", "Imported", "Record", "BadRecord", "content_name", "copy_image", "data_uri",
-           "decode_data_uri", "export_dataset", "image_ref", "import_dataset", "new_dir", "write_json", "write_jsonl",
-           "IMAGE_SUFFIXES"]
+__all__ = ["IMAGE_SUFFIXES", "BadRecord", "Format", "ImageRef", "Imported", "Record", "check_image", "content_name",
+           "copy_image", "data_uri", "decode_data_uri", "export_dataset", "image_ref", "import_dataset", "new_dir",
+           "write_json", "write_jsonl"]
