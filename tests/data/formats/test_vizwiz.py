@@ -66,3 +66,5 @@ def test_bad_records_are_named_and_skipped(tmp_path):
     assert len(rejected) == 4
     assert "empty answer" in errors and "VizWiz_train_00000099.jpg: image file not found" in errors
     assert "escapes" in errors and "VizWiz_val_00000000.jpg: cannot decode image" in errors
+    assert not (tmp_path / "skip" / "images" / "VizWiz_val_00000000.jpg").exists()  # the corrupt file is not kept
+    assert json.loads(rejected[0]["raw"])["id"] == "VizWiz_train_00000001"  # the rejected record, to fix and retry

@@ -215,11 +215,16 @@ def import_dataset(fmt: Format, src: str | Path, out: str | Path, images: str | 
                             raise ValueError(f"{rel}: another image ({placed[rel]}) is already stored under this name")
                         if rel not in placed:  # an image shared by several records is copied and checked once
                             _store(out, rel, ref)
-                            check_image(resolve_inside(out, rel))
+                            try:
+                                check_image(resolve_inside(out, rel))
+                            except ImageError:
+                                resolve_inside(out, rel).unlink()  # a rejected image does not stay in the dataset
+                                raise
                             placed[rel] = origin
                     _check_answers(rec.sample)
                 except (ImageError, ValueError) as e:
-                    rec = BadRecord(rec.file or src, rec.line or i + 1, f"sample {rec.sample.id!r}: {e}")
+                    rec = BadRecord(rec.file or src, rec.line or i + 1, f"sample {rec.sample.id!r}: {e}",
+                                    json.dumps(rec.sample.to_json(), ensure_ascii=False)[:2000])
             if isinstance(rec, BadRecord):
                 if not skip_bad:
                     save_state()
