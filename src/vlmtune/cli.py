@@ -72,6 +72,27 @@ def cmd_data_vqa_from_attributes(a) -> dict:
     return {k: report[k] for k in ("out", "languages", "samples", "images", "splits", "rare", "rejected")}
 
 
+def cmd_data_split(a) -> dict:
+    from vlmtune.data.stats import parse_ratios, split_dataset
+
+    return split_dataset(a.dir, parse_ratios(a.ratios), by=a.by, seed=a.seed)
+
+
+def cmd_data_stats(a) -> dict:
+    from vlmtune.data.stats import dataset_stats
+
+    return dataset_stats(a.dir)
+
+
+def cmd_data_show_mask(a) -> dict:
+    from vlmtune.data.lint import show_mask
+
+    shown = show_mask(a.dir, a.model, a.n, a.split)
+    for s in shown:
+        print(f"== {s['id']} ({s['split']}): {s['tokens']} tokens, {s['trained_tokens']} trained ==\n{s['text']}\n")
+    return {"samples": [{k: s[k] for k in ("id", "tokens", "trained_tokens", "trained_text")} for s in shown]}
+
+
 def cmd_train(a, overrides: list[str]) -> dict:
     from vlmtune.config import RunCfg
     from vlmtune.train.loop import train
@@ -230,6 +251,27 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--sheet", default=None, help="XLSX sheet (default: the first)")
     va.add_argument("--skip-bad", action="store_true", help="skip bad rows (listed in OUT/rejected.jsonl)")
     va.set_defaults(fn=cmd_data_vqa_from_attributes)
+
+    sp = dsub.add_parser("split", help="assign train/val/test splits, never one image in two", formatter_class=ex,
+                         epilog="example: vlmtune data split data/catalogue --by image --ratios 0.8,0.1,0.1")
+    sp.add_argument("dir", help="vlmtune dataset directory (its manifest is rewritten)")
+    sp.add_argument("--by", choices=["image", "sample"], default="image",
+                    help="image: samples sharing an image (by content) stay together (default)")
+    sp.add_argument("--ratios", default="0.8,0.1,0.1", help="train,val,test shares (default 0.8,0.1,0.1)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(fn=cmd_data_split)
+    st = dsub.add_parser("stats", help="counts that describe a dataset (splits, tasks, answers, image sizes)")
+    st.add_argument("dir", help="vlmtune dataset directory")
+    st.set_defaults(fn=cmd_data_stats)
+    sm = dsub.add_parser("show-mask", help="print samples with the tokens the model is trained on marked",
+                         formatter_class=ex,
+                         epilog="example: vlmtune data show-mask data/vizwiz --model runs/base --n 3\n"
+                                "trained tokens are in [[double brackets]]; an image's tokens show as <image xN>")
+    sm.add_argument("dir", help="vlmtune dataset directory")
+    sm.add_argument("--model", required=True, help="a model/run directory, or a family name (its test processor)")
+    sm.add_argument("--n", type=int, default=3)
+    sm.add_argument("--split", default=None)
+    sm.set_defaults(fn=cmd_data_show_mask)
 
     t = sub.add_parser("train", help="fine-tune (or train) a model from a YAML config", formatter_class=ex,
                        epilog="example: vlmtune train --config configs/builtin/tiny_fashion_vqa.yaml --train.lr 1e-3\n"

@@ -285,6 +285,63 @@ def check_dataset(root: str | Path, model: str | Path | None = None, max_length:
             "errors": dict(report.errors), "warnings": dict(report.warnings), **stats}
 
 
+def _runs(ids: list[int], marks: list[str]):
+    """Consecutive runs of equal marks: [(mark, [ids...]), ...]."""
+    runs: list[tuple[str, list[int]]] = []
+    for tok, mark in zip(ids, marks, strict=True):
+        if runs and runs[-1][0] == mark:
+            runs[-1][1].append(tok)
+        else:
+            runs.append((mark, [tok]))
+    return runs
+
+
+def show_mask(root: str | Path, model: str | Path, n: int = 3, split: str | None = None) -> list[dict]:
+    """The first `n` samples as the model will be trained on them: the encoded text with the trained tokens in
+    [[double brackets]] and each image's tokens shown as <image xN>. `model` is a model directory, or a family name
+    (its tiny test processor, which has the family's chat template but a toy vocabulary)."""
+    from vlmtune.data.store import read_samples
+    from vlmtune.models import FAMILIES
+
+    if str(model) in FAMILIES and not Path(model).exists():
+        family = FAMILIES[str(model)]
+        processor = family.tiny().processor
+    else:
+        family, processor = load_processor(model)
+    tok = getattr(processor, "tokenizer", processor)
+    image_ids = set(getattr(processor, "image_token_ids", None) or [getattr(processor, "image_token_id", None)])
+    samples = read_samples(root, split)[0][:n]
+    shown = []
+    for s in samples:
+        images = [load_image(resolve_inside(Path(root), rel)) for rel in s.images]
+        batch = family.encode(processor, [s], [images], "train", 10**9)
+        labels = batch.inputs["labels"][0].tolist()
+        ids = batch.inputs["input_ids"][0].tolist() if "input_ids" in batch.inputs else []  # Pix2Struct: none
+        if ids and "attention_mask" in batch.inputs:
+            keep = batch.inputs["attention_mask"][0].tolist()
+            ids = [t for t, k in zip(ids, keep, strict=True) if k]
+        trained = [t for t in labels if t != -100]
+        if family.shift_labels:  # labels line up with the input ids
+            labels = labels[-len(ids):] if len(labels) > len(ids) else labels
+            marks = ["image" if t in image_ids else "train" if lab != -100 else "prompt"
+                     for t, lab in zip(ids, labels, strict=True)]
+        else:  # encoder-decoder: the input is all prompt, the decoder targets are all trained
+            marks = ["image" if t in image_ids else "prompt" for t in ids]
+        parts = []
+        for mark, run in _runs(ids, marks):
+            if mark == "image":
+                parts.append(f"<image x{len(run)}>")
+            else:
+                text = tok.decode(run, skip_special_tokens=False)
+                parts.append(f"[[{text}]]" if mark == "train" else text)
+        text = "".join(parts) or "(no text input: the prompt is rendered into the image)"
+        if not family.shift_labels:
+            text += "\n  decoder target: [[" + tok.decode(trained, skip_special_tokens=False) + "]]"
+        shown.append({"id": s.id, "split": s.split, "tokens": len(ids), "trained_tokens": len(trained),
+                      "text": text, "trained_text": tok.decode(trained, skip_special_tokens=False)})
+    return shown
+
+
 def write_report(report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
@@ -307,4 +364,4 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MANIFEST", "check_dataset", "image_token_report", "parse_size", "summary", "write_report"]
+__all__ = ["MANIFEST", "check_dataset", "image_token_report", "parse_size", "show_mask", "summary", "write_report"]
