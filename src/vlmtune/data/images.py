@@ -5,6 +5,7 @@ Every failure is an `ImageError` whose message names the file, so a bad record c
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -58,11 +59,16 @@ def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = 
     try:
         with Image.open(path) as img:
             if img.width * img.height > max_pixels:
-                raise ImageError(f"{path}: {img.width}x{img.height} pixels exceeds the limit of {max_pixels}")
+                raise ImageError(f"{path}: {img.width}x{img.height} pixels exceeds the limit of {max_pixels} "
+                                 "(decompression-bomb guard)")
             img.load()
             img = ImageOps.exif_transpose(img)
             return to_rgb(img)
     except ImageError:
         raise
+    except Image.DecompressionBombError as e:  # Pillow's own guard, at twice its limit, fires before ours
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise ImageError(f"{path}: {pixels[1] if pixels else 'its'} pixels exceeds the limit of {max_pixels} "
+                         "(decompression-bomb guard)") from None
     except Exception as e:  # PIL raises many types for corrupt data (OSError, SyntaxError, ValueError, ...)
         raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None

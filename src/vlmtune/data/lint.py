@@ -114,12 +114,9 @@ def _inspect_image(path: Path, max_pixels: int):
             mode = img.mode
             orientation = img.getexif().get(0x0112, 1)
             transparent_palette = mode == "P" and "transparency" in img.info
-    except FileNotFoundError:
-        raise ImageError(f"{path}: image file not found") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: {e}") from None
-    except Exception as e:  # PIL raises many types for unreadable headers
-        raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+    except Exception as e:  # missing, unreadable or too big: load_image says which, in the same words as training
+        load_image(path, max_pixels=max_pixels)
+        raise ImageError(f"{path}: cannot read the image header ({type(e).__name__}: {e})") from None
     img = load_image(path, max_pixels=max_pixels)  # full decode: truncated data, pixel limit
     warnings = []
     if mode in CONVERTED_MODES:
