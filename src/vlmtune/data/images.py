@@ -5,7 +5,12 @@ Every failure is an `ImageError` whose message names the file, so a bad record c
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -19,15 +24,20 @@ class ImageError(ValueError):
     pass
 
 
+@functools.lru_cache(maxsize=256)
+def _real(root: str) -> str:
+    return os.path.realpath(root)
+
+
 def resolve_inside(root: Path, rel: str) -> Path:
     """`root / rel`, refusing absolute paths and paths that escape `root` (`../`, symlinks out)."""
-    if not rel or Path(rel).is_absolute():
+    if not rel or os.path.isabs(rel):
         raise ImageError(f"image path {rel!r} must be relative to the dataset directory {root}")
-    root_real = Path(root).resolve()
-    path = (root_real / rel).resolve()
-    if not path.is_relative_to(root_real):
+    root_real = _real(os.fspath(root))
+    path = os.path.realpath(os.path.join(root_real, rel))
+    if path != root_real and not path.startswith(root_real.rstrip(os.sep) + os.sep):
         raise ImageError(f"image path {rel!r} escapes the dataset directory {root}")
-    return path
+    return Path(path)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -47,8 +57,23 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES) -> Image.Image:
-    """Open, check limits, decode fully (catches truncated files), apply EXIF orientation, convert to RGB."""
+@dataclass
+class Decoded:
+    """One image as read from disk: the RGB image vlmtune uses and what the file was before conversion."""
+
+    image: Image.Image
+    mode: str
+    """The file's Pillow mode (CMYK, I;16, P, RGBA, ...) before conversion to RGB."""
+    orientation: int
+    """The EXIF orientation tag (1: upright; the image is already rotated accordingly)."""
+    transparent_palette: bool
+    sha256: str
+    """Of the file's bytes (the same image under two names has the same digest)."""
+
+
+def decode_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES) -> Decoded:
+    """Read the file once, check the byte and pixel limits before decoding, decode fully (catches truncated files),
+    apply EXIF orientation, convert to RGB. Every failure is an ImageError naming the file."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -56,14 +81,16 @@ def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = 
         raise ImageError(f"{path}: image file not found") from None
     if size > max_bytes:
         raise ImageError(f"{path}: {size} bytes exceeds the limit of {max_bytes}")
+    data = path.read_bytes()
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > max_pixels:
                 raise ImageError(f"{path}: {img.width}x{img.height} pixels exceeds the limit of {max_pixels} "
                                  "(decompression-bomb guard)")
+            mode, transparent = img.mode, img.mode == "P" and "transparency" in img.info
             img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+            orientation = img.getexif().get(0x0112, 1)  # after load: a PNG may keep its EXIF after the pixels
+            rgb = to_rgb(ImageOps.exif_transpose(img))
     except ImageError:
         raise
     except Image.DecompressionBombError as e:  # Pillow's own guard, at twice its limit, fires before ours
@@ -72,3 +99,9 @@ def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = 
                          "(decompression-bomb guard)") from None
     except Exception as e:  # PIL raises many types for corrupt data (OSError, SyntaxError, ValueError, ...)
         raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+    return Decoded(rgb, mode, orientation or 1, transparent, hashlib.sha256(data).hexdigest())
+
+
+def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES) -> Image.Image:
+    """The RGB image at `path`, checked and oriented (see `decode_image`)."""
+    return decode_image(path, max_pixels, max_bytes).image

@@ -31,7 +31,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from vlmtune.data.images import MAX_IMAGE_PIXELS, ImageError, load_image, resolve_inside
+from vlmtune.data.images import MAX_IMAGE_PIXELS, Decoded, ImageError, decode_image, load_image, resolve_inside
 from vlmtune.data.sample import Sample, message_text
 from vlmtune.data.store import MANIFEST, BadRecord
 
@@ -104,29 +104,16 @@ class Report:
         return sum(v for k, v in self.counts.items() if k.startswith(level + ":"))
 
 
-def _inspect_image(path: Path, max_pixels: int):
-    """(info, warnings, image): mode, size and EXIF orientation of one image, fully decoded (so corrupt and
-    truncated files are caught), the warnings it deserves, and the RGB image. Raises ImageError if unusable."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            mode = img.mode
-            orientation = img.getexif().get(0x0112, 1)
-            transparent_palette = mode == "P" and "transparency" in img.info
-    except Exception as e:  # missing, unreadable or too big: load_image says which, in the same words as training
-        load_image(path, max_pixels=max_pixels)
-        raise ImageError(f"{path}: cannot read the image header ({type(e).__name__}: {e})") from None
-    img = load_image(path, max_pixels=max_pixels)  # full decode: truncated data, pixel limit
+def _image_warnings(d: Decoded, path: Path) -> list[tuple[str, str]]:
     warnings = []
-    if mode in CONVERTED_MODES:
-        warnings.append(("image_mode", f"{path.name}: mode {mode} ({CONVERTED_MODES[mode]} on load)"))
-    if transparent_palette:
+    if d.mode in CONVERTED_MODES:
+        warnings.append(("image_mode", f"{path.name}: mode {d.mode} ({CONVERTED_MODES[d.mode]} on load)"))
+    if d.transparent_palette:
         warnings.append(("image_mode", f"{path.name}: palette with transparency (composited on white on load)"))
-    if orientation not in (None, 1):
-        warnings.append(("exif_orientation", f"{path.name}: EXIF orientation {orientation} (rotated on load to "
-                                             f"{img.width}x{img.height})"))
-    return {"mode": mode, "width": img.width, "height": img.height}, warnings, img
+    if d.orientation != 1:
+        warnings.append(("exif_orientation", f"{path.name}: EXIF orientation {d.orientation} (rotated on load to "
+                                             f"{d.image.width}x{d.image.height})"))
+    return warnings
 
 
 def _text_issues(sample: Sample) -> list[tuple[str, str]]:
@@ -195,7 +182,8 @@ def check_dataset(root: str | Path, model: str | Path | None = None, max_length:
     ids: dict[str, int] = {}
     image_splits: dict[str, dict[str, str]] = {}  # content hash -> split -> first sample id
     hash_of: dict[str, str] = {}  # relative path -> content hash (images shared by several samples)
-    prompts: dict[tuple, str] = {}
+    prompts: dict[bytes, str] = {}  # digest of (split, images, prompt) -> first sample id
+    broken: dict[str, str] = {}  # relative path -> why it cannot be used
     splits, tasks = Counter(), Counter()
     answers, by_type = Counter(), defaultdict(Counter)
     sizes, modes = Counter(), Counter()
@@ -224,19 +212,25 @@ def check_dataset(root: str | Path, model: str | Path | None = None, max_length:
             by_type[s.meta.get("question_type", s.task)][s.target] += 1
         images, ok = [], True
         for rel in s.images:
-            try:
-                path = resolve_inside(root, rel)
-                info, warnings, img = _inspect_image(path, max_pixels)
-            except ImageError as e:
-                report.add("error", "image", lineno, s.id, str(e))
+            if rel in broken:  # an image shared by several samples is decoded and judged once
+                report.add("error", "image", lineno, s.id, broken[rel])
                 ok = False
                 continue
-            for kind, message in warnings:
-                report.add("warning", kind, lineno, s.id, message)
-            modes[info["mode"]] += 1
-            sizes[f"{info['width']}x{info['height']}"] += 1
-            if rel not in hash_of:
-                hash_of[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+            if rel not in hash_of or processor is not None:
+                try:
+                    path = resolve_inside(root, rel)
+                    decoded = decode_image(path, max_pixels)
+                except ImageError as e:
+                    broken[rel] = str(e)
+                    report.add("error", "image", lineno, s.id, str(e))
+                    ok = False
+                    continue
+                if rel not in hash_of:
+                    for kind, message in _image_warnings(decoded, path):
+                        report.add("warning", kind, lineno, s.id, message)
+                    modes[decoded.mode] += 1
+                    sizes[f"{decoded.image.width}x{decoded.image.height}"] += 1
+                    hash_of[rel] = decoded.sha256
             seen = image_splits.setdefault(hash_of[rel], {})
             split = s.split or ""
             if split not in seen:
@@ -245,8 +239,9 @@ def check_dataset(root: str | Path, model: str | Path | None = None, max_length:
                                f"{rel}: the same image as sample {first!r} of split {other!r} (in split {split!r})")
                 seen[split] = s.id
             if processor is not None:
-                images.append(img)
-        key = (s.split, tuple(hash_of.get(r, r) for r in s.images), json.dumps(s.prompt_messages, sort_keys=True))
+                images.append(decoded.image)
+        key = hashlib.sha1(json.dumps([s.split, [hash_of.get(r, r) for r in s.images], s.prompt_messages],
+                                      sort_keys=True).encode()).digest()
         if key in prompts:  # several questions per image are normal; the same question twice is a duplicate
             report.add("warning", "duplicate_sample", lineno, s.id, f"same images and prompt as {prompts[key]!r}")
         prompts.setdefault(key, s.id)
