@@ -78,8 +78,11 @@ def test_eval_prints_metrics_and_writes_files(trained_run, fashion_dir, tmp_path
                  "--out", str(tmp_path / "ev"), "--max-new-tokens", "4"]) == 0
     metrics = _last_json(capsys)
     assert metrics["n"] == 5 and 0 <= metrics["vqa_accuracy"] <= 1 and "by_question_type" in metrics
-    assert json.loads((tmp_path / "ev/metrics.json").read_text()) == metrics
-    assert len((tmp_path / "ev/predictions.jsonl").read_text().splitlines()) == 5
+    assert json.loads((tmp_path / "ev/metrics.json").read_text()) == {k: v for k, v in metrics.items() if k != "report"}
+    rows = [json.loads(x) for x in (tmp_path / "ev/predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and all("vqa_accuracy" in r["scores"] for r in rows)  # per-sample scores
+    page = (tmp_path / "ev/analysis.html").read_text()  # the error-analysis page, beside the metrics
+    assert metrics["report"] == str(tmp_path / "ev/analysis.html") and page.count("<tr class='sample'") == 5
     # without --split: every sample
     assert main(["eval", "--model", str(trained_run), "--data", str(fashion_dir), "--out", str(tmp_path / "all"),
                  "--max-new-tokens", "4"]) == 0

@@ -117,15 +117,44 @@ def _predictor(a):
                                num_beams=a.num_beams, max_length=a.max_length)
 
 
+def _task_options(a) -> dict:
+    return {"vqa_variant": a.vqa_variant, "anls_variant": a.anls_variant, "lang": a.lang}
+
+
 def cmd_eval(a) -> dict:
     from vlmtune.eval.runner import evaluate
     from vlmtune.eval.tasks import get_task
 
+    if a.eval_verb == "score":
+        return cmd_eval_score(a)
+    if a.eval_verb == "compare":
+        return cmd_eval_compare(a)
+    if not a.model or not a.data:
+        raise ValueError("eval: --model and --data are required (or: vlmtune eval score / vlmtune eval compare)")
     out = Path(a.out) if a.out else Path(a.model) / "eval" / (a.split or "all")
     samples = _eval_samples(a, out)
-    metrics = evaluate(_predictor(a), a.data, samples, get_task(a.task), out, progress=True)
+    metrics = evaluate(_predictor(a), a.data, samples, get_task(a.task), out, progress=True, prompt=a.prompt,
+                       submission=a.submission, **_task_options(a))
+    if a.report:
+        from vlmtune.eval.analysis import write_analysis
+
+        page, _ = write_analysis({"model": out / "predictions.jsonl"}, out / "analysis.html", data=a.data,
+                                 task=a.task)
+        metrics["report"] = str(page)
     print(f"wrote {out}/metrics.json and {out}/predictions.jsonl", file=sys.stderr)
     return metrics
+
+
+def cmd_eval_score(a) -> dict:
+    from vlmtune.eval.score import score_file
+
+    return score_file(a.predictions, a.task, a.out, **_task_options(a))
+
+
+def cmd_eval_compare(a) -> dict:
+    from vlmtune.eval.analysis import compare_files
+
+    return compare_files(a.predictions, a.out, data=a.data, task=a.task, names=a.names)
 
 
 def cmd_predict(a) -> dict:
@@ -164,9 +193,10 @@ def cmd_models(a) -> dict | None:
     return {"families": rows, "builtin": "model.path: builtin (llava family)"}
 
 
-def _add_model_args(p) -> None:
-    p.add_argument("--model", required=True, help="a run directory (its best checkpoint), checkpoint or HF model dir")
-    p.add_argument("--data", required=True, help="dataset directory (manifest.jsonl + images)")
+def _add_model_args(p, required: bool = True) -> None:
+    p.add_argument("--model", required=required,
+                   help="a run directory (its best checkpoint), checkpoint or HF model dir")
+    p.add_argument("--data", required=required, help="dataset directory (manifest.jsonl + images)")
     p.add_argument("--split", default=None, help="split to use (default: every sample)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=16)
@@ -174,6 +204,28 @@ def _add_model_args(p) -> None:
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--limit", type=int, default=None, help="only the first N samples")
     p.add_argument("--skip-bad", action="store_true", help="skip bad records (listed in rejected.jsonl)")
+
+
+def _add_task_args(p) -> None:
+    from vlmtune.eval.tasks import TASKS
+
+    p.add_argument("--task", default="vqa", choices=sorted(TASKS))
+    p.add_argument("--vqa-variant", default=None,
+                   choices=["official", "evalai", "vizwiz", "lavis_pre2021", "lmms_eval"],
+                   help="VQA accuracy as computed by (default) the official GT-Vision-Lab code, or another tool")
+    p.add_argument("--anls-variant", default=None, choices=["rrc", "lmms_eval", "pix2struct"],
+                   help="ANLS as computed by (default) the RRC DocVQA script, or another tool")
+    p.add_argument("--lang", default=None, help="caption language when rows carry none (default en)")
+
+
+SCORE_HELP = """each line of --predictions is one JSON object:
+  vqa        {"id": "1", "prediction": "two", "answers": ["2", "two", ...], "answer_type": "number",
+              "question_type": "how many", "answerable": 1}
+  caption    {"id": "1", "prediction": "a dog", "references": ["A dog runs.", ...], "lang": "en"}
+  chartqa    {"id": "1", "prediction": "14", "target": "14"}
+  docvqa     {"id": "1", "prediction": "Dr. Lobo", "answers": ["Dr. Lobo", "Dear Dr. Lobo"]}
+  retrieval  {"id": "img1", "similarity": {"t1": 0.3, "t2": 0.9}, "positives": ["t2"]}
+the metrics are printed as JSON on the last line"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,11 +331,36 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", "-c", default=None)
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("eval", help="generate answers for a dataset and score them", formatter_class=ex,
-                       epilog="example: vlmtune eval --model runs/tiny_fashion_vqa --data data/fashion --split test")
-    _add_model_args(e)
-    e.add_argument("--task", default="vqa")
+    e = sub.add_parser("eval", help="generate answers for a dataset and score them; score or compare prediction files",
+                       formatter_class=ex,
+                       epilog="examples:\n"
+                              "  vlmtune eval --model runs/tiny_fashion_vqa --data data/fashion --split test\n"
+                              "  vlmtune eval score --task caption --predictions preds.jsonl --out scores/\n"
+                              "  vlmtune eval compare base/predictions.jsonl tuned/predictions.jsonl --data data/x "
+                              "--out compare.html")
+    _add_model_args(e, required=False)
+    _add_task_args(e)
     e.add_argument("--out", default=None, help="output directory (default: MODEL/eval/SPLIT)")
+    e.add_argument("--prompt", default=None, help='rewrite each question, e.g. "{question}\\nAnswer the question '
+                                                  'using a single word or phrase."')
+    e.add_argument("--submission", choices=["vqav2", "vizwiz"], default=None,
+                   help="also write the official submission file (default: detected from the data's source)")
+    e.add_argument("--no-report", dest="report", action="store_false", help="do not write analysis.html")
+    esub = e.add_subparsers(dest="eval_verb")
+    sc = esub.add_parser("score", help="score a predictions JSONL made anywhere (no model is loaded)",
+                         formatter_class=ex, epilog=SCORE_HELP)
+    _add_task_args(sc)
+    sc.add_argument("--predictions", required=True, help="JSONL: id, prediction and answers/references/target")
+    sc.add_argument("--out", default=None, help="directory for metrics.json and the scored predictions")
+    cp = esub.add_parser("compare", help="error-analysis page of two or more prediction files side by side",
+                         formatter_class=ex,
+                         epilog="example: vlmtune eval compare runs/base/eval/test/predictions.jsonl "
+                                "runs/tuned/eval/test/predictions.jsonl --data data/x --out compare.html")
+    _add_task_args(cp)
+    cp.add_argument("predictions", nargs="+", help="predictions.jsonl files (the first is the baseline)")
+    cp.add_argument("--names", default=None, help="comma-separated column names (default: base,tuned / file names)")
+    cp.add_argument("--data", default=None, help="dataset directory, to show the images")
+    cp.add_argument("--out", required=True, help="HTML file to write")
     e.set_defaults(fn=cmd_eval)
 
     pr = sub.add_parser("predict", help="write predictions for a dataset", formatter_class=ex,

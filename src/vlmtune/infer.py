@@ -65,6 +65,31 @@ class Predictor:
             model.train(was_training)
         return answers
 
+    def loglik(self, samples: list[Sample], images: list[list]) -> list[float]:
+        """Mean log-probability per token of each sample's assistant turns (its answer or caption) given the rest:
+        how likely the model finds that text for that image (retrieval scores, answer ranking)."""
+        import torch
+
+        from vlmtune.models.family import accepts_logits_to_keep, forward_losses, logit_prefix_of
+
+        model = self.loaded.model
+        was_training = model.training
+        model.eval()
+        scores: list[float] = []
+        try:
+            for i in range(0, len(samples), self.batch_size):
+                chunk, chunk_images = samples[i : i + self.batch_size], images[i : i + self.batch_size]
+                batch = self.family.encode(self.loaded.processor, chunk, chunk_images, "train", self.max_length)
+                inputs = dict(batch.to(model.device).inputs)
+                labels = inputs.pop("labels")
+                with torch.inference_mode():
+                    sums, counts = forward_losses(model, self.family, inputs, labels, accepts_logits_to_keep(model),
+                                                  logit_prefix_of(self.family, model))
+                scores.extend((-sums / counts.clamp(min=1)).tolist())
+        finally:
+            model.train(was_training)
+        return scores
+
     def ask(self, image, question: str) -> str:
         """One image (or None) and one question -> the answer."""
         images = [image] if image is not None else []

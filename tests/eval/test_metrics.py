@@ -181,7 +181,7 @@ def test_exact_match_empty_answers():
 
 
 def test_metrics_registry():
-    assert set(METRICS) == {"vqa_accuracy", "exact_match"}
+    assert set(METRICS) == {"vqa_accuracy", "exact_match", "relaxed_accuracy", "anls"}
     assert METRICS["vqa_accuracy"] is vqa_accuracy
     assert METRICS["exact_match"] is exact_match
     for fn in METRICS.values():

@@ -31,13 +31,12 @@ class Probe:
 def load_probes(cfgs, skip_bad: bool = False, rejected_path: Path | None = None) -> list[Probe]:
     """ProbeCfgs -> Probes (synthetic probe sets are generated on first use)."""
     from vlmtune.data.dataset import load_split, prepare_dataset
-    from vlmtune.eval.metrics import METRICS
     from vlmtune.eval.tasks import get_task
 
     probes = []
     for c in cfgs:
         task = get_task(c.task)
-        if c.metric not in task.metrics or c.metric not in METRICS:
+        if c.metric not in task.metrics:
             raise ValueError(f"probes[{c.name}]: metric {c.metric!r} is not computed by task {c.task!r} "
                              f"(it computes {list(task.metrics)})")
         root = prepare_dataset(c.path, c.synth)

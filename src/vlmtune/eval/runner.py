@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 from vlmtune.data.images import load_image, resolve_inside
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import atomic_write_text
-from vlmtune.eval.tasks import Task, aggregate
+from vlmtune.eval.tasks import Task
 
 
 def load_images(root: Path, sample: Sample) -> list:
@@ -33,8 +34,39 @@ def _done(path: Path | None) -> dict[str, dict]:
     return done
 
 
+def with_prompt(sample: Sample, template: str | None) -> Sample:
+    """The sample with its last question rewritten by `template` ("{question}" is the original text), e.g.
+    "{question}\nAnswer the question using a single word or phrase." (LLaVA-1.5's VQAv2 prompt)."""
+    if not template:
+        return sample
+    if "{question}" not in template:
+        raise ValueError(f"prompt template {template!r} must contain {{question}}")
+    messages = [dict(m) for m in sample.prompt_messages]
+    k = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    content = [dict(part) for part in messages[k]["content"]]
+    texts = [i for i, part in enumerate(content) if part.get("type") == "text"]
+    content[texts[-1]]["text"] = template.format(question=content[texts[-1]]["text"])
+    messages[k] = {**messages[k], "content": content}
+    return dataclasses.replace(sample, messages=messages + sample.messages[len(sample.prompt_messages):])
+
+
+META_KEYS = ("question_type", "answer_type", "answerable", "subset", "chart_type", "lang", "question_id")
+
+
+def row_of(sample: Sample, prediction: str) -> dict:
+    """A predictions-file row: what `eval score`, the error-analysis page and submissions need."""
+    row = {"id": sample.id, "images": sample.images, "question": sample.question, "prediction": prediction,
+           "answers": sample.gold()}
+    meta = {k: v for k, v in sample.meta.items() if isinstance(v, (str, int, float, bool))}
+    if sample.source:
+        meta["source"] = sample.source
+    if meta:
+        row["meta"] = meta
+    return row
+
+
 def predict(predictor, root: str | Path, samples: list[Sample], out: Path | None = None,
-            task: Task | None = None, progress: bool = False) -> list[dict]:
+            progress: bool = False, prompt: str | None = None) -> list[dict]:
     """Generate an answer per sample. Rows are appended to `out` as they are made; rows already in `out` are
     reused, so a killed run continues where it stopped."""
     root = Path(root)
@@ -55,13 +87,10 @@ def predict(predictor, root: str | Path, samples: list[Sample], out: Path | None
         step = predictor.batch_size
         for i in range(0, len(todo), step):
             chunk = todo[i : i + step]
-            answers = predictor.generate(chunk, [load_images(root, s) for s in chunk])
+            answers = predictor.generate([with_prompt(s, prompt) for s in chunk],
+                                         [load_images(root, s) for s in chunk])
             for s, a in zip(chunk, answers, strict=True):
-                row = {"id": s.id, "images": s.images, "question": s.question, "prediction": a, "answers": s.gold()}
-                if s.meta:
-                    row["meta"] = {k: v for k, v in s.meta.items() if isinstance(v, (str, int, float, bool))}
-                if task is not None:
-                    row["scores"] = task.score(a, s)
+                row = row_of(s, a)
                 done[s.id] = row
                 if fh:
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -76,16 +105,41 @@ def predict(predictor, root: str | Path, samples: list[Sample], out: Path | None
     return [done[s.id] for s in samples]
 
 
+def write_submission(rows: list[dict], out_dir: Path, kind: str) -> Path:
+    """The official submission file: VQAv2 [{"question_id": int, "answer"}], VizWiz [{"image": file, "answer"}]."""
+    if kind == "vqav2":
+        items = [{"question_id": int((r.get("meta") or {}).get("question_id", r["id"])), "answer": r["prediction"]}
+                 for r in rows]
+    elif kind == "vizwiz":
+        items = [{"image": Path(r["images"][0]).name, "answer": r["prediction"]} for r in rows]
+    else:
+        raise ValueError(f"unknown submission format {kind!r}; known: vqav2, vizwiz")
+    path = out_dir / f"submission_{kind}.json"
+    atomic_write_text(path, json.dumps(items, ensure_ascii=False) + "\n")
+    return path
+
+
 def evaluate(predictor, root: str | Path, samples: list[Sample], task: Task, out_dir: str | Path | None = None,
-             progress: bool = False) -> dict:
-    """Predict and score; with `out_dir`, writes predictions.jsonl and metrics.json there."""
+             progress: bool = False, prompt: str | None = None, submission: str | None = None,
+             **options) -> dict:
+    """Predict and score; with `out_dir`, writes predictions.jsonl (with per-sample scores) and metrics.json there,
+    and the official submission file for VQAv2/VizWiz data (`submission`, or detected from the samples' source)."""
     out_dir = Path(out_dir) if out_dir else None
-    rows = predict(predictor, root, samples, out_dir / "predictions.jsonl" if out_dir else None, task, progress)
-    by_id = {s.id: s for s in samples}
-    for r in rows:  # rows reused from an earlier run of another task get rescored
-        if "scores" not in r or set(r["scores"]) != set(task.metrics):
-            r["scores"] = task.score(r["prediction"], by_id[r["id"]])
-    metrics = {"task": task.name, **aggregate(task, rows)}
+    if task.name == "retrieval":
+        from vlmtune.eval.tasks.retrieval import retrieval_rows
+
+        rows = retrieval_rows(predictor, root, samples, progress)
+    else:
+        rows = predict(predictor, root, samples, out_dir / "predictions.jsonl" if out_dir else None, progress, prompt)
+    metrics = {"task": task.name, **{k: v for k, v in options.items() if v is not None},
+               **task.score_rows(rows, **{k: v for k, v in options.items() if v is not None})}
     if out_dir:
-        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "predictions.jsonl",
+                          "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        sources = {s.source for s in samples}
+        kind = submission or (sources.pop() if len(sources) == 1 and sources <= {"vqav2", "vizwiz"} else None)
+        if kind and task.name == "vqa":
+            metrics["submission"] = str(write_submission(rows, out_dir, kind))
+        atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return metrics

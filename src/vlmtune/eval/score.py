@@ -1,0 +1,81 @@
+"""`vlmtune eval score`: score a predictions file made anywhere (vLLM, lmms-eval, another fine-tuning tool) with
+the same task code as `vlmtune eval`, without loading a model.
+
+    vlmtune eval score --task vqa --predictions preds.jsonl --vqa-variant official --out scores/
+
+Each line is one JSON object with `id`, `prediction` and the gold answers (see `vlmtune eval score --help`);
+`answer_type`, `question_type`, `answerable`, `subset` and `lang` may sit at the top level or under `meta`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vlmtune.data.store import BadRecord, atomic_write_text
+from vlmtune.eval.runner import META_KEYS
+from vlmtune.eval.tasks import get_task, gold
+
+
+def read_rows(path: str | Path, task: str) -> list[dict]:
+    """The rows of a predictions JSONL, checked: a bad line raises a BadRecord naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such predictions file")
+    rows, seen = [], {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise BadRecord(path, lineno, f"malformed JSON: {e.msg} at column {e.colno}", raw[:500]) from None
+            if not isinstance(row, dict) or "id" not in row:
+                raise BadRecord(path, lineno, "each line must be a JSON object with an 'id'", raw[:500])
+            row["id"] = str(row["id"])
+            if row["id"] in seen:
+                raise BadRecord(path, lineno, f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
+            seen[row["id"]] = lineno
+            try:
+                _check(row, task)
+            except (ValueError, TypeError) as e:
+                raise BadRecord(path, lineno, f"id {row['id']!r}: {e}", raw[:500]) from None
+            meta = dict(row.get("meta") or {})
+            for key in META_KEYS:
+                if key in row and key not in meta:
+                    meta[key] = row.pop(key)
+            if meta:
+                row["meta"] = meta
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no predictions")
+    return rows
+
+
+def _check(row: dict, task: str) -> None:
+    if task == "retrieval":
+        if not isinstance(row.get("similarity"), dict) or not row["similarity"]:
+            raise ValueError("'similarity' must be an object {text id: score}")
+        if not isinstance(row.get("positives"), list):
+            raise ValueError("'positives' must list the ids of the image's own texts")
+        return
+    if not isinstance(row.get("prediction"), str):
+        raise ValueError("'prediction' must be a string")
+    answers = gold(row)
+    if not all(isinstance(a, str) for a in answers):
+        raise ValueError("answers/references/target must be strings")
+
+
+def score_file(predictions: str | Path, task: str, out: str | Path | None = None, **options) -> dict:
+    """Score `predictions` with `task`; with `out`, writes metrics.json and predictions.jsonl (per-sample scores)."""
+    t = get_task(task)
+    rows = read_rows(predictions, task)
+    opts = {k: v for k, v in options.items() if v is not None}
+    metrics = {"task": task, "predictions": str(predictions), **opts, **t.score_rows(rows, **opts)}
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return metrics

@@ -1,0 +1,82 @@
+"""The eval runner with a scripted predictor: scored predictions, resume after a kill, prompts, submissions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import FORMAT_FIXTURES, import_format
+
+from vlmtune.data.store import read_samples
+from vlmtune.eval.runner import evaluate, with_prompt
+from vlmtune.eval.tasks import get_task
+
+
+class Scripted:
+    """Answers from a dict (default "unanswerable"); can die after N calls like a killed process."""
+
+    batch_size = 2
+
+    def __init__(self, answers, die_after=None):
+        self.answers, self.die_after, self.calls, self.seen = answers, die_after, 0, []
+
+    def generate(self, samples, images):
+        if self.die_after is not None and self.calls >= self.die_after:
+            raise KeyboardInterrupt("killed")
+        self.calls += 1
+        self.seen.extend(s.question for s in samples)
+        assert all(len(i) == len(s.images) for s, i in zip(samples, images, strict=True))
+        return [self.answers.get(s.id, "unanswerable") for s in samples]
+
+
+@pytest.fixture(scope="module")
+def vizwiz(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vizwiz") / "d"
+    import_format("vizwiz", FORMAT_FIXTURES / "vizwiz", out)
+    return out
+
+
+def test_scores_submission_and_resume(vizwiz, tmp_path):
+    samples = [s for s in read_samples(vizwiz)[0] if s.split != "test"]
+    answers = {"VizWiz_train_00000000": "phone", "VizWiz_train_00000001": "Red", "VizWiz_val_00000000": "three"}
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(Scripted(answers, die_after=1), vizwiz, samples, get_task("vqa"), tmp_path / "e")
+    assert len((tmp_path / "e" / "predictions.jsonl").read_text().splitlines()) == 2  # one batch written
+    p = Scripted(answers)
+    metrics = evaluate(p, vizwiz, samples, get_task("vqa"), tmp_path / "e")
+    assert p.calls == 2 and len(p.seen) == 3  # only the 3 samples not done before the kill
+    rows = [json.loads(x) for x in (tmp_path / "e" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [s.id for s in samples]
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["VizWiz_train_00000000"]["scores"]["vqa_accuracy"] == 1.0
+    assert by_id["VizWiz_train_00000001"]["scores"]["vqa_accuracy"] == 1.0  # 5 x red, normalised (GT disagree)
+    meta = by_id["VizWiz_val_00000001"]["meta"]
+    assert meta["answerable"] == 0 and meta["answer_type"] == "unanswerable" and meta["source"] == "vizwiz"
+    assert metrics["n"] == 5 and "answerability_average_precision" in metrics
+    assert set(metrics["by_answer_type"]) == {"other", "yes/no", "number", "unanswerable"}
+    sub = json.loads((tmp_path / "e" / "submission_vizwiz.json").read_text())
+    assert sub[0] == {"image": "VizWiz_train_00000000.jpg", "answer": "phone"} and len(sub) == 5
+    saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert saved["vqa_accuracy"] == metrics["vqa_accuracy"] and saved["submission"].endswith("submission_vizwiz.json")
+
+
+def test_vqav2_submission_uses_question_ids(tmp_path):
+    out = tmp_path / "d"
+    import_format("vqav2", FORMAT_FIXTURES / "vqav2", out)
+    samples = [s for s in read_samples(out)[0] if s.split == "val"]
+    evaluate(Scripted({}), out, samples, get_task("vqa"), tmp_path / "e")
+    sub = json.loads((tmp_path / "e" / "submission_vqav2.json").read_text())
+    assert [x["question_id"] for x in sub] == [s.meta["question_id"] for s in samples]
+    assert all(isinstance(x["question_id"], int) for x in sub)
+
+
+def test_prompt_template_rewrites_only_the_last_question(vizwiz):
+    s = next(x for x in read_samples(vizwiz)[0] if x.id == "VizWiz_train_00000000")
+    t = with_prompt(s, "{question}\nAnswer the question using a single word or phrase.")
+    assert t.question == s.question + "\nAnswer the question using a single word or phrase."
+    assert t.messages[-1] == s.messages[-1] and t.images == s.images and s.question == "What is this?"
+    with pytest.raises(ValueError, match="must contain"):
+        with_prompt(s, "Answer briefly.")
+    p = Scripted({})
+    evaluate(p, vizwiz, [s], get_task("vqa"), prompt="Q: {question} A:")
+    assert p.seen == ["Q: What is this? A:"]
