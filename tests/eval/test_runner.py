@@ -80,3 +80,31 @@ def test_prompt_template_rewrites_only_the_last_question(vizwiz):
     p = Scripted({})
     evaluate(p, vizwiz, [s], get_task("vqa"), prompt="Q: {question} A:")
     assert p.seen == ["Q: What is this? A:"]
+
+
+def test_retrieval_with_a_generative_model_scores_every_pair(fashion_dir):
+    from helpers import TINY_BUILTIN
+
+    from vlmtune.config import BuiltinCfg
+    from vlmtune.data.sample import Sample, assistant, user
+    from vlmtune.eval.tasks.retrieval import retrieval_rows
+    from vlmtune.infer import Predictor
+    from vlmtune.models import get_family
+    from vlmtune.models.builtin import build_builtin
+
+    predictor = Predictor(build_builtin(BuiltinCfg(**TINY_BUILTIN), seed=0), get_family("llava"), batch_size=4)
+    samples = [Sample(id=s.id, messages=[user("Describe the image."), assistant(s.meta["caption"])], images=s.images,
+                      task="caption", references=[s.meta["caption"], s.meta["caption"].upper()])
+               for s in read_samples(fashion_dir)[0][:3]]
+    rows = retrieval_rows(predictor, fashion_dir, samples)
+    assert [r["positives"] for r in rows] == [[f"{s.id}#0", f"{s.id}#1"] for s in samples]
+    assert all(len(r["similarity"]) == 6 for r in rows)
+    # a similarity is the mean log-probability per token of the caption given the image
+    from vlmtune.eval.runner import load_images
+
+    pair = Sample(id="x", messages=[user("Describe the image."), assistant(samples[1].references[1])],
+                  images=samples[0].images)
+    assert rows[0]["similarity"][f"{samples[1].id}#1"] == pytest.approx(
+        predictor.loglik([pair], [load_images(fashion_dir, samples[0])])[0], abs=1e-5)
+    metrics = evaluate(predictor, fashion_dir, samples, get_task("retrieval"))
+    assert metrics["n"] == 3 and 0 <= metrics["i2t_R@1"] <= 100 and metrics["i2t_R@5"] == 100.0
