@@ -137,6 +137,7 @@ Pure Python; no torch import.
 
 from __future__ import annotations
 
+import functools
 import re
 import statistics
 from typing import Literal
@@ -247,12 +248,14 @@ def _clean_whitespace(text: str) -> str:
     return text.replace("\n", " ").replace("\t", " ").strip()
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def normalize_answer(text: str) -> str:
     """Official VQA answer normalisation: ``processPunctuation`` then ``processDigitArticle``.
 
     Lower-cases; removes or spaces out punctuation; strips periods not followed by a digit;
     maps whole-word number words ``none``..``ten`` to digits; drops a/an/the; expands
     contractions ("dont" -> "don't"); collapses whitespace. Example: "Two dogs!" -> "2 dogs".
+    Cached: human answers repeat ("yes", "2", "white"), so a 100,000-question set normalises a few thousand strings.
     """
     return _process_digit_article(_process_punctuation(text))
 
