@@ -92,3 +92,20 @@ def test_a_probe_metric_must_be_one_the_task_reports():
     with pytest.raises(ValueError, match="metric 'CIDEr' is not computed by task 'vqa'"):
         load_probes([ProbeCfg(name="p", path="x", task="vqa", metric="CIDEr")])
     assert "CIDEr" in get_task("caption").metrics
+
+
+def test_caption_file_matches_the_reference_and_splits_languages(tmp_path, capsys):
+    coco = json.loads((__import__("helpers").SHARED / "reference" / "coco_example.json").read_text())
+    rows = [{"id": i, "prediction": coco["res_raw"][i][0], "references": coco["gts_raw"][i]} for i in coco["gts_raw"]]
+    m = _score(capsys, "--task", "caption", "--predictions", str(_write(tmp_path / "en.jsonl", rows)))
+    for key, value in coco["corpus"].items():
+        assert m[key] == pytest.approx(value, abs=1e-9), key
+    assert "SPICE" in m["unavailable"] and 0 < m["chrF"] <= 1
+    ru = [{"id": "r1", "prediction": "Кошка спит на ноутбуке.", "lang": "ru",
+           "references": ["Кошка спит на клавиатуре ноутбука.", "Серая кошка лежит на ноутбуке."]},
+          {"id": "r2", "prediction": "Две собаки играют на траве.", "lang": "ru",
+           "references": ["Две собаки играют на траве.", "Собаки бегают по зелёному полю."]}]
+    m = _score(capsys, "--task", "caption", "--predictions", str(_write(tmp_path / "mix.jsonl", rows + ru)))
+    assert set(m["by_lang"]) == {"en", "ru"} and m["by_lang"]["en"]["CIDEr"] == pytest.approx(coco["corpus"]["CIDEr"])
+    assert m["tokenizer"]["ru"] == "unicode" and any("METEOR for 'ru'" in n for n in m["notes"])
+    assert m["CIDEr"] == pytest.approx((4 * m["by_lang"]["en"]["CIDEr"] + 2 * m["by_lang"]["ru"]["CIDEr"]) / 6)
