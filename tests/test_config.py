@@ -52,3 +52,14 @@ def test_every_recipe_parses_and_says_how_to_run_it(path: Path):
 
 def test_recipes_exist():
     assert (REPO / "configs" / "builtin" / "tiny_fashion_vqa.yaml").is_file()
+
+
+def test_eval_and_probe_metrics_must_belong_to_their_task():
+    base = {"data": {"path": "d"}}
+    with pytest.raises(ValueError, match=r"eval: metric 'vqa_accuracy' is not one of task 'caption'"):
+        RunCfg.from_dict({**base, "eval": {"task": "caption", "metric": "vqa_accuracy"}})
+    with pytest.raises(ValueError, match=r"unknown task 'ocr'"):
+        RunCfg.from_dict({**base, "eval": {"task": "ocr"}})
+    with pytest.raises(ValueError, match=r"probes\[p\]: metric 'anls'"):
+        RunCfg.from_dict({**base, "probes": [{"name": "p", "path": "x", "task": "chartqa", "metric": "anls"}]})
+    assert RunCfg.from_dict({**base, "eval": {"task": "caption", "metric": "CIDEr"}}).eval.metric == "CIDEr"

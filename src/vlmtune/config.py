@@ -255,6 +255,13 @@ class RunCfg:
             raise ValueError(f"probes: names must be unique, got {names}")
         if self.forgetting.max_drop is not None and not self.probes:
             raise ValueError("forgetting.max_drop needs at least one entry in `probes`")
+        from vlmtune.eval.tasks import get_task
+
+        for where, task, metric in [("eval", self.eval.task, self.eval.metric),
+                                    *((f"probes[{p.name}]", p.task, p.metric) for p in self.probes)]:
+            if metric not in get_task(task).metrics:
+                raise ValueError(f"{where}: metric {metric!r} is not one of task {task!r}'s "
+                                 f"{list(get_task(task).metrics)}")
         if self.model.quantization is not None:
             if not self.lora.enabled:
                 raise ValueError("model.quantization: a quantised base cannot be trained itself; set lora.enabled "
