@@ -93,6 +93,18 @@ def cmd_data_show_mask(a) -> dict:
     return {"samples": [{k: s[k] for k in ("id", "tokens", "trained_tokens", "trained_text")} for s in shown]}
 
 
+def cmd_serve(a) -> dict | None:
+    import dataclasses
+
+    from vlmtune.config import ServeCfg
+    from vlmtune.serve import serve
+
+    fields = {f.name for f in dataclasses.fields(ServeCfg)}
+    cfg = ServeCfg(**{k: v for k, v in vars(a).items() if k in fields and v is not None})
+    serve(a.model, cfg, batch_size=a.max_batch_size)
+    return None
+
+
 def cmd_train(a, overrides: list[str]) -> dict:
     from vlmtune.config import RunCfg
     from vlmtune.train.loop import train
@@ -381,6 +393,28 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="new directory to write (never overwritten)")
     x.add_argument("--merge", action="store_true", help="merge a LoRA adapter into its base (required for adapters)")
     x.set_defaults(fn=cmd_export)
+
+    sv = sub.add_parser("serve", help="serve a model: OpenAI-compatible API + web page", formatter_class=ex,
+                        epilog="example: vlmtune serve --model runs/my_run --port 8000 --api-key secret\n"
+                               "then: open http://127.0.0.1:8000/ or use any OpenAI client with base_url "
+                               "http://127.0.0.1:8000/v1")
+    sv.add_argument("--model", required=True, help="a run (its best checkpoint), checkpoint, adapter or model dir")
+    sv.add_argument("--host", default=None, help="default 127.0.0.1")
+    sv.add_argument("--port", type=int, default=None, help="default 8000")
+    sv.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY")
+    sv.add_argument("--model-name", default=None, help="the id in /v1/models (default: the model directory name)")
+    sv.add_argument("--max-batch-size", type=int, default=None, help="requests per generate call (default 8)")
+    sv.add_argument("--max-wait-ms", type=float, default=None, help="how long a batch waits to fill (default 10)")
+    sv.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens a request may ask (512)")
+    sv.add_argument("--max-prompt-tokens", type=int, default=None, help="prompt limit, image tokens included (4096)")
+    sv.add_argument("--max-images", type=int, default=None, help="images per request (default 4)")
+    sv.add_argument("--max-image-bytes", type=int, default=None)
+    sv.add_argument("--max-image-pixels", type=int, default=None)
+    sv.add_argument("--max-body-bytes", type=int, default=None)
+    sv.add_argument("--timeout-s", type=float, default=None, help="per-request limit (default 120)")
+    sv.add_argument("--allow-remote-images", action="store_true", default=None,
+                    help="fetch http(s) image URLs (never from private or loopback addresses)")
+    sv.set_defaults(fn=cmd_serve)
 
     m = sub.add_parser("models", help="list model families")
     m.add_argument("--markdown", action="store_true", help="print the support table of docs/models.md")

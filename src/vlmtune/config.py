@@ -204,6 +204,40 @@ class EvalCfg:
 
 
 @dataclass
+class ServeCfg:
+    """`vlmtune serve`: the OpenAI-compatible server's batching and limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_name: str | None = None
+    """The id reported by /v1/models and in responses (default: the model directory's name)."""
+    api_key: str | None = None
+    """Require `Authorization: Bearer <key>` (compared in constant time)."""
+    max_batch_size: int = 8
+    """Requests grouped into one generate call."""
+    max_wait_ms: float = 10.0
+    """How long the first request of a batch waits for others to join."""
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_images: int = 4
+    """Images per request."""
+    max_tokens: int = 512
+    """The largest `max_tokens` a request may ask for (and the default when it asks for none: 64)."""
+    max_prompt_tokens: int = 4096
+    """Prompt length limit, image tokens included."""
+    timeout_s: float = 120.0
+    """Per-request limit, queueing included (504 after it)."""
+    allow_remote_images: bool = False
+    """Fetch http(s) image URLs (never from private, loopback or link-local addresses)."""
+    max_new_tokens_default: int = 64
+
+    def __post_init__(self):
+        if self.max_batch_size < 1:
+            raise ValueError("serve: max_batch_size must be >= 1")
+
+
+@dataclass
 class ProbeCfg:
     """A dataset scored for the base model before step 0 and at every eval, to measure forgetting."""
 

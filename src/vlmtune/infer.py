@@ -7,7 +7,7 @@ serving and the demo.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vlmtune.data.sample import Sample, assistant, user
@@ -21,6 +21,37 @@ def prompt_length(family, batch) -> int:
         return batch.inputs["input_ids"].shape[1]
     decoder = batch.inputs.get("decoder_input_ids")
     return decoder.shape[1] if decoder is not None else 1
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    """"stop" (the model ended its answer) or "length" (max_new_tokens reached)."""
+    token_ids: list[int] = field(default_factory=list)
+    """The new tokens up to (not including) the end token."""
+
+
+def _answer_ids(row: list[int], tok) -> list[int]:
+    """New token ids up to the first end-of-sequence or padding token."""
+    stop = set(tok.eos_token_id if isinstance(tok.eos_token_id, list) else [tok.eos_token_id])
+    if tok.pad_token_id is not None:
+        stop.add(tok.pad_token_id)
+    out = []
+    for x in row:
+        if x in stop:
+            break
+        out.append(x)
+    return out
+
+
+def _finish(row: list[int], tok, max_new_tokens: int) -> str:
+    eos = tok.eos_token_id if isinstance(tok.eos_token_id, list) else [tok.eos_token_id]
+    pad = tok.pad_token_id
+    ended = any(x in eos for x in row) or (pad is not None and pad in row)
+    return "stop" if ended or len(row) < max_new_tokens else "length"
 
 
 @dataclass
@@ -42,28 +73,43 @@ class Predictor:
 
     def generate(self, samples: list[Sample], images: list[list]) -> list[str]:
         """Greedy (or beam) answers for each sample's prompt (its messages up to the last assistant turn)."""
+        answers: list[str] = []
+        for i in range(0, len(samples), self.batch_size):
+            done = self.complete(samples[i : i + self.batch_size], images[i : i + self.batch_size])
+            answers.extend(c.text for c in done)
+        return answers
+
+    def complete(self, samples: list[Sample], images: list[list], max_new_tokens: int | None = None,
+                 temperature: float = 0.0, top_p: float = 1.0, streamer=None) -> list[Completion]:
+        """One `generate` call for a batch: greedy (temperature 0, or beam search with `num_beams`) or sampled.
+        `streamer` (a transformers streamer) receives the new token ids of every row at each step; the serving
+        batcher uses it to stream each request's text as it is written."""
         import torch
 
         model = self.loaded.model
         was_training = model.training
         model.eval()
-        answers: list[str] = []
         try:
-            for i in range(0, len(samples), self.batch_size):
-                chunk, chunk_images = samples[i : i + self.batch_size], images[i : i + self.batch_size]
-                batch = self.family.encode(self.loaded.processor, chunk, chunk_images, "generate", self.max_length)
-                batch = batch.to(model.device)
-                with torch.inference_mode():
-                    out = model.generate(
-                        **batch.inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                        num_beams=self.num_beams,
-                    )
-                new = out[:, prompt_length(self.family, batch) :]
-                texts = self.loaded.processor.tokenizer.batch_decode(new, skip_special_tokens=True)
-                answers.extend(t.strip() for t in texts)
+            batch = self.family.encode(self.loaded.processor, samples, images, "generate", self.max_length)
+            batch = batch.to(model.device)
+            options = {"do_sample": False, "num_beams": self.num_beams}
+            if temperature > 0:
+                options = {"do_sample": True, "temperature": temperature, "top_p": top_p, "num_beams": 1}
+            with torch.inference_mode():
+                out = model.generate(**batch.inputs, max_new_tokens=max_new_tokens or self.max_new_tokens,
+                                     streamer=streamer, **options)
+            start = prompt_length(self.family, batch)
+            new = out[:, start:]
+            tok = self.loaded.processor.tokenizer
+            texts = tok.batch_decode(new, skip_special_tokens=True)
+            mask = batch.inputs.get("attention_mask")
+            prompts = mask.sum(dim=1).tolist() if mask is not None else [start] * len(samples)
+            limit = max_new_tokens or self.max_new_tokens
+            return [Completion(t.strip(), int(p), len(ids), _finish(row.tolist(), tok, limit), ids)
+                    for t, p, row in zip(texts, prompts, new, strict=True)
+                    for ids in [_answer_ids(row.tolist(), tok)]]
         finally:
             model.train(was_training)
-        return answers
 
     def loglik(self, samples: list[Sample], images: list[list]) -> list[float]:
         """Mean log-probability per token of each sample's assistant turns (its answer or caption) given the rest:

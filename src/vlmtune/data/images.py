@@ -81,11 +81,18 @@ def decode_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int 
         raise ImageError(f"{path}: image file not found") from None
     if size > max_bytes:
         raise ImageError(f"{path}: {size} bytes exceeds the limit of {max_bytes}")
-    data = path.read_bytes()
+    return decode_image_bytes(path.read_bytes(), str(path), max_pixels, max_bytes)
+
+
+def decode_image_bytes(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS,
+                       max_bytes: int = MAX_IMAGE_BYTES) -> Decoded:
+    """`decode_image` for bytes already in memory (an upload, a data: URI); `name` is used in error messages."""
+    if len(data) > max_bytes:
+        raise ImageError(f"{name}: {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
         with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > max_pixels:
-                raise ImageError(f"{path}: {img.width}x{img.height} pixels exceeds the limit of {max_pixels} "
+                raise ImageError(f"{name}: {img.width}x{img.height} pixels exceeds the limit of {max_pixels} "
                                  "(decompression-bomb guard)")
             mode, transparent = img.mode, img.mode == "P" and "transparency" in img.info
             img.load()
@@ -95,10 +102,10 @@ def decode_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int 
         raise
     except Image.DecompressionBombError as e:  # Pillow's own guard, at twice its limit, fires before ours
         pixels = re.search(r"\((\d+) pixels\)", str(e))
-        raise ImageError(f"{path}: {pixels[1] if pixels else 'its'} pixels exceeds the limit of {max_pixels} "
+        raise ImageError(f"{name}: {pixels[1] if pixels else 'its'} pixels exceeds the limit of {max_pixels} "
                          "(decompression-bomb guard)") from None
     except Exception as e:  # PIL raises many types for corrupt data (OSError, SyntaxError, ValueError, ...)
-        raise ImageError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+        raise ImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
     return Decoded(rgb, mode, orientation or 1, transparent, hashlib.sha256(data).hexdigest())
 
 

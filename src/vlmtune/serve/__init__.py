@@ -1,0 +1,36 @@
+"""`vlmtune serve`: the OpenAI-compatible server (app.py), its dynamic batcher (batcher.py) and web page (static/).
+
+Importing `vlmtune` never imports FastAPI; this package does, when serving.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vlmtune.config import ServeCfg
+
+
+def load_predictor(model: str | Path, cfg: ServeCfg, batch_size: int):
+    """The Predictor `vlmtune predict` would build for `model`, with the server's prompt limit."""
+    from vlmtune.infer import Predictor
+
+    return Predictor.from_path(model, batch_size=batch_size, max_length=cfg.max_prompt_tokens)
+
+
+def build_app(model: str | Path, cfg: ServeCfg, background: bool = True):
+    from vlmtune.serve.app import create_app
+    from vlmtune.train.checkpoint import resolve_model_dir
+
+    name = cfg.model_name or Path(model).resolve().name
+    resolve_model_dir(model)  # a wrong path fails now, not in the loading thread
+    return create_app(lambda: load_predictor(model, cfg, cfg.max_batch_size), cfg, name, background)
+
+
+def serve(model: str | Path, cfg: ServeCfg, batch_size: int | None = None) -> None:
+    try:
+        import uvicorn
+    except ImportError:
+        raise ValueError("vlmtune serve needs FastAPI and uvicorn: pip install 'vlmtune[serve]'") from None
+    app = build_app(model, cfg)
+    print(f"vlmtune serve: http://{cfg.host}:{cfg.port}/ (API at /v1, health at /health)", flush=True)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

@@ -1,0 +1,155 @@
+"""Dynamic batching: concurrent requests are grouped into one `generate` call, and each request's text is streamed
+back as the model writes it.
+
+Requests wait in a queue. The worker thread takes the first one, waits up to `max_wait_ms` for more that share its
+sampling parameters (temperature, top_p), up to `max_batch_size`, and runs them as one batch through the same
+`Predictor.complete` that `vlmtune predict` uses. A `_RowStreamer` receives the new token of every row at each step
+and hands each request its own text deltas. A request whose inputs cannot be encoded (too long, a family limit) is
+answered with its error alone and its batch-mates run without it; an unexpected error fails the batch's requests, and
+the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Request:
+    sample: Any
+    images: list
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    on_delta: Callable[[str], None] | None = None
+    """Called from the worker thread with each new piece of text (streaming)."""
+    future: Future = field(default_factory=Future)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def key(self) -> tuple:
+        return (self.temperature > 0, round(self.temperature, 6), round(self.top_p, 6))
+
+
+class _RowStreamer:
+    """A transformers streamer for a batch: decodes each row incrementally and passes new text to its request.
+    The first `put` is the prompt (skipped); each later one is a (batch,) tensor of new token ids."""
+
+    def __init__(self, tokenizer, requests: list[Request]):
+        self.tok, self.requests = tokenizer, requests
+        self.ids: list[list[int]] = [[] for _ in requests]
+        self.sent = [""] * len(requests)
+        self.prompt_seen = False
+        self.finished = [False] * len(requests)
+        self.eos = set(tokenizer.all_special_ids)
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        tokens = value.reshape(-1).tolist()
+        for i, (req, tok) in enumerate(zip(self.requests, tokens, strict=True)):
+            if self.finished[i] or req.on_delta is None or len(self.ids[i]) >= req.max_new_tokens:
+                continue
+            if tok in self.eos:
+                self.finished[i] = True
+                continue
+            self.ids[i].append(tok)
+            text = self.tok.decode(self.ids[i], skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                continue
+            text = text.lstrip() if not self.sent[i] else text
+            delta = text[len(self.sent[i]):] if text.startswith(self.sent[i]) else ""
+            if delta:
+                self.sent[i] = text
+                req.on_delta(delta)
+
+    def end(self) -> None:
+        pass
+
+
+class Batcher:
+    def __init__(self, predictor, max_batch_size: int = 8, max_wait_ms: float = 10.0):
+        self.predictor = predictor
+        self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000
+        self.queue: queue.Queue[Request] = queue.Queue()
+        self.batches = 0
+        """How many generate calls were made (tests and the load benchmark read it)."""
+        self.batch_sizes: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vlmtune-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: Request) -> Future:
+        self.queue.put(request)
+        return request.future
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _collect(self) -> list[Request]:
+        first = self.queue.get(timeout=0.1)
+        batch, held = [first], []
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch_size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                r = self.queue.get(timeout=left)
+            except queue.Empty:
+                break
+            (batch if r.key == first.key else held).append(r)
+        for r in held:  # other sampling parameters: the next batch
+            self.queue.put(r)
+        return [r for r in batch if not r.cancelled.is_set() and not r.future.done()]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                batch = self._collect()
+            except queue.Empty:
+                continue
+            if batch:
+                self._serve(batch)
+
+    def _serve(self, batch: list[Request]) -> None:
+        from vlmtune.models.family import SampleTooLong
+
+        ok = []
+        for r in batch:  # encoding errors belong to their request alone
+            try:
+                self.predictor.family.encode(self.predictor.loaded.processor, [r.sample], [r.images], "generate",
+                                             self.predictor.max_length)
+                ok.append(r)
+            except (SampleTooLong, ValueError) as e:
+                r.future.set_exception(e)
+        if not ok:
+            return
+        try:
+            streamer = _RowStreamer(self.predictor.loaded.processor.tokenizer, ok) \
+                if any(r.on_delta for r in ok) else None
+            done = self.predictor.complete([r.sample for r in ok], [r.images for r in ok],
+                                           max_new_tokens=max(r.max_new_tokens for r in ok),
+                                           temperature=ok[0].temperature, top_p=ok[0].top_p, streamer=streamer)
+            self.batches += 1
+            self.batch_sizes.append(len(ok))
+            tok = self.predictor.loaded.processor.tokenizer
+            for r, c in zip(ok, done, strict=True):
+                if len(c.token_ids) > r.max_new_tokens:  # a batch-mate asked for more: greedy rows do not depend
+                    ids = c.token_ids[: r.max_new_tokens]  # on the limit, so the first N tokens are its answer
+                    c.text = tok.decode(ids, skip_special_tokens=True).strip()
+                    c.token_ids, c.completion_tokens, c.finish_reason = ids, len(ids), "length"
+                if not r.future.done():
+                    r.future.set_result(c)
+        except Exception as e:  # noqa: BLE001 - the worker must survive anything one batch does
+            for r in ok:
+                if not r.future.done():
+                    r.future.set_exception(e)
