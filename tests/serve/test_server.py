@@ -166,6 +166,8 @@ def test_every_limit_answers_with_the_right_status(server, fashion_dir):
     assert ok.status_code == 200
     cases = [
         ({"raw": b"x" * 1_000_001, "headers": {"content-type": "application/json"}}, 413, "request body"),
+        ({"raw": (b"x" * 100_000 for _ in range(11)), "headers": {"content-type": "application/json"}}, 413,
+         "request body exceeds"),  # chunked: no Content-Length
         ({"body": {"messages": _msg(_uri(Image.effect_noise((300, 300), 80).convert("RGB")))}}, 413,
          "exceeds the limit of 200000"),  # ~270 KB of noise
         ({"body": {"messages": _msg(_uri(Image.new("RGB", (400, 300), "red")))}}, 413,

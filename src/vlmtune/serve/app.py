@@ -220,9 +220,13 @@ def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, backg
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        body = await request.body()
-        if len(body) > cfg.max_body_bytes:
-            return _error(413, f"request body of {len(body)} bytes exceeds the limit of {cfg.max_body_bytes}")
+        chunks, size = [], 0
+        async for part in request.stream():  # counted as it arrives: a chunked body has no Content-Length
+            size += len(part)
+            if size > cfg.max_body_bytes:
+                return _error(413, f"request body exceeds the limit of {cfg.max_body_bytes} bytes")
+            chunks.append(part)
+        body = b"".join(chunks)
         if not state.ready.is_set() or state.error:
             return _error(503, "the model is not loaded yet" if not state.error else state.error, None,
                           "service_unavailable")
