@@ -169,6 +169,9 @@ class TrainCfg:
     freeze_vision: bool = False
     freeze_projector: bool = False
     freeze_language: bool = False
+    vision_cache: Literal["auto", "off"] = "auto"
+    """Compute a frozen vision tower + projector once per image and reuse its output every epoch (exact: see
+    train/vision_cache.py; auto stays off, saying why, when the vision side trains or images are augmented)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (non-reentrant): less memory for ~30% more compute."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"

@@ -77,6 +77,9 @@ class ModelFamily:
     shift_labels: bool = True
     """Decoder-only models predict token t+1 at position t (logits and labels are shifted against each other);
     encoder-decoder models (labels are the decoder's targets) are not shifted."""
+    vision_cache: bool = False
+    """Whether the model takes precomputed image features (`mm_encoder_outputs`), so the frozen-vision cache can
+    skip its vision tower and projector (`train.vision_cache`); the contract test checks the loss is unchanged."""
     logit_prefix: Callable[[Any], int] | None = None
     """logit_prefix(model) -> positions the model puts in front of the text in its logits (GIT prepends the image
     features inside the model, so its logits are that much longer than input_ids); the loss skips them."""

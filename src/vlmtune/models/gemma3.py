@@ -186,4 +186,5 @@ FAMILY = ModelFamily(
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,
+    vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
 )

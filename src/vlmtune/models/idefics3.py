@@ -205,4 +205,5 @@ FAMILY = ModelFamily(
     text_only=True,
     multi_image=True,
     extra={"projector_modules": ("connector",)},
+    vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
 )

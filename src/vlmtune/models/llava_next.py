@@ -150,4 +150,5 @@ FAMILY = ModelFamily(
     text_only=True,
     multi_image=True,
     extra={"projector_modules": ("multi_modal_projector",)},
+    vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
 )

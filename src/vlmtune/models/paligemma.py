@@ -152,4 +152,5 @@ FAMILY = ModelFamily(
     tasks=("vqa", "caption"),
     text_only=False,
     multi_image=False,
+    vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
 )

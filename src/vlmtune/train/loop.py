@@ -34,6 +34,7 @@ from vlmtune.eval import forgetting
 from vlmtune.models import ModelFamily, get_family, load_model
 from vlmtune.models.family import Loaded, accepts_logits_to_keep, forward_losses, freeze_group_of, logit_prefix_of
 from vlmtune.train import checkpoint as ckpt
+from vlmtune.train import vision_cache
 
 PROBES_BASE = "probes_base.json"
 
@@ -63,6 +64,8 @@ class State:
     probe_base: dict[str, float] | None = None
     """The base model's score on each probe (its metric), measured before step 0."""
     rejected: dict[str, str] = field(default_factory=dict)
+    vision_cache: Any = None
+    """A VisionCache when the frozen vision side's output is cached (train.vision_cache)."""
     """Checkpoint step -> why the forgetting gate rejected it."""
     stopped: str | None = None
 
@@ -179,13 +182,25 @@ def setup(cfg: RunCfg) -> State:
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
     run_dir = cfg.run_dir
+    # Started as several processes (torchrun, accelerate launch) on a machine without GPUs: without cpu=True
+    # Accelerate sees no backend for them and every process silently trains alone as rank 0 of 1 (each writing
+    # the same run directory); with it they form one gloo process group.
+    import os
+
+    from accelerate.utils import is_mlu_available, is_npu_available, is_xpu_available
+
+    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1
+    devices = torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mlu_available()
     accelerator = Accelerator(
+        cpu=launched and not devices,
         mixed_precision=cfg.train.mixed_precision,
         log_with=cfg.train.trackers or None,
         project_dir=str(run_dir),
         # LLaVA under DDP: text-only batches leave the vision tower unused
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    accelerator.print(f"vlmtune train: {accelerator.num_processes} process(es), {accelerator.distributed_type.value}, "
+                      f"device {accelerator.device}", file=sys.stderr)
     if cfg.train.global_batch_size % (cfg.train.micro_batch_size * accelerator.num_processes):
         raise ValueError("global_batch_size must be a multiple of micro_batch_size x number of processes")
     set_seed(cfg.train.seed)
@@ -194,8 +209,11 @@ def setup(cfg: RunCfg) -> State:
         cfg.save(run_dir / "run_config.yaml")
         data = build_data(cfg, run_dir)
     accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        data = build_data(cfg, run_dir)
+    if not accelerator.is_main_process:  # the same data; only rank 0 writes into the run directory (rejected.jsonl)
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="vlmtune-rank-") as scratch:
+            data = build_data(cfg, Path(scratch))
     data_root, mixture, roots, val, probes = data
     if cfg.train.hflip:
         for src in mixture.sources:
@@ -204,9 +222,13 @@ def setup(cfg: RunCfg) -> State:
     loaded, model, meta = build_model(cfg, family, run_dir, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     optimizer, scheduler = build_optimizer(cfg, model)
+    cache, reason = None, vision_cache.why_not(cfg, family, model)
+    if reason is None:
+        cache = vision_cache.VisionCache(model, family, loaded.processor, run_dir / "vision_cache")
+    accelerator.print(f"vision cache: {'on, ' + str(cache.dir) if cache else 'off (' + reason + ')'}", file=sys.stderr)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = State(cfg, run_dir, accelerator, family, loaded, model, optimizer, scheduler, data_root, mixture, roots,
-                  val, probes, meta)
+                  val, probes, meta, vision_cache=cache)
     done = ckpt.checkpoints(run_dir)
     if done:
         resumed = ckpt.load_trainer_state(done[-1], accelerator.unwrap_model(model), optimizer, scheduler)
@@ -255,6 +277,9 @@ def fit(state: State) -> dict:
         for k, (chunk, batch) in enumerate(zip(chunks, batches, strict=True)):
             batch = batch.to(acc.device)
             labels = batch.inputs.pop("labels")
+            if state.vision_cache is not None:  # the frozen vision side's output, computed once per image
+                keys = state.vision_cache.image_keys(chunk, state.roots)
+                batch.inputs = state.vision_cache.inputs(acc.unwrap_model(model), batch.inputs, keys)
             sync = k == len(batches) - 1
             with acc.no_sync(model) if not sync else contextlib.nullcontext():
                 with acc.autocast():
@@ -331,10 +356,12 @@ def encode_batch(state: State, items: list[tuple[int, Sample]], flips: list[bool
 
 
 def validate(state: State) -> dict:
-    """Generation-based metrics on the val split and on every probe (main process), logged with the step.
+    """Generation-based metrics on the val split and on every probe, logged with the step.
 
-    At step 0 the probes' scores become the base; later, each probe's delta from the base (points) is logged and
-    the forgetting gate is applied (the verdict is returned under "gate").
+    Every process takes part: `evaluate` gives each one its share of the samples and scores the gathered
+    predictions on rank 0, so every process gets the same metrics (those of a one-process run); only rank 0 writes
+    files and logs. At step 0 the probes' scores become the base; later, each probe's delta from the base (points)
+    is logged and the forgetting gate is applied (the verdict is returned under "gate").
     """
     from vlmtune.eval.runner import evaluate
     from vlmtune.eval.tasks import get_task
@@ -342,40 +369,39 @@ def validate(state: State) -> dict:
 
     acc = state.accelerator
     metrics: dict = {}
-    if acc.is_main_process:
-        e = state.cfg.eval
-        unwrapped = acc.unwrap_model(state.model)
-        predictor = Predictor(Loaded(unwrapped, state.loaded.processor, state.family.name), state.family,
-                              max_new_tokens=e.max_new_tokens, num_beams=e.num_beams, batch_size=e.batch_size,
-                              max_length=state.cfg.data.max_length)
-        out_dir = state.run_dir / "predictions" / f"step-{state.step}"
-        if state.val:
-            metrics = evaluate(predictor, state.data_root, state.val, get_task(e.task), out_dir)
-        row = {"step": state.step, **{f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
-        if state.probes:
-            scored = forgetting.score(predictor, state.probes, out_dir)
-            now = {p.name: scored[p.name][p.metric] for p in state.probes}
-            if state.probe_base is None:
-                state.probe_base = now
+    e = state.cfg.eval
+    unwrapped = acc.unwrap_model(state.model)
+    predictor = Predictor(Loaded(unwrapped, state.loaded.processor, state.family.name), state.family,
+                          max_new_tokens=e.max_new_tokens, num_beams=e.num_beams, batch_size=e.batch_size,
+                          max_length=state.cfg.data.max_length)
+    out_dir = state.run_dir / "predictions" / f"step-{state.step}"
+    if state.val:
+        metrics = evaluate(predictor, state.data_root, state.val, get_task(e.task), out_dir)
+    row = {"step": state.step, **{f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    if state.probes:
+        scored = forgetting.score(predictor, state.probes, out_dir)
+        now = {p.name: scored[p.name][p.metric] for p in state.probes}
+        if state.probe_base is None:
+            state.probe_base = now
+            if acc.is_main_process:
                 from vlmtune.data.store import atomic_write_text
 
                 atomic_write_text(state.run_dir / PROBES_BASE, json.dumps({"step": state.step, "scores": now}) + "\n")
-            verdict = forgetting.gate(state.probe_base, now, state.cfg.forgetting.max_drop)
-            for p in state.probes:
-                row[f"probe/{p.name}/{p.metric}"] = now[p.name]
-                row[f"probe/{p.name}/delta"] = verdict.deltas[p.name]
-            metrics["probes"] = {name: {"score": now[name], "delta": verdict.deltas[name]} for name in now}
-            metrics["gate"] = {"passed": verdict.passed, "reason": verdict.reason()}
-            if not verdict.passed and state.step > 0:
-                acc.print(f"step {state.step}: forgetting gate: {verdict.reason()}", file=sys.stderr)
-                if state.cfg.forgetting.stop_on_violation:
-                    state.stopped = f"forgetting.stop_on_violation: {verdict.reason()}"
-        log(state, row)
-        acc.print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
-                  file=sys.stderr)
+        verdict = forgetting.gate(state.probe_base, now, state.cfg.forgetting.max_drop)
+        for p in state.probes:
+            row[f"probe/{p.name}/{p.metric}"] = now[p.name]
+            row[f"probe/{p.name}/delta"] = verdict.deltas[p.name]
+        metrics["probes"] = {name: {"score": now[name], "delta": verdict.deltas[name]} for name in now}
+        metrics["gate"] = {"passed": verdict.passed, "reason": verdict.reason()}
+        if not verdict.passed and state.step > 0:
+            acc.print(f"step {state.step}: forgetting gate: {verdict.reason()}", file=sys.stderr)
+            if state.cfg.forgetting.stop_on_violation:
+                state.stopped = f"forgetting.stop_on_violation: {verdict.reason()}"
+    log(state, row)
+    acc.print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), file=sys.stderr)
     acc.wait_for_everyone()
     stopped = [state.stopped]
-    if acc.num_processes > 1:  # every process must leave the loop together
+    if acc.num_processes > 1:  # every process must leave the loop together (rank 0's verdict is the verdict)
         from accelerate.utils import broadcast_object_list
 
         broadcast_object_list(stopped, from_process=0)

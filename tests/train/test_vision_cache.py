@@ -1,0 +1,108 @@
+"""The frozen-vision feature cache: the same loss as without it, for every family that supports it; computed once
+per image; invalidated by any change of weights or processor settings; off (with the reason) when inexact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import tiny_run_cfg
+from PIL import Image
+
+from vlmtune.config import RunCfg
+from vlmtune.data.sample import Sample, assistant, user
+from vlmtune.models import FAMILIES
+from vlmtune.models.family import forward_losses
+from vlmtune.train.vision_cache import VisionCache, fingerprint, why_not
+
+
+def _losses(run_dir):
+    return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_training_with_the_cache_gives_the_same_losses(tmp_path, fashion_dir, capsys):
+    from vlmtune.train.loop import train
+
+    runs = {}
+    for mode in ("off", "auto"):
+        cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path / mode, fashion_dir, lora={"enabled": True, "r": 4},
+                                            train={"max_steps": 12, "eval_every": 0, "save_every": 0, "lr": 1e-2,
+                                                   "freeze_projector": True, "vision_cache": mode}))
+        train(cfg)
+        runs[mode] = cfg.run_dir
+    err = capsys.readouterr().err
+    assert "vision cache: off (train.vision_cache is off)" in err and "vision cache: on, " in err
+    off, on = _losses(runs["off"]), _losses(runs["auto"])
+    assert len(off) == 12  # 12 steps x 8 = 96 samples: every one of the 38 train images is seen 2-3 times
+    torch.testing.assert_close(torch.tensor(on), torch.tensor(off), rtol=1e-5, atol=1e-5)
+    cached = list((runs["auto"] / "vision_cache").glob("*/*/*.safetensors"))
+    train_images = {s["images"][0] for s in map(json.loads, (fashion_dir / "manifest.jsonl").read_text().splitlines())
+                    if s["split"] == "train"}
+    assert len(cached) == len(train_images)  # computed once per image
+
+
+def test_auto_stays_off_and_says_why(tmp_path, fashion_dir):
+    from vlmtune.models.builtin import build_builtin
+
+    cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, fashion_dir, lora={"enabled": True}))
+    loaded = build_builtin(cfg.model.builtin)
+    family = FAMILIES["llava"]
+    assert why_not(cfg, family, loaded.model).startswith("the vision tower or projector is trained")
+    for p in loaded.model.parameters():
+        p.requires_grad_(False)
+    assert why_not(cfg, family, loaded.model) is None
+    cfg.train.hflip = True
+    assert why_not(cfg, family, loaded.model) == "images are augmented (train.hflip)"
+    cfg.train.hflip = False
+    assert "does not take precomputed image features" in why_not(cfg, FAMILIES["blip2"], FAMILIES["blip2"].tiny().model)
+
+
+def test_any_change_of_weights_or_processor_settings_changes_the_fingerprint():
+    tiny = FAMILIES["llava"].tiny()
+    family = FAMILIES["llava"]
+    first = fingerprint(tiny.model, family, tiny.processor)
+    assert fingerprint(tiny.model, family, tiny.processor) == first
+    tiny.processor.image_processor.image_mean = [0.5, 0.5, 0.5]
+    second = fingerprint(tiny.model, family, tiny.processor)
+    assert second != first
+    with torch.no_grad():
+        next(p for n, p in tiny.model.named_parameters() if "vision_tower" in n).add_(1e-3)
+    assert fingerprint(tiny.model, family, tiny.processor) != second
+    with torch.no_grad():  # the language model is not part of the key
+        next(p for n, p in tiny.model.named_parameters() if "language_model" in n).add_(1.0)
+    third = fingerprint(tiny.model, family, tiny.processor)
+    assert fingerprint(tiny.model, family, tiny.processor) == third
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if f.vision_cache))
+def test_cached_features_give_the_same_loss_for_every_family_that_supports_it(name, tmp_path):
+    family = FAMILIES[name]
+    tiny = family.tiny()
+    model = tiny.model.eval()
+    samples = [Sample(id="a", messages=[user("What colour?"), assistant("red")], images=["a.png"]),
+               Sample(id="b", messages=[user("And this one?"), assistant("blue")], images=["b.png"])]
+    images = [[Image.new("RGB", (40, 40), "red")], [Image.new("RGB", (48, 32), "blue")]]
+    batch = family.encode(tiny.processor, samples, images, "train", 512)
+    inputs = dict(batch.inputs)
+    labels = inputs.pop("labels")
+    with torch.no_grad():
+        plain, _ = forward_losses(model, family, inputs, labels, False)
+        cache = VisionCache(model, family, tiny.processor, tmp_path)
+        miss, _ = forward_losses(model, family, cache.inputs(model, dict(inputs), ["ka", "kb"]), labels, False)
+        fresh = VisionCache(model, family, tiny.processor, tmp_path)  # a new process: read from disk
+        hit_inputs = fresh.inputs(model, dict(inputs), ["ka", "kb"])
+        hit, _ = forward_losses(model, family, hit_inputs, labels, False)
+    assert "pixel_values" not in hit_inputs and fresh.hits == 2 and cache.misses == 2
+    torch.testing.assert_close(miss, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(hit, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if not f.vision_cache))
+def test_families_without_the_cache_say_so(name):
+    import inspect
+
+    model = FAMILIES[name].tiny().model
+    takes = "mm_encoder_outputs" in inspect.signature(model.forward).parameters
+    needs_pixels = inspect.signature(model.forward).parameters.get("pixel_values")
+    assert not takes or needs_pixels.default is inspect.Parameter.empty  # BLIP-2 / InstructBLIP: pixels required
