@@ -172,6 +172,9 @@ class TrainCfg:
     vision_cache: Literal["auto", "off"] = "auto"
     """Compute a frozen vision tower + projector once per image and reuse its output every epoch (exact: see
     train/vision_cache.py; auto stays off, saying why, when the vision side trains or images are augmented)."""
+    group_by_length: bool = True
+    """Put samples of similar length in the same micro-batch within each optimizer step (less padding; the step's
+    samples and loss are unchanged). `padding` in metrics.jsonl is the padded fraction of the positions."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (non-reentrant): less memory for ~30% more compute."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"

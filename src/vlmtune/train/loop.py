@@ -267,6 +267,7 @@ def fit(state: State) -> dict:
         bar = tqdm(total=t.max_steps, initial=state.step, desc="train", file=sys.stderr, dynamic_ncols=True)
     names = state.mixture.names
     window = torch.zeros(len(names), 2, dtype=torch.float64)  # per source: loss sum, target tokens since last log
+    padding = torch.zeros(2, dtype=torch.float64)  # pad positions, all positions since the last log (this process)
     tic = time.perf_counter()
     while state.step < t.max_steps and not state.stopped:
         chunks, batches = step_batches(state, state.step, rank, accum)
@@ -285,6 +286,9 @@ def fit(state: State) -> dict:
                 with acc.autocast():
                     sums, counts = forward_losses(model, state.family, batch.inputs, labels, keep_logits, prefix)
                 acc.backward(sums.sum() / total_tokens * world)  # DDP averages gradients over processes
+            mask = batch.inputs.get("attention_mask")
+            if mask is not None:
+                padding += torch.tensor([mask.numel() - mask.sum().item(), mask.numel()], dtype=torch.float64)
             src = torch.tensor([j for j, _ in chunk], device=acc.device)
             stats[:, 0].index_add_(0, src, sums.detach().double())
             stats[:, 1].index_add_(0, src, counts.double())
@@ -303,7 +307,9 @@ def fit(state: State) -> dict:
         if state.step % t.log_every == 0 or state.step == t.max_steps:
             row = {"step": state.step, "loss": step_loss, "lr": state.scheduler.get_last_lr()[0],
                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                   "samples_per_s": t.global_batch_size * t.log_every / (time.perf_counter() - tic)}
+                   "samples_per_s": t.global_batch_size * t.log_every / (time.perf_counter() - tic),
+                   "padding": padding[0].item() / max(1.0, padding[1].item())}
+            padding.zero_()
             if len(names) > 1:
                 drawn = state.mixture.drawn(state.step, t.global_batch_size)
                 for j, name in enumerate(names):
@@ -336,10 +342,20 @@ def step_batches(state: State, step: int, rank: int, accum: int):
     lo, hi = rank * t.micro_batch_size * accum, (rank + 1) * t.micro_batch_size * accum  # this process's share
     mine = items[lo:hi]
     flips = hflip_mask(t.seed, step, len(items))[lo:hi] if t.hflip else None
+    if t.group_by_length and accum > 1:  # the step's samples are the same; only their micro-batches change
+        order = sorted(range(len(mine)), key=lambda i: length_estimate(mine[i][1]))
+        mine = [mine[i] for i in order]
+        flips = [flips[i] for i in order] if flips else None
     chunks = [mine[k : k + t.micro_batch_size] for k in range(0, len(mine), t.micro_batch_size)]
     batches = [encode_batch(state, chunk, flips[k * t.micro_batch_size : (k + 1) * t.micro_batch_size]
                             if flips else None) for k, chunk in enumerate(chunks)]
     return chunks, batches
+
+
+def length_estimate(sample: Sample) -> int:
+    """A sample's rough length in tokens (about 4 characters a token; an image costs hundreds of positions), to put
+    samples of similar length in one micro-batch. The loss is summed over the whole step, so it does not change."""
+    return sum(len(message_text(m)) for m in sample.messages) // 4 + 256 * len(sample.images)
 
 
 def encode_batch(state: State, items: list[tuple[int, Sample]], flips: list[bool] | None = None):
@@ -411,19 +427,22 @@ def validate(state: State) -> dict:
 
 def save(state: State, evaluated: dict | None) -> None:
     """A resumable checkpoint; it becomes best/ when its validation metric beats the best so far among the
-    checkpoints that pass the forgetting gate. Rejected checkpoints are logged with the reason."""
+    checkpoints that pass the forgetting gate. Rejected checkpoints are logged with the reason.
+
+    The bookkeeping (best, rejected) is done by every process (the metrics are the same on all of them, see
+    `validate`), so that each one returns the same result; the files are written by rank 0 alone."""
     acc = state.accelerator
+    metric = state.cfg.eval.metric
+    value = evaluated.get(metric) if evaluated else None
+    gate = (evaluated or {}).get("gate")
+    if gate and not gate["passed"]:
+        state.rejected[str(state.step)] = gate["reason"]
+        log(state, {"step": state.step, "gate": "rejected", "reason": gate["reason"]})
+        value = None
+    improved = value is not None and (state.best is None or value > state.best)
+    if improved:
+        state.best, state.best_step = value, state.step
     if acc.is_main_process:
-        metric = state.cfg.eval.metric
-        value = evaluated.get(metric) if evaluated else None
-        gate = (evaluated or {}).get("gate")
-        if gate and not gate["passed"]:
-            state.rejected[str(state.step)] = gate["reason"]
-            log(state, {"step": state.step, "gate": "rejected", "reason": gate["reason"]})
-            value = None
-        improved = value is not None and (state.best is None or value > state.best)
-        if improved:
-            state.best, state.best_step = value, state.step
         model = acc.unwrap_model(state.model)
         meta = {**state.meta, "metrics": {k: v for k, v in (evaluated or {}).items()}}
         path = ckpt.save_checkpoint(state.run_dir, state.step, model, state.loaded.processor, meta, state.optimizer,
@@ -438,10 +457,12 @@ def save(state: State, evaluated: dict | None) -> None:
 
 
 def log(state: State, row: dict) -> None:
+    """One row of metrics.jsonl (and of the trackers): written by rank 0 only, whoever calls."""
     acc = state.accelerator
-    if acc.is_main_process:
-        with open(state.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+    if not acc.is_main_process:
+        return
+    with open(state.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
     if state.cfg.train.trackers:
         acc.log({k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}, step=row["step"])
 
