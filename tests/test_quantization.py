@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import bitsandbytes as bnb  # a dev dependency: `make test` installs it, and its absence must fail
 import pytest
 import torch
 from helpers import TINY_BUILTIN, tiny_run_cfg
@@ -15,8 +16,6 @@ from helpers import TINY_BUILTIN, tiny_run_cfg
 from vlmtune.config import BuiltinCfg, ModelCfg, QuantCfg, RunCfg
 from vlmtune.models import FAMILIES
 from vlmtune.models.family import freeze_group_of
-
-bnb = pytest.importorskip("bitsandbytes")  # a dev dependency: always present where `make test` runs
 
 
 def _quantized_linears(model) -> tuple[set[str], set[str]]:
