@@ -1,12 +1,17 @@
 """model x dataset -> predictions.jsonl + metrics.json. Batched, resumable (finished ids are not redone).
 
     vlmtune eval --model runs/tiny_fashion_vqa --data data/fashion --split test --out runs/tiny_fashion_vqa/eval
+
+Under several processes (a torch.distributed process group of world size > 1: `torchrun`, `accelerate launch`,
+evaluation during training) each process generates for every world-th sample, the rows are gathered, rank 0 scores
+them and writes the files, and every process returns the same rows and metrics as one process would.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -68,8 +73,11 @@ def row_of(sample: Sample, prediction: str) -> dict:
 def predict(predictor, root: str | Path, samples: list[Sample], out: Path | None = None,
             progress: bool = False, prompt: str | None = None) -> list[dict]:
     """Generate an answer per sample. Rows are appended to `out` as they are made; rows already in `out` are
-    reused, so a killed run continues where it stopped."""
+    reused, so a killed run continues where it stopped. Under several processes see `_predict_sharded`."""
     root = Path(root)
+    rank, world = dist_info()
+    if world > 1:
+        return _predict_sharded(predictor, root, samples, out, progress, prompt, rank, world)
     done = _done(out)
     todo = [s for s in samples if s.id not in done]
     if out is not None:
@@ -105,6 +113,89 @@ def predict(predictor, root: str | Path, samples: list[Sample], out: Path | None
     return [done[s.id] for s in samples]
 
 
+# ---------------------------------------------------------------- several processes
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of the active torch.distributed process group; (0, 1) without one."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return 0, 1
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _broadcast(obj, rank: int):
+    """Rank 0's `obj` on every process."""
+    import torch.distributed as dist
+
+    box = [obj if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _all_gather(obj, world: int) -> list:
+    """Every process's `obj`, in rank order, on every process."""
+    import torch.distributed as dist
+
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _predict_sharded(predictor, root: Path, samples: list[Sample], out: Path | None, progress: bool,
+                     prompt: str | None, rank: int, world: int) -> list[dict]:
+    """`predict` under `world` processes: rank r generates for todo[r::world] (todo: the samples not yet in `out`,
+    as rank 0 reads it), the rows of each round of batches are gathered onto every process, and rank 0 alone
+    appends them to `out` (so a killed run still resumes) and finally rewrites it in dataset order.
+
+    Every process runs the same number of `generate` calls (a process whose share has run out generates for one
+    sample and drops the row): sharded models (FSDP, DeepSpeed ZeRO-3) gather their parameters in every forward
+    pass, collectively, and would otherwise wait forever for the process that stopped."""
+    main = rank == 0
+    done = _broadcast(_done(out) if main else None, rank)
+    todo = [s for s in samples if s.id not in done]
+    mine = todo[rank::world]
+    step = predictor.batch_size
+    rounds = math.ceil(math.ceil(len(todo) / world) / step)
+    if main and out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, "".join(json.dumps(done[s.id], ensure_ascii=False) + "\n"
+                                       for s in samples if s.id in done))
+    bar = None
+    if progress and main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="predict", file=sys.stderr)
+    fh = open(out, "a", encoding="utf-8") if main and out is not None else None
+    try:
+        for k in range(rounds):
+            chunk = mine[k * step : (k + 1) * step]
+            batch = chunk or todo[:1]  # an idle process keeps step with the others
+            answers = predictor.generate([with_prompt(s, prompt) for s in batch], [load_images(root, s) for s in batch])
+            rows = [row_of(s, a) for s, a in zip(chunk, answers[: len(chunk)], strict=True)]
+            for part in _all_gather(rows, world):
+                for row in part:
+                    done[row["id"]] = row
+                    if fh:
+                        fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+                if bar:
+                    bar.update(len(part))
+            if fh:
+                fh.flush()
+    finally:
+        if fh:
+            fh.close()
+        if bar:
+            bar.close()
+    rows = [done[s.id] for s in samples]
+    if main and out is not None:  # the same file one process writes: dataset order
+        atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return rows
+
+
 def write_submission(rows: list[dict], out_dir: Path, kind: str) -> Path:
     """The official submission file: VQAv2 [{"question_id": int, "answer"}], VizWiz [{"image": file, "answer"}]."""
     if kind == "vqav2":
@@ -123,14 +214,37 @@ def evaluate(predictor, root: str | Path, samples: list[Sample], task: Task, out
              progress: bool = False, prompt: str | None = None, submission: str | None = None,
              **options) -> dict:
     """Predict and score; with `out_dir`, writes predictions.jsonl (with per-sample scores) and metrics.json there,
-    and the official submission file for VQAv2/VizWiz data (`submission`, or detected from the samples' source)."""
+    and the official submission file for VQAv2/VizWiz data (`submission`, or detected from the samples' source).
+
+    Under several processes each one predicts its share (see `predict`), rank 0 scores all rows and writes the
+    files, and every process returns rank 0's metrics (an error in scoring is raised on every process)."""
     out_dir = Path(out_dir) if out_dir else None
+    rank, world = dist_info()
     if task.name == "retrieval":
         from vlmtune.eval.tasks.retrieval import retrieval_rows
 
-        rows = retrieval_rows(predictor, root, samples, progress)
+        # every image is scored against every text: not sharded, each process computes the same rows
+        rows = retrieval_rows(predictor, root, samples, progress and rank == 0)
     else:
         rows = predict(predictor, root, samples, out_dir / "predictions.jsonl" if out_dir else None, progress, prompt)
+    if world == 1:
+        return _score(rows, samples, task, out_dir, submission, options)
+    result = None
+    if rank == 0:
+        try:
+            result = {"metrics": _score(rows, samples, task, out_dir, submission, options)}
+        except Exception as e:
+            _broadcast({"error": f"{type(e).__name__}: {e}"}, rank)
+            raise
+    result = _broadcast(result, rank)
+    if "error" in result:
+        raise RuntimeError(f"scoring failed on rank 0: {result['error']}")
+    return result["metrics"]
+
+
+def _score(rows: list[dict], samples: list[Sample], task: Task, out_dir: Path | None, submission: str | None,
+           options: dict) -> dict:
+    """Metrics of predicted rows (+ predictions.jsonl, metrics.json and the submission file under `out_dir`)."""
     metrics = {"task": task.name, **{k: v for k, v in options.items() if v is not None},
                **task.score_rows(rows, **{k: v for k, v in options.items() if v is not None})}
     if out_dir:

@@ -35,6 +35,7 @@ from vlmtune.models import ModelFamily, get_family, load_model
 from vlmtune.models.family import Loaded, accepts_logits_to_keep, forward_losses, freeze_group_of, logit_prefix_of
 from vlmtune.train import checkpoint as ckpt
 from vlmtune.train import vision_cache
+from vlmtune.train.distributed import vision_dummy
 
 PROBES_BASE = "probes_base.json"
 
@@ -64,9 +65,9 @@ class State:
     probe_base: dict[str, float] | None = None
     """The base model's score on each probe (its metric), measured before step 0."""
     rejected: dict[str, str] = field(default_factory=dict)
+    """Checkpoint step -> why the forgetting gate rejected it."""
     vision_cache: Any = None
     """A VisionCache when the frozen vision side's output is cached (train.vision_cache)."""
-    """Checkpoint step -> why the forgetting gate rejected it."""
     stopped: str | None = None
 
 
@@ -223,6 +224,10 @@ def setup(cfg: RunCfg) -> State:
     accelerator.wait_for_everyone()
     optimizer, scheduler = build_optimizer(cfg, model)
     cache, reason = None, vision_cache.why_not(cfg, family, model)
+    from vlmtune.train.distributed import shards_parameters
+
+    if reason is None and shards_parameters(accelerator):  # a miss would run the tower on one rank only: a hang
+        reason = f"parameters are sharded over processes ({accelerator.distributed_type.value})"
     if reason is None:
         cache = vision_cache.VisionCache(model, family, loaded.processor, run_dir / "vision_cache")
     accelerator.print(f"vision cache: {'on, ' + str(cache.dir) if cache else 'off (' + reason + ')'}", file=sys.stderr)
@@ -283,7 +288,8 @@ def fit(state: State) -> dict:
                 batch.inputs = state.vision_cache.inputs(acc.unwrap_model(model), batch.inputs, keys)
             sync = k == len(batches) - 1
             with acc.no_sync(model) if not sync else contextlib.nullcontext():
-                with acc.autocast():
+                # under ZeRO-3/FSDP a rank with a text-only micro-batch still runs the vision side (x 0): no hang
+                with acc.autocast(), vision_dummy(acc, model, batch.inputs, state.loaded.processor):
                     sums, counts = forward_losses(model, state.family, batch.inputs, labels, keep_logits, prefix)
                 acc.backward(sums.sum() / total_tokens * world)  # DDP averages gradients over processes
             mask = batch.inputs.get("attention_mask")
@@ -305,10 +311,11 @@ def fit(state: State) -> dict:
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}")
         if state.step % t.log_every == 0 or state.step == t.max_steps:
+            pad = acc.reduce(padding.to(acc.device), reduction="sum").cpu()  # every process's micro-batches
             row = {"step": state.step, "loss": step_loss, "lr": state.scheduler.get_last_lr()[0],
                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
                    "samples_per_s": t.global_batch_size * t.log_every / (time.perf_counter() - tic),
-                   "padding": padding[0].item() / max(1.0, padding[1].item())}
+                   "padding": pad[0].item() / max(1.0, pad[1].item())}
             padding.zero_()
             if len(names) > 1:
                 drawn = state.mixture.drawn(state.step, t.global_batch_size)

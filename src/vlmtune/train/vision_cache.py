@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 from pathlib import Path
 
 IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask")
@@ -127,7 +128,7 @@ class VisionCache:
         file = self.dir / key[:2] / f"{key}.safetensors"
         if not file.is_file():
             file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_name(file.name + ".tmp")
+            tmp = file.with_name(f"{file.name}.tmp-{os.getpid()}")  # ranks may write the same image at once
             save_file({"features": features}, str(tmp))
             tmp.replace(file)
 
@@ -149,7 +150,9 @@ class VisionCache:
             pooled = out.pooler_output
             if self.stacked is None:
                 self.stacked = isinstance(pooled, torch.Tensor)
-                (self.dir / "layout.json").write_text(json.dumps({"stacked": self.stacked}))
+                tmp = self.dir / f"layout.json.tmp-{os.getpid()}"
+                tmp.write_text(json.dumps({"stacked": self.stacked}))
+                tmp.replace(self.dir / "layout.json")
             per_image = list(pooled.unbind(0)) if self.stacked else list(pooled)
             if len(per_image) != len(keys):
                 raise RuntimeError(f"vision cache: {len(per_image)} feature sets for {len(keys)} images")

@@ -1,0 +1,209 @@
+"""Several processes: keeping every rank's forward pass the same shape when text-only and image samples mix.
+
+The hang (LLaMA-Factory, ms-swift: "ZeRO-3 hangs with mixed text/image data"). Under DeepSpeed ZeRO-3 (and FSDP)
+each rank holds a shard of every parameter; a module's parameters are all-gathered, collectively, by every rank when
+the module runs, and its gradients reduce-scattered when its backward runs. A micro-batch without images makes the
+model skip its vision tower and projector; if another rank's micro-batch has images, that rank all-gathers the vision
+parameters while this one is already all-gathering the language model's: the collectives no longer match and the
+run hangs (or, with equal sizes, silently mixes shards). vlmtune's mixtures put text-only replay and image samples
+in one global batch (`vlmtune.data.mix`), so this is a when, not an if.
+
+The fix: on such a micro-batch, run the vision tower and projector on one blank image anyway and tie the result into
+the graph with weight 0, so every rank runs the same modules, in the same order, forward and backward, every step.
+
+* Where: *inside* the forward pass, at the point where the model would have merged image features: a one-shot
+  forward pre-hook on the language model adds ``0 * features.sum()`` to its ``inputs_embeds``. Not after the forward
+  (``loss + 0 * ...``): the vision all-gathers would then come after the language model's on this rank but before
+  them on the others (the order of the collectives has to match, not only their number), and under DDP the vision
+  parameters, already marked unused by that forward (``find_unused_parameters``), would get a gradient a second time
+  ("Expected to mark a variable ready only once").
+* What it changes: nothing in value. ``x + 0.0`` is ``x`` exactly (the features of a blank image are finite), so the
+  loss and every language-model gradient are bit-identical; the vision tower and projector get gradients of exactly
+  zero (weight decay and Adam's moments still see a step with a zero gradient, as they do for every rank's
+  text-only samples under DDP anyway).
+* When: a micro-batch with no ``pixel_values`` (and no cached features, ``mm_encoder_outputs``) of a model with a
+  vision tower, under sharded parameters (DeepSpeed ZeRO-3, FSDP) with more than one process. Under DDP nothing is
+  needed (``find_unused_parameters=True`` copes) and under ZeRO-1/2 every rank holds all parameters; ``always=True``
+  turns it on for any run of more than one process.
+
+In the training loop (`fit`), around the forward of each micro-batch::
+
+    with acc.autocast(), vision_dummy(acc, model, batch.inputs, state.loaded.processor):
+        sums, counts = forward_losses(model, state.family, batch.inputs, labels, keep_logits, prefix)
+
+The same rule holds for evaluation under ZeRO-3 (`Predictor.generate` of a text-only batch on one rank while another
+generates with images) and for the frozen-vision cache (a cache miss runs the tower on one rank only): see
+docs/distributed.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Any
+
+IMAGE_INPUTS = ("pixel_values", "pixel_values_videos", "mm_encoder_outputs")
+"""Model inputs that make the forward run the vision side (or stand in for it)."""
+
+
+def _base(model):
+    """The HF model under DDP / DeepSpeed / FSDP / PEFT wrappers."""
+    for _ in range(4):
+        if hasattr(model, "module") and not hasattr(model, "get_image_features"):
+            model = model.module  # DistributedDataParallel, DeepSpeedEngine
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()  # peft
+        else:
+            break
+    return model
+
+
+def language_model(model):
+    """The decoder that receives the merged `inputs_embeds` (LLaVA, Qwen2-VL, ...: `model.model.language_model`);
+    None when the model is not built that way (encoder-decoder families, BLIP-2's Q-Former)."""
+    base = _base(model)
+    inner = getattr(base, "model", None)
+    lm = getattr(inner, "language_model", None) if inner is not None else None
+    if lm is None:
+        lm = getattr(base, "language_model", None)
+    return lm if lm is not None and hasattr(lm, "forward") else None
+
+
+def vision_tower(model):
+    """The vision encoder module (LLaVA: `model.vision_tower`, Qwen2-VL: `model.visual`), or None."""
+    base = _base(model)
+    for owner in (getattr(base, "model", None), base):
+        for name in ("vision_tower", "visual", "vision_model"):
+            module = getattr(owner, name, None) if owner is not None else None
+            if module is not None:
+                return module
+    return None
+
+
+def has_vision(model) -> bool:
+    """Whether the model has a vision side that `add_dummy_vision` can run (`get_image_features` + a decoder)."""
+    return hasattr(_base(model), "get_image_features") and language_model(model) is not None
+
+
+def shards_parameters(accelerator) -> bool:
+    """Whether every rank must run every module every step: DeepSpeed ZeRO stage 3 or FSDP, more than 1 process."""
+    if getattr(accelerator, "num_processes", 1) <= 1:
+        return False
+    kind = getattr(accelerator, "distributed_type", None)
+    kind = getattr(kind, "value", kind)  # DistributedType is a str enum
+    if kind == "FSDP":
+        return True
+    if kind == "DEEPSPEED":
+        plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+        return getattr(plugin, "zero_stage", None) == 3
+    return False
+
+
+def needs_vision_dummy(model, batch_inputs: dict, accelerator, always: bool = False) -> bool:
+    """Whether this micro-batch must run the vision tower on a blank image (see the module's docstring): it has no
+    image input, the model has a vision side, and the run shards parameters (or `always`, with > 1 process)."""
+    if any(batch_inputs.get(k) is not None for k in IMAGE_INPUTS):
+        return False
+    if not has_vision(model):
+        return False
+    if always:
+        return getattr(accelerator, "num_processes", 1) > 1
+    return shards_parameters(accelerator)
+
+
+_BLANK: dict[int, dict] = {}
+
+
+def blank_image_inputs(processor) -> dict:
+    """The image processor's output for one black image (cached per processor): pixel_values and whatever else
+    `get_image_features` takes for it (image_grid_thw for Qwen2-VL, image_sizes for LLaVA-NeXT)."""
+    key = id(processor)
+    if key not in _BLANK:
+        from PIL import Image
+
+        image_processor = getattr(processor, "image_processor", processor)
+        size = 64
+        for attr in ("crop_size", "size"):  # the processor resizes anyway; start at its own size when it says one
+            s = getattr(image_processor, attr, None)
+            if isinstance(s, dict) and isinstance(s.get("height"), int):
+                size = max(s["height"], s.get("width", s["height"]))
+                break
+            if isinstance(s, dict) and isinstance(s.get("shortest_edge"), int):
+                size = s["shortest_edge"]
+                break
+        out = image_processor(images=[Image.new("RGB", (size, size))], return_tensors="pt")
+        _BLANK[key] = dict(out)
+    return _BLANK[key]
+
+
+def _tensors(x):
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            yield from _tensors(v)
+
+
+def dummy_vision_term(model, processor, device=None):
+    """0 x the sum of the vision side's output (vision tower + projector, `get_image_features`) on one blank image:
+    a zero scalar whose backward reaches every vision and projector parameter that the real path reaches."""
+    import torch
+
+    base = _base(model)
+    wanted = inspect.signature(base.get_image_features).parameters
+    params = [p for p in base.parameters() if p.is_floating_point()]
+    device = device if device is not None else (params[0].device if params else "cpu")
+    tower = vision_tower(model)
+    dtype = next((p.dtype for p in tower.parameters()), None) if tower is not None else None
+    inputs = {}
+    for k, v in blank_image_inputs(processor).items():
+        if k not in wanted or not isinstance(v, torch.Tensor):
+            continue
+        v = v.to(device)
+        inputs[k] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
+    out = base.get_image_features(**inputs)
+    features = getattr(out, "pooler_output", None)
+    if features is None:  # older transformers: the projected features themselves
+        features = out
+    total = sum(t.float().sum() for t in _tensors(features))
+    return total * 0.0
+
+
+@contextlib.contextmanager
+def add_dummy_vision(model, processor):
+    """Within the block, the model's next forward pass runs its vision tower and projector on one blank image where
+    it would have merged image features, adding 0 x their output to the language model's `inputs_embeds` (see the
+    module's docstring). The loss is unchanged; vision and projector parameters get zero gradients."""
+    lm = language_model(model)
+    if lm is None:
+        raise ValueError("add_dummy_vision: the model has no language_model that takes inputs_embeds")
+    fired = []
+
+    def hook(module, args, kwargs):
+        if fired:  # one-shot: generate() and friends call the decoder again
+            return None
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is None:
+            return None
+        fired.append(True)
+        term = dummy_vision_term(model, processor, embeds.device)
+        return args, {**kwargs, "inputs_embeds": embeds + term.to(embeds.dtype)}
+
+    handle = lm.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield fired
+    finally:
+        handle.remove()
+    if not fired:
+        raise RuntimeError("add_dummy_vision: the forward pass did not call the language model with inputs_embeds; "
+                           "the vision tower did not run")
+
+
+def vision_dummy(accelerator, model, batch_inputs: dict, processor, always: bool = False) -> Any:
+    """`add_dummy_vision(model, processor)` when `needs_vision_dummy(...)`, else a no-op context: the one line the
+    training loop wraps each micro-batch's forward in."""
+    if needs_vision_dummy(model, batch_inputs, accelerator, always):
+        return add_dummy_vision(model, processor)
+    return contextlib.nullcontext()
