@@ -1,6 +1,6 @@
 """Training speed, side by side: vlmtune's loop vs TRL's SFTTrainer vs a plain HF Trainer, one script.
 
-    .venv/bin/python bench/train_speed.py              # full size: ~10 minutes on 2 CPU cores; markdown tables
+    .venv/bin/python bench/train_speed.py              # full size: ~13 minutes on 2 quiet CPU cores; markdown
     .venv/bin/python bench/train_speed.py --quick      # smoke test (~2 minutes): tiny data, few steps, 1 repeat
 
 Needs `trl` (`pip install 'vlmtune[bench]'`, or `.venv/bin/pip install trl==1.16.0`).
@@ -24,7 +24,13 @@ Same model, data, LoRA, batch, steps, learning rate, schedule, optimizer, clippi
 Every run is a fresh subprocess (the parent imports no torch); peak RSS comes from os.wait4. Throughput is over
 steps (warmup, steps], from per-step timestamps taken after each optimizer step (vlmtune: its per-step log call;
 HF/TRL: a TrainerCallback's on_step_end); all three log every step. Tables give medians of `--repeats` runs,
-interleaved (a, b, c, a, b, c, ...) so load from other processes spreads over all three.
+interleaved (a, b, c, a, b, c, ...). On a shared machine other processes' CPU use is measured during each run's
+timed window (/proc/stat minus the run's own /proc/<pid>/stat): a run waits for a quiet machine and is repeated
+when disturbed (with 2 cores, one busy neighbour makes torch's 2 threads several times slower).
+
+Also: vlmtune with `--train.vision_cache auto` vs `off` over 3 epochs (if the config rejects the option: "vision
+cache: not available"), the FLOP split and model-FLOPs utilisation against this CPU's measured fp32 matmul peak, and
+where vlmtune's step time goes (wrapped phases, and cProfile of `fit`).
 """
 
 from __future__ import annotations
@@ -553,7 +559,9 @@ def throughput(run: dict, warmup: int, batch: int, per_step: list | None = None,
     lo = warmup if lo is None else lo
     hi = len(times) if hi is None else hi
     dt = times[hi - 1] - times[lo - 1]
-    out = {"samples_s": batch * (hi - lo) / dt, "ms_step": 1000 * dt / (hi - lo)}
+    steps = [b - a for a, b in zip(times[lo - 1 : hi - 1], times[lo:hi], strict=True)]
+    out = {"samples_s": batch * (hi - lo) / dt, "ms_step": 1000 * dt / (hi - lo),
+           "samples_s_median_step": batch / statistics.median(steps)}
     if per_step:
         out["tokens_s"] = sum(p[0] for p in per_step[lo:hi]) / dt
         out["target_tokens_s"] = sum(p[2] for p in per_step[lo:hi]) / dt
@@ -686,9 +694,10 @@ def parent_main(args) -> None:
         f"trained (target) tokens per sample: {tgt_per_sample:.2f} (answer + `</s>`).\n")
 
     say("## Throughput, memory, loss\n")
-    say("| trainer | samples/s | tokens/s | ms/step | of it data (ms) | start to first step (s) | process wall (s) "
-        "| peak RSS (MiB) | final loss (mean of last 10 steps) | speed vs TRL | other processes (cores) |")
-    say("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    say("| trainer | samples/s | tokens/s | ms/step | of it data (ms) | samples/s from the median step | "
+        "start to first step (s) | process wall (s) | peak RSS (MiB) | final loss (mean of last 10 steps) | "
+        "speed vs TRL | other processes (cores) |")
+    say("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     med: dict[str, dict] = {}
     for kind in FRAMEWORKS:
         tps = [throughput(r, args.warmup, args.batch, per_step) for r in runs[kind]]
@@ -702,18 +711,25 @@ def parent_main(args) -> None:
     for kind in FRAMEWORKS:
         m = med[kind]
         say(f"| {LABELS[kind]} | {fmt(m['samples_s'])} | {fmt(m['tokens_s'], 0)} | {fmt(m['ms_step'], 2)} | "
-            f"{fmt(m['data_ms_step'], 2)} | {fmt(m['first'])} | {fmt(m['wall'])} | {fmt(m['rss'], 0)} | "
+            f"{fmt(m['data_ms_step'], 2)} | {fmt(m['samples_s_median_step'])} | {fmt(m['first'])} | "
+            f"{fmt(m['wall'])} | {fmt(m['rss'], 0)} | "
             f"{m['loss']:.4f} | {m['samples_s'] / med['trl']['samples_s']:.2f}x | {m['other']:.2f} |")
     say("")
     every = [f"{k}: " + ", ".join(f"{fmt(x)} ({r['other_cores']:.2f})"
                                    for x, r in zip(med[k]["all_sps"], runs[k], strict=True)) for k in FRAMEWORKS]
     say("samples/s of every run (other processes' cores): " + "; ".join(every) + ".\n")
+    paired = [v / t for v, t in zip(med["vlmtune"]["all_sps"], med["trl"]["all_sps"], strict=True)]
+    by_median = med["vlmtune"]["samples_s_median_step"] / med["trl"]["samples_s_median_step"]
+    say("vlmtune / TRL within each repeat (runs interleaved): " + ", ".join(f"{x:.2f}x" for x in paired) +
+        f"; from the median step times: {by_median:.2f}x.\n")
     say("'other processes': CPU time used by everything else on the machine during the run's timed window (from "
         "/proc/stat minus the run's own /proc/<pid>/stat), per second; each run starts once that is below "
         f"{args.quiet_cores:g} cores (waiting at most {args.quiet_wait:g} s), and a run disturbed by more is run "
         f"again (at most {args.retries} times; the least disturbed attempt counts). Runs discarded: "
         f"{', '.join(discarded) if discarded else 'none'}; kept although disturbed (no quiet attempt): "
         f"{', '.join(disturbed) if disturbed else 'none'}.\n")
+    say("samples/s is steps x batch over the window's wall time; 'from the median step' is batch / the median "
+        "step time of the run (robust to bursts from other processes), median over the runs.\n")
     say("'of it data': time per step spent producing the batch: vlmtune `step_batches` (image reads + "
         "`family.encode`); TRL `datasets` row fetch (PNG decode) + its collator (chat template, processor); HF "
         "Trainer its collator (image reads + `family.encode`).\n")
