@@ -151,6 +151,22 @@ def test_concurrent_requests_are_batched(server, fashion_dir):
     assert batcher.batches - before < len(jobs) and max(batcher.batch_sizes[before - len(batcher.batch_sizes):]) > 1
 
 
+def test_a_request_that_cannot_be_encoded_fails_alone_in_its_batch(server, fashion_dir):
+    from vlmtune.data.sample import Sample, user
+    from vlmtune.serve.batcher import Request
+
+    batcher = server.app.state.vlmtune.batcher
+    img = Image.open(fashion_dir / _val(fashion_dir)[0].images[0]).convert("RGB")
+    good = Request(Sample(id="g", messages=[user("What colour is the top?")], images=["i"]), [img], 8)
+    bad = Request(Sample(id="b", messages=[user("What colour is the top? " * 40)], images=["i"]), [img], 8)
+    n = len(batcher.batch_sizes)
+    futures = [batcher.submit(bad), batcher.submit(good)]
+    with pytest.raises(ValueError, match="max_length"):
+        futures[0].result(timeout=60)
+    assert futures[1].result(timeout=60).text == batcher.predictor.complete([good.sample], [[img]], 8)[0].text
+    assert batcher.batch_sizes[n:] == [1]  # the good request ran, without its batch-mate
+
+
 def _post(server, body=None, raw=None, headers=None):
     return httpx.post(server.url + "/v1/chat/completions", json=body, content=raw, headers=headers, timeout=60)
 

@@ -5,8 +5,8 @@ Requests wait in a queue. The worker thread takes the first one, waits up to `ma
 sampling parameters (temperature, top_p), up to `max_batch_size`, and runs them as one batch through the same
 `Predictor.complete` that `vlmtune predict` uses. A `_RowStreamer` receives the new token of every row at each step
 and hands each request its own text deltas. A request whose inputs cannot be encoded (too long, a family limit) is
-answered with its error alone and its batch-mates run without it; an unexpected error fails the batch's requests, and
-the worker keeps serving.
+answered with its error alone and its batch-mates run without it (requests are encoded one by one only after a
+batch fails to encode); an unexpected error fails the batch's requests, and the worker keeps serving.
 """
 
 from __future__ import annotations
@@ -121,35 +121,53 @@ class Batcher:
                 self._serve(batch)
 
     def _serve(self, batch: list[Request]) -> None:
+        """Run the batch; if one request cannot be encoded (too long, a family limit), it alone gets the error and
+        the rest run without it (requests are encoded one by one only then, not on every batch)."""
         from vlmtune.models.family import SampleTooLong
 
+        try:
+            self._generate(batch)
+            return
+        except (SampleTooLong, ValueError) as e:
+            if len(batch) == 1:
+                batch[0].future.set_exception(e)
+                return
+        except Exception as e:  # noqa: BLE001 - the worker must survive anything one batch does
+            self._fail(batch, e)
+            return
         ok = []
-        for r in batch:  # encoding errors belong to their request alone
+        for r in batch:
             try:
                 self.predictor.family.encode(self.predictor.loaded.processor, [r.sample], [r.images], "generate",
                                              self.predictor.max_length)
                 ok.append(r)
             except (SampleTooLong, ValueError) as e:
                 r.future.set_exception(e)
-        if not ok:
-            return
-        try:
-            streamer = _RowStreamer(self.predictor.loaded.processor.tokenizer, ok) \
-                if any(r.on_delta for r in ok) else None
-            done = self.predictor.complete([r.sample for r in ok], [r.images for r in ok],
-                                           max_new_tokens=max(r.max_new_tokens for r in ok),
-                                           temperature=ok[0].temperature, top_p=ok[0].top_p, streamer=streamer)
-            self.batches += 1
-            self.batch_sizes.append(len(ok))
-            tok = self.predictor.loaded.processor.tokenizer
-            for r, c in zip(ok, done, strict=True):
-                if len(c.token_ids) > r.max_new_tokens:  # a batch-mate asked for more: greedy rows do not depend
-                    ids = c.token_ids[: r.max_new_tokens]  # on the limit, so the first N tokens are its answer
-                    c.text = tok.decode(ids, skip_special_tokens=True).strip()
-                    c.token_ids, c.completion_tokens, c.finish_reason = ids, len(ids), "length"
-                if not r.future.done():
-                    r.future.set_result(c)
-        except Exception as e:  # noqa: BLE001 - the worker must survive anything one batch does
-            for r in ok:
-                if not r.future.done():
-                    r.future.set_exception(e)
+        if ok:
+            try:
+                self._generate(ok)
+            except Exception as e:  # noqa: BLE001
+                self._fail(ok, e)
+
+    @staticmethod
+    def _fail(requests: list[Request], error: Exception) -> None:
+        for r in requests:
+            if not r.future.done():
+                r.future.set_exception(error)
+
+    def _generate(self, ok: list[Request]) -> None:
+        """One generate call for `ok`; each request's future gets its Completion."""
+        streamer = _RowStreamer(self.predictor.loaded.processor.tokenizer, ok) if any(r.on_delta for r in ok) else None
+        done = self.predictor.complete([r.sample for r in ok], [r.images for r in ok],
+                                       max_new_tokens=max(r.max_new_tokens for r in ok),
+                                       temperature=ok[0].temperature, top_p=ok[0].top_p, streamer=streamer)
+        self.batches += 1
+        self.batch_sizes.append(len(ok))
+        tok = self.predictor.loaded.processor.tokenizer
+        for r, c in zip(ok, done, strict=True):
+            if len(c.token_ids) > r.max_new_tokens:  # a batch-mate asked for more: greedy rows do not depend
+                ids = c.token_ids[: r.max_new_tokens]  # on the limit, so the first N tokens are its answer
+                c.text = tok.decode(ids, skip_special_tokens=True).strip()
+                c.token_ids, c.completion_tokens, c.finish_reason = ids, len(ids), "length"
+            if not r.future.done():
+                r.future.set_result(c)
