@@ -75,27 +75,77 @@ def test_any_change_of_weights_or_processor_settings_changes_the_fingerprint():
     assert fingerprint(tiny.model, family, tiny.processor) == third
 
 
+def _mixed_batch(family, root):
+    """Items of one batch: single-image samples of two sizes, plus a two-image and a text-only sample where the
+    family allows them; the images are written under `root`."""
+    colours = {"a.png": ((40, 40), "red"), "b.png": ((48, 32), "blue"), "c.png": ((64, 20), "green")}
+    for name, (size, colour) in colours.items():
+        Image.new("RGB", size, colour).save(root / name)
+    samples = [Sample(id="a", messages=[user("What colour?"), assistant("red")], images=["a.png"]),
+               Sample(id="b", messages=[user("And this longer one?"), assistant("blue")], images=["b.png"])]
+    if family.multi_image:
+        samples.append(Sample(id="ab", messages=[user("Both?", 2), assistant("red and green, the second one wider")],
+                              images=["a.png", "c.png"]))
+    if family.text_only:
+        samples.append(Sample(id="t", messages=[user("No image here", 0), assistant("fine")], images=[]))
+    return [(0, s) for s in samples]
+
+
 @pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if f.vision_cache))
 def test_cached_features_give_the_same_loss_for_every_family_that_supports_it(name, tmp_path):
     family = FAMILIES[name]
     tiny = family.tiny()
     model = tiny.model.eval()
-    samples = [Sample(id="a", messages=[user("What colour?"), assistant("red")], images=["a.png"]),
-               Sample(id="b", messages=[user("And this one?"), assistant("blue")], images=["b.png"])]
-    images = [[Image.new("RGB", (40, 40), "red")], [Image.new("RGB", (48, 32), "blue")]]
-    batch = family.encode(tiny.processor, samples, images, "train", 512)
+    items = _mixed_batch(family, tmp_path)
+    encoded = []
+
+    def encode():
+        samples = [s for _, s in items]
+        images = [[Image.open(tmp_path / f).convert("RGB") for f in s.images] for s in samples]
+        encoded.append(family.encode(tiny.processor, samples, images, "train", 512))
+        return encoded[-1]
+
+    batch = encode()
     inputs = dict(batch.inputs)
     labels = inputs.pop("labels")
+
+    def loss(b):
+        rest = dict(b.inputs)
+        return forward_losses(model, family, rest, rest.pop("labels"), False)[0]
+
     with torch.no_grad():
         plain, _ = forward_losses(model, family, inputs, labels, False)
-        cache = VisionCache(model, family, tiny.processor, tmp_path)
-        miss, _ = forward_losses(model, family, cache.inputs(model, dict(inputs), ["ka", "kb"]), labels, False)
-        fresh = VisionCache(model, family, tiny.processor, tmp_path)  # a new process: read from disk
-        hit_inputs = fresh.inputs(model, dict(inputs), ["ka", "kb"])
-        hit, _ = forward_losses(model, family, hit_inputs, labels, False)
-    assert "pixel_values" not in hit_inputs and fresh.hits == 2 and cache.misses == 2
-    torch.testing.assert_close(miss, plain, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(hit, plain, rtol=1e-5, atol=1e-6)
+        cache = VisionCache(model, family, tiny.processor, tmp_path / "cache")
+        miss = loss(cache.batch(model, items, [tmp_path], encode))
+        assert len(encoded) == 2 and cache.misses == sum(len(s.images) for _, s in items)
+        again = cache.batch(model, items, [tmp_path], encode)  # seen before: built from the stored rows
+        assert len(encoded) == 2 and "pixel_values" not in again.inputs
+        for k, v in batch.inputs.items():  # the same tensors as encode's, without the pixels
+            if k not in ("pixel_values", "pixel_attention_mask"):
+                assert torch.equal(again.inputs[k], v), k
+        assert again.n_target_tokens == batch.n_target_tokens
+        hit = loss(again)
+        fresh = VisionCache(model, family, tiny.processor, tmp_path / "cache")  # a new process: read from disk
+        from_disk = fresh.batch(model, items, [tmp_path], encode)
+        assert fresh.misses == 0 and fresh.hits == cache.misses
+        disk = loss(from_disk)
+    for got in (miss, hit, disk):
+        torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_memory_holds_a_bounded_number_of_bytes_and_rereads_the_rest(tmp_path, monkeypatch):
+    from vlmtune.train import vision_cache
+
+    family = FAMILIES["llava"]
+    tiny = family.tiny()
+    cache = VisionCache(tiny.model, family, tiny.processor, tmp_path)
+    one = torch.ones(4, 8)  # 128 bytes
+    monkeypatch.setattr(vision_cache, "MEMORY_BUDGET", 300)
+    for key in ("k1", "k2", "k3"):
+        cache._put(key, [one * int(key[1])])
+    assert list(cache.memory) == ["k2", "k3"] and cache.memory_bytes == 256
+    assert torch.equal(cache._get("k1")[0], one)  # read back from its file
+    assert list(cache.memory) == ["k3", "k1"]
 
 
 @pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if not f.vision_cache))

@@ -47,8 +47,18 @@ class Batch:
     n_target_tokens: int = 0
 
     def to(self, device) -> Batch:
-        moved = {k: v.to(device) if hasattr(v, "to") else v for k, v in self.inputs.items()}
-        return Batch(moved, self.ids, self.n_target_tokens)
+        return Batch({k: _moved(v, device) for k, v in self.inputs.items()}, self.ids, self.n_target_tokens)
+
+
+def _moved(value, device):
+    """Tensors on `device`, also inside the lists and model outputs of `mm_encoder_outputs`."""
+    if hasattr(value, "to"):
+        return value.to(device)
+    if isinstance(value, dict):  # transformers' ModelOutput is a dict too: keep its class
+        return type(value)(**{k: _moved(v, device) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return type(value)(_moved(v, device) for v in value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,9 @@ class ModelFamily:
     vision_cache: bool = False
     """Whether the model takes precomputed image features (`mm_encoder_outputs`), so the frozen-vision cache can
     skip its vision tower and projector (`train.vision_cache`); the contract test checks the loss is unchanged."""
+    vision_features: Literal["per_image", "per_sample"] = "per_image"
+    """How the model's `get_image_features` lists its output: one entry per image, or one per sample holding all of
+    the sample's images (Idefics3/SmolVLM, whose tiles are split per sample)."""
     logit_prefix: Callable[[Any], int] | None = None
     """logit_prefix(model) -> positions the model puts in front of the text in its logits (GIT prepends the image
     features inside the model, so its logits are that much longer than input_ids); the loss skips them."""

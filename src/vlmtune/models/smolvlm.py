@@ -57,4 +57,5 @@ FAMILY = ModelFamily(
     multi_image=True,
     extra={"projector_modules": ("connector",)},
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
+    vision_features="per_sample",  # get_image_features lists one entry per sample (all its images' tiles)
 )

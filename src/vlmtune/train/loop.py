@@ -23,6 +23,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -283,9 +284,6 @@ def fit(state: State) -> dict:
         for k, (chunk, batch) in enumerate(zip(chunks, batches, strict=True)):
             batch = batch.to(acc.device)
             labels = batch.inputs.pop("labels")
-            if state.vision_cache is not None:  # the frozen vision side's output, computed once per image
-                keys = state.vision_cache.image_keys(chunk, state.roots)
-                batch.inputs = state.vision_cache.inputs(acc.unwrap_model(model), batch.inputs, keys)
             sync = k == len(batches) - 1
             with acc.no_sync(model) if not sync else contextlib.nullcontext():
                 # under ZeRO-3/FSDP a rank with a text-only micro-batch still runs the vision side (x 0): no hang
@@ -354,8 +352,13 @@ def step_batches(state: State, step: int, rank: int, accum: int):
         mine = [mine[i] for i in order]
         flips = [flips[i] for i in order] if flips else None
     chunks = [mine[k : k + t.micro_batch_size] for k in range(0, len(mine), t.micro_batch_size)]
-    batches = [encode_batch(state, chunk, flips[k * t.micro_batch_size : (k + 1) * t.micro_batch_size]
-                            if flips else None) for k, chunk in enumerate(chunks)]
+    if state.vision_cache is not None:  # features computed once per image; a sample seen before is not re-encoded
+        model = state.accelerator.unwrap_model(state.model)
+        batches = [state.vision_cache.batch(model, chunk, state.roots, partial(encode_batch, state, chunk))
+                   for chunk in chunks]
+    else:
+        batches = [encode_batch(state, chunk, flips[k * t.micro_batch_size : (k + 1) * t.micro_batch_size]
+                                if flips else None) for k, chunk in enumerate(chunks)]
     return chunks, batches
 
 

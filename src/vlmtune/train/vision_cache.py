@@ -20,6 +20,13 @@ embeddings, so the loss is the same (tested to 1e-5 for every family that suppor
 
 The key of an image is the sha256 of its file; the directory is named by a fingerprint of the family, the frozen
 weights, the processor's image settings and the transformers version, so a change to any of them starts a new cache.
+
+A sample seen before costs nothing but its language-model step: besides its images' features, the cache keeps the
+sample's encoded tokens (input ids, labels and the family's per-token and per-image extras, unpadded), so a later
+epoch neither reads nor decodes nor preprocesses its images, nor renders its chat template, nor tokenizes it; the
+batch is padded from the stored rows, and equals what `family.encode` returns without the pixels (tested for every
+family). Features stay in memory up to `MEMORY_BUDGET` bytes (least recently used dropped first) and are read back
+from their files beyond it.
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ from pathlib import Path
 
 IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask")
 """Processor outputs only the vision side reads (dropped once the features are cached)."""
+PER_IMAGE = ("image_grid_thw", "image_sizes")
+"""Processor outputs with one row per image (kept: the language model positions the image tokens with them)."""
+MEMORY_BUDGET = 2 << 30
+"""Bytes of features kept in memory; older ones are read back from their safetensors files."""
 
 
 def _base(model):
@@ -84,86 +95,194 @@ def fingerprint(model, family, processor) -> str:
 
 
 class VisionCache:
+    """The frozen vision side's output per sample (its images' features, computed once) and each sample's encoded
+    tokens. `batch` is the only entry point of the training loop."""
+
     def __init__(self, model, family, processor, directory: str | Path):
+        from collections import OrderedDict
+
         self.family = family
+        self.pad_id = processor.tokenizer.pad_token_id
         self.key = fingerprint(model, family, processor)
         self.dir = Path(directory) / self.key[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.memory: dict[str, object] = {}
+        self.memory: OrderedDict[str, list] = OrderedDict()
+        self.memory_bytes = 0
         layout = self.dir / "layout.json"
         self.stacked = json.loads(layout.read_text())["stacked"] if layout.is_file() else None
-        """Whether the model's pooler_output is one (images, ...) tensor rather than a list per image."""
+        """Whether the model's pooler_output is one (images, ...) tensor rather than a list."""
         self.hits = self.misses = 0
         self._file_hash: dict[str, str] = {}
+        self.rows: dict[tuple[int, str], dict] = {}
+        """(source index, sample id) -> the sample's unpadded encoded tensors and the key of its images."""
+        self.rows_off: str | None = None
+        """Why encoded rows are not kept (a processor output this file does not know how to pad), if so."""
 
-    def image_keys(self, items, roots) -> list[str]:
-        """The content hash of every image of (source index, Sample) items, in the batch's image order."""
+    def unit_keys(self, items, roots) -> list[str | None]:
+        """Per (source index, Sample) item: the key of its images' features (the sha256 of the image file, or of the
+        keys of all its images), None for a text-only sample."""
         from vlmtune.data.images import resolve_inside
 
         keys = []
         for j, sample in items:
+            hashes = []
             for rel in sample.images:
                 path = str(resolve_inside(roots[j], rel))
                 if path not in self._file_hash:
                     self._file_hash[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-                keys.append(self._file_hash[path])
+                hashes.append(self._file_hash[path])
+            keys.append(None if not hashes else hashes[0] if len(hashes) == 1 else
+                        hashlib.sha256("+".join(hashes).encode()).hexdigest())
         return keys
 
-    def _get(self, key: str):
+    def _remember(self, key: str, features: list) -> None:
+        self.memory[key] = features
+        self.memory_bytes += sum(f.numel() * f.element_size() for f in features)
+        while self.memory_bytes > MEMORY_BUDGET and len(self.memory) > 1:
+            _, old = self.memory.popitem(last=False)
+            self.memory_bytes -= sum(f.numel() * f.element_size() for f in old)
+
+    def _get(self, key: str) -> list | None:
         if key in self.memory:
+            self.memory.move_to_end(key)
             return self.memory[key]
         file = self.dir / key[:2] / f"{key}.safetensors"
         if file.is_file():
             from safetensors.torch import load_file
 
-            self.memory[key] = load_file(file)["features"]
+            stored = load_file(file)
+            self._remember(key, [stored[str(i)] for i in range(len(stored))])
             return self.memory[key]
         return None
 
-    def _put(self, key: str, features) -> None:
+    def _put(self, key: str, features: list) -> None:
         from safetensors.torch import save_file
 
-        features = features.detach().to("cpu").contiguous()
-        self.memory[key] = features
+        features = [f.detach().to("cpu").contiguous() for f in features]
+        self._remember(key, features)
         file = self.dir / key[:2] / f"{key}.safetensors"
         if not file.is_file():
             file.parent.mkdir(parents=True, exist_ok=True)
             tmp = file.with_name(f"{file.name}.tmp-{os.getpid()}")  # ranks may write the same image at once
-            save_file({"features": features}, str(tmp))
+            save_file({str(i): f for i, f in enumerate(features)}, str(tmp))
             tmp.replace(file)
 
-    def inputs(self, model, inputs: dict, keys: list[str]) -> dict:
-        """The model inputs with the images' cached features (`mm_encoder_outputs`) in place of their pixels;
-        features of images not seen before are computed first (the whole batch's, in one vision forward)."""
+    def _compute(self, model, inputs: dict, items, keys: list[str | None]) -> None:
+        """Run the frozen vision side once on the batch's images; store the features of every sample with images."""
+        import torch
+
+        base = _base(model)
+        wanted = inspect.signature(base.get_image_features).parameters
+        device = next(p for p in base.parameters()).device
+        with torch.no_grad():
+            out = base.get_image_features(**{k: v.to(device) for k, v in inputs.items() if k in wanted})
+        pooled = out.pooler_output
+        if self.stacked is None:
+            self.stacked = isinstance(pooled, torch.Tensor)
+            tmp = self.dir / f"layout.json.tmp-{os.getpid()}"
+            tmp.write_text(json.dumps({"stacked": self.stacked}))
+            tmp.replace(self.dir / "layout.json")
+        counts = [len(s.images) for _, s in items]
+        if self.family.vision_features == "per_sample":  # one entry per sample, all its images' tiles in it
+            entries = list(pooled)
+            if len(entries) != len(items):
+                raise RuntimeError(f"vision cache: {len(entries)} feature sets for {len(items)} samples")
+            units = [[e] if n else None for e, n in zip(entries, counts, strict=True)]
+        else:
+            per_image = list(pooled.unbind(0)) if self.stacked else list(pooled)
+            if len(per_image) != sum(counts):
+                raise RuntimeError(f"vision cache: {len(per_image)} feature sets for {sum(counts)} images")
+            it = iter(per_image)
+            units = [[next(it) for _ in range(n)] if n else None for n in counts]
+        for key, unit in zip(keys, units, strict=True):
+            if key is not None:
+                self._put(key, unit)
+
+    def _model_inputs(self, inputs: dict, units: list) -> dict:
+        """`inputs` without pixels, with the features of `units` (per sample, None when text-only) as
+        `mm_encoder_outputs`."""
         import torch
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        if not keys:
-            return inputs
-        found = [self._get(k) for k in keys]
-        if any(f is None for f in found):
-            self.misses += sum(f is None for f in found)
-            base = _base(model)
-            wanted = inspect.signature(base.get_image_features).parameters
-            with torch.no_grad():
-                out = base.get_image_features(**{k: v for k, v in inputs.items() if k in wanted})
-            pooled = out.pooler_output
-            if self.stacked is None:
-                self.stacked = isinstance(pooled, torch.Tensor)
-                tmp = self.dir / f"layout.json.tmp-{os.getpid()}"
-                tmp.write_text(json.dumps({"stacked": self.stacked}))
-                tmp.replace(self.dir / "layout.json")
-            per_image = list(pooled.unbind(0)) if self.stacked else list(pooled)
-            if len(per_image) != len(keys):
-                raise RuntimeError(f"vision cache: {len(per_image)} feature sets for {len(keys)} images")
-            for k, f in zip(keys, per_image, strict=True):
-                self._put(k, f)
-            found = [self.memory[k] for k in keys]
-        else:
-            self.hits += len(keys)
-        device = next(v for v in inputs.values() if hasattr(v, "device")).device
-        feats = [f.to(device) for f in found]
-        pooled = torch.stack(feats) if self.stacked else feats
+        feats = [f for unit in units if unit is not None for f in unit]
         rest = {k: v for k, v in inputs.items() if k not in IMAGE_INPUTS}
-        rest["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=pooled)}
+        if feats:
+            pooled = torch.stack(feats) if self.stacked else feats
+            rest["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=pooled)}
         return rest
+
+    def batch(self, model, items, roots, encode):
+        """The training Batch of (source index, Sample) items: from the stored rows and features when every sample
+        was seen before, else `encode()`d (images decoded and preprocessed), with the features of images not seen
+        before computed in one vision forward."""
+        from vlmtune.models.family import Batch
+
+        rows = [self.rows.get((j, s.id)) for j, s in items]
+        if all(r is not None for r in rows):
+            units = [self._get(r["unit"]) if r["unit"] is not None else None for r in rows]
+            inputs = self._collate(rows) if all(u is not None or r["unit"] is None for u, r in
+                                                zip(units, rows, strict=True)) else None
+            if inputs is not None:
+                self.hits += sum(len(s.images) for _, s in items)
+                n_target = int((inputs["labels"] != -100).sum())
+                return Batch(self._model_inputs(inputs, units), [s.id for _, s in items], n_target)
+        batch = encode()
+        keys = self.unit_keys(items, roots)
+        units = [self._get(k) if k is not None else None for k in keys]
+        if any(k is not None and u is None for k, u in zip(keys, units, strict=True)):
+            self.misses += sum(len(s.images) for (_, s), u in zip(items, units, strict=True) if u is None)
+            self._compute(model, batch.inputs, items, keys)
+            units = [self._get(k) if k is not None else None for k in keys]
+        else:
+            self.hits += sum(len(s.images) for _, s in items)
+        self._keep_rows(batch.inputs, items, keys)
+        return Batch(self._model_inputs(batch.inputs, units), batch.ids, batch.n_target_tokens)
+
+    def _keep_rows(self, inputs: dict, items, keys) -> None:
+        """Store each sample's unpadded tensors: per-token ones where attention_mask is 1, per-image ones by its
+        images. Nothing is stored (and the reason kept) when the batch has an output of another kind."""
+        if self.rows_off is not None:
+            return
+        ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+        counts = [len(s.images) for _, s in items]
+        for name, value in inputs.items():
+            if name in IMAGE_INPUTS or name == "attention_mask":
+                continue
+            if not (hasattr(value, "shape") and (value.shape[:2] == ids.shape or name in PER_IMAGE)):
+                self.rows_off = f"{name} is neither per token nor per image"
+                return
+        for b, ((j, s), key) in enumerate(zip(items, keys, strict=True)):
+            first = sum(counts[:b])
+            self.rows[(j, s.id)] = {
+                "unit": key,
+                "token": {n: v[b][mask[b]].clone() for n, v in inputs.items()
+                          if n not in IMAGE_INPUTS and n != "attention_mask" and n not in PER_IMAGE},
+                "image": {n: inputs[n][first : first + counts[b]].clone() for n in PER_IMAGE if n in inputs},
+            }
+
+    def _collate(self, rows: list[dict]) -> dict | None:
+        """Right-padded batch tensors from stored rows (what `encode` gives, without the pixels); None when the rows
+        hold different outputs (a text-only sample encoded without the per-token extras of image batches)."""
+        import torch
+
+        names = rows[0]["token"].keys()
+        if any(r["token"].keys() != names for r in rows):
+            return None
+        length = max(len(r["token"]["input_ids"]) for r in rows)
+        pads = {"input_ids": self.pad_id, "labels": -100}
+        out = {}
+        for name in names:
+            first = rows[0]["token"][name]
+            t = torch.full((len(rows), length), pads.get(name, 0), dtype=first.dtype)
+            for b, r in enumerate(rows):
+                t[b, : len(r["token"][name])] = r["token"][name]
+            out[name] = t
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for b, r in enumerate(rows):
+            mask[b, : len(r["token"]["input_ids"])] = 1
+        out["attention_mask"] = mask
+        for name in PER_IMAGE:
+            parts = [r["image"][name] for r in rows if name in r["image"]]
+            if parts:
+                out[name] = torch.cat(parts)
+        return out
