@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models.family import Loaded, ModelFamily
@@ -62,6 +63,9 @@ class Predictor:
     num_beams: int = 1
     batch_size: int = 16
     max_length: int = 2048
+    vision_cache: Any = None
+    """A training run's VisionCache: generation takes the frozen vision side's output from it (validation images
+    are then encoded by the vision tower once per run, not at every evaluation)."""
 
     @classmethod
     def from_path(cls, path: str | Path, **kwargs) -> Predictor:
@@ -91,6 +95,9 @@ class Predictor:
         model.eval()
         try:
             batch = self.family.encode(self.loaded.processor, samples, images, "generate", self.max_length)
+            if self.vision_cache is not None:
+                batch.inputs = self.vision_cache.with_features(model, batch.inputs, [len(ims) for ims in images],
+                                                               self.vision_cache.image_unit_keys(images))
             batch = batch.to(model.device)
             options = {"do_sample": False, "num_beams": self.num_beams}
             if temperature > 0:

@@ -21,13 +21,13 @@ def _losses(run_dir):
     return [r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
-def test_training_with_the_cache_gives_the_same_losses(tmp_path, fashion_dir, capsys):
+def test_training_with_the_cache_gives_the_same_losses_and_evaluations(tmp_path, fashion_dir, capsys):
     from vlmtune.train.loop import train
 
     runs = {}
     for mode in ("off", "auto"):
         cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path / mode, fashion_dir, lora={"enabled": True, "r": 4},
-                                            train={"max_steps": 12, "eval_every": 0, "save_every": 0, "lr": 1e-2,
+                                            train={"max_steps": 12, "eval_every": 6, "save_every": 0, "lr": 1e-2,
                                                    "freeze_projector": True, "vision_cache": mode}))
         train(cfg)
         runs[mode] = cfg.run_dir
@@ -36,10 +36,16 @@ def test_training_with_the_cache_gives_the_same_losses(tmp_path, fashion_dir, ca
     off, on = _losses(runs["off"]), _losses(runs["auto"])
     assert len(off) == 12  # 12 steps x 8 = 96 samples: every one of the 38 train images is seen 2-3 times
     torch.testing.assert_close(torch.tensor(on), torch.tensor(off), rtol=1e-5, atol=1e-5)
+    for step in (0, 6, 12):  # validation generates the same answers from cached features
+        files = sorted((runs["off"] / "predictions" / f"step-{step}").rglob("*.jsonl"))
+        assert files
+        for f in files:
+            assert (runs["auto"] / f.relative_to(runs["off"])).read_text() == f.read_text(), f
     cached = list((runs["auto"] / "vision_cache").glob("*/*/*.safetensors"))
-    train_images = {s["images"][0] for s in map(json.loads, (fashion_dir / "manifest.jsonl").read_text().splitlines())
-                    if s["split"] == "train"}
-    assert len(cached) == len(train_images)  # computed once per image
+    rows = list(map(json.loads, (fashion_dir / "manifest.jsonl").read_text().splitlines()))
+    train_images = {s["images"][0] for s in rows if s["split"] == "train"}
+    val_images = {s["images"][0] for s in rows if s["split"] == "val"}
+    assert len(cached) == len(train_images) + len(val_images)  # each computed once, over 3 evaluations
 
 
 def test_auto_stays_off_and_says_why(tmp_path, fashion_dir):
@@ -131,6 +137,21 @@ def test_cached_features_give_the_same_loss_for_every_family_that_supports_it(na
         disk = loss(from_disk)
     for got in (miss, hit, disk):
         torch.testing.assert_close(got, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if f.vision_cache))
+def test_generation_from_cached_features_gives_the_same_answers(name, tmp_path):
+    from vlmtune.infer import Predictor
+
+    family = FAMILIES[name]
+    tiny = family.tiny()
+    samples = [s for _, s in _mixed_batch(family, tmp_path)]
+    images = [[Image.open(tmp_path / f).convert("RGB") for f in s.images] for s in samples]
+    plain = Predictor(tiny, family, max_new_tokens=6).generate(samples, images)
+    cache = VisionCache(tiny.model, family, tiny.processor, tmp_path / "cache")
+    cached = Predictor(tiny, family, max_new_tokens=6, vision_cache=cache)
+    assert cached.generate(samples, images) == plain and cache.misses == sum(len(s.images) for s in samples)
+    assert cached.generate(samples, images) == plain and cache.hits == cache.misses
 
 
 def test_memory_holds_a_bounded_number_of_bytes_and_rereads_the_rest(tmp_path, monkeypatch):

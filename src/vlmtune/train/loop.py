@@ -399,7 +399,7 @@ def validate(state: State) -> dict:
     unwrapped = acc.unwrap_model(state.model)
     predictor = Predictor(Loaded(unwrapped, state.loaded.processor, state.family.name), state.family,
                           max_new_tokens=e.max_new_tokens, num_beams=e.num_beams, batch_size=e.batch_size,
-                          max_length=state.cfg.data.max_length)
+                          max_length=state.cfg.data.max_length, vision_cache=state.vision_cache)
     out_dir = state.run_dir / "predictions" / f"step-{state.step}"
     if state.val:
         metrics = evaluate(predictor, state.data_root, state.val, get_task(e.task), out_dir)

@@ -94,6 +94,13 @@ def fingerprint(model, family, processor) -> str:
     return h.hexdigest()
 
 
+def _joint(hashes: list[str]) -> str | None:
+    """The key of a sample's images: None without images, the image's own key for one, a hash of the keys else."""
+    if not hashes:
+        return None
+    return hashes[0] if len(hashes) == 1 else hashlib.sha256("+".join(hashes).encode()).hexdigest()
+
+
 class VisionCache:
     """The frozen vision side's output per sample (its images' features, computed once) and each sample's encoded
     tokens. `batch` is the only entry point of the training loop."""
@@ -131,9 +138,13 @@ class VisionCache:
                 if path not in self._file_hash:
                     self._file_hash[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
                 hashes.append(self._file_hash[path])
-            keys.append(None if not hashes else hashes[0] if len(hashes) == 1 else
-                        hashlib.sha256("+".join(hashes).encode()).hexdigest())
+            keys.append(_joint(hashes))
         return keys
+
+    def image_unit_keys(self, images: list[list]) -> list[str | None]:
+        """`unit_keys` for decoded images (evaluation has no file paths): the sha256 of each image's pixels."""
+        return [_joint([hashlib.sha256(f"{im.mode}{im.size}".encode() + im.tobytes()).hexdigest() for im in ims])
+                for ims in images]
 
     def _remember(self, key: str, features: list) -> None:
         self.memory[key] = features
@@ -167,7 +178,7 @@ class VisionCache:
             save_file({str(i): f for i, f in enumerate(features)}, str(tmp))
             tmp.replace(file)
 
-    def _compute(self, model, inputs: dict, items, keys: list[str | None]) -> None:
+    def _compute(self, model, inputs: dict, counts: list[int], keys: list[str | None]) -> None:
         """Run the frozen vision side once on the batch's images; store the features of every sample with images."""
         import torch
 
@@ -182,11 +193,10 @@ class VisionCache:
             tmp = self.dir / f"layout.json.tmp-{os.getpid()}"
             tmp.write_text(json.dumps({"stacked": self.stacked}))
             tmp.replace(self.dir / "layout.json")
-        counts = [len(s.images) for _, s in items]
         if self.family.vision_features == "per_sample":  # one entry per sample, all its images' tiles in it
             entries = list(pooled)
-            if len(entries) != len(items):
-                raise RuntimeError(f"vision cache: {len(entries)} feature sets for {len(items)} samples")
+            if len(entries) != len(counts):
+                raise RuntimeError(f"vision cache: {len(entries)} feature sets for {len(counts)} samples")
             units = [[e] if n else None for e, n in zip(entries, counts, strict=True)]
         else:
             per_image = list(pooled.unbind(0)) if self.stacked else list(pooled)
@@ -228,15 +238,22 @@ class VisionCache:
                 return Batch(self._model_inputs(inputs, units), [s.id for _, s in items], n_target)
         batch = encode()
         keys = self.unit_keys(items, roots)
+        inputs = self.with_features(model, batch.inputs, [len(s.images) for _, s in items], keys)
+        self._keep_rows(batch.inputs, items, keys)
+        return Batch(inputs, batch.ids, batch.n_target_tokens)
+
+    def with_features(self, model, inputs: dict, counts: list[int], keys: list[str | None]) -> dict:
+        """Encoded `inputs` (any mode) with the cached features of their samples' images in place of the pixels;
+        `counts` are the images per sample, `keys` their unit keys. Missing features are computed first, in one
+        vision forward over the batch."""
         units = [self._get(k) if k is not None else None for k in keys]
         if any(k is not None and u is None for k, u in zip(keys, units, strict=True)):
-            self.misses += sum(len(s.images) for (_, s), u in zip(items, units, strict=True) if u is None)
-            self._compute(model, batch.inputs, items, keys)
+            self.misses += sum(n for n, k, u in zip(counts, keys, units, strict=True) if k is not None and u is None)
+            self._compute(model, inputs, counts, keys)
             units = [self._get(k) if k is not None else None for k in keys]
         else:
-            self.hits += sum(len(s.images) for _, s in items)
-        self._keep_rows(batch.inputs, items, keys)
-        return Batch(self._model_inputs(batch.inputs, units), batch.ids, batch.n_target_tokens)
+            self.hits += sum(counts)
+        return self._model_inputs(inputs, units)
 
     def _keep_rows(self, inputs: dict, items, keys) -> None:
         """Store each sample's unpadded tensors: per-token ones where attention_mask is 1, per-image ones by its
