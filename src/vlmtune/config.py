@@ -175,6 +175,10 @@ class TrainCfg:
     group_by_length: bool = True
     """Put samples of similar length in the same micro-batch within each optimizer step (less padding; the step's
     samples and loss are unchanged). `padding` in metrics.jsonl is the padded fraction of the positions."""
+    packing: bool = False
+    """Pack each micro-batch's samples back to back into one row with no padding (families with
+    `ModelFamily.packing`: llava, llava_next, idefics3, smolvlm); the loss is the same. Pays off where attention
+    is varlen (flash attention on GPU); with sdpa the packed row's attention is computed densely under a mask."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (non-reentrant): less memory for ~30% more compute."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -309,6 +313,12 @@ class RunCfg:
             if self.model.path == "builtin":
                 raise ValueError("model.quantization: the built-in model is built with random weights; quantise a "
                                  "saved or downloaded model (model.path)")
+        if self.train.packing:
+            from vlmtune.models import FAMILIES, get_family
+
+            if not get_family(self.model.family).packing:
+                raise ValueError(f"train.packing: the {self.model.family} family cannot pack samples into one row "
+                                 f"(families that can: {sorted(n for n, f in FAMILIES.items() if f.packing)})")
 
     @property
     def run_dir(self) -> Path:

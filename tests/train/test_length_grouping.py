@@ -1,13 +1,15 @@
-"""Length-grouped micro-batches: less padding, the same samples per step and the same losses."""
+"""Length-grouped micro-batches and packing: less (or no) padding, the same samples per step and the same losses."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from helpers import tiny_run_cfg
 
 from vlmtune.config import RunCfg
+from vlmtune.models import FAMILIES
 
 
 def _rows(run_dir):
@@ -32,5 +34,83 @@ def test_grouping_reduces_padding_and_keeps_the_losses(tmp_path):
     grouped = sum(r["padding"] for r in rows[True]) / 8
     print(f"padding fraction: {plain:.3f} ungrouped, {grouped:.3f} grouped")
     assert grouped < 0.6 * plain
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in rows[True]]),
+                               torch.tensor([r["loss"] for r in rows[False]]), rtol=1e-5, atol=1e-5)
+
+
+def _batch(family, tiny):
+    from PIL import Image
+
+    from vlmtune.data.sample import Sample, assistant, user
+
+    samples = [Sample(id="a", messages=[user("What colour?"), assistant("red")], images=["a.png"]),
+               Sample(id="b", messages=[user("And this much longer question?"), assistant("blue, with more words")],
+                      images=["b.png"])]
+    images = [[Image.new("RGB", (40, 40), "red")], [Image.new("RGB", (48, 32), "blue")]]
+    if family.text_only:
+        samples.append(Sample(id="t", messages=[user("No image", 0), assistant("fine")], images=[]))
+        images.append([])
+    return family.encode(tiny.processor, samples, images, "train", 512)
+
+
+def _per_sample_losses(family, tiny, batch):
+    from vlmtune.models.family import forward_losses
+
+    inputs = dict(batch.inputs)
+    labels = inputs.pop("labels")
+    with torch.no_grad():
+        return forward_losses(tiny.model.eval(), family, inputs, labels, False, 0, batch.segments)
+
+
+PACKABLE = sorted(n for n, f in FAMILIES.items() if f.packing)
+
+
+@pytest.mark.parametrize("name", PACKABLE)
+def test_a_packed_row_gives_each_sample_its_padded_loss(name):
+    from vlmtune.train.collate import pack
+
+    family = FAMILIES[name]
+    tiny = family.tiny()
+    batch = _batch(family, tiny)
+    packed = pack(batch)
+    assert packed.inputs["input_ids"].shape == (1, int(batch.inputs["attention_mask"].sum()))
+    assert "attention_mask" not in packed.inputs
+    padded_sums, padded_counts = _per_sample_losses(family, tiny, batch)
+    sums, counts = _per_sample_losses(family, tiny, packed)
+    assert counts.tolist() == padded_counts.tolist()
+    torch.testing.assert_close(sums, padded_sums, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["gemma3", "paligemma", "qwen2_vl", "qwen2_5_vl"])
+def test_families_that_cannot_pack_say_so_and_would_get_another_loss(name, tmp_path, fashion_dir):
+    from vlmtune.train.collate import pack
+
+    family = FAMILIES[name]
+    assert not family.packing
+    tiny = family.tiny()
+    batch = _batch(family, tiny)
+    padded, _ = _per_sample_losses(family, tiny, batch)
+    packed, _ = _per_sample_losses(family, tiny, pack(batch))  # image masks / 3-D positions ignore the packing
+    assert not torch.allclose(packed, padded, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=f"the {name} family cannot pack"):
+        RunCfg.from_dict(tiny_run_cfg(tmp_path, fashion_dir, model={"family": name, "path": "x"},
+                                      train={"packing": True}))
+
+
+def test_training_packed_gives_the_same_losses_with_no_padding(tmp_path):
+    from vlmtune.data.dataset import synthesize
+    from vlmtune.train.loop import train
+
+    data = tmp_path / "shapes"
+    synthesize(data, "shapes", 80, seed=0, size=32, caption_fraction=0.5)
+    rows = {}
+    for packing in (False, True):
+        cfg = RunCfg.from_dict(tiny_run_cfg(
+            tmp_path / str(packing), data, data={"max_length": 256, "val_split": None},
+            train={"max_steps": 6, "micro_batch_size": 4, "global_batch_size": 8, "eval_every": 0, "save_every": 0,
+                   "packing": packing}))
+        train(cfg)
+        rows[packing] = _rows(cfg.run_dir)
+    assert all(r["padding"] == 0 for r in rows[True]) and all(r["padding"] > 0 for r in rows[False])
     torch.testing.assert_close(torch.tensor([r["loss"] for r in rows[True]]),
                                torch.tensor([r["loss"] for r in rows[False]]), rtol=1e-5, atol=1e-5)

@@ -50,14 +50,14 @@ def support_table() -> str:
         "loads a 4/8-bit base for QLoRA with only its language model quantised (`tests/test_quantization.py`).",
         "",
         "| family | models | tasks | architecture | text-only samples | several images per sample "
-        "| frozen-vision cache | freeze groups | LoRA targets (regex) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| frozen-vision cache | packing | freeze groups | LoRA targets (regex) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, f in sorted(FAMILIES.items()):
         arch = "decoder-only" if f.shift_labels else "encoder-decoder"
         targets = " ".join(f"`{t}`" for t in f.lora_targets).replace("|", "\\|")
         lines.append(f"| `{name}` | {f.description.replace('|', '/')} | {', '.join(f.tasks)} | {arch} "
-                     f"| {yes[f.text_only]} | {yes[f.multi_image]} | {yes[f.vision_cache]} "
+                     f"| {yes[f.text_only]} | {yes[f.multi_image]} | {yes[f.vision_cache]} | {yes[f.packing]} "
                      f"| {', '.join(sorted(f.freeze_groups))} "
                      f"| {targets} |")
     return "\n".join(lines) + "\n"

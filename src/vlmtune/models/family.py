@@ -45,9 +45,12 @@ class Batch:
     inputs: dict[str, Any]
     ids: list[str]
     n_target_tokens: int = 0
+    segments: Any = None
+    """For a packed batch (`train.packing`): (rows, positions) index of the sample each position belongs to."""
 
     def to(self, device) -> Batch:
-        return Batch({k: _moved(v, device) for k, v in self.inputs.items()}, self.ids, self.n_target_tokens)
+        segments = self.segments.to(device) if self.segments is not None else None
+        return Batch({k: _moved(v, device) for k, v in self.inputs.items()}, self.ids, self.n_target_tokens, segments)
 
 
 def _moved(value, device):
@@ -90,6 +93,12 @@ class ModelFamily:
     vision_cache: bool = False
     """Whether the model takes precomputed image features (`mm_encoder_outputs`), so the frozen-vision cache can
     skip its vision tower and projector (`train.vision_cache`); the contract test checks the loss is unchanged."""
+    packing: bool = False
+    """Whether samples can be packed back to back into one row (`train.packing`): the language model takes
+    per-sample `position_ids` with no attention mask as separate sequences (transformers builds the block-diagonal
+    mask, or uses varlen flash attention) and nothing else depends on the row layout. Not so for families with
+    multimodal RoPE (Qwen2-VL) or image/prefix masks from `token_type_ids` (Gemma 3, PaliGemma); the contract test
+    checks the packed loss equals the padded one."""
     vision_features: Literal["per_image", "per_sample"] = "per_image"
     """How the model's `get_image_features` lists its output: one entry per image, or one per sample holding all of
     the sample's images (Idefics3/SmolVLM, whose tiles are split per sample)."""
@@ -180,18 +189,20 @@ def logit_prefix_of(family: ModelFamily, model) -> int:
     return family.logit_prefix(base)
 
 
-def forward_losses(model, family: ModelFamily, inputs: dict, labels, keep_logits: bool, prefix: int = 0):
+def forward_losses(model, family: ModelFamily, inputs: dict, labels, keep_logits: bool, prefix: int = 0,
+                   segments=None):
     """One forward pass the training loop's way -> per-sample (loss sums, target counts), see `token_losses`.
 
     With `keep_logits` the model computes logits only where a target is predicted (`loss_positions`). An
     encoder-decoder model whose inputs carry no decoder_input_ids gets the labels too: it builds its decoder inputs
-    from them (and computes its own loss, which is not used)."""
+    from them (and computes its own loss, which is not used). `segments` (a packed batch's) make the sums per sample
+    rather than per row."""
     kept = loss_positions(labels, family.shift_labels, prefix) if keep_logits else None
     extra = {"logits_to_keep": kept} if kept is not None else {}
     if not family.shift_labels and "decoder_input_ids" not in inputs:
         extra["labels"] = labels
     logits = model(**inputs, **extra).logits
-    return token_losses(logits, labels, family.shift_labels, kept, prefix)
+    return token_losses(logits, labels, family.shift_labels, kept, prefix, segments)
 
 
 def loss_positions(labels, shift: bool = True, prefix: int = 0):
@@ -210,30 +221,31 @@ def loss_positions(labels, shift: bool = True, prefix: int = 0):
     return keep
 
 
-def token_losses(logits, labels, shift: bool = True, kept=None, prefix: int = 0):
+def token_losses(logits, labels, shift: bool = True, kept=None, prefix: int = 0, segments=None):
     """Per-sample (sum of token cross-entropies, number of target tokens) over the label positions != -100.
 
     `logits` are (batch, seq, vocab), or with `kept` (the `loss_positions` mask) the (n_kept, vocab) rows the model
     computed at those positions only; the first `prefix` logit positions (`ModelFamily.logit_prefix`) are not text.
-    The training loop backpropagates sum/total over the whole global batch, and logs the same sums per data source.
+    `segments` (same shape as `labels`, a packed batch's sample index per position) sum per sample instead of per
+    row. The training loop backpropagates sum/total over the whole global batch, and logs the same sums per data source.
     """
     import torch
 
+    if segments is None:  # one sample per row
+        n = labels.shape[0]
+        segments = torch.arange(n, device=labels.device)[:, None].expand_as(labels)
+    else:  # a packed batch: samples back to back in a row
+        n = int(segments.max()) + 1
+    if shift:  # a target belongs to the sample of its label position
+        labels, segments = labels[:, 1:], segments[:, 1:]
     if kept is not None:
-        kept = kept[:, prefix:]
-        targets = labels
-        if shift:
-            targets = torch.full_like(labels, -100)
-            targets[:, :-1] = labels[:, 1:]
-        rows = kept.nonzero()[:, 0]
-        per_token = torch.nn.functional.cross_entropy(logits.float(), targets[kept], reduction="none")
-        sums = per_token.new_zeros(labels.shape[0]).index_add(0, rows, per_token)
-        return sums, kept.sum(dim=1)
-    logits = logits[:, prefix:]
-    if shift:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    per_token = torch.nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none"
-    ).view(labels.shape)
-    mask = labels != -100
-    return (per_token * mask).sum(dim=1), mask.sum(dim=1)
+        kept = kept[:, prefix:][:, : labels.shape[1]]
+        per_token = torch.nn.functional.cross_entropy(logits.float(), labels[kept], reduction="none")
+        group = segments[kept]
+    else:
+        logits = logits[:, prefix:][:, : labels.shape[1]]
+        mask = labels != -100
+        per_token = torch.nn.functional.cross_entropy(logits.float()[mask], labels[mask], reduction="none")
+        group = segments[mask]
+    sums = per_token.new_zeros(n).index_add(0, group, per_token)
+    return sums, torch.bincount(group, minlength=n)

@@ -86,3 +86,30 @@ def trained_tokens(tokenizer, input_ids: Sequence[int], labels: Sequence[int]) -
     """The tokens the loss is computed on, as strings: what the label-mask tests print and assert."""
     pairs = zip(input_ids, labels, strict=True)
     return [tokenizer.convert_ids_to_tokens(int(t)) for t, lab in pairs if lab != IGNORE_INDEX]
+
+
+def pack(batch):
+    """A right-padded training Batch -> one row holding its samples back to back, without padding.
+
+    Per-token tensors (input_ids, labels, ...) keep the attention-masked positions of each row in order; each sample
+    gets its own `position_ids` from 0, and there is no attention mask, so transformers treats the row as separate
+    sequences (a block-diagonal causal mask, or varlen flash attention). Image tensors are unchanged: image features
+    fill the image tokens in order. `segments` says which sample each position belongs to, so the loss is still
+    summed per sample. Only for families with `ModelFamily.packing`."""
+    import torch
+
+    from vlmtune.models.family import Batch
+
+    inputs = batch.inputs
+    ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+    lengths = mask.sum(dim=1)
+    starts = torch.cumsum(lengths, 0) - lengths
+    labels = inputs["labels"][mask]
+    if (labels[starts] != IGNORE_INDEX).any():  # the previous sample's last token would be trained to predict it
+        raise ValueError("packing: a sample's first token is a training target")
+    packed = {name: value[mask].unsqueeze(0) if hasattr(value, "shape") and value.shape[:2] == ids.shape else value
+              for name, value in inputs.items() if name != "attention_mask"}
+    packed["position_ids"] = (torch.arange(int(lengths.sum())) - torch.repeat_interleave(starts, lengths))[None]
+    packed["use_cache"] = False  # with a cache the model would not look for packed sequences
+    segments = torch.repeat_interleave(torch.arange(len(lengths)), lengths)[None]
+    return Batch(packed, batch.ids, batch.n_target_tokens, segments)

@@ -288,11 +288,14 @@ def fit(state: State) -> dict:
             with acc.no_sync(model) if not sync else contextlib.nullcontext():
                 # under ZeRO-3/FSDP a rank with a text-only micro-batch still runs the vision side (x 0): no hang
                 with acc.autocast(), vision_dummy(acc, model, batch.inputs, state.loaded.processor):
-                    sums, counts = forward_losses(model, state.family, batch.inputs, labels, keep_logits, prefix)
+                    sums, counts = forward_losses(model, state.family, batch.inputs, labels, keep_logits, prefix,
+                                                  batch.segments)
                 acc.backward(sums.sum() / total_tokens * world)  # DDP averages gradients over processes
             mask = batch.inputs.get("attention_mask")
             if mask is not None:
                 padding += torch.tensor([mask.numel() - mask.sum().item(), mask.numel()], dtype=torch.float64)
+            elif batch.segments is not None:  # packed: no padding
+                padding[1] += batch.segments.numel()
             src = torch.tensor([j for j, _ in chunk], device=acc.device)
             stats[:, 0].index_add_(0, src, sums.detach().double())
             stats[:, 1].index_add_(0, src, counts.double())
@@ -359,6 +362,10 @@ def step_batches(state: State, step: int, rank: int, accum: int):
     else:
         batches = [encode_batch(state, chunk, flips[k * t.micro_batch_size : (k + 1) * t.micro_batch_size]
                                 if flips else None) for k, chunk in enumerate(chunks)]
+    if t.packing:
+        from vlmtune.train.collate import pack
+
+        batches = [pack(b) for b in batches]
     return chunks, batches
 
 
