@@ -159,7 +159,7 @@ def main() -> None:
         for x, y in zip(losses["off"], losses["auto"], strict=True):
             assert abs(x - y) <= 1e-4 * max(1.0, abs(x)), (x, y)
 
-        def rate(mode: str, lo: int, hi: int | None) -> float:
+        def rate(mode: str, lo: int, hi: int | None, seconds=seconds) -> float:
             return statistics.median(BATCH * LOG_EVERY * len(w[lo:hi]) / sum(w[lo:hi]) for w in seconds[mode])
 
         print("| vision_cache | samples/s, 3 epochs | epoch 1 | epochs 2-3 | final loss |\n|---|---:|---:|---:|---:|")

@@ -362,3 +362,41 @@ def test_dummy_vision_runs_inside_the_ddp_forward(tmp_path):
     here = Path(__file__).parent
     _run([*TORCHRUN, str(tmp_path / "worker.py"), str(out), str(here), str(here.parent)], timeout=120)
     assert json.loads(out.read_text()) == {"world": 2, "same": True}
+
+
+def test_a_sharded_run_checkpoints_the_gathered_weights_and_each_ranks_optimizer_state(tmp_path):
+    """FSDP / ZeRO-3 (not runnable here): the model's own parameters are shards, so the checkpoint must hold the
+    state dict accelerate gathered, and the optimizer state saved by every rank (`save_state`) is what a resume
+    reads back through `load_state`, not a rank-0 `optimizer.pt`."""
+    from peft import LoraConfig, get_peft_model
+
+    from vlmtune.train import checkpoint as ckpt
+
+    loaded = _tiny_llava()
+    model = get_peft_model(loaded.model, LoraConfig(r=2, target_modules=["q_proj"]))
+    gathered = {k: v.clone() for k, v in model.state_dict().items()}
+    lora = next(k for k in gathered if "lora_B" in k)
+    gathered[lora] = torch.full_like(gathered[lora], 0.5)  # what the other ranks' shards add up to
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    shards = tmp_path / "checkpoints" / ".sharded-step-3"
+    shards.mkdir(parents=True)
+    (shards / "optimizer.bin").write_text("rank shards")
+    path = ckpt.save_checkpoint(tmp_path, 3, model, loaded.processor, {"family": "llava"}, optimizer, scheduler,
+                                {}, gathered, shards)
+    adapter = load_file(path / "adapter_model.safetensors")
+    assert torch.equal(adapter[lora.replace(".default", "")], gathered[lora])  # the gathered weights, not the model's own (zeros)
+    assert torch.equal(load_file(path / "trainer" / "trainable.safetensors")[lora], gathered[lora])
+    assert (path / "trainer" / "sharded" / "optimizer.bin").is_file() and not shards.exists()
+    assert not (path / "trainer" / "optimizer.pt").exists()
+
+    class Acc:
+        loaded_from = None
+
+        def load_state(self, where):
+            Acc.loaded_from = where
+
+    with pytest.raises(RuntimeError, match="same accelerate config"):
+        ckpt.load_trainer_state(path, model, optimizer, scheduler)
+    assert ckpt.load_trainer_state(path, model, optimizer, scheduler, Acc())["step"] == 3
+    assert Acc.loaded_from == str(path / "trainer" / "sharded")

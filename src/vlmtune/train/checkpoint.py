@@ -22,15 +22,19 @@ from pathlib import Path
 
 META = "vlmtune.json"
 TRAINER = "trainer"
+SHARDED = "sharded"
+"""Under FSDP / ZeRO-3: `accelerator.save_state` of every process (model and optimizer shards), in trainer/."""
 
 
-def save_model_files(path: Path, model, processor, meta: dict) -> None:
-    """Model weights (or adapter) + processor + vlmtune.json into `path` (which must not exist yet)."""
+def save_model_files(path: Path, model, processor, meta: dict, state_dict: dict | None = None) -> None:
+    """Model weights (or adapter) + processor + vlmtune.json into `path` (which must not exist yet). `state_dict`: the
+    full weights gathered from the processes (`accelerator.get_state_dict`) when the model's own are shards."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one tiny bar per save only clutters the training log
     path.mkdir(parents=True)
-    model.save_pretrained(path, safe_serialization=True)
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
+    model.save_pretrained(path, safe_serialization=True, **extra)
     processor.save_pretrained(path)
     (path / META).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -45,8 +49,12 @@ def _swap_in(tmp: Path, final: Path) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, processor, meta: dict, optimizer, scheduler,
-                    state: dict) -> Path:
-    """A resumable checkpoint at checkpoints/step-N (model files + trainer state)."""
+                    state: dict, state_dict: dict | None = None, sharded_state: Path | None = None) -> Path:
+    """A resumable checkpoint at checkpoints/step-N (model files + trainer state).
+
+    Under FSDP / DeepSpeed ZeRO-3 the caller passes the gathered `state_dict` (the model's own parameters are
+    shards) and `sharded_state`, a directory where every process already wrote its optimizer shard with
+    `accelerator.save_state`; it is moved into the checkpoint instead of `optimizer.pt`."""
     import torch
     from safetensors.torch import save_file
 
@@ -54,12 +62,16 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, meta: dict, opti
     tmp = final.with_name(f".tmp-step-{step}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_model_files(tmp, model, processor, {**meta, "step": step})
+    save_model_files(tmp, model, processor, {**meta, "step": step}, state_dict)
     trainer = tmp / TRAINER
     trainer.mkdir()
-    trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+    weights = state_dict if state_dict is not None else dict(model.state_dict())
+    trainable = {n: weights[n].detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
     save_file(trainable, trainer / "trainable.safetensors")
-    torch.save(optimizer.state_dict(), trainer / "optimizer.pt")
+    if sharded_state is not None:
+        sharded_state.rename(trainer / SHARDED)
+    else:
+        torch.save(optimizer.state_dict(), trainer / "optimizer.pt")
     torch.save(scheduler.state_dict(), trainer / "scheduler.pt")
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, trainer / "rng.pt")
     (trainer / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
@@ -104,22 +116,28 @@ def prune(run_dir: Path, keep: int) -> None:
         shutil.rmtree(p)
 
 
-def load_trainer_state(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore trainable weights, optimizer, scheduler and RNG from a checkpoint; returns its state.json."""
+def load_trainer_state(path: Path, model, optimizer, scheduler, accelerator=None) -> dict:
+    """Restore trainable weights, optimizer, scheduler and RNG from a checkpoint; returns its state.json. A checkpoint
+    of a sharded run (FSDP / ZeRO-3) is restored through `accelerator.load_state` on every process."""
     import torch
     from safetensors.torch import load_file
 
     trainer = Path(path) / TRAINER
-    weights = load_file(trainer / "trainable.safetensors")
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
-    if missing or set(weights) - set(params):
-        raise RuntimeError(f"{path}: checkpoint does not match the model (missing {missing[:3]}, "
-                           f"unexpected {sorted(set(weights) - set(params))[:3]}); was the config changed?")
-    with torch.no_grad():
-        for n, w in weights.items():
-            params[n].copy_(w)
-    optimizer.load_state_dict(torch.load(trainer / "optimizer.pt", weights_only=True))
+    if (trainer / SHARDED).is_dir():  # FSDP / ZeRO-3: each process reads back its own model and optimizer shards
+        if accelerator is None:
+            raise RuntimeError(f"{path}: a checkpoint of a sharded run is resumed under the same accelerate config")
+        accelerator.load_state(str(trainer / SHARDED))
+    else:
+        weights = load_file(trainer / "trainable.safetensors")
+        params = dict(model.named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+        if missing or set(weights) - set(params):
+            raise RuntimeError(f"{path}: checkpoint does not match the model (missing {missing[:3]}, "
+                               f"unexpected {sorted(set(weights) - set(params))[:3]}); was the config changed?")
+        with torch.no_grad():
+            for n, w in weights.items():
+                params[n].copy_(w)
+        optimizer.load_state_dict(torch.load(trainer / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(trainer / "scheduler.pt", weights_only=True))
     rng = torch.load(trainer / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])

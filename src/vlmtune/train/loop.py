@@ -15,7 +15,6 @@ much from becoming best/ (`forgetting.stop_on_violation` ends the run there).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -232,12 +231,15 @@ def setup(cfg: RunCfg) -> State:
     if reason is None:
         cache = vision_cache.VisionCache(model, family, loaded.processor, run_dir / "vision_cache")
     accelerator.print(f"vision cache: {'on, ' + str(cache.dir) if cache else 'off (' + reason + ')'}", file=sys.stderr)
+    # micro-batches per optimizer step, for accumulate() and DeepSpeed's "auto" gradient_accumulation_steps
+    accelerator.gradient_accumulation_steps = cfg.train.grad_accum_steps(accelerator.num_processes)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = State(cfg, run_dir, accelerator, family, loaded, model, optimizer, scheduler, data_root, mixture, roots,
                   val, probes, meta, vision_cache=cache)
     done = ckpt.checkpoints(run_dir)
     if done:
-        resumed = ckpt.load_trainer_state(done[-1], accelerator.unwrap_model(model), optimizer, scheduler)
+        resumed = ckpt.load_trainer_state(done[-1], accelerator.unwrap_model(model), optimizer, scheduler,
+                                          accelerator)
         state.step, state.best, state.best_step = resumed["step"], resumed.get("best"), resumed.get("best_step")
         state.rejected = resumed.get("rejected", {})
         if accelerator.is_main_process:
@@ -281,16 +283,17 @@ def fit(state: State) -> dict:
         n_tokens = torch.tensor(sum(b.n_target_tokens for b in batches), device=acc.device, dtype=torch.float32)
         total_tokens = acc.reduce(n_tokens, reduction="sum").clamp(min=1)
         stats = torch.zeros(len(names), 3, dtype=torch.float64, device=acc.device)  # loss sum, tokens, samples
-        for k, (chunk, batch) in enumerate(zip(chunks, batches, strict=True)):
+        for chunk, batch in zip(chunks, batches, strict=True):
             batch = batch.to(acc.device)
             labels = batch.inputs.pop("labels")
-            sync = k == len(batches) - 1
-            with acc.no_sync(model) if not sync else contextlib.nullcontext():
+            # accumulate: no gradient sync before the last micro-batch (DDP/FSDP), no engine step (DeepSpeed)
+            with acc.accumulate(model):
                 # under ZeRO-3/FSDP a rank with a text-only micro-batch still runs the vision side (x 0): no hang
                 with acc.autocast(), vision_dummy(acc, model, batch.inputs, state.loaded.processor):
                     sums, counts = forward_losses(model, state.family, batch.inputs, labels, keep_logits, prefix,
                                                   batch.segments)
-                acc.backward(sums.sum() / total_tokens * world)  # DDP averages gradients over processes
+                # DDP averages gradients over processes; accelerate (and DeepSpeed) divide by the accumulation steps
+                acc.backward(sums.sum() / total_tokens * world * accum)
             mask = batch.inputs.get("attention_mask")
             if mask is not None:
                 padding += torch.tensor([mask.numel() - mask.sum().item(), mask.numel()], dtype=torch.float64)
@@ -459,12 +462,22 @@ def save(state: State, evaluated: dict | None) -> None:
     improved = value is not None and (state.best is None or value > state.best)
     if improved:
         state.best, state.best_step = value, state.step
+    from vlmtune.train.distributed import shards_parameters
+
+    # several processes: the weights as accelerate gathers them, on every rank (a collective under FSDP / ZeRO-3,
+    # where each rank holds shards); the optimizer state of a sharded run is saved by each rank for itself
+    full = acc.get_state_dict(state.model) if acc.num_processes > 1 else None
+    sharded = None
+    if shards_parameters(acc):
+        sharded = state.run_dir / "checkpoints" / f".sharded-step-{state.step}"
+        acc.save_state(str(sharded))
+        acc.wait_for_everyone()
     if acc.is_main_process:
         model = acc.unwrap_model(state.model)
         meta = {**state.meta, "metrics": {k: v for k, v in (evaluated or {}).items()}}
         path = ckpt.save_checkpoint(state.run_dir, state.step, model, state.loaded.processor, meta, state.optimizer,
                                     state.scheduler, {"best": state.best, "best_step": state.best_step,
-                                                      "rejected": state.rejected})
+                                                      "rejected": state.rejected}, full, sharded)
         # without a validation metric the first checkpoint stands in as best/; with probes, only a gated one may
         unjudged = state.best is None and not state.probes and not (state.run_dir / "best").exists()
         if improved or unjudged:
