@@ -17,7 +17,9 @@ from pathlib import Path
 
 
 def _emit(result: dict | None) -> None:
-    if result is not None:  # None: the command printed its own output (e.g. models --markdown)
+    # None: the command printed its own output (models --markdown); several processes (torchrun / accelerate
+    # launch set RANK): the result once, from rank 0 (training may have ended the process group by now)
+    if result is not None and int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(result, ensure_ascii=False))
 
 
@@ -124,9 +126,15 @@ def _eval_samples(a, out_dir: Path):
 
 def _predictor(a):
     from vlmtune.infer import Predictor
+    from vlmtune.train.distributed import join_processes
 
-    return Predictor.from_path(a.model, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
-                               num_beams=a.num_beams, max_length=a.max_length)
+    device = join_processes()  # under torchrun / accelerate launch: one process group, each process its share
+    predictor = Predictor.from_path(a.model, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
+                                    num_beams=a.num_beams, max_length=a.max_length)
+    model = predictor.loaded.model
+    if device is not None and not getattr(model, "is_quantized", False):  # bitsandbytes placed a quantised one
+        model.to(device)
+    return predictor
 
 
 def _task_options(a) -> dict:

@@ -77,7 +77,19 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path, fashion_dir):
     assert _files(two) == _files(one)
     result = [json.loads(x) for x in runs["two"].stdout.splitlines() if x.startswith("{")]
     expected = json.loads(runs["one"].stdout.strip().splitlines()[-1])
-    assert result and all(r["vqa_accuracy"] == expected["vqa_accuracy"] and r["n"] == 5 for r in result)
+    assert len(result) == 1 and result[0]["vqa_accuracy"] == expected["vqa_accuracy"] and result[0]["n"] == 5
+
+    # `vlmtune eval` started as two processes shards the samples like one run and prints its result once
+    evals = {}
+    for name, launcher in (("one", [sys.executable]), ("two", TORCHRUN)):
+        evals[name] = _run([*launcher, "-m", "vlmtune.cli", "eval", "--model", str(one), "--data", str(fashion_dir),
+                            "--split", "val", "--batch-size", "2", "--max-new-tokens", "4", "--no-report",
+                            "--out", str(tmp_path / f"eval-{name}")])
+    for f in ("predictions.jsonl", "metrics.json"):
+        assert (tmp_path / "eval-two" / f).read_text() == (tmp_path / "eval-one" / f).read_text(), f
+    printed = [json.loads(x) for x in evals["two"].stdout.splitlines() if x.startswith("{")]
+    assert printed == [json.loads(evals["one"].stdout.strip().splitlines()[-1])]
+    assert _files(tmp_path / "eval-two") == _files(tmp_path / "eval-one")
 
 
 WORKER = textwrap.dedent("""

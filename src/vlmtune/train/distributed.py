@@ -207,3 +207,28 @@ def vision_dummy(accelerator, model, batch_inputs: dict, processor, always: bool
     if needs_vision_dummy(model, batch_inputs, accelerator, always):
         return add_dummy_vision(model, processor)
     return contextlib.nullcontext()
+
+
+def launched() -> bool:
+    """Whether this process was started as one of several (torchrun, accelerate launch)."""
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1
+
+
+def has_accelerator_device() -> bool:
+    import torch
+    from accelerate.utils import is_mlu_available, is_npu_available, is_xpu_available
+
+    return torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mlu_available()
+
+
+def join_processes():
+    """For `vlmtune eval` / `predict` started as several processes: form their process group (gloo when there is no
+    GPU, see docs/distributed.md) so that `evaluate` / `predict` shard the samples; returns this process's device,
+    or None when started alone."""
+    if not launched():
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=not has_accelerator_device()).device

@@ -186,14 +186,10 @@ def setup(cfg: RunCfg) -> State:
     # Started as several processes (torchrun, accelerate launch) on a machine without GPUs: without cpu=True
     # Accelerate sees no backend for them and every process silently trains alone as rank 0 of 1 (each writing
     # the same run directory); with it they form one gloo process group.
-    import os
+    from vlmtune.train.distributed import has_accelerator_device, launched
 
-    from accelerate.utils import is_mlu_available, is_npu_available, is_xpu_available
-
-    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1
-    devices = torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mlu_available()
     accelerator = Accelerator(
-        cpu=launched and not devices,
+        cpu=launched() and not has_accelerator_device(),
         mixed_precision=cfg.train.mixed_precision,
         log_with=cfg.train.trackers or None,
         project_dir=str(run_dir),
