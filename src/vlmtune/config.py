@@ -175,6 +175,10 @@ class TrainCfg:
     group_by_length: bool = True
     """Put samples of similar length in the same micro-batch within each optimizer step (less padding; the step's
     samples and loss are unchanged). `padding` in metrics.jsonl is the padded fraction of the positions."""
+    image_cache_mb: int = 2048
+    """Keep up to this many MiB of decoded training images in memory across epochs (0: decode every time); the
+    images are not re-read or re-decoded while they fit. Independent of `vision_cache`, which skips even the
+    preprocessing of samples it has seen when the vision side is frozen."""
     packing: bool = False
     """Pack each micro-batch's samples back to back into one row with no padding (families with
     `ModelFamily.packing`: llava, llava_next, idefics3, smolvlm); the loss is the same. Pays off where attention
@@ -199,6 +203,8 @@ class TrainCfg:
     def __post_init__(self):
         if self.global_batch_size % self.micro_batch_size:
             raise ValueError("train: global_batch_size must be a multiple of micro_batch_size")
+        if self.image_cache_mb < 0:
+            raise ValueError(f"train.image_cache_mb must be >= 0 (0: off), got {self.image_cache_mb}")
 
 
 @dataclass

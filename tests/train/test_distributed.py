@@ -397,7 +397,8 @@ def test_a_sharded_run_checkpoints_the_gathered_weights_and_each_ranks_optimizer
     path = ckpt.save_checkpoint(tmp_path, 3, model, loaded.processor, {"family": "llava"}, optimizer, scheduler,
                                 {}, gathered, shards)
     adapter = load_file(path / "adapter_model.safetensors")
-    assert torch.equal(adapter[lora.replace(".default", "")], gathered[lora])  # the gathered weights, not the model's own (zeros)
+    # the gathered weights, not the model's own (zeros)
+    assert torch.equal(adapter[lora.replace(".default", "")], gathered[lora])
     assert torch.equal(load_file(path / "trainer" / "trainable.safetensors")[lora], gathered[lora])
     assert (path / "trainer" / "sharded" / "optimizer.bin").is_file() and not shards.exists()
     assert not (path / "trainer" / "optimizer.pt").exists()

@@ -177,3 +177,29 @@ def test_families_without_the_cache_say_so(name):
     takes = "mm_encoder_outputs" in inspect.signature(model.forward).parameters
     needs_pixels = inspect.signature(model.forward).parameters.get("pixel_values")
     assert not takes or needs_pixels.default is inspect.Parameter.empty  # BLIP-2 / InstructBLIP: pixels required
+
+
+def test_a_trained_vision_tower_reuses_decoded_images_across_epochs(tmp_path, fashion_dir, monkeypatch, capsys):
+    """No feature cache (the vision side trains): each training image is read and decoded once while it fits
+    `train.image_cache_mb`, and the losses equal those of decoding every time."""
+    from vlmtune.data import images as images_module
+    from vlmtune.train.loop import train
+
+    decoded = []
+    real = images_module.load_image
+    monkeypatch.setattr(images_module, "load_image", lambda path, *a: decoded.append(str(path)) or real(path, *a))
+    runs = {}
+    for mb in (0, 64):
+        decoded.clear()
+        cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path / str(mb), fashion_dir, lora={"enabled": True, "r": 4},
+                                            data={"val_split": None},
+                                            train={"max_steps": 12, "eval_every": 0, "save_every": 0,
+                                                   "image_cache_mb": mb}))
+        train(cfg)
+        runs[mb] = (cfg.run_dir, list(decoded))
+    assert "vision cache: off (the vision tower or projector is trained" in capsys.readouterr().err
+    plain, cached = runs[0][1], runs[64][1]
+    assert len(plain) == 96  # 12 steps x 8 samples, each decoded every time
+    assert len(cached) == len(set(cached)) == len(set(plain))  # each distinct image once
+    torch.testing.assert_close(torch.tensor(_losses(runs[64][0])), torch.tensor(_losses(runs[0][0])),
+                               rtol=1e-5, atol=1e-5)

@@ -112,3 +112,32 @@ def decode_image_bytes(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXEL
 def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES) -> Image.Image:
     """The RGB image at `path`, checked and oriented (see `decode_image`)."""
     return decode_image(path, max_pixels, max_bytes).image
+
+
+class DecodedImages:
+    """Decoded training images kept in memory across epochs, up to `budget` bytes (RGB pixels), so a run whose
+    vision tower is trained (no feature cache) does not re-read and re-decode every image every epoch.
+
+    Images are kept in the order they are first seen until the budget is full, and never dropped: with epochs that
+    visit every image once, keeping a fixed part of the set gives that part's hits every epoch, where dropping the
+    least recently used would give none once the set is larger than the budget."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.used = 0
+        self.images: dict[str, Image.Image] = {}
+        self.hits = self.misses = 0
+
+    def load(self, path: Path) -> Image.Image:
+        key = str(path)
+        image = self.images.get(key)
+        if image is not None:
+            self.hits += 1
+            return image
+        self.misses += 1
+        image = load_image(path)
+        size = image.width * image.height * len(image.getbands())
+        if self.used + size <= self.budget:
+            self.images[key] = image
+            self.used += size
+        return image

@@ -28,6 +28,7 @@ from typing import Any
 
 from vlmtune.config import RunCfg
 from vlmtune.data.dataset import load_split, prepare_data_dir, prepare_dataset
+from vlmtune.data.images import DecodedImages
 from vlmtune.data.mix import Mixture
 from vlmtune.data.sample import Sample, message_text
 from vlmtune.eval import forgetting
@@ -68,6 +69,8 @@ class State:
     """Checkpoint step -> why the forgetting gate rejected it."""
     vision_cache: Any = None
     """A VisionCache when the frozen vision side's output is cached (train.vision_cache)."""
+    images: Any = None
+    """DecodedImages: the training images decoded once while they fit `train.image_cache_mb`."""
     stopped: str | None = None
 
 
@@ -231,7 +234,7 @@ def setup(cfg: RunCfg) -> State:
     accelerator.gradient_accumulation_steps = cfg.train.grad_accum_steps(accelerator.num_processes)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = State(cfg, run_dir, accelerator, family, loaded, model, optimizer, scheduler, data_root, mixture, roots,
-                  val, probes, meta, vision_cache=cache)
+                  val, probes, meta, vision_cache=cache, images=DecodedImages(cfg.train.image_cache_mb << 20))
     done = ckpt.checkpoints(run_dir)
     if done:
         resumed = ckpt.load_trainer_state(done[-1], accelerator.unwrap_model(model), optimizer, scheduler,
@@ -378,10 +381,10 @@ def encode_batch(state: State, items: list[tuple[int, Sample]], flips: list[bool
     """(source index, sample) pairs -> a training Batch; images are read from each source's root."""
     from PIL import ImageOps
 
-    from vlmtune.eval.runner import load_images
+    from vlmtune.data.images import resolve_inside
 
     samples = [s for _, s in items]
-    images = [load_images(state.roots[j], s) for j, s in items]
+    images = [[state.images.load(resolve_inside(state.roots[j], rel)) for rel in s.images] for j, s in items]
     if flips:
         images = [[ImageOps.mirror(im) for im in ims] if f else ims for ims, f in zip(images, flips, strict=True)]
     return state.family.encode(state.loaded.processor, samples, images, "train", state.cfg.data.max_length)
