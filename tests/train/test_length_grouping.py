@@ -16,26 +16,35 @@ def _rows(run_dir):
     return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
-def test_grouping_reduces_padding_and_keeps_the_losses(tmp_path):
+def _shapes_runs(tmp_path, option: str, values, **train_options) -> dict:
+    """Per value of train.`option`: the metrics rows of a tiny run on short questions mixed with long captions."""
     from vlmtune.data.dataset import synthesize
     from vlmtune.train.loop import train
 
     data = tmp_path / "shapes"
     synthesize(data, "shapes", 80, seed=0, size=32, caption_fraction=0.5)  # short questions and long captions
     rows = {}
-    for group in (False, True):
+    for value in values:
         cfg = RunCfg.from_dict(tiny_run_cfg(
-            tmp_path / str(group), data, data={"max_length": 256, "val_split": None},
-            train={"max_steps": 8, "micro_batch_size": 2, "global_batch_size": 8, "eval_every": 0, "save_every": 0,
-                   "group_by_length": group}))
+            tmp_path / str(value), data, data={"max_length": 256, "val_split": None},
+            train={"global_batch_size": 8, "eval_every": 0, "save_every": 0, option: value, **train_options}))
         train(cfg)
-        rows[group] = _rows(cfg.run_dir)
+        rows[value] = _rows(cfg.run_dir)
+    return rows
+
+
+def _same_losses(a: list[dict], b: list[dict]) -> None:
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in a]), torch.tensor([r["loss"] for r in b]),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_grouping_reduces_padding_and_keeps_the_losses(tmp_path):
+    rows = _shapes_runs(tmp_path, "group_by_length", (False, True), max_steps=8, micro_batch_size=2)
     plain = sum(r["padding"] for r in rows[False]) / 8
     grouped = sum(r["padding"] for r in rows[True]) / 8
     print(f"padding fraction: {plain:.3f} ungrouped, {grouped:.3f} grouped")
     assert grouped < 0.6 * plain
-    torch.testing.assert_close(torch.tensor([r["loss"] for r in rows[True]]),
-                               torch.tensor([r["loss"] for r in rows[False]]), rtol=1e-5, atol=1e-5)
+    _same_losses(rows[True], rows[False])
 
 
 def _batch(family, tiny):
@@ -98,19 +107,6 @@ def test_families_that_cannot_pack_say_so_and_would_get_another_loss(name, tmp_p
 
 
 def test_training_packed_gives_the_same_losses_with_no_padding(tmp_path):
-    from vlmtune.data.dataset import synthesize
-    from vlmtune.train.loop import train
-
-    data = tmp_path / "shapes"
-    synthesize(data, "shapes", 80, seed=0, size=32, caption_fraction=0.5)
-    rows = {}
-    for packing in (False, True):
-        cfg = RunCfg.from_dict(tiny_run_cfg(
-            tmp_path / str(packing), data, data={"max_length": 256, "val_split": None},
-            train={"max_steps": 6, "micro_batch_size": 4, "global_batch_size": 8, "eval_every": 0, "save_every": 0,
-                   "packing": packing}))
-        train(cfg)
-        rows[packing] = _rows(cfg.run_dir)
+    rows = _shapes_runs(tmp_path, "packing", (False, True), max_steps=6, micro_batch_size=4)
     assert all(r["padding"] == 0 for r in rows[True]) and all(r["padding"] > 0 for r in rows[False])
-    torch.testing.assert_close(torch.tensor([r["loss"] for r in rows[True]]),
-                               torch.tensor([r["loss"] for r in rows[False]]), rtol=1e-5, atol=1e-5)
+    _same_losses(rows[True], rows[False])
