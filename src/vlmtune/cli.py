@@ -198,6 +198,12 @@ def cmd_export(a) -> dict:
     return export(a.model, a.out, merge=a.merge)
 
 
+def cmd_compose(a) -> dict:
+    from vlmtune.models.compose import compose
+
+    return compose(a.vision, a.lm, a.out, projector=a.projector, seed=a.seed)
+
+
 def cmd_models(a) -> dict | None:
     from vlmtune.models import FAMILIES, support_table
 
@@ -401,6 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="new directory to write (never overwritten)")
     x.add_argument("--merge", action="store_true", help="merge a LoRA adapter into its base (required for adapters)")
     x.set_defaults(fn=cmd_export)
+
+    co = sub.add_parser("compose", help="join a CLIP/SigLIP vision tower and a causal LM into a LLaVA model",
+                        formatter_class=ex,
+                        epilog="example: vlmtune compose --vision openai/clip-vit-large-patch14-336 "
+                               "--lm lmsys/vicuna-7b-v1.5 --projector mlp2x --out models/clip-vicuna")
+    co.add_argument("--vision", required=True, help="CLIP or SigLIP checkpoint (hub id or directory)")
+    co.add_argument("--lm", required=True, help="causal language model checkpoint (hub id or directory)")
+    co.add_argument("--projector", choices=["linear", "mlp2x"], default="mlp2x")
+    co.add_argument("--out", required=True, help="new directory to write (never overwritten)")
+    co.add_argument("--seed", type=int, default=0, help="seed of the new projector's initialisation")
+    co.set_defaults(fn=cmd_compose)
 
     sv = sub.add_parser("serve", help="serve a model: OpenAI-compatible API + web page", formatter_class=ex,
                         epilog="example: vlmtune serve --model runs/my_run --port 8000 --api-key secret\n"

@@ -18,7 +18,8 @@ def load(cfg) -> Loaded:
 
 def image_token_count(processor) -> int:
     """Feature tokens per image, as LlavaProcessor computes them."""
-    crop = processor.image_processor.crop_size
+    # CLIP processors center-crop (crop_size); SigLIP ones resize to a fixed size (a composed SigLIP model)
+    crop = getattr(processor.image_processor, "crop_size", None) or processor.image_processor.size
     n = (crop["height"] // processor.patch_size) * (crop["width"] // processor.patch_size)
     n += processor.num_additional_image_tokens
     if processor.vision_feature_select_strategy == "default":

@@ -1,0 +1,127 @@
+"""`vlmtune compose`: a CLIP/SigLIP vision tower + a causal LM + a new projector -> an ordinary HF LLaVA model that
+keeps both parts' weights, loads with the Auto classes, and trains and generates through the llava family."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from vlmtune.data.sample import Sample, assistant, user
+
+
+def _clip(path, siglip: bool = False):
+    """A tiny random CLIP (full model: the vision half is used) or SigLIP vision checkpoint, with its image
+    processor."""
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
+
+    torch.manual_seed(1)
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "image_size": 32, "patch_size": 8}
+    if siglip:
+        SiglipVisionModel(SiglipVisionConfig(**vision)).save_pretrained(path)
+        SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    else:
+        CLIPModel(CLIPConfig(vision_config=vision, text_config={"hidden_size": 32, "intermediate_size": 64,
+                                                                "num_hidden_layers": 1, "num_attention_heads": 4},
+                             projection_dim=16)).save_pretrained(path)
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def _lm(path):
+    """A tiny random Llama causal LM with a locally trained tokenizer (no chat template, no pad token)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from vlmtune.models.builtin import _corpus, train_byte_bpe
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=train_byte_bpe(_corpus(), ["<s>", "</s>"], 400),
+                                  bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(2)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=4, bos_token_id=tok.bos_token_id,
+                                 eos_token_id=tok.eos_token_id, tie_word_embeddings=False)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("projector", ["mlp2x", "linear"])
+def test_composed_model_keeps_both_parts_and_trains_through_the_llava_family(tmp_path, projector):
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, CLIPVisionModel
+
+    from vlmtune.models import FAMILIES
+    from vlmtune.models.compose import compose
+    from vlmtune.models.family import forward_losses
+
+    vision, lm = _clip(tmp_path / "clip"), _lm(tmp_path / "lm")
+    summary = compose(str(vision), str(lm), tmp_path / "out", projector=projector)
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == summary["image_token_id"] == \
+        model.config.image_token_id
+
+    pixels = torch.rand(1, 3, 32, 32)
+    clip = CLIPVisionModel.from_pretrained(vision).eval()
+    with torch.no_grad():  # the vision tower is CLIP's, feature for feature
+        ours = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-2]
+        theirs = clip(pixels, output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(ours, theirs)
+    original = AutoModelForCausalLM.from_pretrained(lm).eval()
+    ids = processor.tokenizer("a person wearing a red top", return_tensors="pt").input_ids
+    with torch.no_grad():  # text-only, the language model is the LM's (the added <image> row aside)
+        torch.testing.assert_close(model(input_ids=ids).logits[..., : original.config.vocab_size],
+                                   original(input_ids=ids).logits)
+    projector_module = model.model.multi_modal_projector
+    if projector == "linear":
+        assert torch.equal(projector_module.linear_2.weight, torch.eye(48))
+        features = torch.randn(3, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(projector_module(features), projector_module.linear_1(features))
+
+    family = FAMILIES["llava"]
+    sample = Sample(id="s", messages=[user("What colour is the top?"), assistant("red")], images=["x.png"])
+    batch = family.encode(processor, [sample], [[Image.new("RGB", (40, 30), "red")]], "train", 256)
+    assert (batch.inputs["input_ids"] == model.config.image_token_id).sum() == 16  # (32/8)^2 patches, CLS dropped
+    inputs = dict(batch.inputs)
+    labels = inputs.pop("labels")
+    sums, counts = forward_losses(model.train(), family, inputs, labels, True)
+    (sums.sum() / counts.sum()).backward()
+    assert projector_module.linear_1.weight.grad.abs().sum() > 0
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["vision_config"]["model_type"] == \
+        "clip_vision_model"
+
+
+def test_siglip_keeps_every_patch_and_bad_inputs_are_refused(tmp_path):
+    from transformers import AutoProcessor
+
+    from vlmtune.models import FAMILIES
+    from vlmtune.models.compose import compose
+
+    vision, lm = _clip(tmp_path / "siglip", siglip=True), _lm(tmp_path / "lm")
+    compose(str(vision), str(lm), tmp_path / "out")
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    sample = Sample(id="s", messages=[user("Colour?"), assistant("red")], images=["x.png"])
+    batch = FAMILIES["llava"].encode(processor, [sample], [[Image.new("RGB", (32, 32), "red")]], "train", 256)
+    assert (batch.inputs["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<image>")).sum() == 16
+    with pytest.raises(FileExistsError, match="already exists"):
+        compose(str(vision), str(lm), tmp_path / "out")
+    from vlmtune.cli import main
+
+    assert main(["compose", "--vision", str(vision), "--lm", str(lm), "--out", str(tmp_path / "out")]) == 2
+    assert main(["compose", "--vision", str(vision), "--lm", str(lm), "--projector", "linear",
+                 "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "config.json").is_file() and (tmp_path / "cli" / "processor_config.json").is_file()
+    with pytest.raises(ValueError, match="CLIP or SigLIP checkpoint"):
+        compose(str(lm), str(lm), tmp_path / "out2")
+    with pytest.raises(ValueError, match="linear or mlp2x"):
+        compose(str(vision), str(lm), tmp_path / "out3", projector="qformer")
