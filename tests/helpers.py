@@ -6,6 +6,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+REFERENCE = SHARED / "reference"
+"""Golden cases computed with the official implementations (../shared/reference/)."""
+
+
+def reference_cases(name: str) -> list[dict]:
+    """The "cases" of a reference file. Deliberately no skip: a missing file fails collection loudly."""
+    import json
+
+    cases = json.loads((REFERENCE / name).read_text(encoding="utf-8"))["cases"]
+    assert cases, f"{name} has no cases"
+    return cases
 
 TINY_BUILTIN = {"image_size": 32, "patch_size": 8, "vision_dim": 32, "vision_layers": 1, "text_dim": 32,
                 "text_layers": 1, "heads": 4}

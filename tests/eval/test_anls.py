@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-import json
 import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import reference_cases
 
 from vlmtune.eval.metrics.anls import anls, levenshtein
 
@@ -17,15 +17,7 @@ REFERENCE_PATH = Path(__file__).resolve().parents[3] / "shared" / "reference" / 
 COLUMNS = {"anls_pypi_rrc": "rrc", "lmms_eval": "lmms_eval", "pix2struct": "pix2struct"}
 
 
-def _load_cases() -> list[dict]:
-    # Deliberately no skip: a missing reference file must fail collection loudly.
-    with REFERENCE_PATH.open(encoding="utf-8") as f:
-        cases = json.load(f)["cases"]
-    assert cases, "reference file has no cases"
-    return cases
-
-
-REFERENCE_CASES = _load_cases()
+REFERENCE_CASES = reference_cases(REFERENCE_PATH.name)
 PARAMS = [(case, column) for case in REFERENCE_CASES for column in COLUMNS]
 PARAM_IDS = [f"{case['name']}-{column}" for case, column in PARAMS]
 

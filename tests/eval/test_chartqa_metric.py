@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import reference_cases
 
 from vlmtune.eval.metrics.chartqa import relaxed_accuracy, relaxed_accuracy_any
 
@@ -16,15 +16,7 @@ from vlmtune.eval.metrics.chartqa import relaxed_accuracy, relaxed_accuracy_any
 REFERENCE_PATH = Path(__file__).resolve().parents[3] / "shared" / "reference" / "chartqa_relaxed_example.json"
 
 
-def _load_cases() -> list[dict]:
-    # Deliberately no skip: a missing reference file must fail collection loudly.
-    with REFERENCE_PATH.open(encoding="utf-8") as f:
-        cases = json.load(f)["cases"]
-    assert cases, "reference file has no cases"
-    return cases
-
-
-REFERENCE_CASES = _load_cases()
+REFERENCE_CASES = reference_cases(REFERENCE_PATH.name)
 REFERENCE_IDS = [f"{i:02d}:{c['prediction']!r}-vs-{c['target']!r}" for i, c in enumerate(REFERENCE_CASES)]
 
 

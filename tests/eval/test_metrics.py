@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import reference_cases
 
 from vlmtune.eval.metrics import METRICS, exact_match, normalize_answer, vqa_accuracy
 
@@ -14,16 +14,7 @@ from vlmtune.eval.metrics import METRICS, exact_match, normalize_answer, vqa_acc
 REFERENCE_PATH = Path(__file__).resolve().parents[3] / "shared" / "reference" / "vqa_example.json"
 
 
-def _load_cases() -> list[dict]:
-    # Deliberately no skip: a missing reference file must fail collection loudly.
-    with REFERENCE_PATH.open(encoding="utf-8") as f:
-        data = json.load(f)
-    cases = data["cases"]
-    assert cases, "reference file has no cases"
-    return cases
-
-
-REFERENCE_CASES = _load_cases()
+REFERENCE_CASES = reference_cases(REFERENCE_PATH.name)
 
 
 def test_reference_path_is_shared_dir_beside_repo_root():

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from helpers import reference_cases
 
 from vlmtune.eval.metrics.vqa import VQA_VARIANTS, vqa_accuracy
 
@@ -22,15 +22,7 @@ COLUMNS = {
 }
 
 
-def _load_cases() -> list[dict]:
-    # Deliberately no skip: a missing reference file must fail collection loudly.
-    with REFERENCE_PATH.open(encoding="utf-8") as f:
-        cases = json.load(f)["cases"]
-    assert cases, "reference file has no cases"
-    return cases
-
-
-REFERENCE_CASES = _load_cases()
+REFERENCE_CASES = reference_cases(REFERENCE_PATH.name)
 CASE_X_VARIANT = [(case, variant) for case in REFERENCE_CASES for variant in VQA_VARIANTS]
 
 
