@@ -48,11 +48,9 @@ def _answer_ids(row: list[int], tok) -> list[int]:
     return out
 
 
-def _finish(row: list[int], tok, max_new_tokens: int) -> str:
-    eos = tok.eos_token_id if isinstance(tok.eos_token_id, list) else [tok.eos_token_id]
-    pad = tok.pad_token_id
-    ended = any(x in eos for x in row) or (pad is not None and pad in row)
-    return "stop" if ended or len(row) < max_new_tokens else "length"
+def _finish(row: list[int], answer: list[int], max_new_tokens: int) -> str:
+    """"stop" when the row holds an end token (its `_answer_ids` stop short of it) or ended early, else "length"."""
+    return "stop" if len(answer) < len(row) or len(row) < max_new_tokens else "length"
 
 
 @dataclass
@@ -112,9 +110,9 @@ class Predictor:
             mask = batch.inputs.get("attention_mask")
             prompts = mask.sum(dim=1).tolist() if mask is not None else [start] * len(samples)
             limit = max_new_tokens or self.max_new_tokens
-            return [Completion(t.strip(), int(p), len(ids), _finish(row.tolist(), tok, limit), ids)
-                    for t, p, row in zip(texts, prompts, new, strict=True)
-                    for ids in [_answer_ids(row.tolist(), tok)]]
+            return [Completion(t.strip(), int(p), len(ids), _finish(row, ids, limit), ids)
+                    for t, p, row in zip(texts, prompts, new.tolist(), strict=True)
+                    for ids in [_answer_ids(row, tok)]]
         finally:
             model.train(was_training)
 
