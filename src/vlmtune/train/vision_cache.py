@@ -37,6 +37,8 @@ import json
 import os
 from pathlib import Path
 
+from vlmtune.train.collate import IGNORE_INDEX
+
 IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask")
 """Processor outputs only the vision side reads (dropped once the features are cached)."""
 PER_IMAGE = ("image_grid_thw", "image_sizes")
@@ -234,7 +236,7 @@ class VisionCache:
                                                 zip(units, rows, strict=True)) else None
             if inputs is not None:
                 self.hits += sum(len(s.images) for _, s in items)
-                n_target = int((inputs["labels"] != -100).sum())
+                n_target = int((inputs["labels"] != IGNORE_INDEX).sum())
                 return Batch(self._model_inputs(inputs, units), [s.id for _, s in items], n_target)
         batch = encode()
         keys = self.unit_keys(items, roots)
@@ -261,21 +263,23 @@ class VisionCache:
         if self.rows_off is not None:
             return
         ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
-        counts = [len(s.images) for _, s in items]
+        per_token = []
         for name, value in inputs.items():
-            if name in IMAGE_INPUTS or name == "attention_mask":
+            if name in IMAGE_INPUTS or name == "attention_mask" or name in PER_IMAGE:
                 continue
-            if not (hasattr(value, "shape") and (value.shape[:2] == ids.shape or name in PER_IMAGE)):
+            if not (hasattr(value, "shape") and value.shape[:2] == ids.shape):
                 self.rows_off = f"{name} is neither per token nor per image"
                 return
+            per_token.append(name)
+        first = 0  # the sample's first image in the batch
         for b, ((j, s), key) in enumerate(zip(items, keys, strict=True)):
-            first = sum(counts[:b])
+            last = first + len(s.images)
             self.rows[(j, s.id)] = {
                 "unit": key,
-                "token": {n: v[b][mask[b]].clone() for n, v in inputs.items()
-                          if n not in IMAGE_INPUTS and n != "attention_mask" and n not in PER_IMAGE},
-                "image": {n: inputs[n][first : first + counts[b]].clone() for n in PER_IMAGE if n in inputs},
+                "token": {n: inputs[n][b][mask[b]].clone() for n in per_token},
+                "image": {n: inputs[n][first:last].clone() for n in PER_IMAGE if n in inputs},
             }
+            first = last
 
     def _collate(self, rows: list[dict]) -> dict | None:
         """Right-padded batch tensors from stored rows (what `encode` gives, without the pixels); None when the rows
@@ -286,7 +290,7 @@ class VisionCache:
         if any(r["token"].keys() != names for r in rows):
             return None
         length = max(len(r["token"]["input_ids"]) for r in rows)
-        pads = {"input_ids": self.pad_id, "labels": -100}
+        pads = {"input_ids": self.pad_id, "labels": IGNORE_INDEX}
         out = {}
         for name in names:
             first = rows[0]["token"][name]
