@@ -177,8 +177,8 @@ class TrainCfg:
     samples and loss are unchanged). `padding` in metrics.jsonl is the padded fraction of the positions."""
     image_cache_mb: int = 2048
     """Keep up to this many MiB of decoded training images in memory across epochs (0: decode every time); the
-    images are not re-read or re-decoded while they fit. Independent of `vision_cache`, which skips even the
-    preprocessing of samples it has seen when the vision side is frozen."""
+    images are not re-read or re-decoded while they fit. Used when `vision_cache` is off: when it is on, it keeps
+    each seen sample's encoded rows instead, which skip the preprocessing too."""
     packing: bool = False
     """Pack each micro-batch's samples back to back into one row with no padding (families with
     `ModelFamily.packing`: llava, llava_next, idefics3, smolvlm); the loss is the same. Pays off where attention

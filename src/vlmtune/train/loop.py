@@ -234,7 +234,9 @@ def setup(cfg: RunCfg) -> State:
     accelerator.gradient_accumulation_steps = cfg.train.grad_accum_steps(accelerator.num_processes)
     model, optimizer = accelerator.prepare(model, optimizer)
     state = State(cfg, run_dir, accelerator, family, loaded, model, optimizer, scheduler, data_root, mixture, roots,
-                  val, probes, meta, vision_cache=cache, images=DecodedImages(cfg.train.image_cache_mb << 20))
+                  val, probes, meta, vision_cache=cache,
+                  # with the feature cache on, a seen sample's stored rows replace its images: keep none decoded
+                  images=DecodedImages(0 if cache is not None else cfg.train.image_cache_mb << 20))
     done = ckpt.checkpoints(run_dir)
     if done:
         resumed = ckpt.load_trainer_state(done[-1], accelerator.unwrap_model(model), optimizer, scheduler,
