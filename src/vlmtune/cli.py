@@ -103,7 +103,7 @@ def cmd_serve(a) -> dict | None:
 
     fields = {f.name for f in dataclasses.fields(ServeCfg)}
     cfg = ServeCfg(**{k: v for k, v in vars(a).items() if k in fields and v is not None})
-    serve(a.model, cfg, batch_size=a.max_batch_size)
+    serve(a.model, cfg)
     return None
 
 

@@ -26,7 +26,7 @@ def build_app(model: str | Path, cfg: ServeCfg, background: bool = True):
     return create_app(lambda: load_predictor(model, cfg, cfg.max_batch_size), cfg, name, background)
 
 
-def serve(model: str | Path, cfg: ServeCfg, batch_size: int | None = None) -> None:
+def serve(model: str | Path, cfg: ServeCfg) -> None:
     try:
         import uvicorn
     except ImportError:
