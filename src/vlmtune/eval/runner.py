@@ -74,43 +74,8 @@ def predict(predictor, root: str | Path, samples: list[Sample], out: Path | None
             progress: bool = False, prompt: str | None = None) -> list[dict]:
     """Generate an answer per sample. Rows are appended to `out` as they are made; rows already in `out` are
     reused, so a killed run continues where it stopped. Under several processes see `_predict_sharded`."""
-    root = Path(root)
     rank, world = dist_info()
-    if world > 1:
-        return _predict_sharded(predictor, root, samples, out, progress, prompt, rank, world)
-    done = _done(out)
-    todo = [s for s in samples if s.id not in done]
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # rewrite what is kept (drops a torn line) before appending
-        atomic_write_text(out, "".join(json.dumps(done[s.id], ensure_ascii=False) + "\n"
-                                       for s in samples if s.id in done))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="predict", file=sys.stderr)
-    fh = open(out, "a", encoding="utf-8") if out is not None else None
-    try:
-        step = predictor.batch_size
-        for i in range(0, len(todo), step):
-            chunk = todo[i : i + step]
-            answers = predictor.generate([with_prompt(s, prompt) for s in chunk],
-                                         [load_images(root, s) for s in chunk])
-            for s, a in zip(chunk, answers, strict=True):
-                row = row_of(s, a)
-                done[s.id] = row
-                if fh:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    fh.flush()
-            if bar:
-                bar.update(len(chunk))
-    finally:
-        if fh:
-            fh.close()
-        if bar:
-            bar.close()
-    return [done[s.id] for s in samples]
+    return _predict_sharded(predictor, Path(root), samples, out, progress, prompt, rank, world)
 
 
 # ---------------------------------------------------------------- several processes
@@ -127,8 +92,10 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def _broadcast(obj, rank: int):
+def _broadcast(obj, rank: int, world: int):
     """Rank 0's `obj` on every process."""
+    if world == 1:
+        return obj
     import torch.distributed as dist
 
     box = [obj if rank == 0 else None]
@@ -138,6 +105,8 @@ def _broadcast(obj, rank: int):
 
 def _all_gather(obj, world: int) -> list:
     """Every process's `obj`, in rank order, on every process."""
+    if world == 1:
+        return [obj]
     import torch.distributed as dist
 
     out = [None] * world
@@ -147,15 +116,16 @@ def _all_gather(obj, world: int) -> list:
 
 def _predict_sharded(predictor, root: Path, samples: list[Sample], out: Path | None, progress: bool,
                      prompt: str | None, rank: int, world: int) -> list[dict]:
-    """`predict` under `world` processes: rank r generates for todo[r::world] (todo: the samples not yet in `out`,
-    as rank 0 reads it), the rows of each round of batches are gathered onto every process, and rank 0 alone
-    appends them to `out` (so a killed run still resumes) and finally rewrites it in dataset order.
+    """`predict` under `world` processes (one process does all of it): rank r generates for todo[r::world]
+    (todo: the samples not yet in `out`, as rank 0 reads it), the rows of each round of batches are gathered onto
+    every process, and rank 0 alone appends them to `out` (so a killed run still resumes) and finally rewrites it in
+    dataset order.
 
     Every process runs the same number of `generate` calls (a process whose share has run out generates for one
     sample and drops the row): sharded models (FSDP, DeepSpeed ZeRO-3) gather their parameters in every forward
     pass, collectively, and would otherwise wait forever for the process that stopped."""
     main = rank == 0
-    done = _broadcast(_done(out) if main else None, rank)
+    done = _broadcast(_done(out) if main else None, rank, world)
     todo = [s for s in samples if s.id not in done]
     mine = todo[rank::world]
     step = predictor.batch_size
@@ -234,9 +204,9 @@ def evaluate(predictor, root: str | Path, samples: list[Sample], task: Task, out
         try:
             result = {"metrics": _score(rows, samples, task, out_dir, submission, options)}
         except Exception as e:
-            _broadcast({"error": f"{type(e).__name__}: {e}"}, rank)
+            _broadcast({"error": f"{type(e).__name__}: {e}"}, rank, world)
             raise
-    result = _broadcast(result, rank)
+    result = _broadcast(result, rank, world)
     if "error" in result:
         raise RuntimeError(f"scoring failed on rank 0: {result['error']}")
     return result["metrics"]
