@@ -172,21 +172,32 @@ def load_image_list(samples: list[Sample], images: list[list[Image]]) -> list[Im
     return flat
 
 
+def base_model(model):
+    """The HF model under DDP / DeepSpeed / PEFT wrappers (stops at a model with `get_image_features`, whose own
+    `module` attributes are not wrappers)."""
+    for _ in range(4):
+        if hasattr(model, "module") and not hasattr(model, "get_image_features"):
+            model = model.module  # DistributedDataParallel, DeepSpeedEngine
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()  # peft
+        else:
+            break
+    return model
+
+
 def accepts_logits_to_keep(model) -> bool:
     """Whether the model's forward takes `logits_to_keep` (most transformers LMs and VLMs; a PEFT wrapper passes it
     on to the model it wraps)."""
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return "logits_to_keep" in inspect.signature(base_model(model).forward).parameters
 
 
 def logit_prefix_of(family: ModelFamily, model) -> int:
     """`family.logit_prefix` of a (possibly PEFT- or Accelerate-wrapped) model; 0 for most families."""
     if family.logit_prefix is None:
         return 0
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return family.logit_prefix(base)
+    return family.logit_prefix(base_model(model))
 
 
 def forward_losses(model, family: ModelFamily, inputs: dict, labels, keep_logits: bool, prefix: int = 0,

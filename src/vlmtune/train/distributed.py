@@ -42,26 +42,16 @@ import contextlib
 import inspect
 from typing import Any
 
+from vlmtune.models.family import base_model
+
 IMAGE_INPUTS = ("pixel_values", "pixel_values_videos", "mm_encoder_outputs")
 """Model inputs that make the forward run the vision side (or stand in for it)."""
-
-
-def _base(model):
-    """The HF model under DDP / DeepSpeed / FSDP / PEFT wrappers."""
-    for _ in range(4):
-        if hasattr(model, "module") and not hasattr(model, "get_image_features"):
-            model = model.module  # DistributedDataParallel, DeepSpeedEngine
-        elif hasattr(model, "get_base_model"):
-            model = model.get_base_model()  # peft
-        else:
-            break
-    return model
 
 
 def language_model(model):
     """The decoder that receives the merged `inputs_embeds` (LLaVA, Qwen2-VL, ...: `model.model.language_model`);
     None when the model is not built that way (encoder-decoder families, BLIP-2's Q-Former)."""
-    base = _base(model)
+    base = base_model(model)
     inner = getattr(base, "model", None)
     lm = getattr(inner, "language_model", None) if inner is not None else None
     if lm is None:
@@ -71,7 +61,7 @@ def language_model(model):
 
 def vision_tower(model):
     """The vision encoder module (LLaVA: `model.vision_tower`, Qwen2-VL: `model.visual`), or None."""
-    base = _base(model)
+    base = base_model(model)
     for owner in (getattr(base, "model", None), base):
         for name in ("vision_tower", "visual", "vision_model"):
             module = getattr(owner, name, None) if owner is not None else None
@@ -82,7 +72,7 @@ def vision_tower(model):
 
 def has_vision(model) -> bool:
     """Whether the model has a vision side that `add_dummy_vision` can run (`get_image_features` + a decoder)."""
-    return hasattr(_base(model), "get_image_features") and language_model(model) is not None
+    return hasattr(base_model(model), "get_image_features") and language_model(model) is not None
 
 
 def shards_parameters(accelerator) -> bool:
@@ -151,7 +141,7 @@ def dummy_vision_term(model, processor, device=None):
     a zero scalar whose backward reaches every vision and projector parameter that the real path reaches."""
     import torch
 
-    base = _base(model)
+    base = base_model(model)
     wanted = inspect.signature(base.get_image_features).parameters
     params = [p for p in base.parameters() if p.is_floating_point()]
     device = device if device is not None else (params[0].device if params else "cpu")

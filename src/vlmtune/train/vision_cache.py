@@ -37,6 +37,7 @@ import json
 import os
 from pathlib import Path
 
+from vlmtune.models.family import base_model
 from vlmtune.train.collate import IGNORE_INDEX
 
 IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask")
@@ -45,10 +46,6 @@ PER_IMAGE = ("image_grid_thw", "image_sizes")
 """Processor outputs with one row per image (kept: the language model positions the image tokens with them)."""
 MEMORY_BUDGET = 2 << 30
 """Bytes of features kept in memory; older ones are read back from their safetensors files."""
-
-
-def _base(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def frozen_vision_modules(model, family) -> list:
@@ -64,7 +61,7 @@ def why_not(cfg, family, model) -> str | None:
 
     if cfg.train.vision_cache == "off":
         return "train.vision_cache is off"
-    if not family.vision_cache or "mm_encoder_outputs" not in inspect.signature(_base(model).forward).parameters:
+    if not family.vision_cache or "mm_encoder_outputs" not in inspect.signature(base_model(model).forward).parameters:
         return f"the {family.name} family's model does not take precomputed image features"
     if cfg.train.hflip:
         return "images are augmented (train.hflip)"
@@ -74,7 +71,7 @@ def why_not(cfg, family, model) -> str | None:
                 "(and freeze_vision for full fine-tuning) to cache their output")
     from vlmtune.models.family import freeze_group_of
 
-    for name, module in _base(model).named_modules():
+    for name, module in base_model(model).named_modules():
         if isinstance(module, torch.nn.Dropout) and module.p > 0 and \
                 freeze_group_of(family, name + ".") in ("vision", "projector"):
             return f"{name} applies dropout in training mode"
@@ -184,7 +181,7 @@ class VisionCache:
         """Run the frozen vision side once on the batch's images; store the features of every sample with images."""
         import torch
 
-        base = _base(model)
+        base = base_model(model)
         wanted = inspect.signature(base.get_image_features).parameters
         device = next(p for p in base.parameters()).device
         with torch.no_grad():
