@@ -32,6 +32,12 @@ def cmd_data_synth(a) -> dict:
     return {"out": str(a.out), "world": a.world, "splits": counts}
 
 
+def cmd_data_standin(a) -> dict:
+    from vlmtune.data.standin import write_standin
+
+    return write_standin(a.job, a.out, a.n, a.seed, a.size)
+
+
 def cmd_data_import(a) -> dict:
     from vlmtune.data.formats import get_format, import_dataset
 
@@ -275,6 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val", type=float, default=0.1, help="fraction in the val split")
     s.add_argument("--test", type=float, default=0.1, help="fraction in the test split")
     s.set_defaults(fn=cmd_data_synth)
+
+    from vlmtune.data.standin import JOBS
+
+    si = dsub.add_parser("standin", help="write drawn stand-in data in the raw format a recipe starts from",
+                         formatter_class=ex, epilog="jobs: " + ", ".join(JOBS) + "\nexample: vlmtune data standin "
+                         "vizwiz --out raw/vizwiz --n 600; then: vlmtune data import vizwiz raw/vizwiz --out data/vw")
+    si.add_argument("job", choices=sorted(JOBS))
+    si.add_argument("--out", required=True, help="a new directory")
+    si.add_argument("--n", type=int, default=600, help="number of photos")
+    si.add_argument("--seed", type=int, default=0)
+    si.add_argument("--size", type=int, default=None, help="image side in pixels (default: the job's)")
+    si.set_defaults(fn=cmd_data_standin)
 
     from vlmtune.data.formats import FORMATS
 

@@ -38,6 +38,6 @@ TASK = Task(
     primary="vqa_accuracy",
     per_sample=per_sample,
     corpus=corpus,
-    breakdown=("question_type", "answer_type", "source"),
+    breakdown=("question_type", "answer_type", "source", "lang"),
     options={"vqa_variant": "official"},
 )

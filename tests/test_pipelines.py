@@ -1,0 +1,84 @@
+"""The five jobs vlmtune was designed from, each end to end on stand-in raw data (`vlmtune data standin`), through
+the same commands as its page in docs/: import -> train -> evaluate with the field's metric (-> serve).
+
+The models are tiny and train for a few steps, so the metric values are not the point here (the docs pages show
+longer runs); what is checked is that every step consumes the previous one's output and that the metric the job
+is judged by comes out, computed over the right samples."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import yaml
+from helpers import tiny_run_cfg
+
+from vlmtune.cli import main
+
+
+def _last_json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def _train(tmp_path, data_dir, name: str, capsys, **sections) -> dict:
+    cfg = tmp_path / f"{name}.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_run_cfg(tmp_path, data_dir, name=name, **sections)))
+    assert main(["train", "--config", str(cfg)]) == 0
+    return _last_json(capsys)
+
+
+def test_fashion_vqa_from_an_attribute_table_with_portuguese_prompts_to_a_served_model(tmp_path, capsys):
+    from starlette.testclient import TestClient
+
+    from vlmtune.config import ServeCfg
+    from vlmtune.serve import build_app
+
+    raw, data = tmp_path / "raw", tmp_path / "data"
+    assert main(["data", "standin", "fashion-vqa", "--out", str(raw), "--n", "40"]) == 0
+    assert main(["data", "vqa-from-attributes", str(raw / "catalogue.csv"), "--images", str(raw / "photos"),
+                 "--templates", str(raw / "templates.yaml"), "--out", str(data), "--langs", "pt"]) == 0
+    made = _last_json(capsys)
+    assert made["languages"] == ["pt"] and made["samples"] == 40 * 5  # five attributes per photo, Portuguese only
+    _train(tmp_path, data, "fashion", capsys, eval={"task": "vqa", "metric": "vqa_accuracy", "max_new_tokens": 4})
+    run = tmp_path / "runs" / "fashion"
+    assert main(["eval", "--model", str(run), "--data", str(data), "--split", "test", "--out", str(tmp_path / "ev"),
+                 "--max-new-tokens", "4"]) == 0
+    metrics = _last_json(capsys)
+    assert metrics["n"] == made["splits"]["test"] and 0.0 <= metrics["vqa_accuracy"] <= 1.0
+    assert set(metrics["by_lang"]) == {"pt"} and set(metrics["by_question_type"]) <= {
+        "top_type", "top_colour", "top_pattern", "bottom_type", "bottom_colour"}
+    gold = {json.loads(x)["id"]: json.loads(x) for x in (data / "manifest.jsonl").read_text().splitlines()}
+    rows = [json.loads(x) for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert all(gold[r["id"]]["meta"]["lang"] == "pt" and gold[r["id"]]["split"] == "test" for r in rows)
+
+    photo = base64.b64encode((raw / "photos" / "look-00000.png").read_bytes()).decode()
+    with TestClient(build_app(run, ServeCfg(), background=False)) as client:
+        reply = client.post("/v1/chat/completions", json={"model": "fashion", "max_tokens": 4, "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{photo}"}},
+                                         {"type": "text", "text": "Qual é a cor da parte de cima?"}]}]})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["message"]["role"] == "assistant"
+    assert reply.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_vizwiz_llava_lora_scored_with_official_vqa_accuracy_and_answerability(tmp_path, capsys):
+    raw, data = tmp_path / "raw", tmp_path / "data"
+    assert main(["data", "standin", "vizwiz", "--out", str(raw), "--n", "60"]) == 0
+    assert main(["data", "import", "vizwiz", str(raw), "--out", str(data)]) == 0
+    assert _last_json(capsys)["splits"] == {"train": 48, "val": 12}
+    _train(tmp_path, data, "vizwiz", capsys, lora={"enabled": True, "r": 4, "alpha": 8},
+           eval={"task": "vqa", "metric": "vqa_accuracy", "max_new_tokens": 4})
+    run = tmp_path / "runs" / "vizwiz"
+    assert (run / "best" / "adapter_config.json").is_file(), "a LoRA run saves the adapter"
+    assert main(["eval", "--model", str(run), "--data", str(data), "--split", "val", "--out", str(tmp_path / "ev"),
+                 "--vqa-variant", "vizwiz", "--max-new-tokens", "4", "--submission", "vizwiz"]) == 0
+    metrics = _last_json(capsys)
+    assert metrics["n"] == 12 and 0.0 <= metrics["vqa_accuracy"] <= 1.0
+    assert {"unanswerable", "other"} >= set(metrics["by_answer_type"])
+    assert 0.0 <= metrics["answerability_average_precision"] <= 1.0 and 0.0 <= metrics["answerability_f1"] <= 1.0
+    rows = [json.loads(x) for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
+    assert all(len(r["answers"]) == 10 for r in rows), "the ten human answers reach the metric"
+    # the official accuracy from the rows themselves: min(1, matches / 3) averaged over the 10-choose-9 subsets
+    assert abs(metrics["vqa_accuracy"] - sum(r["scores"]["vqa_accuracy"] for r in rows) / 12) < 1e-12
+    submission = json.loads(next((tmp_path / "ev").glob("*submission*.json")).read_text())
+    assert sorted(s["image"] for s in submission) == sorted(f"VizWiz_val_{i:08d}.jpg" for i in range(48, 60))
