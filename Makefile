@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test recipe lint clean browser
+.PHONY: install demo test recipe lint clean browser ocr
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,7 +31,17 @@ recipe: $(STAMP)
 browser:
 	@command -v chromium >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-test: $(STAMP) browser
+# Debian's tesseract with English, Russian and Portuguese data for OCR enrichment (data.ocr: tesseract) and its
+# tests, plus the DejaVu font the tests draw their text images with
+OCR_LANGS := eng rus por
+ocr:
+	@( command -v tesseract >/dev/null && langs="$$(tesseract --list-langs 2>/dev/null)" && \
+	  for l in $(OCR_LANGS); do echo "$$langs" | grep -qx "$$l" || exit 1; done && \
+	  [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] ) || \
+	{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tesseract-ocr \
+	  $(addprefix tesseract-ocr-,$(OCR_LANGS)) fonts-dejavu-core; }
+
+test: $(STAMP) browser ocr
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest -m "not gpu and not slow" -p no:cacheprovider; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc

@@ -92,6 +92,14 @@ def cmd_data_stats(a) -> dict:
     return dataset_stats(a.dir)
 
 
+def cmd_data_ocr(a) -> dict:
+    from vlmtune.data.ocr import OcrOptions, enrich_dataset
+
+    opts = OcrOptions(langs=a.langs, psm=a.psm, into=a.into, template=a.template.replace("\\n", "\n"),
+                      max_chars=a.max_chars, min_conf=a.min_conf, timeout_s=a.timeout_s)
+    return enrich_dataset(a.dir, opts, out=a.out, skip_bad=a.skip_bad)
+
+
 def cmd_data_show_mask(a) -> dict:
     from vlmtune.data.lint import show_mask
 
@@ -99,6 +107,20 @@ def cmd_data_show_mask(a) -> dict:
     for s in shown:
         print(f"== {s['id']} ({s['split']}): {s['tokens']} tokens, {s['trained_tokens']} trained ==\n{s['text']}\n")
     return {"samples": [{k: s[k] for k in ("id", "tokens", "trained_tokens", "trained_text")} for s in shown]}
+
+
+def cmd_data_translate(a) -> dict:
+    from vlmtune.data.translate import translate_dataset
+
+    return translate_dataset(a.dir, a.to, a.model, src=a.src, out=a.out, fields=a.fields, batch_size=a.batch_size,
+                             progress=True)
+
+
+def cmd_data_autolabel(a) -> dict:
+    from vlmtune.data.autolabel import autolabel
+
+    return autolabel(_predictor(a), a.model, a.src, a.task, out=a.out, prompt=a.prompt, questions=a.questions,
+                     progress=True)
 
 
 def cmd_serve(a) -> dict | None:
@@ -124,10 +146,14 @@ def cmd_train(a, overrides: list[str]) -> dict:
 def _eval_samples(a, out_dir: Path):
     """The samples to evaluate; with --skip-bad, bad records are listed in OUT_DIR/rejected.jsonl."""
     from vlmtune.data.dataset import load_split
+    from vlmtune.data.ocr import model_ocr_options
 
     rejected = out_dir / "rejected.jsonl" if a.skip_bad else None
-    samples = load_split(Path(a.data), a.split, a.skip_bad, rejected)
-    return samples[: a.limit] if a.limit else samples
+    ocr = model_ocr_options(a.model)  # a run trained with data.ocr is evaluated on the same enriched prompts
+    if ocr:
+        print(f"the model's run was trained with OCR enrichment: applying it (langs {ocr.langs}, into {ocr.into})",
+              file=sys.stderr)
+    return load_split(Path(a.data), a.split, a.skip_bad, rejected, ocr, limit=a.limit)
 
 
 def _predictor(a):
@@ -225,6 +251,102 @@ def cmd_models(a) -> dict | None:
     return {"families": rows, "builtin": "model.path: builtin (llava family)"}
 
 
+def _chart_reasoner(a):
+    from vlmtune.chart.reason import LLMReasoner, ProgramReasoner, llm_from_path
+
+    if a.reasoner == "program":
+        return ProgramReasoner()
+    if not a.llm:
+        raise ValueError("chart: --reasoner llm needs --llm DIR (a causal LM or a vlmtune model directory)")
+    return LLMReasoner(llm_from_path(a.llm, a.llm_max_new_tokens), fallback=ProgramReasoner())
+
+
+def cmd_chart_ask(a) -> dict:
+    from vlmtune.chart.ask import ask
+    from vlmtune.data.images import load_image
+    from vlmtune.infer import Predictor
+
+    predictor = Predictor.from_path(a.model, max_new_tokens=a.max_new_tokens, max_length=a.max_length)
+    result = ask(predictor, load_image(Path(a.image)), a.question, _chart_reasoner(a))
+    print(f"table:\n  {result['table'].replace('<0x0A>', chr(10) + '  ')}\nprogram: {result['program']}\n"
+          f"answer: {result['answer']}" + (f"\nerror: {result['error']}" if result["error"] else ""))
+    return {"image": a.image, "question": a.question, **result}
+
+
+def cmd_chart_eval(a) -> dict:
+    from vlmtune.chart.ask import evaluate_charts
+    from vlmtune.infer import Predictor
+
+    if bool(a.model) == a.oracle:
+        raise ValueError("chart eval: give --model M (tables written by the model) or --oracle (the true tables)")
+    predictor = None if a.oracle else Predictor.from_path(a.model, batch_size=a.batch_size,
+                                                          max_new_tokens=a.max_new_tokens, max_length=a.max_length)
+    out = Path(a.out) if a.out else Path(a.model or a.data) / ("chart_eval_oracle" if a.oracle else "chart_eval") / (
+        a.split or "all")
+    metrics = evaluate_charts(predictor, a.data, a.split, out, _chart_reasoner(a), limit=a.limit, progress=True)
+    print(f"wrote {out}/metrics.json and {out}/predictions.jsonl", file=sys.stderr)
+    return metrics
+
+
+def cmd_chart_tables(a) -> dict:
+    from vlmtune.chart.ask import tables_dataset
+
+    return tables_dataset(a.src, a.out)
+
+
+def cmd_chart_init_model(a) -> dict:
+    from vlmtune.chart.model import TinyDeplotCfg, init_model
+
+    return init_model(a.out, TinyDeplotCfg(vqa=a.vqa, max_patches=a.max_patches), seed=a.seed)
+
+
+def cmd_retrieve_train(a) -> dict:
+    from vlmtune.retrieval.train import RetrievalTrainCfg, train
+
+    return train(RetrievalTrainCfg(
+        model=a.model, data=a.data, out=a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+        weight_decay=a.weight_decay, warmup=a.warmup, eval_every=a.eval_every, freeze=a.freeze,
+        train_split=a.train_split, val_split=a.val_split, seed=a.seed))
+
+
+def cmd_retrieve_eval(a) -> dict:
+    from vlmtune.retrieval.encoder import DualEncoder
+    from vlmtune.retrieval.evaluate import evaluate, load_gallery
+
+    metrics = evaluate(DualEncoder.load(a.model), load_gallery(a.data, a.split), a.batch_size)
+    print(" ".join(f"{k} {v:.2f}" for k, v in metrics.items() if "@" in k or k == "rsum"), file=sys.stderr)
+    return {"model": a.model, "data": a.data, "split": a.split, **metrics}
+
+
+def cmd_retrieve_index(a) -> dict:
+    from vlmtune.retrieval.encoder import DualEncoder
+    from vlmtune.retrieval.index import build_index
+
+    return build_index(DualEncoder.load(a.model), a.catalogue, a.out, a.images, a.batch_size, a.dtype)
+
+
+def cmd_retrieve_search(a) -> dict:
+    from vlmtune.retrieval.index import search
+
+    if a.query and a.image:
+        raise ValueError("retrieve: give a text query or --image PATH, not both")
+    result = search(a.index, " ".join(a.query) or None, a.image, a.k, a.model)
+    for r in result["results"]:
+        print(f"{r['rank']:3d}  {r['score']:+.4f}  {r['caption'][:60]:60s}  {r['item_url'] or '-'}  {r['image']}",
+              file=sys.stderr)
+    return result
+
+
+RETRIEVE_VERBS = ("train", "eval", "index", "search")
+
+
+def _route_retrieve(argv: list[str]) -> list[str]:
+    """`vlmtune retrieve --index DIR "query"` is the search verb: insert it when no other retrieve verb is named."""
+    if len(argv) > 1 and argv[0] == "retrieve" and argv[1] not in (*RETRIEVE_VERBS, "-h", "--help"):
+        return ["retrieve", "search", *argv[1:]]
+    return argv
+
+
 def _add_model_args(p, required: bool = True) -> None:
     p.add_argument("--model", required=required,
                    help="a run directory (its best checkpoint), checkpoint or HF model dir")
@@ -269,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_verb", required=True)
     s = dsub.add_parser("synth", help="draw a synthetic world with known answers", formatter_class=ex,
                         epilog="example: vlmtune data synth fashion --out data/fashion --n 3000 --seed 0")
-    s.add_argument("world", choices=["fashion", "shapes"])
+    s.add_argument("world", choices=["fashion", "shapes", "charts"])
     s.add_argument("--out", required=True)
     s.add_argument("--n", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
@@ -369,6 +491,70 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--split", default=None)
     sm.set_defaults(fn=cmd_data_show_mask)
 
+    tr = dsub.add_parser("translate", help="translate a dataset's text with a translation model (original kept)",
+                         formatter_class=ex,
+                         epilog="examples:\n  vlmtune data translate data/vizwiz --to ru "
+                                "--model Helsinki-NLP/opus-mt-en-ru   (-> data/vizwiz-ru)\n"
+                                "  vlmtune data translate data/flickr30k --to ru "
+                                "--model facebook/nllb-200-distilled-600M --fields references\n"
+                                "translations are cached in DIR/.cache/translate: an interrupted run continues, a "
+                                "repeated one costs nothing\nsee docs/translate-autolabel.md")
+    tr.add_argument("dir", help="vlmtune dataset directory")
+    tr.add_argument("--to", required=True, help="target language: en, ru, pt, ... or an NLLB code (rus_Cyrl)")
+    tr.add_argument("--from", dest="src", default="en", help="source language (default en)")
+    tr.add_argument("--model", required=True, help="Marian or NLLB model: hub id or directory")
+    tr.add_argument("--out", default=None, help="new dataset directory (default: DIR-<to> beside DIR)")
+    tr.add_argument("--fields", default="prompts,answers,references",
+                    help="what to translate: prompts (user/system turns), answers (assistant turns + answers), "
+                         "references (default: all three)")
+    tr.add_argument("--batch-size", type=int, default=16)
+    tr.set_defaults(fn=cmd_data_translate)
+
+    al = dsub.add_parser("autolabel", help="caption or answer questions about unlabelled images with a model",
+                         formatter_class=ex,
+                         epilog="examples:\n  vlmtune data autolabel photos/ --model runs/x --task caption "
+                                "--out data/photos-captions\n"
+                                "  vlmtune data autolabel photos/ --model runs/x --task vqa --questions q.txt\n"
+                                "  torchrun --nproc_per_node 4 -m vlmtune.cli data autolabel photos/ --model runs/x "
+                                "--task caption   (sharded)\n"
+                                "an interrupted run continues where it stopped; empty/garbage generations are listed in"
+                                " OUT/flagged.jsonl\nsee docs/translate-autolabel.md")
+    al.add_argument("src", help="a folder of images, or a vlmtune dataset whose samples lack targets")
+    al.add_argument("--model", required=True, help="a run directory (its best checkpoint), checkpoint or model dir")
+    al.add_argument("--task", required=True, choices=["caption", "vqa"])
+    al.add_argument("--prompt", default=None,
+                    help="caption on a folder: the instruction (default 'Write a short caption for the image.'); "
+                         "otherwise a template with {question} used for generation")
+    al.add_argument("--questions", default=None, help="vqa on a folder: a text file, one question per line")
+    al.add_argument("--out", default=None, help="new dataset directory (default: SRC-autolabel beside SRC)")
+    al.add_argument("--batch-size", type=int, default=16)
+    al.add_argument("--max-new-tokens", type=int, default=32)
+    al.add_argument("--num-beams", type=int, default=1)
+    al.add_argument("--max-length", type=int, default=2048)
+    al.set_defaults(fn=cmd_data_autolabel)
+
+    from vlmtune.data.ocr import DEFAULT_TEMPLATE
+
+    oc = dsub.add_parser("ocr", help="read the text in every image with tesseract (into meta, or a prompt copy)",
+                         formatter_class=ex,
+                         epilog="examples:\n  vlmtune data ocr data/memes --langs rus+eng            "
+                                "(meta['ocr'] added in place)\n"
+                                "  vlmtune data ocr data/shop --langs por+eng --into prompt --out data/shop-ocr\n"
+                                "put the data's main language first; `make ocr` installs tesseract (eng, rus, por);"
+                                "\nresults are cached in DIR/.cache/ocr, so a second run reads no image again")
+    oc.add_argument("dir", help="vlmtune dataset directory")
+    oc.add_argument("--langs", default="eng", help="tesseract languages joined by + (default eng)")
+    oc.add_argument("--into", choices=["meta", "prompt"], default="meta",
+                    help="meta: sample.meta['ocr'] (default); prompt: the first user turn, through --template")
+    oc.add_argument("--out", default=None, help="write an enriched copy here (required for --into prompt)")
+    oc.add_argument("--psm", type=int, default=3, help="tesseract page segmentation mode (default 3; 11: sparse)")
+    oc.add_argument("--template", default=DEFAULT_TEMPLATE, help=f"\\n is a line break (default {DEFAULT_TEMPLATE!r})")
+    oc.add_argument("--max-chars", type=int, default=300)
+    oc.add_argument("--min-conf", type=float, default=0.0, help="drop words with a lower confidence (0-100)")
+    oc.add_argument("--timeout-s", type=float, default=60.0, help="per image")
+    oc.add_argument("--skip-bad", action="store_true", help="skip samples whose image cannot be read")
+    oc.set_defaults(fn=cmd_data_ocr)
+
     t = sub.add_parser("train", help="fine-tune (or train) a model from a YAML config", formatter_class=ex,
                        epilog="example: vlmtune train --config configs/builtin/tiny_fashion_vqa.yaml --train.lr 1e-3\n"
                               "any config key can be overridden as --section.key VALUE")
@@ -459,6 +645,109 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fetch http(s) image URLs (never from private or loopback addresses)")
     sv.set_defaults(fn=cmd_serve)
 
+    rt = sub.add_parser("retrieve", help="search a catalogue by text or image; fine-tune, evaluate, index CLIP/SigLIP",
+                        formatter_class=ex,
+                        epilog="examples:\n"
+                               "  vlmtune retrieve --index indexes/shop \"red striped t-shirt\" --k 5\n"
+                               "  vlmtune retrieve --index indexes/shop --image query.jpg\n"
+                               "  vlmtune retrieve train --model openai/clip-vit-base-patch32 --data data/shop "
+                               "--out runs/shop-clip\n"
+                               "  vlmtune retrieve eval --model runs/shop-clip --data data/shop --split test\n"
+                               "  vlmtune retrieve index --model runs/shop-clip --catalogue shop.tsv "
+                               "--out indexes/shop\n"
+                               "see docs/fashion-retrieval.md")
+    rsub = rt.add_subparsers(dest="retrieve_verb", required=True)
+    rs = rsub.add_parser("search", help="the top-k catalogue items for a text or image query (the default verb)",
+                         formatter_class=ex, epilog='example: vlmtune retrieve --index indexes/shop "black skirt"')
+    rs.add_argument("query", nargs="*", help="the text query")
+    rs.add_argument("--index", required=True, help="index directory (vlmtune retrieve index)")
+    rs.add_argument("--image", default=None, help="an image file as the query instead of text")
+    rs.add_argument("--k", type=int, default=5)
+    rs.add_argument("--model", default=None, help="query model (default: the index's; another one is refused)")
+    rs.set_defaults(fn=cmd_retrieve_search)
+    rtr = rsub.add_parser("train", help="contrastive fine-tuning on a dataset's image-caption pairs",
+                          formatter_class=ex,
+                          epilog="example: vlmtune retrieve train --model openai/clip-vit-base-patch32 "
+                                 "--data data/shop --out runs/shop-clip --epochs 5 --batch-size 128 --lr 1e-5\n"
+                                 "the same command again resumes an interrupted run")
+    rtr.add_argument("--model", required=True, help="CLIP or SigLIP checkpoint (hub id or directory)")
+    rtr.add_argument("--data", required=True, help="vlmtune dataset with caption samples (train and val splits)")
+    rtr.add_argument("--out", required=True, help="run directory")
+    rtr.add_argument("--epochs", type=int, default=10)
+    rtr.add_argument("--batch-size", type=int, default=64)
+    rtr.add_argument("--lr", type=float, default=1e-5)
+    rtr.add_argument("--weight-decay", type=float, default=0.1)
+    rtr.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps warming up (default 0.1)")
+    rtr.add_argument("--eval-every", type=int, default=0, help="validate every N steps (default: each epoch)")
+    rtr.add_argument("--freeze", choices=["none", "vision", "text"], default="none", help="keep one tower fixed")
+    rtr.add_argument("--train-split", default="train")
+    rtr.add_argument("--val-split", default="val")
+    rtr.add_argument("--seed", type=int, default=0)
+    rtr.set_defaults(fn=cmd_retrieve_train)
+    rev = rsub.add_parser("eval", help="image<->text Recall@1/5/10 on a dataset split", formatter_class=ex,
+                          epilog="example: vlmtune retrieve eval --model runs/shop-clip --data data/shop --split test")
+    rev.add_argument("--model", required=True, help="CLIP/SigLIP checkpoint, or a retrieve train run (its best/)")
+    rev.add_argument("--data", required=True)
+    rev.add_argument("--split", default="test")
+    rev.add_argument("--batch-size", type=int, default=64)
+    rev.set_defaults(fn=cmd_retrieve_eval)
+    rix = rsub.add_parser("index", help="embed a catalogue into an on-disk index (resumable)", formatter_class=ex,
+                          epilog="example: vlmtune retrieve index --model runs/shop-clip --catalogue shop.tsv "
+                                 "--out indexes/shop\nthe TSV has a header caption<TAB>image<TAB>item_url; an "
+                                 "interrupted build continues when run again")
+    rix.add_argument("--model", required=True, help="CLIP/SigLIP checkpoint, or a retrieve train run (its best/)")
+    rix.add_argument("--catalogue", required=True, help="CC3M-style TSV (or a directory of them, or a vlmtune dataset)")
+    rix.add_argument("--out", required=True, help="index directory")
+    rix.add_argument("--images", default=None, help="directory the TSV's image paths are relative to")
+    rix.add_argument("--batch-size", type=int, default=64)
+    rix.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    rix.set_defaults(fn=cmd_retrieve_index)
+
+    ch = sub.add_parser("chart", help="DePlot pipeline: chart -> table -> answer; its evaluation", formatter_class=ex,
+                        epilog="examples:\n"
+                               "  vlmtune chart ask chart.png \"Which country has the highest value?\" --model RUN\n"
+                               "  vlmtune chart eval --model RUN --data data/charts-qa --split test\n"
+                               "  vlmtune chart eval --oracle --data data/charts-qa --split test   (true tables)\n"
+                               "  vlmtune chart tables data/chartqa --out data/chartqa-tables\n"
+                               "  vlmtune chart init-model --out runs/tiny-deplot-base\n"
+                               "see docs/chartqa-deplot.md")
+    chsub = ch.add_subparsers(dest="chart_verb", required=True)
+
+    def reasoner_args(p) -> None:
+        p.add_argument("--reasoner", choices=["program", "llm"], default="program",
+                       help="program: a deterministic program over the table (default); llm: a text model (--llm)")
+        p.add_argument("--llm", default=None, help="causal LM or vlmtune model directory for --reasoner llm")
+        p.add_argument("--llm-max-new-tokens", type=int, default=32)
+        p.add_argument("--max-new-tokens", type=int, default=128, help="table tokens the chart model may write")
+        p.add_argument("--max-length", type=int, default=4096)
+
+    cha = chsub.add_parser("ask", help="one chart, one question: prints the table, the program and the answer")
+    cha.add_argument("image")
+    cha.add_argument("question")
+    cha.add_argument("--model", required=True, help="chart-to-table model: a run, checkpoint or model directory")
+    reasoner_args(cha)
+    cha.set_defaults(fn=cmd_chart_ask)
+    che = chsub.add_parser("eval", help="chart QA through tables: relaxed accuracy + RMS-F1/RNSS of the tables")
+    che.add_argument("--model", default=None, help="chart-to-table model (run, checkpoint or model directory)")
+    che.add_argument("--oracle", action="store_true", help="answer from the true tables (meta.table): the ceiling")
+    che.add_argument("--data", required=True, help="dataset with chartqa questions (meta.table for table scores)")
+    che.add_argument("--split", default=None)
+    che.add_argument("--out", default=None, help="output directory (default: MODEL/chart_eval/SPLIT)")
+    che.add_argument("--batch-size", type=int, default=16)
+    che.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    reasoner_args(che)
+    che.set_defaults(fn=cmd_chart_eval)
+    cht = chsub.add_parser("tables", help="chart-to-table training data (one sample per chart) from chart QA data")
+    cht.add_argument("src", help="dataset with meta.table on its questions (vlmtune data import chartqa ...)")
+    cht.add_argument("--out", required=True, help="new dataset directory")
+    cht.set_defaults(fn=cmd_chart_tables)
+    chi = chsub.add_parser("init-model", help="write a small random Pix2Struct (DePlot architecture) to train")
+    chi.add_argument("--out", required=True, help="new model directory (model.path of a train config)")
+    chi.add_argument("--vqa", action="store_true", help="draw the prompt above the chart, as google/deplot does")
+    chi.add_argument("--max-patches", type=int, default=144)
+    chi.add_argument("--seed", type=int, default=0)
+    chi.set_defaults(fn=cmd_chart_init_model)
+
     m = sub.add_parser("models", help="list model families")
     m.add_argument("--markdown", action="store_true", help="print the support table of docs/models.md")
     m.set_defaults(fn=cmd_models)
@@ -467,7 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _route_retrieve(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     a, rest = parser.parse_known_args(argv)
     if a.verb != "train" and rest:

@@ -136,10 +136,33 @@ class DataCfg:
     """Weighted training mix, e.g. the domain plus replay of general data (text-only samples allowed). Each
     optimizer step takes from source i a share weight_i / sum(weights) of the global batch, exactly (see
     `data/mix.py`); loss and sample counts are logged per source. Validation still uses `path`/`synth`."""
+    ocr: Literal["tesseract"] | None = None
+    """Read the text in each image with tesseract (`make ocr` installs it) when the data is loaded for training and
+    for `vlmtune eval/predict --model RUN`, cached per image in DATASET/.cache/ocr (see data/ocr.py). None: off."""
+    ocr_langs: str = "eng"
+    """Tesseract languages joined by "+", the data's main language first (e.g. "rus+eng", "por+eng+rus")."""
+    ocr_psm: int = 3
+    """Tesseract page segmentation mode (3: automatic; 6: one block of text; 11: sparse text, e.g. memes)."""
+    ocr_into: Literal["prompt", "meta"] = "prompt"
+    """prompt: the text is put into the first user turn with `ocr_template` (train and eval see the same prompt);
+    meta: it is only stored in sample.meta["ocr"]."""
+    ocr_template: str = "Text in the image: {text}\n{prompt}"
+    """How the first user turn is rewritten: {text} is the OCR text, {prompt} the turn's own text. Images with no
+    text found leave the prompt unchanged."""
+    ocr_max_chars: int = 300
+    """The OCR text is cut at a word boundary to at most this many characters (it costs prompt tokens)."""
+    ocr_min_conf: float = 0.0
+    """Words tesseract is less confident about (0-100) are dropped: noise from textures and borders."""
+    ocr_timeout_s: float = 60.0
+    """Per image; an image that takes longer is a bad record."""
 
     def __post_init__(self):
         if self.path is None and self.synth is None:
             raise ValueError("data: set `path` (a dataset directory) or `synth` (a synthetic world)")
+        from vlmtune.data.ocr import check_options
+
+        check_options(self.ocr_langs, self.ocr_psm, self.ocr_into, self.ocr_template, self.ocr_max_chars,
+                          self.ocr_min_conf, self.ocr_timeout_s, where="data.")
         if self.sources is not None:
             names = [s.name for s in self.sources]
             if not names:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vlmtune.data.store import MANIFEST, BadRecord, read_samples, write_rejected
+
+if TYPE_CHECKING:
+    from vlmtune.data.ocr import OcrOptions
 
 
 def synthesize(out: str | Path, world: str, n: int, seed: int = 0, size: int = 64, caption_fraction: float = 0.0,
@@ -55,10 +59,21 @@ def prepare_data_dir(data_cfg) -> Path:
     return prepare_dataset(data_cfg.path, data_cfg.synth)
 
 
-def load_split(root: Path, split: str | None, skip_bad: bool, rejected_path: Path | None = None):
-    """Samples of one split; bad records stop the run unless `skip_bad`, then they go to `rejected_path`."""
+def load_split(root: Path, split: str | None, skip_bad: bool, rejected_path: Path | None = None,
+               ocr: OcrOptions | None = None, limit: int | None = None):
+    """Samples of one split (the first `limit` of them); bad records stop the run unless `skip_bad`, then they go
+    to `rejected_path`.
+
+    `ocr`: the text in each image is read (cached per image, see data/ocr.py) and put into the prompt or the meta.
+    This is the one place it happens, for training and for eval/predict of a run trained with it."""
     try:
         samples, bad = read_samples(root, split, skip_bad=skip_bad)
+        samples = samples[:limit] if limit else samples  # before OCR: --limit 10 reads 10 samples' images
+        if ocr is not None and samples:
+            from vlmtune.data.ocr import enrich_samples
+
+            samples, ocr_bad, _ = enrich_samples(samples, root, ocr, skip_bad=skip_bad)
+            bad += ocr_bad
     except BadRecord as e:
         raise BadRecord(e.file, e.line, e.reason + " (use --data.skip_bad true to skip bad records)", e.raw) from None
     if bad:

@@ -18,12 +18,17 @@ def load_predictor(model: str | Path, cfg: ServeCfg, batch_size: int):
 
 
 def build_app(model: str | Path, cfg: ServeCfg, background: bool = True):
+    from vlmtune.data.ocr import find_tesseract, model_ocr_options
     from vlmtune.serve.app import create_app
     from vlmtune.train.checkpoint import resolve_model_dir
 
     name = cfg.model_name or Path(model).resolve().name
     resolve_model_dir(model)  # a wrong path fails now, not in the loading thread
-    return create_app(lambda: load_predictor(model, cfg, cfg.max_batch_size), cfg, name, background)
+    ocr = model_ocr_options(model)  # trained with data.ocr into the prompt: requests get the same prompt
+    ocr = ocr if ocr is not None and ocr.into == "prompt" else None
+    if ocr is not None:
+        find_tesseract(ocr.langs)  # a missing tesseract fails now, not at the first request
+    return create_app(lambda: load_predictor(model, cfg, cfg.max_batch_size), cfg, name, background, ocr)
 
 
 def serve(model: str | Path, cfg: ServeCfg) -> None:

@@ -36,6 +36,7 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from vlmtune.config import ServeCfg
+from vlmtune.data.ocr import OcrOptions
 from vlmtune.serve.batcher import Batcher
 from vlmtune.serve.batcher import Request as Job
 
@@ -163,13 +164,17 @@ class State:
         self.predictor = None
         self.batcher = None
         self.error: str | None = None
+        self.ocr: OcrOptions | None = None
         self.ready = threading.Event()
 
 
-def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, background: bool = True):
+def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, background: bool = True,
+               ocr: OcrOptions | None = None):
     """The FastAPI app. `load()` returns the Predictor; it runs in a thread (`background`) so /health answers
-    503 while the model loads."""
+    503 while the model loads. `ocr`: the model was trained with OCR-enriched prompts (data.ocr), and each request's
+    images are read the same way."""
     state = State()
+    state.ocr = ocr
 
     def do_load():
         try:
@@ -234,7 +239,7 @@ def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, backg
             req = json.loads(body)
             if not isinstance(req, dict):
                 raise ApiError(400, "the body must be a JSON object")
-            job, stream, include_usage = await run_in_threadpool(_job, req, cfg)
+            job, stream, include_usage = await run_in_threadpool(_job, req, cfg, ocr)
         except json.JSONDecodeError as e:
             return _error(400, f"malformed JSON: {e.msg} at column {e.colno}")
         except ApiError as e:
@@ -310,8 +315,9 @@ def _usage(c) -> dict:
             "total_tokens": c.prompt_tokens + c.completion_tokens}
 
 
-def _job(req: dict, cfg: ServeCfg):
-    """The request's parameters checked, its images decoded (in a worker thread: decoding is CPU work)."""
+def _job(req: dict, cfg: ServeCfg, ocr: OcrOptions | None = None):
+    """The request's parameters checked, its images decoded (in a worker thread: decoding is CPU work) and, for a
+    model trained with OCR enrichment, their text put into the prompt as in training."""
     n = req.get("n", 1)
     if n != 1:
         raise ApiError(400, "only n=1 is supported", "n")
@@ -329,6 +335,13 @@ def _job(req: dict, cfg: ServeCfg):
     if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
         raise ApiError(400, "top_p must be in (0, 1]", "top_p")
     sample, images = parse_messages(req.get("messages"), cfg)
+    if ocr is not None and images:
+        from vlmtune.data.ocr import OcrError, read_images_text, with_ocr_text
+
+        try:
+            sample = with_ocr_text(sample, read_images_text(images, ocr), ocr.into, ocr.template)
+        except OcrError as e:
+            raise ApiError(400, f"reading the text in the image(s) failed: {e}", "messages") from None
     options = req.get("stream_options") or {}
     return (Job(sample, images, max_tokens, float(temperature), float(top_p)), bool(req.get("stream")),
             bool(options.get("include_usage")))

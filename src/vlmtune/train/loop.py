@@ -30,6 +30,7 @@ from vlmtune.config import RunCfg
 from vlmtune.data.dataset import load_split, prepare_data_dir, prepare_dataset
 from vlmtune.data.images import DecodedImages
 from vlmtune.data.mix import Mixture
+from vlmtune.data.ocr import ocr_options
 from vlmtune.data.sample import Sample, message_text
 from vlmtune.eval import forgetting
 from vlmtune.models import ModelFamily, get_family, load_model
@@ -139,17 +140,18 @@ def build_optimizer(cfg: RunCfg, model):
 def build_data(cfg: RunCfg, run_dir: Path):
     """(val root, training mixture, image root per source, val samples, probes)."""
     d, rejected = cfg.data, run_dir / "rejected.jsonl"
+    ocr = ocr_options(d)  # the same enrichment for every source and val (and for eval --model RUN, from run_config)
     root = prepare_data_dir(d)
     if d.sources:
         roots = [prepare_dataset(src.path, src.synth) for src in d.sources]
-        mixture = Mixture([(src.name, load_split(r, src.split, d.skip_bad, rejected), src.weight)
+        mixture = Mixture([(src.name, load_split(r, src.split, d.skip_bad, rejected, ocr), src.weight)
                            for src, r in zip(d.sources, roots, strict=True)])
     else:
         roots = [root]
-        mixture = Mixture([("train", load_split(root, d.train_split, d.skip_bad, rejected), 1.0)])
+        mixture = Mixture([("train", load_split(root, d.train_split, d.skip_bad, rejected, ocr), 1.0)])
     val = []
     if d.val_split:
-        val = load_split(root, d.val_split, d.skip_bad, rejected)
+        val = load_split(root, d.val_split, d.skip_bad, rejected, ocr)
         if cfg.eval.max_samples:
             val = val[: cfg.eval.max_samples]
     probes = forgetting.load_probes(cfg.probes, d.skip_bad, rejected)
