@@ -69,3 +69,48 @@ def assert_round_trip(name: str, src: Path, tmp_path: Path, images: Path | None 
         for rel in s.images:
             assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     return first
+
+
+def tiny_clip(path, siglip: bool = False):
+    """A tiny random CLIP (full model: the vision half is used) or SigLIP vision checkpoint, with its image
+    processor."""
+    import torch
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
+
+    torch.manual_seed(1)
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "image_size": 32, "patch_size": 8}
+    if siglip:
+        SiglipVisionModel(SiglipVisionConfig(**vision)).save_pretrained(path)
+        SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    else:
+        CLIPModel(CLIPConfig(vision_config=vision, text_config={"hidden_size": 32, "intermediate_size": 64,
+                                                                "num_hidden_layers": 1, "num_attention_heads": 4},
+                             projection_dim=16)).save_pretrained(path)
+        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def tiny_causal_lm(path):
+    """A tiny random Llama causal LM with a locally trained tokenizer (no chat template, no pad token)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from vlmtune.models.builtin import _corpus, train_byte_bpe
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=train_byte_bpe(_corpus(), ["<s>", "</s>"], 400),
+                                  bos_token="<s>", eos_token="</s>")
+    import torch
+
+    torch.manual_seed(2)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=4, bos_token_id=tok.bos_token_id,
+                                 eos_token_id=tok.eos_token_id, tie_word_embeddings=False)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

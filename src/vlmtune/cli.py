@@ -173,6 +173,15 @@ def _task_options(a) -> dict:
     return {"vqa_variant": a.vqa_variant, "anls_variant": a.anls_variant, "lang": a.lang}
 
 
+def _samples_task(samples) -> str:
+    """The task the samples themselves name when they all name one that exists (caption data is scored as captions
+    without --task), else vqa."""
+    from vlmtune.eval.tasks import TASKS
+
+    tasks = {s.task for s in samples}
+    return tasks.pop() if len(tasks) == 1 and next(iter(tasks)) in TASKS else "vqa"
+
+
 def cmd_eval(a) -> dict:
     from vlmtune.eval.runner import evaluate
     from vlmtune.eval.tasks import get_task
@@ -185,6 +194,7 @@ def cmd_eval(a) -> dict:
         raise ValueError("eval: --model and --data are required (or: vlmtune eval score / vlmtune eval compare)")
     out = Path(a.out) if a.out else Path(a.model) / "eval" / (a.split or "all")
     samples = _eval_samples(a, out)
+    a.task = a.task or _samples_task(samples)
     metrics = evaluate(_predictor(a), a.data, samples, get_task(a.task), out, progress=True, prompt=a.prompt,
                        submission=a.submission, **_task_options(a))
     if a.report:
@@ -200,13 +210,13 @@ def cmd_eval(a) -> dict:
 def cmd_eval_score(a) -> dict:
     from vlmtune.eval.score import score_file
 
-    return score_file(a.predictions, a.task, a.out, **_task_options(a))
+    return score_file(a.predictions, a.task or "vqa", a.out, **_task_options(a))
 
 
 def cmd_eval_compare(a) -> dict:
     from vlmtune.eval.analysis import compare_files
 
-    return compare_files(a.predictions, a.out, data=a.data, task=a.task, names=a.names)
+    return compare_files(a.predictions, a.out, data=a.data, task=a.task or "vqa", names=a.names)
 
 
 def cmd_predict(a) -> dict:
@@ -297,7 +307,9 @@ def cmd_chart_tables(a) -> dict:
 def cmd_chart_init_model(a) -> dict:
     from vlmtune.chart.model import TinyDeplotCfg, init_model
 
-    return init_model(a.out, TinyDeplotCfg(vqa=a.vqa, max_patches=a.max_patches), seed=a.seed)
+    cfg = TinyDeplotCfg(vqa=a.vqa, max_patches=a.max_patches, hidden=a.hidden, ff=2 * a.hidden,
+                        vision_layers=a.vision_layers, text_layers=a.text_layers)
+    return init_model(a.out, cfg, seed=a.seed)
 
 
 def cmd_retrieve_train(a) -> dict:
@@ -363,7 +375,8 @@ def _add_model_args(p, required: bool = True) -> None:
 def _add_task_args(p) -> None:
     from vlmtune.eval.tasks import TASKS
 
-    p.add_argument("--task", default="vqa", choices=sorted(TASKS))
+    p.add_argument("--task", default=None, choices=sorted(TASKS),
+                   help="default: the task every sample names (caption, chartqa, ...), vqa when they differ")
     p.add_argument("--vqa-variant", default=None,
                    choices=["official", "evalai", "vizwiz", "lavis_pre2021", "lmms_eval"],
                    help="VQA accuracy as computed by (default) the official GT-Vision-Lab code, or another tool")
@@ -744,7 +757,10 @@ def build_parser() -> argparse.ArgumentParser:
     chi = chsub.add_parser("init-model", help="write a small random Pix2Struct (DePlot architecture) to train")
     chi.add_argument("--out", required=True, help="new model directory (model.path of a train config)")
     chi.add_argument("--vqa", action="store_true", help="draw the prompt above the chart, as google/deplot does")
-    chi.add_argument("--max-patches", type=int, default=144)
+    chi.add_argument("--max-patches", type=int, default=144, help="patches of 16 px per image (default 144)")
+    chi.add_argument("--hidden", type=int, default=128, help="width of encoder and decoder (default 128)")
+    chi.add_argument("--vision-layers", type=int, default=4)
+    chi.add_argument("--text-layers", type=int, default=2)
     chi.add_argument("--seed", type=int, default=0)
     chi.set_defaults(fn=cmd_chart_init_model)
 

@@ -240,6 +240,9 @@ class EvalCfg:
     num_beams: int = 1
     max_samples: int | None = None
     """Evaluate on at most this many samples of the val split during training (None: all)."""
+    lang: str | None = None
+    """Caption language of samples whose meta has no `lang` (None: English): Russian captions get the Unicode
+    tokenizer and METEOR's Russian stemmer instead of English rules. `vlmtune eval --lang` is the same option."""
 
 
 @dataclass

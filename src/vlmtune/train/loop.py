@@ -415,7 +415,7 @@ def validate(state: State) -> dict:
                           max_length=state.cfg.data.max_length, vision_cache=state.vision_cache)
     out_dir = state.run_dir / "predictions" / f"step-{state.step}"
     if state.val:
-        metrics = evaluate(predictor, state.data_root, state.val, get_task(e.task), out_dir)
+        metrics = evaluate(predictor, state.data_root, state.val, get_task(e.task), out_dir, lang=e.lang)
     row = {"step": state.step, **{f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
     if state.probes:
         scored = forgetting.score(predictor, state.probes, out_dir)

@@ -1,0 +1,93 @@
+"""Contrastive fine-tuning: batches, loss, recall gain over the untrained model, resume, freezing."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vlmtune.retrieval.encoder import DualEncoder
+from vlmtune.retrieval.evaluate import evaluate, load_gallery
+from vlmtune.retrieval.train import RetrievalTrainCfg, epoch_batches, train
+
+
+def test_epoch_batches_visit_each_image_once_and_keep_identical_captions_apart(caption_data):
+    g = load_gallery(caption_data, "train")
+    g.texts[1] = g.texts[0].upper()  # a duplicate caption (up to case) for another image
+    g.texts[2] = g.texts[0]
+    batches = epoch_batches(g, epoch=0, seed=0, batch_size=len(g.images))  # one batch would hold all three
+    images = [i for b in batches for i, _ in b]
+    assert sorted(images) == list(range(len(g.images)))
+    for b in batches:
+        keys = [" ".join(g.texts[t].lower().split()) for _, t in b]
+        assert len(keys) == len(set(keys))
+    assert len(batches) == 3  # the two repeats were deferred to later batches
+    assert epoch_batches(g, 0, 0, 32) == epoch_batches(g, 0, 0, 32) != epoch_batches(g, 1, 0, 32)
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_fine_tuning_clip_beats_the_untrained_model(models, caption_data, tmp_path):
+    cfg = RetrievalTrainCfg(model=str(models["clip"]), data=str(caption_data), out=str(tmp_path / "run"), epochs=6,
+                            batch_size=32, lr=2e-3)
+    summary = train(cfg)
+    rows = _metrics(tmp_path / "run")
+    assert [r["step"] for r in rows][:2] == [0, 8] and rows[-1]["step"] == summary["steps"] == summary["total_steps"]
+    losses = [r["train_loss"] for r in rows[1:]]
+    assert losses[-1] < 0.7 * losses[0], losses
+    test = load_gallery(caption_data, "test")
+    before = evaluate(DualEncoder.load(models["clip"], "cpu"), test)
+    after = evaluate(DualEncoder.load(tmp_path / "run", "cpu"), test)  # a run directory means its best/
+    print("untrained", before, "\nfine-tuned", after)
+    assert after["rsum"] > before["rsum"] + 100, (before, after)
+    assert after["t2i_R@5"] > before["t2i_R@5"] + 15 and after["i2t_R@5"] > before["i2t_R@5"] + 15
+    best = json.loads((tmp_path / "run" / "best" / "retrieval.json").read_text())
+    assert best["step"] == summary["best"]["step"] > 0 and best["val"]["rsum"] == max(r["rsum"] for r in rows)
+
+
+def test_siglip_sigmoid_loss_decreases(models, caption_data, tmp_path):
+    cfg = RetrievalTrainCfg(model=str(models["siglip"]), data=str(caption_data), out=str(tmp_path / "run"), epochs=2,
+                            batch_size=32, lr=2e-3)
+    train(cfg)
+    rows = _metrics(tmp_path / "run")
+    assert rows[-1]["train_loss"] < 0.85 * rows[1]["train_loss"]
+    assert rows[-1]["log_scale"] != pytest.approx(2.302585, abs=1e-4)  # the temperature is learned
+
+
+def _weights(path):
+    return load_file(path / "model.safetensors")
+
+
+def test_interrupted_run_resumes_to_the_same_weights(models, caption_data, tmp_path):
+    cfg = RetrievalTrainCfg(model=str(models["clip"]), data=str(caption_data), out=str(tmp_path / "a"), epochs=2,
+                            batch_size=64, lr=1e-3, eval_every=2)
+    straight = train(cfg)
+    cut = dataclasses.replace(cfg, out=str(tmp_path / "b"))
+    assert train(cut, stop_after=4)["stopped"]
+    state = json.loads((tmp_path / "b" / "checkpoints" / "last" / "trainer" / "state.json").read_text())
+    assert state["step"] == 4
+    resumed = train(cut)
+    assert resumed["steps"] == straight["steps"] and not resumed["stopped"]
+    a, b = _weights(tmp_path / "a" / "checkpoints" / "last"), _weights(tmp_path / "b" / "checkpoints" / "last")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+    assert [r["step"] for r in _metrics(tmp_path / "b")] == list(range(0, resumed["steps"] + 1, 2))  # none redone
+    with pytest.raises(ValueError, match="different configuration \\(lr differ"):
+        train(dataclasses.replace(cut, lr=5e-4))
+
+
+def test_freezing_the_vision_tower_keeps_it_fixed(models, caption_data, tmp_path):
+    cfg = RetrievalTrainCfg(model=str(models["clip"]), data=str(caption_data), out=str(tmp_path / "run"), epochs=1,
+                            batch_size=64, lr=1e-3, freeze="vision")
+    train(cfg)
+    before, after = _weights(models["clip"]), _weights(tmp_path / "run" / "checkpoints" / "last")
+    vision = [n for n in before if n.startswith(("vision_model.", "visual_projection."))]
+    text = [n for n in before if n.startswith(("text_model.", "text_projection."))]
+    assert vision and text
+    assert all(torch.equal(before[n], after[n]) for n in vision)
+    assert sum(not torch.equal(before[n], after[n]) for n in text) > len(text) // 2
