@@ -110,3 +110,30 @@ def test_meme_captions_ru_composed_model_reads_the_meme_text_through_ocr(tmp_pat
     for r in rows:  # the printed word reached the prompt through tesseract, as it did in training
         word = r["answers"][0].split("«")[1].rstrip("»")
         assert word in r["question"], (word, r["question"])
+
+
+def test_fashion_retrieval_from_a_cc3m_catalogue_to_items_with_links(tmp_path, capsys):
+    from vlmtune.retrieval.tiny import build_tiny
+
+    raw, data, model = tmp_path / "raw", tmp_path / "data", tmp_path / "tiny-clip"
+    assert main(["data", "standin", "fashion-retrieval", "--out", str(raw), "--n", "80"]) == 0
+    assert main(["data", "import", "cc3m", str(raw), "--out", str(data)]) == 0
+    build_tiny("clip", model)
+    capsys.readouterr()
+    assert main(["retrieve", "eval", "--model", str(model), "--data", str(data), "--split", "test"]) == 0
+    before = _last_json(capsys)
+    assert main(["retrieve", "train", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "run"),
+                 "--epochs", "2", "--batch-size", "16", "--lr", "1e-3"]) == 0
+    capsys.readouterr()
+    assert main(["retrieve", "eval", "--model", str(tmp_path / "run"), "--data", str(data), "--split", "test"]) == 0
+    after = _last_json(capsys)
+    assert after["images"] == before["images"] == 16 and after["texts"] == 16
+    assert {"t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_R@1", "i2t_R@5", "i2t_R@10", "rsum"} <= set(after)
+    assert main(["retrieve", "index", "--model", str(tmp_path / "run"), "--catalogue", str(raw / "cc3m.tsv"),
+                 "--out", str(tmp_path / "index")]) == 0
+    built = _last_json(capsys)
+    assert built["items"] == 80 and built["bad_rows"] == 0
+    assert main(["retrieve", "--index", str(tmp_path / "index"), "a person wearing a red t-shirt", "--k", "5"]) == 0
+    found = _last_json(capsys)["results"]
+    assert len(found) == 5 and all(r["item_url"].startswith("https://shop.example/item/item-") for r in found)
+    assert [r["score"] for r in found] == sorted((r["score"] for r in found), reverse=True)
