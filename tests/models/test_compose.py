@@ -85,3 +85,50 @@ def test_siglip_keeps_every_patch_and_bad_inputs_are_refused(tmp_path):
         compose(str(lm), str(lm), tmp_path / "out2")
     with pytest.raises(ValueError, match="linear or mlp2x"):
         compose(str(vision), str(lm), tmp_path / "out3", projector="qformer")
+
+
+def test_a_gpt2_style_language_model_is_joined_untied_and_trains_with_lora(tmp_path):
+    """ruGPT-3 (the meme project's LM) is GPT-2: its tied embedding is called `wte`, which LLaVA cannot tie to by
+    name. The composed model keeps the LM's outputs exactly and LoRA finds its Conv1D projections."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageTextToText,
+        AutoProcessor,
+        GPT2Config,
+        GPT2LMHeadModel,
+        PreTrainedTokenizerFast,
+    )
+
+    from vlmtune.models import FAMILIES
+    from vlmtune.models.builtin import _corpus, train_byte_bpe
+    from vlmtune.models.compose import compose
+    from vlmtune.models.family import forward_losses
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=train_byte_bpe(_corpus(), ["<|endoftext|>"], 400),
+                                  bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    torch.manual_seed(3)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, bos_token_id=0,
+                               eos_token_id=0)).save_pretrained(tmp_path / "gpt2")
+    tok.save_pretrained(tmp_path / "gpt2")
+    compose(str(_clip(tmp_path / "clip")), str(tmp_path / "gpt2"), tmp_path / "out")
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "out").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    original = AutoModelForCausalLM.from_pretrained(tmp_path / "gpt2").eval()
+    assert original.config.tie_word_embeddings and not model.config.text_config.tie_word_embeddings
+    ids = processor.tokenizer("a person wearing a red top", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits[..., : original.config.vocab_size],
+                                   original(input_ids=ids).logits)
+
+    family = FAMILIES["llava"]
+    lora = get_peft_model(model.train(), LoraConfig(r=4, lora_alpha=8, target_modules=family.lora_targets[0]))
+    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in lora.named_parameters() if "lora_A" in n}
+    assert adapted == {"c_attn", "c_proj", "c_fc"}
+    sample = Sample(id="s", messages=[user("Опиши мем."), assistant("надпись «КОФЕ»")], images=["x.png"])
+    batch = family.encode(processor, [sample], [[Image.new("RGB", (40, 30), "red")]], "train", 256)
+    inputs = dict(batch.inputs)
+    labels = inputs.pop("labels")
+    sums, counts = forward_losses(lora, family, inputs, labels, True)
+    (sums.sum() / counts.sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in lora.named_parameters() if "lora_B" in n)

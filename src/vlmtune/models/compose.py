@@ -78,6 +78,11 @@ def compose(vision: str, lm: str, out: str | Path, projector: str = "mlp2x", see
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
     torch.manual_seed(seed)
     language.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    if getattr(language.config, "tie_word_embeddings", False) and not hasattr(language.base_model, "embed_tokens"):
+        # LLaVA ties its lm_head to `language_model.embed_tokens` by that name; GPT-2-style LMs (ruGPT-3, GPT-2)
+        # call the matrix `wte`, and tying would fail. The head becomes its own copy of the embedding matrix instead
+        # (the same values: the composed model computes what the LM did; they train apart from here on).
+        language.config.tie_word_embeddings = False
     config = LlavaConfig(
         vision_config=vision_config, text_config=language.config, image_token_id=image_token_id,
         vision_feature_layer=-2, vision_feature_select_strategy="default" if clip else "full",

@@ -9,7 +9,8 @@ from __future__ import annotations
 from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
 from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
 
-LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                    "c_attn", "c_proj", "c_fc")  # the last three: GPT-2-style LMs (ruGPT-3) joined by compose
 
 
 def load(cfg) -> Loaded:
