@@ -390,6 +390,7 @@ SCORE_HELP = """each line of --predictions is one JSON object:
               "question_type": "how many", "answerable": 1}
   caption    {"id": "1", "prediction": "a dog", "references": ["A dog runs.", ...], "lang": "en"}
   chartqa    {"id": "1", "prediction": "14", "target": "14"}
+  chart_to_table  {"id": "1", "prediction": "TITLE | t <0x0A> Year | Sales <0x0A> 2019 | 12", "target": "..."}
   docvqa     {"id": "1", "prediction": "Dr. Lobo", "answers": ["Dr. Lobo", "Dear Dr. Lobo"]}
   retrieval  {"id": "img1", "similarity": {"t1": 0.3, "t2": 0.9}, "positives": ["t2"]}
 the metrics are printed as JSON on the last line"""

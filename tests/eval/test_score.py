@@ -24,7 +24,7 @@ def _score(capsys, *args) -> dict:
 
 
 def test_every_task_is_registered():
-    assert set(TASKS) == {"vqa", "caption", "chartqa", "docvqa", "retrieval"}
+    assert set(TASKS) == {"vqa", "caption", "chartqa", "chart_to_table", "docvqa", "retrieval"}
     for t in TASKS.values():
         assert t.primary in t.metrics
 

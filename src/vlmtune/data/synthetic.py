@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from vlmtune.chart.synth import charts  # matplotlib charts with their data tables (DePlot-style chart QA)
 from vlmtune.data.sample import Sample, assistant, user
 
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -441,4 +442,5 @@ def shapes(
         yield _sample("shapes", seed, i, question, answer, qtype, {"shapes": items}, caption), img
 
 
-WORLDS: dict[str, Callable[..., Iterator[tuple[Sample, Image.Image]]]] = {"fashion": fashion, "shapes": shapes}
+WORLDS: dict[str, Callable[..., Iterator[tuple[Sample, Image.Image]]]] = {"fashion": fashion, "shapes": shapes,
+                                                                          "charts": charts}

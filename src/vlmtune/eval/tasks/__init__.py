@@ -81,9 +81,9 @@ class Task:
 
 
 def _registry() -> dict[str, Task]:
-    from vlmtune.eval.tasks import caption, chartqa, docvqa, retrieval, vqa
+    from vlmtune.eval.tasks import caption, chart_to_table, chartqa, docvqa, retrieval, vqa
 
-    return {t.TASK.name: t.TASK for t in (vqa, caption, chartqa, docvqa, retrieval)}
+    return {t.TASK.name: t.TASK for t in (vqa, caption, chartqa, chart_to_table, docvqa, retrieval)}
 
 
 TASKS: dict[str, Task] = _registry()
