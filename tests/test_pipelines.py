@@ -137,3 +137,26 @@ def test_fashion_retrieval_from_a_cc3m_catalogue_to_items_with_links(tmp_path, c
     found = _last_json(capsys)["results"]
     assert len(found) == 5 and all(r["item_url"].startswith("https://shop.example/item/item-") for r in found)
     assert [r["score"] for r in found] == sorted((r["score"] for r in found), reverse=True)
+
+
+def test_chartqa_deplot_from_chartqa_files_chart_to_table_then_program_answers(tmp_path, capsys):
+    raw, data, tables, base = tmp_path / "raw", tmp_path / "data", tmp_path / "tables", tmp_path / "base"
+    assert main(["data", "standin", "chartqa", "--out", str(raw), "--n", "20", "--size", "64"]) == 0
+    assert sorted(p.name for p in (raw / "train").iterdir()) == ["png", "tables", "train_augmented.json"]
+    assert main(["data", "import", "chartqa", str(raw), "--out", str(data)]) == 0
+    assert main(["chart", "tables", str(data), "--out", str(tables)]) == 0
+    assert _last_json(capsys)["splits"] == {"train": 14, "val": 2, "test": 4}
+    assert main(["chart", "init-model", "--out", str(base), "--max-patches", "16", "--hidden", "32",
+                 "--vision-layers", "1", "--text-layers", "1"]) == 0
+    _train(tmp_path, tables, "deplot", capsys, model={"family": "pix2struct", "path": str(base)},
+           train={"max_steps": 3, "micro_batch_size": 4, "global_batch_size": 4, "eval_every": 3, "save_every": 3},
+           eval={"task": "chart_to_table", "metric": "rms_f1", "batch_size": 8, "max_new_tokens": 12})
+    run = tmp_path / "runs" / "deplot"
+    val = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "val/rms_f1" in x]
+    assert val and 0.0 <= val[-1]["val/rms_f1"] <= 1.0 and "val/rnss" in val[-1]
+    assert main(["chart", "eval", "--model", str(run), "--data", str(data), "--split", "test",
+                 "--max-new-tokens", "12", "--out", str(tmp_path / "ev")]) == 0
+    metrics = _last_json(capsys)
+    assert metrics["n_questions"] == metrics["n_charts"] == 4 and 0.0 <= metrics["relaxed_accuracy"] <= 1.0
+    assert metrics["table"]["n"] == 4 and 0.0 <= metrics["table"]["rms_f1"] <= 1.0 and "rnss" in metrics["table"]
+    assert metrics["ceiling_relaxed_accuracy"] == 1.0, "the program answers every stand-in question from the true CSV"

@@ -85,3 +85,12 @@ def test_chart_to_table_task_scores_rows():
     assert rows[2]["scores"] == table_metrics(rows[2]["prediction"], TEXT)  # the better of the two targets
     assert metrics["rms_f1"] == pytest.approx((1.0 + 0.0 + rows[2]["scores"]["rms_f1"]) / 3)
     assert metrics["by_chart_type"]["bar"]["rms_f1"] == 1.0
+
+
+def test_csv_form_is_chartqa_tables_and_reads_back_without_the_title():
+    from vlmtune.chart.table import Table
+
+    t = Table(header=("Country", "Sales, 2020"), rows=(("Chile", "42"), ("Peru", "1,234")), title="Sales")
+    assert t.to_csv() == 'Country,"Sales, 2020"\nChile,42\nPeru,"1,234"\n'
+    back = Table.from_text(t.to_csv())
+    assert back == Table(header=t.header, rows=t.rows, title=None)

@@ -89,6 +89,17 @@ class Table:
         lines += [CELL_SEPARATOR.join(self.header)] + [CELL_SEPARATOR.join(row) for row in self.rows]
         return row_separator.join(lines)
 
+    def to_csv(self) -> str:
+        """ChartQA's `tables/*.csv` form: header and rows, comma-separated and quoted where needed, no title (ChartQA
+        tables have none)."""
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(self.header)
+        writer.writerows(self.rows)
+        return buf.getvalue()
+
     @classmethod
     def from_text(cls, text: str) -> Table:
         """Parse DePlot text (or CSV text without any ``|``) tolerantly; an empty text is an empty table."""

@@ -14,10 +14,14 @@ metric, on data whose answers are known.
                        caption names the clothes and quotes the word -> `vlmtune data import coco`
     fashion-retrieval  a CC3M-style catalogue: cc3m.tsv with caption, image, item_url (+ split), images beside it
                        -> `vlmtune data import cc3m` / `vlmtune retrieve index`
+    chartqa            ChartQA's layout (<split>/<split>_augmented.json, png/, tables/*.csv) of drawn bar, line and
+                       pie charts with template questions (ChartQA's "augmented" kind) and their true data tables
+                       -> `vlmtune data import chartqa`
 
-The drawings are the `fashion` world of `synthetic.py` (same seed -> same figures and facts); the annotator noise
-(VizWiz's disagreeing answers, its unanswerable photos) is drawn here, deterministically from the seed. Each writer
-goes through the format's own exporter where vlmtune has one, so the files are exactly what the importer reads.
+The drawings are the `fashion` world of `synthetic.py` (the `charts` world of `chart/synth.py` for chartqa): the
+same seed gives the same figures and facts. The annotator noise (VizWiz's disagreeing answers, its unanswerable
+photos) is drawn here, deterministically from the seed. Each writer goes through the format's own exporter, so the
+files are exactly what the importer reads.
 """
 
 from __future__ import annotations
@@ -190,11 +194,29 @@ def fashion_retrieval(out: Path, n: int, seed: int, size: int) -> dict:
     return _export(samples, "cc3m", out)
 
 
+CHART_QUESTIONS = ("value", "max_label", "min_label", "difference", "sum", "average", "compare", "count", "ratio")
+
+
+def chartqa(out: Path, n: int, seed: int, size: int) -> dict:
+    """ChartQA's layout: one question per drawn chart, the chart's data table as ChartQA's CSV."""
+    from vlmtune.chart.table import Table
+    from vlmtune.data.synthetic import WORLDS
+
+    samples = []
+    for i, (drawn, img) in enumerate(WORLDS["charts"](n, seed=seed, size=size, questions=CHART_QUESTIONS)):
+        drawn.split = _split(i, n, 0.1, 0.2)
+        drawn.meta = {"subset": "augmented", "table": Table.from_text(drawn.meta["table"]).to_csv(),
+                      "chart_type": drawn.meta["chart_type"]}
+        samples.append((drawn, [img]))
+    return _export(samples, "chartqa", out)
+
+
 JOBS: dict[str, tuple[Callable[[Path, int, int, int], dict], int]] = {
     "fashion-vqa": (fashion_vqa, 64),
     "vizwiz": (vizwiz, 64),
     "meme-captions-ru": (meme_captions_ru, 160),
     "fashion-retrieval": (fashion_retrieval, 64),
+    "chartqa": (chartqa, 192),
 }
 """job -> (writer, default image size in pixels)."""
 
