@@ -122,8 +122,11 @@ def test_fashion_retrieval_from_a_cc3m_catalogue_to_items_with_links(tmp_path, c
     capsys.readouterr()
     assert main(["retrieve", "eval", "--model", str(model), "--data", str(data), "--split", "test"]) == 0
     before = _last_json(capsys)
-    assert main(["retrieve", "train", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "run"),
-                 "--epochs", "2", "--batch-size", "16", "--lr", "1e-3"]) == 0
+    recipe = tmp_path / "recipe.yaml"  # as configs/retrieval/*.yaml, with the tiny model and the flags overriding it
+    recipe.write_text(yaml.safe_dump({"model": "openai/clip-vit-base-patch32", "data": str(data),
+                                      "out": str(tmp_path / "run"), "epochs": 5, "batch_size": 16, "lr": 1e-3}))
+    assert main(["retrieve", "train", "--config", str(recipe), "--model", str(model), "--epochs", "2"]) == 0
+    assert json.loads((tmp_path / "run" / "retrieval_config.json").read_text())["epochs"] == 2
     capsys.readouterr()
     assert main(["retrieve", "eval", "--model", str(tmp_path / "run"), "--data", str(data), "--split", "test"]) == 0
     after = _last_json(capsys)

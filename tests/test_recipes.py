@@ -10,7 +10,8 @@ from vlmtune.eval.tasks import TASKS
 from vlmtune.models import FAMILIES
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name != "accelerate")  # launch configs aside
+RECIPES = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name not in ("accelerate", "retrieval"))
+RETRIEVAL = sorted(CONFIGS.glob("retrieval/*.yaml"))  # dual-encoder recipes: `vlmtune retrieve train --config`
 
 
 def test_there_are_recipes_for_real_checkpoints():
@@ -32,3 +33,25 @@ def test_recipe_parses_and_names_what_exists(path):
         assert (method in ("lora", "qlora")) == cfg.lora.enabled
         assert (method == "qlora") == (cfg.model.quantization is not None)
         assert cfg.train.global_batch_size % cfg.train.micro_batch_size == 0
+
+
+@pytest.mark.parametrize("path", RETRIEVAL, ids=[p.name for p in RETRIEVAL])
+def test_retrieval_recipe_parses_and_flags_override_it(path):
+    from vlmtune.retrieval.train import RetrievalTrainCfg
+
+    rel = path.relative_to(CONFIGS.parent)
+    assert path.read_text().splitlines()[0] == f"# vlmtune retrieve train --config {rel}"
+    cfg = RetrievalTrainCfg.load(path)
+    assert "/" in cfg.model and cfg.batch_size >= 32
+    assert RetrievalTrainCfg.load(path, lr=3e-4, data="elsewhere").lr == 3e-4
+
+
+def test_retrieval_recipes_exist_and_unknown_keys_are_refused(tmp_path):
+    from vlmtune.retrieval.train import RetrievalTrainCfg
+
+    assert {p.name.split("_")[0] for p in RETRIEVAL} >= {"clip-b32", "siglip-b16"}
+    (tmp_path / "r.yaml").write_text("model: m\ndata: d\nout: o\nlearning_rate: 1\n")
+    with pytest.raises(ValueError, match="unknown: \\['learning_rate'\\]"):
+        RetrievalTrainCfg.load(tmp_path / "r.yaml")
+    with pytest.raises(ValueError, match="no out"):
+        RetrievalTrainCfg.load(None, model="m", data="d")

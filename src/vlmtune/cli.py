@@ -315,8 +315,8 @@ def cmd_chart_init_model(a) -> dict:
 def cmd_retrieve_train(a) -> dict:
     from vlmtune.retrieval.train import RetrievalTrainCfg, train
 
-    return train(RetrievalTrainCfg(
-        model=a.model, data=a.data, out=a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+    return train(RetrievalTrainCfg.load(
+        a.config, model=a.model, data=a.data, out=a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
         weight_decay=a.weight_decay, warmup=a.warmup, eval_every=a.eval_every, freeze=a.freeze,
         train_split=a.train_split, val_split=a.val_split, seed=a.seed))
 
@@ -684,19 +684,20 @@ def build_parser() -> argparse.ArgumentParser:
                           epilog="example: vlmtune retrieve train --model openai/clip-vit-base-patch32 "
                                  "--data data/shop --out runs/shop-clip --epochs 5 --batch-size 128 --lr 1e-5\n"
                                  "the same command again resumes an interrupted run")
-    rtr.add_argument("--model", required=True, help="CLIP or SigLIP checkpoint (hub id or directory)")
-    rtr.add_argument("--data", required=True, help="vlmtune dataset with caption samples (train and val splits)")
-    rtr.add_argument("--out", required=True, help="run directory")
-    rtr.add_argument("--epochs", type=int, default=10)
-    rtr.add_argument("--batch-size", type=int, default=64)
-    rtr.add_argument("--lr", type=float, default=1e-5)
-    rtr.add_argument("--weight-decay", type=float, default=0.1)
-    rtr.add_argument("--warmup", type=float, default=0.1, help="fraction of the steps warming up (default 0.1)")
-    rtr.add_argument("--eval-every", type=int, default=0, help="validate every N steps (default: each epoch)")
-    rtr.add_argument("--freeze", choices=["none", "vision", "text"], default="none", help="keep one tower fixed")
-    rtr.add_argument("--train-split", default="train")
-    rtr.add_argument("--val-split", default="val")
-    rtr.add_argument("--seed", type=int, default=0)
+    rtr.add_argument("--config", default=None, help="a YAML recipe (configs/retrieval/); flags override its keys")
+    rtr.add_argument("--model", help="CLIP or SigLIP checkpoint (hub id or directory)")
+    rtr.add_argument("--data", help="vlmtune dataset with caption samples (train and val splits)")
+    rtr.add_argument("--out", help="run directory")
+    rtr.add_argument("--epochs", type=int, help="default 10")
+    rtr.add_argument("--batch-size", type=int, help="default 64")
+    rtr.add_argument("--lr", type=float, help="default 1e-5")
+    rtr.add_argument("--weight-decay", type=float, help="default 0.1")
+    rtr.add_argument("--warmup", type=float, help="fraction of the steps warming up (default 0.1)")
+    rtr.add_argument("--eval-every", type=int, help="validate every N steps (default: each epoch)")
+    rtr.add_argument("--freeze", choices=["none", "vision", "text"], help="keep one tower fixed (default none)")
+    rtr.add_argument("--train-split", help="default train")
+    rtr.add_argument("--val-split", help="default val")
+    rtr.add_argument("--seed", type=int, help="default 0")
     rtr.set_defaults(fn=cmd_retrieve_train)
     rev = rsub.add_parser("eval", help="image<->text Recall@1/5/10 on a dataset split", formatter_class=ex,
                           epilog="example: vlmtune retrieve eval --model runs/shop-clip --data data/shop --split test")

@@ -79,6 +79,26 @@ class RetrievalTrainCfg:
     seed: int = 0
     eval_batch_size: int = 128
 
+    @classmethod
+    def load(cls, path: str | Path | None, **given) -> RetrievalTrainCfg:
+        """The YAML recipe at `path` (keys: this class's fields), with the keyword arguments that are not None
+        (command-line flags) overriding it."""
+        import dataclasses
+
+        import yaml
+
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {}
+        if path is not None:
+            values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            if not isinstance(values, dict) or set(values) - fields:
+                raise ValueError(f"{path}: a mapping of {sorted(fields)}; unknown: {sorted(set(values) - fields)}")
+        values.update({k: v for k, v in given.items() if v is not None})
+        missing = [k for k in ("model", "data", "out") if k not in values]
+        if missing:
+            raise ValueError(f"retrieve train: no {', '.join(missing)} (give --{' --'.join(missing)} or a --config)")
+        return cls(**values)
+
     def __post_init__(self):
         if self.freeze not in ("none", "vision", "text"):
             raise ValueError(f"freeze must be none, vision or text, got {self.freeze!r}")
