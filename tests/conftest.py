@@ -7,11 +7,25 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 
 import pytest
 from helpers import REPO, SHARED, TINY_BUILTIN, tiny_run_cfg  # noqa: F401
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One intra-op thread for the whole suite: the models here are tiny, so threads only add overhead, and on a
+    2-core machine shared with another process two threads run them up to 10x slower. Subprocesses get
+    OMP_NUM_THREADS=1 from the environment set above."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

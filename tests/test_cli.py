@@ -148,3 +148,21 @@ def test_eval_resumes_from_partial_predictions(trained_run, fashion_dir, tmp_pat
 def test_bad_config_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--train.no_such_key", "1"]) == 2
     assert "unknown key(s) ['no_such_key']" in capsys.readouterr().err
+
+
+def test_eval_and_predict_take_generation_settings_from_the_run(trained_run, tmp_path):
+    """A run trained to write long captions is not cut at the CLI's 16 tokens: settings not given on the command line
+    come from the run's eval section (from the run, its best/ or a checkpoint), flags win, a bare model gets 16."""
+    from argparse import Namespace
+
+    from vlmtune.cli import _run_defaults
+
+    a = Namespace(model=str(trained_run), max_new_tokens=None, num_beams=None, lang=None)
+    _run_defaults(a)
+    assert (a.max_new_tokens, a.num_beams, a.lang) == (4, 1, None)  # tiny_run_cfg's eval.max_new_tokens
+    a = Namespace(model=str(trained_run / "best"), max_new_tokens=9, num_beams=None)
+    _run_defaults(a)
+    assert (a.max_new_tokens, a.num_beams) == (9, 1)
+    a = Namespace(model=str(tmp_path), max_new_tokens=None, num_beams=None, lang=None)
+    _run_defaults(a)
+    assert (a.max_new_tokens, a.num_beams) == (16, 1)

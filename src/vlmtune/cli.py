@@ -156,10 +156,25 @@ def _eval_samples(a, out_dir: Path):
     return load_split(Path(a.data), a.split, a.skip_bad, rejected, ocr, limit=a.limit)
 
 
+def _run_defaults(a) -> None:
+    """Generation settings not given on the command line come from the run's own eval section (a run trained to
+    write 100-token captions is not cut at 16 tokens by `vlmtune eval --model RUN`), else from the CLI defaults."""
+    from vlmtune.train.checkpoint import run_config_of
+
+    cfg = run_config_of(a.model)
+    e = cfg.eval if cfg is not None else None
+    for key, fallback in (("max_new_tokens", 16), ("num_beams", 1)):
+        if getattr(a, key) is None:
+            setattr(a, key, getattr(e, key) if e is not None else fallback)
+    if hasattr(a, "lang") and a.lang is None and e is not None:
+        a.lang = e.lang
+
+
 def _predictor(a):
     from vlmtune.infer import Predictor
     from vlmtune.train.distributed import join_processes
 
+    _run_defaults(a)
     device = join_processes()  # under torchrun / accelerate launch: one process group, each process its share
     predictor = Predictor.from_path(a.model, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
                                     num_beams=a.num_beams, max_length=a.max_length)
@@ -192,6 +207,7 @@ def cmd_eval(a) -> dict:
         return cmd_eval_compare(a)
     if not a.model or not a.data:
         raise ValueError("eval: --model and --data are required (or: vlmtune eval score / vlmtune eval compare)")
+    _run_defaults(a)  # before the task options read a.lang
     out = Path(a.out) if a.out else Path(a.model) / "eval" / (a.split or "all")
     samples = _eval_samples(a, out)
     a.task = a.task or _samples_task(samples)
@@ -365,8 +381,8 @@ def _add_model_args(p, required: bool = True) -> None:
     p.add_argument("--data", required=required, help="dataset directory (manifest.jsonl + images)")
     p.add_argument("--split", default=None, help="split to use (default: every sample)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's eval.max_new_tokens, else 16")
+    p.add_argument("--num-beams", type=int, default=None, help="default: the run's eval.num_beams, else 1")
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--limit", type=int, default=None, help="only the first N samples")
     p.add_argument("--skip-bad", action="store_true", help="skip bad records (listed in rejected.jsonl)")

@@ -39,17 +39,6 @@ def _samples() -> list[Sample]:
     ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine two threads are ~10x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def marian(tmp_path_factory) -> Path:
     return save_tiny_translator(tmp_path_factory.mktemp("marian") / "m", "marian")

@@ -5,18 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from vlmtune.data.synthetic import fashion
-
-
-@pytest.fixture(scope="session", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads contend and run a tiny model 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -130,13 +130,10 @@ def ocr_options(data_cfg) -> OcrOptions | None:
 def model_ocr_options(model: str | Path) -> OcrOptions | None:
     """The OCR settings a model was trained with, from the run_config.yaml of the run it belongs to (a run
     directory, its best/ or checkpoints/step-N/); None when it was trained without OCR or outside vlmtune."""
-    path = Path(model)
-    for d in (path, path.parent, path.parent.parent):
-        if (d / "run_config.yaml").is_file():
-            from vlmtune.config import RunCfg
+    from vlmtune.train.checkpoint import run_config_of
 
-            return ocr_options(RunCfg.from_file(d / "run_config.yaml").data)
-    return None
+    cfg = run_config_of(model)
+    return ocr_options(cfg.data) if cfg is not None else None
 
 
 # ---------------------------------------------------------------- tesseract

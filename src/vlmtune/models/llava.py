@@ -9,8 +9,9 @@ from __future__ import annotations
 from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
 from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
 
-LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                    "c_attn", "c_proj", "c_fc")  # the last three: GPT-2-style LMs (ruGPT-3) joined by compose
+LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+GPT2_LINEARS = ("c_attn", "c_proj", "c_fc")
+"""A GPT-2-style language model's projections (ruGPT-3 joined to a vision tower by `vlmtune compose`)."""
 
 
 def load(cfg) -> Loaded:
@@ -89,7 +90,7 @@ FAMILY = ModelFamily(
     load=load,
     encode=encode,
     # regex: the language model's linears only (the CLIP tower has q_proj/k_proj/v_proj too)
-    lora_targets=(r".*language_model.*\.(" + "|".join(LANGUAGE_LINEARS) + ")",),
+    lora_targets=(r".*language_model.*\.(" + "|".join(LANGUAGE_LINEARS + GPT2_LINEARS) + ")",),
     freeze_groups={
         "vision": ("model.vision_tower.",),
         "projector": ("model.multi_modal_projector.",),

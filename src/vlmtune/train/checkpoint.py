@@ -164,6 +164,18 @@ def resolve_model_dir(path: str | Path) -> Path:
     return path
 
 
+def run_config_of(model: str | Path):
+    """The RunCfg of the run a model belongs to (a run directory, its best/ or checkpoints/step-N/), read from its
+    run_config.yaml; None for a model trained outside vlmtune or exported."""
+    path = Path(model)
+    for d in (path, path.parent, path.parent.parent):
+        if (d / "run_config.yaml").is_file():
+            from vlmtune.config import RunCfg
+
+            return RunCfg.from_file(d / "run_config.yaml")
+    return None
+
+
 RUN_BASE = "@run/base"
 """meta["base"] of an adapter whose base model was built (not downloaded) and saved in the run's base/ directory."""
 
