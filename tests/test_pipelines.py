@@ -163,3 +163,18 @@ def test_chartqa_deplot_from_chartqa_files_chart_to_table_then_program_answers(t
     assert metrics["n_questions"] == metrics["n_charts"] == 4 and 0.0 <= metrics["relaxed_accuracy"] <= 1.0
     assert metrics["table"]["n"] == 4 and 0.0 <= metrics["table"]["rms_f1"] <= 1.0 and "rnss" in metrics["table"]
     assert metrics["ceiling_relaxed_accuracy"] == 1.0, "the program answers every stand-in question from the true CSV"
+
+    from starlette.testclient import TestClient
+
+    from vlmtune.chart.synth import DEPLOT_PROMPT
+    from vlmtune.chart.table import Table
+    from vlmtune.config import ServeCfg
+    from vlmtune.serve import build_app
+
+    chart = base64.b64encode(next((raw / "test" / "png").iterdir()).read_bytes()).decode()
+    with TestClient(build_app(run, ServeCfg(), background=False)) as client:  # the table model behind the API
+        reply = client.post("/v1/chat/completions", json={"model": "deplot", "max_tokens": 12, "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{chart}"}},
+                                         {"type": "text", "text": DEPLOT_PROMPT}]}]})
+    assert reply.status_code == 200, reply.text
+    Table.from_text(reply.json()["choices"][0]["message"]["content"])  # what `chart ask` parses, from the server
