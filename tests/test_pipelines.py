@@ -93,15 +93,30 @@ def test_meme_captions_ru_composed_model_reads_the_meme_text_through_ocr(tmp_pat
     raw, data, model = tmp_path / "raw", tmp_path / "data", tmp_path / "clip-lm"
     assert main(["data", "standin", "meme-captions-ru", "--out", str(raw), "--n", "20"]) == 0
     assert main(["data", "import", "coco", str(raw), "--out", str(data)]) == 0
+    # English captions translated to Russian (the project did it by hand in a spreadsheet), mixed into training
+    from vlmtune.data.translate import save_tiny_translator
+
+    english, translated = tmp_path / "en", tmp_path / "en-ru"
+    assert main(["data", "standin", "fashion-retrieval", "--out", str(tmp_path / "raw-en"), "--n", "8"]) == 0
+    assert main(["data", "import", "cc3m", str(tmp_path / "raw-en"), "--out", str(english)]) == 0
+    assert main(["data", "translate", str(english), "--to", "ru", "--model",
+                 str(save_tiny_translator(tmp_path / "marian")), "--out", str(translated)]) == 0
+    assert _last_json(capsys)["samples"] == 8
+    kept = [json.loads(x) for x in (translated / "manifest.jsonl").read_text().splitlines()]
+    assert all(r["meta"]["lang"] == "ru" and r["meta"]["original"]["lang"] == "en" for r in kept)
+
     vision, lm = tiny_clip(tmp_path / "clip"), tiny_causal_lm(tmp_path / "lm")
     assert main(["compose", "--vision", str(vision), "--lm", str(lm), "--projector", "mlp2x", "--out", str(model)]) == 0
     capsys.readouterr()
     _train(tmp_path, data, "memes", capsys,
            model={"family": "llava", "path": str(model)},
-           data={"ocr": "tesseract", "ocr_langs": "rus", "ocr_min_conf": 50, "max_length": 384},
+           data={"ocr": "tesseract", "ocr_langs": "rus", "ocr_min_conf": 50, "max_length": 384,
+                 "sources": [{"name": "memes", "path": str(data)}, {"name": "captions-ru", "path": str(translated)}]},
            train={"freeze_vision": True, "freeze_language": True, "max_steps": 4, "eval_every": 0, "save_every": 4},
            eval={"task": "caption", "metric": "CIDEr", "lang": "ru", "max_new_tokens": 12})
     run = tmp_path / "runs" / "memes"
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1].get("samples/captions-ru", 0) > 0 or any(r.get("samples/captions-ru") for r in logged)
     assert main(["eval", "--model", str(run), "--data", str(data), "--split", "test", "--out", str(tmp_path / "ev"),
                  "--lang", "ru", "--max-new-tokens", "12"]) == 0
     metrics = _last_json(capsys)
