@@ -116,7 +116,7 @@ def test_meme_captions_ru_composed_model_reads_the_meme_text_through_ocr(tmp_pat
            eval={"task": "caption", "metric": "CIDEr", "lang": "ru", "max_new_tokens": 12})
     run = tmp_path / "runs" / "memes"
     logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert logged[-1].get("samples/captions-ru", 0) > 0 or any(r.get("samples/captions-ru") for r in logged)
+    assert any(r.get("samples/captions-ru") for r in logged), "the translated captions were trained on"
     assert main(["eval", "--model", str(run), "--data", str(data), "--split", "test", "--out", str(tmp_path / "ev"),
                  "--lang", "ru", "--max-new-tokens", "12"]) == 0
     metrics = _last_json(capsys)
