@@ -72,29 +72,22 @@ def assert_round_trip(name: str, src: Path, tmp_path: Path, images: Path | None 
 
 
 def tiny_clip(path, siglip: bool = False):
-    """A tiny random CLIP (full model: the vision half is used) or SigLIP vision checkpoint, with its image
-    processor."""
+    """A tiny random full CLIP (retrieval's own tiny builder; compose uses its vision half) or a SigLIP vision-only
+    checkpoint (the other input compose takes), 32x32 images in 8 px patches, with their image processors."""
+    from pathlib import Path
+
+    if not siglip:
+        from vlmtune.retrieval.tiny import build_tiny
+
+        return build_tiny("clip", Path(path), image_size=32, patch=8, width=32, dim=16, seed=1)
+
     import torch
-    from transformers import (
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
-        SiglipImageProcessor,
-        SiglipVisionConfig,
-        SiglipVisionModel,
-    )
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
 
     torch.manual_seed(1)
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "image_size": 32, "patch_size": 8}
-    if siglip:
-        SiglipVisionModel(SiglipVisionConfig(**vision)).save_pretrained(path)
-        SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
-    else:
-        CLIPModel(CLIPConfig(vision_config=vision, text_config={"hidden_size": 32, "intermediate_size": 64,
-                                                                "num_hidden_layers": 1, "num_attention_heads": 4},
-                             projection_dim=16)).save_pretrained(path)
-        CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, image_size=32, patch_size=8)).save_pretrained(path)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
 
 
