@@ -1,5 +1,7 @@
-# make demo  -> create .venv, install, run the offline demo
-# make test  -> create .venv, install, run the test suite (offline)
+# make demo         -> create .venv from the lock, run the offline demo
+# make test         -> create .venv from the lock, run the test suite (offline)
+# make lock         -> re-resolve requirements.lock (newest versions pyproject.toml allows, with hashes)
+# make test-latest  -> a separate .venv-latest with the newest allowed releases (no lock), run the suite
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,13 +11,38 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test recipe lint clean browser ocr
+.PHONY: install demo test test-latest lock recipe lint clean browser ocr
 
-$(STAMP): pyproject.toml
+UV_VERSION := 0.13.9
+# torch is pinned by pyproject.toml (==2.13.0) and installed on its own: the CPU wheel these machines carry
+# (a local +cpu build) and the CUDA wheel of a GPU machine are the same release with different hashes, so it stays
+# out of the hashed lock. Everything else installs exactly as locked, hashes checked, no resolver involved.
+$(STAMP): pyproject.toml requirements.lock
+	rm -rf $(VENV)
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q --require-hashes --no-deps -r requirements.lock
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $(STAMP)
+
+# Re-resolve the lock: run it when pyproject.toml's ranges change, or to take new releases (then `make test`).
+lock:
+	$(PY) -m venv .venv-uv && .venv-uv/bin/pip install -q "uv==$(UV_VERSION)"
+	.venv-uv/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	  $(if $(wildcard /opt/wheels),--find-links /opt/wheels) --no-emit-package torch -o requirements.lock
+	rm -rf .venv-uv
+
+# The newest releases pyproject.toml allows, in their own venv (the lock is not used): does next month's install pass?
+LATEST := .venv-latest
+test-latest: browser ocr
+	rm -rf $(LATEST)
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q "torch==2.13.0"
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST)/bin/pip list --format=freeze | grep -iE "^(transformers|accelerate|peft|tokenizers|bitsandbytes|datasets)=="
+	$(LATEST)/bin/python -m pytest -m "not gpu and not slow" -p no:cacheprovider; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 install: $(STAMP)
 
@@ -50,4 +77,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 
 clean:
-	rm -rf $(VENV) runs data .pytest_cache
+	rm -rf $(VENV) $(LATEST) runs data .pytest_cache

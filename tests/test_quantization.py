@@ -17,6 +17,11 @@ from vlmtune.config import BuiltinCfg, ModelCfg, QuantCfg, RunCfg
 from vlmtune.models import FAMILIES
 from vlmtune.models.family import freeze_group_of
 
+# bitsandbytes' CPU 4-bit inference path (taken on CPUs with AVX512-BF16) repacks each weight in blocks of 64 input
+# features x 32 output features; the 32-wide tiny decoder has layers it cannot pack. Real models' widths are multiples
+# of 64, so the QLoRA model here is 64 wide too: the same kernel path a real checkpoint takes on such a CPU.
+QLORA_BUILTIN = {**TINY_BUILTIN, "text_dim": 64}
+
 
 def _quantized_linears(model) -> tuple[set[str], set[str]]:
     """(names of 4/8-bit linear layers, names of full-precision nn.Linear layers)."""
@@ -34,7 +39,7 @@ def saved_builtin(tmp_path_factory):
     from vlmtune.models.builtin import build_builtin
 
     out = tmp_path_factory.mktemp("base")
-    loaded = build_builtin(BuiltinCfg(**TINY_BUILTIN), seed=0)
+    loaded = build_builtin(BuiltinCfg(**QLORA_BUILTIN), seed=0)
     loaded.model.save_pretrained(out)
     loaded.processor.save_pretrained(out)
     return out

@@ -247,7 +247,7 @@ def cmd_predict(a) -> dict:
 def cmd_demo(a) -> dict:
     from vlmtune.demo import run
 
-    return run(a.out, quick=a.quick)
+    return run(a.out, quick=a.quick, seed=a.seed)
 
 
 def cmd_export(a) -> dict:
@@ -633,6 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=ex, epilog="example: vlmtune demo            (about 6 minutes on 2 CPU cores)")
     dm.add_argument("--quick", action="store_true", help="a small version (seconds; what the tests run)")
     dm.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    dm.add_argument("--seed", type=int, default=0,
+                    help="training seed (weights, order); the drawn data is the same for every seed (default: 0)")
     dm.set_defaults(fn=cmd_demo)
 
     x = sub.add_parser("export", help="write a run as a standalone Hugging Face model directory", formatter_class=ex,

@@ -46,12 +46,12 @@ QUICK = Scale(general_n=160, domain_n=120, probe_n=24, pretrain_steps=12, finetu
                                      "text_dim": 32, "text_layers": 2})
 
 
-def _common(s: Scale, out: Path, data: Path) -> dict:
+def _common(s: Scale, out: Path, data: Path, seed: int) -> dict:
     size = s.builtin["image_size"]
     return {
         "out_dir": str(out),
         "model": {"family": "llava"},
-        "train": {"seed": 0, "micro_batch_size": s.batch, "global_batch_size": s.batch, "lr": 1e-3,
+        "train": {"seed": seed, "micro_batch_size": s.batch, "global_batch_size": s.batch, "lr": 1e-3,
                   "warmup_steps": max(1, s.finetune_steps // 10), "weight_decay": 0.1, "min_lr_ratio": 0.05,
                   "log_every": max(1, s.eval_every // 2), "eval_every": s.eval_every, "save_every": s.eval_every,
                   "trackers": []},
@@ -65,8 +65,9 @@ def _probe_synth(s: Scale, size: int) -> dict:
     return {"world": "shapes", "n": s.probe_n, "seed": 1, "size": size, "val": 0.0, "test": 0.0}
 
 
-def configs(s: Scale, out: Path) -> dict[str, dict]:
-    """The three run configs of the demo (plain dicts, as a user would write them in YAML)."""
+def configs(s: Scale, out: Path, seed: int = 0) -> dict[str, dict]:
+    """The three run configs of the demo (plain dicts, as a user would write them in YAML). `seed` is the training
+    seed (initial weights, sample order, dropout); the drawn data and the held-out sets are the same for every seed."""
     size = s.builtin["image_size"]
     data = out / "data"
     general = {"path": str(data / "general"), "synth": {"world": "shapes", "n": s.general_n, "seed": 0, "size": size,
@@ -74,15 +75,15 @@ def configs(s: Scale, out: Path) -> dict[str, dict]:
     domain = {"path": str(data / "fashion"), "synth": {"world": "fashion", "n": s.domain_n, "seed": 0, "size": size,
                                                        "questions": DOMAIN_QUESTIONS, "caption_turn": True}}
     base = out / "general" / "best"
-    pre = _common(s, out, data)
+    pre = _common(s, out, data, seed)
     pre.update(name="general", data={**general, "max_length": 128}, probes=[], model={
         "family": "llava", "path": "builtin", "builtin": s.builtin})
     pre["train"] = {**pre["train"], "max_steps": s.pretrain_steps, "warmup_steps": max(1, s.pretrain_steps // 10)}
-    naive = _common(s, out, data)
+    naive = _common(s, out, data, seed)
     naive.update(name="naive", data={**domain, "max_length": 128}, model={"family": "llava", "path": str(base)},
                  forgetting={"max_drop": 5.0})
     naive["train"] = {**naive["train"], "max_steps": s.finetune_steps}
-    replay = _common(s, out, data)
+    replay = _common(s, out, data, seed)
     replay.update(name="replay", model={"family": "llava", "path": str(base)}, forgetting={"max_drop": 5.0}, data={
         **domain, "max_length": 128,
         "sources": [{"name": "fashion", **domain, "split": "train", "weight": 1.0},
@@ -98,7 +99,7 @@ def _final_probe(run_dir: Path) -> dict:
             "delta": evals[-1]["probe/general/delta"]}
 
 
-def run(out: str | Path = "runs/demo", quick: bool = False) -> dict:
+def run(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) -> dict:
     from vlmtune.config import RunCfg
     from vlmtune.data.dataset import load_split, prepare_dataset
     from vlmtune.eval.report import write_comparison_report
@@ -110,7 +111,7 @@ def run(out: str | Path = "runs/demo", quick: bool = False) -> dict:
 
     s = QUICK if quick else FULL
     out = Path(out)
-    cfgs = configs(s, out)
+    cfgs = configs(s, out, seed)
     tic = time.perf_counter()
     timings = {}
     results = {}
@@ -151,7 +152,7 @@ def run(out: str | Path = "runs/demo", quick: bool = False) -> dict:
                "checkpoints that drop more than 5 points below the base model."))
     total = round(time.perf_counter() - tic, 1)
     _print_table(summary, total)
-    return {"report": str(report), "seconds": total, "seconds_per_run": timings, "domain_test": domain,
+    return {"report": str(report), "seed": seed, "seconds": total, "seconds_per_run": timings, "domain_test": domain,
             "summary": summary}
 
 

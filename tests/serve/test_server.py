@@ -273,3 +273,22 @@ def test_the_web_page_answers_in_chromium(server, fashion_dir, tmp_path):
         browser.close()
     assert errors == [] and classes == "turn assistant", answer
     assert answer == api["choices"][0]["message"]["content"] and answer
+
+
+def test_serve_exits_non_zero_with_the_reason_when_the_model_does_not_load(tmp_path):
+    """`vlmtune serve` on a directory that is not a model: the load fails (in the loading thread, after the port is
+    bound), the reason goes to stderr and the process exits non-zero, instead of answering 503 forever."""
+    import os
+    import subprocess
+    import sys
+
+    not_a_model = tmp_path / "not-a-model"
+    not_a_model.mkdir()
+    (not_a_model / "config.json").write_text('{"hello": 1}')
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "vlmtune.cli", "serve", "--model", str(not_a_model), "--port", str(_free_port())]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)  # a hang fails the test here
+    assert done.returncode == 2, done.stderr
+    assert f"vlmtune serve: error: could not load the model from {not_a_model}" in done.stderr
+    assert "is not a known family" in done.stderr  # the reason itself, not only that it failed
+    assert "Traceback" not in done.stderr

@@ -54,8 +54,10 @@ def _batch(family, tiny):
 
     samples = [Sample(id="a", messages=[user("What colour?"), assistant("red")], images=["a.png"]),
                Sample(id="b", messages=[user("And this much longer question?"), assistant("blue, with more words")],
-                      images=["b.png"])]
-    images = [[Image.new("RGB", (40, 40), "red")], [Image.new("RGB", (48, 32), "blue")]]
+                      images=["b.png"]),
+               Sample(id="c", messages=[user("Which shape?"), assistant("a green circle")], images=["c.png"])]
+    images = [[Image.new("RGB", (40, 40), "red")], [Image.new("RGB", (48, 32), "blue")],
+              [Image.new("RGB", (32, 56), "green")]]
     if family.text_only:
         samples.append(Sample(id="t", messages=[user("No image", 0), assistant("fine")], images=[]))
         images.append([])
@@ -90,7 +92,50 @@ def test_a_packed_row_gives_each_sample_its_padded_loss(name):
     torch.testing.assert_close(sums, padded_sums, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["gemma3", "paligemma", "qwen2_vl", "qwen2_5_vl"])
+def test_paligemma_packing_keeps_each_samples_prefix_mask():
+    """PaliGemma packs: packed == padded, three samples in one row, with attention sharpened (the tiny model's random
+    init attends almost uniformly, so masks would barely show). The equality means something: the loss depends on
+    the bidirectional image + prompt prefix (a causal-only prefix gives another loss) and on each sample seeing only
+    its own prefix (one prefix block over the whole row, as transformers < 5.25 built it, gives another loss)."""
+    from transformers import masking_utils
+
+    from vlmtune.train.collate import pack
+
+    family = FAMILIES["paligemma"]
+    tiny = family.tiny()
+    with torch.no_grad():
+        for name, p in tiny.model.named_parameters():
+            if ".language_model." in name and (".q_proj." in name or ".k_proj." in name):
+                p.mul_(30)
+    batch = _batch(family, tiny)
+    padded, _ = _per_sample_losses(family, tiny, batch)
+    packed = pack(batch)
+    packed_sums = _per_sample_losses(family, tiny, packed)[0]
+    torch.testing.assert_close(packed_sums, padded, rtol=1e-5, atol=1e-5)
+
+    causal = type(packed)(dict(packed.inputs, token_type_ids=torch.ones_like(packed.inputs["token_type_ids"])),
+                          packed.ids, packed.n_target_tokens, packed.segments)
+    causal_sums = _per_sample_losses(family, tiny, causal)[0]
+    prefix = packed.inputs["token_type_ids"] == 0
+    real = masking_utils.packed_sequence_mask_function
+
+    def one_prefix_block(mask):  # a prefix token may attend to every prefix token of the row, earlier or later
+        inside = real(mask)
+        return lambda b, h, q, kv: inside(b, h, q, kv) | (prefix[b, q] & prefix[b, kv])
+
+    masking_utils.packed_sequence_mask_function = one_prefix_block
+    try:
+        leaky_sums = _per_sample_losses(family, tiny, packed)[0]
+    finally:
+        masking_utils.packed_sequence_mask_function = real
+    noise = (packed_sums - padded).abs().max().item()
+    causal_gap, leak_gap = (causal_sums - padded).abs(), (leaky_sums - padded).abs()
+    print(f"packed vs padded {noise:.2e}; causal prefix {causal_gap.tolist()}; one prefix block {leak_gap.tolist()}")
+    assert (causal_gap > 50 * noise + 1e-4).all()
+    assert (leak_gap > 50 * noise + 1e-4).all()
+
+
+@pytest.mark.parametrize("name", ["gemma3", "qwen2_vl", "qwen2_5_vl"])
 def test_families_that_cannot_pack_say_so_and_would_get_another_loss(name, tmp_path, fashion_dir):
     from vlmtune.train.collate import pack
 

@@ -97,7 +97,7 @@ class ModelFamily:
     """Whether samples can be packed back to back into one row (`train.packing`): the language model takes
     per-sample `position_ids` with no attention mask as separate sequences (transformers builds the block-diagonal
     mask, or uses varlen flash attention) and nothing else depends on the row layout. Not so for families with
-    multimodal RoPE (Qwen2-VL) or image/prefix masks from `token_type_ids` (Gemma 3, PaliGemma); the contract test
+    multimodal RoPE (Qwen2-VL) or image masks from `token_type_ids` that ignore the packing (Gemma 3); the contract test
     checks the packed loss equals the padded one."""
     vision_features: Literal["per_image", "per_sample"] = "per_image"
     """How the model's `get_image_features` lists its output: one entry per image, or one per sample holding all of

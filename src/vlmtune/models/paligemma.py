@@ -18,6 +18,7 @@ Traps handled:
   `generation_config.eos_token_id` contains it, so generation stops where training taught it to.
 - One prefix, one suffix: the format has no turns, so a multi-turn conversation (or a system turn) is rejected
   rather than flattened into a format the checkpoints never saw. The processor requires an image: no text-only.
+- Packing (`train.packing`) keeps the prefix-LM mask per sample (transformers >= 5.25; tested packed == padded).
 - The processor adds 1,152 `<locXXXX>`/`<segXXX>` tokens to the tokenizer: the tiny model's vocabulary counts them.
 """
 
@@ -153,4 +154,8 @@ FAMILY = ModelFamily(
     text_only=False,
     multi_image=False,
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
+    # since transformers 5.25 the prefix mask (token_type_ids -> block_sequence_ids) is OR-ed in before the packed-
+    # sequence mask is AND-ed: each sample's image + prompt attend both ways within that sample only. Before 5.25
+    # a packed row let one sample's prefix see the other samples' prefixes (hence the lower bound in pyproject.toml)
+    packing=True,
 )

@@ -17,7 +17,7 @@ def load_predictor(model: str | Path, cfg: ServeCfg, batch_size: int):
     return Predictor.from_path(model, batch_size=batch_size, max_length=cfg.max_prompt_tokens)
 
 
-def build_app(model: str | Path, cfg: ServeCfg, background: bool = True):
+def build_app(model: str | Path, cfg: ServeCfg, background: bool = True, on_load_error=None):
     from vlmtune.data.ocr import find_tesseract, model_ocr_options
     from vlmtune.serve.app import create_app
     from vlmtune.train.checkpoint import resolve_model_dir
@@ -28,7 +28,8 @@ def build_app(model: str | Path, cfg: ServeCfg, background: bool = True):
     ocr = ocr if ocr is not None and ocr.into == "prompt" else None
     if ocr is not None:
         find_tesseract(ocr.langs)  # a missing tesseract fails now, not at the first request
-    return create_app(lambda: load_predictor(model, cfg, cfg.max_batch_size), cfg, name, background, ocr)
+    return create_app(lambda: load_predictor(model, cfg, cfg.max_batch_size), cfg, name, background, ocr,
+                      on_load_error)
 
 
 def serve(model: str | Path, cfg: ServeCfg) -> None:
@@ -36,6 +37,21 @@ def serve(model: str | Path, cfg: ServeCfg) -> None:
         import uvicorn
     except ImportError:
         raise ValueError("vlmtune serve needs FastAPI and uvicorn: pip install 'vlmtune[serve]'") from None
-    app = build_app(model, cfg)
-    print(f"vlmtune serve: http://{cfg.host}:{cfg.port}/ (API at /v1, health at /health)", flush=True)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
+    import logging
+
+    server: uvicorn.Server | None = None
+    failed: list[str] = []
+
+    def stop(error: str) -> None:  # from the loading thread: the model will never load, so the server stops
+        logging.getLogger("vlmtune.serve").error("could not load the model from %s: %s", model, error)
+        failed.append(error)
+        if server is not None:
+            server.should_exit = True
+
+    app = build_app(model, cfg, on_load_error=stop)
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="info"))
+    if not failed:  # a load that failed before this point never binds the port
+        print(f"vlmtune serve: http://{cfg.host}:{cfg.port}/ (API at /v1, health at /health)", flush=True)
+        server.run()
+    if failed:
+        raise ValueError(f"could not load the model from {model}: {failed[0]}")

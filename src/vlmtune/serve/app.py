@@ -169,10 +169,11 @@ class State:
 
 
 def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, background: bool = True,
-               ocr: OcrOptions | None = None):
+               ocr: OcrOptions | None = None, on_load_error: Callable[[str], None] | None = None):
     """The FastAPI app. `load()` returns the Predictor; it runs in a thread (`background`) so /health answers
-    503 while the model loads. `ocr`: the model was trained with OCR-enriched prompts (data.ocr), and each request's
-    images are read the same way."""
+    503 while the model loads. A failed load is reported by /health and passed to `on_load_error` (`vlmtune serve`
+    logs it and exits non-zero: a server that can never answer must not sit there looking alive). `ocr`: the model
+    was trained with OCR-enriched prompts (data.ocr), and each request's images are read the same way."""
     state = State()
     state.ocr = ocr
 
@@ -180,10 +181,12 @@ def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, backg
         try:
             state.predictor = load()
             state.batcher = Batcher(state.predictor, cfg.max_batch_size, cfg.max_wait_ms)
-        except Exception as e:  # noqa: BLE001 - reported by /health
+        except Exception as e:  # noqa: BLE001 - reported by /health and on_load_error
             state.error = f"{type(e).__name__}: {e}"
         finally:
             state.ready.set()
+        if state.error and on_load_error is not None:
+            on_load_error(state.error)
 
     app = FastAPI(title="vlmtune", docs_url=None, redoc_url=None)
     app.state.vlmtune = state

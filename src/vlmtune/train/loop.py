@@ -91,7 +91,7 @@ def build_model(cfg: RunCfg, family: ModelFamily, run_dir: Path, is_main: bool) 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         meta["quantization"] = dataclasses.asdict(cfg.model.quantization)
     if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
