@@ -73,7 +73,7 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, meta: dict, opti
     else:
         torch.save(optimizer.state_dict(), trainer / "optimizer.pt")
     torch.save(scheduler.state_dict(), trainer / "scheduler.pt")
-    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, trainer / "rng.pt")
+    torch.save(rng_state(), trainer / "rng.pt")
     (trainer / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
     _swap_in(tmp, final)
     return final
@@ -139,10 +139,42 @@ def load_trainer_state(path: Path, model, optimizer, scheduler, accelerator=None
                 params[n].copy_(w)
         optimizer.load_state_dict(torch.load(trainer / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(trainer / "scheduler.pt", weights_only=True))
-    rng = torch.load(trainer / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    random.setstate(_as_tuple(rng["python"]))
+    set_rng_state(torch.load(trainer / "rng.pt", weights_only=True))
     return json.loads((trainer / "state.json").read_text())
+
+
+def rng_state() -> dict:
+    """Every random generator a training step may draw from: torch's CPU generator, each CUDA device's, NumPy's
+    global one and Python's. Saved with each resumable checkpoint, so a resumed run draws the same dropout masks
+    (LoRA dropout, attention dropout) as an uninterrupted one. Plain tensors and numbers: `weights_only` loads it."""
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` saved (a checkpoint from before NumPy/CUDA states were saved restores the rest)."""
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        saved = state["cuda"]
+        if len(saved) != torch.cuda.device_count():
+            raise RuntimeError(f"the checkpoint holds the random state of {len(saved)} CUDA device(s), this machine "
+                               f"has {torch.cuda.device_count()}: resume on the same devices")
+        torch.cuda.set_rng_state_all(saved)
 
 
 def _as_tuple(x):

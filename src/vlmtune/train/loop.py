@@ -250,7 +250,8 @@ def setup(cfg: RunCfg) -> State:
         accelerator.print(f"resumed from {done[-1]} (step {state.step})", file=sys.stderr)
     if (run_dir / PROBES_BASE).is_file():
         state.probe_base = json.loads((run_dir / PROBES_BASE).read_text())["scores"]
-    torch.manual_seed(cfg.train.seed + state.step)
+    if not done:  # a fresh run trains from the seed; a resumed one goes on with the generators its checkpoint saved
+        torch.manual_seed(cfg.train.seed)
     if cfg.train.trackers:
         flat = {k: v for k, v in _flatten(cfg.to_dict()).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers("tensorboard", config=flat)
