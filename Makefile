@@ -2,6 +2,7 @@
 # make test         -> create .venv from the lock, run the test suite (offline)
 # make lock         -> re-resolve requirements.lock (newest versions pyproject.toml allows, with hashes)
 # make test-latest  -> a separate .venv-latest with the newest allowed releases (no lock), run the suite
+# make test-oldest  -> a separate .venv-oldest with the lowest versions pyproject.toml allows, run the suite
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-latest lock recipe lint clean browser ocr
+.PHONY: install demo test test-latest test-oldest lock recipe lint clean browser ocr
 
 UV_VERSION := 0.13.9
 # torch is pinned by pyproject.toml (==2.13.0) and installed on its own: the CPU wheel these machines carry
@@ -26,12 +27,21 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip check
 	touch $(STAMP)
 
-# Re-resolve the lock: run it when pyproject.toml's ranges change, or to take new releases (then `make test`).
-lock:
+# the suite as CI runs it; pytest's exit code 5 (no test ran) is a failure
+define PYTEST
+$(1)/bin/python -m pytest -m "not gpu and not slow" -p no:cacheprovider; rc=$$?; \
+  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+endef
+# `uv pip compile` of pyproject.toml (dev extra, torch left out; the local CPU wheel's folder where it exists)
+UV := .venv-uv/bin/uv
+UV_COMPILE := $(UV) pip compile pyproject.toml --extra dev --python-version 3.11 --no-emit-package torch \
+  $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+$(UV):
 	$(PY) -m venv .venv-uv && .venv-uv/bin/pip install -q "uv==$(UV_VERSION)"
-	.venv-uv/bin/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
-	  $(if $(wildcard /opt/wheels),--find-links /opt/wheels) --no-emit-package torch -o requirements.lock
-	rm -rf .venv-uv
+
+# Re-resolve the lock: run it when pyproject.toml's ranges change, or to take new releases (then `make test`).
+lock: $(UV)
+	$(UV_COMPILE) --generate-hashes -o requirements.lock
 
 # The newest releases pyproject.toml allows, in their own venv (the lock is not used): does next month's install pass?
 LATEST := .venv-latest
@@ -41,8 +51,19 @@ test-latest: browser ocr
 	$(LATEST)/bin/pip install -q "torch==2.13.0"
 	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
 	$(LATEST)/bin/pip list --format=freeze | grep -iE "^(transformers|accelerate|peft|tokenizers|bitsandbytes|datasets)=="
-	$(LATEST)/bin/python -m pytest -m "not gpu and not slow" -p no:cacheprovider; rc=$$?; \
-	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+	$(call PYTEST,$(LATEST))
+
+# The lowest versions pyproject.toml allows for its direct dependencies: are the lower bounds true?
+OLDEST := .venv-oldest
+test-oldest: browser ocr $(UV)
+	rm -rf $(OLDEST)
+	$(PY) -m venv $(OLDEST)
+	$(UV_COMPILE) --resolution lowest-direct -o $(OLDEST)/requirements.txt
+	$(OLDEST)/bin/pip install -q "torch==2.13.0"
+	$(OLDEST)/bin/pip install -q --no-deps -r $(OLDEST)/requirements.txt
+	$(OLDEST)/bin/pip install -q --no-deps --no-build-isolation -e .
+	$(OLDEST)/bin/pip check
+	$(call PYTEST,$(OLDEST))
 
 install: $(STAMP)
 
@@ -70,11 +91,10 @@ ocr:
 
 test: $(STAMP) browser ocr
 	$(BIN)/ruff check src tests
-	$(BIN)/python -m pytest -m "not gpu and not slow" -p no:cacheprovider; rc=$$?; \
-	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+	$(call PYTEST,$(VENV))
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 
 clean:
-	rm -rf $(VENV) $(LATEST) runs data .pytest_cache
+	rm -rf $(VENV) $(LATEST) $(OLDEST) .venv-uv runs data .pytest_cache

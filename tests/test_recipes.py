@@ -55,3 +55,25 @@ def test_retrieval_recipes_exist_and_unknown_keys_are_refused(tmp_path):
         RetrievalTrainCfg.load(tmp_path / "r.yaml")
     with pytest.raises(ValueError, match="no out"):
         RetrievalTrainCfg.load(None, model="m", data="d")
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[f"{p.parent.name}/{p.name}" for p in RECIPES])
+def test_recipe_says_what_it_trains(path, capsys):
+    """Each recipe's second line (`# trains: group/kind ...`) is what `vlmtune train` trains: the groups and kinds
+    (lora: adapters, full: the weights themselves, e.g. the projector as peft modules_to_save), and where
+    ../shared/real-models has the checkpoint's config.json, the counts at real width (meta device, no weights)."""
+    from recipe_trainables import real_config_dir, recipe_trainables
+
+    from vlmtune.models.family import describe_trainable
+
+    line = path.read_text().splitlines()[1]
+    assert line.startswith("# trains: "), "the second line says what the recipe trains"
+    cfg = RunCfg.from_file(path, [])
+    summary, real = recipe_trainables(cfg)
+    said = re.findall(r"(\w+/(?:lora|full))(?: ([\d.]+[kMB]))?", line)
+    assert [g for g, _ in said] == list(summary["groups"]), describe_trainable(summary)
+    if cfg.model.path != "builtin" and real_config_dir(cfg.model.path) is not None:
+        assert real, "built from the real config"
+        printed = describe_trainable(summary)
+        for group, size in said:
+            assert f"{group} {size}" in printed, printed

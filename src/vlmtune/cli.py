@@ -176,12 +176,9 @@ def _predictor(a):
 
     _run_defaults(a)
     device = join_processes()  # under torchrun / accelerate launch: one process group, each process its share
-    predictor = Predictor.from_path(a.model, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
-                                    num_beams=a.num_beams, max_length=a.max_length)
-    model = predictor.loaded.model
-    if device is not None and not getattr(model, "is_quantized", False):  # bitsandbytes placed a quantised one
-        model.to(device)
-    return predictor
+    return Predictor.from_path(a.model, device=device if device is not None else a.device, dtype=a.dtype,
+                               batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, num_beams=a.num_beams,
+                               max_length=a.max_length)
 
 
 def _task_options(a) -> dict:
@@ -292,7 +289,8 @@ def cmd_chart_ask(a) -> dict:
     from vlmtune.data.images import load_image
     from vlmtune.infer import Predictor
 
-    predictor = Predictor.from_path(a.model, max_new_tokens=a.max_new_tokens, max_length=a.max_length)
+    predictor = Predictor.from_path(a.model, device=a.device, dtype=a.dtype, max_new_tokens=a.max_new_tokens,
+                                    max_length=a.max_length)
     result = ask(predictor, load_image(Path(a.image)), a.question, _chart_reasoner(a))
     print(f"table:\n  {result['table'].replace('<0x0A>', chr(10) + '  ')}\nprogram: {result['program']}\n"
           f"answer: {result['answer']}" + (f"\nerror: {result['error']}" if result["error"] else ""))
@@ -305,8 +303,9 @@ def cmd_chart_eval(a) -> dict:
 
     if bool(a.model) == a.oracle:
         raise ValueError("chart eval: give --model M (tables written by the model) or --oracle (the true tables)")
-    predictor = None if a.oracle else Predictor.from_path(a.model, batch_size=a.batch_size,
-                                                          max_new_tokens=a.max_new_tokens, max_length=a.max_length)
+    predictor = None if a.oracle else Predictor.from_path(a.model, device=a.device, dtype=a.dtype,
+                                                          batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
+                                                          max_length=a.max_length)
     out = Path(a.out) if a.out else Path(a.model or a.data) / ("chart_eval_oracle" if a.oracle else "chart_eval") / (
         a.split or "all")
     metrics = evaluate_charts(predictor, a.data, a.split, out, _chart_reasoner(a), limit=a.limit, progress=True)
@@ -341,7 +340,7 @@ def cmd_retrieve_eval(a) -> dict:
     from vlmtune.retrieval.encoder import DualEncoder
     from vlmtune.retrieval.evaluate import evaluate, load_gallery
 
-    metrics = evaluate(DualEncoder.load(a.model), load_gallery(a.data, a.split), a.batch_size)
+    metrics = evaluate(DualEncoder.load(a.model, a.device), load_gallery(a.data, a.split), a.batch_size)
     print(" ".join(f"{k} {v:.2f}" for k, v in metrics.items() if "@" in k or k == "rsum"), file=sys.stderr)
     return {"model": a.model, "data": a.data, "split": a.split, **metrics}
 
@@ -350,7 +349,7 @@ def cmd_retrieve_index(a) -> dict:
     from vlmtune.retrieval.encoder import DualEncoder
     from vlmtune.retrieval.index import build_index
 
-    return build_index(DualEncoder.load(a.model), a.catalogue, a.out, a.images, a.batch_size, a.dtype)
+    return build_index(DualEncoder.load(a.model, a.device), a.catalogue, a.out, a.images, a.batch_size, a.dtype)
 
 
 def cmd_retrieve_search(a) -> dict:
@@ -358,7 +357,7 @@ def cmd_retrieve_search(a) -> dict:
 
     if a.query and a.image:
         raise ValueError("retrieve: give a text query or --image PATH, not both")
-    result = search(a.index, " ".join(a.query) or None, a.image, a.k, a.model)
+    result = search(a.index, " ".join(a.query) or None, a.image, a.k, a.model, a.device)
     for r in result["results"]:
         print(f"{r['rank']:3d}  {r['score']:+.4f}  {r['caption'][:60]:60s}  {r['item_url'] or '-'}  {r['image']}",
               file=sys.stderr)
@@ -375,6 +374,14 @@ def _route_retrieve(argv: list[str]) -> list[str]:
     return argv
 
 
+def _add_device_args(p) -> None:
+    """--device / --dtype: the inference placement policy of every command that loads a model (models/device.py)."""
+    p.add_argument("--device", default="auto",
+                   help="auto (default: the GPU when there is one, else MPS, else CPU), cuda, cuda:N, mps or cpu")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="default: the dtype the run trained in (model.dtype), else the checkpoint's config.json")
+
+
 def _add_model_args(p, required: bool = True) -> None:
     p.add_argument("--model", required=required,
                    help="a run directory (its best checkpoint), checkpoint or HF model dir")
@@ -386,6 +393,7 @@ def _add_model_args(p, required: bool = True) -> None:
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--limit", type=int, default=None, help="only the first N samples")
     p.add_argument("--skip-bad", action="store_true", help="skip bad records (listed in rejected.jsonl)")
+    _add_device_args(p)
 
 
 def _add_task_args(p) -> None:
@@ -561,6 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--max-new-tokens", type=int, default=32)
     al.add_argument("--num-beams", type=int, default=1)
     al.add_argument("--max-length", type=int, default=2048)
+    _add_device_args(al)
     al.set_defaults(fn=cmd_data_autolabel)
 
     from vlmtune.data.ocr import DEFAULT_TEMPLATE
@@ -675,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--timeout-s", type=float, default=None, help="per-request limit (default 120)")
     sv.add_argument("--allow-remote-images", action="store_true", default=None,
                     help="fetch http(s) image URLs (never from private or loopback addresses)")
+    _add_device_args(sv)
     sv.set_defaults(fn=cmd_serve)
 
     rt = sub.add_parser("retrieve", help="search a catalogue by text or image; fine-tune, evaluate, index CLIP/SigLIP",
@@ -696,6 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--image", default=None, help="an image file as the query instead of text")
     rs.add_argument("--k", type=int, default=5)
     rs.add_argument("--model", default=None, help="query model (default: the index's; another one is refused)")
+    rs.add_argument("--device", default="auto", help="auto (the GPU when there is one), cuda, cuda:N, mps or cpu")
     rs.set_defaults(fn=cmd_retrieve_search)
     rtr = rsub.add_parser("train", help="contrastive fine-tuning on a dataset's image-caption pairs",
                           formatter_class=ex,
@@ -723,6 +734,7 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("--data", required=True)
     rev.add_argument("--split", default="test")
     rev.add_argument("--batch-size", type=int, default=64)
+    rev.add_argument("--device", default="auto", help="auto (the GPU when there is one), cuda, cuda:N, mps or cpu")
     rev.set_defaults(fn=cmd_retrieve_eval)
     rix = rsub.add_parser("index", help="embed a catalogue into an on-disk index (resumable)", formatter_class=ex,
                           epilog="example: vlmtune retrieve index --model runs/shop-clip --catalogue shop.tsv "
@@ -734,6 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
     rix.add_argument("--images", default=None, help="directory the TSV's image paths are relative to")
     rix.add_argument("--batch-size", type=int, default=64)
     rix.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    rix.add_argument("--device", default="auto", help="auto (the GPU when there is one), cuda, cuda:N, mps or cpu")
     rix.set_defaults(fn=cmd_retrieve_index)
 
     ch = sub.add_parser("chart", help="DePlot pipeline: chart -> table -> answer; its evaluation", formatter_class=ex,
@@ -753,6 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--llm-max-new-tokens", type=int, default=32)
         p.add_argument("--max-new-tokens", type=int, default=128, help="table tokens the chart model may write")
         p.add_argument("--max-length", type=int, default=4096)
+        _add_device_args(p)
 
     cha = chsub.add_parser("ask", help="one chart, one question: prints the table, the program and the answer")
     cha.add_argument("image")

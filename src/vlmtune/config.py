@@ -273,6 +273,10 @@ class ServeCfg:
     allow_remote_images: bool = False
     """Fetch http(s) image URLs (never from private, loopback or link-local addresses)."""
     max_new_tokens_default: int = 64
+    device: str = "auto"
+    """Where the model runs: auto (the GPU when there is one), cuda, cuda:N, mps or cpu (models/device.py)."""
+    dtype: str | None = None
+    """float32, bfloat16 or float16; None: the dtype the run trained in."""
 
     def __post_init__(self):
         if self.max_batch_size < 1:
@@ -345,6 +349,11 @@ class RunCfg:
             if self.model.path == "builtin":
                 raise ValueError("model.quantization: the built-in model is built with random weights; quantise a "
                                  "saved or downloaded model (model.path)")
+        half = {"bfloat16": "bf16", "float16": "fp16"}.get(self.model.dtype)
+        if half and self.train.mixed_precision != half:
+            raise ValueError(f"model.dtype {self.model.dtype}: the trainable parameters are kept in float32 and the "
+                             f"frozen {self.model.dtype} base computes under autocast; set train.mixed_precision: "
+                             f"{half} (now {self.train.mixed_precision!r})")
         if self.train.packing:
             from vlmtune.models import FAMILIES, get_family
 

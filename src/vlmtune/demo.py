@@ -39,7 +39,7 @@ class Scale:
     builtin: dict
 
 
-FULL = Scale(general_n=4000, domain_n=2000, probe_n=300, pretrain_steps=800, finetune_steps=400, batch=32,
+FULL = Scale(general_n=4000, domain_n=2000, probe_n=300, pretrain_steps=800, finetune_steps=800, batch=32,
              eval_every=100, builtin={"image_size": 48, "patch_size": 16})
 QUICK = Scale(general_n=160, domain_n=120, probe_n=24, pretrain_steps=12, finetune_steps=6, batch=8,
               eval_every=3, builtin={"image_size": 32, "patch_size": 8, "vision_dim": 32, "vision_layers": 2,

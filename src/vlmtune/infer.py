@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmtune.data.sample import Sample, assistant, user
-from vlmtune.models.family import Loaded, ModelFamily
+from vlmtune.models.family import Loaded, ModelFamily, autocast_for, input_dtype
 
 
 def prompt_length(family, batch) -> int:
@@ -35,11 +35,19 @@ class Completion:
     """The new tokens up to (not including) the end token."""
 
 
-def _answer_ids(row: list[int], tok) -> list[int]:
-    """New token ids up to the first end-of-sequence or padding token."""
-    stop = set(tok.eos_token_id if isinstance(tok.eos_token_id, list) else [tok.eos_token_id])
-    if tok.pad_token_id is not None:
-        stop.add(tok.pad_token_id)
+def stop_ids(model, tok) -> set[int]:
+    """The tokens generation stops at: the model's `generation_config.eos_token_id` (one id or a list: BLIP-2's "\\n",
+    Idefics3's `<end_of_utterance>`, Qwen's `<|im_end|>`), the tokenizer's eos, and the padding token `generate` fills
+    finished rows with."""
+    config = getattr(model, "generation_config", None)
+    ids: set[int] = set()
+    for x in (getattr(config, "eos_token_id", None), tok.eos_token_id, tok.pad_token_id):
+        ids.update(x if isinstance(x, list) else [] if x is None else [x])
+    return ids
+
+
+def _answer_ids(row: list[int], stop: set[int]) -> list[int]:
+    """New token ids up to the first stop token."""
     out = []
     for x in row:
         if x in stop:
@@ -64,13 +72,21 @@ class Predictor:
     vision_cache: Any = None
     """A training run's VisionCache: generation takes the frozen vision side's output from it (validation images
     are then encoded by the vision tower once per run, not at every evaluation)."""
+    autocast: Any = None
+    """A callable returning the context generation runs in: the training loop passes its own autocast; by default
+    `autocast_for(model)` (autocast only for a model that mixes float32 trainables with a half-precision base)."""
+
+    def _autocast(self):
+        return self.autocast() if self.autocast is not None else autocast_for(self.loaded.model)
 
     @classmethod
-    def from_path(cls, path: str | Path, **kwargs) -> Predictor:
+    def from_path(cls, path: str | Path, device="auto", dtype: str | None = None, **kwargs) -> Predictor:
+        """The Predictor of a run, checkpoint or model directory, on `device` (`--device`: auto picks the GPU when
+        there is one) in `dtype` (`--dtype`; default: the dtype the run trained in); see `vlmtune.models.device`."""
         from vlmtune.models import get_family
         from vlmtune.train.checkpoint import load_for_inference
 
-        loaded = load_for_inference(path)
+        loaded = load_for_inference(path, device=device, dtype=dtype)
         return cls(loaded=loaded, family=get_family(loaded.family), **kwargs)
 
     def generate(self, samples: list[Sample], images: list[list]) -> list[str]:
@@ -96,23 +112,24 @@ class Predictor:
             if self.vision_cache is not None:
                 batch.inputs = self.vision_cache.with_features(model, batch.inputs, [len(ims) for ims in images],
                                                                self.vision_cache.image_unit_keys(images))
-            batch = batch.to(model.device)
+            batch = batch.to(model.device, input_dtype(model))
             options = {"do_sample": False, "num_beams": self.num_beams}
             if temperature > 0:
                 options = {"do_sample": True, "temperature": temperature, "top_p": top_p, "num_beams": 1}
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast():
                 out = model.generate(**batch.inputs, max_new_tokens=max_new_tokens or self.max_new_tokens,
                                      streamer=streamer, **options)
             start = prompt_length(self.family, batch)
-            new = out[:, start:]
             tok = self.loaded.processor.tokenizer
-            texts = tok.batch_decode(new, skip_special_tokens=True)
+            stop = stop_ids(model, tok)
+            rows = out[:, start:].tolist()
+            answers = [_answer_ids(row, stop) for row in rows]  # the text ends where the model's answer ends
+            texts = tok.batch_decode(answers, skip_special_tokens=True)
             mask = batch.inputs.get("attention_mask")
             prompts = mask.sum(dim=1).tolist() if mask is not None else [start] * len(samples)
             limit = max_new_tokens or self.max_new_tokens
             return [Completion(t.strip(), int(p), len(ids), _finish(row, ids, limit), ids)
-                    for t, p, row in zip(texts, prompts, new.tolist(), strict=True)
-                    for ids in [_answer_ids(row, tok)]]
+                    for t, p, row, ids in zip(texts, prompts, rows, answers, strict=True)]
         finally:
             model.train(was_training)
 
@@ -131,9 +148,9 @@ class Predictor:
             for i in range(0, len(samples), self.batch_size):
                 chunk, chunk_images = samples[i : i + self.batch_size], images[i : i + self.batch_size]
                 batch = self.family.encode(self.loaded.processor, chunk, chunk_images, "train", self.max_length)
-                inputs = dict(batch.to(model.device).inputs)
+                inputs = dict(batch.to(model.device, input_dtype(model)).inputs)
                 labels = inputs.pop("labels")
-                with torch.inference_mode():
+                with torch.inference_mode(), self._autocast():
                     sums, counts = forward_losses(model, self.family, inputs, labels, accepts_logits_to_keep(model),
                                                   logit_prefix_of(self.family, model))
                 scores.extend((-sums / counts.clamp(min=1)).tolist())

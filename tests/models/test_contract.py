@@ -193,3 +193,23 @@ def test_image_token_budget_is_what_encode_produces(family_and_tiny):
         batch = family.encode(tiny.processor, [_sample("vqa")], [_image(size=size)], "generate", 512)
         if image_ids != [None] and family.shift_labels:
             assert int(torch.isin(batch.inputs["input_ids"][0], torch.tensor(image_ids)).sum()) == n
+
+
+def test_a_bf16_model_generates_and_trains_through_the_one_cast(family_and_tiny):
+    """Every family in bf16 (what the recipes load): the Predictor and a training forward take their batches
+    through `Batch.to(device, dtype)`, so float32 pixel values / patches never meet bf16 weights (DePlot's
+    Pix2Struct crashed at the first evaluation with `float != BFloat16`)."""
+    from vlmtune.infer import Predictor
+    from vlmtune.models.family import Loaded, input_dtype
+
+    family, tiny = family_and_tiny
+    model = copy.deepcopy(tiny.model).to(torch.bfloat16).eval()
+    assert input_dtype(model) == torch.bfloat16
+    predictor = Predictor(loaded=Loaded(model, tiny.processor, family.name), family=family, max_new_tokens=3)
+    done = predictor.complete([_sample("vqa"), _sample("caption", 1)], [_image(), _image("blue", (48, 32))])
+    assert len(done) == 2 and all(c.completion_tokens <= 3 for c in done)
+    batch = family.encode(tiny.processor, [_sample("vqa")], [_image()], "train", 512).to("cpu", torch.bfloat16)
+    assert all(v.dtype in (torch.bfloat16, torch.int64, torch.int32, torch.bool) for v in batch.inputs.values()
+               if isinstance(v, torch.Tensor))
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch.inputs).loss)

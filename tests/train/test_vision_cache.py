@@ -33,6 +33,7 @@ def test_training_with_the_cache_gives_the_same_losses_and_evaluations(tmp_path,
         runs[mode] = cfg.run_dir
     err = capsys.readouterr().err
     assert "vision cache: off (train.vision_cache is off)" in err and "vision cache: on, " in err
+    assert "trainable " in err and "language/lora" in err and "projector/" not in err  # printed at start-up
     off, on = _losses(runs["off"]), _losses(runs["auto"])
     assert len(off) == 12  # 12 steps x 8 = 96 samples: every one of the 38 train images is seen 2-3 times
     torch.testing.assert_close(torch.tensor(on), torch.tensor(off), rtol=1e-5, atol=1e-5)
@@ -46,6 +47,29 @@ def test_training_with_the_cache_gives_the_same_losses_and_evaluations(tmp_path,
     train_images = {s["images"][0] for s in rows if s["split"] == "train"}
     val_images = {s["images"][0] for s in rows if s["split"] == "val"}
     assert len(cached) == len(train_images) + len(val_images)  # each computed once, over 3 evaluations
+
+
+def test_under_bf16_autocast_the_cache_gives_the_same_losses_and_adapter(tmp_path, fashion_dir):
+    """The cached features are computed under the same autocast as the uncached forward (train.mixed_precision:
+    bf16 on a float32 model): the same losses and adapter weights. Before, the cached path ran outside autocast
+    (loss off by 1e-4, adapter weights by 7e-3 after 8 steps)."""
+    from safetensors.torch import load_file
+
+    from vlmtune.train.loop import train
+
+    runs = {}
+    for mode in ("off", "auto"):
+        cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path / mode, fashion_dir, lora={"enabled": True, "r": 4},
+                                            train={"max_steps": 8, "eval_every": 0, "save_every": 8, "lr": 1e-2,
+                                                   "freeze_projector": True, "vision_cache": mode,
+                                                   "mixed_precision": "bf16"}))
+        train(cfg)
+        runs[mode] = cfg.run_dir
+    assert list((runs["auto"] / "vision_cache").glob("*/*/*.safetensors")), "the cache was used"
+    torch.testing.assert_close(torch.tensor(_losses(runs["auto"])), torch.tensor(_losses(runs["off"])),
+                               rtol=0, atol=0)
+    a, b = (load_file(runs[m] / "checkpoints" / "step-8" / "adapter_model.safetensors") for m in ("auto", "off"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_auto_stays_off_and_says_why(tmp_path, fashion_dir):
@@ -79,6 +103,11 @@ def test_any_change_of_weights_or_processor_settings_changes_the_fingerprint():
         next(p for n, p in tiny.model.named_parameters() if "language_model" in n).add_(1.0)
     third = fingerprint(tiny.model, family, tiny.processor)
     assert fingerprint(tiny.model, family, tiny.processor) == third
+    # what changes the features without changing a weight: the layer the features come from, the autocast, the dtype
+    assert fingerprint(tiny.model, family, tiny.processor, "bf16") != third
+    tiny.model.config.vision_feature_layer = -2 if tiny.model.config.vision_feature_layer == -1 else -1
+    assert fingerprint(tiny.model, family, tiny.processor) != third
+    assert fingerprint(tiny.model.to(torch.bfloat16), family, tiny.processor) != third
 
 
 def _mixed_batch(family, root):

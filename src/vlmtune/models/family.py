@@ -48,20 +48,46 @@ class Batch:
     segments: Any = None
     """For a packed batch (`train.packing`): (rows, positions) index of the sample each position belongs to."""
 
-    def to(self, device) -> Batch:
+    def to(self, device, dtype=None) -> Batch:
+        """The batch on `device`, its floating-point tensors (pixel values, Pix2Struct patches, cached image
+        features) in `dtype`: the one place batches reach a model (training, evaluation, the Predictor, serving), so
+        a bf16/fp16 model never meets float32 inputs. Integer tensors (ids, masks, grids) keep their dtype."""
         segments = self.segments.to(device) if self.segments is not None else None
-        return Batch({k: _moved(v, device) for k, v in self.inputs.items()}, self.ids, self.n_target_tokens, segments)
+        return Batch({k: _moved(v, device, dtype) for k, v in self.inputs.items()}, self.ids, self.n_target_tokens,
+                     segments)
 
 
-def _moved(value, device):
-    """Tensors on `device`, also inside the lists and model outputs of `mm_encoder_outputs`."""
+def _moved(value, device, dtype=None):
+    """Tensors on `device` (floating ones in `dtype`), also inside the lists and outputs of `mm_encoder_outputs`."""
     if hasattr(value, "to"):
+        if dtype is not None and getattr(value, "is_floating_point", lambda: False)():
+            return value.to(device=device, dtype=dtype)
         return value.to(device)
     if isinstance(value, dict):  # transformers' ModelOutput is a dict too: keep its class
-        return type(value)(**{k: _moved(v, device) for k, v in value.items()})
+        return type(value)(**{k: _moved(v, device, dtype) for k, v in value.items()})
     if isinstance(value, (list, tuple)):
-        return type(value)(_moved(v, device) for v in value)
+        return type(value)(_moved(v, device, dtype) for v in value)
     return value
+
+
+def autocast_for(model):
+    """torch.autocast in the base weights' dtype when a model mixes floating dtypes (float32 trainables on a bf16/fp16
+    base, as training keeps them); a null context for a model of one dtype (every model loaded for inference)."""
+    import contextlib
+
+    import torch
+
+    base = input_dtype(model)
+    if base in (torch.bfloat16, torch.float16) and any(
+            p.dtype != base for p in model.parameters() if p.is_floating_point()):
+        return torch.autocast(next(model.parameters()).device.type, dtype=base)
+    return contextlib.nullcontext()
+
+
+def input_dtype(model):
+    """The dtype a model's floating inputs are cast to: its base weights' dtype (the input embeddings': never
+    quantised, and frozen in bf16/fp16 while trainable parameters may be kept in float32)."""
+    return model.get_input_embeddings().weight.dtype
 
 
 @dataclass(frozen=True)
@@ -160,6 +186,41 @@ def freeze_group_of(family: ModelFamily, param_name: str) -> str | None:
         if any(name.startswith(p) for p in prefixes):
             return group
     return None
+
+
+def trainable_summary(family: ModelFamily, model) -> dict:
+    """What a run trains, by freeze group and kind: {"total": n, "trainable": n, "groups": {"language/lora": n,
+    "projector/full": n, ...}}. Kinds: "lora" (adapter matrices), "full" (the parameter itself; under LoRA, a peft
+    `modules_to_save` copy). Printed at the start of every training run and checked against each recipe."""
+    groups: dict[str, int] = {}
+    total = trainable = 0
+    for name, p in model.named_parameters():
+        n = p.numel()
+        if "modules_to_save" in name or "original_module" in name:
+            name = name.replace(".modules_to_save.default", "").replace(".original_module", "")
+            if not p.requires_grad:  # peft's frozen original of a modules_to_save copy: counted once, as the copy
+                continue
+        total += n
+        if not p.requires_grad:
+            continue
+        trainable += n
+        kind = "lora" if ".lora_" in name else "full"
+        key = f"{freeze_group_of(family, name) or 'other'}/{kind}"
+        groups[key] = groups.get(key, 0) + n
+    return {"total": total, "trainable": trainable, "groups": dict(sorted(groups.items()))}
+
+
+def describe_trainable(summary: dict) -> str:
+    """`trainable_summary` as one line: "trainable 1.23M of 7.06B parameters (0.02%): language/lora 1.2M, ..."."""
+    def size(n: int) -> str:
+        for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+            if n >= div:
+                return f"{n / div:.2f}{unit}"
+        return str(n)
+
+    share = 100 * summary["trainable"] / max(1, summary["total"])
+    parts = ", ".join(f"{k} {size(v)}" for k, v in summary["groups"].items())
+    return f"trainable {size(summary['trainable'])} of {size(summary['total'])} parameters ({share:.2f}%): {parts}"
 
 
 def load_image_list(samples: list[Sample], images: list[list[Image]]) -> list[Image]:

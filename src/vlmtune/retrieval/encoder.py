@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from vlmtune.data.images import load_image
+from vlmtune.models.device import resolve_device
 
 PROBE_TEXT = "a person wearing a red striped t-shirt and blue trousers"
 PROBE_MIN_COSINE = 0.999
@@ -88,14 +89,6 @@ def probe_image(size: int = 224) -> Image.Image:
     return Image.fromarray(rgb.astype(np.uint8), "RGB")
 
 
-def _device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class DualEncoder:
     """A CLIPModel / SiglipModel with its tokenizer and (PIL) image processor."""
 
@@ -124,7 +117,7 @@ class DualEncoder:
             processor = AutoProcessor.from_pretrained(path)
         except OSError as e:
             raise FileNotFoundError(f"{path}: no tokenizer / image processor files next to the model ({e})") from None
-        model = AutoModel.from_pretrained(path, dtype=torch.float32).to(_device(device)).eval()
+        model = AutoModel.from_pretrained(path, dtype=torch.float32).to(resolve_device(device)).eval()
         return cls(model, processor, family, path)
 
     @property

@@ -290,12 +290,12 @@ class CatalogueIndex:
 
 
 def search(index: str | Path, text: str | None = None, image: str | Path | None = None, k: int = 5,
-           model: str | None = None) -> dict:
+           model: str | None = None, device: str = "auto") -> dict:
     """Text or image query against an index, with the index's own model unless `model` is given (then checked)."""
     if (text is None) == (image is None):
         raise ValueError("retrieve: give either a text query or --image PATH")
     idx = CatalogueIndex(index)
-    encoder = DualEncoder.load(model or idx.meta["model"])
+    encoder = DualEncoder.load(model or idx.meta["model"], device)
     idx.check_model(encoder)
     query = encoder.embed_texts([text]) if image is None else encoder.embed_images([Path(image)])
     return {"index": str(idx.root), "query": text if image is None else {"image": str(image)},

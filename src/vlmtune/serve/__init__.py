@@ -14,7 +14,8 @@ def load_predictor(model: str | Path, cfg: ServeCfg, batch_size: int):
     """The Predictor `vlmtune predict` would build for `model`, with the server's prompt limit."""
     from vlmtune.infer import Predictor
 
-    return Predictor.from_path(model, batch_size=batch_size, max_length=cfg.max_prompt_tokens)
+    return Predictor.from_path(model, device=cfg.device, dtype=cfg.dtype, batch_size=batch_size,
+                               max_length=cfg.max_prompt_tokens)
 
 
 def build_app(model: str | Path, cfg: ServeCfg, background: bool = True, on_load_error=None):

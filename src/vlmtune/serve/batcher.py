@@ -19,6 +19,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from vlmtune.infer import stop_ids
+
 
 @dataclass
 class Request:
@@ -41,13 +43,13 @@ class _RowStreamer:
     """A transformers streamer for a batch: decodes each row incrementally and passes new text to its request.
     The first `put` is the prompt (skipped); each later one is a (batch,) tensor of new token ids."""
 
-    def __init__(self, tokenizer, requests: list[Request]):
+    def __init__(self, tokenizer, requests: list[Request], stop: set[int]):
         self.tok, self.requests = tokenizer, requests
         self.ids: list[list[int]] = [[] for _ in requests]
         self.sent = [""] * len(requests)
         self.prompt_seen = False
         self.finished = [False] * len(requests)
-        self.eos = set(tokenizer.all_special_ids)
+        self.eos = stop  # where the Predictor ends each answer (`infer.stop_ids`), so streamed == returned text
 
     def put(self, value) -> None:
         if not self.prompt_seen:
@@ -157,13 +159,14 @@ class Batcher:
 
     def _generate(self, ok: list[Request]) -> None:
         """One generate call for `ok`; each request's future gets its Completion."""
-        streamer = _RowStreamer(self.predictor.loaded.processor.tokenizer, ok) if any(r.on_delta for r in ok) else None
+        tok = self.predictor.loaded.processor.tokenizer
+        stop = stop_ids(self.predictor.loaded.model, tok)
+        streamer = _RowStreamer(tok, ok, stop) if any(r.on_delta for r in ok) else None
         done = self.predictor.complete([r.sample for r in ok], [r.images for r in ok],
                                        max_new_tokens=max(r.max_new_tokens for r in ok),
                                        temperature=ok[0].temperature, top_p=ok[0].top_p, streamer=streamer)
         self.batches += 1
         self.batch_sizes.append(len(ok))
-        tok = self.predictor.loaded.processor.tokenizer
         for r, c in zip(ok, done, strict=True):
             if len(c.token_ids) > r.max_new_tokens:  # a batch-mate asked for more: greedy rows do not depend
                 ids = c.token_ids[: r.max_new_tokens]  # on the limit, so the first N tokens are its answer

@@ -14,6 +14,7 @@ the previous checkpoint intact. `torch.load` is only used with `weights_only=Tru
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -212,6 +213,38 @@ RUN_BASE = "@run/base"
 """meta["base"] of an adapter whose base model was built (not downloaded) and saved in the run's base/ directory."""
 
 
+def base_fingerprint(model_dir: str | Path) -> str | None:
+    """A cheap identity of a local model directory's weights: its config.json (less its path) and, per safetensors
+    file, the name, size and sha256 of the first MiB after the header. None for a hub id or a directory without
+    safetensors. Two checkpoints of one architecture differ in it; a copy of the same one does not."""
+    d = Path(model_dir)
+    files = sorted(d.glob("*.safetensors"))
+    if not (d / "config.json").is_file() or not files:
+        return None
+    h = hashlib.sha256()
+    config = json.loads((d / "config.json").read_text())
+    config.pop("_name_or_path", None)
+    h.update(json.dumps(config, sort_keys=True).encode())
+    for f in files:
+        with f.open("rb") as fh:
+            header = int.from_bytes(fh.read(8), "little")
+            fh.seek(8 + header)
+            h.update(f"{f.name}:{f.stat().st_size}:".encode() + hashlib.sha256(fh.read(1 << 20)).digest())
+    return h.hexdigest()
+
+
+def base_record(model_cfg) -> dict:
+    """What an adapter must know of its base to be applied to the same one later, from another directory or
+    machine: the base as an absolute path (a local directory) or a hub id, its revision, attention implementation,
+    trust_remote_code, and the fingerprint of a local base's weights."""
+    path = model_cfg.path
+    local = path != "builtin" and Path(path).expanduser().is_dir()
+    base = str(Path(path).expanduser().resolve()) if local else path
+    return {"base": base, "base_revision": model_cfg.revision, "attn_implementation": model_cfg.attn_implementation,
+            "trust_remote_code": model_cfg.trust_remote_code,
+            "base_fingerprint": base_fingerprint(base) if local else None}
+
+
 def _base_path(model_dir: Path, base: str) -> str:
     if base != RUN_BASE:
         return base
@@ -221,17 +254,32 @@ def _base_path(model_dir: Path, base: str) -> str:
     raise FileNotFoundError(f"{model_dir}: adapter needs the run's base/ directory, which is missing")
 
 
-def load_for_inference(path: str | Path, quantized: bool = True):
-    """Model + processor from a run, checkpoint, adapter or plain HF model directory, in eval mode.
+def check_base(model_dir: Path, meta: dict, base: str) -> None:
+    """Refuse to apply an adapter to a base other than the one it was trained on (a changed local directory)."""
+    want = meta.get("base_fingerprint")
+    if want and Path(base).is_dir():
+        have = base_fingerprint(base)
+        if have != want:
+            raise ValueError(f"{model_dir}: this adapter was trained on the base at {base}, which now holds other "
+                             f"weights (fingerprint {have and have[:12]} != {want[:12]}): restore that base, or pass "
+                             "the right one as model.path and train again")
+
+
+def load_for_inference(path: str | Path, quantized: bool = True, device=None, dtype: str | None = None):
+    """Model + processor from a run, checkpoint, adapter or plain HF model directory, in eval mode, in the dtype the
+    run trained in (or `dtype`), on `device` (a torch.device or an `--device` string; None leaves it on the CPU).
 
     An adapter trained on a quantised base (QLoRA) is loaded on the same quantised base, as it was trained; with
     `quantized=False` on the full-precision base instead (what `export --merge` merges into)."""
     from vlmtune.config import ModelCfg
     from vlmtune.models import family_of, get_family
+    from vlmtune.models.device import checkpoint_dtype, place, resolve_device
     from vlmtune.models.family import Loaded
 
     model_dir = resolve_model_dir(path)
     meta = json.loads((model_dir / META).read_text()) if (model_dir / META).is_file() else {}
+    dtype = checkpoint_dtype(model_dir, meta, dtype)
+    device = resolve_device(device) if isinstance(device, str) else device
     if meta.get("adapter"):
         from peft import PeftModel
         from transformers import AutoProcessor
@@ -239,13 +287,17 @@ def load_for_inference(path: str | Path, quantized: bool = True):
         from vlmtune.config import QuantCfg
 
         quant = QuantCfg(**meta["quantization"]) if quantized and meta.get("quantization") else None
-        base_cfg = ModelCfg(family=meta["family"], path=_base_path(model_dir, meta["base"]), quantization=quant,
-                            dtype=meta.get("dtype", "float32"))
+        base = _base_path(model_dir, meta["base"])
+        check_base(model_dir, meta, base)
+        base_cfg = ModelCfg(family=meta["family"], path=base, quantization=quant, dtype=dtype,
+                            revision=meta.get("base_revision"), attn_implementation=meta.get("attn_implementation"),
+                            trust_remote_code=bool(meta.get("trust_remote_code", False)))
         base = get_family(meta["family"]).load(base_cfg)
         model = PeftModel.from_pretrained(base.model, model_dir)
         loaded = Loaded(model=model, processor=AutoProcessor.from_pretrained(model_dir), family=meta["family"])
     else:
         family = family_of(model_dir)
-        loaded = get_family(family).load(ModelCfg(family=family, path=str(model_dir)))
+        loaded = get_family(family).load(ModelCfg(family=family, path=str(model_dir), dtype=dtype))
+    place(loaded.model, device)
     loaded.model.eval()
     return loaded

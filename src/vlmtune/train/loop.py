@@ -34,7 +34,16 @@ from vlmtune.data.ocr import ocr_options
 from vlmtune.data.sample import Sample, message_text
 from vlmtune.eval import forgetting
 from vlmtune.models import ModelFamily, get_family, load_model
-from vlmtune.models.family import Loaded, accepts_logits_to_keep, forward_losses, freeze_group_of, logit_prefix_of
+from vlmtune.models.family import (
+    Loaded,
+    accepts_logits_to_keep,
+    describe_trainable,
+    forward_losses,
+    freeze_group_of,
+    input_dtype,
+    logit_prefix_of,
+    trainable_summary,
+)
 from vlmtune.train import checkpoint as ckpt
 from vlmtune.train import vision_cache
 from vlmtune.train.distributed import vision_dummy
@@ -82,9 +91,8 @@ def build_model(cfg: RunCfg, family: ModelFamily, run_dir: Path, is_main: bool) 
     """Load the model, apply LoRA and freezing; returns (loaded, trainable model, checkpoint meta)."""
     loaded = load_model(cfg.model, seed=cfg.train.seed)
     model = loaded.model
-    frozen = {g for g, on in (("vision", cfg.train.freeze_vision), ("projector", cfg.train.freeze_projector),
-                              ("language", cfg.train.freeze_language)) if on}
-    meta = {"family": family.name, "adapter": cfg.lora.enabled, "base": cfg.model.path, "dtype": cfg.model.dtype}
+    meta = {"family": family.name, "adapter": cfg.lora.enabled, "dtype": cfg.model.dtype,
+            **ckpt.base_record(cfg.model)}
     if cfg.model.quantization is not None:  # QLoRA: norms to fp32, input grads on (peft's recipe)
         from peft import prepare_model_for_kbit_training
 
@@ -92,13 +100,22 @@ def build_model(cfg: RunCfg, family: ModelFamily, run_dir: Path, is_main: bool) 
         meta["quantization"] = dataclasses.asdict(cfg.model.quantization)
     if cfg.train.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora.enabled and cfg.model.path == "builtin":  # a built (random) base must be saved for the adapter
+        if is_main:
+            ckpt.save_base(run_dir, model, loaded.processor, family.name)
+        meta["base"] = ckpt.RUN_BASE
+    return loaded, make_trainable(cfg, family, model), meta
+
+
+def make_trainable(cfg: RunCfg, family: ModelFamily, model):
+    """LoRA (adapters on `lora.targets` or the family's, the projector as `modules_to_save` unless frozen) or
+    freezing by group, then every trainable parameter in float32. What it trains is printed at start-up
+    (`trainable_summary`) and each recipe's `# trains:` line is checked against it (tests/test_recipes.py)."""
+    frozen = {g for g, on in (("vision", cfg.train.freeze_vision), ("projector", cfg.train.freeze_projector),
+                              ("language", cfg.train.freeze_language)) if on}
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
-        if cfg.model.path == "builtin":  # a built (random) base must be saved for the adapter to mean anything
-            if is_main:
-                ckpt.save_base(run_dir, model, loaded.processor, family.name)
-            meta["base"] = ckpt.RUN_BASE
         targets = cfg.lora.targets or list(family.lora_targets)
         projector = [] if "projector" in frozen else list(family.extra.get("projector_modules", ()))
         lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
@@ -111,7 +128,34 @@ def build_model(cfg: RunCfg, family: ModelFamily, run_dir: Path, is_main: bool) 
                 p.requires_grad_(False)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("nothing to train: every parameter group is frozen")
-    return loaded, model, meta
+    upcast_trainables(model)
+    return model
+
+
+def train_autocast(accelerator):
+    """The context every forward of a training run runs in: Accelerate's autocast (train.mixed_precision); with fp16
+    on a CPU, where Accelerate has none, torch's CPU autocast to float16."""
+    import torch
+
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.float16)
+    return accelerator.autocast()
+
+
+def upcast_trainables(model) -> int:
+    """Keep every trainable parameter (LoRA adapters, `modules_to_save` such as the projector, all weights of a full
+    fine-tune) in float32 while the frozen base stays in bf16/fp16: AdamW on bf16 weights loses most small updates
+    (a bf16 weight near 1 cannot move by less than 2^-8), and on fp16 its eps rounds to 0 (NaN at step 2). The forward
+    runs under Accelerate's autocast (train.mixed_precision matches model.dtype, checked by the config). Returns the
+    number of parameters upcast."""
+    import torch
+
+    n = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+            p.data = p.data.float()
+            n += p.numel()
+    return n
 
 
 def build_optimizer(cfg: RunCfg, model):
@@ -193,7 +237,7 @@ def setup(cfg: RunCfg) -> State:
     # the same run directory); with it they form one gloo process group.
     from vlmtune.train.distributed import has_accelerator_device, launched
 
-    accelerator = Accelerator(
+    options = dict(
         cpu=launched() and not has_accelerator_device(),
         mixed_precision=cfg.train.mixed_precision,
         log_with=cfg.train.trackers or None,
@@ -201,6 +245,15 @@ def setup(cfg: RunCfg) -> State:
         # LLaVA under DDP: text-only batches leave the vision tower unused
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    try:
+        accelerator = Accelerator(**options)
+    except ValueError as e:  # one process, an earlier run in it with another mixed precision (Accelerate's state
+        if launched() or "already been initialized" not in str(e):  # is a per-process singleton): start afresh
+            raise
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        accelerator = Accelerator(**options)
     accelerator.print(f"vlmtune train: {accelerator.num_processes} process(es), {accelerator.distributed_type.value}, "
                       f"device {accelerator.device}", file=sys.stderr)
     if cfg.train.global_batch_size % (cfg.train.micro_batch_size * accelerator.num_processes):
@@ -222,6 +275,7 @@ def setup(cfg: RunCfg) -> State:
             check_hflip(src.samples)
     family = get_family(cfg.model.family)
     loaded, model, meta = build_model(cfg, family, run_dir, accelerator.is_main_process)
+    accelerator.print(describe_trainable(trainable_summary(family, model)), file=sys.stderr)
     accelerator.wait_for_everyone()
     optimizer, scheduler = build_optimizer(cfg, model)
     cache, reason = None, vision_cache.why_not(cfg, family, model)
@@ -230,7 +284,9 @@ def setup(cfg: RunCfg) -> State:
     if reason is None and shards_parameters(accelerator):  # a miss would run the tower on one rank only: a hang
         reason = f"parameters are sharded over processes ({accelerator.distributed_type.value})"
     if reason is None:
-        cache = vision_cache.VisionCache(model, family, loaded.processor, run_dir / "vision_cache")
+        cache = vision_cache.VisionCache(model, family, loaded.processor, run_dir / "vision_cache",
+                                         precision=accelerator.mixed_precision)
+        cache.autocast = lambda: train_autocast(accelerator)
     accelerator.print(f"vision cache: {'on, ' + str(cache.dir) if cache else 'off (' + reason + ')'}", file=sys.stderr)
     # micro-batches per optimizer step, for accumulate() and DeepSpeed's "auto" gradient_accumulation_steps
     accelerator.gradient_accumulation_steps = cfg.train.grad_accum_steps(accelerator.num_processes)
@@ -280,6 +336,7 @@ def fit(state: State) -> dict:
     names = state.mixture.names
     window = torch.zeros(len(names), 2, dtype=torch.float64)  # per source: loss sum, target tokens since last log
     padding = torch.zeros(2, dtype=torch.float64)  # pad positions, all positions since the last log (this process)
+    dtype = input_dtype(acc.unwrap_model(model))  # floating inputs in the base weights' dtype (bf16 recipes)
     tic = time.perf_counter()
     while state.step < t.max_steps and not state.stopped:
         chunks, batches = step_batches(state, state.step, rank, accum)
@@ -288,12 +345,12 @@ def fit(state: State) -> dict:
         total_tokens = acc.reduce(n_tokens, reduction="sum").clamp(min=1)
         stats = torch.zeros(len(names), 3, dtype=torch.float64, device=acc.device)  # loss sum, tokens, samples
         for chunk, batch in zip(chunks, batches, strict=True):
-            batch = batch.to(acc.device)
+            batch = batch.to(acc.device, dtype)
             labels = batch.inputs.pop("labels")
             # accumulate: no gradient sync before the last micro-batch (DDP/FSDP), no engine step (DeepSpeed)
             with acc.accumulate(model):
                 # under ZeRO-3/FSDP a rank with a text-only micro-batch still runs the vision side (x 0): no hang
-                with acc.autocast(), vision_dummy(acc, model, batch.inputs, state.loaded.processor):
+                with train_autocast(acc), vision_dummy(acc, model, batch.inputs, state.loaded.processor):
                     sums, counts = forward_losses(model, state.family, batch.inputs, labels, keep_logits, prefix,
                                                   batch.segments)
                 # DDP averages gradients over processes; accelerate (and DeepSpeed) divide by the accumulation steps
@@ -413,7 +470,8 @@ def validate(state: State) -> dict:
     unwrapped = acc.unwrap_model(state.model)
     predictor = Predictor(Loaded(unwrapped, state.loaded.processor, state.family.name), state.family,
                           max_new_tokens=e.max_new_tokens, num_beams=e.num_beams, batch_size=e.batch_size,
-                          max_length=state.cfg.data.max_length, vision_cache=state.vision_cache)
+                          max_length=state.cfg.data.max_length, vision_cache=state.vision_cache,
+                          autocast=lambda: train_autocast(acc))
     out_dir = state.run_dir / "predictions" / f"step-{state.step}"
     if state.val:
         metrics = evaluate(predictor, state.data_root, state.val, get_task(e.task), out_dir, lang=e.lang)

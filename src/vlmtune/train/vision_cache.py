@@ -37,7 +37,7 @@ import json
 import os
 from pathlib import Path
 
-from vlmtune.models.family import base_model
+from vlmtune.models.family import base_model, input_dtype
 from vlmtune.train.collate import IGNORE_INDEX
 
 IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask")
@@ -78,17 +78,21 @@ def why_not(cfg, family, model) -> str | None:
     return None
 
 
-def fingerprint(model, family, processor) -> str:
-    """sha256 of what a cached feature depends on besides the image."""
+def fingerprint(model, family, processor, precision: str = "no") -> str:
+    """sha256 of what a cached feature depends on besides the image: the family, transformers' version, the image
+    processor's settings, the model's config (vision_feature_layer, select strategy, ...), the frozen weights with
+    their dtypes, and the autocast precision the features are computed under (train.mixed_precision)."""
     import transformers
 
     h = hashlib.sha256()
     image_processor = getattr(processor, "image_processor", None)
     settings = image_processor.to_dict() if image_processor is not None else {}
-    h.update(json.dumps({"family": family.name, "transformers": transformers.__version__,
-                         "image_processor": settings}, sort_keys=True, default=str).encode())
+    config = {k: v for k, v in base_model(model).config.to_dict().items()
+              if k not in ("_name_or_path", "transformers_version")}
+    h.update(json.dumps({"family": family.name, "transformers": transformers.__version__, "precision": precision,
+                         "image_processor": settings, "config": config}, sort_keys=True, default=str).encode())
     for name, p in frozen_vision_modules(model, family):
-        h.update(name.removeprefix("base_model.model.").encode())
+        h.update(f"{name.removeprefix('base_model.model.')}:{p.dtype}".encode())
         h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
@@ -104,12 +108,12 @@ class VisionCache:
     """The frozen vision side's output per sample (its images' features, computed once) and each sample's encoded
     tokens. `batch` is the only entry point of the training loop."""
 
-    def __init__(self, model, family, processor, directory: str | Path):
+    def __init__(self, model, family, processor, directory: str | Path, precision: str = "no"):
         from collections import OrderedDict
 
         self.family = family
         self.pad_id = processor.tokenizer.pad_token_id
-        self.key = fingerprint(model, family, processor)
+        self.key = fingerprint(model, family, processor, precision)
         self.dir = Path(directory) / self.key[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
         self.memory: OrderedDict[str, list] = OrderedDict()
@@ -121,6 +125,9 @@ class VisionCache:
         self._file_hash: dict[str, str] = {}
         self.rows: dict[tuple[int, str], dict] = {}
         """(source index, sample id) -> the sample's unpadded encoded tensors and the key of its images."""
+        self.autocast = None
+        """A callable returning the training loop's autocast context: features are computed under the same autocast
+        as the uncached forward, so the cached path gives the same numbers (set by the loop's setup)."""
         self.rows_off: str | None = None
         """Why encoded rows are not kept (a processor output this file does not know how to pad), if so."""
 
@@ -183,9 +190,13 @@ class VisionCache:
 
         base = base_model(model)
         wanted = inspect.signature(base.get_image_features).parameters
-        device = next(p for p in base.parameters()).device
-        with torch.no_grad():
-            out = base.get_image_features(**{k: v.to(device) for k, v in inputs.items() if k in wanted})
+        device, dtype = next(p for p in base.parameters()).device, input_dtype(base)
+        import contextlib
+
+        autocast = self.autocast() if self.autocast is not None else contextlib.nullcontext()
+        with torch.no_grad(), autocast:  # inputs cast and autocast as on the uncached path (Batch.to, fit)
+            out = base.get_image_features(**{k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
+                                             for k, v in inputs.items() if k in wanted})
         pooled = out.pooler_output
         if self.stacked is None:
             self.stacked = isinstance(pooled, torch.Tensor)
