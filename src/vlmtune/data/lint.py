@@ -48,13 +48,12 @@ PLACEHOLDERS = re.compile(
 
 def load_processor(model: str | Path):
     """(family, processor) of a run, checkpoint or model directory, without loading any weights."""
-    from transformers import AutoProcessor
-
     from vlmtune.models import family_of, get_family
     from vlmtune.train.checkpoint import resolve_model_dir
 
     model_dir = resolve_model_dir(model)
-    return get_family(family_of(model_dir)), AutoProcessor.from_pretrained(model_dir)
+    family = get_family(family_of(model_dir))
+    return family, family.load_processor(model_dir)  # the family's way: Qwen's processor needs no torchvision
 
 
 def resolve_model(model: str | Path | None):

@@ -131,7 +131,17 @@ class ModelFamily:
     logit_prefix: Callable[[Any], int] | None = None
     """logit_prefix(model) -> positions the model puts in front of the text in its logits (GIT prepends the image
     features inside the model, so its logits are that much longer than input_ids); the loss skips them."""
+    processor_loader: Callable[..., Any] | None = None
+    """processor_loader(path, **options) -> the family's processor from a directory or hub id; None: AutoProcessor.
+    Every place vlmtune reloads a processor goes through `load_processor`, never plain AutoProcessor."""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def load_processor(self, path, **options):
+        if self.processor_loader is not None:
+            return self.processor_loader(path, **options)
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(path, **options)
 
 
 def load_pretrained(cfg: ModelCfg, family: str, processor_class=None) -> Loaded:

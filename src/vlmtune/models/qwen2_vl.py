@@ -20,8 +20,10 @@ Traps handled here:
 - `Qwen2VLProcessor` insists on a video processor, which needs torchvision (absent here). vlmtune feeds images
   only, so `ImageOnlyProcessor` is Qwen2VLProcessor without the video processor: the same image/text code, the same
   outputs (`input_ids` with expanded `<|image_pad|>`, `pixel_values`, `image_grid_thw`, `mm_token_type_ids`).
-  It is registered with AutoProcessor when first built (by `load` or `tiny`), so a saved processor reloads with
-  `AutoProcessor.from_pretrained` in that process.
+  vlmtune loads it the family's way (`ModelFamily.load_processor`). It saves itself as the upstream class
+  (`processor_class: Qwen2VLProcessor` / `Qwen2_5_VLProcessor`, plus the checkpoint's `preprocessor_config.json`
+  layout), so a checkpoint or export loads in a fresh process with plain transformers and no vlmtune (the upstream
+  processor then wants torchvision for its video half, as it does for the original checkpoint).
 - `mm_token_type_ids` must reach the model: Qwen2-VL raises without it, Qwen2.5-VL silently computes wrong rotary
   positions. The processor returns it and `encode` passes every processor output on.
 - In tiny configs `mrope_section` must sum to head_dim / 2.
@@ -30,6 +32,8 @@ Traps handled here:
 from __future__ import annotations
 
 import functools
+import json
+from pathlib import Path
 
 from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
 from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
@@ -74,8 +78,16 @@ def image_only_processor() -> type:
         """Qwen2VLProcessor without its video processor (which needs torchvision); images and text go through the
         very same code. Qwen2.5-VL's processor differs from Qwen2-VL's only for video, so this serves both."""
 
+        upstream = "Qwen2VLProcessor"
+        """The class name written into the saved files: what plain transformers loads them with."""
+
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
             super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+        def save_pretrained(self, save_directory, *args, **kwargs):
+            out = super().save_pretrained(save_directory, *args, **kwargs)
+            write_upstream_processor_files(Path(save_directory), self.upstream, self.image_processor)
+            return out
 
     ImageOnlyProcessor.__qualname__ = ImageOnlyProcessor.__name__
     for config_cls in (Qwen2VLConfig, Qwen2_5_VLConfig):
@@ -83,9 +95,36 @@ def image_only_processor() -> type:
     return ImageOnlyProcessor
 
 
+UPSTREAM = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}
+
+
+def write_upstream_processor_files(directory: Path, upstream: str, image_processor) -> None:
+    """Name the upstream processor class in the saved processor files (instead of vlmtune's ImageOnlyProcessor,
+    which only a vlmtune process knows) and write `preprocessor_config.json` as the original checkpoints have it."""
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        path = directory / name
+        if path.is_file():
+            config = json.loads(path.read_text())
+            if "processor_class" in config:
+                config["processor_class"] = upstream
+                path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    pre = {**image_processor.to_dict(), "processor_class": upstream}
+    pre["image_processor_type"] = pre.get("image_processor_type", "").removesuffix("Pil") or "Qwen2VLImageProcessor"
+    (directory / "preprocessor_config.json").write_text(json.dumps(pre, indent=2, sort_keys=True) + "\n")
+
+
+def load_processor(path, family: str = "qwen2_vl", **options):
+    """The processor of a Qwen2-VL / Qwen2.5-VL checkpoint (or a vlmtune checkpoint of one), image half only."""
+    processor = image_only_processor().from_pretrained(path, **options)
+    processor.upstream = UPSTREAM[family]
+    return processor
+
+
 def load(cfg, family: str = "qwen2_vl") -> Loaded:
     # the checkpoint's image processor, tokenizer and chat template, without the torchvision-only video processor
-    return load_pretrained(cfg, family, image_only_processor())
+    loaded = load_pretrained(cfg, family, image_only_processor())
+    loaded.processor.upstream = UPSTREAM[family]
+    return loaded
 
 
 def image_tokens(processor, width: int, height: int) -> int:
@@ -204,6 +243,7 @@ def build_tiny(config_cls, model_cls, vision: dict, family: str) -> Loaded:
     model.generation_config.bos_token_id = pad
     model.generation_config.pad_token_id = pad
     model.generation_config.eos_token_id = [end, pad]  # stop at <|im_end|> or <|endoftext|>
+    processor.upstream = UPSTREAM[family]
     return Loaded(model=model, processor=processor, family=family)
 
 
@@ -237,4 +277,5 @@ FAMILY = ModelFamily(
     multi_image=True,
     extra={"projector_modules": ("merger",)},
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
+    processor_loader=load_processor,
 )

@@ -31,6 +31,13 @@ def load(cfg) -> Loaded:
     return loaded
 
 
+def load_processor(path, **options):
+    """Idefics3Processor, which serves SmolVLM's images and text without torchvision or num2words."""
+    from transformers import Idefics3Processor
+
+    return Idefics3Processor.from_pretrained(path, **options)
+
+
 def tiny() -> Loaded:
     from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMVisionConfig
     from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
@@ -56,6 +63,7 @@ FAMILY = ModelFamily(
     text_only=True,
     multi_image=True,
     extra={"projector_modules": ("connector",)},
+    processor_loader=load_processor,
     packing=True,  # a Llama-style LM with 1-D positions: samples can share a row
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
     vision_features="per_sample",  # get_image_features lists one entry per sample (all its images' tiles)

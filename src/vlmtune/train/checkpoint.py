@@ -282,7 +282,6 @@ def load_for_inference(path: str | Path, quantized: bool = True, device=None, dt
     device = resolve_device(device) if isinstance(device, str) else device
     if meta.get("adapter"):
         from peft import PeftModel
-        from transformers import AutoProcessor
 
         from vlmtune.config import QuantCfg
 
@@ -294,7 +293,8 @@ def load_for_inference(path: str | Path, quantized: bool = True, device=None, dt
                             trust_remote_code=bool(meta.get("trust_remote_code", False)))
         base = get_family(meta["family"]).load(base_cfg)
         model = PeftModel.from_pretrained(base.model, model_dir)
-        loaded = Loaded(model=model, processor=AutoProcessor.from_pretrained(model_dir), family=meta["family"])
+        processor = get_family(meta["family"]).load_processor(model_dir)
+        loaded = Loaded(model=model, processor=processor, family=meta["family"])
     else:
         family = family_of(model_dir)
         loaded = get_family(family).load(ModelCfg(family=family, path=str(model_dir), dtype=dtype))
