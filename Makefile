@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 # the suite as CI runs it; pytest's exit code 5 (no test ran) is a failure
 define PYTEST
-$(1)/bin/python -m pytest -m "not gpu and not slow" -p no:cacheprovider; rc=$$?; \
+$(1)/bin/python -m pytest -m "not gpu and not slow" -p no:cacheprovider --junitxml=$(1)/junit.xml; rc=$$?; \
   if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 endef
 # `uv pip compile` of pyproject.toml (dev extra, torch left out; the local CPU wheel's folder where it exists)

@@ -14,8 +14,52 @@ GPT2_LINEARS = ("c_attn", "c_proj", "c_fc")
 """A GPT-2-style language model's projections (ruGPT-3 joined to a vision tower by `vlmtune compose`)."""
 
 
+# LLaVA-1.5's own training format (its "vicuna_v1" conversation): "USER: <image>\nq ASSISTANT: a</s>USER: ...". The hub
+# checkpoints' chat template ends an assistant turn with a space instead of </s>, so a model trained on it never learns
+# to stop (and "a " tokenises differently before "USER"). vlmtune renders llava-1.5-style templates with this one: the
+# same text, each answer ending in the eos token (not in the generation span: the answer is).
+VICUNA_V1 = (
+    "{% for message in messages %}"
+    "{% if message['role'] != 'system' %}{{ message['role'].upper() + ': ' }}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' ' }}"
+    "{% endfor %}"
+    "{% else %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] }}{% endgeneration %}{% endfor %}{{ eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
 def load(cfg) -> Loaded:
     return load_pretrained(cfg, "llava")
+
+
+def chat_template(processor) -> str | None:
+    """The template `encode` renders with: the processor's own when it ends assistant turns with the eos token (the
+    built-in model's, a composed model's); VICUNA_V1 for the hub's LLaVA-1.5 template, which does not; any other
+    template without the end token is refused (the model would never learn to stop)."""
+    cached = getattr(processor, "_vlmtune_chat_template", False)
+    if cached is not False:
+        return cached
+    tok = processor.tokenizer
+    probe = [{"role": "user", "content": [{"type": "text", "text": "q"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "a"}]}]
+    text = processor.apply_chat_template(probe, tokenize=False)
+    template = "error"
+    if tok.eos_token and tok.eos_token in text[text.rindex("a"):]:
+        template = None
+    elif "ASSISTANT: " in text and "ASSISTANT:" in processor.apply_chat_template(probe[:1], tokenize=False,
+                                                                                 add_generation_prompt=True):
+        template = VICUNA_V1
+    if template != "error":
+        processor._vlmtune_chat_template = template
+        return template
+    raise ValueError(f"the chat template ends an assistant turn without the end token {tok.eos_token!r} (it renders "
+                     f"{text!r}); the model would never learn to stop: give the processor a chat_template that does")
 
 
 def image_token_count(processor) -> int:
@@ -36,9 +80,11 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     import torch
 
     tok = processor.tokenizer
+    template = chat_template(processor)
 
     def render(messages, add_generation_prompt):
-        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             chat_template=template)
 
     train = mode == "train"
     texts = [render(s.messages if train else s.prompt_messages, not train) for s in samples]

@@ -128,8 +128,28 @@ def make_trainable(cfg: RunCfg, family: ModelFamily, model):
                 p.requires_grad_(False)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("nothing to train: every parameter group is frozen")
-    upcast_trainables(model)
+    if upcast_trainables(model):
+        import torch
+
+        align_dtypes(model, family, getattr(torch, cfg.model.dtype))
     return model
+
+
+def align_dtypes(model, family: ModelFamily, dtype) -> None:
+    """After `upcast_trainables` a model mixes dtypes: e.g. a full fine-tune's float32 language model beside a frozen
+    bf16 vision tower. Autocast covers the matmuls, not the code that merges image features into the text embeddings
+    (SmolVLM/Idefics3 cast the features to the model's first weight's dtype, then masked_scatter them into the
+    embeddings): the input embeddings' and the projector's outputs are cast to the base dtype (`model.dtype`), as
+    they are in a model loaded for inference. The float32 weights still get their gradients through the cast."""
+    names = tuple(family.extra.get("projector_modules", ()))
+
+    def cast(module, args, output):
+        return output.to(dtype) if hasattr(output, "is_floating_point") and output.is_floating_point() else output
+
+    model.get_input_embeddings().register_forward_hook(cast)
+    for name, module in model.named_modules():
+        if names and name.split(".")[-1] in names:
+            module.register_forward_hook(cast)
 
 
 def train_autocast(accelerator):

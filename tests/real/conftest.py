@@ -1,0 +1,35 @@
+"""tests/real: the families with their *real* tokenizers, chat templates, image processors and configs, from
+../shared/real-models (public checkpoints' files, no weights). A user's clone without ../shared uses the hub ids when
+a network is there and otherwise skips with that reason; CI has ../shared, and `.ci/run` fails if tests/real ran
+no test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REAL = Path(__file__).resolve().parents[3] / "shared" / "real-models"
+
+# the folders ../shared/real-models/README.md marks complete, of families vlmtune supports
+FOLDERS = {
+    "llava": "llava-hf__llava-1.5-7b-hf",
+    "blip2": "Salesforce__blip2-opt-2.7b",
+    "gemma3": "google__gemma-3-4b-it",
+    "qwen2_vl": "Qwen__Qwen2-VL-2B-Instruct",
+    "qwen2_5_vl": "Qwen__Qwen2.5-VL-3B-Instruct",
+    "smolvlm": "HuggingFaceTB__SmolVLM2-256M-Video-Instruct",
+    "mllama": "meta-llama__Llama-3.2-11B-Vision-Instruct",
+    "pix2struct": "google__pix2struct-docvqa-base",
+}
+
+
+def real_path(family: str) -> str:
+    """The folder of a family's real checkpoint files, or its hub id when ../shared is absent and the hub reachable."""
+    folder = REAL / FOLDERS[family]
+    if folder.is_dir():
+        return str(folder)
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("CI"):
+        pytest.skip(f"{folder} is absent (../shared/real-models) and the hub is offline")
+    return FOLDERS[family].replace("__", "/", 1)

@@ -1,0 +1,135 @@
+"""Real-width models (the checkpoint's real config.json, random weights, depth cut to 2 layers per tower) in bf16
+with the real processor, through vlmtune's own training loop: a LoRA step and a full step with finite losses in which
+only the intended parameters change; then `export --merge` and a reload in a fresh process with plain transformers
+and no vlmtune import, which gives the logits vlmtune's own reload gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import tiny_run_cfg
+
+from tests.real.conftest import real_path
+from vlmtune.config import RunCfg
+from vlmtune.models import FAMILIES
+
+# the small real checkpoints (at real width, a 7B's 2-layer cut is still ~0.7B parameters: kept to the processor
+# tests in test_real_processors.py and to GPU runs)
+MODELS = ["qwen2_vl", "smolvlm"]
+
+
+def _cut(config, depth: int = 2):
+    """Every tower `depth` layers deep, widths untouched."""
+    for sub in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None)):
+        if sub is None:
+            continue
+        for attr in ("num_hidden_layers", "depth"):
+            if isinstance(getattr(sub, attr, None), int):
+                setattr(sub, attr, min(getattr(sub, attr), depth))
+        if isinstance(getattr(sub, "layer_types", None), list):
+            sub.layer_types = sub.layer_types[:depth]
+        if isinstance(getattr(sub, "fullatt_block_indexes", None), list):
+            sub.fullatt_block_indexes = [i for i in sub.fullatt_block_indexes if i < depth]
+    return config
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def real_model_dir(request, tmp_path_factory):
+    """A checkpoint directory of the real config (cut), real processor and generation config, random bf16 weights."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
+
+    name = request.param
+    path = real_path(name)
+    out = tmp_path_factory.mktemp(name)
+    torch.manual_seed(0)
+    config = _cut(AutoConfig.from_pretrained(path))
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    except OSError:
+        pass
+    model.save_pretrained(out)
+    FAMILIES[name].load_processor(path).save_pretrained(out)
+    return name, out
+
+
+def _run(tmp_path, data, base, name: str, lora: bool):
+    from vlmtune.train.loop import fit, setup
+
+    cfg = RunCfg.from_dict(tiny_run_cfg(
+        tmp_path / ("lora" if lora else "full"), data, model={"family": name, "path": str(base), "dtype": "bfloat16"},
+        data={"max_length": 2048, "val_split": None}, lora={"enabled": lora, "r": 4, "dropout": 0.0},
+        train={"max_steps": 1, "micro_batch_size": 2, "global_batch_size": 2, "lr": 1e-3, "warmup_steps": 0,
+               "eval_every": 0, "save_every": 1, "mixed_precision": "bf16", "freeze_vision": not lora,
+               "freeze_projector": lora}))
+    state = setup(cfg)
+    model = state.accelerator.unwrap_model(state.model)
+    before = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+    fit(state)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach().float(), before[n])}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    losses = [r["loss"] for r in map(json.loads, (cfg.run_dir / "metrics.jsonl").read_text().splitlines())
+              if "loss" in r]
+    return cfg, losses, changed, trainable, model
+
+
+FRESH = """
+import json, sys, torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText
+model = AutoModelForImageTextToText.from_pretrained(sys.argv[1]).eval()
+inputs = load_file(sys.argv[2])
+with torch.no_grad():
+    logits = model(**inputs).logits.float()
+torch.save(logits, sys.argv[3])
+print(json.dumps({"vlmtune": "vlmtune" in sys.modules, "dtype": str(model.dtype)}))
+"""
+
+
+def test_lora_and_full_steps_then_export_reloads_without_vlmtune(real_model_dir, tmp_path, fashion_dir):
+    from safetensors.torch import save_file
+
+    from vlmtune.data.store import read_samples
+    from vlmtune.eval.runner import load_images
+    from vlmtune.export import export
+    from vlmtune.train.checkpoint import load_for_inference
+
+    name, base = real_model_dir
+    family = FAMILIES[name]
+    cfg, losses, changed, trainable, _ = _run(tmp_path, fashion_dir, base, name, lora=True)
+    assert losses and all(map(torch.isfinite, torch.tensor(losses)))
+    assert changed and changed <= trainable and all("lora_" in n for n in changed), sorted(changed - trainable)[:3]
+    full_cfg, full_losses, full_changed, full_trainable, _ = _run(tmp_path, fashion_dir, base, name, lora=False)
+    assert all(map(torch.isfinite, torch.tensor(full_losses)))
+    assert full_changed <= full_trainable and all(family.freeze_groups and
+                                                   not any(n.startswith(p) for p in family.freeze_groups["vision"])
+                                                   for n in full_changed)
+
+    out = tmp_path / "exported"
+    export(cfg.run_dir, out, merge=True)
+    loaded = load_for_inference(cfg.run_dir, device="cpu")
+    samples, _ = read_samples(fashion_dir, split="val")
+    batch = family.encode(loaded.processor, samples[:2], [load_images(fashion_dir, s) for s in samples[:2]], "train",
+                          2048)
+    inputs = {k: v for k, v in batch.inputs.items() if k != "labels" and isinstance(v, torch.Tensor)}
+    save_file({k: v.contiguous() for k, v in inputs.items()}, str(tmp_path / "inputs.safetensors"))
+    with torch.no_grad():
+        ours = loaded.model(**inputs).logits.float()  # the adapter applied at run time
+        exported = load_for_inference(out, device="cpu").model(**inputs).logits.float()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", FRESH, str(out), str(tmp_path / "inputs.safetensors"),
+                           str(tmp_path / "logits.pt")], capture_output=True, text=True, env=env, timeout=600,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not info["vlmtune"] and info["dtype"] == "torch.bfloat16"
+    theirs = torch.load(tmp_path / "logits.pt", weights_only=True)
+    assert torch.equal(theirs, exported), "plain transformers and vlmtune read the export alike"
+    # merged weights (W + BA rounded once to bf16) against the adapter applied at run time: bf16 rounding only
+    assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() > 0.95
+    assert (theirs - ours).abs().mean() < 1e-2
