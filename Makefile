@@ -3,6 +3,7 @@
 # make lock         -> re-resolve requirements.lock (newest versions pyproject.toml allows, with hashes)
 # make test-latest  -> a separate .venv-latest with the newest allowed releases (no lock), run the suite
 # make test-oldest  -> a separate .venv-oldest with the lowest versions pyproject.toml allows, run the suite
+# make test-gpu     -> the gpu-marked tests (needs a CUDA device)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-latest test-oldest lock recipe lint clean browser ocr
+.PHONY: install demo test test-gpu test-latest test-oldest lock recipe lint clean browser ocr
 
 UV_VERSION := 0.13.9
 # torch is pinned by pyproject.toml (==2.13.0) and installed on its own: the CPU wheel these machines carry
@@ -26,6 +27,11 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/pip check
 	touch $(STAMP)
+
+# The CUDA tests (bf16/fp16 training steps, device placement of the inference commands, QLoRA 4-bit): run on a
+# GPU machine, then put the output in BENCHMARKS.md with the card's name
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -m gpu -p no:cacheprovider -v
 
 # the suite as CI runs it; pytest's exit code 5 (no test ran) is a failure
 define PYTEST

@@ -166,3 +166,18 @@ def test_eval_and_predict_take_generation_settings_from_the_run(trained_run, tmp
     a = Namespace(model=str(tmp_path), max_new_tokens=None, num_beams=None, lang=None)
     _run_defaults(a)
     assert (a.max_new_tokens, a.num_beams) == (16, 1)
+
+
+def test_the_offline_kernel_notice_of_bitsandbytes_is_not_printed(caplog):
+    """bitsandbytes (imported by peft) logs that its optional hub kernel is unavailable offline at every start,
+    quantised or not; vlmtune's commands drop that notice and nothing else of that logger."""
+    import logging
+
+    from vlmtune.cli import _quiet_offline_kernel_noise
+
+    _quiet_offline_kernel_noise()
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING, logger="bitsandbytes.backends.cpu.ops"):
+        log.warning("Failed to load CPU gemm_4bit_forward from kernels-community: offline")
+        log.warning("something else")
+    assert [r.getMessage() for r in caplog.records] == ["something else"]

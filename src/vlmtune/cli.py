@@ -804,8 +804,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _OfflineKernelNoise:
+    """A logging filter for two warnings bitsandbytes (imported by peft whenever it is installed) logs on every
+    offline start, quantised or not: its optional CPU kernel lives on the hub. Nothing is lost: without that kernel
+    bitsandbytes uses its built-in CPU path."""
+
+    NOISE = ("Failed to load CPU gemm_4bit_forward from kernels-community", "Skipping publisher trust check")
+
+    def filter(self, record) -> bool:
+        return not str(record.getMessage()).startswith(self.NOISE)
+
+
+def _quiet_offline_kernel_noise() -> None:
+    import logging
+
+    for name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+        logging.getLogger(name).addFilter(_OfflineKernelNoise())
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_offline_kernel_noise()
     argv = _route_retrieve(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     a, rest = parser.parse_known_args(argv)

@@ -4,6 +4,7 @@ per image; invalidated by any change of weights or processor settings; off (with
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -34,6 +35,9 @@ def test_training_with_the_cache_gives_the_same_losses_and_evaluations(tmp_path,
     err = capsys.readouterr().err
     assert "vision cache: off (train.vision_cache is off)" in err and "vision cache: on, " in err
     assert "trainable " in err and "language/lora" in err and "projector/" not in err  # printed at start-up
+    assert "mixed precision no, device cpu" in err  # not Accelerate's bare "NO"
+    trained = re.search(r"trained tokens of sample '[^']+': (\[.*\])", err)
+    assert trained and trained.group(1).endswith("'</s>']"), err[-2000:]
     off, on = _losses(runs["off"]), _losses(runs["auto"])
     assert len(off) == 12  # 12 steps x 8 = 96 samples: every one of the 38 train images is seen 2-3 times
     torch.testing.assert_close(torch.tensor(on), torch.tensor(off), rtol=1e-5, atol=1e-5)

@@ -46,6 +46,7 @@ from vlmtune.models.family import (
 )
 from vlmtune.train import checkpoint as ckpt
 from vlmtune.train import vision_cache
+from vlmtune.train.collate import IGNORE_INDEX
 from vlmtune.train.distributed import vision_dummy
 
 PROBES_BASE = "probes_base.json"
@@ -274,7 +275,8 @@ def setup(cfg: RunCfg) -> State:
 
         AcceleratorState._reset_state(reset_partial_state=True)
         accelerator = Accelerator(**options)
-    accelerator.print(f"vlmtune train: {accelerator.num_processes} process(es), {accelerator.distributed_type.value}, "
+    accelerator.print(f"vlmtune train: {accelerator.num_processes} process(es) (distributed: "
+                      f"{accelerator.distributed_type.value.lower()}), mixed precision {accelerator.mixed_precision}, "
                       f"device {accelerator.device}", file=sys.stderr)
     if cfg.train.global_batch_size % (cfg.train.micro_batch_size * accelerator.num_processes):
         raise ValueError("global_batch_size must be a multiple of micro_batch_size x number of processes")
@@ -316,6 +318,8 @@ def setup(cfg: RunCfg) -> State:
                   # with the feature cache on, a seen sample's stored rows replace its images: keep none decoded
                   images=DecodedImages(0 if cache is not None else cfg.train.image_cache_mb << 20))
     check_lengths(state)
+    first = state.mixture.sources[0].samples[0]
+    accelerator.print(f"trained tokens of sample {first.id!r}: {trained_tokens_of(state, first)}", file=sys.stderr)
     done = ckpt.checkpoints(run_dir)
     if done:
         resumed = ckpt.load_trainer_state(done[-1], accelerator.unwrap_model(model), optimizer, scheduler,
@@ -515,6 +519,18 @@ def check_lengths(state: State, chunk: int = 32) -> None:
     for src in state.mixture.sources:
         if not src.samples:
             raise ValueError(f"data source {src.name!r}: every sample is longer than data.max_length")
+
+
+def trained_tokens_of(state: State, sample: Sample) -> list[str]:
+    """The tokens the loss is computed on for one sample, as strings (printed at start-up: the answer and the end
+    token the model learns to stop at, nothing of the prompt)."""
+    from vlmtune.train.collate import trained_tokens
+
+    batch = encode_batch(state, [(0, sample)])
+    tok, labels = state.loaded.processor.tokenizer, batch.inputs["labels"][0].tolist()
+    if not state.family.shift_labels:  # encoder-decoder: the labels are the decoder's target tokens themselves
+        return [tok.convert_ids_to_tokens(t) for t in labels if t != IGNORE_INDEX]
+    return trained_tokens(tok, batch.inputs["input_ids"][0].tolist(), labels)
 
 
 def length_estimate(sample: Sample) -> int:
