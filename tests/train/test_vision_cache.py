@@ -232,7 +232,9 @@ def test_a_trained_vision_tower_reuses_decoded_images_across_epochs(tmp_path, fa
         runs[mb] = (cfg.run_dir, list(decoded))
     assert "vision cache: off (the vision tower or projector is trained" in capsys.readouterr().err
     plain, cached = runs[0][1], runs[64][1]
-    assert len(plain) == 96  # 12 steps x 8 samples, each decoded every time
+    # 12 steps x 8 samples, each decoded every time; plus, before step 0, the length check (each image once) and the
+    # start-up print of one sample's trained tokens
+    assert len(plain) == 96 + len(set(plain)) + 1
     assert len(cached) == len(set(cached)) == len(set(plain))  # each distinct image once
     torch.testing.assert_close(torch.tensor(_losses(runs[64][0])), torch.tensor(_losses(runs[0][0])),
                                rtol=1e-5, atol=1e-5)
