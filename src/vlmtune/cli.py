@@ -166,6 +166,8 @@ def _run_defaults(a) -> None:
     for key, fallback in (("max_new_tokens", 16), ("num_beams", 1)):
         if getattr(a, key) is None:
             setattr(a, key, getattr(e, key) if e is not None else fallback)
+    if getattr(a, "max_length", 0) is None:  # a prompt the run trained with fits; a Pix2Struct one is 2048 patches+
+        a.max_length = max(cfg.data.max_length, 4096) if cfg is not None else 4096
     if hasattr(a, "lang") and a.lang is None and e is not None:
         a.lang = e.lang
 
@@ -390,7 +392,8 @@ def _add_model_args(p, required: bool = True) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's eval.max_new_tokens, else 16")
     p.add_argument("--num-beams", type=int, default=None, help="default: the run's eval.num_beams, else 1")
-    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--max-length", type=int, default=None,
+                   help="prompt limit, image tokens included (default: the run's data.max_length, at least 4096)")
     p.add_argument("--limit", type=int, default=None, help="only the first N samples")
     p.add_argument("--skip-bad", action="store_true", help="skip bad records (listed in rejected.jsonl)")
     _add_device_args(p)
@@ -568,7 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--batch-size", type=int, default=16)
     al.add_argument("--max-new-tokens", type=int, default=32)
     al.add_argument("--num-beams", type=int, default=1)
-    al.add_argument("--max-length", type=int, default=2048)
+    al.add_argument("--max-length", type=int, default=None,
+                    help="prompt limit, image tokens included (default: the run's data.max_length, at least 4096)")
     _add_device_args(al)
     al.set_defaults(fn=cmd_data_autolabel)
 

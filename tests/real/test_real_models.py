@@ -20,7 +20,7 @@ from vlmtune.models import FAMILIES
 
 # the small real checkpoints (at real width, a 7B's 2-layer cut is still ~0.7B parameters: kept to the processor
 # tests in test_real_processors.py and to GPU runs)
-MODELS = ["qwen2_vl", "smolvlm"]
+MODELS = ["qwen2_vl", "smolvlm", "pix2struct", "blip2"]
 
 
 def _cut(config, depth: int = 2):
@@ -63,7 +63,7 @@ def _run(tmp_path, data, base, name: str, lora: bool):
 
     cfg = RunCfg.from_dict(tiny_run_cfg(
         tmp_path / ("lora" if lora else "full"), data, model={"family": name, "path": str(base), "dtype": "bfloat16"},
-        data={"max_length": 2048, "val_split": None}, lora={"enabled": lora, "r": 4, "dropout": 0.0},
+        data={"max_length": 4096, "val_split": None}, lora={"enabled": lora, "r": 4, "dropout": 0.0},
         train={"max_steps": 1, "micro_batch_size": 2, "global_batch_size": 2, "lr": 1e-3, "warmup_steps": 0,
                "eval_every": 0, "save_every": 1, "mixed_precision": "bf16", "freeze_vision": not lora,
                "freeze_projector": lora}))
@@ -97,6 +97,7 @@ def test_lora_and_full_steps_then_export_reloads_without_vlmtune(real_model_dir,
     from vlmtune.data.store import read_samples
     from vlmtune.eval.runner import load_images
     from vlmtune.export import export
+    from vlmtune.models.family import input_dtype
     from vlmtune.train.checkpoint import load_for_inference
 
     name, base = real_model_dir
@@ -115,8 +116,10 @@ def test_lora_and_full_steps_then_export_reloads_without_vlmtune(real_model_dir,
     loaded = load_for_inference(cfg.run_dir, device="cpu")
     samples, _ = read_samples(fashion_dir, split="val")
     batch = family.encode(loaded.processor, samples[:2], [load_images(fashion_dir, s) for s in samples[:2]], "train",
-                          2048)
-    inputs = {k: v for k, v in batch.inputs.items() if k != "labels" and isinstance(v, torch.Tensor)}
+                          4096)
+    batch = batch.to("cpu", input_dtype(loaded.model))  # as the Predictor passes them: floating inputs in bf16
+    # labels stay: an encoder-decoder (Pix2Struct) builds its decoder inputs from them
+    inputs = {k: v for k, v in batch.inputs.items() if isinstance(v, torch.Tensor)}
     save_file({k: v.contiguous() for k, v in inputs.items()}, str(tmp_path / "inputs.safetensors"))
     with torch.no_grad():
         ours = loaded.model(**inputs).logits.float()  # the adapter applied at run time
