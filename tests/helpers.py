@@ -22,6 +22,18 @@ TINY_BUILTIN = {"image_size": 32, "patch_size": 8, "vision_dim": 32, "vision_lay
                 "text_layers": 1, "heads": 4}
 
 
+def save_builtin(out: Path, seed: int = 0, **sizes) -> Path:
+    """A built-in model (TINY_BUILTIN, `sizes` overriding) with random weights saved as a model directory: a base
+    for runs that load `model.path` (LoRA, QLoRA, dtypes)."""
+    from vlmtune.config import BuiltinCfg
+    from vlmtune.models.builtin import build_builtin
+
+    loaded = build_builtin(BuiltinCfg(**{**TINY_BUILTIN, **sizes}), seed=seed)
+    loaded.model.save_pretrained(out)
+    loaded.processor.save_pretrained(out)
+    return out
+
+
 def tiny_run_cfg(tmp_path: Path, data_dir: Path, **sections) -> dict:
     """A RunCfg dict for a seconds-long CPU run of a tiny built-in model."""
     cfg = {

@@ -8,9 +8,9 @@ import json
 
 import pytest
 import torch
-from helpers import TINY_BUILTIN, tiny_run_cfg
+from helpers import save_builtin, tiny_run_cfg
 
-from vlmtune.config import BuiltinCfg, RunCfg
+from vlmtune.config import RunCfg
 
 pytestmark = pytest.mark.gpu
 
@@ -23,13 +23,7 @@ def cuda():
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from vlmtune.models.builtin import build_builtin
-
-    out = tmp_path_factory.mktemp("base")
-    loaded = build_builtin(BuiltinCfg(**{**TINY_BUILTIN, "text_dim": 64}), seed=0)
-    loaded.model.save_pretrained(out)
-    loaded.processor.save_pretrained(out)
-    return out
+    return save_builtin(tmp_path_factory.mktemp("base"), text_dim=64)
 
 
 def _train(tmp_path, data, base, dtype, precision, lora=True):

@@ -11,9 +11,9 @@ import json
 import bitsandbytes as bnb  # a dev dependency: `make test` installs it, and its absence must fail
 import pytest
 import torch
-from helpers import TINY_BUILTIN, tiny_run_cfg
+from helpers import TINY_BUILTIN, save_builtin, tiny_run_cfg
 
-from vlmtune.config import BuiltinCfg, ModelCfg, QuantCfg, RunCfg
+from vlmtune.config import ModelCfg, QuantCfg, RunCfg
 from vlmtune.models import FAMILIES
 from vlmtune.models.family import freeze_group_of
 
@@ -36,13 +36,7 @@ def _quantized_linears(model) -> tuple[set[str], set[str]]:
 
 @pytest.fixture(scope="module")
 def saved_builtin(tmp_path_factory):
-    from vlmtune.models.builtin import build_builtin
-
-    out = tmp_path_factory.mktemp("base")
-    loaded = build_builtin(BuiltinCfg(**QLORA_BUILTIN), seed=0)
-    loaded.model.save_pretrained(out)
-    loaded.processor.save_pretrained(out)
-    return out
+    return save_builtin(tmp_path_factory.mktemp("base"), **QLORA_BUILTIN)
 
 
 def test_config_checks():

@@ -8,17 +8,9 @@ import json
 import shutil
 
 import pytest
-from helpers import TINY_BUILTIN, tiny_run_cfg
+from helpers import save_builtin, tiny_run_cfg
 
-from vlmtune.config import BuiltinCfg, RunCfg
-
-
-def _save_base(path, seed):
-    from vlmtune.models.builtin import build_builtin
-
-    loaded = build_builtin(BuiltinCfg(**TINY_BUILTIN), seed=seed)
-    loaded.model.save_pretrained(path)
-    loaded.processor.save_pretrained(path)
+from vlmtune.config import RunCfg
 
 
 def test_a_lora_run_from_a_relative_base_path_works_anywhere_and_refuses_another_base(tmp_path, fashion_dir,
@@ -27,7 +19,7 @@ def test_a_lora_run_from_a_relative_base_path_works_anywhere_and_refuses_another
     from vlmtune.train.loop import train
 
     work = tmp_path / "work"
-    _save_base(work / "models" / "base", seed=0)
+    save_builtin(work / "models" / "base", seed=0)
     monkeypatch.chdir(work)
     cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, fashion_dir, model={"path": "models/base"},
                                         lora={"enabled": True, "r": 4},
@@ -44,6 +36,6 @@ def test_a_lora_run_from_a_relative_base_path_works_anywhere_and_refuses_another
     assert Predictor.from_path(cfg.run_dir, device="cpu").ask(None, "What colour?") is not None
 
     shutil.rmtree(work / "models" / "base")
-    _save_base(work / "models" / "base", seed=1)  # the same architecture, other weights
+    save_builtin(work / "models" / "base", seed=1)  # the same architecture, other weights
     with pytest.raises(ValueError, match="now holds other weights"):
         Predictor.from_path(cfg.run_dir, device="cpu")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import TINY_BUILTIN, tiny_run_cfg
+from helpers import save_builtin, tiny_run_cfg
 
-from vlmtune.config import BuiltinCfg, RunCfg
+from vlmtune.config import RunCfg
 
 LR = 5e-5
 PROJECTOR = "multi_modal_projector"
@@ -17,13 +17,7 @@ PROJECTOR = "multi_modal_projector"
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    from vlmtune.models.builtin import build_builtin
-
-    out = tmp_path_factory.mktemp("base")
-    loaded = build_builtin(BuiltinCfg(**TINY_BUILTIN), seed=0)
-    loaded.model.save_pretrained(out)
-    loaded.processor.save_pretrained(out)
-    return out
+    return save_builtin(tmp_path_factory.mktemp("base"))
 
 
 def _train(tmp_path, data, base, dtype: str, precision: str, lora: bool):
