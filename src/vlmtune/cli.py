@@ -643,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(fn=cmd_predict)
 
     dm = sub.add_parser("demo", help="the offline demo: pretrain, fine-tune naive vs replay, measure forgetting",
-                        formatter_class=ex, epilog="example: vlmtune demo            (about 6 minutes on 2 CPU cores)")
+                        formatter_class=ex, epilog="example: vlmtune demo            (about 7 minutes on 2 CPU cores)")
     dm.add_argument("--quick", action="store_true", help="a small version (seconds; what the tests run)")
     dm.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     dm.add_argument("--seed", type=int, default=0,
