@@ -22,7 +22,7 @@ def recipe_trainables(cfg) -> tuple[dict, bool]:
     from vlmtune.models import get_family
     from vlmtune.models.builtin import build_builtin
     from vlmtune.models.family import trainable_summary
-    from vlmtune.train.loop import make_trainable
+    from vlmtune.train.trainable import make_trainable
 
     family = get_family(cfg.model.family)
     real = real_config_dir(cfg.model.path) if cfg.model.path != "builtin" else None
