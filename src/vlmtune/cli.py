@@ -376,12 +376,16 @@ def _route_retrieve(argv: list[str]) -> list[str]:
     return argv
 
 
-def _add_device_args(p) -> None:
-    """--device / --dtype: the inference placement policy of every command that loads a model (models/device.py)."""
+def _add_device_args(p, dtype: bool = True) -> None:
+    """--device (and --dtype): the inference placement policy of every command that loads a model
+    (models/device.py). `retrieve` takes --device only: its --dtype is the index's vector dtype."""
+    from vlmtune.models.device import DTYPES
+
     p.add_argument("--device", default="auto",
                    help="auto (default: the GPU when there is one, else MPS, else CPU), cuda, cuda:N, mps or cpu")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="default: the dtype the run trained in (model.dtype), else the checkpoint's config.json")
+    if dtype:
+        p.add_argument("--dtype", default=None, choices=DTYPES,
+                       help="default: the dtype the run trained in (model.dtype), else the checkpoint's config.json")
 
 
 def _add_model_args(p, required: bool = True) -> None:
@@ -710,7 +714,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--image", default=None, help="an image file as the query instead of text")
     rs.add_argument("--k", type=int, default=5)
     rs.add_argument("--model", default=None, help="query model (default: the index's; another one is refused)")
-    rs.add_argument("--device", default="auto", help="auto (the GPU when there is one), cuda, cuda:N, mps or cpu")
+    _add_device_args(rs, dtype=False)
     rs.set_defaults(fn=cmd_retrieve_search)
     rtr = rsub.add_parser("train", help="contrastive fine-tuning on a dataset's image-caption pairs",
                           formatter_class=ex,
@@ -738,7 +742,7 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("--data", required=True)
     rev.add_argument("--split", default="test")
     rev.add_argument("--batch-size", type=int, default=64)
-    rev.add_argument("--device", default="auto", help="auto (the GPU when there is one), cuda, cuda:N, mps or cpu")
+    _add_device_args(rev, dtype=False)
     rev.set_defaults(fn=cmd_retrieve_eval)
     rix = rsub.add_parser("index", help="embed a catalogue into an on-disk index (resumable)", formatter_class=ex,
                           epilog="example: vlmtune retrieve index --model runs/shop-clip --catalogue shop.tsv "
@@ -750,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     rix.add_argument("--images", default=None, help="directory the TSV's image paths are relative to")
     rix.add_argument("--batch-size", type=int, default=64)
     rix.add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    rix.add_argument("--device", default="auto", help="auto (the GPU when there is one), cuda, cuda:N, mps or cpu")
+    _add_device_args(rix, dtype=False)
     rix.set_defaults(fn=cmd_retrieve_index)
 
     ch = sub.add_parser("chart", help="DePlot pipeline: chart -> table -> answer; its evaluation", formatter_class=ex,
