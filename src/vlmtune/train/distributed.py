@@ -28,7 +28,7 @@ the graph with weight 0, so every rank runs the same modules, in the same order,
 
 In the training loop (`fit`), around the forward of each micro-batch::
 
-    with acc.autocast(), vision_dummy(acc, model, batch.inputs, state.loaded.processor):
+    with train_autocast(acc), vision_dummy(acc, model, batch.inputs, state.loaded.processor):
         sums, counts = forward_losses(model, state.family, batch.inputs, labels, keep_logits, prefix)
 
 The same rule holds for evaluation under ZeRO-3 (`Predictor.generate` of a text-only batch on one rank while another
