@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-gpu test-latest test-oldest lock recipe lint clean browser ocr
+.PHONY: test-large install demo test test-gpu test-latest test-oldest lock recipe lint clean browser ocr
 
 UV_VERSION := 0.13.9
 # torch is pinned by pyproject.toml (==2.13.0) and installed on its own: the CPU wheel these machines carry
@@ -33,9 +33,17 @@ $(STAMP): pyproject.toml requirements.lock
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -m gpu -p no:cacheprovider -v
 
+# real-width 2-layer cuts of the 3B-11B checkpoints in ../shared/real-models (Qwen2.5-VL-3B, Gemma 3 4B,
+# LLaVA-1.5-7B, Llama-3.2-11B-Vision): a LoRA step, export and fresh-process reload, a full step; ~15 minutes on 2
+# cores, up to ~14 GB of memory. `.ci/run` runs it after `make test`
+test-large: $(STAMP)
+	$(BIN)/python -m pytest -m "large and not gpu" -p no:cacheprovider --junitxml=$(VENV)/junit-large.xml; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
 # the suite as CI runs it; pytest's exit code 5 (no test ran) is a failure
 define PYTEST
-$(1)/bin/python -m pytest -m "not gpu and not slow" -p no:cacheprovider --junitxml=$(1)/junit.xml; rc=$$?; \
+$(1)/bin/python -m pytest -m "not gpu and not slow and not large" -p no:cacheprovider --junitxml=$(1)/junit.xml; \
+  rc=$$?; \
   if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 endef
 # `uv pip compile` of pyproject.toml (dev extra, torch left out; the local CPU wheel's folder where it exists)
