@@ -75,17 +75,22 @@ def main() -> None:
                 "train": {"seed": seed, "max_steps": a.steps, "warmup_steps": max(1, a.steps // 10),
                           "eval_every": a.steps, "save_every": a.steps, "log_every": 10}})
             cfg = _merge(cfg, extra)
-            if cfg["lora"].get("targets") == "+projector":
-                cfg["lora"]["targets"] = [*FAMILIES["llava"].lora_targets, PROJECTOR_LINEARS]
+            if cfg["lora"].get("targets") == "+projector":  # one regex (peft reads a list as name suffixes)
+                cfg["lora"]["targets"] = ["|".join(f"(?:{t})" for t in (*FAMILIES["llava"].lora_targets,
+                                                                          PROJECTOR_LINEARS))]
             path = out / f"{cfg['name']}.yaml"
             path.write_text(yaml.safe_dump(cfg))
-            print(f"$ vlmtune train --config {path}", file=sys.stderr, flush=True)
-            done = subprocess.run([vlmtune, "train", "--config", str(path)], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True)
-            if done.returncode != 0:
-                sys.exit(done.stderr[-3000:])
-            trainable = next(x for x in done.stderr.splitlines() if x.startswith("trainable "))
-            cache = next(x for x in done.stderr.splitlines() if x.startswith("vision cache: "))
+            log = out / f"{cfg['name']}.log"
+            if not log.is_file():  # a finished run of an earlier invocation with the same --out is reused
+                print(f"$ vlmtune train --config {path}", file=sys.stderr, flush=True)
+                done = subprocess.run([vlmtune, "train", "--config", str(path)], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True)
+                if done.returncode != 0:
+                    sys.exit(done.stderr[-3000:])
+                log.write_text(done.stderr)
+            stderr = log.read_text().splitlines()
+            trainable = next(x for x in stderr if x.startswith("trainable "))
+            cache = next(x for x in stderr if x.startswith("vision cache: "))
             rows = _rows(out / cfg["name"])
             final = [r for r in rows if "val/vqa_accuracy" in r][-1]
             speed = [r["samples_per_s"] for r in rows if "samples_per_s" in r]
