@@ -141,17 +141,18 @@ def _family_issues(family, sample: Sample) -> list[str]:
 
 def _records(root: Path):
     """(line number, Sample or BadRecord) for every non-empty manifest line (images are checked by the caller)."""
-    from vlmtune.data.store import parse_line
+    from vlmtune.data.store import check_utf8, parse_line
 
     file = root / MANIFEST
     if not file.is_file():
         raise FileNotFoundError(f"{root}: no {MANIFEST} (not a vlmtune dataset directory)")
-    with open(file, encoding="utf-8") as f:
+    with open(file, encoding="utf-8", errors="surrogateescape") as f:  # a bad byte fails its line, not the file
         for lineno, raw in enumerate(f, start=1):
             raw = raw.rstrip("\n")
             if not raw.strip():
                 continue
             try:
+                check_utf8(file, lineno, raw)
                 yield lineno, parse_line(root, file, lineno, raw, check_images=False)
             except BadRecord as e:
                 yield lineno, e
