@@ -246,7 +246,7 @@ def setup(cfg: RunCfg) -> State:
                   val, probes, meta, vision_cache=cache,
                   # with the feature cache on, a seen sample's stored rows replace its images: keep none decoded
                   images=DecodedImages(0 if cache is not None else cfg.train.image_cache_mb << 20))
-    check_lengths(state)
+    check_samples(state)
     first = state.mixture.sources[0].samples[0]
     accelerator.print(f"trained tokens of sample {first.id!r}: {trained_tokens_of(state, first)}", file=sys.stderr)
     done = ckpt.checkpoints(run_dir)
@@ -387,67 +387,96 @@ def step_batches(state: State, step: int, rank: int, accum: int):
     return chunks, batches
 
 
-def check_lengths(state: State, chunk: int = 32) -> None:
-    """Every training, validation and probe sample's exact length, through the family's encode with its images, against
-    data.max_length before step 0: a sample that does not fit would otherwise stop the run at the step that first
-    draws it (and every resume at the same step). Too long: with data.skip_bad it is dropped and listed in
-    rejected.jsonl (a resumed run drops the same ones); without, the run stops here naming them. Training samples are
-    checked with their answer ("train"), validation and probe samples as the prompt they generate from."""
+def check_samples(state: State, chunk: int = 32) -> None:
+    """Before step 0, every training, validation and probe sample passes the record checks of `vlmtune data check`
+    (data/lint.py `record_issues`: literal image placeholders, the processor's own included; texts over
+    data.max_text_chars or not valid Unicode; images the family cannot take), then its exact length, through the
+    family's encode with its images, against data.max_length. A sample that fails would otherwise stop the run at
+    the step that first draws it (and every resume at the same step), often naming nothing ("Found total 9 <image>
+    tokens and 8 images"). With data.skip_bad it is dropped and listed in rejected.jsonl with its file:line (a
+    resumed run drops the same ones); without, the run stops here naming them. Training samples are checked with
+    their answer ("train"), validation and probe samples as the prompt they generate from."""
     from vlmtune.data.images import resolve_inside
-    from vlmtune.data.store import BadRecord, write_jsonl
+    from vlmtune.data.lint import manifest_lines, record_issues
+    from vlmtune.data.store import MANIFEST, BadRecord, write_jsonl
     from vlmtune.models.family import SampleTooLong
 
     cfg, family, processor = state.cfg, state.family, state.loaded.processor
+    d = cfg.data
 
-    def fits(samples: list[Sample], root: Path, mode: str) -> tuple[list[Sample], list[tuple[Sample, str]]]:
-        keep, long = [], []
-        for i in range(0, len(samples), chunk):
-            part = samples[i : i + chunk]
+    def named(s: Sample, why: str) -> str:
+        return why if repr(s.id) in why else f"sample {s.id!r}: {why}"
+
+    def check(samples: list[Sample], root: Path, mode: str) -> tuple[list[Sample], list[tuple[str, Sample, str]]]:
+        """(the samples that pass, [(kind, sample, why)]); kind: "record" or "long"."""
+        passed, bad = [], []
+        for s in samples:  # before encoding: a placeholder breaks the encode, megabytes of text take long to tokenize
+            issues = record_issues(s, family, processor, d.max_text_chars)
+            if issues:
+                bad.append(("record", s, named(s, "; ".join(message for _, message in issues))))
+            else:
+                passed.append(s)
+        keep = []
+        for i in range(0, len(passed), chunk):
+            part = passed[i : i + chunk]
             images = [[state.images.load(resolve_inside(root, rel)) for rel in s.images] for s in part]
-            try:  # one encode per chunk; only a chunk with a long sample is encoded sample by sample
-                family.encode(processor, part, images, mode, cfg.data.max_length)
+            try:  # one encode per chunk; only a chunk that fails is encoded sample by sample
+                family.encode(processor, part, images, mode, d.max_length)
                 keep.extend(part)
                 continue
-            except SampleTooLong:
-                pass
+            except ValueError as e:
+                failed, before = e, len(bad)
             for s, ims in zip(part, images, strict=True):
                 try:
-                    family.encode(processor, [s], [ims], mode, cfg.data.max_length)
+                    family.encode(processor, [s], [ims], mode, d.max_length)
                     keep.append(s)
                 except SampleTooLong as e:
-                    long.append((s, str(e)))
-        return keep, long
+                    bad.append(("long", s, named(s, str(e))))
+                except ValueError as e:  # what the family's encode refuses (data check reports it as "encode")
+                    bad.append(("record", s, named(s, f"cannot be encoded: {e}")))
+            if len(bad) == before:  # every sample encodes alone: the chunk's failure is not a sample's fault
+                raise failed
+        return keep, bad
 
-    found: list[tuple[Path, Sample, str]] = []
+    found: list[tuple[Path, str, Sample, str]] = []
     for src, root in zip(state.mixture.sources, state.roots, strict=True):
-        src.samples, long = fits(src.samples, root, "train")
-        found += [(root, s, why) for s, why in long]
-    state.val, long = fits(state.val, state.data_root, "generate")
-    found += [(state.data_root, s, why) for s, why in long]
+        src.samples, bad = check(src.samples, root, "train")
+        found += [(root, *b) for b in bad]
+    state.val, bad = check(state.val, state.data_root, "generate")
+    found += [(state.data_root, *b) for b in bad]
     for probe in state.probes:
-        probe.samples, long = fits(probe.samples, probe.root, "generate")
-        found += [(probe.root, s, why) for s, why in long]
+        probe.samples, bad = check(probe.samples, probe.root, "generate")
+        found += [(probe.root, *b) for b in bad]
     if not found:
         return
-    if not cfg.data.skip_bad:
-        named = "; ".join(why for _, _, why in found[:5])
-        raise ValueError(f"{len(found)} sample(s) longer than data.max_length={cfg.data.max_length}, found before "
-                         f"training: {named}{' ...' if len(found) > 5 else ''}. Raise data.max_length, or set "
-                         "data.skip_bad: true to skip them (listed in rejected.jsonl)")
+    roots = {Path(root) for root, *_ in found}
+    lines = {root: manifest_lines(root, {s.id for r, _, s, _ in found if Path(r) == root}) for root in roots}
+    records = [(kind, BadRecord(Path(root) / MANIFEST, lines[Path(root)].get(s.id, 0), why,
+                                json.dumps(s.to_json())))  # ASCII: a lone surrogate stays an escape
+               for root, kind, s, why in found]
+    what = {"long": f"longer than data.max_length={d.max_length}", "record": "that `vlmtune data check` rejects"}
+    counts = {kind: [b for k, b in records if k == kind] for kind in what}
+    if not d.skip_bad:
+        parts = [f"{len(bad)} sample(s) {what[kind]}: {'; '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''}"
+                 for kind, bad in counts.items() if bad]
+        raise ValueError(f"found before training: {' | '.join(parts)}. Fix them (`vlmtune data check` lists them), "
+                         "raise data.max_length or data.max_text_chars, or set data.skip_bad: true to skip them "
+                         "(listed in rejected.jsonl)")
     rejected = state.run_dir / "rejected.jsonl"
     rows = [json.loads(x) for x in rejected.read_text().splitlines() if x.strip()] if rejected.is_file() else []
     seen = {(r.get("file"), r.get("error")) for r in rows}
-    for root, s, why in found:
-        bad = BadRecord(Path(root) / "manifest.jsonl", 0, why, json.dumps(s.to_json(), ensure_ascii=False))
+    for _, bad in records:
         if (bad.file, bad.reason) not in seen:
             rows.append(bad.to_json())
     if state.accelerator.is_main_process:
         write_jsonl(rejected, rows)
-    state.accelerator.print(f"skipped {len(found)} sample(s) longer than data.max_length={cfg.data.max_length}, "
-                            f"listed in {rejected}", file=sys.stderr)
+    state.accelerator.print("skipped before training: " + ", ".join(f"{len(bad)} sample(s) {what[kind]}"
+                                                                    for kind, bad in counts.items() if bad)
+                            + f"; listed in {rejected}", file=sys.stderr)
     for src in state.mixture.sources:
         if not src.samples:
-            raise ValueError(f"data source {src.name!r}: every sample is longer than data.max_length")
+            raise ValueError(f"data source {src.name!r}: every sample was skipped before training "
+                             f"(listed in {rejected})")
 
 
 def trained_tokens_of(state: State, sample: Sample) -> list[str]:
