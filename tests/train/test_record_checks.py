@@ -20,7 +20,7 @@ from helpers import tiny_run_cfg
 
 from vlmtune.cli import main
 from vlmtune.config import RunCfg
-from vlmtune.data.lint import MAX_TEXT_CHARS, record_issues
+from vlmtune.data.lint import MAX_TEXT_CHARS, placeholder_pattern, record_issues
 from vlmtune.data.sample import Sample, assistant, user
 
 GOOD = 48  # the fashion fixture's samples: lines 1-48
@@ -115,5 +115,5 @@ def test_the_familys_own_placeholder_text_is_refused():
     processor = types.SimpleNamespace(image_token="<img>", tokenizer=types.SimpleNamespace(boi_token="<boi>"))
     sample = Sample("s", [user("a <boi> and an <img>"), assistant("red")], images=["a.png"])
     assert record_issues(sample) == []
-    assert [m for _, m in record_issues(sample, processor=processor)] == [
+    assert [m for _, m in record_issues(sample, placeholders=placeholder_pattern(processor))] == [
         "literal '<boi>' in the user turn 0 text (images are slots in `content`, never text)"]

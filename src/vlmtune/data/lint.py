@@ -30,7 +30,6 @@ one image of a given size takes in a model's family, to budget `max_length`.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import re
@@ -139,9 +138,11 @@ def placeholder_texts(processor) -> frozenset[str]:
     return frozenset(texts)
 
 
-@functools.lru_cache(maxsize=16)
-def _placeholder_pattern(texts: frozenset[str]) -> re.Pattern:
-    return re.compile("|".join([PLACEHOLDERS.pattern, *(re.escape(t) for t in sorted(texts))]))
+def placeholder_pattern(processor=None) -> re.Pattern:
+    """`PLACEHOLDERS`, and with a processor its own placeholder texts as well."""
+    if processor is None:
+        return PLACEHOLDERS
+    return re.compile("|".join([PLACEHOLDERS.pattern, *(re.escape(t) for t in sorted(placeholder_texts(processor)))]))
 
 
 def _text_problems(text: str, where: str, max_chars: int) -> list[tuple[str, str]]:
@@ -185,13 +186,13 @@ def _family_issues(family, sample: Sample) -> list[str]:
     return issues
 
 
-def record_issues(sample: Sample, family=None, processor=None,
+def record_issues(sample: Sample, family=None, placeholders: re.Pattern = PLACEHOLDERS,
                   max_text_chars: int = MAX_TEXT_CHARS) -> list[tuple[str, str]]:
     """(kind, message) for each problem of one parsed record that `data check` and training both refuse: literal
-    image placeholders in text (the common ones, and `processor`'s own), texts too long or not valid Unicode, and
-    with `family` the images it cannot take. Images themselves are checked where they are read (data/images.py)."""
-    pattern = _placeholder_pattern(placeholder_texts(processor)) if processor is not None else PLACEHOLDERS
-    issues = _text_issues(sample, pattern, max_text_chars)
+    image placeholders in text (`placeholder_pattern(processor)` adds the model's own), texts too long or not valid
+    Unicode, and with `family` the images it cannot take. Images themselves are checked where they are read
+    (data/images.py)."""
+    issues = _text_issues(sample, placeholders, max_text_chars)
     if family is not None:
         issues += [("family", message) for message in _family_issues(family, sample)]
     return issues
@@ -254,6 +255,7 @@ def check_dataset(root: str | Path, model: str | Path | None = None, max_length:
     if max_text_chars < 1:
         raise ValueError(f"max_text_chars must be at least 1, got {max_text_chars}")
     family, processor = resolve_model(model)
+    placeholders = placeholder_pattern(processor)
     report = Report()
     ids: dict[str, int] = {}
     image_splits: dict[str, dict[str, str]] = {}  # content hash -> split -> first sample id
@@ -278,7 +280,7 @@ def check_dataset(root: str | Path, model: str | Path | None = None, max_length:
         ids[s.id] = lineno
         splits[s.split or ""] += 1
         tasks[s.task] += 1
-        issues = record_issues(s, family, processor, max_text_chars)
+        issues = record_issues(s, family, placeholders, max_text_chars)
         for kind, message in issues:
             report.add("error", kind, lineno, s.id, message)
         if family is not None and s.task not in family.tasks and s.task not in ("vqa", "caption"):
@@ -435,5 +437,5 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MANIFEST", "check_dataset", "image_token_report", "manifest_lines", "parse_size", "record_issues",
-           "show_mask", "summary", "write_report"]
+__all__ = ["MANIFEST", "check_dataset", "image_token_report", "manifest_lines", "parse_size", "placeholder_pattern",
+           "record_issues", "show_mask", "summary", "write_report"]

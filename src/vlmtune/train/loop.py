@@ -397,12 +397,12 @@ def check_samples(state: State, chunk: int = 32) -> None:
     resumed run drops the same ones); without, the run stops here naming them. Training samples are checked with
     their answer ("train"), validation and probe samples as the prompt they generate from."""
     from vlmtune.data.images import resolve_inside
-    from vlmtune.data.lint import manifest_lines, record_issues
+    from vlmtune.data.lint import manifest_lines, placeholder_pattern, record_issues
     from vlmtune.data.store import MANIFEST, BadRecord, write_jsonl
     from vlmtune.models.family import SampleTooLong
 
     cfg, family, processor = state.cfg, state.family, state.loaded.processor
-    d = cfg.data
+    d, placeholders = cfg.data, placeholder_pattern(processor)
 
     def named(s: Sample, why: str) -> str:
         return why if repr(s.id) in why else f"sample {s.id!r}: {why}"
@@ -411,7 +411,7 @@ def check_samples(state: State, chunk: int = 32) -> None:
         """(the samples that pass, [(kind, sample, why)]); kind: "record" or "long"."""
         passed, bad = [], []
         for s in samples:  # before encoding: a placeholder breaks the encode, megabytes of text take long to tokenize
-            issues = record_issues(s, family, processor, d.max_text_chars)
+            issues = record_issues(s, family, placeholders, d.max_text_chars)
             if issues:
                 bad.append(("record", s, named(s, "; ".join(message for _, message in issues))))
             else:
