@@ -47,6 +47,7 @@ from vlmtune.train import checkpoint as ckpt
 from vlmtune.train import vision_cache
 from vlmtune.train.collate import IGNORE_INDEX
 from vlmtune.train.distributed import vision_dummy
+from vlmtune.train.preflight import check_samples
 from vlmtune.train.trainable import make_trainable, train_autocast
 
 PROBES_BASE = "probes_base.json"
@@ -246,7 +247,7 @@ def setup(cfg: RunCfg) -> State:
                   val, probes, meta, vision_cache=cache,
                   # with the feature cache on, a seen sample's stored rows replace its images: keep none decoded
                   images=DecodedImages(0 if cache is not None else cfg.train.image_cache_mb << 20))
-    check_samples(state)
+    check_samples(state)  # every sample passes data check's record checks and fits max_length
     first = state.mixture.sources[0].samples[0]
     accelerator.print(f"trained tokens of sample {first.id!r}: {trained_tokens_of(state, first)}", file=sys.stderr)
     done = ckpt.checkpoints(run_dir)
@@ -385,98 +386,6 @@ def step_batches(state: State, step: int, rank: int, accum: int):
 
         batches = [pack(b) for b in batches]
     return chunks, batches
-
-
-def check_samples(state: State, chunk: int = 32) -> None:
-    """Before step 0, every training, validation and probe sample passes the record checks of `vlmtune data check`
-    (data/lint.py `record_issues`: literal image placeholders, the processor's own included; texts over
-    data.max_text_chars or not valid Unicode; images the family cannot take), then its exact length, through the
-    family's encode with its images, against data.max_length. A sample that fails would otherwise stop the run at
-    the step that first draws it (and every resume at the same step), often naming nothing ("Found total 9 <image>
-    tokens and 8 images"). With data.skip_bad it is dropped and listed in rejected.jsonl with its file:line (a
-    resumed run drops the same ones); without, the run stops here naming them. Training samples are checked with
-    their answer ("train"), validation and probe samples as the prompt they generate from."""
-    from vlmtune.data.images import resolve_inside
-    from vlmtune.data.lint import manifest_lines, placeholder_pattern, record_issues
-    from vlmtune.data.store import MANIFEST, BadRecord, write_jsonl
-    from vlmtune.models.family import SampleTooLong
-
-    cfg, family, processor = state.cfg, state.family, state.loaded.processor
-    d, placeholders = cfg.data, placeholder_pattern(processor)
-
-    def named(s: Sample, why: str) -> str:
-        return why if repr(s.id) in why else f"sample {s.id!r}: {why}"
-
-    def check(samples: list[Sample], root: Path, mode: str) -> tuple[list[Sample], list[tuple[str, Sample, str]]]:
-        """(the samples that pass, [(kind, sample, why)]); kind: "record" or "long"."""
-        passed, bad = [], []
-        for s in samples:  # before encoding: a placeholder breaks the encode, megabytes of text take long to tokenize
-            issues = record_issues(s, family, placeholders, d.max_text_chars)
-            if issues:
-                bad.append(("record", s, named(s, "; ".join(message for _, message in issues))))
-            else:
-                passed.append(s)
-        keep = []
-        for i in range(0, len(passed), chunk):
-            part = passed[i : i + chunk]
-            images = [[state.images.load(resolve_inside(root, rel)) for rel in s.images] for s in part]
-            try:  # one encode per chunk; only a chunk that fails is encoded sample by sample
-                family.encode(processor, part, images, mode, d.max_length)
-                keep.extend(part)
-                continue
-            except ValueError as e:
-                failed, before = e, len(bad)
-            for s, ims in zip(part, images, strict=True):
-                try:
-                    family.encode(processor, [s], [ims], mode, d.max_length)
-                    keep.append(s)
-                except SampleTooLong as e:
-                    bad.append(("long", s, named(s, str(e))))
-                except ValueError as e:  # what the family's encode refuses (data check reports it as "encode")
-                    bad.append(("record", s, named(s, f"cannot be encoded: {e}")))
-            if len(bad) == before:  # every sample encodes alone: the chunk's failure is not a sample's fault
-                raise failed
-        return keep, bad
-
-    found: list[tuple[Path, str, Sample, str]] = []
-    for src, root in zip(state.mixture.sources, state.roots, strict=True):
-        src.samples, bad = check(src.samples, root, "train")
-        found += [(root, *b) for b in bad]
-    state.val, bad = check(state.val, state.data_root, "generate")
-    found += [(state.data_root, *b) for b in bad]
-    for probe in state.probes:
-        probe.samples, bad = check(probe.samples, probe.root, "generate")
-        found += [(probe.root, *b) for b in bad]
-    if not found:
-        return
-    roots = {Path(root) for root, *_ in found}
-    lines = {root: manifest_lines(root, {s.id for r, _, s, _ in found if Path(r) == root}) for root in roots}
-    records = [(kind, BadRecord(Path(root) / MANIFEST, lines[Path(root)].get(s.id, 0), why,
-                                json.dumps(s.to_json())))  # ASCII: a lone surrogate stays an escape
-               for root, kind, s, why in found]
-    what = {"long": f"longer than data.max_length={d.max_length}", "record": "that `vlmtune data check` rejects"}
-    counts = {kind: [b for k, b in records if k == kind] for kind in what}
-    if not d.skip_bad:
-        parts = [f"{len(bad)} sample(s) {what[kind]}: {'; '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''}"
-                 for kind, bad in counts.items() if bad]
-        raise ValueError(f"found before training: {' | '.join(parts)}. Fix them (`vlmtune data check` lists them), "
-                         "raise data.max_length or data.max_text_chars, or set data.skip_bad: true to skip them "
-                         "(listed in rejected.jsonl)")
-    rejected = state.run_dir / "rejected.jsonl"
-    rows = [json.loads(x) for x in rejected.read_text().splitlines() if x.strip()] if rejected.is_file() else []
-    seen = {(r.get("file"), r.get("error")) for r in rows}
-    for _, bad in records:
-        if (bad.file, bad.reason) not in seen:
-            rows.append(bad.to_json())
-    if state.accelerator.is_main_process:
-        write_jsonl(rejected, rows)
-    state.accelerator.print("skipped before training: " + ", ".join(f"{len(bad)} sample(s) {what[kind]}"
-                                                                    for kind, bad in counts.items() if bad)
-                            + f"; listed in {rejected}", file=sys.stderr)
-    for src in state.mixture.sources:
-        if not src.samples:
-            raise ValueError(f"data source {src.name!r}: every sample was skipped before training "
-                             f"(listed in {rejected})")
 
 
 def trained_tokens_of(state: State, sample: Sample) -> list[str]:
