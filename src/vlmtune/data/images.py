@@ -43,6 +43,8 @@ def _real(root: str) -> str:
 def resolve_inside(root: Path, rel: str) -> Path:
     """`root / rel`, refusing absolute paths, paths that escape `root` (`../`, symlinks out) and paths that are not
     text: a NUL (no file system takes it) or an undecodable byte (a lone surrogate once read from JSON)."""
+    if not rel or os.path.isabs(rel):
+        raise ImageError(f"image path {rel!r} must be relative to the dataset directory {root}")
     if "\x00" in rel:
         raise ImageError(f"image path {rel!r} contains a NUL character")
     try:
@@ -50,8 +52,6 @@ def resolve_inside(root: Path, rel: str) -> Path:
     except UnicodeEncodeError as e:
         raise ImageError(f"image path {rel!r} is not valid UTF-8 text ({rel[e.start]!r} at character {e.start + 1}: "
                          "an undecodable byte or a lone surrogate)") from None
-    if not rel or os.path.isabs(rel):
-        raise ImageError(f"image path {rel!r} must be relative to the dataset directory {root}")
     root_real = _real(os.fspath(root))
     path = os.path.realpath(os.path.join(root_real, rel))
     if path != root_real and not path.startswith(root_real.rstrip(os.sep) + os.sep):
