@@ -62,7 +62,8 @@ def cmd_data_check(a) -> dict:
         for size, n in report["image_tokens"].items():
             print(f"{report['family']}: one {size} image takes {n} tokens", file=sys.stderr)
         return report
-    report = check_dataset(a.dir, a.model, a.max_length)
+    limit = {} if a.max_text_chars is None else {"max_text_chars": a.max_text_chars}
+    report = check_dataset(a.dir, a.model, a.max_length, **limit)
     if a.image_size:
         report["image_tokens"] = image_token_report(a.model, [parse_size(s) for s in a.image_size])["image_tokens"]
     out = Path(a.out) if a.out else Path(a.dir) / "check_report.json"
@@ -490,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--model", default=None,
                     help="a family name (what it can take) or a run/checkpoint/model directory (also token lengths)")
     ck.add_argument("--max-length", type=int, default=None, help="report samples longer than this (tokens)")
+    ck.add_argument("--max-text-chars", type=int, default=None,
+                    help="report texts longer than this many characters (default: data.max_text_chars's, 100000)")
     ck.add_argument("--out", default=None, help="JSON report path (default: DIR/check_report.json)")
     ck.add_argument("--image-size", action="append", default=[], metavar="WxH",
                     help="report the image tokens one image of this size takes (repeatable)")

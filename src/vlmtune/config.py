@@ -130,6 +130,9 @@ class DataCfg:
     val_split: str | None = "val"
     max_length: int = 512
     """Samples longer than this (image tokens included) are rejected, never truncated."""
+    max_text_chars: int = 100_000
+    """Characters in one text (a message, an answer, a reference); a longer one is a bad record (found before step
+    0, like every check of `vlmtune data check`): megabytes of text are a mistake, and would be tokenized whole."""
     skip_bad: bool = False
     """Skip malformed records (written to rejected.jsonl) instead of stopping."""
     sources: list[SourceCfg] | None = None
@@ -159,6 +162,8 @@ class DataCfg:
     def __post_init__(self):
         if self.path is None and self.synth is None:
             raise ValueError("data: set `path` (a dataset directory) or `synth` (a synthetic world)")
+        if self.max_text_chars < 1:
+            raise ValueError(f"data.max_text_chars must be at least 1, got {self.max_text_chars}")
         from vlmtune.data.ocr import check_options
 
         check_options(self.ocr_langs, self.ocr_psm, self.ocr_into, self.ocr_template, self.ocr_max_chars,

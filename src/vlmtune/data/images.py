@@ -1,6 +1,13 @@
 """Safe image loading: paths kept inside the dataset root, size and pixel limits, EXIF orientation, modes -> RGB.
 
-Every failure is an `ImageError` whose message names the file, so a bad record can be reported and skipped.
+Every failure is an `ImageError` whose message names the file, so a bad record can be reported and skipped. Only
+regular files are opened: a path naming a FIFO (which would block the reader forever), a directory or a device is
+refused from its `stat`, before any `open`. Limits, all checked before a pixel is decoded:
+
+    MAX_IMAGE_BYTES    64 MiB        the file's size
+    MAX_IMAGE_PIXELS   50,000,000    width x height from the header (decompression-bomb guard)
+    MAX_ASPECT_RATIO   50            long side / short side from the header: processors scale the short side up,
+                                     so a 1x100000 PNG of 471 bytes would cost ~4 GB after their resize
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +26,9 @@ from PIL import Image, ImageOps
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 MAX_IMAGE_PIXELS = 50_000_000
 """Decompression-bomb guard: larger images are refused before their pixels are decoded."""
+MAX_ASPECT_RATIO = 50.0
+"""Long side / short side. Processors scale an image's short side up to their input size, so a thin image costs
+(short side target)^2 x ratio pixels after their resize: at 50:1 and a 336-pixel target, 5.6 million."""
 
 
 class ImageError(ValueError):
@@ -30,9 +41,17 @@ def _real(root: str) -> str:
 
 
 def resolve_inside(root: Path, rel: str) -> Path:
-    """`root / rel`, refusing absolute paths and paths that escape `root` (`../`, symlinks out)."""
+    """`root / rel`, refusing absolute paths, paths that escape `root` (`../`, symlinks out) and paths that are not
+    text: a NUL (no file system takes it) or an undecodable byte (a lone surrogate once read from JSON)."""
     if not rel or os.path.isabs(rel):
         raise ImageError(f"image path {rel!r} must be relative to the dataset directory {root}")
+    if "\x00" in rel:
+        raise ImageError(f"image path {rel!r} contains a NUL character")
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ImageError(f"image path {rel!r} is not valid UTF-8 text ({rel[e.start]!r} at character {e.start + 1}: "
+                         "an undecodable byte or a lone surrogate)") from None
     root_real = _real(os.fspath(root))
     path = os.path.realpath(os.path.join(root_real, rel))
     if path != root_real and not path.startswith(root_real.rstrip(os.sep) + os.sep):
@@ -71,29 +90,82 @@ class Decoded:
     """Of the file's bytes (the same image under two names has the same digest)."""
 
 
-def decode_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES) -> Decoded:
-    """Read the file once, check the byte and pixel limits before decoding, decode fully (catches truncated files),
-    apply EXIF orientation, convert to RGB. Every failure is an ImageError naming the file."""
-    path = Path(path)
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def check_image_file(path: Path) -> os.stat_result:
+    """`path`'s stat, if it is a regular file; an ImageError saying what it is otherwise. Never opens the path."""
     try:
-        size = path.stat().st_size
+        st = os.stat(path)
     except FileNotFoundError:
         raise ImageError(f"{path}: image file not found") from None
+    except (OSError, ValueError) as e:  # permission, a name too long, a loop of symlinks, ...
+        raise ImageError(f"{path}: cannot stat the image file ({getattr(e, 'strerror', None) or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a file")
+        raise ImageError(f"{path}: not a regular file ({kind}); only regular files are read as images")
+    return st
+
+
+def read_image_file(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of the regular file at `path`, refused (ImageError) when larger than `max_bytes`. The file type is
+    checked from `stat` before the open, and again on the open descriptor: a file swapped for a FIFO in between is
+    refused too, and O_NONBLOCK makes that open return at once instead of waiting for a writer."""
+    size = check_image_file(path).st_size
     if size > max_bytes:
         raise ImageError(f"{path}: {size} bytes exceeds the limit of {max_bytes}")
-    return decode_image_bytes(path.read_bytes(), str(path), max_pixels, max_bytes)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise ImageError(f"{path}: cannot open the image file ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageError(f"{path}: not a regular file (replaced while being read); only regular files are read "
+                             "as images")
+        data = f.read(max_bytes + 1)  # a file growing after the stat is still bounded
+    if len(data) > max_bytes:
+        raise ImageError(f"{path}: more than {max_bytes} bytes, the limit")
+    return data
+
+
+def check_image_cost(width: int, height: int, name: str, max_pixels: int = MAX_IMAGE_PIXELS,
+                     max_aspect: float = MAX_ASPECT_RATIO, resized: tuple[int, int] | None = None) -> None:
+    """Refuse (ImageError naming `name` and the numbers) an image too costly to decode or to feed a processor,
+    from its size alone (the header's, before any pixel is decoded): more than `max_pixels` pixels, a long side
+    more than `max_aspect` times the short one, or, when the caller knows the processor's resize, more than
+    `max_pixels` pixels at the `resized` (width, height) it would produce."""
+    if width * height > max_pixels:
+        raise ImageError(f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels} "
+                         "(decompression-bomb guard)")
+    short, long = min(width, height), max(width, height)
+    if max_aspect and long > max_aspect * short:
+        ratio = f"{long / short:.0f}:1" if short else "unbounded"
+        raise ImageError(f"{name}: {width}x{height} has an aspect ratio of {ratio}, over the limit of "
+                         f"{max_aspect:g}:1 (processors scale the short side up, so a thin image costs its ratio "
+                         "times a square's memory)")
+    if resized is not None and resized[0] * resized[1] > max_pixels:
+        raise ImageError(f"{name}: {width}x{height} becomes {resized[0]}x{resized[1]} after the processor's resize, "
+                         f"{resized[0] * resized[1]} pixels, over the limit of {max_pixels}")
+
+
+def decode_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES,
+                 max_aspect: float = MAX_ASPECT_RATIO) -> Decoded:
+    """Read the file once (a regular file only, see `read_image_file`), check the byte, pixel and aspect-ratio
+    limits before decoding, decode fully (catches truncated files), apply EXIF orientation, convert to RGB. Every
+    failure is an ImageError naming the file."""
+    path = Path(path)
+    return decode_image_bytes(read_image_file(path, max_bytes), str(path), max_pixels, max_bytes, max_aspect)
 
 
 def decode_image_bytes(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS,
-                       max_bytes: int = MAX_IMAGE_BYTES) -> Decoded:
+                       max_bytes: int = MAX_IMAGE_BYTES, max_aspect: float = MAX_ASPECT_RATIO) -> Decoded:
     """`decode_image` for bytes already in memory (an upload, a data: URI); `name` is used in error messages."""
     if len(data) > max_bytes:
         raise ImageError(f"{name}: {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > max_pixels:
-                raise ImageError(f"{name}: {img.width}x{img.height} pixels exceeds the limit of {max_pixels} "
-                                 "(decompression-bomb guard)")
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only: the size is known, no pixel decoded
+            check_image_cost(img.width, img.height, name, max_pixels, max_aspect)
             mode, transparent = img.mode, img.mode == "P" and "transparency" in img.info
             img.load()
             orientation = img.getexif().get(0x0112, 1)  # after load: a PNG may keep its EXIF after the pixels
@@ -109,9 +181,10 @@ def decode_image_bytes(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXEL
     return Decoded(rgb, mode, orientation or 1, transparent, hashlib.sha256(data).hexdigest())
 
 
-def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES) -> Image.Image:
+def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES,
+               max_aspect: float = MAX_ASPECT_RATIO) -> Image.Image:
     """The RGB image at `path`, checked and oriented (see `decode_image`)."""
-    return decode_image(path, max_pixels, max_bytes).image
+    return decode_image(path, max_pixels, max_bytes, max_aspect).image
 
 
 class DecodedImages:

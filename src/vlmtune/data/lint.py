@@ -3,15 +3,20 @@
     vlmtune data check data/vizwiz --model runs/base_llava --max-length 1024     # exit status 1 when errors are found
     vlmtune data check --model runs/my_run --image-size 336x336 --image-size 1280x960
 
+Training runs the per-record checks (`record_issues`: text, placeholders, images per sample) and the length check
+on every sample before step 0 (train/loop.py `check_samples`), so what this rejects never reaches a training step.
+
 `check_dataset` streams the manifest once (one sample and its images in memory at a time) and reports:
 
 errors (each names the manifest line and sample; exit status 1)
   bad records: malformed JSON, unknown fields, placeholder/image count mismatch, empty or whitespace answers, paths
-  escaping the dataset root, missing images; images that do not decode (corrupt, truncated) or exceed the pixel limit
-  (decompression bombs); literal `<image>` placeholders inside message text (the processor would expand them into
-  image tokens that match no image) or inside answers; duplicate sample ids; the same image (by content) in two
-  splits; samples the model's family cannot take (several images, no image, a task it lacks); samples longer than
-  `max_length` tokens, image tokens included.
+  escaping the dataset root or not text (NUL, undecodable bytes), missing images, image paths that are not regular
+  files (FIFO, directory, device); images that do not decode (corrupt, truncated), exceed the pixel limit
+  (decompression bombs) or the aspect-ratio limit (see data/images.py); literal image placeholders inside message
+  text (`<image>`, or the model's own placeholder text: the processor would expand them into image tokens that match
+  no image) or inside answers; texts over `max_text_chars` characters or not valid Unicode (a lone surrogate);
+  duplicate sample ids; the same image (by content) in two splits; samples the model's family cannot take (several
+  images, no image, a task it lacks); samples longer than `max_length` tokens, image tokens included.
 warnings (handled, but worth knowing)
   images in modes converted on load (CMYK, 16-bit, palette with transparency, alpha: composited on white), images
   with an EXIF orientation (rotated on load), the same images and prompt twice in a split.
@@ -31,6 +36,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from vlmtune.config import DataCfg
 from vlmtune.data.images import MAX_IMAGE_PIXELS, Decoded, ImageError, decode_image, load_image, resolve_inside
 from vlmtune.data.sample import Sample, message_text
 from vlmtune.data.store import MANIFEST, BadRecord
@@ -44,6 +50,11 @@ CONVERTED_MODES = {"CMYK": "CMYK converted to RGB", "I;16": "16-bit scaled to 8-
 PLACEHOLDERS = re.compile(
     r"<image>|<\|image_pad\|>|<start_of_image>|<image_soft_token>|<\|image\|>|<fake_token_around_image>")
 """Image placeholder strings of the common chat templates; literal text like this is never an image slot."""
+PLACEHOLDER_ATTRS = ("image_token", "boi_token", "eoi_token", "fake_image_token", "global_image_token", "video_token")
+"""Attributes of a processor, or of its tokenizer, that hold an image (or video) placeholder text."""
+MAX_TEXT_CHARS = DataCfg.max_text_chars
+"""Characters in one text (a message, an answer, a reference); data.max_text_chars in training, --max-text-chars
+here."""
 
 
 def load_processor(model: str | Path):
@@ -115,43 +126,107 @@ def _image_warnings(d: Decoded, path: Path) -> list[tuple[str, str]]:
     return warnings
 
 
-def _text_issues(sample: Sample) -> list[tuple[str, str]]:
+def placeholder_texts(processor) -> frozenset[str]:
+    """The image placeholder texts of `processor` and its tokenizer (`PLACEHOLDER_ATTRS`): a model's own
+    placeholder, when it is not one of the common `PLACEHOLDERS`, is refused in text as well."""
+    texts = set()
+    for obj in (processor, getattr(processor, "tokenizer", None)):
+        for attr in PLACEHOLDER_ATTRS:
+            value = getattr(obj, attr, None)
+            if value is not None and str(value).strip():  # a str, or a tokenizers AddedToken
+                texts.add(str(value))
+    return frozenset(texts)
+
+
+def placeholder_pattern(processor=None) -> re.Pattern:
+    """`PLACEHOLDERS`, and with a processor its own placeholder texts as well."""
+    if processor is None:
+        return PLACEHOLDERS
+    return re.compile("|".join([PLACEHOLDERS.pattern, *(re.escape(t) for t in sorted(placeholder_texts(processor)))]))
+
+
+def _text_problems(text: str, where: str, max_chars: int) -> list[tuple[str, str]]:
+    issues = []
+    if len(text) > max_chars:  # before any tokenizer sees it: megabytes of text are tokenized whole
+        issues.append(("text_too_long", f"{len(text)} characters in the {where} text, over data.max_text_chars="
+                                        f"{max_chars}"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        issues.append(("invalid_text", f"the {where} text is not valid Unicode ({text[e.start]!r} at character "
+                                       f"{e.start + 1}: a lone surrogate, which no tokenizer can encode)"))
+    return issues
+
+
+def _text_issues(sample: Sample, placeholders: re.Pattern = PLACEHOLDERS,
+                 max_chars: int = MAX_TEXT_CHARS) -> list[tuple[str, str]]:
     issues = []
     for k, m in enumerate(sample.messages):
         text = message_text(m)
-        found = PLACEHOLDERS.search(text)
+        where = "answer" if m["role"] == "assistant" else f"{m['role']} turn {k}"
+        found = placeholders.search(text)
         if found:
-            where = "answer" if m["role"] == "assistant" else f"{m['role']} turn {k}"
             kind = "placeholder_in_answer" if m["role"] == "assistant" else "placeholder_in_text"
             issues.append((kind, f"literal {found.group()!r} in the {where} text (images are slots in `content`, "
                                  f"never text)"))
+        issues += _text_problems(text, where, max_chars)
+    for name in ("answers", "references"):
+        for j, text in enumerate(getattr(sample, name) or []):
+            issues += _text_problems(str(text), f"{name}[{j}]", max_chars)
     return issues
 
 
 def _family_issues(family, sample: Sample) -> list[str]:
+    """What the family cannot take at all (encode would fail on it)."""
     issues = []
     if len(sample.images) > 1 and not family.multi_image:
         issues.append(f"{len(sample.images)} images; the {family.name} family takes one per sample")
     if not sample.images and not family.text_only:
         issues.append(f"no image; the {family.name} family needs one")
-    if sample.task not in family.tasks and sample.task not in ("vqa", "caption"):
-        issues.append(f"task {sample.task!r} is not one of the {family.name} family's {list(family.tasks)}")
     return issues
+
+
+def record_issues(sample: Sample, family=None, placeholders: re.Pattern = PLACEHOLDERS,
+                  max_text_chars: int = MAX_TEXT_CHARS) -> list[tuple[str, str]]:
+    """(kind, message) for each problem of one parsed record that `data check` and training both refuse: literal
+    image placeholders in text (`placeholder_pattern(processor)` adds the model's own), texts too long or not valid
+    Unicode, and with `family` the images it cannot take. Images themselves are checked where they are read
+    (data/images.py)."""
+    issues = _text_issues(sample, placeholders, max_text_chars)
+    if family is not None:
+        issues += [("family", message) for message in _family_issues(family, sample)]
+    return issues
+
+
+def manifest_lines(root: Path, ids: set[str]) -> dict[str, int]:
+    """The manifest line of each sample id in `ids`: a second pass over the manifest, made only to name file:line
+    for samples found bad after they were read (the Samples themselves do not keep their line)."""
+    lines: dict[str, int] = {}
+    with open(Path(root) / MANIFEST, encoding="utf-8", errors="surrogateescape") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                row = json.loads(raw) if raw.strip() else None
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("id"), str) and row["id"] in ids:
+                lines.setdefault(row["id"], lineno)
+    return lines
 
 
 def _records(root: Path):
     """(line number, Sample or BadRecord) for every non-empty manifest line (images are checked by the caller)."""
-    from vlmtune.data.store import parse_line
+    from vlmtune.data.store import check_utf8, parse_line
 
     file = root / MANIFEST
     if not file.is_file():
         raise FileNotFoundError(f"{root}: no {MANIFEST} (not a vlmtune dataset directory)")
-    with open(file, encoding="utf-8") as f:
+    with open(file, encoding="utf-8", errors="surrogateescape") as f:  # a bad byte fails its line, not the file
         for lineno, raw in enumerate(f, start=1):
             raw = raw.rstrip("\n")
             if not raw.strip():
                 continue
             try:
+                check_utf8(file, lineno, raw)
                 yield lineno, parse_line(root, file, lineno, raw, check_images=False)
             except BadRecord as e:
                 yield lineno, e
@@ -171,12 +246,16 @@ def _percentile(sorted_values: list[int], q: float) -> int:
 
 
 def check_dataset(root: str | Path, model: str | Path | None = None, max_length: int | None = None,
-                  max_pixels: int = MAX_IMAGE_PIXELS, progress: bool = True) -> dict:
+                  max_pixels: int = MAX_IMAGE_PIXELS, progress: bool = True,
+                  max_text_chars: int = MAX_TEXT_CHARS) -> dict:
     """Check the dataset at `root` (see the module docstring); returns the report (`report["ok"]`: no errors)."""
     from tqdm import tqdm
 
     root = Path(root)
+    if max_text_chars < 1:
+        raise ValueError(f"max_text_chars must be at least 1, got {max_text_chars}")
     family, processor = resolve_model(model)
+    placeholders = placeholder_pattern(processor)
     report = Report()
     ids: dict[str, int] = {}
     image_splits: dict[str, dict[str, str]] = {}  # content hash -> split -> first sample id
@@ -201,15 +280,17 @@ def check_dataset(root: str | Path, model: str | Path | None = None, max_length:
         ids[s.id] = lineno
         splits[s.split or ""] += 1
         tasks[s.task] += 1
-        for kind, message in _text_issues(s):
+        issues = record_issues(s, family, placeholders, max_text_chars)
+        for kind, message in issues:
             report.add("error", kind, lineno, s.id, message)
-        if family is not None:
-            for message in _family_issues(family, s):
-                report.add("error", "family", lineno, s.id, message)
+        if family is not None and s.task not in family.tasks and s.task not in ("vqa", "caption"):
+            report.add("error", "family", lineno, s.id,
+                       f"task {s.task!r} is not one of the {family.name} family's {list(family.tasks)}")
         if s.messages[-1]["role"] == "assistant":
-            answers[s.target] += 1
-            by_type[s.meta.get("question_type", s.task)][s.target] += 1
-        images, ok = [], True
+            answer = s.target.encode("utf-8", "backslashreplace").decode()  # a lone surrogate printed as its escape
+            answers[answer] += 1
+            by_type[s.meta.get("question_type", s.task)][answer] += 1
+        images, ok = [], not issues  # a sample already refused is not encoded (megabytes of text, a placeholder)
         for rel in s.images:
             if rel in broken:  # an image shared by several samples is decoded and judged once
                 report.add("error", "image", lineno, s.id, broken[rel])
@@ -335,7 +416,8 @@ def show_mask(root: str | Path, model: str | Path, n: int = 3, split: str | None
 
 def write_report(report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    # backslashreplace: a lone surrogate (a sample id read from a JSON escape) is written back as that escape
+    out.write_text(json.dumps(report, ensure_ascii=False, indent=1) + "\n", encoding="utf-8", errors="backslashreplace")
 
 
 def summary(report: dict) -> str:
@@ -355,4 +437,5 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MANIFEST", "check_dataset", "image_token_report", "parse_size", "show_mask", "summary", "write_report"]
+__all__ = ["MANIFEST", "check_dataset", "image_token_report", "manifest_lines", "parse_size", "placeholder_pattern",
+           "record_issues", "show_mask", "summary", "write_report"]

@@ -293,12 +293,12 @@ class OcrCache:
 def read_image_words(path: Path, tesseract: Tesseract, langs: str, psm: int, timeout_s: float,
                      cache: OcrCache | None) -> tuple[list[dict], bool]:
     """(words, whether they came from the cache) of the image file at `path`; OcrError naming the file."""
-    from vlmtune.data.images import ImageError, decode_image_bytes
+    from vlmtune.data.images import ImageError, decode_image_bytes, read_image_file
 
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise OcrError(f"{path}: cannot read image ({e.strerror or e})") from None
+        data = read_image_file(path)  # a regular file only: a FIFO would block here forever
+    except ImageError as e:
+        raise OcrError(str(e)) from None
     sha = hashlib.sha256(data).hexdigest()
     key = cache_key(sha, langs, psm, tesseract.version)
     words = cache.get(key) if cache else None

@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from vlmtune.data.images import ImageError, load_image, resolve_inside
+from vlmtune.data.images import ImageError, check_image_file, load_image, resolve_inside
 from vlmtune.data.sample import Sample
 
 MANIFEST = "manifest.jsonl"
@@ -30,6 +30,22 @@ class BadRecord(ValueError):
 
     def to_json(self) -> dict:
         return {"file": self.file, "line": self.line, "error": self.reason, "raw": self.raw}
+
+
+def check_utf8(file: Path, lineno: int, raw: str) -> None:
+    """A BadRecord naming the first byte that is not UTF-8 in a line read with errors="surrogateescape" (each such
+    byte is a lone surrogate there), and the sample id when the line parses anyway."""
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError as e:
+        try:
+            row = json.loads(raw)
+            sample = f"sample {row['id']!r}: " if isinstance(row, dict) and isinstance(row.get("id"), str) else ""
+        except ValueError:
+            sample = ""
+        raise BadRecord(file, lineno, f"{sample}not valid UTF-8: byte {ord(raw[e.start]) - 0xDC00:#04x} at character "
+                                      f"{e.start + 1}", raw.encode("utf-8", "surrogateescape").decode(
+                                          "utf-8", "backslashreplace")) from None
 
 
 def parse_line(root: Path, file: Path, lineno: int, raw: str, check_images: bool) -> Sample:
@@ -55,8 +71,8 @@ def parse_line(root: Path, file: Path, lineno: int, raw: str, check_images: bool
             path = resolve_inside(root, rel)
             if check_images:
                 load_image(path)
-            elif not path.is_file():
-                raise ImageError(f"{path}: image file not found")
+            else:
+                check_image_file(path)  # a FIFO or directory is named as what it is, never opened
         except ImageError as e:
             raise BadRecord(file, lineno, f"sample {sample.id!r}: {e}", raw) from None
     return sample
@@ -68,12 +84,13 @@ def iter_records(root: str | Path, check_images: bool = True) -> Iterator[Sample
     file = root / MANIFEST
     if not file.is_file():
         raise FileNotFoundError(f"{root}: no {MANIFEST} (not a vlmtune dataset directory)")
-    with open(file, encoding="utf-8") as f:
+    with open(file, encoding="utf-8", errors="surrogateescape") as f:  # a bad byte fails its line, not the file
         for lineno, raw in enumerate(f, start=1):
             raw = raw.rstrip("\n")
             if not raw.strip():
                 continue
             try:
+                check_utf8(file, lineno, raw)
                 yield parse_line(root, file, lineno, raw, check_images)
             except BadRecord as e:
                 yield e

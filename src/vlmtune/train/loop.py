@@ -47,6 +47,7 @@ from vlmtune.train import checkpoint as ckpt
 from vlmtune.train import vision_cache
 from vlmtune.train.collate import IGNORE_INDEX
 from vlmtune.train.distributed import vision_dummy
+from vlmtune.train.preflight import check_samples
 from vlmtune.train.trainable import make_trainable, train_autocast
 
 PROBES_BASE = "probes_base.json"
@@ -246,7 +247,7 @@ def setup(cfg: RunCfg) -> State:
                   val, probes, meta, vision_cache=cache,
                   # with the feature cache on, a seen sample's stored rows replace its images: keep none decoded
                   images=DecodedImages(0 if cache is not None else cfg.train.image_cache_mb << 20))
-    check_lengths(state)
+    check_samples(state)  # every sample passes data check's record checks and fits max_length
     first = state.mixture.sources[0].samples[0]
     accelerator.print(f"trained tokens of sample {first.id!r}: {trained_tokens_of(state, first)}", file=sys.stderr)
     done = ckpt.checkpoints(run_dir)
@@ -385,69 +386,6 @@ def step_batches(state: State, step: int, rank: int, accum: int):
 
         batches = [pack(b) for b in batches]
     return chunks, batches
-
-
-def check_lengths(state: State, chunk: int = 32) -> None:
-    """Every training, validation and probe sample's exact length, through the family's encode with its images, against
-    data.max_length before step 0: a sample that does not fit would otherwise stop the run at the step that first
-    draws it (and every resume at the same step). Too long: with data.skip_bad it is dropped and listed in
-    rejected.jsonl (a resumed run drops the same ones); without, the run stops here naming them. Training samples are
-    checked with their answer ("train"), validation and probe samples as the prompt they generate from."""
-    from vlmtune.data.images import resolve_inside
-    from vlmtune.data.store import BadRecord, write_jsonl
-    from vlmtune.models.family import SampleTooLong
-
-    cfg, family, processor = state.cfg, state.family, state.loaded.processor
-
-    def fits(samples: list[Sample], root: Path, mode: str) -> tuple[list[Sample], list[tuple[Sample, str]]]:
-        keep, long = [], []
-        for i in range(0, len(samples), chunk):
-            part = samples[i : i + chunk]
-            images = [[state.images.load(resolve_inside(root, rel)) for rel in s.images] for s in part]
-            try:  # one encode per chunk; only a chunk with a long sample is encoded sample by sample
-                family.encode(processor, part, images, mode, cfg.data.max_length)
-                keep.extend(part)
-                continue
-            except SampleTooLong:
-                pass
-            for s, ims in zip(part, images, strict=True):
-                try:
-                    family.encode(processor, [s], [ims], mode, cfg.data.max_length)
-                    keep.append(s)
-                except SampleTooLong as e:
-                    long.append((s, str(e)))
-        return keep, long
-
-    found: list[tuple[Path, Sample, str]] = []
-    for src, root in zip(state.mixture.sources, state.roots, strict=True):
-        src.samples, long = fits(src.samples, root, "train")
-        found += [(root, s, why) for s, why in long]
-    state.val, long = fits(state.val, state.data_root, "generate")
-    found += [(state.data_root, s, why) for s, why in long]
-    for probe in state.probes:
-        probe.samples, long = fits(probe.samples, probe.root, "generate")
-        found += [(probe.root, s, why) for s, why in long]
-    if not found:
-        return
-    if not cfg.data.skip_bad:
-        named = "; ".join(why for _, _, why in found[:5])
-        raise ValueError(f"{len(found)} sample(s) longer than data.max_length={cfg.data.max_length}, found before "
-                         f"training: {named}{' ...' if len(found) > 5 else ''}. Raise data.max_length, or set "
-                         "data.skip_bad: true to skip them (listed in rejected.jsonl)")
-    rejected = state.run_dir / "rejected.jsonl"
-    rows = [json.loads(x) for x in rejected.read_text().splitlines() if x.strip()] if rejected.is_file() else []
-    seen = {(r.get("file"), r.get("error")) for r in rows}
-    for root, s, why in found:
-        bad = BadRecord(Path(root) / "manifest.jsonl", 0, why, json.dumps(s.to_json(), ensure_ascii=False))
-        if (bad.file, bad.reason) not in seen:
-            rows.append(bad.to_json())
-    if state.accelerator.is_main_process:
-        write_jsonl(rejected, rows)
-    state.accelerator.print(f"skipped {len(found)} sample(s) longer than data.max_length={cfg.data.max_length}, "
-                            f"listed in {rejected}", file=sys.stderr)
-    for src in state.mixture.sources:
-        if not src.samples:
-            raise ValueError(f"data source {src.name!r}: every sample is longer than data.max_length")
 
 
 def trained_tokens_of(state: State, sample: Sample) -> list[str]:

@@ -1,0 +1,111 @@
+"""The checks every sample passes before step 0 (`check_samples`, called by the loop's setup): a sample that fails
+one would otherwise stop the run at the step that first draws it, and every resume at the same step, often with an
+error that names nothing ("Found total 9 <image> tokens and 8 images").
+
+Each training, validation and probe sample gets the record checks of `vlmtune data check` (data/lint.py
+`record_issues`: literal image placeholders, the processor's own included; texts over data.max_text_chars or not
+valid Unicode; images the family cannot take), then its exact length, through the family's encode with its images,
+against data.max_length. Image files were checked when the data was read (data/images.py). With data.skip_bad a
+sample that fails is dropped and listed in rejected.jsonl with its file:line (a resumed run drops the same ones);
+without, the run stops here naming them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vlmtune.data.images import resolve_inside
+from vlmtune.data.lint import manifest_lines, placeholder_pattern, record_issues
+from vlmtune.data.sample import Sample
+from vlmtune.data.store import MANIFEST, BadRecord, write_jsonl
+from vlmtune.models.family import SampleTooLong
+
+if TYPE_CHECKING:
+    from vlmtune.train.loop import State
+
+WHAT = {"record": "that `vlmtune data check` rejects", "long": "longer than data.max_length={max_length}"}
+"""The two kinds of failure, as the stop message and the log line count them."""
+
+
+def check_samples(state: State, chunk: int = 32) -> None:
+    """Check every sample of the mixture's sources ("train": with its answer), of the val split and of the probes
+    ("generate": the prompt they generate from); drop and list, or stop (see the module docstring)."""
+    found: list[tuple[Path, str, Sample, str]] = []  # (dataset root, kind, sample, why)
+    for src, root in zip(state.mixture.sources, state.roots, strict=True):
+        src.samples, failed = _check(state, src.samples, root, "train", chunk)
+        found += [(root, *f) for f in failed]
+    state.val, failed = _check(state, state.val, state.data_root, "generate", chunk)
+    found += [(state.data_root, *f) for f in failed]
+    for probe in state.probes:
+        probe.samples, failed = _check(state, probe.samples, probe.root, "generate", chunk)
+        found += [(probe.root, *f) for f in failed]
+    if not found:
+        return
+    d = state.cfg.data
+    roots = {Path(root) for root, *_ in found}
+    lines = {root: manifest_lines(root, {s.id for r, _, s, _ in found if Path(r) == root}) for root in roots}
+    by_kind: dict[str, list[BadRecord]] = {kind: [] for kind in WHAT}
+    for root, kind, s, why in found:  # the raw record as ASCII JSON: a lone surrogate stays an escape
+        by_kind[kind].append(BadRecord(Path(root) / MANIFEST, lines[Path(root)].get(s.id, 0), why,
+                                       json.dumps(s.to_json())))
+    counted = [f"{len(records)} sample(s) {WHAT[kind].format(max_length=d.max_length)}"
+               for kind, records in by_kind.items() if records]
+    if not d.skip_bad:
+        named = [f"{n}: {'; '.join(map(str, records[:5]))}{' ...' if len(records) > 5 else ''}"
+                 for n, records in zip(counted, (r for r in by_kind.values() if r), strict=True)]
+        raise ValueError(f"found before training: {' | '.join(named)}. Fix them (`vlmtune data check` lists them), "
+                         "raise data.max_length or data.max_text_chars, or set data.skip_bad: true to skip them "
+                         "(listed in rejected.jsonl)")
+    rejected = state.run_dir / "rejected.jsonl"
+    rows = [json.loads(x) for x in rejected.read_text().splitlines() if x.strip()] if rejected.is_file() else []
+    seen = {(r.get("file"), r.get("error")) for r in rows}
+    rows += [b.to_json() for records in by_kind.values() for b in records if (b.file, b.reason) not in seen]
+    if state.accelerator.is_main_process:
+        write_jsonl(rejected, rows)
+    state.accelerator.print(f"skipped before training: {', '.join(counted)}; listed in {rejected}", file=sys.stderr)
+    for src in state.mixture.sources:
+        if not src.samples:
+            raise ValueError(f"data source {src.name!r}: every sample was skipped before training (listed in "
+                             f"{rejected})")
+
+
+def _named(s: Sample, why: str) -> str:
+    return why if repr(s.id) in why else f"sample {s.id!r}: {why}"
+
+
+def _check(state: State, samples: list[Sample], root: Path, mode: str,
+           chunk: int) -> tuple[list[Sample], list[tuple[str, Sample, str]]]:
+    """(the samples that pass, in order; [(kind, sample, why)] for the others, kind "record" or "long")."""
+    family, processor, d = state.family, state.loaded.processor, state.cfg.data
+    placeholders = placeholder_pattern(processor)
+    passed, failed = [], []
+    for s in samples:  # before encoding: a placeholder breaks the encode, megabytes of text take long to tokenize
+        issues = record_issues(s, family, placeholders, d.max_text_chars)
+        if issues:
+            failed.append(("record", s, _named(s, "; ".join(message for _, message in issues))))
+        else:
+            passed.append(s)
+    keep = []
+    for i in range(0, len(passed), chunk):
+        part = passed[i : i + chunk]
+        images = [[state.images.load(resolve_inside(root, rel)) for rel in s.images] for s in part]
+        try:  # one encode per chunk; only a chunk that fails is encoded sample by sample
+            family.encode(processor, part, images, mode, d.max_length)
+            keep.extend(part)
+            continue
+        except ValueError as e:
+            error, before = e, len(failed)
+        for s, ims in zip(part, images, strict=True):
+            try:
+                family.encode(processor, [s], [ims], mode, d.max_length)
+                keep.append(s)
+            except SampleTooLong as e:
+                failed.append(("long", s, _named(s, str(e))))
+            except ValueError as e:  # what the family's encode refuses (data check reports it as "encode")
+                failed.append(("record", s, _named(s, f"cannot be encoded: {e}")))
+        if len(failed) == before:  # every sample encodes alone: the chunk's failure is no sample's fault
+            raise error
+    return keep, failed

@@ -1,0 +1,119 @@
+"""Training runs the record checks of `vlmtune data check` before step 0: a literal image placeholder in a message
+(the processor would expand it into image tokens that match no image: "Found total 9 <image> tokens and 8 images"
+mid-run, naming nothing) and a text over data.max_text_chars are found before training. Without data.skip_bad the
+run stops there naming file:line and sample; with it they are listed in rejected.jsonl and the rest trains.
+
+    line 49  placeholder-train   "<image>" in a train question
+    line 50  placeholder-val     "<image>" in a val question (validation generates from it)
+    line 51  huge-text           a question of MAX_TEXT_CHARS + 1 characters
+    line 52  surrogate-text      a lone surrogate (JSON "\\udcff") in an answer: no tokenizer can encode it
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import types
+
+import pytest
+from helpers import tiny_run_cfg
+
+from vlmtune.cli import main
+from vlmtune.config import RunCfg
+from vlmtune.data.lint import MAX_TEXT_CHARS, placeholder_pattern, record_issues
+from vlmtune.data.sample import Sample, assistant, user
+
+GOOD = 48  # the fashion fixture's samples: lines 1-48
+BAD = {  # sample id -> (its line, what its error must say)
+    "placeholder-train": (49, "literal '<image>' in the user turn 0 text"),
+    "placeholder-val": (50, "literal '<image>' in the user turn 0 text"),
+    "huge-text": (51, f"{MAX_TEXT_CHARS + 1} characters in the user turn 0 text, over data.max_text_chars="
+                      f"{MAX_TEXT_CHARS}"),
+    "surrogate-text": (52, "the answer text is not valid Unicode ('\\udcff' at character 4"),
+}
+
+
+@pytest.fixture
+def data(tmp_path, fashion_dir):
+    out = tmp_path / "data"
+    shutil.copytree(fashion_dir, out)
+    rows = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    train, val = (next(r for r in rows if r["split"] == s) for s in ("train", "val"))
+    texts = {"placeholder-train": (train, "What is <image> here?", None),
+             "placeholder-val": (val, "<image> What colour?", None),
+             "huge-text": (train, "x" * (MAX_TEXT_CHARS + 1), None),
+             "surrogate-text": (train, None, "red\udcff")}
+    for name, (row, question, answer) in texts.items():
+        row = json.loads(json.dumps(row))
+        row["id"] = name
+        if question is not None:
+            row["messages"][0]["content"][1]["text"] = question
+        if answer is not None:
+            row["messages"][-1]["content"][0]["text"] = answer
+            row.pop("answers", None)
+        rows.append(row)
+    (out / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def _cfg(tmp_path, data, **d):
+    return RunCfg.from_dict(tiny_run_cfg(tmp_path, data, data=d,
+                                         train={"max_steps": 2, "eval_every": 2, "save_every": 2}))
+
+
+def test_without_skip_bad_the_run_stops_before_step_0_naming_each(tmp_path, data):
+    from vlmtune.train.loop import train
+
+    cfg = _cfg(tmp_path, data)
+    with pytest.raises(ValueError, match=r"4 sample\(s\) that `vlmtune data check` rejects") as e:
+        train(cfg)
+    for name, (line, why) in BAD.items():
+        assert f"manifest.jsonl:{line}: sample '{name}': {why}" in str(e.value)
+    assert not (cfg.run_dir / "checkpoints").exists(), "stopped before step 0"
+
+
+def test_with_skip_bad_they_are_listed_and_the_rest_trains(tmp_path, data):
+    from vlmtune.train.loop import train
+
+    cfg = _cfg(tmp_path, data, skip_bad=True)
+    train(cfg)
+    rejected = {r["line"]: r for r in map(json.loads, (cfg.run_dir / "rejected.jsonl").read_text().splitlines())}
+    assert sorted(rejected) == [line for line, _ in BAD.values()]
+    for name, (line, why) in BAD.items():
+        assert rejected[line]["error"].startswith(f"sample {name!r}: {why}")
+        assert rejected[line]["file"] == str(data / "manifest.jsonl")
+        assert json.loads(rejected[line]["raw"])["id"] == name
+    assert (cfg.run_dir / "checkpoints" / "step-2").is_dir()
+
+
+def test_the_text_limit_is_an_option(tmp_path, data, capsys):
+    from vlmtune.train.loop import train
+
+    cfg = _cfg(tmp_path, data, max_text_chars=MAX_TEXT_CHARS + 1, max_length=10**6)
+    with pytest.raises(ValueError, match=r"3 sample\(s\) that `vlmtune data check` rejects") as e:
+        train(cfg)
+    assert "huge-text" not in str(e.value)
+    out = tmp_path / "report.json"
+    assert main(["data", "check", str(data), "--out", str(out), "--max-text-chars", "20"]) == 1
+    long = json.loads(out.read_text())["errors"]["text_too_long"]
+    assert {e["sample"] for e in long} >= {"huge-text", "placeholder-train"}
+    assert all("over data.max_text_chars=20" in e["message"] for e in long)
+
+
+def test_data_check_reports_the_same_records(tmp_path, data):
+    out = tmp_path / "report.json"
+    assert main(["data", "check", str(data), "--out", str(out)]) == 1
+    report = json.loads(out.read_text())
+    found = {e["sample"]: (e["line"], e["message"]) for kind in report["errors"].values() for e in kind}
+    assert found.keys() == BAD.keys()
+    for name, (line, why) in BAD.items():
+        assert found[name][0] == line and why in found[name][1]
+
+
+def test_the_familys_own_placeholder_text_is_refused():
+    """A processor whose image placeholder is not one of the common ones still has it refused as literal text."""
+    processor = types.SimpleNamespace(image_token="<img>", tokenizer=types.SimpleNamespace(boi_token="<boi>"))
+    sample = Sample("s", [user("a <boi> and an <img>"), assistant("red")], images=["a.png"])
+    assert record_issues(sample) == []
+    assert [m for _, m in record_issues(sample, placeholders=placeholder_pattern(processor))] == [
+        "literal '<boi>' in the user turn 0 text (images are slots in `content`, never text)"]
