@@ -1,6 +1,6 @@
-"""`vlmtune serve` against hostile requests (issue 20): thin images, malformed bodies that used to be 500s, and web
-pages of other sites driving a server on localhost. Every refusal is a 4xx with an OpenAI-style error object, and the
-server answers a good request afterwards.
+"""`vlmtune serve` against hostile requests (issue 20): thin images, malformed bodies that used to be 500s, DNS
+rebinding of remote image hosts, and web pages of other sites driving a server on localhost. Every refusal is a 4xx
+with an OpenAI-style error object, and the server answers a good request afterwards.
 
 The app runs in-process (Starlette's TestClient, addressed as http://127.0.0.1 like a browser on the same machine)
 over tiny random models; the slow-body test runs a real uvicorn server on a loopback port."""
@@ -8,6 +8,7 @@ over tiny random models; the slow-body test runs a real uvicorn server on a loop
 from __future__ import annotations
 
 import base64
+import http.server
 import io
 import socket
 import threading
@@ -172,6 +173,79 @@ def test_a_one_image_model_refuses_a_second_image_and_needs_one():
         _refused(client.post("/v1/chat/completions", json=_body()), 400,
                  "the model (a paligemma model) needs an image in the request", "messages")
         assert client.post("/v1/chat/completions", json=_body(RED)).status_code == 200
+
+
+# ---------------------------------------------------------------- item 6: DNS rebinding of remote images
+
+
+def _resolver(*answers: str):
+    """A getaddrinfo that gives each call the next answer (the last one from then on): a DNS-rebinding name."""
+    calls = []
+
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        calls.append(host)
+        address = answers[min(len(calls), len(answers)) - 1]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port or 80))]
+
+    return getaddrinfo, calls
+
+
+def test_a_rebinding_name_is_resolved_once_and_loopback_is_never_connected(monkeypatch):
+    """The name answers a public address to the check and 127.0.0.1 to any later lookup: the only connection goes
+    to the checked public address (refused here: no network in tests), never to loopback."""
+    from vlmtune.serve.app import ApiError, _fetch
+
+    getaddrinfo, lookups = _resolver("93.184.215.14", "127.0.0.1")
+    connects = []
+
+    def connect(sock, address):
+        connects.append(address)
+        raise ConnectionRefusedError("no network in tests")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    with pytest.raises(ApiError) as refused:
+        _fetch("http://rebind.example/cat.png", ServeCfg(allow_remote_images=True), "messages[0].content[0]")
+    monkeypatch.undo()
+    assert connects == [("93.184.215.14", 80)] and lookups == ["rebind.example"]
+    assert refused.value.status == 400 and "cannot fetch the image" in refused.value.message
+
+
+def test_the_pinned_connection_keeps_the_host_name_in_the_request(monkeypatch):
+    """The connection goes to the address that was checked, and the request still names the host (Host header; for
+    https the TLS SNI and certificate check use the same name). Loopback is let through here only by the test."""
+    import vlmtune.serve.app as app_module
+
+    png = io.BytesIO()
+    RED.save(png, format="PNG")
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers["Host"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png.getvalue())))
+            self.end_headers()
+            self.wfile.write(png.getvalue())
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        getaddrinfo, lookups = _resolver("127.0.0.1")
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+        monkeypatch.setattr(app_module, "_is_public", lambda address: True)
+        data = app_module._fetch(f"http://images.example:{port}/a/cat.png?v=2", ServeCfg(allow_remote_images=True),
+                                 "messages[0].content[0]")
+        monkeypatch.undo()
+    finally:
+        server.shutdown()
+    assert data == png.getvalue() and lookups == ["images.example"]
+    assert seen == [("/a/cat.png?v=2", f"images.example:{port}")]
 
 
 # ---------------------------------------------------------------- item 7: pages of other sites, keys, slow bodies

@@ -66,6 +66,8 @@ MAX_JSON_DEPTH = 32
 """Nesting of a request body (a chat request needs 6: body, messages, message, content, part, image_url)."""
 MIN_TEMPERATURE = 0.01
 """Below it (and above 0, which is greedy) logits / temperature overflow to inf and sampling fails."""
+FETCH_TIMEOUT_S = 10.0
+"""A remote image (--allow-remote-images) must have arrived within this."""
 OPEN_PATHS = ("/", "/health")
 """Served without the API key: the page (it asks for the key) and the health check."""
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -231,33 +233,67 @@ def _image_bytes(url: str, cfg: ServeCfg, where: str) -> bytes:
     return _fetch(url, cfg, where)
 
 
+def _is_public(address: str) -> bool:
+    return ipaddress.ip_address(address.split("%")[0]).is_global
+
+
 def _fetch(url: str, cfg: ServeCfg, where: str) -> bytes:
-    """GET a public http(s) image: every address the host resolves to must be global (no private, loopback,
-    link-local or reserved address), redirects are not followed, and the size is capped."""
-    import urllib.error
-    import urllib.request
+    """GET a public http(s) image. The host is resolved once, every address it resolves to must be global (no
+    private, loopback, link-local or reserved address), and the connection goes to one of those checked addresses,
+    while the Host header, TLS SNI and certificate check keep the name: a second lookup, which DNS rebinding would
+    answer with 127.0.0.1, never happens. Redirects are not followed; size and time are capped. No proxy is used."""
+    import http.client
 
-    host = urlparse(url).hostname or ""
+    parts = urlparse(url)
+    host, https = parts.hostname or "", parts.scheme == "https"
     try:
-        addresses = {ai[4][0] for ai in socket.getaddrinfo(host, None)}
-    except socket.gaierror:
+        port = parts.port or (443 if https else 80)
+    except ValueError:
+        raise ApiError(400, f"{where}: the image URL has an invalid port", where) from None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
         raise ApiError(400, f"{where}: cannot resolve {host!r}", where) from None
-    for a in addresses:
-        if not ipaddress.ip_address(a.split("%")[0]).is_global:
-            raise ApiError(400, f"{where}: {host!r} resolves to a non-public address ({a}); refused", where)
+    for info in infos:
+        if not _is_public(info[4][0]):
+            raise ApiError(400, f"{where}: {host!r} resolves to a non-public address ({info[4][0]}); refused", where)
 
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args, **kwargs):
-            raise ApiError(400, f"{where}: the image URL redirects; give the final URL", where)
+    def connect(address=None, timeout=FETCH_TIMEOUT_S, source_address=None) -> socket.socket:
+        error: OSError = OSError(f"no address for {host}")
+        for family, kind, proto, _, sockaddr in infos:  # the checked addresses, never a new lookup
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as e:
+                sock.close()
+                error = e
+        raise error
 
+    conn = (http.client.HTTPSConnection if https else http.client.HTTPConnection)(host, port, timeout=FETCH_TIMEOUT_S)
+    conn._create_connection = connect  # http.client's one hook for how it opens its socket; SNI still uses `host`
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    deadline = time.monotonic() + FETCH_TIMEOUT_S
     try:
-        with urllib.request.build_opener(NoRedirect).open(url, timeout=10) as r:
-            data = r.read(cfg.max_image_bytes + 1)
-    except urllib.error.URLError as e:
-        raise ApiError(400, f"{where}: cannot fetch the image ({e.reason})", where) from None
-    if len(data) > cfg.max_image_bytes:
-        raise ApiError(413, f"{where}: image exceeds the limit of {cfg.max_image_bytes} bytes", where)
-    return data
+        conn.request("GET", path, headers={"Accept": "image/*", "User-Agent": "vlmtune"})
+        response = conn.getresponse()
+        if 300 <= response.status < 400:
+            raise ApiError(400, f"{where}: the image URL redirects; give the final URL", where)
+        if response.status != 200:
+            raise ApiError(400, f"{where}: the image URL answered HTTP {response.status}", where)
+        data = bytearray()
+        while chunk := response.read1(65536):
+            data += chunk
+            if len(data) > cfg.max_image_bytes:
+                raise ApiError(413, f"{where}: image exceeds the limit of {cfg.max_image_bytes} bytes", where)
+            if time.monotonic() > deadline:
+                raise ApiError(400, f"{where}: the image took over {FETCH_TIMEOUT_S:g} s to fetch", where)
+    except (OSError, http.client.HTTPException) as e:
+        raise ApiError(400, f"{where}: cannot fetch the image ({type(e).__name__}: {e})", where) from None
+    finally:
+        conn.close()
+    return bytes(data)
 
 
 def parse_messages(messages: list[Message], cfg: ServeCfg, predictor=None):
