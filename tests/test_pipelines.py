@@ -55,7 +55,7 @@ def test_fashion_vqa_from_an_attribute_table_with_portuguese_prompts_to_a_served
     assert all(gold[r["id"]]["meta"]["lang"] == "pt" and gold[r["id"]]["split"] == "test" for r in rows)
 
     photo = base64.b64encode((raw / "photos" / "look-00000.png").read_bytes()).decode()
-    with TestClient(build_app(run, ServeCfg(), background=False)) as client:
+    with TestClient(build_app(run, ServeCfg(), background=False), base_url="http://127.0.0.1") as client:
         reply = client.post("/v1/chat/completions", json={"model": "fashion", "max_tokens": 4, "messages": [
             {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{photo}"}},
                                          {"type": "text", "text": "Qual é a cor da parte de cima?"}]}]})
@@ -187,7 +187,8 @@ def test_chartqa_deplot_from_chartqa_files_chart_to_table_then_program_answers(t
     from vlmtune.serve import build_app
 
     chart = base64.b64encode(next((raw / "test" / "png").iterdir()).read_bytes()).decode()
-    with TestClient(build_app(run, ServeCfg(), background=False)) as client:  # the table model behind the API
+    app = build_app(run, ServeCfg(), background=False)  # the table model behind the API
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         reply = client.post("/v1/chat/completions", json={"model": "deplot", "max_tokens": 12, "messages": [
             {"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{chart}"}},
                                          {"type": "text", "text": DEPLOT_PROMPT}]}]})

@@ -682,7 +682,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--model", required=True, help="a run (its best checkpoint), checkpoint, adapter or model dir")
     sv.add_argument("--host", default=None, help="default 127.0.0.1")
     sv.add_argument("--port", type=int, default=None, help="default 8000")
-    sv.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY")
+    sv.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (an empty key is refused)")
+    sv.add_argument("--allowed-hosts", nargs="+", default=None, metavar="HOST",
+                    help="Host names served ('*', '*.example.com'); default: --host and localhost (any IP too when "
+                         "bound to 0.0.0.0)")
+    sv.add_argument("--allowed-origins", nargs="+", default=None, metavar="ORIGIN",
+                    help="web origins whose pages may call the API (CORS), e.g. https://app.example.com; default: "
+                         "only the server's own page")
     sv.add_argument("--model-name", default=None, help="the id in /v1/models (default: the model directory name)")
     sv.add_argument("--max-batch-size", type=int, default=None, help="requests per generate call (default 8)")
     sv.add_argument("--max-wait-ms", type=float, default=None, help="how long a batch waits to fill (default 10)")
@@ -691,8 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-images", type=int, default=None, help="images per request (default 4)")
     sv.add_argument("--max-image-bytes", type=int, default=None)
     sv.add_argument("--max-image-pixels", type=int, default=None)
+    sv.add_argument("--max-aspect-ratio", type=float, default=None, help="longest / shortest image side (default 50)")
+    sv.add_argument("--max-resized-pixels", type=int, default=None,
+                    help="image pixels once the model's processor resizes or pads it (default 40000000)")
     sv.add_argument("--max-body-bytes", type=int, default=None)
     sv.add_argument("--timeout-s", type=float, default=None, help="per-request limit (default 120)")
+    sv.add_argument("--body-timeout-s", type=float, default=None,
+                    help="a request body must arrive within this (default 30)")
     sv.add_argument("--allow-remote-images", action="store_true", default=None,
                     help="fetch http(s) image URLs (never from private or loopback addresses)")
     _add_device_args(sv)

@@ -343,7 +343,7 @@ def test_end_to_end_train_eval_predict_serve_and_data_ocr_command_see_the_ocr_te
         {"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": QUESTION}]}]}
     assert _job(req, ServeCfg(), app.state.vlmtune.ocr)[0].sample.question == row["question"]
     tesseract_calls.clear()
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         response = client.post("/v1/chat/completions", json=req)
     assert response.status_code == 200 and ocr_runs(tesseract_calls) == 1, response.text  # the handler read it
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import math
 import os
 import re
 import stat
@@ -214,3 +215,108 @@ class DecodedImages:
             self.images[key] = image
             self.used += size
         return image
+
+
+# ---------------------------------------------------------------- shape limits, before a processor runs
+
+MAX_ASPECT_RATIO = 50.0
+"""Longest side / shortest side. Processors scale the short side up (CLIP's `shortest_edge`), so a 1x100000 PNG of
+471 bytes would become a 336 x 33,600,000 image: the pixel limit alone cannot see it."""
+MAX_RESIZED_PIXELS = 40_000_000
+"""Pixels of the largest image a model's processor makes from one input (`resized_size`)."""
+
+
+def _edge(size, key: str):
+    """One field of an image processor's `size`, `crop_size` or `patch_size` (a dict or transformers' SizeDict)."""
+    if size is None:
+        return None
+    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+
+def resized_size(width: int, height: int, image_processor) -> tuple[int, int]:
+    """(width, height) of the largest image `image_processor` makes from a `width` x `height` one, computed from its
+    settings without running it, so that a request or record can be refused before the processor allocates it.
+
+    Exact for the resizes that can grow an image: the short side scaled to `size.shortest_edge` (CLIP, LLaVA, GIT;
+    capped by `longest_edge`), the square a LLaVA processor pads to first (`do_pad` with `pad_to_square`), Qwen2-VL's
+    `smart_resize` within min/max pixels (`size.shortest_edge`/`longest_edge` with a `merge_size`), Pix2Struct's
+    patches. For the bounded ones it gives the size the image is fitted into: a fixed `height` x `width` (BLIP-2,
+    SigLIP, Gemma 3), `max_height` x `max_width`, the `longest_edge` (Idefics3, SmolVLM, rounded up to their
+    `max_image_size` tiles), LLaVA-NeXT's best `image_grid_pinpoints` canvas, Mllama's tile canvas. A processor that
+    does not resize gives the input size. Raises ValueError where the processor itself would refuse the image
+    (Qwen2-VL beyond an aspect ratio of 200)."""
+    if getattr(image_processor, "do_pad", False) and hasattr(image_processor, "pad_to_square"):
+        side = max(width, height)  # LLaVA: padded to a square first, then resized
+        w, h = _resized(side, side, image_processor)
+        return (side, side) if side * side >= w * h else (w, h)
+    return _resized(width, height, image_processor)
+
+
+def _resized(width: int, height: int, ip) -> tuple[int, int]:
+    size = getattr(ip, "size", None)
+    patch, max_patches = getattr(ip, "patch_size", None), getattr(ip, "max_patches", None)
+    if max_patches and _edge(patch, "height"):  # Pix2Struct: as many whole patches as fit max_patches, aspect kept
+        ph, pw = _edge(patch, "height"), _edge(patch, "width")
+        scale = math.sqrt(max_patches * (ph / height) * (pw / width))
+        rows = max(min(int(scale * height / ph), max_patches), 1)
+        cols = max(min(int(scale * width / pw), max_patches), 1)
+        return cols * pw, rows * ph
+    if not getattr(ip, "do_resize", True):
+        return width, height
+    merge = getattr(ip, "merge_size", None)
+    low = getattr(ip, "min_pixels", None) or _edge(size, "shortest_edge")
+    high = getattr(ip, "max_pixels", None) or _edge(size, "longest_edge")
+    if merge and low and high:  # Qwen2-VL: `size` holds min/max pixels, not edges
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+        h, w = smart_resize(height, width, factor=patch * merge, min_pixels=low, max_pixels=high)
+        return w, h
+    if getattr(ip, "image_grid_pinpoints", None):  # LLaVA-NeXT: resized into the best grid resolution, then padded
+        from transformers.image_processing_utils import select_best_resolution
+
+        h, w = select_best_resolution((height, width), ip.image_grid_pinpoints)
+        return w, h
+    if getattr(ip, "max_image_tiles", None) and _edge(size, "height"):  # Mllama: fitted into a canvas of tiles
+        from transformers.models.mllama.image_processing_pil_mllama import get_optimal_tiled_canvas
+
+        h, w = get_optimal_tiled_canvas(height, width, ip.max_image_tiles, _edge(size, "height"))
+        return int(w), int(h)
+    shortest, longest = _edge(size, "shortest_edge"), _edge(size, "longest_edge")
+    if shortest:
+        from transformers.image_transforms import get_size_with_aspect_ratio
+
+        h, w = get_size_with_aspect_ratio((height, width), shortest, longest)
+        return max(w, 1), max(h, 1)
+    if longest:  # Idefics3/SmolVLM: the longest side to `longest_edge`, then whole tiles of max_image_size
+        scale = longest / max(width, height)
+        w, h = max(1, int(width * scale)), max(1, int(height * scale))
+        tile = _edge(getattr(ip, "max_image_size", None), "longest_edge")
+        if tile:
+            w, h = math.ceil(w / tile) * tile, math.ceil(h / tile) * tile
+        return w, h
+    if _edge(size, "max_height") and _edge(size, "max_width"):
+        scale = min(_edge(size, "max_height") / height, _edge(size, "max_width") / width)
+        return max(1, int(width * scale)), max(1, int(height * scale))
+    if _edge(size, "height") and _edge(size, "width"):
+        return _edge(size, "width"), _edge(size, "height")
+    return width, height
+
+
+def check_image_shape(width: int, height: int, name: str, image_processor=None,
+                      max_aspect_ratio: float = MAX_ASPECT_RATIO, max_resized_pixels: int = MAX_RESIZED_PIXELS) -> None:
+    """Refuse (ImageError naming `name`, with the numbers) an image thinner than `max_aspect_ratio`:1, or one that
+    `image_processor` would resize or pad to more than `max_resized_pixels` (see `resized_size`); nothing runs the
+    processor. Call it with the size of the image as the processor will see it (after EXIF orientation)."""
+    ratio = max(width, height) / max(1, min(width, height))
+    if ratio > max_aspect_ratio:
+        raise ImageError(f"{name}: {width}x{height} pixels has an aspect ratio of {ratio:.1f}:1, over the limit of "
+                         f"{max_aspect_ratio:g}:1 (image processors scale the short side up)")
+    if image_processor is None:
+        return
+    try:
+        w, h = resized_size(width, height, image_processor)
+    except ValueError as e:
+        raise ImageError(f"{name}: the model's image processor refuses a {width}x{height} image ({e})") from None
+    if w * h > max_resized_pixels:
+        raise ImageError(f"{name}: {width}x{height} pixels becomes {w}x{h} = {w * h} pixels in the model's image "
+                         f"processor, over the limit of {max_resized_pixels}")

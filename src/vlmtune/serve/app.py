@@ -10,9 +10,12 @@
     GET  /                      the web page (upload an image, ask, see the answer stream in)
 
 Every answer comes from the same `Predictor` that `vlmtune predict` uses, through the dynamic batcher. Limits answer
-with OpenAI-style errors: 413 for a body, image or pixel count over the limit, 400 for a malformed request, too many
-images, max_tokens over the limit, a prompt too long or an image that does not decode, 401 for a missing or wrong
-key, 504 when a request outlives `timeout_s`. A bad request never takes the server down.
+with OpenAI-style errors: 413 for a body, image or pixel count over the limit, 400 for a malformed request (checked
+by the pydantic `ChatRequest`, strict types: `true` is not a number), too many images, an image too thin or too large
+once the model's processor resizes it, max_tokens over the limit, a prompt too long or an image that does not decode,
+401 for a missing or wrong key, 415 for a body that is not `application/json`, 400/403 for a Host or Origin that is
+not this server's own (a web page driving a server on localhost), 408 for a body that does not arrive in
+`body_timeout_s`, 504 when a request outlives `timeout_s`. A bad request never takes the server down.
 """
 
 from __future__ import annotations
@@ -29,11 +32,29 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Annotated, Literal
+from urllib.parse import urlparse, urlsplit
 
+import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 
 from vlmtune.config import ServeCfg
 from vlmtune.data.ocr import OcrOptions
@@ -41,6 +62,16 @@ from vlmtune.serve.batcher import Batcher
 from vlmtune.serve.batcher import Request as Job
 
 STATIC = Path(__file__).parent / "static"
+MAX_JSON_DEPTH = 32
+"""Nesting of a request body (a chat request needs 6: body, messages, message, content, part, image_url)."""
+MIN_TEMPERATURE = 0.01
+"""Below it (and above 0, which is greedy) logits / temperature overflow to inf and sampling fails."""
+FETCH_TIMEOUT_S = 10.0
+"""A remote image (--allow-remote-images) must have arrived within this."""
+OPEN_PATHS = ("/", "/health")
+"""Served without the API key: the page (it asks for the key) and the health check."""
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+EVERY_INTERFACE = ("0.0.0.0", "::", "")
 
 
 class ApiError(Exception):
@@ -49,8 +80,132 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.kind = status, message, param, kind
 
 
-def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status)
+def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+           close: bool = False):
+    """An OpenAI-style error; `close` ends the connection after it (a body that was refused unread, or is too slow)."""
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status,
+                        headers={"Connection": "close"} if close else None)
+
+
+# ---------------------------------------------------------------- the request, validated
+
+
+class _Strict(BaseModel):
+    """Strict types (`true` is not a number, `"1"` is not an int); fields vlmtune does not use are ignored, as
+    OpenAI clients send many (model, user, seed, ...)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class ImageURL(_Strict):
+    url: StrictStr
+
+
+class Part(_Strict):
+    type: Literal["text", "image_url"]
+    text: StrictStr | None = None
+    image_url: Annotated[ImageURL | None, BeforeValidator(lambda v: {"url": v} if isinstance(v, str) else v)] = None
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.type == "text" and self.text is None:
+            raise PydanticCustomError("part", "a text part needs a string 'text'")
+        if self.type == "image_url" and self.image_url is None:
+            raise PydanticCustomError("part", "an image_url part needs 'image_url': {'url': ...}")
+        return self
+
+
+class Message(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[list[Part], BeforeValidator(lambda v: [{"type": "text", "text": v}] if isinstance(v, str)
+                                                   else v)]
+
+
+class StreamOptions(_Strict):
+    include_usage: StrictBool = False
+
+
+Temperature = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
+TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+
+
+class ChatRequest(_Strict):
+    """The parts of an OpenAI chat completion request that vlmtune serves; null means the default."""
+
+    messages: list[Message]
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    n: StrictInt | None = None
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _some(cls, v):
+        if not v:
+            raise PydanticCustomError("messages", "must be a non-empty list")
+        return v
+
+    @field_validator("n")
+    @classmethod
+    def _one(cls, v):
+        if v not in (None, 1):
+            raise PydanticCustomError("n", "only n=1 is supported")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _not_tiny(cls, v):
+        if v is not None and 0 < v < MIN_TEMPERATURE:
+            raise PydanticCustomError("temperature", "must be 0 (greedy) or between {low} and 2",
+                                      {"low": MIN_TEMPERATURE})
+        return v
+
+
+def _where(loc) -> str:
+    """pydantic's ('messages', 0, 'content', 1, 'text') -> 'messages[0].content[1].text'."""
+    out = ""
+    for x in loc:
+        out += f"[{x}]" if isinstance(x, int) else f".{x}" if out else str(x)
+    return out
+
+
+def _validation_error(e: ValidationError) -> ApiError:
+    first = e.errors(include_url=False)[0]
+    where = _where(first["loc"])
+    # pydantic names Python types ("a valid dictionary or instance of StreamOptions"); the client sent JSON
+    message = "Input should be an object" if first["type"] in ("model_type", "dict_type") else first["msg"]
+    if first["type"] != "missing" and isinstance(first.get("input"), (bool, int, float, str)):
+        message += f" (got {json.dumps(first['input'])[:40]})"
+    return ApiError(400, f"{where}: {message}" if where else message, where or None)
+
+
+def parse_body(body: bytes) -> dict:
+    """The request body -> a JSON object: UTF-8, at most MAX_JSON_DEPTH deep (pydantic-core's parser stops far
+    deeper structures before recursing into them), no NaN or Infinity."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ApiError(400, f"the body is not UTF-8 (byte {body[e.start]:#04x} at offset {e.start})") from None
+    too_deep = ApiError(400, f"the body's JSON is nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        data = pydantic_core.from_json(text, allow_inf_nan=False)
+    except ValueError as e:
+        if "recursion limit" in str(e):
+            raise too_deep from None
+        raise ApiError(400, f"malformed JSON: {e}") from None
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise too_deep
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return data
 
 
 # ---------------------------------------------------------------- request -> Sample
@@ -78,85 +233,154 @@ def _image_bytes(url: str, cfg: ServeCfg, where: str) -> bytes:
     return _fetch(url, cfg, where)
 
 
+def _is_public(address: str) -> bool:
+    return ipaddress.ip_address(address.split("%")[0]).is_global
+
+
 def _fetch(url: str, cfg: ServeCfg, where: str) -> bytes:
-    """GET a public http(s) image: every address the host resolves to must be global (no private, loopback,
-    link-local or reserved address), redirects are not followed, and the size is capped."""
-    import urllib.error
-    import urllib.request
+    """GET a public http(s) image. The host is resolved once, every address it resolves to must be global (no
+    private, loopback, link-local or reserved address), and the connection goes to one of those checked addresses,
+    while the Host header, TLS SNI and certificate check keep the name: a second lookup, which DNS rebinding would
+    answer with 127.0.0.1, never happens. Redirects are not followed; size and time are capped. No proxy is used."""
+    import http.client
 
-    host = urlparse(url).hostname or ""
+    parts = urlparse(url)
+    host, https = parts.hostname or "", parts.scheme == "https"
     try:
-        addresses = {ai[4][0] for ai in socket.getaddrinfo(host, None)}
-    except socket.gaierror:
+        port = parts.port or (443 if https else 80)
+    except ValueError:
+        raise ApiError(400, f"{where}: the image URL has an invalid port", where) from None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
         raise ApiError(400, f"{where}: cannot resolve {host!r}", where) from None
-    for a in addresses:
-        if not ipaddress.ip_address(a.split("%")[0]).is_global:
-            raise ApiError(400, f"{where}: {host!r} resolves to a non-public address ({a}); refused", where)
+    for info in infos:
+        if not _is_public(info[4][0]):
+            raise ApiError(400, f"{where}: {host!r} resolves to a non-public address ({info[4][0]}); refused", where)
 
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args, **kwargs):
-            raise ApiError(400, f"{where}: the image URL redirects; give the final URL", where)
+    def connect(address=None, timeout=FETCH_TIMEOUT_S, source_address=None) -> socket.socket:
+        error: OSError = OSError(f"no address for {host}")
+        for family, kind, proto, _, sockaddr in infos:  # the checked addresses, never a new lookup
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as e:
+                sock.close()
+                error = e
+        raise error
 
+    conn = (http.client.HTTPSConnection if https else http.client.HTTPConnection)(host, port, timeout=FETCH_TIMEOUT_S)
+    conn._create_connection = connect  # http.client's one hook for how it opens its socket; SNI still uses `host`
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    deadline = time.monotonic() + FETCH_TIMEOUT_S
     try:
-        with urllib.request.build_opener(NoRedirect).open(url, timeout=10) as r:
-            data = r.read(cfg.max_image_bytes + 1)
-    except urllib.error.URLError as e:
-        raise ApiError(400, f"{where}: cannot fetch the image ({e.reason})", where) from None
-    if len(data) > cfg.max_image_bytes:
-        raise ApiError(413, f"{where}: image exceeds the limit of {cfg.max_image_bytes} bytes", where)
-    return data
+        conn.request("GET", path, headers={"Accept": "image/*", "User-Agent": "vlmtune"})
+        response = conn.getresponse()
+        if 300 <= response.status < 400:
+            raise ApiError(400, f"{where}: the image URL redirects; give the final URL", where)
+        if response.status != 200:
+            raise ApiError(400, f"{where}: the image URL answered HTTP {response.status}", where)
+        data = bytearray()
+        while chunk := response.read1(65536):
+            data += chunk
+            if len(data) > cfg.max_image_bytes:
+                raise ApiError(413, f"{where}: image exceeds the limit of {cfg.max_image_bytes} bytes", where)
+            if time.monotonic() > deadline:
+                raise ApiError(400, f"{where}: the image took over {FETCH_TIMEOUT_S:g} s to fetch", where)
+    except (OSError, http.client.HTTPException) as e:
+        raise ApiError(400, f"{where}: cannot fetch the image ({type(e).__name__}: {e})", where) from None
+    finally:
+        conn.close()
+    return bytes(data)
 
 
-def parse_messages(messages, cfg: ServeCfg):
-    """OpenAI messages -> (vlmtune Sample, [PIL images]); raises ApiError naming the offending part."""
-    from vlmtune.data.images import ImageError, decode_image_bytes
+def parse_messages(messages: list[Message], cfg: ServeCfg, predictor=None):
+    """Validated messages -> (vlmtune Sample, [PIL images]); raises ApiError naming the offending part. With the
+    `predictor`, images are checked against its model before its processor sees them: their aspect ratio and their
+    size once resized (computed from the processor's settings), their number (a one-image family)."""
+    from vlmtune.data.images import ImageError, check_image_shape, decode_image_bytes
     from vlmtune.data.sample import Sample
 
-    if not isinstance(messages, list) or not messages:
-        raise ApiError(400, "'messages' must be a non-empty list", "messages")
+    family = predictor.family if predictor is not None else None
+    image_processor = getattr(predictor.loaded.processor, "image_processor", None) if predictor is not None else None
     out, images = [], []
     for k, m in enumerate(messages):
         where = f"messages[{k}]"
-        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant"):
-            raise ApiError(400, f"{where}: role must be system, user or assistant", where)
-        content = m.get("content")
-        if isinstance(content, str):
-            content = [{"type": "text", "text": content}]
-        if not isinstance(content, list):
-            raise ApiError(400, f"{where}: content must be a string or a list of parts", where)
         parts = []
-        for j, part in enumerate(content):
+        for j, part in enumerate(m.content):
             pw = f"{where}.content[{j}]"
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text" and isinstance(part.get("text"), str):
-                parts.append({"type": "text", "text": part["text"]})
-            elif kind == "image_url":
-                if m["role"] != "user":
-                    raise ApiError(400, f"{pw}: images are accepted in user messages only", pw)
-                if len(images) >= cfg.max_images:
-                    raise ApiError(400, f"{pw}: more than {cfg.max_images} images in one request", pw)
-                spec = part.get("image_url")
-                url = spec.get("url") if isinstance(spec, dict) else spec
-                if not isinstance(url, str):
-                    raise ApiError(400, f"{pw}: image_url.url must be a string", pw)
-                try:
-                    decoded = decode_image_bytes(_image_bytes(url, cfg, pw), pw, cfg.max_image_pixels,
-                                                 cfg.max_image_bytes)
-                except ImageError as e:
-                    status = 413 if "exceeds the limit" in str(e) else 400
-                    raise ApiError(status, str(e), pw) from None
-                images.append(decoded.image)
-                parts.append({"type": "image"})
-            else:
-                raise ApiError(400, f"{pw}: unsupported content part (text and image_url are)", pw)
-        out.append({"role": m["role"], "content": parts})
+            if part.type == "text":
+                parts.append({"type": "text", "text": part.text})
+                continue
+            if m.role != "user":
+                raise ApiError(400, f"{pw}: images are accepted in user messages only", pw)
+            if len(images) >= cfg.max_images:
+                raise ApiError(400, f"{pw}: more than {cfg.max_images} images in one request", pw)
+            if family is not None and images and not family.multi_image:
+                raise ApiError(400, f"{pw}: the model (a {family.name} model) takes one image per request", pw)
+            try:
+                decoded = decode_image_bytes(_image_bytes(part.image_url.url, cfg, pw), pw, cfg.max_image_pixels,
+                                             cfg.max_image_bytes)
+            except ImageError as e:
+                status = 413 if "exceeds the limit" in str(e) else 400
+                raise ApiError(status, str(e), pw) from None
+            try:  # the decoded size: EXIF orientation may have swapped width and height
+                check_image_shape(*decoded.image.size, pw, image_processor, cfg.max_aspect_ratio,
+                                  cfg.max_resized_pixels)
+            except ImageError as e:
+                raise ApiError(400, str(e), pw) from None
+            images.append(decoded.image)
+            parts.append({"type": "image"})
+        out.append({"role": m.role, "content": parts})
     if out[-1]["role"] != "user":
         raise ApiError(400, "the last message must be from the user", f"messages[{len(out) - 1}]")
+    if family is not None and not images and not family.text_only:
+        raise ApiError(400, f"the model (a {family.name} model) needs an image in the request", "messages")
     sample = Sample(id=f"req-{uuid.uuid4().hex[:12]}", messages=out, images=[f"image-{i}" for i in range(len(images))])
     return sample, images
 
 
 # ---------------------------------------------------------------- the app
+
+
+def _served_hosts(cfg: ServeCfg) -> set[str]:
+    """The host names the server answers to by default: the address it is bound to and the localhost names; bound
+    to every interface (0.0.0.0, ::), also this machine's own name (any IP address is accepted then too)."""
+    names = {*LOCAL_NAMES, cfg.host.lower().strip("[]")}
+    if cfg.host in EVERY_INTERFACE:
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return names
+
+
+def _host_allowed(host: str, allowed: list[str] | None, served: set[str], any_address: bool) -> bool:
+    """Whether a Host header names this server. A DNS-rebinding page reaches the server under its own domain name
+    (evil.example resolving to 127.0.0.1), so a name that is not the server's is refused; an IP address cannot be
+    rebound, so any is accepted when the server is bound to every interface."""
+    try:
+        name = urlsplit(f"//{host}").hostname or ""  # lower case, without port or IPv6 brackets
+    except ValueError:
+        return False
+    if allowed is not None:  # as Starlette's TrustedHostMiddleware: "*", "*.example.com" or an exact name
+        return any(p == "*" or name == p.lower() or (p.startswith("*.") and name.endswith(p[1:].lower()))
+                   for p in allowed)
+    if name in served:
+        return True
+    if any_address:
+        try:
+            ipaddress.ip_address(name)
+            return True
+        except ValueError:
+            return False
+    return False
+
+
+def _origin_allowed(origin: str, host: str, allowed: list[str] | None) -> bool:
+    """The server's own page (its origin is the Host it was loaded from), or an origin given by --allowed-origins."""
+    if allowed and ("*" in allowed or origin in allowed):
+        return True
+    return urlsplit(origin).netloc.lower() == host.lower()
 
 
 class State:
@@ -195,18 +419,48 @@ def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, backg
     else:
         do_load()
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):  # 404, 405: OpenAI-style too
+        return JSONResponse({"error": {"message": str(e.detail), "type": "invalid_request_error", "param": None,
+                                       "code": e.status_code}}, e.status_code, headers=e.headers)
+
     @app.middleware("http")
-    async def limits_and_auth(request: Request, call_next):
-        if request.url.path.startswith("/v1/"):
-            if cfg.api_key:
-                auth = request.headers.get("authorization", "")
-                given = auth[7:] if auth.lower().startswith("bearer ") else ""
-                if not hmac.compare_digest(given.encode(), cfg.api_key.encode()):
-                    return _error(401, "missing or wrong API key (Authorization: Bearer <key>)", None,
-                                  "authentication_error")
+    async def auth_and_limits(request: Request, call_next):
+        post = request.method == "POST"
+        if cfg.api_key and request.url.path not in OPEN_PATHS:  # /openapi.json and /docs included
+            auth = request.headers.get("authorization", "")
+            given = auth[7:] if auth.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(given.encode(), cfg.api_key.encode()):
+                return _error(401, "missing or wrong API key (Authorization: Bearer <key>)", None,
+                              "authentication_error", close=post)
+        if post:  # a form or text/plain POST is what a page of another site can send without asking (no preflight)
+            media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if media != "application/json":
+                return _error(415, f"the body must be JSON sent as Content-Type: application/json (got "
+                                   f"{media or 'none'})", None, close=True)
             length = request.headers.get("content-length")
             if length and length.isdigit() and int(length) > cfg.max_body_bytes:
-                return _error(413, f"request body of {length} bytes exceeds the limit of {cfg.max_body_bytes}")
+                return _error(413, f"request body of {length} bytes exceeds the limit of {cfg.max_body_bytes}",
+                              close=True)
+        return await call_next(request)
+
+    if cfg.allowed_origins:  # pages of these origins may call the API: CORS answers their browsers' preflights
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.allowed_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+    hosts = _served_hosts(cfg)
+
+    @app.middleware("http")
+    async def own_host_and_origin(request: Request, call_next):  # outermost: runs before CORS and the key
+        host = request.headers.get("host", "")
+        if not _host_allowed(host, cfg.allowed_hosts, hosts, cfg.host in EVERY_INTERFACE):
+            return _error(400, f"Host {host!r} is not a name of this server (served: "
+                               f"{', '.join(cfg.allowed_hosts or sorted(hosts))}; see --allowed-hosts)", None,
+                          close=True)
+        origin = request.headers.get("origin")
+        if origin is not None and not _origin_allowed(origin, host, cfg.allowed_origins):
+            return _error(403, f"requests from pages of {origin!r} are refused (not this server's own page; see "
+                               "--allowed-origins)", None, "permission_error", close=True)
         return await call_next(request)
 
     @app.get("/health")
@@ -229,22 +483,25 @@ def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, backg
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         chunks, size = [], 0
-        async for part in request.stream():  # counted as it arrives: a chunked body has no Content-Length
-            size += len(part)
-            if size > cfg.max_body_bytes:
-                return _error(413, f"request body exceeds the limit of {cfg.max_body_bytes} bytes")
-            chunks.append(part)
+        try:
+            async with asyncio.timeout(cfg.body_timeout_s):  # a body sent a byte at a time must not hold a connection
+                async for part in request.stream():  # counted as it arrives: a chunked body has no Content-Length
+                    size += len(part)
+                    if size > cfg.max_body_bytes:
+                        return _error(413, f"request body exceeds the limit of {cfg.max_body_bytes} bytes",
+                                      close=True)
+                    chunks.append(part)
+        except TimeoutError:
+            return _error(408, f"the request body did not arrive within {cfg.body_timeout_s:g} s", None, "timeout",
+                          close=True)
+        except ClientDisconnect:
+            return _error(400, "the client disconnected before the whole body arrived", close=True)
         body = b"".join(chunks)
         if not state.ready.is_set() or state.error:
             return _error(503, "the model is not loaded yet" if not state.error else state.error, None,
                           "service_unavailable")
         try:
-            req = json.loads(body)
-            if not isinstance(req, dict):
-                raise ApiError(400, "the body must be a JSON object")
-            job, stream, include_usage = await run_in_threadpool(_job, req, cfg, ocr)
-        except json.JSONDecodeError as e:
-            return _error(400, f"malformed JSON: {e.msg} at column {e.colno}")
+            job, stream, include_usage = await run_in_threadpool(_request, body, cfg, ocr, state.predictor)
         except ApiError as e:
             return _error(e.status, e.message, e.param, e.kind)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
@@ -318,26 +575,19 @@ def _usage(c) -> dict:
             "total_tokens": c.prompt_tokens + c.completion_tokens}
 
 
-def _job(req: dict, cfg: ServeCfg, ocr: OcrOptions | None = None):
-    """The request's parameters checked, its images decoded (in a worker thread: decoding is CPU work) and, for a
-    model trained with OCR enrichment, their text put into the prompt as in training."""
-    n = req.get("n", 1)
-    if n != 1:
-        raise ApiError(400, "only n=1 is supported", "n")
-    max_tokens = req.get("max_completion_tokens", req.get("max_tokens"))
-    if max_tokens is None:
-        max_tokens = min(cfg.max_new_tokens_default, cfg.max_tokens)
-    if not isinstance(max_tokens, int) or max_tokens < 1:
-        raise ApiError(400, "max_tokens must be a positive integer", "max_tokens")
+def _job(req: dict, cfg: ServeCfg, ocr: OcrOptions | None = None, predictor=None):
+    """The request checked (`ChatRequest`, then the server's limits and, with the `predictor`, its model's image
+    limits), its images decoded (in a worker thread: decoding is CPU work) and, for a model trained with OCR
+    enrichment, their text put into the prompt as in training. -> (batcher job, stream, include_usage)."""
+    try:
+        r = ChatRequest.model_validate(req)
+    except ValidationError as e:
+        raise _validation_error(e) from None
+    max_tokens = r.max_completion_tokens or r.max_tokens or min(cfg.max_new_tokens_default, cfg.max_tokens)
     if max_tokens > cfg.max_tokens:
-        raise ApiError(400, f"max_tokens {max_tokens} exceeds the limit of {cfg.max_tokens}", "max_tokens")
-    temperature = req.get("temperature", 0.0)
-    top_p = req.get("top_p", 1.0)
-    if not isinstance(temperature, (int, float)) or not 0 <= temperature <= 2:
-        raise ApiError(400, "temperature must be between 0 and 2", "temperature")
-    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise ApiError(400, "top_p must be in (0, 1]", "top_p")
-    sample, images = parse_messages(req.get("messages"), cfg)
+        param = "max_completion_tokens" if r.max_completion_tokens else "max_tokens"
+        raise ApiError(400, f"{param} {max_tokens} exceeds the limit of {cfg.max_tokens}", param)
+    sample, images = parse_messages(r.messages, cfg, predictor)
     if ocr is not None and images:
         from vlmtune.data.ocr import OcrError, read_images_text, with_ocr_text
 
@@ -345,6 +595,12 @@ def _job(req: dict, cfg: ServeCfg, ocr: OcrOptions | None = None):
             sample = with_ocr_text(sample, read_images_text(images, ocr), ocr.into, ocr.template)
         except OcrError as e:
             raise ApiError(400, f"reading the text in the image(s) failed: {e}", "messages") from None
-    options = req.get("stream_options") or {}
-    return (Job(sample, images, max_tokens, float(temperature), float(top_p)), bool(req.get("stream")),
-            bool(options.get("include_usage")))
+    temperature = r.temperature if r.temperature is not None else 0.0
+    top_p = r.top_p if r.top_p is not None else 1.0
+    include_usage = r.stream_options is not None and r.stream_options.include_usage
+    return Job(sample, images, max_tokens, temperature, top_p), bool(r.stream), include_usage
+
+
+def _request(body: bytes, cfg: ServeCfg, ocr: OcrOptions | None, predictor):
+    """`_job` of a raw body (parsing 20 MB of JSON is CPU work too, done off the event loop)."""
+    return _job(parse_body(body), cfg, ocr, predictor)
