@@ -37,7 +37,7 @@ BAD = {  # sample id -> what its error must say
     "nul": "image path 'images/nul\\x00.png' contains a NUL character",
     "surrogate": "image path 'images/\\udcff.png' is not valid UTF-8 text",
     "bytes": "sample 'bytes': not valid UTF-8: byte 0xff",
-    "thin": "2x300 has an aspect ratio of 150:1, over the limit of 50:1",
+    "thin": "2x300 pixels has an aspect ratio of 150.0:1, over the limit of 50:1",
 }
 GOOD = 48  # the fashion fixture's samples, lines 1-48; the bad ones follow in the order of BAD
 
@@ -129,7 +129,8 @@ def test_thin_images_are_refused_from_the_header(tmp_path, monkeypatch):
     Image.new("L", (1, 100_000)).save(tmp_path / "thin.png")
     Image.new("L", (50, 1)).save(tmp_path / "ok.png")
     monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("pixels decoded"))
-    with pytest.raises(ImageError, match=r"thin.png: 1x100000 has an aspect ratio of 100000:1, over the limit of 50:1"):
+    with pytest.raises(ImageError, match=r"thin.png: 1x100000 pixels has an aspect ratio of 100000.0:1, over the "
+                                         r"limit of 50:1"):
         load_image(tmp_path / "thin.png")
     monkeypatch.undo()
     assert load_image(tmp_path / "ok.png").size == (50, 1), "50:1 itself is allowed"
@@ -137,17 +138,22 @@ def test_thin_images_are_refused_from_the_header(tmp_path, monkeypatch):
 
 
 def test_image_cost_limits():
+    from transformers import CLIPImageProcessor
+
     assert MAX_ASPECT_RATIO == 50
-    check_image_cost(336, 336, "x", resized=(336, 336))
+    clip = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                              do_center_crop=False)
+    check_image_cost(336, 336, "x", image_processor=clip)
     with pytest.raises(ImageError, match=r"x: 7000x8000 pixels exceeds the limit of 50000000"):
         check_image_cost(7000, 8000, "x")
-    with pytest.raises(ImageError, match=r"x: 3x200 has an aspect ratio of 67:1, over the limit of 50:1"):
+    with pytest.raises(ImageError, match=r"x: 3x200 pixels has an aspect ratio of 66.7:1, over the limit of 50:1"):
         check_image_cost(3, 200, "x")
-    with pytest.raises(ImageError, match=r"x: 3x200 has an aspect ratio of 67:1, over the limit of 60:1"):
+    with pytest.raises(ImageError, match=r"x: 3x200 pixels has an aspect ratio of 66.7:1, over the limit of 60:1"):
         check_image_cost(3, 200, "x", max_aspect=60)
-    with pytest.raises(ImageError, match=r"x: 20x800 becomes 336x13440 after the processor's resize, 4515840 pixels, "
-                                         r"over the limit of 1000000"):
-        check_image_cost(20, 800, "x", max_pixels=1_000_000, resized=(336, 13440))
+    # 20x800 (40:1) is within the aspect limit, but CLIP scales its short side to 336: 336x13440
+    with pytest.raises(ImageError, match=r"x: 20x800 pixels becomes 336x13440 = 4515840 pixels in the model's image "
+                                         r"processor, over the limit of 1000000"):
+        check_image_cost(20, 800, "x", image_processor=clip, max_resized_pixels=1_000_000)
 
 
 def test_data_check_names_every_record(data, tmp_path, capsys):

@@ -117,3 +117,33 @@ def test_the_familys_own_placeholder_text_is_refused():
     assert record_issues(sample) == []
     assert [m for _, m in record_issues(sample, placeholders=placeholder_pattern(processor))] == [
         "literal '<boi>' in the user turn 0 text (images are slots in `content`, never text)"]
+
+
+def test_an_image_the_processor_would_blow_up_is_refused_before_step_0(tmp_path, fashion_dir, monkeypatch):
+    """Within the aspect limit (40:1), but the model's processor scales its short side up (the tiny LLaVA's to 32:
+    32x1280): over a resized-pixel limit (lowered here to the tiny model's scale), named by data check and by
+    training before step 0, skipped with skip_bad."""
+    from PIL import Image
+
+    import vlmtune.data.images as images
+    from vlmtune.train.loop import train
+
+    data = tmp_path / "data"
+    shutil.copytree(fashion_dir, data)
+    rows = [json.loads(x) for x in (data / "manifest.jsonl").read_text().splitlines()]
+    row = json.loads(json.dumps(next(r for r in rows if r["split"] == "train")))
+    Image.new("RGB", (4, 160), "red").save(data / "tall.png")
+    row.update(id="tall", images=["tall.png"])
+    (data / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [*rows, row]))
+    monkeypatch.setattr(images.check_image_shape, "__defaults__", (None, images.MAX_ASPECT_RATIO, 32 * 32 * 20))
+    with pytest.raises(ValueError, match=r"sample 'tall': tall.png: 4x160 pixels becomes 32x1280"):
+        train(_cfg(tmp_path / "stop", data))
+    cfg = _cfg(tmp_path / "skip", data, skip_bad=True)
+    train(cfg)
+    [rejected] = map(json.loads, (cfg.run_dir / "rejected.jsonl").read_text().splitlines())
+    assert rejected["line"] == len(rows) + 1 and "in the model's image processor" in rejected["error"]
+    out = tmp_path / "report.json"  # data check with the run's model (its processor) finds it too
+    assert main(["data", "check", str(data), "--model", str(cfg.run_dir), "--out", str(out)]) == 1
+    [found] = [e for kind in json.loads(out.read_text())["errors"].values() for e in kind]
+    assert found["sample"] == "tall" and "becomes 32x1280 = 40960 pixels in the model's image processor" in \
+        found["message"]

@@ -28,8 +28,10 @@ MAX_IMAGE_BYTES = 64 * 1024 * 1024
 MAX_IMAGE_PIXELS = 50_000_000
 """Decompression-bomb guard: larger images are refused before their pixels are decoded."""
 MAX_ASPECT_RATIO = 50.0
-"""Long side / short side. Processors scale an image's short side up to their input size, so a thin image costs
-(short side target)^2 x ratio pixels after their resize: at 50:1 and a 336-pixel target, 5.6 million."""
+"""Longest side / shortest side. Processors scale the short side up (CLIP's `shortest_edge`), so a 1x100000 PNG of
+471 bytes would become a 336 x 33,600,000 image: the pixel limit alone cannot see it."""
+MAX_RESIZED_PIXELS = 40_000_000
+"""Pixels of the largest image a model's processor makes from one input (`resized_size`)."""
 
 
 class ImageError(ValueError):
@@ -131,23 +133,15 @@ def read_image_file(path: Path, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
 
 
 def check_image_cost(width: int, height: int, name: str, max_pixels: int = MAX_IMAGE_PIXELS,
-                     max_aspect: float = MAX_ASPECT_RATIO, resized: tuple[int, int] | None = None) -> None:
+                     max_aspect: float = MAX_ASPECT_RATIO, image_processor=None,
+                     max_resized_pixels: int = MAX_RESIZED_PIXELS) -> None:
     """Refuse (ImageError naming `name` and the numbers) an image too costly to decode or to feed a processor,
-    from its size alone (the header's, before any pixel is decoded): more than `max_pixels` pixels, a long side
-    more than `max_aspect` times the short one, or, when the caller knows the processor's resize, more than
-    `max_pixels` pixels at the `resized` (width, height) it would produce."""
+    from its size alone (the header's, before any pixel is decoded): more than `max_pixels` pixels, then the shape
+    limits of `check_image_shape` (aspect ratio; with `image_processor`, the pixels after its resize)."""
     if width * height > max_pixels:
         raise ImageError(f"{name}: {width}x{height} pixels exceeds the limit of {max_pixels} "
                          "(decompression-bomb guard)")
-    short, long = min(width, height), max(width, height)
-    if max_aspect and long > max_aspect * short:
-        ratio = f"{long / short:.0f}:1" if short else "unbounded"
-        raise ImageError(f"{name}: {width}x{height} has an aspect ratio of {ratio}, over the limit of "
-                         f"{max_aspect:g}:1 (processors scale the short side up, so a thin image costs its ratio "
-                         "times a square's memory)")
-    if resized is not None and resized[0] * resized[1] > max_pixels:
-        raise ImageError(f"{name}: {width}x{height} becomes {resized[0]}x{resized[1]} after the processor's resize, "
-                         f"{resized[0] * resized[1]} pixels, over the limit of {max_pixels}")
+    check_image_shape(width, height, name, image_processor, max_aspect, max_resized_pixels)
 
 
 def decode_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = MAX_IMAGE_BYTES,
@@ -219,11 +213,6 @@ class DecodedImages:
 
 # ---------------------------------------------------------------- shape limits, before a processor runs
 
-MAX_ASPECT_RATIO = 50.0
-"""Longest side / shortest side. Processors scale the short side up (CLIP's `shortest_edge`), so a 1x100000 PNG of
-471 bytes would become a 336 x 33,600,000 image: the pixel limit alone cannot see it."""
-MAX_RESIZED_PIXELS = 40_000_000
-"""Pixels of the largest image a model's processor makes from one input (`resized_size`)."""
 
 
 def _edge(size, key: str):

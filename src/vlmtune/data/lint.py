@@ -37,7 +37,15 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from vlmtune.config import DataCfg
-from vlmtune.data.images import MAX_IMAGE_PIXELS, Decoded, ImageError, decode_image, load_image, resolve_inside
+from vlmtune.data.images import (
+    MAX_IMAGE_PIXELS,
+    Decoded,
+    ImageError,
+    check_image_shape,
+    decode_image,
+    load_image,
+    resolve_inside,
+)
 from vlmtune.data.sample import Sample, message_text
 from vlmtune.data.store import MANIFEST, BadRecord
 
@@ -300,6 +308,8 @@ def check_dataset(root: str | Path, model: str | Path | None = None, max_length:
                 try:
                     path = resolve_inside(root, rel)
                     decoded = decode_image(path, max_pixels)
+                    if processor is not None:  # what the model's processor would make of it, from its size
+                        check_image_shape(*decoded.image.size, str(path), getattr(processor, "image_processor", None))
                 except ImageError as e:
                     broken[rel] = str(e)
                     report.add("error", "image", lineno, s.id, str(e))

@@ -322,7 +322,7 @@ def parse_messages(messages: list[Message], cfg: ServeCfg, predictor=None):
                 raise ApiError(400, f"{pw}: the model (a {family.name} model) takes one image per request", pw)
             try:
                 decoded = decode_image_bytes(_image_bytes(part.image_url.url, cfg, pw), pw, cfg.max_image_pixels,
-                                             cfg.max_image_bytes)
+                                             cfg.max_image_bytes, cfg.max_aspect_ratio)
             except ImageError as e:
                 status = 413 if "exceeds the limit" in str(e) else 400
                 raise ApiError(status, str(e), pw) from None

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vlmtune.data.images import resolve_inside
+from vlmtune.data.images import ImageError, check_image_shape, resolve_inside
 from vlmtune.data.lint import manifest_lines, placeholder_pattern, record_issues
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import MANIFEST, BadRecord, write_jsonl
@@ -81,6 +81,7 @@ def _check(state: State, samples: list[Sample], root: Path, mode: str,
     """(the samples that pass, in order; [(kind, sample, why)] for the others, kind "record" or "long")."""
     family, processor, d = state.family, state.loaded.processor, state.cfg.data
     placeholders = placeholder_pattern(processor)
+    image_processor = getattr(processor, "image_processor", None)
     passed, failed = [], []
     for s in samples:  # before encoding: a placeholder breaks the encode, megabytes of text take long to tokenize
         issues = record_issues(s, family, placeholders, d.max_text_chars)
@@ -90,8 +91,19 @@ def _check(state: State, samples: list[Sample], root: Path, mode: str,
             passed.append(s)
     keep = []
     for i in range(0, len(passed), chunk):
-        part = passed[i : i + chunk]
-        images = [[state.images.load(resolve_inside(root, rel)) for rel in s.images] for s in part]
+        part, images = [], []
+        for s in passed[i : i + chunk]:
+            ims = [state.images.load(resolve_inside(root, rel)) for rel in s.images]
+            try:  # what the processor would make of each image, from its size: a thin one grows to gigabytes
+                for rel, im in zip(s.images, ims, strict=True):
+                    check_image_shape(*im.size, rel, image_processor)
+            except ImageError as e:
+                failed.append(("record", s, _named(s, str(e))))
+                continue
+            part.append(s)
+            images.append(ims)
+        if not part:
+            continue
         try:  # one encode per chunk; only a chunk that fails is encoded sample by sample
             family.encode(processor, part, images, mode, d.max_length)
             keep.extend(part)
