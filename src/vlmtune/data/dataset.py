@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vlmtune.data.store import MANIFEST, BadRecord, read_samples, write_rejected
+from vlmtune.data.store import MANIFEST, BadRecord, add_rejected, read_samples
 
 if TYPE_CHECKING:
     from vlmtune.data.ocr import OcrOptions
@@ -60,9 +60,10 @@ def prepare_data_dir(data_cfg) -> Path:
 
 
 def load_split(root: Path, split: str | None, skip_bad: bool, rejected_path: Path | None = None,
-               ocr: OcrOptions | None = None, limit: int | None = None):
-    """Samples of one split (the first `limit` of them); bad records stop the run unless `skip_bad`, then they go
-    to `rejected_path`.
+               ocr: OcrOptions | None = None, limit: int | None = None, source: str | None = None):
+    """Samples of one split (the first `limit` of them); bad records stop the run unless `skip_bad`, then they are
+    added to `rejected_path`, each naming `source` (the caller starts that file afresh: a run that loads several
+    sources, a val split and probes lists the bad records of all of them).
 
     `ocr`: the text in each image is read (cached per image, see data/ocr.py) and put into the prompt or the meta.
     This is the one place it happens, for training and for eval/predict of a run trained with it."""
@@ -80,7 +81,7 @@ def load_split(root: Path, split: str | None, skip_bad: bool, rejected_path: Pat
         print(f"{root}: skipped {len(bad)} bad record(s)" + (f", listed in {rejected_path}" if rejected_path else ""),
               file=sys.stderr)
         if rejected_path:
-            write_rejected(rejected_path, bad)
+            add_rejected(rejected_path, bad, source)
     if not samples:
         raise ValueError(f"{root}: no samples in split {split!r}")
     return samples

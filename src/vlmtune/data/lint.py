@@ -6,12 +6,13 @@
 `check_dataset` streams the manifest once (one sample and its images in memory at a time) and reports:
 
 errors (each names the manifest line and sample; exit status 1)
-  bad records: malformed JSON, unknown fields, placeholder/image count mismatch, empty or whitespace answers, paths
-  escaping the dataset root, missing images; images that do not decode (corrupt, truncated) or exceed the pixel limit
-  (decompression bombs); literal `<image>` placeholders inside message text (the processor would expand them into
-  image tokens that match no image) or inside answers; duplicate sample ids; the same image (by content) in two
-  splits; samples the model's family cannot take (several images, no image, a task it lacks); samples longer than
-  `max_length` tokens, image tokens included.
+  bad records: malformed or too deeply nested JSON, records that do not fit the schema (`sample.SampleRecord`:
+  unknown fields, wrong types, e.g. a message that is not an object or a list as `split`), placeholder/image count
+  mismatch, empty or whitespace answers, paths escaping the dataset root, missing images; images that do not decode
+  (corrupt, truncated) or exceed the pixel limit (decompression bombs); literal `<image>` placeholders inside message
+  text (the processor would expand them into image tokens that match no image) or inside answers; duplicate sample
+  ids; the same image (by content) in two splits; samples the model's family cannot take (several images, no image, a
+  task it lacks); samples longer than `max_length` tokens, image tokens included.
 warnings (handled, but worth knowing)
   images in modes converted on load (CMYK, 16-bit, palette with transparency, alpha: composited on white), images
   with an EXIF orientation (rotated on load), the same images and prompt twice in a split.
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from vlmtune.data.images import MAX_IMAGE_PIXELS, Decoded, ImageError, decode_image, load_image, resolve_inside
 from vlmtune.data.sample import Sample, message_text
-from vlmtune.data.store import MANIFEST, BadRecord
+from vlmtune.data.store import MANIFEST, BadRecord, iter_lines
 
 MAX_LISTED = 200
 """Issues listed per kind in the report (all are counted)."""
@@ -139,24 +140,6 @@ def _family_issues(family, sample: Sample) -> list[str]:
     return issues
 
 
-def _records(root: Path):
-    """(line number, Sample or BadRecord) for every non-empty manifest line (images are checked by the caller)."""
-    from vlmtune.data.store import parse_line
-
-    file = root / MANIFEST
-    if not file.is_file():
-        raise FileNotFoundError(f"{root}: no {MANIFEST} (not a vlmtune dataset directory)")
-    with open(file, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            raw = raw.rstrip("\n")
-            if not raw.strip():
-                continue
-            try:
-                yield lineno, parse_line(root, file, lineno, raw, check_images=False)
-            except BadRecord as e:
-                yield lineno, e
-
-
 def _histogram(values: list[int], bins: int = 10) -> list[list[int]]:
     if not values:
         return []
@@ -189,7 +172,7 @@ def check_dataset(root: str | Path, model: str | Path | None = None, max_length:
     lengths: list[int] = []
     too_long: list[dict] = []
     bar = tqdm(desc=f"check {root}", unit=" samples", disable=not progress)
-    for lineno, rec in _records(root):
+    for lineno, rec in iter_lines(root, check_images=False):  # images are checked below, each once
         bar.update()
         if isinstance(rec, BadRecord):
             report.add("error", "bad_record", rec.line, None, rec.reason)
@@ -208,7 +191,8 @@ def check_dataset(root: str | Path, model: str | Path | None = None, max_length:
                 report.add("error", "family", lineno, s.id, message)
         if s.messages[-1]["role"] == "assistant":
             answers[s.target] += 1
-            by_type[s.meta.get("question_type", s.task)][s.target] += 1
+            qtype = s.meta.get("question_type")  # meta is free-form: a list here must not stop the check
+            by_type[qtype if isinstance(qtype, str) else s.task][s.target] += 1
         images, ok = [], True
         for rel in s.images:
             if rel in broken:  # an image shared by several samples is decoded and judged once
