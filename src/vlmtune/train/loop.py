@@ -261,6 +261,8 @@ def setup(cfg: RunCfg) -> State:
         if accelerator.is_main_process:
             _truncate_log(run_dir / "metrics.jsonl", state.step)
         accelerator.print(f"resumed from {done[-1]} (step {state.step})", file=sys.stderr)
+    elif accelerator.is_main_process:  # killed before its first checkpoint: this run starts again from step 0, and
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # so does its log (appending would repeat steps)
     if (run_dir / PROBES_BASE).is_file():
         state.probe_base = json.loads((run_dir / PROBES_BASE).read_text())["scores"]
     if not done:  # a fresh run trains from the seed; a resumed one goes on with the generators its checkpoint saved
