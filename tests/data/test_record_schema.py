@@ -16,6 +16,7 @@ from vlmtune.cli import main
 from vlmtune.config import RunCfg
 from vlmtune.data.lint import check_dataset
 from vlmtune.data.sample import Sample, SampleRecord, assistant, user
+from vlmtune.data.stats import dataset_stats
 from vlmtune.data.store import MANIFEST, MAX_JSON_DEPTH, BadRecord, read_samples, write_dataset
 from vlmtune.train.loop import build_data
 
@@ -181,6 +182,7 @@ def test_string_content_is_read_and_a_list_question_type_does_not_stop_the_check
     assert samples[1].target == "Hi." and samples[1].question == "Hi?"
     report = check_dataset(root, progress=False)  # a list as meta.question_type is free-form, not an error
     assert report["ok"] and report["samples"] == 2
+    assert dataset_stats(root)["samples"] == 2
 
 
 def test_a_duplicate_id_names_its_line_and_the_first_one(tmp_path):
