@@ -141,8 +141,9 @@ def test_train_stops_before_step_0_naming_the_record(tmp_path, capsys):
     config.write_text(json.dumps(cfg))  # JSON is YAML
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err
-    first = min(bad)
+    first, second = sorted(bad)
     assert f"{data / MANIFEST}:{first}: sample 's2': split: must be a string" in err
+    assert f"and 1 more bad record(s), on line(s) {second}" in err, "every bad record is named"
     assert "data.skip_bad" in err and "Traceback" not in err
     assert not (tmp_path / "runs/t/metrics.jsonl").exists(), "stopped before step 0"
 
