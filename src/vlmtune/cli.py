@@ -150,6 +150,8 @@ def _eval_samples(a, out_dir: Path):
     from vlmtune.data.ocr import model_ocr_options
 
     rejected = out_dir / "rejected.jsonl" if a.skip_bad else None
+    if rejected:
+        rejected.unlink(missing_ok=True)  # this evaluation's list (load_split adds to the file)
     ocr = model_ocr_options(a.model)  # a run trained with data.ocr is evaluated on the same enriched prompts
     if ocr:
         print(f"the model's run was trained with OCR enrichment: applying it (langs {ocr.langs}, into {ocr.into})",

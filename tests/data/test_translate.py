@@ -211,7 +211,9 @@ def test_cli_translate_and_bad_records(tmp_path, marian, capsys):
     row["messages"][0]["content"][0]["text"] = 7
     bad = _write(tmp_path / "bad2", [], (json.dumps(row),))
     assert main([a or str(bad) for a in args]) == 2
-    assert "sample 'odd' message 0: text is int, not a string" in capsys.readouterr().err
+    # the manifest reader's schema names it first, with file and line
+    assert "manifest.jsonl:1: sample 'odd': messages[0].content[0].text: must be a string, got integer 7" in \
+        capsys.readouterr().err
 
     word = _write(tmp_path / "word", [Sample(id="w", messages=[user("x" * 400, n_images=0), assistant("yes")])])
     assert main([a or str(word) for a in args]) == 2

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vlmtune.data.store import MANIFEST, BadRecord, read_samples, write_rejected
+from vlmtune.data.store import MANIFEST, BadRecord, add_rejected, read_samples
 
 if TYPE_CHECKING:
     from vlmtune.data.ocr import OcrOptions
@@ -59,15 +59,32 @@ def prepare_data_dir(data_cfg) -> Path:
     return prepare_dataset(data_cfg.path, data_cfg.synth)
 
 
+MAX_NAMED = 10
+"""Bad records whose lines one stopping error names after the first (all are counted)."""
+
+
+def naming_all(bad: list[BadRecord]) -> BadRecord:
+    """One error for a list of bad records: the first in full, then how many more and their lines."""
+    first, rest = bad[0], bad[1:]
+    more = ""
+    if rest:
+        lines = ", ".join(str(b.line) for b in rest[:MAX_NAMED]) + (" ..." if len(rest) > MAX_NAMED else "")
+        more = f"; and {len(rest)} more bad record(s), on line(s) {lines} (`vlmtune data check` lists each)"
+    return BadRecord(first.file, first.line, first.reason + more, first.raw)
+
+
 def load_split(root: Path, split: str | None, skip_bad: bool, rejected_path: Path | None = None,
-               ocr: OcrOptions | None = None, limit: int | None = None):
-    """Samples of one split (the first `limit` of them); bad records stop the run unless `skip_bad`, then they go
-    to `rejected_path`.
+               ocr: OcrOptions | None = None, limit: int | None = None, source: str | None = None):
+    """Samples of one split (the first `limit` of them); bad records stop the run (one error naming them all) unless
+    `skip_bad`, then they are added to `rejected_path`, each naming `source` (the caller starts that file afresh: a
+    run that loads several sources, a val split and probes lists the bad records of all of them).
 
     `ocr`: the text in each image is read (cached per image, see data/ocr.py) and put into the prompt or the meta.
     This is the one place it happens, for training and for eval/predict of a run trained with it."""
     try:
-        samples, bad = read_samples(root, split, skip_bad=skip_bad)
+        samples, bad = read_samples(root, split, skip_bad=True)  # all of them, to name them all
+        if bad and not skip_bad:
+            raise naming_all(bad)
         samples = samples[:limit] if limit else samples  # before OCR: --limit 10 reads 10 samples' images
         if ocr is not None and samples:
             from vlmtune.data.ocr import enrich_samples
@@ -80,7 +97,7 @@ def load_split(root: Path, split: str | None, skip_bad: bool, rejected_path: Pat
         print(f"{root}: skipped {len(bad)} bad record(s)" + (f", listed in {rejected_path}" if rejected_path else ""),
               file=sys.stderr)
         if rejected_path:
-            write_rejected(rejected_path, bad)
+            add_rejected(rejected_path, bad, source)
     if not samples:
         raise ValueError(f"{root}: no samples in split {split!r}")
     return samples

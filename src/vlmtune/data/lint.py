@@ -9,7 +9,8 @@ on every sample before step 0 (train/loop.py `check_samples`), so what this reje
 `check_dataset` streams the manifest once (one sample and its images in memory at a time) and reports:
 
 errors (each names the manifest line and sample; exit status 1)
-  bad records: malformed JSON, unknown fields, placeholder/image count mismatch, empty or whitespace answers, paths
+  bad records: malformed or too deeply nested JSON, records that do not fit the schema
+  (`sample.SampleRecord`: unknown fields, wrong types, e.g. a message that is not an object or a list as `split`), placeholder/image count mismatch, empty or whitespace answers, paths
   escaping the dataset root or not text (NUL, undecodable bytes), missing images, image paths that are not regular
   files (FIFO, directory, device); images that do not decode (corrupt, truncated), exceed the pixel limit
   (decompression bombs) or the aspect-ratio limit (see data/images.py); literal image placeholders inside message
@@ -47,7 +48,7 @@ from vlmtune.data.images import (
     resolve_inside,
 )
 from vlmtune.data.sample import Sample, message_text
-from vlmtune.data.store import MANIFEST, BadRecord
+from vlmtune.data.store import MANIFEST, BadRecord, iter_lines
 
 MAX_LISTED = 200
 """Issues listed per kind in the report (all are counted)."""
@@ -221,25 +222,6 @@ def manifest_lines(root: Path, ids: set[str]) -> dict[str, int]:
     return lines
 
 
-def _records(root: Path):
-    """(line number, Sample or BadRecord) for every non-empty manifest line (images are checked by the caller)."""
-    from vlmtune.data.store import check_utf8, parse_line
-
-    file = root / MANIFEST
-    if not file.is_file():
-        raise FileNotFoundError(f"{root}: no {MANIFEST} (not a vlmtune dataset directory)")
-    with open(file, encoding="utf-8", errors="surrogateescape") as f:  # a bad byte fails its line, not the file
-        for lineno, raw in enumerate(f, start=1):
-            raw = raw.rstrip("\n")
-            if not raw.strip():
-                continue
-            try:
-                check_utf8(file, lineno, raw)
-                yield lineno, parse_line(root, file, lineno, raw, check_images=False)
-            except BadRecord as e:
-                yield lineno, e
-
-
 def _histogram(values: list[int], bins: int = 10) -> list[list[int]]:
     if not values:
         return []
@@ -276,7 +258,7 @@ def check_dataset(root: str | Path, model: str | Path | None = None, max_length:
     lengths: list[int] = []
     too_long: list[dict] = []
     bar = tqdm(desc=f"check {root}", unit=" samples", disable=not progress)
-    for lineno, rec in _records(root):
+    for lineno, rec in iter_lines(root, check_images=False):  # images are checked below, each once
         bar.update()
         if isinstance(rec, BadRecord):
             report.add("error", "bad_record", rec.line, None, rec.reason)
@@ -297,7 +279,8 @@ def check_dataset(root: str | Path, model: str | Path | None = None, max_length:
         if s.messages[-1]["role"] == "assistant":
             answer = s.target.encode("utf-8", "backslashreplace").decode()  # a lone surrogate printed as its escape
             answers[answer] += 1
-            by_type[s.meta.get("question_type", s.task)][answer] += 1
+            qtype = s.meta.get("question_type")  # meta is free-form: a list here must not stop the check
+            by_type[qtype if isinstance(qtype, str) else s.task][answer] += 1
         images, ok = [], not issues  # a sample already refused is not encoded (megabytes of text, a placeholder)
         for rel in s.images:
             if rel in broken:  # an image shared by several samples is decoded and judged once

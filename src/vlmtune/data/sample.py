@@ -9,12 +9,19 @@ Hugging Face chat format, which every processor's chat template understands:
 The last assistant turn is the training target; for evaluation it is removed and generated instead.
 `answers` holds every acceptable answer (VQA: the human answers, up to 10) and `references` every reference
 caption; when absent the last assistant turn is the only answer.
+
+`SampleRecord` is the same thing as a JSON schema (pydantic, strict types): a manifest line is checked against it
+before it becomes a Sample, so a message that is not an object, `"answers": "red"` or a list as `split` is named
+("messages[1].content[0]: must be an object, got string 'red'") instead of failing later, somewhere else.
 """
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Role = Literal["system", "user", "assistant"]
 ROLES = ("system", "user", "assistant")
@@ -99,10 +106,89 @@ class Sample:
 
     @classmethod
     def from_json(cls, row: dict) -> Sample:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(row) - known
-        if unknown:
-            raise ValueError(f"unknown field(s) {sorted(unknown)}")
-        if "id" not in row or "messages" not in row:
-            raise ValueError("a sample needs 'id' and 'messages'")
+        """A manifest record -> Sample. Its structure and types are checked against `SampleRecord` first: a
+        ValueError lists what is wrong, field by field."""
+        try:
+            SampleRecord.model_validate(row)
+        except ValidationError as e:
+            raise ValueError(describe_errors(e)) from None
         return cls(**row)
+
+
+# ---------------------------------------------------------------- the record schema
+
+
+class _Strict(BaseModel):
+    # strict: no coercion ("1" is not 1, 5 is not "5"); forbid: a misspelt key is an error, not a silent default
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+class Part(_Strict):
+    """One content part: {"type": "image"} (an image slot) or {"type": "text", "text": "..."}."""
+
+    type: Literal["text", "image"]
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_in_text_parts(self) -> Part:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text part needs 'text' (a string)")
+        if self.type == "image" and self.text is not None:
+            raise ValueError("an image part has no 'text' (put the text in a part of its own)")
+        return self
+
+
+class Message(_Strict):
+    role: Role
+    content: list[Part]
+    """A list of parts; a plain string is read as one text part."""
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _string_is_one_text_part(cls, value: Any) -> Any:
+        return [{"type": "text", "text": value}] if isinstance(value, str) else value
+
+
+class SampleRecord(_Strict):
+    """A manifest line, field for field the `Sample` dataclass (a test keeps the two in step)."""
+
+    id: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    images: list[str] = []
+    task: str = "vqa"
+    answers: list[str] | None = None
+    references: list[str] | None = None
+    source: str = ""
+    split: str | None = None
+    meta: dict[str, Any] = {}
+
+
+_JSON_TYPES = {dict: "object", list: "list", str: "string", int: "integer", float: "number", bool: "boolean",
+               type(None): "null"}
+_EXPECTED = {"model_type": "must be an object", "dict_type": "must be an object", "list_type": "must be a list",
+             "string_type": "must be a string", "too_short": "must not be empty"}
+MAX_ERRORS = 5
+"""Errors named per record (the rest are counted)."""
+
+
+def describe_errors(error: ValidationError) -> str:
+    """A pydantic ValidationError as 'path: what is wrong, got ...' items, e.g.
+    "answers: must be a list, got string 'red'; messages[0].content[1].text: missing"."""
+    items = []
+    for err in error.errors(include_url=False):
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "record"
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            items.append(f"{path}: unknown field")
+        elif kind == "missing":
+            items.append(f"{path}: missing")
+        elif kind == "value_error":
+            items.append(f"{path}: {err['ctx']['error']}")
+        else:
+            what = _EXPECTED.get(kind) or (f"must be one of {err['ctx']['expected']}" if kind == "literal_error"
+                                           else err["msg"])
+            value = err.get("input")  # reprlib: a 10 MB string or a deep object is shown in a few dozen characters
+            items.append(f"{path}: {what}, got {_JSON_TYPES.get(type(value), type(value).__name__)} "
+                         f"{reprlib.repr(value)}")
+    more = len(items) - MAX_ERRORS
+    return "; ".join(items[:MAX_ERRORS]) + (f"; and {more} more" if more > 0 else "")

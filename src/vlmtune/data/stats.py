@@ -132,7 +132,7 @@ def dataset_stats(root: str | Path) -> dict:
         sources[rec.source or ""] += 1
         images_per_sample[len(rec.images)] += 1
         turns[sum(m["role"] == "assistant" for m in rec.messages)] += 1
-        if "question_type" in rec.meta:
+        if isinstance(rec.meta.get("question_type"), str):  # meta is free-form: a list there is not a type
             qtypes[rec.meta["question_type"]] += 1
         n_answers[len(rec.answers or rec.references or [None])] += 1
         if rec.messages[-1]["role"] == "assistant":

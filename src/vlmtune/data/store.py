@@ -4,10 +4,11 @@
       manifest.jsonl      {"id": ..., "images": ["images/0001.png"], "messages": [...], "task": "vqa", "split": "train"}
       images/0001.png
 
-Reading streams line by line; every bad line (malformed JSON, unknown field, empty answer, missing / corrupt /
-oversized image, a path escaping the root) becomes a `BadRecord` naming file and line. With `skip_bad` the rest is
-read and the bad lines are returned (and written to `rejected.jsonl` by the caller); without it the first one
-raises. Writing is atomic: a temporary file renamed into place, so a killed writer never leaves half a manifest.
+Reading streams line by line; every bad line (malformed or too deeply nested JSON, a record that does not fit the
+schema `sample.SampleRecord`, an empty answer, a missing / corrupt / oversized image, a path escaping the root, an id
+already used) becomes a `BadRecord` naming file and line. With `skip_bad` the rest is read and the bad lines are
+returned (and added to `rejected.jsonl` by the caller); without it the first one raises. Writing is atomic: a
+temporary file renamed into place, so a killed writer never leaves half a manifest.
 """
 
 from __future__ import annotations
@@ -16,11 +17,48 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from vlmtune.data.images import ImageError, check_image_file, load_image, resolve_inside
 from vlmtune.data.sample import Sample
 
 MANIFEST = "manifest.jsonl"
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of arrays/objects accepted in a manifest line or an imported annotation file (a record itself needs
+5 levels: record, messages, message, content, part; `meta` may use the rest). Deeper JSON is a bad record: Python's
+parser, and much code after it, recurse once per level and would stop with a RecursionError."""
+
+
+class JSONTooDeep(json.JSONDecodeError):
+    def __str__(self) -> str:
+        return self.msg
+
+
+def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply arrays/objects nest in `value` (a scalar: 0), counted level by level without recursion; the count
+    stops once it passes `limit`."""
+    depth, level = 0, [value]
+    while depth <= limit:
+        level = [v for v in level if isinstance(v, dict | list)]
+        if not level:
+            break
+        depth += 1
+        level = [c for v in level for c in (v.values() if isinstance(v, dict) else v)]
+    return depth
+
+
+def load_json(text: str) -> Any:
+    """`json.loads`, but JSON nested deeper than MAX_JSON_DEPTH raises `JSONTooDeep` (a JSONDecodeError), never a
+    RecursionError, so every reader's `except json.JSONDecodeError` names the file and record."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        value = None
+    else:
+        if json_depth(value) <= MAX_JSON_DEPTH:
+            return value
+    raise JSONTooDeep(f"nested deeper than {MAX_JSON_DEPTH} arrays/objects (vlmtune.data.store.MAX_JSON_DEPTH)",
+                      text, 0)
 
 
 class BadRecord(ValueError):
@@ -51,7 +89,9 @@ def check_utf8(file: Path, lineno: int, raw: str) -> None:
 def parse_line(root: Path, file: Path, lineno: int, raw: str, check_images: bool) -> Sample:
     """One manifest line -> Sample, or BadRecord naming the file and line."""
     try:
-        row = json.loads(raw)
+        row = load_json(raw)
+    except JSONTooDeep as e:
+        raise BadRecord(file, lineno, f"JSON {e}", raw) from None
     except json.JSONDecodeError as e:
         raise BadRecord(file, lineno, f"malformed JSON: {e.msg} at column {e.colno}", raw) from None
     if not isinstance(row, dict):
@@ -78,8 +118,8 @@ def parse_line(root: Path, file: Path, lineno: int, raw: str, check_images: bool
     return sample
 
 
-def iter_records(root: str | Path, check_images: bool = True) -> Iterator[Sample | BadRecord]:
-    """Stream the manifest: each line yields a Sample or the BadRecord describing what is wrong with it."""
+def iter_lines(root: str | Path, check_images: bool = True) -> Iterator[tuple[int, Sample | BadRecord]]:
+    """Stream the manifest: (line number, Sample or the BadRecord describing what is wrong) for each non-blank line."""
     root = Path(root)
     file = root / MANIFEST
     if not file.is_file():
@@ -91,9 +131,15 @@ def iter_records(root: str | Path, check_images: bool = True) -> Iterator[Sample
                 continue
             try:
                 check_utf8(file, lineno, raw)
-                yield parse_line(root, file, lineno, raw, check_images)
+                yield lineno, parse_line(root, file, lineno, raw, check_images)
             except BadRecord as e:
-                yield e
+                yield lineno, e
+
+
+def iter_records(root: str | Path, check_images: bool = True) -> Iterator[Sample | BadRecord]:
+    """Stream the manifest: each line yields a Sample or the BadRecord describing what is wrong with it."""
+    for _, rec in iter_lines(root, check_images):
+        yield rec
 
 
 def read_samples(
@@ -101,20 +147,21 @@ def read_samples(
 ) -> tuple[list[Sample], list[BadRecord]]:
     """All samples of `split` (None: every sample). Raises the first BadRecord unless `skip_bad`."""
     samples, bad = [], []
-    seen: dict[str, int] = {}
-    for rec in iter_records(root, check_images):
+    seen: dict[str, int] = {}  # sample id -> the line it is first on
+    for lineno, rec in iter_lines(root, check_images):
         if isinstance(rec, BadRecord):
             if not skip_bad:
                 raise rec
             bad.append(rec)
             continue
         if rec.id in seen:
-            err = BadRecord(Path(root) / MANIFEST, -1, f"duplicate sample id {rec.id!r}")
+            err = BadRecord(Path(root) / MANIFEST, lineno, f"duplicate sample id {rec.id!r} (first on line "
+                            f"{seen[rec.id]})", json.dumps(rec.to_json(), ensure_ascii=False))
             if not skip_bad:
                 raise err
             bad.append(err)
             continue
-        seen[rec.id] = 1
+        seen[rec.id] = lineno
         if split is None or rec.split == split:
             samples.append(rec)
     return samples, bad
@@ -165,3 +212,17 @@ def write_dataset(root: str | Path, items: Iterable[tuple[Sample, list]]) -> int
 
 def write_rejected(path: str | Path, bad: list[BadRecord]) -> None:
     write_jsonl(Path(path), (b.to_json() for b in bad))
+
+
+def add_rejected(path: str | Path, bad: list[BadRecord], source: str | None = None) -> None:
+    """Add `bad` (each row naming `source`, the data source it was read for) to the rejected.jsonl at `path`, after
+    the rows already there: a run that reads several sources lists the bad records of all of them. A record already
+    listed (same file, line and error: one manifest read for two splits) is not listed twice."""
+    path = Path(path)
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()] if path.is_file() else []
+    listed = {(r.get("file"), r.get("line"), r.get("error")) for r in rows}
+    for b in bad:
+        if (b.file, b.line, b.reason) not in listed:
+            listed.add((b.file, b.line, b.reason))
+            rows.append({**b.to_json(), **({"source": source} if source is not None else {})})
+    write_jsonl(path, rows)

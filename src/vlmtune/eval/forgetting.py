@@ -40,7 +40,7 @@ def load_probes(cfgs, skip_bad: bool = False, rejected_path: Path | None = None)
             raise ValueError(f"probes[{c.name}]: metric {c.metric!r} is not computed by task {c.task!r} "
                              f"(it computes {list(task.metrics)})")
         root = prepare_dataset(c.path, c.synth)
-        samples = load_split(root, c.split, skip_bad, rejected_path)
+        samples = load_split(root, c.split, skip_bad, rejected_path, source=f"probe {c.name}")
         if c.max_samples:
             samples = samples[: c.max_samples]
         probes.append(Probe(c.name, root, samples, c.task, c.metric))

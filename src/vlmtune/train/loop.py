@@ -133,20 +133,23 @@ def build_optimizer(cfg: RunCfg, model):
 
 
 def build_data(cfg: RunCfg, run_dir: Path):
-    """(val root, training mixture, image root per source, val samples, probes)."""
+    """(val root, training mixture, image root per source, val samples, probes). The bad records of every source,
+    of val and of the probes are listed in rejected.jsonl, each with the source it was read for."""
     d, rejected = cfg.data, run_dir / "rejected.jsonl"
+    rejected.unlink(missing_ok=True)  # this setup's list (a restart reads the data again; load_split adds to it)
     ocr = ocr_options(d)  # the same enrichment for every source and val (and for eval --model RUN, from run_config)
     root = prepare_data_dir(d)
     if d.sources:
         roots = [prepare_dataset(src.path, src.synth) for src in d.sources]
-        mixture = Mixture([(src.name, load_split(r, src.split, d.skip_bad, rejected, ocr), src.weight)
-                           for src, r in zip(d.sources, roots, strict=True)])
+        mixture = Mixture([(src.name, load_split(r, src.split, d.skip_bad, rejected, ocr, source=src.name),
+                            src.weight) for src, r in zip(d.sources, roots, strict=True)])
     else:
         roots = [root]
-        mixture = Mixture([("train", load_split(root, d.train_split, d.skip_bad, rejected, ocr), 1.0)])
+        mixture = Mixture([("train", load_split(root, d.train_split, d.skip_bad, rejected, ocr, source="train"),
+                            1.0)])
     val = []
     if d.val_split:
-        val = load_split(root, d.val_split, d.skip_bad, rejected, ocr)
+        val = load_split(root, d.val_split, d.skip_bad, rejected, ocr, source="val")
         if cfg.eval.max_samples:
             val = val[: cfg.eval.max_samples]
     probes = forgetting.load_probes(cfg.probes, d.skip_bad, rejected)
@@ -259,6 +262,8 @@ def setup(cfg: RunCfg) -> State:
         if accelerator.is_main_process:
             _truncate_log(run_dir / "metrics.jsonl", state.step)
         accelerator.print(f"resumed from {done[-1]} (step {state.step})", file=sys.stderr)
+    elif accelerator.is_main_process:  # killed before its first checkpoint: this run starts again from step 0, and
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # so does its log (appending would repeat steps)
     if (run_dir / PROBES_BASE).is_file():
         state.probe_base = json.loads((run_dir / PROBES_BASE).read_text())["scores"]
     if not done:  # a fresh run trains from the seed; a resumed one goes on with the generators its checkpoint saved

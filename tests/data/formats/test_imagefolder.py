@@ -100,7 +100,7 @@ def test_caption_column_priority_and_nulls_survive_export(tmp_path):
     shutil.copytree(CAPTIONS, src)
     (src / "metadata.jsonl").write_text(
         json.dumps({"file_name": "0001.jpg", "captions": ["one"], "caption": "two", "text": "three"}) + "\n"
-        + json.dumps({"file_name": "0003.jpg", "text": 5, "answer": "not a question", "question": None,
+        + json.dumps({"file_name": "0003.jpg", "text": "5", "answer": "not a question", "question": None,
                       "captions": None}) + "\n"
         + json.dumps({"file_name": "0001.jpg", "id": "q", "question": "Dark?", "answers": ["yes"], "answer": None,
                       "text": None}) + "\n", encoding="utf-8")

@@ -6,8 +6,10 @@ A format is one file under `data/formats/` exposing `FORMAT = Format(...)`:
     write(items, dest) -> dict                                 (Sample, absolute image paths) pairs -> outside files
 
 `read` yields records in a fixed order (resume counts them), never loads all images, and yields a `BadRecord` naming
-file and record for anything it cannot turn into a Sample (the driver stops or skips it). Sample ids and image paths
-come from the source itself (question_id, file name, ...), so import -> export -> import gives identical Samples.
+file and record for anything it cannot turn into a Sample (the driver stops or skips it): an answer or caption that
+is not a string (`text_value`: never str() of a null or an object), JSON nested too deeply (`load_json`). Sample ids
+and image paths come from the source itself (question_id, file name, ...), so import -> export -> import gives
+identical Samples.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import reprlib
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -26,7 +29,7 @@ from pathlib import Path
 
 from vlmtune.data.images import ImageError, resolve_inside
 from vlmtune.data.sample import Sample
-from vlmtune.data.store import MANIFEST, BadRecord, iter_records, write_jsonl
+from vlmtune.data.store import MANIFEST, BadRecord, iter_records, load_json, write_jsonl
 
 
 @dataclass
@@ -66,6 +69,17 @@ class Format:
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 _DATA_URI = re.compile(r"^data:image/(?P<ext>[a-zA-Z0-9.+-]+);base64,(?P<b64>.*)$", re.S)
+
+
+def text_value(value: object, what: str) -> str:
+    """An answer or caption as the source gives it: a string, or a ValueError naming `what` and what is there instead.
+    Never str() of whatever is there: a null would train the answer "None", an object its repr, and a number loses
+    how it was written (8.20 -> "8.2")."""
+    if not isinstance(value, str):
+        kind = "null" if value is None else {dict: "object", bool: "boolean", int: "number", float: "number"}.get(
+            type(value), type(value).__name__)
+        raise ValueError(f"{what} must be a string, got {kind} {reprlib.repr(value)}")
+    return value
 
 
 def image_ref(base: Path, rel: str, where: str) -> ImageRef:
@@ -280,5 +294,5 @@ def write_json(path: Path, obj) -> None:
 
 
 __all__ = ["IMAGE_SUFFIXES", "BadRecord", "Format", "ImageRef", "Imported", "Record", "check_image", "content_name",
-           "copy_image", "data_uri", "decode_data_uri", "export_dataset", "image_ref", "import_dataset", "new_dir",
-           "write_json", "write_jsonl"]
+           "copy_image", "data_uri", "decode_data_uri", "export_dataset", "image_ref", "import_dataset", "load_json",
+           "new_dir", "text_value", "write_json", "write_jsonl"]

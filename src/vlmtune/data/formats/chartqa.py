@@ -11,7 +11,8 @@
 
 `src` is the dataset root (every split folder in it, in name order), one split folder, or one `<split>_<subset>.json`
 file; `--images DIR` replaces the split's `png/` folder (one split only). Each question becomes one `chartqa` Sample:
-the query, then the label as the target (ChartQA has one answer per question: `answers` stays None). The id is
+the query, then the label as the target (ChartQA has one answer per question: `answers` stays None; the label must
+be a string, as in the release: a number is a bad record, since str() would lose how it was written). The id is
 "<split>-<subset>-<index>" (the question's position in its JSON file: many questions share a chart), the image goes to
 images/<split>/<imgname> (chart names repeat across splits), and `meta` keeps subset ("human" / "augmented"), imgname,
 the data table as its exact CSV text (`table`, when the file exists) and, when an annotation file exists, its exact
@@ -25,7 +26,17 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from vlmtune.data.formats.base import BadRecord, Format, Imported, Record, copy_image, image_ref, write_json
+from vlmtune.data.formats.base import (
+    BadRecord,
+    Format,
+    Imported,
+    Record,
+    copy_image,
+    image_ref,
+    load_json,
+    text_value,
+    write_json,
+)
 from vlmtune.data.images import ImageError, resolve_inside
 from vlmtune.data.sample import Sample, assistant, user
 
@@ -70,8 +81,9 @@ def _sample(row: dict, split: str, subset: str, i: int, file: Path, png: Path) -
         raise ValueError("missing 'imgname'")
     if not isinstance(query, str) or not query.strip():
         raise ValueError(f"{imgname}: missing or empty 'query'")
-    if isinstance(label, bool) or not isinstance(label, str | int | float):
+    if label is None:
         raise ValueError(f"{imgname}: missing 'label' (a string)")
+    label = text_value(label, f"{imgname}: 'label'")
     where = f"{file} record {i}"
     ref = image_ref(png, imgname, where)
     split_dir = file.parent
@@ -86,13 +98,13 @@ def _sample(row: dict, split: str, subset: str, i: int, file: Path, png: Path) -
         meta["table"] = table
     if annotation is not None:
         try:
-            parsed = json.loads(annotation)
+            parsed = load_json(annotation)
         except json.JSONDecodeError as e:
             raise ValueError(f"{imgname}: malformed annotation annotations/{stem}.json: {e}") from None
         if isinstance(parsed, dict) and isinstance(parsed.get("type"), str):
             meta["chart_type"] = parsed["type"]
         meta["annotation"] = annotation
-    sample = Sample(id=f"{split}-{subset}-{i}", messages=[user(query), assistant(str(label))],
+    sample = Sample(id=f"{split}-{subset}-{i}", messages=[user(query), assistant(label)],
                     images=[f"images/{split}/{imgname}"], task="chartqa", source="chartqa", split=split, meta=meta)
     return Imported(sample, [ref], file, i + 1)
 
@@ -104,7 +116,7 @@ def read(src: Path, images: Path | None) -> Iterator[Record]:
             yield BadRecord(file, 0, "expected a file named <split>_human.json or <split>_augmented.json")
             continue
         try:
-            rows = json.loads(file.read_text(encoding="utf-8"))
+            rows = load_json(file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             yield BadRecord(file, 0, f"malformed JSON: {e}")
             continue

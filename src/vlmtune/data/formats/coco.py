@@ -40,7 +40,17 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from vlmtune.data.formats.base import BadRecord, Format, ImageRef, Imported, Record, copy_image, image_ref, write_json
+from vlmtune.data.formats.base import (
+    BadRecord,
+    Format,
+    ImageRef,
+    Imported,
+    Record,
+    copy_image,
+    image_ref,
+    load_json,
+    write_json,
+)
 from vlmtune.data.sample import Sample, assistant, user
 
 PROMPT = "Describe the image."
@@ -102,7 +112,7 @@ def _kind(data) -> str:
 def read(src: Path, images: Path | None) -> Iterator[Record]:
     for file in _files(Path(src)):
         try:
-            data = json.loads(file.read_text(encoding="utf-8"))
+            data = load_json(file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             yield BadRecord(file, 0, f"malformed JSON: {e}")
             continue

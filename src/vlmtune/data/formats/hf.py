@@ -27,7 +27,8 @@ Per row, the first of these that is present (not null) says what the Sample is:
                              `answers` kept raw
   caption / captions / text / sentences   caption: all captions are `references` (strings, or Karpathy {"raw": ...}),
                              the first the target, with the prompt "Describe the image."
-Every other scalar column goes to `meta` (ClassLabel values by name, nulls left out). The id is the `id` column, else
+Answers and captions must be strings (a number or an object there is a bad record, never its str()). Every other
+scalar column goes to `meta` (ClassLabel values by name, nulls left out). The id is the `id` column, else
 `question_id`, else "<split>-<row>". Export writes a DatasetDict with `save_to_disk`: id, image (or images), question /
 answer / answers, captions or messages, and one column per meta key.
 """
@@ -50,6 +51,7 @@ from vlmtune.data.formats.base import (
     Record,
     content_name,
     image_ref,
+    text_value,
 )
 from vlmtune.data.formats.vizwiz import majority
 from vlmtune.data.sample import Sample, assistant, user
@@ -259,12 +261,6 @@ def _id(row: dict, split: str, index: int) -> str:
     return f"{split}-{index}"
 
 
-def _text(value, what: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"{what} must be a string, not {type(value).__name__}")
-    return str(value)
-
-
 def _vqa(row: dict, n_images: int) -> tuple[list[dict], list[str] | None]:
     question = row["question"]
     if not isinstance(question, str) or not question.strip():
@@ -273,13 +269,14 @@ def _vqa(row: dict, n_images: int) -> tuple[list[dict], list[str] | None]:
     if raw is not None:
         if not isinstance(raw, list):
             raise ValueError("'answers' must be a list")
-        answers = [_text(a["answer"] if isinstance(a, dict) and "answer" in a else a, "an answer") for a in raw] or None
+        answers = [text_value(a["answer"] if isinstance(a, dict) and "answer" in a else a, f"answers[{j}]")
+                   for j, a in enumerate(raw)] or None
     answer = next((row[k] for k in ("answer", "multiple_choice_answer") if row.get(k) is not None), None)
     if answer is None and answers:
         answer = majority(answers)
     messages = [user(question, n_images)]
     if answer is not None:
-        messages.append(assistant(_text(answer, "'answer'")))
+        messages.append(assistant(text_value(answer, "'answer'")))
     return messages, answers
 
 
@@ -287,7 +284,8 @@ def _captions(value, column: str) -> list[str]:
     values = value if isinstance(value, list) else [value]
     if not values:
         raise ValueError(f"no captions in {column!r}")
-    return [_text(v["raw"] if isinstance(v, dict) and "raw" in v else v, f"a caption in {column!r}") for v in values]
+    return [text_value(v["raw"] if isinstance(v, dict) and "raw" in v else v, f"a caption in {column!r}")
+            for v in values]
 
 
 def _content(content, where: str) -> list[dict]:

@@ -21,9 +21,10 @@ file at the top gives split None; every sub-directory holding its own metadata f
 A JSON null in question, answer(s) or a caption column counts as absent (a file mixing both kinds has every column).
 The Sample id is otherwise `<split>/<file_name less its suffix>` (no `<split>/` without a split); a file named by an
 earlier row too (several questions on one image) gives `<that>#<line>`. Images go to `images/<split>/<file_name>`.
-Answers and captions may be text or numbers; an empty one, a missing file_name or a path escaping the folder is a bad
-record. Rows are read line by line (CSV: record by record). Export writes metadata.jsonl in each split's folder
-("val" -> validation/) with the images beside it, and an `id` only where the id is not the default one.
+Answers and captions must be strings (CSV cells are; in JSON a number or an object is a bad record: "42", not 42); an
+empty one, a missing file_name or a path escaping the folder is a bad record. Rows are read line by line (CSV: record
+by record). Export writes metadata.jsonl in each split's folder ("val" -> validation/) with the images beside it, and
+an `id` only where the id is not the default one.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import posixpath
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from vlmtune.data.formats.base import BadRecord, Format, Imported, Record, copy_image, image_ref
+from vlmtune.data.formats.base import BadRecord, Format, Imported, Record, copy_image, image_ref, load_json, text_value
 from vlmtune.data.sample import Sample, assistant, user
 
 METADATA = ("metadata.jsonl", "metadata.csv")
@@ -93,7 +94,7 @@ def _rows(file: Path) -> Iterator[tuple[int, str, dict | None, str]]:
                 if not text.strip():
                     continue
                 try:
-                    row = json.loads(text)
+                    row = load_json(text)
                 except json.JSONDecodeError as e:
                     yield lineno, text, None, f"malformed JSON: {e.msg} at column {e.colno}"
                     continue
@@ -127,10 +128,8 @@ def _rows(file: Path) -> Iterator[tuple[int, str, dict | None, str]]:
 
 
 def _text(value, what: str) -> str:
-    """An answer or caption: text or a number, not empty."""
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"'{what}' must be text, got {type(value).__name__}")
-    text = str(value)
+    """An answer or caption: a string, not empty."""
+    text = text_value(value, f"'{what}'")
     if not text.strip():
         raise ValueError(f"empty '{what}'")
     return text

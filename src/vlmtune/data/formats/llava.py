@@ -32,7 +32,7 @@ import posixpath
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from vlmtune.data.formats.base import BadRecord, Format, Imported, Record, copy_image, image_ref
+from vlmtune.data.formats.base import BadRecord, Format, Imported, Record, copy_image, image_ref, load_json
 from vlmtune.data.sample import Sample, count_image_slots, message_text
 
 PLACEHOLDER = "<image>"
@@ -143,7 +143,7 @@ def jsonl_rows(file: Path) -> Iterator[tuple[int, dict | BadRecord, str]]:
             if not raw.strip():
                 continue
             try:
-                yield lineno, json.loads(raw), raw
+                yield lineno, load_json(raw), raw
             except json.JSONDecodeError as e:
                 yield lineno, BadRecord(file, lineno, f"malformed JSON: {e.msg} at column {e.colno}", raw[:500]), raw
 
@@ -211,7 +211,7 @@ def _records(file: Path) -> Iterator[tuple[int, object, str]]:
         yield from jsonl_rows(file)
         return
     try:
-        rows = json.loads(file.read_text(encoding="utf-8-sig"))
+        rows = load_json(file.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         yield 0, BadRecord(file, 0, f"malformed JSON: {e}"), ""
         return

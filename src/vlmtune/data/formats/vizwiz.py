@@ -7,9 +7,9 @@
 
 `src` is either one split's JSON file (images in `--images`) or the dataset directory (Annotations/ or annotations/
 plus one image folder per split). Each record becomes one VQA Sample: `answers` keeps the ten human answers as given
-(never normalised: the metric normalises, the training text must not), the target is the most frequent of them (ties:
-the first given), and `meta` keeps answer_type, answerable and the confidences. Test-split records have no answers:
-their Sample ends with the question.
+(never normalised: the metric normalises, the training text must not; each must be a string: a null answer is a bad
+record, not the answer "None"), the target is the most frequent of them (ties: the first given), and `meta` keeps
+answer_type, answerable and the confidences. Test-split records have no answers: their Sample ends with the question.
 """
 
 from __future__ import annotations
@@ -19,7 +19,17 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from vlmtune.data.formats.base import BadRecord, Format, Imported, Record, copy_image, image_ref, write_json
+from vlmtune.data.formats.base import (
+    BadRecord,
+    Format,
+    Imported,
+    Record,
+    copy_image,
+    image_ref,
+    load_json,
+    text_value,
+    write_json,
+)
 from vlmtune.data.sample import Sample, assistant, user
 
 
@@ -52,7 +62,7 @@ def _sample(row: dict, split: str | None, file: Path, i: int, images: Path) -> I
         raw = row["answers"]
         if not isinstance(raw, list) or not raw or not all(isinstance(a, dict) and "answer" in a for a in raw):
             raise ValueError(f"{image}: 'answers' must be a non-empty list of {{'answer': ...}} objects")
-        answers = [str(a["answer"]) for a in raw]
+        answers = [text_value(a["answer"], f"{image}: answers[{j}].answer") for j, a in enumerate(raw)]
         messages.append(assistant(majority(answers)))
         meta["answer_confidence"] = [a.get("answer_confidence") for a in raw]
     for key in ("answer_type", "answerable"):
@@ -66,7 +76,7 @@ def _sample(row: dict, split: str | None, file: Path, i: int, images: Path) -> I
 def read(src: Path, images: Path | None) -> Iterator[Record]:
     for file, image_dir in _split_files(Path(src), images):
         try:
-            rows = json.loads(file.read_text(encoding="utf-8"))
+            rows = load_json(file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             yield BadRecord(file, 0, f"malformed JSON: {e}")
             continue

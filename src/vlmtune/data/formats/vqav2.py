@@ -31,7 +31,17 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from vlmtune.data.formats.base import BadRecord, Format, ImageRef, Imported, Record, copy_image, image_ref, write_json
+from vlmtune.data.formats.base import (
+    BadRecord,
+    Format,
+    ImageRef,
+    Imported,
+    Record,
+    copy_image,
+    image_ref,
+    load_json,
+    write_json,
+)
 from vlmtune.data.images import load_image, resolve_inside
 from vlmtune.data.sample import Sample, assistant, user
 
@@ -96,7 +106,7 @@ def _image_dir(folder: str, images: Path | None, questions: Path) -> Path:
 def _load(file: Path, key: str) -> tuple[dict | None, str]:
     """The JSON object in `file` holding a list under `key`, or (None, why not)."""
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = load_json(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return None, f"malformed JSON: {e}"
     if not isinstance(data, dict) or not isinstance(data.get(key), list):

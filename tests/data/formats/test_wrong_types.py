@@ -1,0 +1,143 @@
+"""Every importer that reads answers or captions takes strings only: a null answer is a bad record naming file and
+record, not the training answer "None"; an object is not its repr; a number is not str() of it. And annotation files
+nested deeper than Python's JSON parser can follow are bad records naming the file, never a RecursionError."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers import FORMAT_FIXTURES, import_format
+from PIL import Image
+
+from vlmtune.data.store import MAX_JSON_DEPTH, BadRecord
+
+
+def _rejected(out) -> dict[int, str]:
+    return {r["line"]: r["error"] for r in map(json.loads, (out / "rejected.jsonl").read_text().splitlines())}
+
+
+def test_vizwiz_answers_must_be_strings(tmp_path):
+    src = tmp_path / "vizwiz"
+    shutil.copytree(FORMAT_FIXTURES / "vizwiz", src)
+    file = src / "Annotations" / "val.json"
+    rows = json.loads(file.read_text())
+    good = rows[0]
+    wrong = [None, {"text": "three"}, 3, ["three"]]
+    for value in wrong:
+        row = json.loads(json.dumps(good))
+        row["answers"][4]["answer"] = value
+        rows.append(row)
+    file.write_text(json.dumps(rows))
+    first = len(rows) - len(wrong) + 1  # record numbers count from 1
+    with pytest.raises(BadRecord) as e:
+        import_format("vizwiz", file, tmp_path / "stop", images=src / "val")
+    assert f"val.json:{first}: record {first - 1}: VizWiz_val_00000000.jpg: answers[4].answer must be a string, " \
+           "got null None" in str(e.value)
+
+    samples = import_format("vizwiz", file, tmp_path / "d", images=src / "val", skip_bad=True)
+    assert len(samples) == len(rows) - len(wrong) and all(a != "None" for s in samples for a in s.answers)
+    errors = _rejected(tmp_path / "d")
+    assert list(errors) == list(range(first, first + len(wrong)))
+    for line, kind in zip(errors, ["null None", "object {'text': 'three'}", "number 3", "list ['three']"],
+                          strict=True):
+        assert f"answers[4].answer must be a string, got {kind}" in errors[line], errors[line]
+
+
+def test_chartqa_label_must_be_a_string(tmp_path):
+    src = tmp_path / "val"
+    shutil.copytree(FORMAT_FIXTURES / "chartqa" / "ChartQA Dataset" / "val", src)
+    file = src / "val_human.json"
+    rows = json.loads(file.read_text())
+    rows += [{**rows[0], "label": 8.20}, {**rows[0], "label": None}, {**rows[0], "label": {"value": "71"}}]
+    file.write_text(json.dumps(rows))
+    samples = import_format("chartqa", file, tmp_path / "d", skip_bad=True)
+    assert [s.target for s in samples] == ["71"]
+    errors = _rejected(tmp_path / "d")
+    assert "'label' must be a string, got number 8.2" in errors[2]
+    assert "missing 'label'" in errors[3] and "'label' must be a string, got object" in errors[4]
+
+
+def test_imagefolder_answers_and_captions_must_be_strings(tmp_path):
+    src = tmp_path / "vqa"
+    shutil.copytree(FORMAT_FIXTURES / "imagefolder" / "vqa" / "train", src)
+    lines = (src / "metadata.jsonl").read_text().splitlines()
+    lines += [json.dumps({"file_name": "0001.png", "question": "How many?", "answer": 1}),  # line 4
+              json.dumps({"file_name": "0001.png", "question": "Which?", "answers": ["a", {"b": 1}]}),  # 5
+              json.dumps({"file_name": "0001.png", "caption": ["a", "list"]})]  # 6
+    (src / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    samples = import_format("imagefolder", src, tmp_path / "d", skip_bad=True)
+    assert len(samples) == 3
+    errors = _rejected(tmp_path / "d")
+    assert "'answer' must be a string, got number 1" in errors[4]
+    assert "'answers[1]' must be a string, got object" in errors[5]
+    assert "'caption' must be a string, got list" in errors[6]
+
+
+def test_hf_answers_must_be_strings(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (8, 8), "red").save(src / "a.png")
+    pq.write_table(pa.table({"image": ["a.png", "a.png"], "question": ["Colour?", "How many?"],
+                             "answer": ["red", None]}), src / "train.parquet")  # a null answer: no target
+    pq.write_table(pa.table({"image": ["a.png"], "question": ["How many?"], "answer": [3]}),
+                   src / "test.parquet")  # an integer column
+    samples = import_format("hf", src, tmp_path / "d", skip_bad=True)
+    assert [(s.question, s.target if s.messages[-1]["role"] == "assistant" else None) for s in samples] == [
+        ("Colour?", "red"), ("How many?", None)]
+    rejected = [json.loads(x) for x in (tmp_path / "d" / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["file"].endswith("test.parquet"), r["line"]) for r in rejected] == [(True, 1)]
+    assert "'answer' must be a string, got number 3" in rejected[0]["error"]
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+"""Python's JSON parser stops here with a RecursionError."""
+
+
+def _deep_object(depth: int) -> str:
+    return '{"k": ' * depth + "1" + "}" * depth
+
+
+WHOLE_FILE = {  # format -> (file to write, the path to import)
+    "vizwiz": ("val.json", "val.json"),
+    "vqav2": ("v2_OpenEnded_mscoco_val2014_questions.json", "v2_OpenEnded_mscoco_val2014_questions.json"),
+    "coco": ("captions_val2014.json", "captions_val2014.json"),
+    "chartqa": ("val_human.json", "val_human.json"),
+    "llava": ("conversations.json", "conversations.json"),
+}
+LINES = {"llava": "conversations.jsonl", "sharegpt": "train.jsonl", "openai": "train.jsonl",
+         "imagefolder": "metadata.jsonl"}
+
+
+@pytest.mark.parametrize("deep", ["parser_limit", "over_max_depth"])
+@pytest.mark.parametrize("fmt", WHOLE_FILE)
+def test_a_deeply_nested_annotation_file_is_named_not_a_recursion_error(tmp_path, fmt, deep):
+    name, arg = WHOLE_FILE[fmt]
+    (tmp_path / name).write_text(DEEP if deep == "parser_limit" else _deep_object(MAX_JSON_DEPTH + 1))
+    with pytest.raises(BadRecord) as e:
+        import_format(fmt, tmp_path / arg, tmp_path / "d", images=tmp_path)
+    assert f"{tmp_path / name}:0: malformed JSON: nested deeper than {MAX_JSON_DEPTH} arrays/objects" in str(e.value)
+
+
+@pytest.mark.parametrize("fmt", LINES)
+def test_a_deeply_nested_line_is_a_bad_record_and_the_rest_is_read(tmp_path, fmt):
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    good = {"llava": {"id": "g", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nQ?"},
+                                                                      {"from": "gpt", "value": "A."}]},
+            "sharegpt": {"id": "g", "images": ["a.png"], "messages": [{"role": "user", "content": "<image>Q?"},
+                                                                      {"role": "assistant", "content": "A."}]},
+            "openai": {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "a.png"}},
+                                                                 {"type": "text", "text": "Q?"}]},
+                                    {"role": "assistant", "content": "A."}]},
+            "imagefolder": {"file_name": "a.png", "question": "Q?", "answer": "A."}}[fmt]
+    deep_meta = {**good, "extra": json.loads(_deep_object(MAX_JSON_DEPTH))}  # parses; too deep for a manifest
+    file = tmp_path / LINES[fmt]
+    file.write_text("\n".join([json.dumps(good), DEEP, json.dumps(deep_meta)]) + "\n")
+    samples = import_format(fmt, file, tmp_path / "d", skip_bad=True)
+    assert [s.target for s in samples] == ["A."]
+    errors = _rejected(tmp_path / "d")
+    assert set(errors) == {2, 3}
+    assert all(f"nested deeper than {MAX_JSON_DEPTH} arrays/objects" in e for e in errors.values()), errors
