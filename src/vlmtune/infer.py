@@ -63,15 +63,22 @@ def _finish(row: list[int], answer: list[int], max_new_tokens: int) -> str:
     return "stop" if len(answer) < len(row) or len(row) < max_new_tokens else "length"
 
 
+def _evaluation_output(name: str) -> bool:
+    """A file `vlmtune eval` / `predict` may write into a model directory given as its --out."""
+    return (name.endswith((".jsonl", ".fingerprint.json", ".html")) or name == "metrics.json"
+            or name.startswith("submission_"))
+
+
 def checkpoint_identity(path: str | Path) -> str:
     """What names a checkpoint's weights without reading them: its resolved directory and the name, size and mtime
-    of each file in it. Only its own files, not its folders: `vlmtune eval --model CKPT` writes into CKPT/eval/.
-    A checkpoint retrained or replaced in place differs; so does a copy elsewhere (another path), which costs a
-    recomputed evaluation, never a stale one."""
+    of each file in it. Only the model's own files: not its folders (`vlmtune eval --model CKPT` writes into
+    CKPT/eval/), nor an evaluation's output written beside them. A checkpoint retrained or replaced in place differs;
+    so does a copy elsewhere (another path), which costs a recomputed evaluation, never a stale one."""
     from vlmtune.train.checkpoint import resolve_model_dir
 
     d = resolve_model_dir(path).resolve()
-    files = sorted((f.name, st.st_size, st.st_mtime_ns) for f in d.iterdir() if f.is_file() for st in [f.stat()])
+    files = sorted((f.name, st.st_size, st.st_mtime_ns) for f in d.iterdir()
+                   if f.is_file() and not _evaluation_output(f.name) for st in [f.stat()])
     return json.dumps([str(d), files])
 
 

@@ -250,3 +250,13 @@ def test_a_new_training_run_in_the_same_directory_validates_afresh(fashion_dir, 
     assert train(1, tmp_path / "a") == path
     fresh = predictions(train(1, tmp_path / "b"))
     assert fresh != first and predictions(path) == fresh
+
+
+def test_results_written_into_the_model_directory_do_not_change_its_identity(model, data, asked):
+    """`eval --out MODEL` or `predict --out MODEL/preds.jsonl` writes beside the weights; the next run still resumes."""
+    for argv in (["eval", "--out", str(model)], ["predict", "--out", str(model / "preds.jsonl")]):
+        for _ in range(2):
+            asked.clear()
+            assert main([*argv, "--model", str(model), "--data", str(data), "--split", "test",
+                         "--max-new-tokens", TOKENS]) == 0
+        assert asked == [], argv
