@@ -7,6 +7,8 @@ serving and the demo.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,38 @@ def _finish(row: list[int], answer: list[int], max_new_tokens: int) -> str:
     return "stop" if len(answer) < len(row) or len(row) < max_new_tokens else "length"
 
 
+def _evaluation_output(name: str) -> bool:
+    """A file `vlmtune eval` / `predict` may write into a model directory given as its --out."""
+    return (name.endswith((".jsonl", ".fingerprint.json", ".html")) or name == "metrics.json"
+            or name.startswith("submission_"))
+
+
+def checkpoint_identity(path: str | Path) -> str:
+    """What names a checkpoint's weights without reading them: its resolved directory and the name, size and mtime
+    of each file in it. Only the model's own files: not its folders (`vlmtune eval --model CKPT` writes into
+    CKPT/eval/), nor an evaluation's output written beside them. A checkpoint retrained or replaced in place differs;
+    so does a copy elsewhere (another path), which costs a recomputed evaluation, never a stale one."""
+    from vlmtune.train.checkpoint import resolve_model_dir
+
+    d = resolve_model_dir(path).resolve()
+    files = sorted((f.name, st.st_size, st.st_mtime_ns) for f in d.iterdir()
+                   if f.is_file() and not _evaluation_output(f.name) for st in [f.stat()])
+    return json.dumps([str(d), files])
+
+
+def weights_sha256(model) -> str:
+    """sha256 of a model's parameters and buffers (names, dtypes, shapes, bytes): the identity of a model that exists
+    only in memory. Reads every weight once, so a Predictor made from a checkpoint names it by its files instead."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        if t.device.type != "meta":
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 @dataclass
 class Predictor:
     loaded: Loaded
@@ -75,6 +109,10 @@ class Predictor:
     autocast: Any = None
     """A callable returning the context generation runs in: the training loop passes its own autocast; by default
     `autocast_for(model)` (autocast only for a model that mixes float32 trainables with a half-precision base)."""
+    identity: str | None = None
+    """What names the weights, for resuming an evaluation (eval/runner.py keeps only rows the same weights made):
+    `from_path` sets the checkpoint's `checkpoint_identity`, the training loop its step and config. None: the
+    sha256 of the weights in memory, computed when an evaluation that writes a predictions file asks for it."""
 
     def _autocast(self):
         return self.autocast() if self.autocast is not None else autocast_for(self.loaded.model)
@@ -87,7 +125,17 @@ class Predictor:
         from vlmtune.train.checkpoint import load_for_inference
 
         loaded = load_for_inference(path, device=device, dtype=dtype)
-        return cls(loaded=loaded, family=get_family(loaded.family), **kwargs)
+        return cls(loaded=loaded, family=get_family(loaded.family), identity=checkpoint_identity(path), **kwargs)
+
+    def fingerprint(self) -> dict:
+        """What an answer depends on besides its sample: the model ("model") and the generation settings
+        ("settings"; answers are always greedy or beam search, never sampled). Not the batch size or the device:
+        a run resumed with smaller batches after running out of memory, or on another machine, keeps its rows."""
+        model = self.loaded.model
+        return {"model": self.identity or weights_sha256(model),
+                "settings": {"family": self.family.name, "max_new_tokens": self.max_new_tokens,
+                             "num_beams": self.num_beams, "max_length": self.max_length,
+                             "dtype": str(input_dtype(model))}}
 
     def generate(self, samples: list[Sample], images: list[list]) -> list[str]:
         """Greedy (or beam) answers for each sample's prompt (its messages up to the last assistant turn)."""

@@ -113,6 +113,10 @@ class FakePredictor:
         self.asked: list[tuple[str, str]] = []
         self.calls = 0
 
+    def fingerprint(self):
+        """What resuming compares: one model, fixed settings."""
+        return {"model": "scripted", "settings": {}}
+
     def generate(self, samples, images):
         self.calls += 1
         if self.calls == self.die_on_call:

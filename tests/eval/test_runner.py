@@ -20,6 +20,10 @@ class Scripted:
     def __init__(self, answers, die_after=None):
         self.answers, self.die_after, self.calls, self.seen = answers, die_after, 0, []
 
+    def fingerprint(self):
+        """What resuming compares: one model, fixed settings."""
+        return {"model": "scripted", "settings": {}}
+
     def generate(self, samples, images):
         if self.die_after is not None and self.calls >= self.die_after:
             raise KeyboardInterrupt("killed")

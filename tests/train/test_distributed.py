@@ -6,6 +6,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -132,6 +133,9 @@ FAKE = textwrap.dedent("""
         def __init__(self):
             self.asked, self.calls = [], 0
 
+        def fingerprint(self):
+            return {"model": "fake", "settings": {}}
+
         def generate(self, samples, images):
             self.calls += 1
             self.asked.extend(s.id for s in samples)
@@ -161,6 +165,7 @@ def test_evaluate_shards_gathers_and_scores_on_rank_0(tmp_path, fashion_dir):
     kept = (tmp_path / "one/predictions.jsonl").read_text().splitlines()[:3]  # a killed run got this far
     (tmp_path / "two").mkdir()
     (tmp_path / "two/predictions.jsonl").write_text("".join(x + "\n" for x in kept) + '{"id": "torn')
+    shutil.copy(tmp_path / "one/predictions.fingerprint.json", tmp_path / "two")  # written before the first row
     _run([*TORCHRUN, str(tmp_path / "worker.py"), str(fashion_dir), str(tmp_path / "two"), str(tmp_path)],
          timeout=120)
     seen = json.loads((tmp_path / "two/ranks.json").read_text())

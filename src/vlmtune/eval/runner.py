@@ -1,4 +1,5 @@
-"""model x dataset -> predictions.jsonl + metrics.json. Batched, resumable (finished ids are not redone).
+"""model x dataset -> predictions.jsonl + metrics.json. Batched and resumable: run the same command again and the
+rows already written are kept, when nothing they depend on has changed (see `_reusable`).
 
     vlmtune eval --model runs/tiny_fashion_vqa --data data/fashion --split test --out runs/tiny_fashion_vqa/eval
 
@@ -10,12 +11,16 @@ them and writes the files, and every process returns the same rows and metrics a
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import os
+import stat
 import sys
+from collections import Counter
 from pathlib import Path
 
-from vlmtune.data.images import load_image, resolve_inside
+from vlmtune.data.images import ImageError, load_image, resolve_inside
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import atomic_write_text
 from vlmtune.eval.tasks import Task
@@ -34,9 +39,107 @@ def _done(path: Path | None) -> dict[str, dict]:
         try:
             row = json.loads(line)
             done[row["id"]] = row
-        except (json.JSONDecodeError, KeyError):
+        except (json.JSONDecodeError, KeyError, TypeError):
             continue
     return done
+
+
+# ---------------------------------------------------------------- resume: which written rows still hold
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()[:16]
+
+
+def _image_key(root: Path, rel: str) -> str:
+    """sha256 of an image file's bytes; for a path that is not a readable regular file, a note saying why (never
+    equal to a hash, so its row is generated again and generation reports the image). A FIFO or folder is not
+    opened: reading a FIFO blocks."""
+    try:
+        path = resolve_inside(root, rel)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return f"not a regular file: {rel}"
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except (ImageError, OSError) as e:
+        return f"unreadable: {rel}: {e}"
+
+
+def sample_keys(root: Path, samples: list[Sample]) -> dict[str, str]:
+    """Per sample id, its `input_hash`: a hash of what its answer depends on in the sample, namely the prompt (its
+    messages before the answer), the task and the content of its images (each file read and hashed once). Not the
+    reference answers: they do not change what the model answers, and a kept row is scored against the current ones."""
+    images: dict[str, str] = {}
+    keys = {}
+    for s in samples:
+        for rel in s.images:
+            if rel not in images:
+                images[rel] = _image_key(root, rel)
+        keys[s.id] = _digest({"messages": s.prompt_messages, "task": s.task, "images": [images[r] for r in s.images]})
+    return keys
+
+
+def fingerprint_path(out: Path) -> Path:
+    """The file beside a predictions file that says what made its rows, the model and the generation settings
+    (each row carries its own sample's `input_hash`): preds.jsonl -> preds.fingerprint.json. Kept apart from the
+    rows so that two runs making the same predictions write the same predictions file."""
+    return out.with_name(f"{out.stem}.fingerprint.json")
+
+
+def made_by(predictor, prompt: str | None) -> dict:
+    """What `fingerprint_path` records: a hash of the model's identity and the settings in full (`prompt`: the
+    template applied to each question)."""
+    fp = predictor.fingerprint()
+    return {"model": _digest(fp["model"]), "settings": {**fp["settings"], "prompt": prompt}}
+
+
+REASONS = ("model changed", "settings changed", "sample changed", "no fingerprint")
+"""Why a written row is generated again."""
+
+
+def _reusable(out: Path, samples: list[Sample], keys: dict[str, str], now: dict) -> dict[str, dict]:
+    """The rows of an earlier run into `out` that may be kept: all of them were made by the same model with the
+    same settings (`fingerprint_path`), and each one's sample has the same `input_hash`. A kept row is rebuilt
+    from the current sample, so its answers and meta are the current ones (the scores are always computed from
+    them); only its prediction comes from the file. Says on stderr how many rows were kept and why the others are
+    generated again."""
+    previous = _done(out)
+    try:
+        before = json.loads(fingerprint_path(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        before = None
+    if not isinstance(before, dict) or not isinstance(before.get("settings"), dict):
+        whole = "no fingerprint"
+    else:
+        whole = ("model changed" if before.get("model") != now["model"] else
+                 "settings changed" if before.get("settings") != now["settings"] else None)
+    kept: dict[str, dict] = {}
+    why: Counter = Counter()
+    rescored = 0
+    for s in samples:
+        old = previous.get(s.id)
+        if old is None:
+            continue
+        if whole or not isinstance(old.get("prediction"), str) or "input_hash" not in old:
+            why[whole or "no fingerprint"] += 1
+        elif old["input_hash"] != keys[s.id]:
+            why["sample changed"] += 1
+        else:
+            kept[s.id] = {**row_of(s, old["prediction"]), "input_hash": keys[s.id]}
+            rescored += old.get("answers") != kept[s.id]["answers"]
+    if previous:
+        note = f"{out}: resumed {len(kept)} of {len(samples)} rows"
+        if rescored:
+            note += f" ({rescored} scored against changed answers)"
+        if why:
+            note += f"; generating {sum(why.values())} again: " + " / ".join(f"{r} {why[r]}" for r in REASONS if why[r])
+        if whole == "settings changed":
+            changed = sorted(k for k in {**before["settings"], **now["settings"]}
+                             if before["settings"].get(k) != now["settings"].get(k))
+            note += " (" + ", ".join(f"{k} {before['settings'].get(k)!r} -> {now['settings'].get(k)!r}"
+                                     for k in changed) + ")"
+        print(note, file=sys.stderr)
+    return kept
 
 
 def with_prompt(sample: Sample, template: str | None) -> Sample:
@@ -72,8 +175,10 @@ def row_of(sample: Sample, prediction: str) -> dict:
 
 def predict(predictor, root: str | Path, samples: list[Sample], out: Path | None = None,
             progress: bool = False, prompt: str | None = None) -> list[dict]:
-    """Generate an answer per sample. Rows are appended to `out` as they are made; rows already in `out` are
-    reused, so a killed run continues where it stopped. Under several processes see `_predict_sharded`."""
+    """Generate an answer per sample. Rows are appended to `out` as they are made, each with its sample's
+    `input_hash`, and `fingerprint_path(out)` records the model and settings that made them. Rows already in `out`
+    are kept when all three still hold (see `_reusable`), so a killed run continues where it stopped, and a run
+    after a change generates only what the change touched. Under several processes see `_predict_sharded`."""
     rank, world = dist_info()
     return _predict_sharded(predictor, Path(root), samples, out, progress, prompt, rank, world)
 
@@ -125,7 +230,14 @@ def _predict_sharded(predictor, root: Path, samples: list[Sample], out: Path | N
     sample and drops the row): sharded models (FSDP, DeepSpeed ZeRO-3) gather their parameters in every forward
     pass, collectively, and would otherwise wait forever for the process that stopped."""
     main = rank == 0
-    done = _broadcast(_done(out) if main else None, rank, world)
+    keys: dict[str, str] = {}
+    done: dict[str, dict] = {}
+    now = None
+    if out is not None:  # rank 0 reads the images and the earlier rows; every process gets the outcome
+        if main:
+            now, keys = made_by(predictor, prompt), sample_keys(root, samples)
+            done = _reusable(out, samples, keys, now)
+        keys, done = _broadcast((keys, done), rank, world)
     todo = [s for s in samples if s.id not in done]
     mine = todo[rank::world]
     step = predictor.batch_size
@@ -134,6 +246,8 @@ def _predict_sharded(predictor, root: Path, samples: list[Sample], out: Path | N
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, "".join(json.dumps(done[s.id], ensure_ascii=False) + "\n"
                                        for s in samples if s.id in done))
+        # after the rows: the rows kept are valid under the old fingerprint and the new one alike
+        atomic_write_text(fingerprint_path(out), json.dumps(now, indent=1, ensure_ascii=False) + "\n")
     bar = None
     if progress and main:
         from tqdm import tqdm
@@ -145,7 +259,8 @@ def _predict_sharded(predictor, root: Path, samples: list[Sample], out: Path | N
             chunk = mine[k * step : (k + 1) * step]
             batch = chunk or todo[:1]  # an idle process keeps step with the others
             answers = predictor.generate([with_prompt(s, prompt) for s in batch], [load_images(root, s) for s in batch])
-            rows = [row_of(s, a) for s, a in zip(chunk, answers[: len(chunk)], strict=True)]
+            rows = [row_of(s, a) | ({"input_hash": keys[s.id]} if keys else {})
+                    for s, a in zip(chunk, answers[: len(chunk)], strict=True)]
             for part in _all_gather(rows, world):
                 for row in part:
                     done[row["id"]] = row

@@ -443,7 +443,12 @@ def validate(state: State) -> dict:
     predictor = Predictor(Loaded(unwrapped, state.loaded.processor, state.family.name), state.family,
                           max_new_tokens=e.max_new_tokens, num_beams=e.num_beams, batch_size=e.batch_size,
                           max_length=state.cfg.data.max_length, vision_cache=state.vision_cache,
-                          autocast=lambda: train_autocast(acc))
+                          autocast=lambda: train_autocast(acc),
+                          # names the weights for a resumed validation (hashing them would gather a sharded model):
+                          # the step and what the run was trained with, not where it is written (name, out_dir), so
+                          # two runs of one config write identical predictions files
+                          identity=json.dumps([state.step, {k: v for k, v in state.cfg.to_dict().items()
+                                                            if k not in ("name", "out_dir")}], default=str))
     out_dir = state.run_dir / "predictions" / f"step-{state.step}"
     if state.val:
         metrics = evaluate(predictor, state.data_root, state.val, get_task(e.task), out_dir, lang=e.lang)
