@@ -9,11 +9,12 @@ on every sample before step 0 (train/loop.py `check_samples`), so what this reje
 `check_dataset` streams the manifest once (one sample and its images in memory at a time) and reports:
 
 errors (each names the manifest line and sample; exit status 1)
-  bad records: malformed or too deeply nested JSON, records that do not fit the schema
-  (`sample.SampleRecord`: unknown fields, wrong types, e.g. a message that is not an object or a list as `split`), placeholder/image count mismatch, empty or whitespace answers, paths
-  escaping the dataset root or not text (NUL, undecodable bytes), missing images, image paths that are not regular
-  files (FIFO, directory, device); images that do not decode (corrupt, truncated), exceed the pixel limit
-  (decompression bombs) or the aspect-ratio limit (see data/images.py); literal image placeholders inside message
+  bad records: malformed or too deeply nested JSON, records that do not fit the schema (`sample.SampleRecord`:
+  unknown fields, wrong types, e.g. a message that is not an object or a list as `split`), placeholder/image count
+  mismatch, empty or whitespace answers, paths escaping the dataset root or not text (NUL, undecodable bytes),
+  missing images, image paths that are not regular files (FIFO, directory, device); images that do not decode
+  (corrupt, truncated), exceed the pixel limit (decompression bombs) or the aspect-ratio limit, or that the model's
+  processor would resize to more than MAX_RESIZED_PIXELS (see data/images.py); literal image placeholders inside message
   text (`<image>`, or the model's own placeholder text: the processor would expand them into image tokens that match
   no image) or inside answers; texts over `max_text_chars` characters or not valid Unicode (a lone surrogate);
   duplicate sample ids; the same image (by content) in two splits; samples the model's family cannot take (several
