@@ -195,7 +195,13 @@ class TrainCfg:
     run flips the same images). Only for data whose answers do not depend on left/right: a training text that
     mentions left or right stops the run."""
     freeze_vision: bool = False
-    freeze_projector: bool = False
+    freeze_projector: bool | None = None
+    """The projector between the vision tower and the language model (LLaVA's MLP, Qwen's merger, BLIP-2's Q-Former
+    and language projection, ...). None (the default): frozen under LoRA, trained in a full fine-tune. A pretrained
+    VLM's projector is already aligned; freezing it under LoRA forgot less and scored no worse in
+    bench/projector_default.py (BENCHMARKS.md), keeps the frozen-vision cache on, and is what LLaMA-Factory
+    (`freeze_multi_modal_projector`) and ms-swift (`freeze_aligner`) do. `false` trains it in full beside LoRA
+    (peft `modules_to_save`), as LLaVA's own second stage does: for a model composed from parts (docs/compose.md)."""
     freeze_language: bool = False
     vision_cache: Literal["auto", "off"] = "auto"
     """Compute a frozen vision tower + projector once per image and reuse its output every epoch (exact: see

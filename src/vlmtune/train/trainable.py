@@ -10,11 +10,16 @@ from vlmtune.models import ModelFamily
 from vlmtune.models.family import freeze_group_of
 
 
+def projector_frozen(cfg: RunCfg) -> bool:
+    """`train.freeze_projector`, its default (None) resolved: frozen under LoRA, trained in a full fine-tune."""
+    return cfg.lora.enabled if cfg.train.freeze_projector is None else cfg.train.freeze_projector
+
+
 def make_trainable(cfg: RunCfg, family: ModelFamily, model):
-    """LoRA (adapters on `lora.targets` or the family's, the projector as `modules_to_save` unless frozen) or
-    freezing by group, then every trainable parameter in float32. What it trains is printed at start-up
+    """LoRA (adapters on `lora.targets` or the family's; the projector frozen, or with `train.freeze_projector: false`
+    trained in full as `modules_to_save`) or freezing by group, then every trainable parameter in float32. What it trains is printed at start-up
     (`trainable_summary`) and each recipe's `# trains:` line is checked against it (tests/test_recipes.py)."""
-    frozen = {g for g, on in (("vision", cfg.train.freeze_vision), ("projector", cfg.train.freeze_projector),
+    frozen = {g for g, on in (("vision", cfg.train.freeze_vision), ("projector", projector_frozen(cfg)),
                               ("language", cfg.train.freeze_language)) if on}
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
