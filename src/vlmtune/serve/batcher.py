@@ -4,9 +4,10 @@ back as the model writes it.
 Requests wait in a queue. The worker thread takes the first one, waits up to `max_wait_ms` for more that share its
 sampling parameters (temperature, top_p), up to `max_batch_size`, and runs them as one batch through the same
 `Predictor.complete` that `vlmtune predict` uses. A `_RowStreamer` receives the new token of every row at each step
-and hands each request its own text deltas. A request whose inputs cannot be encoded (too long, a family limit) is
-answered with its error alone and its batch-mates run without it (requests are encoded one by one only after a
-batch fails to encode); an unexpected error fails the batch's requests, and the worker keeps serving.
+and hands each request its own text deltas (`infer.TextStream`: the deltas add up to the non-streamed answer). A
+request whose inputs cannot be encoded (too long, a family limit) is answered with its error alone and its
+batch-mates run without it (requests are encoded one by one only after a batch fails to encode); an unexpected error
+fails the batch's requests, and the worker keeps serving.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlmtune.infer import stop_ids
+from vlmtune.infer import TextStream, answer_text, cleans_up_spaces, stop_ids
 
 
 @dataclass
@@ -33,6 +34,8 @@ class Request:
     """Called from the worker thread with each new piece of text (streaming)."""
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    streamed: str = ""
+    """The text handed to `on_delta` so far."""
 
     @property
     def key(self) -> tuple:
@@ -40,15 +43,17 @@ class Request:
 
 
 class _RowStreamer:
-    """A transformers streamer for a batch: decodes each row incrementally and passes new text to its request.
-    The first `put` is the prompt (skipped); each later one is a (batch,) tensor of new token ids."""
+    """A transformers streamer for a batch: each row's new tokens go through its request's `TextStream`, and the text
+    they add to the request's `on_delta`. The first `put` is the prompt (skipped); each later one is a (batch,)
+    tensor of new token ids. A row's text is complete (held-back text flushed) at its end token, at its own
+    `max_new_tokens`, or when `generate` ends; a cancelled request gets nothing more."""
 
     def __init__(self, tokenizer, requests: list[Request], stop: set[int]):
-        self.tok, self.requests = tokenizer, requests
-        self.ids: list[list[int]] = [[] for _ in requests]
-        self.sent = [""] * len(requests)
+        self.requests = requests
+        holds_word = cleans_up_spaces(tokenizer)
+        self.texts = [TextStream(tokenizer, r.streamed, holds_word) for r in requests]
+        self.finished = [r.on_delta is None for r in requests]
         self.prompt_seen = False
-        self.finished = [False] * len(requests)
         self.eos = stop  # where the Predictor ends each answer (`infer.stop_ids`), so streamed == returned text
 
     def put(self, value) -> None:
@@ -57,23 +62,33 @@ class _RowStreamer:
             return
         tokens = value.reshape(-1).tolist()
         for i, (req, tok) in enumerate(zip(self.requests, tokens, strict=True)):
-            if self.finished[i] or req.on_delta is None or len(self.ids[i]) >= req.max_new_tokens:
+            if self.finished[i]:
                 continue
-            if tok in self.eos:
-                self.finished[i] = True
+            if tok in self.eos or req.cancelled.is_set():
+                self._finish(i)
                 continue
-            self.ids[i].append(tok)
-            text = self.tok.decode(self.ids[i], skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                continue
-            text = text.lstrip() if not self.sent[i] else text
-            delta = text[len(self.sent[i]):] if text.startswith(self.sent[i]) else ""
-            if delta:
-                self.sent[i] = text
-                req.on_delta(delta)
+            self._send(req, self.texts[i].push(tok))
+            if len(self.texts[i].ids) >= req.max_new_tokens:  # a batch-mate asked for more: this answer is complete
+                self._finish(i)
 
     def end(self) -> None:
-        pass
+        for i in range(len(self.requests)):
+            if not self.finished[i]:
+                self._finish(i)
+
+    def _finish(self, i: int) -> None:
+        self.finished[i] = True
+        if not self.requests[i].cancelled.is_set():
+            self._send(self.requests[i], self.texts[i].finish())
+
+    @staticmethod
+    def _send(req: Request, delta: str) -> None:
+        if delta:
+            req.streamed += delta
+            try:
+                req.on_delta(delta)
+            except Exception:  # noqa: BLE001 - the receiver is gone (its event loop closed): so is the request
+                req.cancelled.set()
 
 
 class Batcher:
@@ -170,7 +185,7 @@ class Batcher:
         for r, c in zip(ok, done, strict=True):
             if len(c.token_ids) > r.max_new_tokens:  # a batch-mate asked for more: greedy rows do not depend
                 ids = c.token_ids[: r.max_new_tokens]  # on the limit, so the first N tokens are its answer
-                c.text = tok.decode(ids, skip_special_tokens=True).strip()
+                c.text = answer_text(tok, ids)
                 c.token_ids, c.completion_tokens, c.finish_reason = ids, len(ids), "length"
             if not r.future.done():
                 r.future.set_result(c)
