@@ -283,7 +283,8 @@ def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, backg
                 try:
                     c = future.result()
                 except Exception as e:  # noqa: BLE001 - reported in the stream
-                    yield f"data: {json.dumps({'error': {'message': str(e), 'code': 400}})}\n\n"
+                    code = 400 if isinstance(e, ValueError) else 500  # as the non-streamed answer would be
+                    yield f"data: {json.dumps({'error': {'message': str(e), 'code': code}})}\n\n"
                     return
                 yield chunk({}, c.finish_reason)
                 if include_usage:

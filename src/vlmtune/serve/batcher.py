@@ -4,19 +4,21 @@ back as the model writes it.
 Requests wait in a queue. The worker thread takes the first one, waits up to `max_wait_ms` for more that share its
 sampling parameters (temperature, top_p), up to `max_batch_size`, and runs them as one batch through the same
 `Predictor.complete` that `vlmtune predict` uses. A `_RowStreamer` receives the new token of every row at each step
-and hands each request its own text deltas (`infer.TextStream`: the deltas add up to the non-streamed answer). A
-request whose inputs cannot be encoded (too long, a family limit) is answered with its error alone and its
-batch-mates run without it (requests are encoded one by one only after a batch fails to encode); an unexpected error
-fails the batch's requests, and the worker keeps serving.
+and hands each request its own text deltas (`infer.TextStream`: the deltas add up to the non-streamed answer).
+
+A request that fails (it cannot be encoded, or `generate` fails on it) fails alone with its own error, and its
+batch-mates are answered: after a failed batch, requests are encoded one by one, and if all encode, run one by one
+(only then, not on every batch). A request whose client went away (timed out, disconnected) is dropped if still queued.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +37,7 @@ class Request:
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
     streamed: str = ""
-    """The text handed to `on_delta` so far."""
+    """The text handed to `on_delta` so far (a retried batch does not send it twice)."""
 
     @property
     def key(self) -> tuple:
@@ -126,7 +128,7 @@ class Batcher:
             (batch if r.key == first.key else held).append(r)
         for r in held:  # other sampling parameters: the next batch
             self.queue.put(r)
-        return [r for r in batch if not r.cancelled.is_set() and not r.future.done()]
+        return batch
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -134,46 +136,54 @@ class Batcher:
                 batch = self._collect()
             except queue.Empty:
                 continue
-            if batch:
-                self._serve(batch)
+            self._serve(batch)
 
     def _serve(self, batch: list[Request]) -> None:
-        """Run the batch; if one request cannot be encoded (too long, a family limit), it alone gets the error and
-        the rest run without it (requests are encoded one by one only then, not on every batch)."""
-        from vlmtune.models.family import SampleTooLong
-
+        """Run the batch as one generate call. If it fails, only the requests that caused it fail: each request is
+        encoded alone, one that cannot be (too long, a family limit, an image its processor refuses) gets its own
+        error, and the rest run together again; if every request encodes, each runs alone, so one that fails in
+        generate fails alone too."""
+        batch = self._live(batch)
+        if not batch:
+            return
         try:
             self._generate(batch)
             return
-        except (SampleTooLong, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - the worker must survive anything one request does
             if len(batch) == 1:
-                batch[0].future.set_exception(e)
+                self._fail(batch[0], e)
                 return
-        except Exception as e:  # noqa: BLE001 - the worker must survive anything one batch does
-            self._fail(batch, e)
-            return
-        ok = []
-        for r in batch:
-            try:
-                self.predictor.family.encode(self.predictor.loaded.processor, [r.sample], [r.images], "generate",
-                                             self.predictor.max_length)
-                ok.append(r)
-            except (SampleTooLong, ValueError) as e:
-                r.future.set_exception(e)
-        if ok:
-            try:
-                self._generate(ok)
-            except Exception as e:  # noqa: BLE001
-                self._fail(ok, e)
+        ok = [r for r in batch if self._encodes(r)]
+        if len(ok) < len(batch):
+            self._serve(ok)
+        else:
+            for r in ok:
+                self._serve([r])
 
     @staticmethod
-    def _fail(requests: list[Request], error: Exception) -> None:
-        for r in requests:
-            if not r.future.done():
-                r.future.set_exception(error)
+    def _live(batch: list[Request]) -> list[Request]:
+        """The requests someone still waits for; the others' futures are cancelled."""
+        for r in batch:
+            if r.cancelled.is_set():
+                r.future.cancel()
+        return [r for r in batch if not r.future.done()]
+
+    def _encodes(self, r: Request) -> bool:
+        try:
+            self.predictor.family.encode(self.predictor.loaded.processor, [r.sample], [r.images], "generate",
+                                         self.predictor.max_length)
+            return True
+        except Exception as e:  # noqa: BLE001 - the request's own error, whatever it is
+            self._fail(r, e)
+            return False
+
+    @staticmethod
+    def _fail(r: Request, error: Exception) -> None:
+        with contextlib.suppress(InvalidStateError):  # cancelled meanwhile, from the server's thread
+            r.future.set_exception(error)
 
     def _generate(self, ok: list[Request]) -> None:
-        """One generate call for `ok`; each request's future gets its Completion."""
+        """One generate call for `ok`; each request's future gets its Completion (a cancelled one is cancelled)."""
         tok = self.predictor.loaded.processor.tokenizer
         stop = stop_ids(self.predictor.loaded.model, tok)
         streamer = _RowStreamer(tok, ok, stop) if any(r.on_delta for r in ok) else None
@@ -187,5 +197,5 @@ class Batcher:
                 ids = c.token_ids[: r.max_new_tokens]  # on the limit, so the first N tokens are its answer
                 c.text = answer_text(tok, ids)
                 c.token_ids, c.completion_tokens, c.finish_reason = ids, len(ids), "length"
-            if not r.future.done():
+            with contextlib.suppress(InvalidStateError):  # cancelled meanwhile, from the server's thread
                 r.future.set_result(c)
