@@ -149,10 +149,12 @@ class Predictor:
         return answers
 
     def complete(self, samples: list[Sample], images: list[list], max_new_tokens: int | None = None,
-                 temperature: float = 0.0, top_p: float = 1.0, streamer=None) -> list[Completion]:
+                 temperature: float = 0.0, top_p: float = 1.0, streamer=None,
+                 stopping_criteria=None) -> list[Completion]:
         """One `generate` call for a batch: greedy (temperature 0, or beam search with `num_beams`) or sampled.
         `streamer` (a transformers streamer) receives the new token ids of every row at each step; the serving
-        batcher uses it to stream each request's text as it is written (through `TextStream`)."""
+        batcher uses it to stream each request's text as it is written (through `TextStream`), and
+        `stopping_criteria` (a transformers `StoppingCriteriaList`) to end the rows of requests that went away."""
         import torch
 
         model = self.loaded.model
@@ -169,7 +171,7 @@ class Predictor:
                 options = {"do_sample": True, "temperature": temperature, "top_p": top_p, "num_beams": 1}
             with torch.inference_mode(), self._autocast():
                 out = model.generate(**batch.inputs, max_new_tokens=max_new_tokens or self.max_new_tokens,
-                                     streamer=streamer, **options)
+                                     streamer=streamer, stopping_criteria=stopping_criteria, **options)
             start = prompt_length(self.family, batch)
             tok = self.loaded.processor.tokenizer
             stop = stop_ids(model, tok)

@@ -1,11 +1,13 @@
-"""The batcher under real mistakes: a request that fails in encode or generate fails alone and its batch-mates are
-answered."""
+"""The batcher under real mistakes and real clients: a request that fails in encode or generate fails alone and its
+batch-mates are answered; a request that timed out or whose client disconnected stops generating (counted in
+forward passes, not time), and the next request is answered normally."""
 
 from __future__ import annotations
 
 import base64
 import io
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -17,6 +19,7 @@ from vlmtune.data.sample import Sample, user
 from vlmtune.models.family import SampleTooLong
 from vlmtune.serve.batcher import Batcher, Request
 
+ANSWER = " a person wearing an orange regata and blue trousers with a plain pattern"
 GOOD = ["What colour is the top?", "What is the person wearing?", "Describe the image."]
 BAD = "Is there a zebra?"
 
@@ -60,6 +63,13 @@ def _server(predictor, **limits) -> Server:
     from vlmtune.serve.app import create_app
 
     return Server(create_app(lambda: predictor, ServeCfg(**limits), "tiny", background=False))
+
+
+def _spy(batcher: Batcher) -> list[Request]:
+    """The requests the server submits, as they are submitted."""
+    jobs, submit = [], batcher.submit
+    batcher.submit = lambda job: (jobs.append(job), submit(job))[1]
+    return jobs
 
 
 def test_bad_requests_fail_alone_and_their_batch_mates_are_answered(predictor):
@@ -109,6 +119,85 @@ def test_through_the_server_a_request_failing_in_generate_is_a_4xx_alone(predict
         assert [r.status_code for r in replies] == [200, 200, 200, 400], [r.text[:200] for r in replies]
         assert [r.json()["choices"][0]["message"]["content"] for r in replies[:3]] == [alone[q] for q in GOOD]
         assert "scripted failure" in replies[3].json()["error"]["message"]
+    finally:
+        server.stop()
+        script.remove()
+
+
+def _scripted(predictor, hold_at: int) -> tuple[Script, list[int]]:
+    tok = predictor.loaded.processor.tokenizer
+    answer = tok.encode(ANSWER, add_special_tokens=False)
+    assert len(answer) > hold_at + 5  # left alone, the dead request would run many more steps
+    return Script(predictor.loaded.model, answer, tok.eos_token_id, hold_at=hold_at), answer
+
+
+def test_a_timed_out_request_stops_generating_and_the_next_is_answered(predictor):
+    """The request is held at its 2nd forward pass until it has had its 504; released, its generation ends at that
+    step (2 passes in all, not one per token of its long answer), and a one-token request after it gets 200 in one
+    pass."""
+    script, answer = _scripted(predictor, hold_at=2)
+    server = _server(predictor, timeout_s=2.0, max_tokens=64)
+    try:
+        jobs = _spy(server.batcher)
+        dead = httpx.post(server.url + "/v1/chat/completions", json=_body("Describe.", max_tokens=64), timeout=60)
+        assert dead.status_code == 504 and script.held.wait(30)
+        script.release.set()
+        with pytest.raises(CancelledError):  # the batcher is done with it
+            jobs[0].future.result(timeout=60)
+        assert script.calls == 2
+        after = httpx.post(server.url + "/v1/chat/completions", json=_body("Describe.", max_tokens=1), timeout=60)
+        assert after.status_code == 200 and after.json()["choices"][0]["message"]["content"] == "a"
+        assert script.calls == 3
+    finally:
+        server.stop()
+        script.remove()
+
+
+def _read_first_delta(url: str, body: dict, outcomes: list) -> None:
+    """Stream until the first piece of text arrives, then close the connection (a user closing the page)."""
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if '"content": "' in line and '"content": ""' not in line:
+                outcomes.append("first delta")
+                break
+
+
+def _give_up(url: str, body: dict, outcomes: list) -> None:
+    """Wait for the answer for 3 s, then close the connection (a client's own read timeout)."""
+    try:
+        httpx.post(url + "/v1/chat/completions", json=body, timeout=httpx.Timeout(60, read=3))
+    except httpx.ReadTimeout:
+        outcomes.append("gave up")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_disconnected_clients_stop_generating(predictor, stream):
+    """Four clients in one batch disconnect while it is held at its 2nd forward pass: streaming clients after
+    their first piece of text, plain ones by giving up (their own read timeout). Released, the batch ends at that
+    step (2 passes, not one per token of the long answer), and a one-token request after it gets 200 in one pass."""
+    script, answer = _scripted(predictor, hold_at=2)
+    server = _server(predictor, max_batch_size=4, max_wait_ms=60_000, max_tokens=64)
+    try:
+        jobs = _spy(server.batcher)
+        body, outcomes = _body("Describe.", max_tokens=64, stream=stream), []
+        client = _read_first_delta if stream else _give_up
+        clients = [threading.Thread(target=client, args=(server.url, body, outcomes)) for _ in range(4)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join(60)
+        assert outcomes == ["first delta" if stream else "gave up"] * 4
+        assert len(jobs) == 4 and script.held.wait(30)
+        assert all(job.cancelled.wait(30) for job in jobs)  # the server saw each client go
+        script.release.set()
+        for job in jobs:
+            with pytest.raises(CancelledError):  # the batcher is done with it
+                job.future.result(timeout=60)
+        assert script.calls == 2
+        server.batcher.max_batch_size = 1  # the next batch: one request, without waiting for three more
+        after = httpx.post(server.url + "/v1/chat/completions", json=_body("Describe.", max_tokens=1), timeout=60)
+        assert after.status_code == 200 and after.json()["choices"][0]["message"]["content"] == "a"
+        assert script.calls == 3
     finally:
         server.stop()
         script.remove()

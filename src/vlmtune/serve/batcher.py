@@ -8,7 +8,8 @@ and hands each request its own text deltas (`infer.TextStream`: the deltas add u
 
 A request that fails (it cannot be encoded, or `generate` fails on it) fails alone with its own error, and its
 batch-mates are answered: after a failed batch, requests are encoded one by one, and if all encode, run one by one
-(only then, not on every batch). A request whose client went away (timed out, disconnected) is dropped if still queued.
+(only then, not on every batch). A request whose client went away (timed out, disconnected) is cancelled: it is
+dropped if still queued, and its row ends at the next step of a running batch (`_StopCancelled`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
+
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from vlmtune.infer import TextStream, answer_text, cleans_up_spaces, stop_ids
 
@@ -36,6 +39,7 @@ class Request:
     """Called from the worker thread with each new piece of text (streaming)."""
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    """Set when nobody waits for the answer any more (timeout, disconnect, the future cancelled): generation stops."""
     streamed: str = ""
     """The text handed to `on_delta` so far (a retried batch does not send it twice)."""
 
@@ -93,6 +97,22 @@ class _RowStreamer:
                 req.cancelled.set()
 
 
+class _StopCancelled(StoppingCriteria):
+    """Ends the rows of cancelled requests (timed out, client gone) at the next step. Their rows are padded from
+    there; `generate` returns as soon as every row has ended, so a batch whose requests have all gone stops at once
+    (it cannot drop one row from a running batch: the others go on, and the cancelled row with them, padded)."""
+
+    def __init__(self, requests: list[Request]):
+        self.requests = requests
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        per = input_ids.shape[0] // len(self.requests)  # rows per request: num_beams
+        cancelled = [r.cancelled.is_set() for r in self.requests for _ in range(per)]
+        return torch.tensor(cancelled, dtype=torch.bool, device=input_ids.device)
+
+
 class Batcher:
     def __init__(self, predictor, max_batch_size: int = 8, max_wait_ms: float = 10.0):
         self.predictor = predictor
@@ -106,6 +126,8 @@ class Batcher:
         self._thread.start()
 
     def submit(self, request: Request) -> Future:
+        # whoever gives up on the future and cancels it (asyncio.wait_for at a timeout...) cancels the request
+        request.future.add_done_callback(lambda f: f.cancelled() and request.cancelled.set())
         self.queue.put(request)
         return request.future
 
@@ -189,7 +211,8 @@ class Batcher:
         streamer = _RowStreamer(tok, ok, stop) if any(r.on_delta for r in ok) else None
         done = self.predictor.complete([r.sample for r in ok], [r.images for r in ok],
                                        max_new_tokens=max(r.max_new_tokens for r in ok),
-                                       temperature=ok[0].temperature, top_p=ok[0].top_p, streamer=streamer)
+                                       temperature=ok[0].temperature, top_p=ok[0].top_p, streamer=streamer,
+                                       stopping_criteria=StoppingCriteriaList([_StopCancelled(ok)]))
         self.batches += 1
         self.batch_sizes.append(len(ok))
         for r, c in zip(ok, done, strict=True):
@@ -197,5 +220,7 @@ class Batcher:
                 ids = c.token_ids[: r.max_new_tokens]  # on the limit, so the first N tokens are its answer
                 c.text = answer_text(tok, ids)
                 c.token_ids, c.completion_tokens, c.finish_reason = ids, len(ids), "length"
+            if r.cancelled.is_set():
+                r.future.cancel()
             with contextlib.suppress(InvalidStateError):  # cancelled meanwhile, from the server's thread
                 r.future.set_result(c)
