@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,56 @@ def stop_ids(model, tok) -> set[int]:
     for x in (getattr(config, "eos_token_id", None), tok.eos_token_id, tok.pad_token_id):
         ids.update(x if isinstance(x, list) else [] if x is None else [x])
     return ids
+
+
+def answer_text(tok, ids: list[int]) -> str:
+    """The text of an answer's token ids: `Completion.text`, and what the pieces a `TextStream` hands out add up to."""
+    return tok.decode(ids, skip_special_tokens=True).strip()
+
+
+def cleans_up_spaces(tok) -> bool:
+    """Whether `tok.decode` removes spaces before punctuation ("a ," -> "a,", "do n't" -> "don't"), so that a later
+    token can change text decoded before it. Asked of the tokenizer itself: the setting alone does not say (recent
+    transformers ignore it for BPE tokenizers)."""
+    probe = "a ,"
+    return answer_text(tok, tok.encode(probe, add_special_tokens=False)) != probe
+
+
+class TextStream:
+    """Incremental detokenisation of one answer: `push` its new token ids one at a time and get the text each adds;
+    `finish` returns the rest. The pieces joined equal `answer_text` of all the ids, the non-streamed answer.
+
+    As transformers' `TextIteratorStreamer` and vLLM's incremental detokenizer do, it decodes the whole growing list
+    and hands out the new suffix: a token decoded alone loses what depends on its neighbours (the leading space of
+    "Ġa"/"▁a", a character split over byte tokens). Text that later tokens may still change is held back until they
+    come: the bytes of a character not yet complete (tokens that decode alone to U+FFFD: Cyrillic or accents over
+    byte-level BPE tokens, an emoji over SentencePiece's <0xF0>... byte-fallback tokens, whose whole run decodes
+    differently once it ends), trailing whitespace (the answer is stripped, and it may end there), and, for a
+    tokenizer that cleans up spaces, the last word and the space before it. `sent`: text already handed out for this
+    answer (a batch retried after a failure runs it again from the start). Decoding the whole list costs O(length)
+    per token, small next to a forward pass at the lengths served (max_tokens <= 512 by default)."""
+
+    def __init__(self, tok, sent: str = "", holds_word: bool | None = None):
+        self.tok, self.ids, self.sent = tok, [], sent
+        self.holds_word = cleans_up_spaces(tok) if holds_word is None else holds_word
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        if "\ufffd" in self.tok.decode([token], skip_special_tokens=True):  # part of a character: nothing settles
+            return ""
+        text = self.tok.decode(self.ids, skip_special_tokens=True).rstrip("\ufffd").strip()
+        if self.holds_word:
+            text = re.sub(r"\s+\S*$", "", text)
+        return self._advance(text)
+
+    def finish(self) -> str:
+        return self._advance(answer_text(self.tok, self.ids))
+
+    def _advance(self, text: str) -> str:
+        if not text.startswith(self.sent):  # decoded differently than what was sent: wait until it agrees again
+            return ""
+        delta, self.sent = text[len(self.sent):], text
+        return delta
 
 
 def _answer_ids(row: list[int], stop: set[int]) -> list[int]:
@@ -146,10 +197,12 @@ class Predictor:
         return answers
 
     def complete(self, samples: list[Sample], images: list[list], max_new_tokens: int | None = None,
-                 temperature: float = 0.0, top_p: float = 1.0, streamer=None) -> list[Completion]:
+                 temperature: float = 0.0, top_p: float = 1.0, streamer=None,
+                 stopping_criteria=None) -> list[Completion]:
         """One `generate` call for a batch: greedy (temperature 0, or beam search with `num_beams`) or sampled.
         `streamer` (a transformers streamer) receives the new token ids of every row at each step; the serving
-        batcher uses it to stream each request's text as it is written."""
+        batcher uses it to stream each request's text as it is written (through `TextStream`), and
+        `stopping_criteria` (a transformers `StoppingCriteriaList`) to end the rows of requests that went away."""
         import torch
 
         model = self.loaded.model
@@ -166,18 +219,17 @@ class Predictor:
                 options = {"do_sample": True, "temperature": temperature, "top_p": top_p, "num_beams": 1}
             with torch.inference_mode(), self._autocast():
                 out = model.generate(**batch.inputs, max_new_tokens=max_new_tokens or self.max_new_tokens,
-                                     streamer=streamer, **options)
+                                     streamer=streamer, stopping_criteria=stopping_criteria, **options)
             start = prompt_length(self.family, batch)
             tok = self.loaded.processor.tokenizer
             stop = stop_ids(model, tok)
             rows = out[:, start:].tolist()
             answers = [_answer_ids(row, stop) for row in rows]  # the text ends where the model's answer ends
-            texts = tok.batch_decode(answers, skip_special_tokens=True)
             mask = batch.inputs.get("attention_mask")
             prompts = mask.sum(dim=1).tolist() if mask is not None else [start] * len(samples)
             limit = max_new_tokens or self.max_new_tokens
-            return [Completion(t.strip(), int(p), len(ids), _finish(row, ids, limit), ids)
-                    for t, p, row, ids in zip(texts, prompts, rows, answers, strict=True)]
+            return [Completion(answer_text(tok, ids), int(p), len(ids), _finish(row, ids, limit), ids)
+                    for p, row, ids in zip(prompts, rows, answers, strict=True)]
         finally:
             model.train(was_training)
 

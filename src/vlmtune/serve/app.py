@@ -520,6 +520,14 @@ def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, backg
             future = asyncio.wrap_future(state.batcher.submit(job))
 
             async def events():
+                try:
+                    async for event in answer():
+                        yield event
+                finally:  # closed early (the client disconnected) or timed out: stop generating for it
+                    if not future.done():
+                        job.cancelled.set()
+
+            async def answer():
                 yield chunk({"role": "assistant", "content": ""})
                 deadline = loop.time() + cfg.timeout_s
                 while True:
@@ -540,7 +548,8 @@ def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, backg
                 try:
                     c = future.result()
                 except Exception as e:  # noqa: BLE001 - reported in the stream
-                    yield f"data: {json.dumps({'error': {'message': str(e), 'code': 400}})}\n\n"
+                    code = 400 if isinstance(e, ValueError) else 500  # as the non-streamed answer would be
+                    yield f"data: {json.dumps({'error': {'message': str(e), 'code': code}})}\n\n"
                     return
                 yield chunk({}, c.finish_reason)
                 if include_usage:
@@ -549,11 +558,17 @@ def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, backg
 
             return StreamingResponse(events(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        answer = asyncio.wrap_future(state.batcher.submit(job))
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            c = await asyncio.wait_for(asyncio.wrap_future(state.batcher.submit(job)), cfg.timeout_s)
-        except TimeoutError:
+            await asyncio.wait({answer, gone}, timeout=cfg.timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not answer.done():  # timed out, or the client left: stop generating for it
             job.cancelled.set()
             return _error(504, f"request timed out after {cfg.timeout_s} s", None, "timeout")
+        try:
+            c = answer.result()
         except ValueError as e:  # too long for max_length, or a family limit
             return _error(400, str(e), "messages")
         except Exception as e:  # noqa: BLE001 - the server keeps serving
@@ -568,6 +583,12 @@ def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, backg
             state.batcher.close()
 
     return app
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has closed the connection (its body was read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.1)  # never spin, whatever a middleware hands back
 
 
 def _usage(c) -> dict:

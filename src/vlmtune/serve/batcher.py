@@ -4,22 +4,28 @@ back as the model writes it.
 Requests wait in a queue. The worker thread takes the first one, waits up to `max_wait_ms` for more that share its
 sampling parameters (temperature, top_p), up to `max_batch_size`, and runs them as one batch through the same
 `Predictor.complete` that `vlmtune predict` uses. A `_RowStreamer` receives the new token of every row at each step
-and hands each request its own text deltas. A request whose inputs cannot be encoded (too long, a family limit) is
-answered with its error alone and its batch-mates run without it (requests are encoded one by one only after a
-batch fails to encode); an unexpected error fails the batch's requests, and the worker keeps serving.
+and hands each request its own text deltas (`infer.TextStream`: the deltas add up to the non-streamed answer).
+
+A request that fails (it cannot be encoded, or `generate` fails on it) fails alone with its own error, and its
+batch-mates are answered: after a failed batch, requests are encoded one by one, and if all encode, run one by one
+(only then, not on every batch). A request whose client went away (timed out, disconnected) is cancelled: it is
+dropped if still queued, and its row ends at the next step of a running batch (`_StopCancelled`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlmtune.infer import stop_ids
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from vlmtune.infer import TextStream, answer_text, cleans_up_spaces, stop_ids
 
 
 @dataclass
@@ -33,6 +39,9 @@ class Request:
     """Called from the worker thread with each new piece of text (streaming)."""
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    """Set when nobody waits for the answer any more (timeout, disconnect, the future cancelled): generation stops."""
+    streamed: str = ""
+    """The text handed to `on_delta` so far (a retried batch does not send it twice)."""
 
     @property
     def key(self) -> tuple:
@@ -40,15 +49,17 @@ class Request:
 
 
 class _RowStreamer:
-    """A transformers streamer for a batch: decodes each row incrementally and passes new text to its request.
-    The first `put` is the prompt (skipped); each later one is a (batch,) tensor of new token ids."""
+    """A transformers streamer for a batch: each row's new tokens go through its request's `TextStream`, and the text
+    they add to the request's `on_delta`. The first `put` is the prompt (skipped); each later one is a (batch,)
+    tensor of new token ids. A row's text is complete (held-back text flushed) at its end token, at its own
+    `max_new_tokens`, or when `generate` ends; a cancelled request gets nothing more."""
 
     def __init__(self, tokenizer, requests: list[Request], stop: set[int]):
-        self.tok, self.requests = tokenizer, requests
-        self.ids: list[list[int]] = [[] for _ in requests]
-        self.sent = [""] * len(requests)
+        self.requests = requests
+        holds_word = cleans_up_spaces(tokenizer)
+        self.texts = [TextStream(tokenizer, r.streamed, holds_word) for r in requests]
+        self.finished = [r.on_delta is None for r in requests]
         self.prompt_seen = False
-        self.finished = [False] * len(requests)
         self.eos = stop  # where the Predictor ends each answer (`infer.stop_ids`), so streamed == returned text
 
     def put(self, value) -> None:
@@ -57,23 +68,49 @@ class _RowStreamer:
             return
         tokens = value.reshape(-1).tolist()
         for i, (req, tok) in enumerate(zip(self.requests, tokens, strict=True)):
-            if self.finished[i] or req.on_delta is None or len(self.ids[i]) >= req.max_new_tokens:
+            if self.finished[i]:
                 continue
-            if tok in self.eos:
-                self.finished[i] = True
+            if tok in self.eos or req.cancelled.is_set():
+                self._finish(i)
                 continue
-            self.ids[i].append(tok)
-            text = self.tok.decode(self.ids[i], skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                continue
-            text = text.lstrip() if not self.sent[i] else text
-            delta = text[len(self.sent[i]):] if text.startswith(self.sent[i]) else ""
-            if delta:
-                self.sent[i] = text
-                req.on_delta(delta)
+            self._send(req, self.texts[i].push(tok))
+            if len(self.texts[i].ids) >= req.max_new_tokens:  # a batch-mate asked for more: this answer is complete
+                self._finish(i)
 
     def end(self) -> None:
-        pass
+        for i in range(len(self.requests)):
+            if not self.finished[i]:
+                self._finish(i)
+
+    def _finish(self, i: int) -> None:
+        self.finished[i] = True
+        if not self.requests[i].cancelled.is_set():
+            self._send(self.requests[i], self.texts[i].finish())
+
+    @staticmethod
+    def _send(req: Request, delta: str) -> None:
+        if delta:
+            req.streamed += delta
+            try:
+                req.on_delta(delta)
+            except Exception:  # noqa: BLE001 - the receiver is gone (its event loop closed): so is the request
+                req.cancelled.set()
+
+
+class _StopCancelled(StoppingCriteria):
+    """Ends the rows of cancelled requests (timed out, client gone) at the next step. Their rows are padded from
+    there; `generate` returns as soon as every row has ended, so a batch whose requests have all gone stops at once
+    (it cannot drop one row from a running batch: the others go on, and the cancelled row with them, padded)."""
+
+    def __init__(self, requests: list[Request]):
+        self.requests = requests
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        per = input_ids.shape[0] // len(self.requests)  # rows per request: num_beams
+        cancelled = [r.cancelled.is_set() for r in self.requests for _ in range(per)]
+        return torch.tensor(cancelled, dtype=torch.bool, device=input_ids.device)
 
 
 class Batcher:
@@ -89,6 +126,8 @@ class Batcher:
         self._thread.start()
 
     def submit(self, request: Request) -> Future:
+        # whoever gives up on the future and cancels it (asyncio.wait_for at a timeout...) cancels the request
+        request.future.add_done_callback(lambda f: f.cancelled() and request.cancelled.set())
         self.queue.put(request)
         return request.future
 
@@ -111,7 +150,7 @@ class Batcher:
             (batch if r.key == first.key else held).append(r)
         for r in held:  # other sampling parameters: the next batch
             self.queue.put(r)
-        return [r for r in batch if not r.cancelled.is_set() and not r.future.done()]
+        return batch
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -119,58 +158,69 @@ class Batcher:
                 batch = self._collect()
             except queue.Empty:
                 continue
-            if batch:
-                self._serve(batch)
+            self._serve(batch)
 
     def _serve(self, batch: list[Request]) -> None:
-        """Run the batch; if one request cannot be encoded (too long, a family limit), it alone gets the error and
-        the rest run without it (requests are encoded one by one only then, not on every batch)."""
-        from vlmtune.models.family import SampleTooLong
-
+        """Run the batch as one generate call. If it fails, only the requests that caused it fail: each request is
+        encoded alone, one that cannot be (too long, a family limit, an image its processor refuses) gets its own
+        error, and the rest run together again; if every request encodes, each runs alone, so one that fails in
+        generate fails alone too."""
+        batch = self._live(batch)
+        if not batch:
+            return
         try:
             self._generate(batch)
             return
-        except (SampleTooLong, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - the worker must survive anything one request does
             if len(batch) == 1:
-                batch[0].future.set_exception(e)
+                self._fail(batch[0], e)
                 return
-        except Exception as e:  # noqa: BLE001 - the worker must survive anything one batch does
-            self._fail(batch, e)
-            return
-        ok = []
-        for r in batch:
-            try:
-                self.predictor.family.encode(self.predictor.loaded.processor, [r.sample], [r.images], "generate",
-                                             self.predictor.max_length)
-                ok.append(r)
-            except (SampleTooLong, ValueError) as e:
-                r.future.set_exception(e)
-        if ok:
-            try:
-                self._generate(ok)
-            except Exception as e:  # noqa: BLE001
-                self._fail(ok, e)
+        ok = [r for r in batch if self._encodes(r)]
+        if len(ok) < len(batch):
+            self._serve(ok)
+        else:
+            for r in ok:
+                self._serve([r])
 
     @staticmethod
-    def _fail(requests: list[Request], error: Exception) -> None:
-        for r in requests:
-            if not r.future.done():
-                r.future.set_exception(error)
+    def _live(batch: list[Request]) -> list[Request]:
+        """The requests someone still waits for; the others' futures are cancelled."""
+        for r in batch:
+            if r.cancelled.is_set():
+                r.future.cancel()
+        return [r for r in batch if not r.future.done()]
+
+    def _encodes(self, r: Request) -> bool:
+        try:
+            self.predictor.family.encode(self.predictor.loaded.processor, [r.sample], [r.images], "generate",
+                                         self.predictor.max_length)
+            return True
+        except Exception as e:  # noqa: BLE001 - the request's own error, whatever it is
+            self._fail(r, e)
+            return False
+
+    @staticmethod
+    def _fail(r: Request, error: Exception) -> None:
+        with contextlib.suppress(InvalidStateError):  # cancelled meanwhile, from the server's thread
+            r.future.set_exception(error)
 
     def _generate(self, ok: list[Request]) -> None:
-        """One generate call for `ok`; each request's future gets its Completion."""
+        """One generate call for `ok`; each request's future gets its Completion (a cancelled one is cancelled)."""
         tok = self.predictor.loaded.processor.tokenizer
         stop = stop_ids(self.predictor.loaded.model, tok)
         streamer = _RowStreamer(tok, ok, stop) if any(r.on_delta for r in ok) else None
         done = self.predictor.complete([r.sample for r in ok], [r.images for r in ok],
                                        max_new_tokens=max(r.max_new_tokens for r in ok),
-                                       temperature=ok[0].temperature, top_p=ok[0].top_p, streamer=streamer)
+                                       temperature=ok[0].temperature, top_p=ok[0].top_p, streamer=streamer,
+                                       stopping_criteria=StoppingCriteriaList([_StopCancelled(ok)]))
         self.batches += 1
         self.batch_sizes.append(len(ok))
         for r, c in zip(ok, done, strict=True):
             if len(c.token_ids) > r.max_new_tokens:  # a batch-mate asked for more: greedy rows do not depend
                 ids = c.token_ids[: r.max_new_tokens]  # on the limit, so the first N tokens are its answer
-                c.text = tok.decode(ids, skip_special_tokens=True).strip()
+                c.text = answer_text(tok, ids)
                 c.token_ids, c.completion_tokens, c.finish_reason = ids, len(ids), "length"
-            if not r.future.done():
+            if r.cancelled.is_set():
+                r.future.cancel()
+            with contextlib.suppress(InvalidStateError):  # cancelled meanwhile, from the server's thread
                 r.future.set_result(c)

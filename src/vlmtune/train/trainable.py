@@ -17,8 +17,9 @@ def projector_frozen(cfg: RunCfg) -> bool:
 
 def make_trainable(cfg: RunCfg, family: ModelFamily, model):
     """LoRA (adapters on `lora.targets` or the family's; the projector frozen, or with `train.freeze_projector: false`
-    trained in full as `modules_to_save`) or freezing by group, then every trainable parameter in float32. What it trains is printed at start-up
-    (`trainable_summary`) and each recipe's `# trains:` line is checked against it (tests/test_recipes.py)."""
+    trained in full as `modules_to_save`) or freezing by group, then every trainable parameter in float32. What it
+    trains is printed at start-up (`trainable_summary`) and each recipe's `# trains:` line is checked against it
+    (tests/test_recipes.py)."""
     frozen = {g for g, on in (("vision", cfg.train.freeze_vision), ("projector", projector_frozen(cfg)),
                               ("language", cfg.train.freeze_language)) if on}
     if cfg.lora.enabled:
