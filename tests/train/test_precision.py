@@ -27,6 +27,7 @@ def _train(tmp_path, data, base, dtype: str, precision: str, lora: bool):
         tmp_path / dtype, data, model={"path": str(base), "dtype": dtype},
         lora={"enabled": lora, "r": 4, "dropout": 0.0},
         train={"lr": LR, "max_steps": 2, "warmup_steps": 0, "schedule": "constant", "eval_every": 0, "save_every": 0,
+               "freeze_projector": False,  # the projector trains (modules_to_save) beside LoRA: its update is checked
                "mixed_precision": precision, "weight_decay": 0.0}))
     state = setup(cfg)
     model = state.accelerator.unwrap_model(state.model)

@@ -227,7 +227,7 @@ def test_a_trained_vision_tower_reuses_decoded_images_across_epochs(tmp_path, fa
         cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path / str(mb), fashion_dir, lora={"enabled": True, "r": 4},
                                             data={"val_split": None},
                                             train={"max_steps": 12, "eval_every": 0, "save_every": 0,
-                                                   "image_cache_mb": mb}))
+                                                   "image_cache_mb": mb, "freeze_projector": False}))
         train(cfg)
         runs[mb] = (cfg.run_dir, list(decoded))
     assert "vision cache: off (the vision tower or projector is trained" in capsys.readouterr().err
@@ -238,3 +238,27 @@ def test_a_trained_vision_tower_reuses_decoded_images_across_epochs(tmp_path, fa
     assert len(cached) == len(set(cached)) == len(set(plain))  # each distinct image once
     torch.testing.assert_close(torch.tensor(_losses(runs[64][0])), torch.tensor(_losses(runs[0][0])),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("lora", "freeze", "trained"), [(True, None, False), (True, False, True), (False, None, True),
+                                                          (False, True, False)])
+def test_the_projector_default_frozen_under_lora_trained_in_full(tmp_path, fashion_dir, capsys, lora, freeze, trained):
+    """train.freeze_projector None (the default): the projector is frozen under LoRA (the vision cache stays on) and
+    trained in a full fine-tune; true/false say it outright."""
+    from vlmtune.models.family import freeze_group_of
+    from vlmtune.train.loop import setup
+
+    train = {"max_steps": 1, "eval_every": 0, "save_every": 0, "freeze_vision": True}
+    if freeze is not None:
+        train["freeze_projector"] = freeze
+    cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, fashion_dir, lora={"enabled": lora, "r": 4}, train=train,
+                                        data={"val_split": None}))
+    assert cfg.train.freeze_projector is freeze
+    state = setup(cfg)
+    model = state.accelerator.unwrap_model(state.model)
+    projector = [p.requires_grad for n, p in model.named_parameters()
+                 if freeze_group_of(state.family, n) == "projector"]
+    assert projector and any(projector) is trained  # (under LoRA peft keeps a frozen original beside the copy)
+    err = capsys.readouterr().err
+    assert ("vision cache: on" in err) is not trained
+    assert ("projector/full" in err) is trained
