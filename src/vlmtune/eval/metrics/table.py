@@ -68,8 +68,9 @@ newlines before parsing (the official functions receive newline-separated text).
   it into two cells when parsed, exactly as there. ``"auto"`` (the targets' default, see
   :func:`table_format`) reads a target as DePlot text when it contains ``<0x0A>``, starts with a
   ``title |`` line, or has ``" | "`` on every line, and as CSV otherwise, so a ``|`` inside some
-  CSV cells does not turn a CSV file into DePlot text. A CSV file with ``" | "`` on every line
-  (header included) is the one case ``"auto"`` gets wrong: pass ``target_format="csv"``.
+  CSV cells does not turn a CSV file into DePlot text. ``"auto"`` gets two cases wrong: a CSV
+  file with ``" | "`` on every line (header included), and DePlot text of one column without a
+  title line (read as CSV, it gains an empty title); pass ``target_format`` for those.
 * Blank text is an empty table in either format (not ``"title |"``).
 
 Chance level: :func:`table_baseline` scores every table against ANOTHER table of the same set
