@@ -12,6 +12,7 @@ import yaml
 from vlmtune import cli
 from vlmtune.chart.table import Table
 from vlmtune.data.store import read_samples
+from vlmtune.eval.metrics.table import table_baseline
 
 QA_KINDS = "value,max_label,min_label,difference,sum,average,compare,count,ratio"
 
@@ -81,7 +82,12 @@ def test_chart_eval_scores_answers_and_tables(setup, tmp_path, capsys):
     print("tiny model after 3 steps:", {k: metrics[k] for k in ("relaxed_accuracy", "table")})
     assert metrics["n_questions"] == 6 and metrics["n_charts"] == 6 and metrics["tables"] == "model"
     assert 0.0 <= metrics["relaxed_accuracy"] <= 1.0 and set(metrics["table"]) == {
-        "n", "rms_precision", "rms_recall", "rms_f1", "rnss"}
+        "n", "rms_precision", "rms_recall", "rms_f1", "rnss", "random_baseline"}
+    # beside RMS-F1 its chance level: each chart's true table scored as another chart's prediction (seed 0)
+    charts = list(dict.fromkeys(s.images[0] for s in read_samples(qa, "test")[0]))
+    truth = {s.images[0]: s.meta["table"] for s in reversed(read_samples(qa, "test")[0])}
+    assert metrics["table"]["random_baseline"] == table_baseline([truth[c] for c in charts])
+    assert 0.0 <= metrics["table"]["random_baseline"]["rms_f1"] < 1.0
     assert metrics["ceiling_relaxed_accuracy"] == 1.0  # the program reasoner on the true tables
     assert sum(g["n"] for g in metrics["by_question_type"].values()) == 6
     rows = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]

@@ -37,6 +37,16 @@ def test_ragged_rows_are_padded_or_cut_to_the_header():
     assert t.column("Sales") == [None, 5.0]
 
 
+@pytest.mark.parametrize(("text", "header", "rows"), [
+    ('Party,Votes\n"Dem | Rep",12\nOther,3\n', ("Party", "Votes"), (("Dem | Rep", "12"), ("Other", "3"))),
+    ("Year,Democrats | Republicans\n2019,12\n", ("Year", "Democrats | Republicans"), (("2019", "12"),)),
+    ("Year,A|B\n2019,1|2\n2020,3\n", ("Year", "A|B"), (("2019", "1|2"), ("2020", "3"))),
+])
+def test_a_pipe_inside_csv_cells_leaves_it_csv(text, header, rows):
+    # ChartQA's CSV with a "|" in some cells (the oracle, the ceiling and `chart tables` read meta.table this way)
+    assert Table.from_text(text) == Table(header=header, rows=rows)
+
+
 def test_csv_tables_as_chartqa_ships_them():
     t = Table.from_text("Entity,Value\nGhana,48\n\"Côte d'Ivoire, Rep.\",1\n")
     assert t.header == ("Entity", "Value") and t.labels == ["Ghana", "Côte d'Ivoire, Rep."]

@@ -7,7 +7,13 @@ import sys
 
 import pytest
 
-from vlmtune.eval.metrics.table import table_metrics, table_metrics_corpus, to_deplot_text
+from vlmtune.eval.metrics.table import (
+    table_baseline,
+    table_format,
+    table_metrics,
+    table_metrics_corpus,
+    to_deplot_text,
+)
 
 # The three tables of google-research deplot/metrics_test.py.
 TARGET = "title | my table\nyear | argentina | brazil\n1999 | 200 | 158\n"
@@ -180,7 +186,9 @@ def test_csv_conversion_adds_the_official_empty_title():
 
 def test_csv_tables():
     csv_table = "Year,Sales\n2010,5\n2011,7\n"
-    assert _rms(csv_table, csv_table) == (1.0, 1.0, 1.0)
+    # a CSV prediction counts as CSV only when said so (model output is DePlot text: see the input tests below)
+    assert table_metrics(csv_table, csv_table, prediction_format="csv") == {
+        "rms_precision": 1.0, "rms_recall": 1.0, "rms_f1": 1.0, "rnss": 1.0}
     # Same data as DePlot text without a title: the CSV side has 3 datapoints (title "", 2 values), the
     # prediction 2 -> P = 2/2, R = 2/3, F1 = 0.8.
     m = table_metrics("Year | Sales <0x0A> 2010 | 5 <0x0A> 2011 | 7", csv_table)
@@ -197,6 +205,116 @@ def test_explicit_formats():
     assert to_deplot_text("a,b\nc,1", "csv") == "title |\na | b\nc | 1"
     with pytest.raises(ValueError):
         to_deplot_text("a | b", "markdown")
+
+
+# ---------------------------------------------------------------- input handling, as the official code reads it
+# Expected values follow google-research deplot: a prediction goes through the --jsonl text path (_parse_table on
+# the text), a ChartQA target file through evaluate_chart_to_table.py _to_markdown (csv + an empty "title |" line).
+# Each was also checked against a transcription of the official functions run outside the repository.
+
+CSV_TARGET = "Year,Sales\n2019,12\n2020,15\n"  # -> "title |", "2019 sales" = 12, "2020 sales" = 15
+DEPLOT_TARGET = "TITLE | Sales by year <0x0A> Year | Sales <0x0A> 2019 | 12 <0x0A> 2020 | 15"
+NOTHING = {"rms_precision": 1.0, "rms_recall": 0.0, "rms_f1": 0.0, "rnss": 0.0}  # official: no datapoints
+
+
+@pytest.mark.parametrize("target", [CSV_TARGET, DEPLOT_TARGET])
+@pytest.mark.parametrize("prediction", ["The chart shows sales rising.", "sales sales sales", "Year,Sales"])
+def test_a_non_table_prediction_scores_zero(prediction, target):
+    # One line without " | ": a header cell and no rows -> no datapoints -> (1, 0, 0); no float -> RNSS 0.
+    # (Read as a CSV file it gained an empty "title |" that matched the CSV target's: F1 2/(3+1) = 0.5.)
+    assert table_metrics(prediction, target) == NOTHING
+
+
+def test_a_comma_list_is_not_a_table():
+    # "2019, 12, 2020, 15" is one cell and no float; read as CSV it scored F1 0.5 and RNSS 1.
+    assert table_metrics("2019, 12, 2020, 15", CSV_TARGET) == NOTHING
+
+
+@pytest.mark.parametrize("target", [CSV_TARGET, DEPLOT_TARGET])
+@pytest.mark.parametrize("prediction", ["Year\n2019\n2020", "Year <0x0A> 2019 <0x0A> 2020"])
+def test_a_one_column_table_has_no_datapoints(prediction, target):
+    # Datapoints need a column after the row labels, transposed or not -> (1, 0, 0). RNSS counts the numbers:
+    # 2019 and 2020 match exactly and the target's unmatched 12 and 15 cost nothing -> 1.
+    assert table_metrics(prediction, target) == {**NOTHING, "rnss": 1.0}
+
+
+def test_a_csv_shaped_prediction_is_text():
+    # The target's own CSV text as model output: every line is one cell -> no datapoints, no numbers.
+    assert table_metrics(CSV_TARGET, CSV_TARGET) == NOTHING
+    assert table_metrics(CSV_TARGET, CSV_TARGET, prediction_format="csv")["rms_f1"] == 1.0  # when told
+
+
+def test_empty_titles():
+    # DePlot's checkpoints write "TITLE | " for an untitled chart: it matches the CSV file's empty title.
+    assert _rms("TITLE | <0x0A> Year | Sales <0x0A> 2019 | 12 <0x0A> 2020 | 15", CSV_TARGET) == (1.0, 1.0, 1.0)
+    # The empty title alone is one datapoint of the target's three: P 1, R 1/3, F1 0.5 (official too).
+    assert table_metrics("TITLE |", CSV_TARGET) == {"rms_precision": 1.0, "rms_recall": pytest.approx(1 / 3),
+                                                    "rms_f1": pytest.approx(0.5), "rnss": 0.0}
+    # Against a titled target the empty title scores 0 (ANLS of "" and "sales by year"): 2 of 3 datapoints.
+    assert _rms("TITLE | <0x0A> Year | Sales <0x0A> 2019 | 12 <0x0A> 2020 | 15", DEPLOT_TARGET) == pytest.approx(
+        (2 / 3, 2 / 3, 2 / 3))
+
+
+def test_pipe_inside_csv_cells():
+    # A "|" in some cells of a CSV file leaves it CSV. _to_markdown joins cells with " | ", so a cell's own " | "
+    # splits it when parsed ("Democrats | Republicans" is two header cells), exactly as in the official numbers.
+    header_pipe = "Year,Democrats | Republicans\n2019,12\n2020,15\n"
+    prediction = "TITLE | <0x0A> Year | Democrats | Republicans <0x0A> 2019 | 12 <0x0A> 2020 | 15"
+    assert table_metrics(prediction, header_pipe) == {
+        "rms_precision": 1.0, "rms_recall": 1.0, "rms_f1": 1.0, "rnss": 1.0}
+    # "A|B" (no spaces) stays one cell; a quoted label with " | " in one row splits that row only.
+    assert _rms("TITLE | <0x0A> Year | A|B <0x0A> 2019 | 12", "Year,A|B\n2019,12\n") == (1.0, 1.0, 1.0)
+    label_pipe = 'Party,Votes\n"Dem | Rep",12\nOther,3\n'  # -> "dem votes" = "rep", "other votes" = "3"
+    assert _rms("TITLE | <0x0A> Party | Votes <0x0A> Dem | Rep | 12 <0x0A> Other | 3", label_pipe) == (1.0, 1.0, 1.0)
+    # "dem/rep votes" vs "dem votes": key 1 - 4/13 but value "12" vs "rep" scores 0; title and "other" -> 2 of 3.
+    assert _rms("TITLE | <0x0A> Party | Votes <0x0A> Dem/Rep | 12 <0x0A> Other | 3", label_pipe) == pytest.approx(
+        (2 / 3, 2 / 3, 2 / 3))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('Party,Votes\n"Dem | Rep",12\nOther,3\n', "csv"),
+        ("Year,Democrats | Republicans\n2019,12\n", "csv"),
+        ("Year,Sales\n2019,12\n", "csv"),
+        ("Year\n2019", "csv"),  # no separator at all: a (one-column) CSV file
+        ("TITLE | Sales, 2019 <0x0A> Country | Sales <0x0A> Chile | 1,234", "deplot"),
+        ("title | sales\nyear,x | a\n2019,1 | 2", "deplot"),
+        ("year | a | b\n2010 | 1 | 2\n\n2011 | 3 | 4\n", "deplot"),  # titleless, " | " on every line
+        ("Year | Sales<0x0A>2019", "deplot"),
+    ],
+)
+def test_target_format_detection(text, expected):
+    assert table_format(text) == expected
+
+
+# ---------------------------------------------------------------- chance level
+
+
+def test_baseline_scores_each_table_against_another():
+    # Two tables: each is the other's prediction. "a v" matches (1); "b v" 50 vs 200 and 200 vs 50 err >= 0.1 (0).
+    # -> P = R = F1 = 1/2 both ways. RNSS: target [100, 200] vs [100, 50]: best assignment 0 + 0.75 -> 0.625;
+    # target [100, 50] vs [100, 200]: 0 + 1 -> 0.5.
+    one, two = "x | v\na | 100\nb | 200", "x | v\na | 100\nb | 50"
+    got = table_baseline([one, two])
+    assert got == {"rms_precision": 0.5, "rms_recall": 0.5, "rms_f1": 0.5, "rnss": pytest.approx(0.5625)}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_baseline_never_scores_a_table_against_itself(seed):
+    # Same key in every table, values at least 2x apart: any other table scores 0, the table itself 1.
+    tables = [f"x | v\na | {10 * 2 ** i}" for i in range(6)]
+    assert table_baseline(tables, seed=seed)["rms_f1"] == 0.0
+
+
+def test_baseline_of_csv_targets_and_alternatives():
+    # A CSV target becomes a DePlot prediction with the empty title of _to_markdown (not unreadable CSV text):
+    # title 1 + "2019 sales" 50 vs 12 (0) -> 1 of 2 datapoints each way.
+    assert table_baseline(["Year,Sales\n2019,12\n", "Year,Sales\n2019,50\n"])["rms_f1"] == 0.5
+    # With alternatives the best one counts as the target (the first row's "a = 2" matches the second row's table:
+    # 1) and the first one is the prediction (the second row gets "a = 1" for its "a = 2": 0) -> 0.5.
+    assert table_baseline([["x | v\na | 1", "x | v\na | 2"], ["x | v\na | 2"]])["rms_f1"] == 0.5
+    assert table_baseline(["x | v\na | 1"]) is None
 
 
 # ---------------------------------------------------------------- corpus

@@ -9,7 +9,9 @@ table, a `Reasoner` answers the question from it; and its evaluation on a chart-
 `evaluate_charts` writes the table of each image once (many questions share a chart in ChartQA), cached in
 OUT/tables.jsonl so an interrupted run resumes; answers every question with the reasoner; and scores the answers
 with ChartQA's relaxed accuracy (the `chartqa` task, pix2struct's official metric) and the tables against the
-samples' true tables (`meta["table"]`: the charts world's DePlot text or ChartQA's CSV) with RMS-F1 / RNSS.
+samples' true tables (`meta["table"]`: the charts world's DePlot text or ChartQA's CSV) with RMS-F1 / RNSS, each
+beside its chance level (`table.random_baseline`: every chart scored against another chart's true table, see
+`vlmtune.eval.metrics.table.table_baseline`).
 OUT/predictions.jsonl has one row per question (answer, program, table used), OUT/metrics.json the scores.
 """
 
@@ -133,7 +135,7 @@ def evaluate_charts(predictor, root: str | Path, split: str | None, out_dir: str
                     progress: bool = False) -> dict:
     """Chart QA through tables. `predictor=None` answers from the TRUE tables (`meta["table"]`): the reasoner's
     ceiling. Returns the metrics (also written to OUT/metrics.json)."""
-    from vlmtune.eval.metrics.table import table_metrics_corpus
+    from vlmtune.eval.metrics.table import table_baseline, table_metrics_corpus
     from vlmtune.eval.tasks import get_task
 
     root, out_dir = Path(root), Path(out_dir)
@@ -160,8 +162,10 @@ def evaluate_charts(predictor, root: str | Path, split: str | None, out_dir: str
     metrics.update({k: v for k, v in qa.items() if k.startswith("by_")})
     scored = [im for im in images if im in truth]
     if predictor is not None and scored:
-        metrics["table"] = {"n": len(scored), **table_metrics_corpus([tables[im] for im in scored],
-                                                                     [truth[im] for im in scored])}
+        true_tables = [truth[im] for im in scored]
+        # beside every RMS-F1 its chance level: each chart scored against another chart's true table
+        metrics["table"] = {"n": len(scored), **table_metrics_corpus([tables[im] for im in scored], true_tables),
+                            "random_baseline": table_baseline(true_tables)}
     if predictor is not None and ceiling and len(truth) == len(images):
         ceiling_rows = _answer_rows(samples, truth, reasoner)
         metrics["ceiling_relaxed_accuracy"] = get_task("chartqa").score_rows(ceiling_rows)["relaxed_accuracy"]

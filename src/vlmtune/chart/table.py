@@ -9,8 +9,9 @@ tokenizer (a T5 sentencepiece model with byte fallback) spells as the literal to
 `Table.to_text` writes exactly that. `Table.from_text` reads what models actually emit, tolerantly: ``<0x0A>`` with
 or without the spaces around it, real newlines, stray spaces around cells, a lower-case ``title |``, blank lines,
 ragged rows (short rows are padded with "", extra cells dropped), and ChartQA's CSV tables (``tables/*.csv``,
-kept as `meta["table"]` by the chartqa importer). Scoring tables is not done here: RMS-F1 and RNSS live in
-`vlmtune.eval.metrics.table`, which matches the official ``deplot/metrics.py``.
+kept as `meta["table"]` by the chartqa importer; a ``|`` inside some of their cells leaves them CSV). Scoring
+tables is not done here: RMS-F1 and RNSS live in `vlmtune.eval.metrics.table`, which matches the official
+``deplot/metrics.py``.
 
 `parse_number` reads a cell as a number the way a reader of the chart would: ``"1,234"``, ``"46%"``, ``"$12.5"``,
 ``"12 kg"``, ``"(3)"`` are 1234, 46, 12.5, 12 and -3. (A percentage stays in percent: ChartQA answers a
@@ -67,6 +68,13 @@ def format_number(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
+def _is_csv(text: str) -> bool:
+    lines = [line for line in text.splitlines() if line.strip()]
+    if NEWLINE_TOKEN in text or "," not in text or re.match(r"(?i)\s*title\s*\|", lines[0]):
+        return False
+    return not all("|" in line for line in lines)
+
+
 @dataclass(frozen=True)
 class Table:
     """A chart's data: `header[0]` names the x axis (or the categories), `header[1:]` the series (columns); each row
@@ -102,8 +110,11 @@ class Table:
 
     @classmethod
     def from_text(cls, text: str) -> Table:
-        """Parse DePlot text (or CSV text without any ``|``) tolerantly; an empty text is an empty table."""
-        if "|" not in text and NEWLINE_TOKEN not in text and "," in text:
+        """Parse DePlot text or ChartQA's CSV tolerantly; an empty text is an empty table.
+
+        CSV is text with a comma, no ``<0x0A>``, no ``title |`` line and some line without any ``|``: so a ``|``
+        inside some cells of a ChartQA CSV (``"Dem | Rep",12``) leaves it CSV."""
+        if _is_csv(text):
             return cls._from_csv(text)
         lines = [line.strip() for line in _NEWLINE.split(text)]
         lines = [line for line in lines if line]

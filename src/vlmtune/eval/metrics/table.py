@@ -55,12 +55,26 @@ Behaviour of the official code reproduced on purpose:
 
 Input formats. DePlot's model writes rows separated by ``<0x0A>`` (the newline byte token):
 ``"TITLE | t <0x0A> col1 | col2 <0x0A> row1 | 1"``; both ``" <0x0A> "`` and ``"<0x0A>"`` become
-newlines before parsing (the official functions receive newline-separated text). ChartQA's
-``tables/*.csv`` are read with :mod:`csv` and written as DePlot text the way
-``evaluate_chart_to_table.py`` ``_to_markdown`` does it, INCLUDING the empty ``"title |"`` line it
-prepends (so two CSV tables share one free, matching ``title`` datapoint, as in DePlot's numbers).
-Blank text is an empty table in either format (not ``"title |"``). ``"auto"`` reads text containing
-``"|"`` or ``"<0x0A>"`` as DePlot text and anything else as CSV.
+newlines before parsing (the official functions receive newline-separated text).
+
+* Predictions are model output, i.e. text: they are always read as DePlot text, as the official
+  text path (``evaluate_chart_to_table.py --jsonl``) reads them. So garbage, a comma list or a
+  one-column table has no datapoints and scores (1, 0, 0), F1 0 (read as a CSV file, it would
+  gain a free, empty ``title |`` datapoint that matches a CSV target's: F1 2/(N+1)).
+* Targets may be ChartQA's ``tables/*.csv`` files. Those are read with :mod:`csv` and written as
+  DePlot text the way ``evaluate_chart_to_table.py`` ``_to_markdown`` does it (its ``--path``
+  route), INCLUDING the empty ``"title |"`` line it prepends (so two CSV tables share one free,
+  matching ``title`` datapoint, as in DePlot's numbers) and with a cell's own ``" | "`` splitting
+  it into two cells when parsed, exactly as there. ``"auto"`` (the targets' default, see
+  :func:`table_format`) reads a target as DePlot text when it contains ``<0x0A>``, starts with a
+  ``title |`` line, or has ``" | "`` on every line, and as CSV otherwise, so a ``|`` inside some
+  CSV cells does not turn a CSV file into DePlot text. ``"auto"`` gets two cases wrong: a CSV
+  file with ``" | "`` on every line (header included), and DePlot text of one column without a
+  title line (read as CSV, it gains an empty title); pass ``target_format`` for those.
+* Blank text is an empty table in either format (not ``"title |"``).
+
+Chance level: :func:`table_baseline` scores every table against ANOTHER table of the same set
+(see there); ``vlmtune chart eval`` reports it beside RMS-F1 and RNSS.
 
 Uses numpy and scipy (a core dependency); no torch import.
 """
@@ -70,6 +84,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import itertools
+import random
 from collections.abc import Sequence
 from typing import Literal
 
@@ -78,7 +93,9 @@ from scipy.optimize import linear_sum_assignment
 
 from vlmtune.eval.metrics.anls import levenshtein
 
-__all__ = ["TableFormat", "table_metrics", "table_metrics_corpus", "to_deplot_text"]
+__all__ = [
+    "TableFormat", "table_baseline", "table_format", "table_metrics", "table_metrics_corpus", "to_deplot_text",
+]
 
 TableFormat = Literal["auto", "deplot", "csv"]
 
@@ -95,12 +112,21 @@ class _Table:
     rows: tuple[tuple[str, ...], ...] = ()
 
 
+def table_format(text: str) -> Literal["deplot", "csv"]:
+    """What ``"auto"`` reads a TARGET table as: DePlot text when it has ``<0x0A>``, a first line ``title | ...`` or
+    ``" | "`` on every non-blank line; CSV otherwise (a ``|`` inside some CSV cells leaves it CSV)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if "<0x0A>" in text or (lines and lines[0].lstrip().lower().startswith("title |")):
+        return "deplot"
+    return "deplot" if lines and all(" | " in line for line in lines) else "csv"
+
+
 def to_deplot_text(text: str, fmt: TableFormat = "auto") -> str:
     """Normalise a table to DePlot's newline-separated ``"a | b"`` text (see the module docstring)."""
     if not text.strip():
         return ""
     if fmt == "auto":
-        fmt = "deplot" if ("|" in text or "<0x0A>" in text) else "csv"
+        fmt = table_format(text)
     if fmt == "deplot":
         return text.replace(" <0x0A> ", "\n").replace("<0x0A>", "\n")
     if fmt == "csv":
@@ -261,14 +287,16 @@ def table_metrics(
     *,
     text_theta: float = TEXT_THETA,
     number_theta: float = NUMBER_THETA,
-    prediction_format: TableFormat = "auto",
+    prediction_format: TableFormat = "deplot",
     target_format: TableFormat = "auto",
 ) -> dict[str, float]:
     """DePlot RMS and ChartQA RNSS of one predicted table against one target table.
 
     Returns ``{"rms_precision", "rms_recall", "rms_f1", "rnss"}``, each in [0, 1]. Tables are
     DePlot text (``<0x0A>`` or newline row separators, ``" | "`` cells, optional ``TITLE |`` line)
-    or CSV; ``*_format`` says which (``"auto"`` guesses, see the module docstring).
+    or CSV; ``*_format`` says which. The prediction is model output and is read as DePlot text
+    unless told otherwise; the target's ``"auto"`` tells a ChartQA CSV file from DePlot text
+    (:func:`table_format`).
     """
     return _metrics(prediction, [target], text_theta, number_theta, prediction_format, target_format)
 
@@ -279,7 +307,7 @@ def table_metrics_corpus(
     *,
     text_theta: float = TEXT_THETA,
     number_theta: float = NUMBER_THETA,
-    prediction_format: TableFormat = "auto",
+    prediction_format: TableFormat = "deplot",
     target_format: TableFormat = "auto",
 ) -> dict[str, float]:
     """Macro averages over tables of :func:`table_metrics`, as DePlot reports them (but in [0, 1]).
@@ -298,3 +326,33 @@ def table_metrics_corpus(
         for name, value in scores.items():
             totals[name] += value
     return {name: total / len(predictions) for name, total in totals.items()}
+
+
+def table_baseline(
+    targets: Sequence[str | Sequence[str]],
+    *,
+    seed: int = 0,
+    text_theta: float = TEXT_THETA,
+    number_theta: float = NUMBER_THETA,
+    target_format: TableFormat = "auto",
+) -> dict[str, float] | None:
+    """Chance level of a set of tables: each table scored against ANOTHER table of the same set.
+
+    The "prediction" for table ``i`` is the true table (its first alternative, as DePlot text) of the table that
+    follows ``i`` in a seeded random cycle through the set, so no table is scored against itself. That is what a
+    model scores that writes well-formed, plausible tables of this data set (its titles, headers, labels and value
+    range) without reading the chart: a chart-to-table model at or under it has learned nothing from the images.
+    It is a stronger bar than a random model's output, which after this module's text handling scores RMS-F1 0.
+    Macro averages as :func:`table_metrics_corpus`; None for fewer than two tables (nothing to swap).
+    """
+    if len(targets) < 2:
+        return None
+    refs = [[t] if isinstance(t, str) else list(t) for t in targets]
+    if not all(refs):
+        raise ValueError("table metrics need at least one target table")
+    order = list(range(len(refs)))
+    random.Random(seed).shuffle(order)
+    swapped = {order[k]: order[(k + 1) % len(order)] for k in range(len(order))}
+    predictions = [to_deplot_text(refs[swapped[i]][0], target_format) for i in range(len(refs))]
+    return table_metrics_corpus(predictions, refs, text_theta=text_theta, number_theta=number_theta,
+                                prediction_format="deplot", target_format=target_format)
