@@ -214,3 +214,19 @@ def test_rejected_jsonl_keeps_the_bad_records_of_every_source(tmp_path):
         assert [(r["source"], r["file"], r["line"]) for r in rejected] == (
             [("domain", str(domain / MANIFEST), line) for line in bad_domain]
             + [("replay", str(replay / MANIFEST), line) for line in bad_replay])
+
+
+def test_a_lone_surrogate_in_a_split_or_source_is_printed_as_its_escape(tmp_path, capsys):
+    """A manifest's "\\udcff" escape (a lone surrogate: what an undecodable byte becomes) kept as a split, source or
+    task name reached the JSON line `data check` and `data stats` print, and a UTF-8 stdout cannot print it: a
+    traceback after the report was written (found by tests/fuzz). The line now carries the escape, and json.loads
+    gives the name back."""
+    root = _write(tmp_path / "d", n=2)
+    rows = [json.loads(x) for x in (root / MANIFEST).read_text().splitlines()]
+    rows[1].update(split="tr\udcffain", source="s\ud800", task="vqa\udc80")
+    (root / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for verb in ("check", "stats"):
+        assert main(["data", verb, str(root)]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["splits"] == {"train": 1, "tr\udcffain": 1}
+        assert result["tasks"] == {"vqa": 1, "vqa\udc80": 1}
