@@ -194,6 +194,12 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return len(lines)
 
 
+def read_jsonl(path: Path) -> list:
+    """The rows of a JSON-lines file that `write_jsonl` wrote. Lines end at "\\n" only: a row written with
+    ensure_ascii=False keeps U+2028, U+0085 or \\x1c as themselves, where str.splitlines() would cut it."""
+    return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").split("\n") if x.strip()]
+
+
 def write_dataset(root: str | Path, items: Iterable[tuple[Sample, list]]) -> int:
     """Write (Sample, [PIL images]) pairs: each image to its `sample.images` path, then the manifest atomically."""
     root = Path(root)
@@ -219,7 +225,7 @@ def add_rejected(path: str | Path, bad: list[BadRecord], source: str | None = No
     the rows already there: a run that reads several sources lists the bad records of all of them. A record already
     listed (same file, line and error: one manifest read for two splits) is not listed twice."""
     path = Path(path)
-    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()] if path.is_file() else []
+    rows = read_jsonl(path) if path.is_file() else []
     listed = {(r.get("file"), r.get("line"), r.get("error")) for r in rows}
     for b in bad:
         if (b.file, b.line, b.reason) not in listed:
