@@ -77,9 +77,9 @@ def check_utf8(file: Path, lineno: int, raw: str) -> None:
         raw.encode("utf-8")
     except UnicodeEncodeError as e:
         try:
-            row = json.loads(raw)
+            row = load_json(raw)
             sample = f"sample {row['id']!r}: " if isinstance(row, dict) and isinstance(row.get("id"), str) else ""
-        except ValueError:
+        except ValueError:  # malformed, or nested too deeply for json.loads (JSONTooDeep)
             sample = ""
         raise BadRecord(file, lineno, f"{sample}not valid UTF-8: byte {ord(raw[e.start]) - 0xDC00:#04x} at character "
                                       f"{e.start + 1}", raw.encode("utf-8", "surrogateescape").decode(
