@@ -187,9 +187,21 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def json_line(row) -> str:
+    """`row` as one line of JSON: non-ASCII text as itself, unless it holds a lone surrogate (a "\\udcff" escape
+    read from a JSON file), which UTF-8 cannot write: then the line is written with \\u escapes, which read back
+    to the same string."""
+    line = json.dumps(row, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(row)
+    return line
+
+
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
-    """Atomically write rows as JSON lines; returns the count."""
-    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    """Atomically write rows as JSON lines (`json_line`); returns the count."""
+    lines = [json_line(r) for r in rows]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
     return len(lines)
 
