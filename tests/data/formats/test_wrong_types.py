@@ -147,7 +147,18 @@ def test_a_deeply_nested_line_is_a_bad_record_and_the_rest_is_read(tmp_path, fmt
 
 
 def test_a_turn_whose_speaker_is_not_a_string_is_a_bad_record(tmp_path):
-    """`"from": []` met `who not in ROLES` (a dict lookup) and stopped the import with TypeError: unhashable."""
+    """`"from": []` met `who not in ROLES` (a dict lookup) and stopped the import with TypeError: unhashable (llava,
+    sharegpt; hf's chat column had the same lookup)."""
+    lines = (FORMAT_FIXTURES / "sharegpt" / "train.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in lines]
+    rows[0]["conversations"][0]["from"] = ["human"]
+    rows[2]["messages"][1]["role"] = {"name": "assistant"}
+    (tmp_path / "sharegpt").mkdir()
+    file = tmp_path / "sharegpt" / "train.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    samples = import_format("sharegpt", file, tmp_path / "s", images=FORMAT_FIXTURES / "sharegpt", skip_bad=True)
+    assert len(samples) == len(rows) - 2 and sorted(_rejected(tmp_path / "s")) == [1, 3]
+
     rows = json.loads((FORMAT_FIXTURES / "llava" / "llava_v1_5_mix665k.json").read_text())
     rows[1]["conversations"][0]["from"] = ["human"]
     rows[2]["conversations"][1]["from"] = {"name": "gpt"}
@@ -199,3 +210,17 @@ def test_a_lone_surrogate_in_a_record_does_not_stop_the_import(tmp_path):
     assert [s.question for s in samples] == ["What is th\udcffis?", rows[2]["question"]]
     assert list(_rejected(tmp_path / "d")) == [2]
     (tmp_path / "d" / "manifest.jsonl").read_text(encoding="utf-8")  # valid UTF-8 throughout
+
+
+def test_hf_a_chat_role_that_is_not_a_string_is_a_bad_record(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (8, 8), "red").save(src / "a.png")
+    chat = [{"role": "user", "content": "<image>Colour?"}, {"role": "assistant", "content": "red"}]
+    pq.write_table(pa.table({"image": ["a.png"], "messages": [chat]}), src / "train.parquet")
+    listed = [{"role": ["user"], "content": "<image>Colour?"}, {"role": ["assistant"], "content": "red"}]
+    pq.write_table(pa.table({"image": ["a.png"], "messages": [listed]}), src / "test.parquet")
+    samples = import_format("hf", src, tmp_path / "d", skip_bad=True)
+    assert [s.target for s in samples] == ["red"]
+    [rejected] = [json.loads(x) for x in (tmp_path / "d" / "rejected.jsonl").read_text().splitlines()]
+    assert rejected["file"].endswith("test.parquet") and "unknown role ['user']" in rejected["error"]
