@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, settings
 SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large]
 """An example writes a dataset and runs real entry points; the huge-string strategies draw big examples."""
 
-settings.register_profile("ci", max_examples=12, derandomize=True, database=None, deadline=None,
+settings.register_profile("ci", max_examples=25, derandomize=True, database=None, deadline=None,
                           suppress_health_check=SLOW, print_blob=True)
 settings.register_profile("long", max_examples=400, deadline=None, suppress_health_check=SLOW, print_blob=True)
 

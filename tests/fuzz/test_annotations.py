@@ -60,23 +60,26 @@ class Source:
     """The record list inside a JSON file (None: the file is the list); "lines" for JSON lines, "tsv" for a TSV."""
     image: tuple = ()
     """Where a record names its image (a path of keys), for the image-path mutation."""
+    base: str = "."
+    """The directory its image paths are relative to, where the hostile files (`make_hostile_files`) are put."""
     others: str = "\0"
     """Rejections that name another list of the same file (COCO: captions whose image is gone), not a record."""
 
 
 SOURCES = {
-    "vizwiz": Source("vizwiz", "vizwiz", "Annotations/train.json", images="train", image=("image",)),
+    "vizwiz": Source("vizwiz", "vizwiz", "Annotations/train.json", images="train", image=("image",), base="train"),
     "vqav2": Source("vqav2", "vqav2", "v2_OpenEnded_mscoco_train2014_questions.json", key="questions",
                     image=("image_id",)),
     "coco-captions": Source("coco", "coco", "annotations/captions_train2014.json", key="images",
-                            image=("file_name",), others="annotation "),
+                            image=("file_name",), base="train2014", others="annotation "),
     "coco-karpathy": Source("coco", "coco", "karpathy/dataset_coco.json", images=".", key="images",
                             image=("filename",)),
     "llava": Source("llava", "llava", "llava_v1_5_mix665k.json", image=("image",)),
     "sharegpt": Source("sharegpt", "sharegpt", "train.jsonl", key="lines", image=("images", 0)),
     "openai": Source("openai", "openai", "train.jsonl", key="lines",
                      image=("messages", 1, "content", 0, "image_url", "url")),
-    "chartqa": Source("chartqa", "chartqa/ChartQA Dataset/train", "train_human.json", image=("imgname",)),
+    "chartqa": Source("chartqa", "chartqa/ChartQA Dataset/train", "train_human.json", image=("imgname",),
+                      base="png"),
     "imagefolder": Source("imagefolder", "imagefolder/vqa/train", "metadata.jsonl", arg=".", key="lines",
                           image=("file_name",)),
     "cc3m": Source("cc3m", "cc3m", "cc3m.tsv", key="tsv"),
@@ -242,7 +245,7 @@ def test_import_with_skip_bad_keeps_every_good_record_and_names_every_bad_one(ca
     name, mutations = case
     source = SOURCES[name]
     root = _copy(source, tmp_path_factory.mktemp("import") / "src")
-    make_hostile_files(root)
+    make_hostile_files(root / source.base)
     file = root / source.file
     records, doc = _records(source, file)
     for i, (record, how) in mutations.items():

@@ -341,15 +341,15 @@ def manifests(draw) -> list[Line]:
         lines.append(Line(data, level, f"{mutate.__name__[2:]}: {what}", _id(data), links))
     lines += [Line(draw(st.sampled_from([b"", b"   ", b"\t"])), "blank") for _ in range(draw(st.integers(0, 2)))]
     lines = draw(st.permutations(lines))
-    for i, line in enumerate(lines):  # a duplicate takes the id of a good record above it (the later line is named)
-        if line.what.startswith("duplicate_id"):
-            above = [x for x in lines[:i] if x.level == "good"]
-            if not above:
-                lines.append(lines.pop(i))
-                above = [x for x in lines if x.level == "good"]
-            record = json.loads(line.data)
-            record["id"] = line.id = above[0].id
-            line.data = dumps(record).encode()
+    for line in [x for x in lines if x.what.startswith("duplicate_id")]:  # the id of a good record above it
+        i = next(k for k, x in enumerate(lines) if x is line)  # (of two lines with one id, the later is named)
+        above = [x for x in lines[:i] if x.level == "good"]
+        if not above:
+            lines.append(lines.pop(i))
+            above = [x for x in lines if x.level == "good"]
+        record = json.loads(line.data)
+        record["id"] = line.id = above[0].id
+        line.data = dumps(record).encode()
     return lines
 
 
