@@ -4,6 +4,7 @@
 # make test-latest  -> a separate .venv-latest with the newest allowed releases (no lock), run the suite
 # make test-oldest  -> a separate .venv-oldest with the lowest versions pyproject.toml allows, run the suite
 # make test-gpu     -> the gpu-marked tests (needs a CUDA device)
+# make fuzz         -> the fuzz suite (tests/fuzz) with many random examples; `make test` runs its quick ci profile
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test-large install demo test test-gpu test-latest test-oldest lock recipe lint clean browser ocr
+.PHONY: test-large install demo test test-gpu test-latest test-oldest lock recipe lint clean browser ocr fuzz
 
 UV_VERSION := 0.13.9
 # torch is pinned by pyproject.toml (==2.13.0) and installed on its own: the CPU wheel these machines carry
@@ -106,6 +107,11 @@ ocr:
 test: $(STAMP) browser ocr
 	$(BIN)/ruff check src tests
 	$(call PYTEST,$(VENV))
+
+# manifests, annotation files and API requests mutated by hypothesis (docs/testing.md): the long profile, random and
+# hundreds of examples per test, a failing example kept in .hypothesis/ and replayed first on the next run
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest tests/fuzz -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

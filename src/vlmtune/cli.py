@@ -20,7 +20,9 @@ def _emit(result: dict | None) -> None:
     # None: the command printed its own output (models --markdown); several processes (torchrun / accelerate
     # launch set RANK): the result once, from rank 0 (training may have ended the process group by now)
     if result is not None and int(os.environ.get("RANK", 0)) == 0:
-        print(json.dumps(result, ensure_ascii=False))
+        # backslashreplace: a lone surrogate (a manifest's "\udcff" escape kept as a split or task name) is written
+        # as that escape, which is valid JSON giving the same string back; a UTF-8 stdout could not print it
+        print(json.dumps(result, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 def cmd_data_synth(a) -> dict:

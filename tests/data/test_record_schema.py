@@ -214,3 +214,45 @@ def test_rejected_jsonl_keeps_the_bad_records_of_every_source(tmp_path):
         assert [(r["source"], r["file"], r["line"]) for r in rejected] == (
             [("domain", str(domain / MANIFEST), line) for line in bad_domain]
             + [("replay", str(replay / MANIFEST), line) for line in bad_replay])
+
+
+def test_a_lone_surrogate_in_a_split_or_source_is_printed_as_its_escape(tmp_path, capsys):
+    """A manifest's "\\udcff" escape (a lone surrogate: what an undecodable byte becomes) kept as a split, source or
+    task name reached the JSON line `data check` and `data stats` print, and a UTF-8 stdout cannot print it: a
+    traceback after the report was written (found by tests/fuzz). The line now carries the escape, and json.loads
+    gives the name back."""
+    root = _write(tmp_path / "d", n=2)
+    rows = [json.loads(x) for x in (root / MANIFEST).read_text().splitlines()]
+    rows[1].update(split="tr\udcffain", source="s\ud800", task="vqa\udc80")
+    (root / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for verb in ("check", "stats"):
+        assert main(["data", verb, str(root)]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["splits"] == {"train": 1, "tr\udcffain": 1}
+        assert result["tasks"] == {"vqa": 1, "vqa\udc80": 1}
+
+
+def test_the_lines_of_samples_found_bad_after_reading_are_looked_up_past_a_deeply_nested_line(tmp_path):
+    """Training's preflight names a sample it refuses (a placeholder in its text) by its manifest line, found by a
+    second pass over the manifest (`lint.manifest_lines`). That pass parsed each line with json.loads, and a line
+    nested deeper than Python's parser can follow (skipped earlier as a bad record with data.skip_bad) stopped it, and
+    the run, with a RecursionError (found by tests/fuzz)."""
+    from vlmtune.data.lint import manifest_lines
+
+    root = _write(tmp_path / "d", n=2)
+    lines = (root / MANIFEST).read_text().splitlines()
+    deep = "[" * 5000 + "]" * 5000
+    (root / MANIFEST).write_text("\n".join([lines[0], deep, "{" * 100_000, lines[1]]) + "\n")
+    assert manifest_lines(root, {"s0", "s1"}) == {"s0": 1, "s1": 4}
+
+
+def test_a_deeply_nested_line_with_a_byte_that_is_not_utf8_is_a_bad_record(tmp_path):
+    """A line that is not UTF-8 is named with its sample id when it parses anyway; that attempt used json.loads,
+    which a line nested thousands deep stops with a RecursionError: a traceback instead of the bad record (found by
+    tests/fuzz)."""
+    root = _write(tmp_path / "d", n=2)
+    lines = (root / MANIFEST).read_bytes().splitlines()
+    (root / MANIFEST).write_bytes(b"\n".join([lines[0], b"[" * 5000 + b"\xff", lines[1]]) + b"\n")
+    samples, bad = read_samples(root, skip_bad=True)
+    assert [s.id for s in samples] == ["s0", "s1"]
+    assert [(b.line, b.reason) for b in bad] == [(2, "not valid UTF-8: byte 0xff at character 5001")]

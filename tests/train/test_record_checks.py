@@ -147,3 +147,28 @@ def test_an_image_the_processor_would_blow_up_is_refused_before_step_0(tmp_path,
     [found] = [e for kind in json.loads(out.read_text())["errors"].values() for e in kind]
     assert found["sample"] == "tall" and "becomes 32x1280 = 40960 pixels in the model's image processor" in \
         found["message"]
+
+
+def test_a_rejected_record_holding_line_separators_is_read_back(tmp_path, fashion_dir):
+    """rejected.jsonl keeps each bad record's raw line as it is (ensure_ascii=False), so a U+2028 or U+0085 in it is
+    written as that character; reading the file back with str.splitlines() cut the row there, and the next reader
+    (the val split's load_split, then the preflight) stopped with a JSONDecodeError (found by tests/fuzz). JSON lines
+    end at "\\n" only."""
+    from vlmtune.train.loop import train
+
+    data = tmp_path / "data"
+    shutil.copytree(fashion_dir, data)
+    rows = [json.loads(x) for x in (data / "manifest.jsonl").read_text().splitlines()]
+    train_row = next(r for r in rows if r["split"] == "train")
+    broken = {**json.loads(json.dumps(train_row)), "id": "broken", "split": ["train"]}  # a record-level bad line
+    broken["messages"][0]["content"][1]["text"] = "Which\u2028colour\x85here?"
+    placeholder = {**json.loads(json.dumps(train_row)), "id": "placeholder"}  # found by the preflight
+    placeholder["messages"][0]["content"][1]["text"] = "What is <image> here?"
+    lines = [json.dumps(r) for r in rows] + [json.dumps(broken, ensure_ascii=False), json.dumps(placeholder)]
+    (data / "manifest.jsonl").write_text("".join(x + "\n" for x in lines), encoding="utf-8")
+    cfg = _cfg(tmp_path, data, skip_bad=True)
+    train(cfg)
+    rejected = [json.loads(x) for x in (cfg.run_dir / "rejected.jsonl").read_text(encoding="utf-8").split("\n") if x]
+    assert [(r["line"], r["error"].split(":")[0]) for r in rejected] == [(GOOD + 1, "sample 'broken'"),
+                                                                        (GOOD + 2, "sample 'placeholder'")]
+    assert json.loads(rejected[0]["raw"])["messages"][0]["content"][1]["text"] == "Which\u2028colour\x85here?"

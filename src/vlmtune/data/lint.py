@@ -49,7 +49,7 @@ from vlmtune.data.images import (
     resolve_inside,
 )
 from vlmtune.data.sample import Sample, message_text
-from vlmtune.data.store import MANIFEST, BadRecord, iter_lines
+from vlmtune.data.store import MANIFEST, BadRecord, iter_lines, load_json
 
 MAX_LISTED = 200
 """Issues listed per kind in the report (all are counted)."""
@@ -215,8 +215,8 @@ def manifest_lines(root: Path, ids: set[str]) -> dict[str, int]:
     with open(Path(root) / MANIFEST, encoding="utf-8", errors="surrogateescape") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
-                row = json.loads(raw) if raw.strip() else None
-            except ValueError:
+                row = load_json(raw) if raw.strip() else None
+            except ValueError:  # malformed, or nested too deeply (a RecursionError from json.loads)
                 continue
             if isinstance(row, dict) and isinstance(row.get("id"), str) and row["id"] in ids:
                 lines.setdefault(row["id"], lineno)

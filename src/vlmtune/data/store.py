@@ -77,9 +77,9 @@ def check_utf8(file: Path, lineno: int, raw: str) -> None:
         raw.encode("utf-8")
     except UnicodeEncodeError as e:
         try:
-            row = json.loads(raw)
+            row = load_json(raw)
             sample = f"sample {row['id']!r}: " if isinstance(row, dict) and isinstance(row.get("id"), str) else ""
-        except ValueError:
+        except ValueError:  # malformed, or nested too deeply for json.loads (JSONTooDeep)
             sample = ""
         raise BadRecord(file, lineno, f"{sample}not valid UTF-8: byte {ord(raw[e.start]) - 0xDC00:#04x} at character "
                                       f"{e.start + 1}", raw.encode("utf-8", "surrogateescape").decode(
@@ -187,11 +187,29 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def json_line(row) -> str:
+    """`row` as one line of JSON: non-ASCII text as itself, unless it holds a lone surrogate (a "\\udcff" escape
+    read from a JSON file), which UTF-8 cannot write: then the line is written with \\u escapes, which read back
+    to the same string."""
+    line = json.dumps(row, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(row)
+    return line
+
+
 def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
-    """Atomically write rows as JSON lines; returns the count."""
-    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    """Atomically write rows as JSON lines (`json_line`); returns the count."""
+    lines = [json_line(r) for r in rows]
     atomic_write_text(path, "".join(line + "\n" for line in lines))
     return len(lines)
+
+
+def read_jsonl(path: Path) -> list:
+    """The rows of a JSON-lines file that `write_jsonl` wrote. Lines end at "\\n" only: a row written with
+    ensure_ascii=False keeps U+2028, U+0085 or \\x1c as themselves, where str.splitlines() would cut it."""
+    return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").split("\n") if x.strip()]
 
 
 def write_dataset(root: str | Path, items: Iterable[tuple[Sample, list]]) -> int:
@@ -219,7 +237,7 @@ def add_rejected(path: str | Path, bad: list[BadRecord], source: str | None = No
     the rows already there: a run that reads several sources lists the bad records of all of them. A record already
     listed (same file, line and error: one manifest read for two splits) is not listed twice."""
     path = Path(path)
-    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()] if path.is_file() else []
+    rows = read_jsonl(path) if path.is_file() else []
     listed = {(r.get("file"), r.get("line"), r.get("error")) for r in rows}
     for b in bad:
         if (b.file, b.line, b.reason) not in listed:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from vlmtune.data.images import ImageError, check_image_shape, resolve_inside
 from vlmtune.data.lint import manifest_lines, placeholder_pattern, record_issues
 from vlmtune.data.sample import Sample
-from vlmtune.data.store import MANIFEST, BadRecord, write_jsonl
+from vlmtune.data.store import MANIFEST, BadRecord, read_jsonl, write_jsonl
 from vlmtune.models.family import SampleTooLong
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def check_samples(state: State, chunk: int = 32) -> None:
                          "raise data.max_length or data.max_text_chars, or set data.skip_bad: true to skip them "
                          "(listed in rejected.jsonl)")
     rejected = state.run_dir / "rejected.jsonl"
-    rows = [json.loads(x) for x in rejected.read_text().splitlines() if x.strip()] if rejected.is_file() else []
+    rows = read_jsonl(rejected) if rejected.is_file() else []
     seen = {(r.get("file"), r.get("error")) for r in rows}
     rows += [b.to_json() for records in by_kind.values() for b in records if (b.file, b.reason) not in seen]
     if state.accelerator.is_main_process:

@@ -141,3 +141,86 @@ def test_a_deeply_nested_line_is_a_bad_record_and_the_rest_is_read(tmp_path, fmt
     errors = _rejected(tmp_path / "d")
     assert set(errors) == {2, 3}
     assert all(f"nested deeper than {MAX_JSON_DEPTH} arrays/objects" in e for e in errors.values()), errors
+
+
+# ---------------------------------------------------------------- found by tests/fuzz/test_annotations.py
+
+
+def test_a_turn_whose_speaker_is_not_a_string_is_a_bad_record(tmp_path):
+    """`"from": []` met `who not in ROLES` (a dict lookup) and stopped the import with TypeError: unhashable (llava,
+    sharegpt; hf's chat column had the same lookup)."""
+    lines = (FORMAT_FIXTURES / "sharegpt" / "train.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in lines]
+    rows[0]["conversations"][0]["from"] = ["human"]
+    rows[2]["messages"][1]["role"] = {"name": "assistant"}
+    (tmp_path / "sharegpt").mkdir()
+    file = tmp_path / "sharegpt" / "train.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    samples = import_format("sharegpt", file, tmp_path / "s", images=FORMAT_FIXTURES / "sharegpt", skip_bad=True)
+    assert len(samples) == len(rows) - 2 and sorted(_rejected(tmp_path / "s")) == [1, 3]
+
+    rows = json.loads((FORMAT_FIXTURES / "llava" / "llava_v1_5_mix665k.json").read_text())
+    rows[1]["conversations"][0]["from"] = ["human"]
+    rows[2]["conversations"][1]["from"] = {"name": "gpt"}
+    file = tmp_path / "mix.json"
+    file.write_text(json.dumps(rows))
+    samples = import_format("llava", file, tmp_path / "d", images=FORMAT_FIXTURES / "llava", skip_bad=True)
+    assert len(samples) == len(rows) - 2
+    errors = _rejected(tmp_path / "d")
+    assert sorted(errors) == [2, 3] and "turn 0: expected {'from': 'human' | 'gpt' | 'system'" in errors[2]
+
+
+@pytest.mark.parametrize("fmt", ["vizwiz", "chartqa"])
+def test_an_image_name_too_long_for_the_file_system_is_a_bad_record(tmp_path, fmt):
+    """A name over the file system's 255 bytes made stat() raise OSError (File name too long) where a missing file
+    was expected: the image copy (every format) and ChartQA's table lookup stopped the import with a traceback."""
+    long = "x" * 300 + ".png"
+    if fmt == "vizwiz":
+        src = tmp_path / "vizwiz"
+        shutil.copytree(FORMAT_FIXTURES / "vizwiz", src)
+        file, images = src / "Annotations" / "val.json", src / "val"
+        rows = json.loads(file.read_text())
+        rows.append({**rows[0], "image": long})
+    else:
+        src = tmp_path / "val"
+        shutil.copytree(FORMAT_FIXTURES / "chartqa" / "ChartQA Dataset" / "val", src)
+        file, images = src / "val_human.json", None
+        rows = json.loads(file.read_text())
+        rows.append({**rows[0], "imgname": long})
+    file.write_text(json.dumps(rows))
+    samples = import_format(fmt, file, tmp_path / "d", images=images, skip_bad=True)
+    assert len(samples) == len(rows) - 1
+    errors = _rejected(tmp_path / "d")
+    assert list(errors) == [len(rows)] and "File name too long" in errors[len(rows)], errors
+
+
+def test_a_lone_surrogate_in_a_record_does_not_stop_the_import(tmp_path):
+    """A "\\udcff" escape in an annotation file is a lone surrogate in Python, which UTF-8 cannot write: the manifest
+    line of a caption holding one, or the rejected.jsonl line of a bad record holding one, ended the whole import
+    (exit status 2, "'utf-8' codec can't encode") even with --skip-bad. Such a line is written with JSON escapes: the
+    caption is kept as it was given (`data check` names it as text that is not valid Unicode)."""
+    src = tmp_path / "vizwiz"
+    shutil.copytree(FORMAT_FIXTURES / "vizwiz", src)
+    file = src / "Annotations" / "train.json"
+    rows = json.loads(file.read_text())
+    rows[0]["question"] = "What is th\udcffis?"  # kept: the text check is data check's
+    rows[1]["image"] = "missing-\ud800.jpg"  # a bad record: no such image
+    file.write_text(json.dumps(rows))
+    samples = import_format("vizwiz", file, tmp_path / "d", images=src / "train", skip_bad=True)
+    assert [s.question for s in samples] == ["What is th\udcffis?", rows[2]["question"]]
+    assert list(_rejected(tmp_path / "d")) == [2]
+    (tmp_path / "d" / "manifest.jsonl").read_text(encoding="utf-8")  # valid UTF-8 throughout
+
+
+def test_hf_a_chat_role_that_is_not_a_string_is_a_bad_record(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("RGB", (8, 8), "red").save(src / "a.png")
+    chat = [{"role": "user", "content": "<image>Colour?"}, {"role": "assistant", "content": "red"}]
+    pq.write_table(pa.table({"image": ["a.png"], "messages": [chat]}), src / "train.parquet")
+    listed = [{"role": ["user"], "content": "<image>Colour?"}, {"role": ["assistant"], "content": "red"}]
+    pq.write_table(pa.table({"image": ["a.png"], "messages": [listed]}), src / "test.parquet")
+    samples = import_format("hf", src, tmp_path / "d", skip_bad=True)
+    assert [s.target for s in samples] == ["red"]
+    [rejected] = [json.loads(x) for x in (tmp_path / "d" / "rejected.jsonl").read_text().splitlines()]
+    assert rejected["file"].endswith("test.parquet") and "unknown role ['user']" in rejected["error"]

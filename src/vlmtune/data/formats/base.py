@@ -27,9 +27,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlmtune.data.images import ImageError, resolve_inside
+from vlmtune.data.images import ImageError, check_image_file, resolve_inside
 from vlmtune.data.sample import Sample
-from vlmtune.data.store import MANIFEST, BadRecord, iter_records, load_json, write_jsonl
+from vlmtune.data.store import MANIFEST, BadRecord, iter_records, json_line, load_json, write_jsonl
 
 
 @dataclass
@@ -152,8 +152,9 @@ def _store(root: Path, rel: str, ref: ImageRef) -> None:
         tmp.write_bytes(ref.data)
         tmp.replace(dest)
         return
-    if ref.path is None or not ref.path.is_file():
-        raise ImageError(f"{ref.path}: image file not found")
+    if ref.path is None:
+        raise ImageError("no image file")
+    check_image_file(ref.path)  # missing, a name too long, a FIFO or a directory: an ImageError saying which
     copy_image(ref.path, root, rel)
 
 
@@ -241,10 +242,10 @@ def import_dataset(fmt: Format, src: str | Path, out: str | Path, images: str | 
                     raise BadRecord(rec.file, rec.line, rec.reason + " (--skip-bad skips bad records; running the "
                                     "same command again resumes after the last record written)", rec.raw)
                 n_bad += 1
-                rej.write(json.dumps(rec.to_json(), ensure_ascii=False) + "\n")
+                rej.write(json_line(rec.to_json()) + "\n")
             else:
                 seen.add(rec.sample.id)
-                man.write(json.dumps(rec.sample.to_json(), ensure_ascii=False) + "\n")
+                man.write(json_line(rec.sample.to_json()) + "\n")
                 split = rec.sample.split or ""
                 counts[split] = counts.get(split, 0) + 1
             state["records"] = i + 1

@@ -64,13 +64,15 @@ def _sources(src: Path, images: Path | None) -> list[tuple[Path, Path]]:
 
 def _read_text(path: Path, where: str) -> str | None:
     """A table or annotation file's exact text (line ends kept), or None when there is none."""
-    if not path.is_file():
-        return None
     try:
+        if not path.is_file():
+            return None
         with open(path, encoding="utf-8", newline="") as f:
             return f.read()
     except UnicodeDecodeError as e:
         raise ValueError(f"{where}: {path} is not UTF-8 ({e})") from None
+    except OSError as e:  # a name too long for the file system, a permission: a bad record, not a traceback
+        raise ValueError(f"{where}: cannot read {path} ({e.strerror or e})") from None
 
 
 def _sample(row: dict, split: str, subset: str, i: int, file: Path, png: Path) -> Imported:

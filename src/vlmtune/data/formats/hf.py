@@ -322,7 +322,7 @@ def _messages(value, n_images: int, column: str) -> list[dict]:
         if not isinstance(m, dict):
             raise ValueError(f"{where}: a message must be an object with role and content")
         role = m.get("role", m.get("from"))
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or object is no key of ROLES
             raise ValueError(f"{where}: unknown role {role!r}")
         content = m.get("content", m.get("value"))
         messages.append({"role": ROLES[role], "content": _content(content, where)})

@@ -193,7 +193,7 @@ def _sample(row: object, file: Path, n: int, base: Path, seen: set[str]) -> Impo
     pairs = []
     for k, turn in enumerate(turns):
         who = turn.get("from") if isinstance(turn, dict) else None
-        if who not in ROLES:
+        if not isinstance(who, str) or who not in ROLES:  # a list or object is no key of ROLES
             raise ValueError(f"turn {k}: expected {{'from': 'human' | 'gpt' | 'system', 'value': ...}}, got "
                              f"{json.dumps(turn, ensure_ascii=False)[:80]}")
         pairs.append((ROLES[who], turn.get("value")))

@@ -88,7 +88,7 @@ def _sample(row: object, file: Path, lineno: int, base: Path, seen: set[str]) ->
         pairs.append(("system", system))
     for k, turn in enumerate(turns):
         role = turn.get(role_key) if isinstance(turn, dict) else None
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or object is no key of ROLES
             raise ValueError(f"turn {k}: expected {{'{role_key}': {' | '.join(map(repr, names.values()))}, "
                              f"'{text_key}': ...}}, got {json.dumps(turn, ensure_ascii=False)[:80]}")
         if ROLES[role] == "system" and system:
