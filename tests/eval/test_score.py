@@ -109,3 +109,21 @@ def test_caption_file_matches_the_reference_and_splits_languages(tmp_path, capsy
     assert set(m["by_lang"]) == {"en", "ru"} and m["by_lang"]["en"]["CIDEr"] == pytest.approx(coco["corpus"]["CIDEr"])
     assert m["tokenizer"]["ru"] == "unicode" and any("METEOR for 'ru'" in n for n in m["notes"])
     assert m["CIDEr"] == pytest.approx((4 * m["by_lang"]["en"]["CIDEr"] + 2 * m["by_lang"]["ru"]["CIDEr"]) / 6)
+
+
+def test_a_deeply_nested_predictions_line_is_named_not_a_recursion_error(tmp_path, capsys):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "1", "prediction": "a", "answers": ["a"]}\n{"id": "2", "meta": ' + "[" * 100000
+                    + "]" * 100000 + "}\n")
+    assert main(["eval", "score", "--task", "vqa", "--predictions", str(path)]) == 2
+    assert "p.jsonl:2: malformed JSON: nested deeper than 32" in capsys.readouterr().err
+
+
+def test_resume_reads_rows_holding_line_separators(tmp_path):
+    """A written row keeps U+2028 as itself (ensure_ascii=False): resume splits lines at "\\n" only."""
+    from vlmtune.eval.runner import _done
+
+    path = tmp_path / "predictions.jsonl"
+    rows = [{"id": "a", "prediction": "x\u2028y"}, {"id": "b", "prediction": "z\x85w"}]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert _done(path) == {"a": rows[0], "b": rows[1]}

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vlmtune.data.images import ImageError, load_image, resolve_inside
 from vlmtune.data.sample import Sample
-from vlmtune.data.store import atomic_write_text
+from vlmtune.data.store import atomic_write_text, load_json
 from vlmtune.eval.tasks import Task
 
 
@@ -35,9 +35,9 @@ def _done(path: Path | None) -> dict[str, dict]:
     done: dict[str, dict] = {}
     if path is None or not path.exists():
         return done
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").split("\n"):  # not splitlines(): a row may hold U+2028
         try:
-            row = json.loads(line)
+            row = load_json(line)
             done[row["id"]] = row
         except (json.JSONDecodeError, KeyError, TypeError):
             continue

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlmtune.data.store import BadRecord, atomic_write_text
+from vlmtune.data.store import BadRecord, atomic_write_text, load_json
 from vlmtune.eval.runner import META_KEYS
 from vlmtune.eval.tasks import get_task, gold
 
@@ -28,7 +28,7 @@ def read_rows(path: str | Path, task: str) -> list[dict]:
             if not raw.strip():
                 continue
             try:
-                row = json.loads(raw)
+                row = load_json(raw)  # nested too deep: a JSONDecodeError, never a RecursionError
             except json.JSONDecodeError as e:
                 raise BadRecord(path, lineno, f"malformed JSON: {e.msg} at column {e.colno}", raw[:500]) from None
             if not isinstance(row, dict) or "id" not in row:

@@ -224,3 +224,15 @@ def test_hf_a_chat_role_that_is_not_a_string_is_a_bad_record(tmp_path):
     assert [s.target for s in samples] == ["red"]
     [rejected] = [json.loads(x) for x in (tmp_path / "d" / "rejected.jsonl").read_text().splitlines()]
     assert rejected["file"].endswith("test.parquet") and "unknown role ['user']" in rejected["error"]
+
+
+def test_an_exported_json_file_holding_a_lone_surrogate_is_written_and_reads_back(tmp_path):
+    """A text read from a "\\udcff" escape cannot be written as UTF-8: written as \\u escapes instead, which read
+    back to the same string (export used to stop with "utf-8 codec can't encode")."""
+    from vlmtune.data.formats.base import write_json
+
+    obj = [{"image": "a.jpg", "answer": "red\udcff"}, {"image": "b.jpg", "answer": "azul"}]
+    write_json(tmp_path / "out.json", obj)
+    assert json.loads((tmp_path / "out.json").read_text(encoding="utf-8")) == obj
+    write_json(tmp_path / "plain.json", obj[1:])
+    assert '"azul"' in (tmp_path / "plain.json").read_text(encoding="utf-8")

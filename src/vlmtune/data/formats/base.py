@@ -291,7 +291,12 @@ def export_dataset(fmt: Format, root: str | Path, dest: str | Path, split: str |
 
 def write_json(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    text = json.dumps(obj, ensure_ascii=False, indent=1)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (read from a "\udcff" escape): written as \u escapes, read back alike
+        text = json.dumps(obj, indent=1)
+    path.write_text(text + "\n", encoding="utf-8")
 
 
 __all__ = ["IMAGE_SUFFIXES", "BadRecord", "Format", "ImageRef", "Imported", "Record", "check_image", "content_name",
