@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 
+import numpy as np
 import yaml
 from helpers import tiny_run_cfg
 
@@ -68,7 +69,7 @@ def test_vizwiz_llava_lora_scored_with_official_vqa_accuracy_and_answerability(t
     raw, data = tmp_path / "raw", tmp_path / "data"
     assert main(["data", "standin", "vizwiz", "--out", str(raw), "--n", "60"]) == 0
     assert main(["data", "import", "vizwiz", str(raw), "--out", str(data)]) == 0
-    assert _last_json(capsys)["splits"] == {"train": 48, "val": 12}
+    assert _last_json(capsys)["splits"] == {"train": 48, "val": 12, "test": 12}
     _train(tmp_path, data, "vizwiz", capsys, lora={"enabled": True, "r": 4, "alpha": 8},
            eval={"task": "vqa", "metric": "vqa_accuracy", "max_new_tokens": 4})
     run = tmp_path / "runs" / "vizwiz"
@@ -84,7 +85,16 @@ def test_vizwiz_llava_lora_scored_with_official_vqa_accuracy_and_answerability(t
     # the official accuracy from the rows themselves: min(1, matches / 3) averaged over the 10-choose-9 subsets
     assert abs(metrics["vqa_accuracy"] - sum(r["scores"]["vqa_accuracy"] for r in rows) / 12) < 1e-12
     submission = json.loads(next((tmp_path / "ev").glob("*submission*.json")).read_text())
-    assert sorted(s["image"] for s in submission) == sorted(f"VizWiz_val_{i:08d}.jpg" for i in range(48, 60))
+    assert [s["image"] for s in submission] == [f"VizWiz_val_{i:08d}.jpg" for i in range(12)]  # in the file's order
+    # the deliverable: both submissions for the test split, whose answers are hidden (nothing scored)
+    assert main(["eval", "--model", str(run), "--data", str(data), "--split", "test", "--out", str(tmp_path / "test"),
+                 "--max-new-tokens", "4", "--submission", "vizwiz", "--submission", "vizwiz-npy"]) == 0
+    metrics = _last_json(capsys)
+    assert metrics["n"] == 0 and metrics["unlabelled"] == 12 and len(metrics["submission"]) == 2
+    submission = json.loads((tmp_path / "test" / "submission_vizwiz.json").read_text())
+    assert [s["image"] for s in submission] == [q["image"] for q in json.loads(
+        (raw / "Annotations" / "test.json").read_text())]
+    assert np.load(tmp_path / "test" / "submission_vizwiz.npy").tolist() == [s["answer"] for s in submission]
 
 
 def test_meme_captions_ru_composed_model_reads_the_meme_text_through_ocr(tmp_path, capsys):

@@ -240,12 +240,16 @@ def cmd_eval_compare(a) -> dict:
 
 
 def cmd_predict(a) -> dict:
-    from vlmtune.eval.runner import predict
+    from vlmtune.eval.runner import predict, write_submission
 
     out = Path(a.out)
     samples = _eval_samples(a, out.parent)
     rows = predict(_predictor(a), a.data, samples, out, progress=True)
-    return {"out": str(out), "n": len(rows)}
+    result = {"out": str(out), "n": len(rows)}
+    if a.submission:
+        paths = [str(write_submission(rows, out.parent, kind)) for kind in dict.fromkeys(a.submission)]
+        result["submission"] = paths[0] if len(paths) == 1 else paths
+    return result
 
 
 def cmd_demo(a) -> dict:
@@ -432,6 +436,10 @@ SCORE_HELP = """each line of --predictions is one JSON object:
 the metrics are printed as JSON on the last line"""
 
 
+SUBMISSION_HELP = ("also write this official submission file; repeat for several: vqav2, vizwiz (JSON, "
+                   "[{image, answer}]), vizwiz-npy (the answers alone as a NumPy array, in the test file's order)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ex = argparse.RawDescriptionHelpFormatter
     p = argparse.ArgumentParser(prog="vlmtune", description=__doc__, formatter_class=ex)
@@ -615,6 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", "-c", default=None)
     t.set_defaults(fn=cmd_train)
 
+    from vlmtune.eval.runner import SUBMISSIONS
+
     e = sub.add_parser("eval", help="generate answers for a dataset and score them; score or compare prediction files",
                        formatter_class=ex,
                        epilog="examples:\n"
@@ -627,8 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="output directory (default: MODEL/eval/SPLIT)")
     e.add_argument("--prompt", default=None, help='rewrite each question, e.g. "{question}\\nAnswer the question '
                                                   'using a single word or phrase."')
-    e.add_argument("--submission", choices=["vqav2", "vizwiz"], default=None,
-                   help="also write the official submission file (default: detected from the data's source)")
+    e.add_argument("--submission", choices=SUBMISSIONS, action="append", default=None,
+                   help=SUBMISSION_HELP + " (default: the JSON of the data's source, vqav2 or vizwiz)")
     e.add_argument("--no-report", dest="report", action="store_false", help="do not write analysis.html")
     esub = e.add_subparsers(dest="eval_verb")
     sc = esub.add_parser("score", help="score a predictions JSONL made anywhere (no model is loaded)",
@@ -651,6 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog="example: vlmtune predict --model runs/x --data data/fashion --out preds.jsonl")
     _add_model_args(pr)
     pr.add_argument("--out", required=True, help="predictions JSONL file")
+    pr.add_argument("--submission", choices=SUBMISSIONS, action="append", default=None,
+                    help=SUBMISSION_HELP + ", beside --out")
     pr.set_defaults(fn=cmd_predict)
 
     dm = sub.add_parser("demo", help="the offline demo: pretrain, fine-tune naive vs replay, measure forgetting",

@@ -14,8 +14,15 @@ from vlmtune.data.standin import ATTRIBUTES, MEME_WORDS, PT, VALUES, write_stand
 
 def test_vizwiz_standin_has_ten_answers_and_unanswerable_blurred_photos(tmp_path):
     write_standin("vizwiz", tmp_path / "raw", 60, seed=3)
-    samples = import_format("vizwiz", tmp_path / "raw", tmp_path / "d")
+    every = import_format("vizwiz", tmp_path / "raw", tmp_path / "d")
+    samples = [s for s in every if s.split != "test"]
     assert len(samples) == 60 and all(len(s.answers) == 10 for s in samples)
+    # n // 5 test questions without answers, each split numbered from 0 in its file's order, as VizWiz's
+    test = json.loads((tmp_path / "raw" / "Annotations" / "test.json").read_text())
+    assert test == [{"image": f"VizWiz_test_{k:08d}.jpg", "question": s.question}
+                    for k, s in enumerate(x for x in every if x.split == "test")]
+    assert len(test) == 12 and all((tmp_path / "raw" / "test" / q["image"]).is_file() for q in test)
+    assert [s.id for s in samples if s.split == "val"] == [f"VizWiz_val_{k:08d}" for k in range(12)]
     unanswerable = [s for s in samples if s.meta["answerable"] == 0]
     assert 3 <= len(unanswerable) <= 20
     for s in unanswerable:
@@ -30,7 +37,7 @@ def test_unanswerable_photos_are_dark_and_featureless(tmp_path):
     from PIL import Image, ImageStat
 
     write_standin("vizwiz", tmp_path / "raw", 40, seed=0)
-    samples = import_format("vizwiz", tmp_path / "raw", tmp_path / "d")
+    samples = [s for s in import_format("vizwiz", tmp_path / "raw", tmp_path / "d") if s.split != "test"]
     for s in samples:
         with Image.open(tmp_path / "d" / s.images[0]) as im:
             stat = ImageStat.Stat(im.convert("L"))

@@ -140,7 +140,7 @@ def autolabel(predictor, model: str | Path, src: str | Path, task: Task, out: st
         if asked:
             raise ValueError("autolabel --questions is for a folder of images; a dataset's samples carry their own")
         samples, _ = read_samples(src, check_images=False)  # a bad record raises, naming file and line
-        todo = [s for s in samples if s.messages[-1]["role"] != "assistant"]
+        todo = [s for s in samples if not s.has_target]
         out_rel = str
         template = prompt
     else:
@@ -162,14 +162,12 @@ def autolabel(predictor, model: str | Path, src: str | Path, task: Task, out: st
     _check_state(state, {**record, "prompt": prompt, "questions": asked, "source": str(src.resolve())},
                  write=rank == 0)
 
-    # the placeholder answer "?" makes each a complete sample for the runner; generation starts before it
-    probes = [dataclasses.replace(s, messages=[*s.messages, assistant("?")]) for s in todo]
-    rows = predict(predictor, src, probes, state / "predictions.jsonl", progress=progress, prompt=template)
+    rows = predict(predictor, src, todo, state / "predictions.jsonl", progress=progress, prompt=template)
     name = Path(model).resolve().name
     labelled, flagged = {}, []
-    for s, probe, row in zip(todo, probes, rows, strict=True):
+    for s, row in zip(todo, rows, strict=True):
         text = row["prediction"].strip()
-        used = with_prompt(probe, template).question
+        used = with_prompt(s, template).question
         problem = problem_of(text)
         if problem:
             flagged.append({"id": s.id, "images": s.images, "prompt": used, "prediction": text, "problem": problem})

@@ -8,7 +8,9 @@ Hugging Face chat format, which every processor's chat template understands:
 
 The last assistant turn is the training target; for evaluation it is removed and generated instead.
 `answers` holds every acceptable answer (VQA: the human answers, up to 10) and `references` every reference
-caption; when absent the last assistant turn is the only answer.
+caption; when absent the last assistant turn is the only answer. A sample may have no answer at all: a conversation
+that ends with the user's question (a hidden-label test split, such as VizWiz's). Prediction, evaluation (which
+writes its predictions and scores nothing), serving and autolabelling take such samples; training refuses them.
 
 `SampleRecord` is the same thing as a JSON schema (pydantic, strict types): a manifest line is checked against it
 before it becomes a Sample, so a message that is not an object, `"answers": "red"` or a list as `split` is named
@@ -96,9 +98,15 @@ class Sample:
         """The text of the last user turn."""
         return message_text([m for m in self.prompt_messages if m["role"] == "user"][-1])
 
+    @property
+    def has_target(self) -> bool:
+        """Whether the conversation ends with an answer (what training needs)."""
+        return self.messages[-1]["role"] == "assistant"
+
     def gold(self) -> list[str]:
-        """Every acceptable answer: `answers` or `references` when given, else the target."""
-        return self.answers or self.references or [self.target]
+        """Every acceptable answer: `answers` or `references` when given, else the target; [] for a sample with
+        no answer (a hidden-label question: there is nothing to score its prediction against)."""
+        return self.answers or self.references or ([self.target] if self.has_target else [])
 
     def to_json(self) -> dict:
         row = {k: v for k, v in asdict(self).items() if v not in (None, {}, "")}

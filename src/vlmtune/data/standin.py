@@ -7,7 +7,9 @@ metric, on data whose answers are known.
                        -> `vlmtune data vqa-from-attributes catalogue.csv --images photos --templates templates.yaml`
     vizwiz             VizWiz VQA JSON: Annotations/{train,val}.json with ten answers per question, answer_type and
                        answerable, images in train/ and val/; about one photo in six is blurred and darkened past
-                       recognition and answered "unanswerable" by most annotators, as in VizWiz
+                       recognition and answered "unanswerable" by most annotators, as in VizWiz. Plus n/5 more
+                       questions in Annotations/test.json + test/ with image and question only: VizWiz's test
+                       answers are hidden (the submission is scored by the challenge's server)
                        -> `vlmtune data import vizwiz`
     meme-captions-ru   COCO captions files (annotations/captions_<split>2014.json + <split>2014/) of figures with a
                        Russian word drawn in a white band across the top (the meme's own text); each Russian
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import random
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,10 +126,13 @@ def _unanswerable(img: Image.Image, r: random.Random) -> Image.Image:
 
 
 def vizwiz(out: Path, n: int, seed: int, size: int) -> dict:
-    """VizWiz-VQA layout with ten noisy human answers per question and unanswerable photos."""
+    """VizWiz-VQA layout with ten noisy human answers per question and unanswerable photos: `n` photos in train
+    (80%) and val, then n // 5 test photos whose answers are withheld as VizWiz's are. Each split's images are
+    numbered from 0 in its file's order (VizWiz_test_00000000.jpg is the first test question), as VizWiz's are."""
     r = random.Random(seed + 1)
     samples = []
-    for i, (drawn, img) in enumerate(fashion(n, seed=seed, size=size)):
+    numbered: Counter = Counter()
+    for i, (drawn, img) in enumerate(fashion(n + n // 5, seed=seed, size=size)):
         qtype = r.choice(sorted(VIZWIZ_QUESTIONS))
         question = r.choice(VIZWIZ_QUESTIONS[qtype])
         truth = drawn.meta[qtype]
@@ -141,11 +147,15 @@ def vizwiz(out: Path, n: int, seed: int, size: int) -> dict:
             answers = [truth] * k + [r.choice([*others, "unanswerable"]) for _ in range(10 - k)]
             meta = {"answer_type": "other", "answerable": 1}
         r.shuffle(answers)
-        split = "train" if _split(i, n, 0.2, 0.0) == "train" else "val"
-        sid = f"VizWiz_{split}_{i:08d}"
-        samples.append((Sample(id=sid, messages=[user(question), assistant(max(answers, key=answers.count))],
-                               images=[f"images/{sid}.jpg"], answers=answers, split=split, meta=meta),
-                        [img]))
+        split = "test" if i >= n else "train" if _split(i, n, 0.2, 0.0) == "train" else "val"
+        sid = f"VizWiz_{split}_{numbered[split]:08d}"
+        numbered[split] += 1
+        if split == "test":  # the question alone: no answers, no answer_type, no answerable
+            sample = Sample(id=sid, messages=[user(question)], images=[f"images/{sid}.jpg"], split=split)
+        else:
+            sample = Sample(id=sid, messages=[user(question), assistant(max(answers, key=answers.count))],
+                            images=[f"images/{sid}.jpg"], answers=answers, split=split, meta=meta)
+        samples.append((sample, [img]))
     return _export(samples, "vizwiz", out)
 
 

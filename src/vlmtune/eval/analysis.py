@@ -19,7 +19,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from vlmtune.eval.tasks import Row, get_task, gold
+from vlmtune.eval.tasks import Row, get_task, gold, unlabelled
 
 MAX_GALLERY = 3000
 """Samples shown in the gallery (the metrics and confusion matrices use all)."""
@@ -39,8 +39,8 @@ def load_scored(path: str | Path, task: str | None) -> tuple[list[Row], dict]:
     metrics_file = path.parent / "metrics.json"
     saved = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     task = task or saved.get("task") or "vqa"
-    rows = read_rows(path, task)
-    if all("scores" in r for r in rows) and saved.get("task") == task:
+    rows = read_rows(path, task, unlabelled=True)  # a hidden-label split's predictions are shown, unscored
+    if all("scores" in r for r in rows if not unlabelled(r)) and saved.get("task") == task:
         return rows, saved
     return rows, {"task": task, **get_task(task).score_rows(rows)}
 
@@ -98,7 +98,7 @@ def confusion(rows: list[Row]) -> dict[str, dict]:
     with at most MAX_VOCAB distinct gold answers; predictions outside that vocabulary count as "(other)"."""
     groups: dict[str, list[Row]] = {}
     for r in rows:
-        if r.get("prediction") is None:
+        if r.get("prediction") is None or unlabelled(r):
             continue
         groups.setdefault(str((r.get("meta") or {}).get("question_type", "all")), []).append(r)
     out = {}
@@ -235,7 +235,8 @@ def write_analysis(files: dict[str, str | Path], out: str | Path, data: str | Pa
     root = Path(data) if data else None
     summary = ""
     if len(names) > 1:
-        deltas = [tables[1][i]["scores"].get(primary, 0) - tables[0][i]["scores"].get(primary, 0) for i in ids]
+        deltas = [tables[1][i].get("scores", {}).get(primary, 0) - tables[0][i].get("scores", {}).get(primary, 0)
+                  for i in ids]
         summary = (f"<p>{_e(names[1])} vs {_e(names[0])} on {len(ids)} common samples ({_e(primary)}): "
                    f"<b>{sum(d > 0 for d in deltas)}</b> better, <b>{sum(d < 0 for d in deltas)}</b> worse, "
                    f"{sum(d == 0 for d in deltas)} unchanged.</p>")

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 import sys
 from collections import Counter
@@ -126,7 +127,7 @@ def _reusable(out: Path, samples: list[Sample], keys: dict[str, str], now: dict)
             why["sample changed"] += 1
         else:
             kept[s.id] = {**row_of(s, old["prediction"]), "input_hash": keys[s.id]}
-            rescored += old.get("answers") != kept[s.id]["answers"]
+            rescored += old.get("answers") != kept[s.id].get("answers")
     if previous:
         note = f"{out}: resumed {len(kept)} of {len(samples)} rows"
         if rescored:
@@ -162,9 +163,11 @@ META_KEYS = ("question_type", "answer_type", "answerable", "subset", "chart_type
 
 
 def row_of(sample: Sample, prediction: str) -> dict:
-    """A predictions-file row: what `eval score`, the error-analysis page and submissions need."""
-    row = {"id": sample.id, "images": sample.images, "question": sample.question, "prediction": prediction,
-           "answers": sample.gold()}
+    """A predictions-file row: what `eval score`, the error-analysis page and submissions need. A sample with no
+    answer (a hidden-label question) gives a row without "answers", which scoring leaves out (`unlabelled`)."""
+    row = {"id": sample.id, "images": sample.images, "question": sample.question, "prediction": prediction}
+    if sample.gold():
+        row["answers"] = sample.gold()
     meta = {k: v for k, v in sample.meta.items() if isinstance(v, (str, int, float, bool))}
     if sample.source:
         meta["source"] = sample.source
@@ -281,25 +284,75 @@ def _predict_sharded(predictor, root: Path, samples: list[Sample], out: Path | N
     return rows
 
 
+SUBMISSIONS = ("vqav2", "vizwiz", "vizwiz-npy")
+"""The submission files `write_submission` writes, one per kind."""
+
+
 def write_submission(rows: list[dict], out_dir: Path, kind: str) -> Path:
-    """The official submission file: VQAv2 [{"question_id": int, "answer"}], VizWiz [{"image": file, "answer"}]."""
+    """The official submission file of `kind`, the rows in the order given (the data's order):
+
+    vqav2       submission_vqav2.json    [{"question_id": int, "answer"}]  (VQAv2's EvalAI server)
+    vizwiz      submission_vizwiz.json   [{"image": "VizWiz_test_00000000.jpg", "answer"}]  (VizWiz's EvalAI server)
+    vizwiz-npy  submission_vizwiz.npy    the answer strings alone, in the order of the test file's questions:
+                                         `np.save(path, np.array(answers))`, a 1-D array of dtype <U(longest
+                                         answer), byte for byte what the original VizWiz project's pipeline wrote
+                                         for its competition (`np.save("submission.npy", np.array(answers))`)
+
+    The .npy names no image, so its answers are matched to the questions by position alone; see `check_order`."""
     if kind == "vqav2":
         items = [{"question_id": int((r.get("meta") or {}).get("question_id", r["id"])), "answer": r["prediction"]}
                  for r in rows]
     elif kind == "vizwiz":
         items = [{"image": Path(r["images"][0]).name, "answer": r["prediction"]} for r in rows]
+    elif kind == "vizwiz-npy":
+        import numpy as np
+
+        path = out_dir / "submission_vizwiz.npy"
+        check_order([Path(r["images"][0]).name for r in rows], path)
+        # dtype=str: the same array as np.array(answers) (fixed-width unicode, as wide as the longest answer),
+        # and still a string array when there is no answer at all
+        answers = np.array([r["prediction"] for r in rows], dtype=str)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as f:
+            np.save(f, answers)
+        tmp.replace(path)
+        return path
     else:
-        raise ValueError(f"unknown submission format {kind!r}; known: vqav2, vizwiz")
+        raise ValueError(f"unknown submission format {kind!r}; known: {', '.join(SUBMISSIONS)}")
     path = out_dir / f"submission_{kind}.json"
     atomic_write_text(path, json.dumps(items, ensure_ascii=False) + "\n")
     return path
 
 
+_VIZWIZ_IMAGE = re.compile(r"VizWiz_[A-Za-z]+_(\d+)\.\w+")
+"""VizWiz's image names carry the question's position in its split's file: VizWiz_test_00000042.jpg is the 43rd."""
+
+
+def check_order(images: list[str], path: Path) -> None:
+    """Refuse an answers-only submission whose rows are not questions 0, 1, 2, ... of the test file, in order, when
+    the images carry VizWiz's numbered names (other names cannot be checked: the rows are taken in the data's order).
+    A question left out (a bad record skipped with --skip-bad) or out of place would shift every answer after it
+    onto the wrong question, silently."""
+    found = [_VIZWIZ_IMAGE.fullmatch(name) for name in images]
+    if not all(found):
+        return
+    for k, (name, m) in enumerate(zip(images, found, strict=True)):
+        if int(m[1]) != k:
+            raise ValueError(
+                f"{path}: an answers-only submission is matched to the questions by position, so answer {k} must be "
+                f"question {k} of the test file, but row {k} is {name} (question {int(m[1])}): a question is missing "
+                "(skipped as bad?) or out of order, which would shift every answer after it. Evaluate the whole "
+                "test split in its order, or submit the JSON (--submission vizwiz), which names each image")
+
+
 def evaluate(predictor, root: str | Path, samples: list[Sample], task: Task, out_dir: str | Path | None = None,
-             progress: bool = False, prompt: str | None = None, submission: str | None = None,
+             progress: bool = False, prompt: str | None = None, submission: str | list[str] | None = None,
              **options) -> dict:
     """Predict and score; with `out_dir`, writes predictions.jsonl (with per-sample scores) and metrics.json there,
-    and the official submission file for VQAv2/VizWiz data (`submission`, or detected from the samples' source).
+    and the official submission files for VQAv2/VizWiz data (`submission`: one kind of `SUBMISSIONS` or a list;
+    by default detected from the samples' source). Samples without answers (a hidden-label split) are predicted,
+    written and put in the submission, and not scored: "unlabelled" counts them, "n" counts the rows scored.
 
     Under several processes each one predicts its share (see `predict`), rank 0 scores all rows and writes the
     files, and every process returns rank 0's metrics (an error in scoring is raised on every process)."""
@@ -332,13 +385,18 @@ def _score(rows: list[dict], samples: list[Sample], task: Task, out_dir: Path | 
     """Metrics of predicted rows (+ predictions.jsonl, metrics.json and the submission file under `out_dir`)."""
     metrics = {"task": task.name, **{k: v for k, v in options.items() if v is not None},
                **task.score_rows(rows, **{k: v for k, v in options.items() if v is not None})}
+    if metrics.get("unlabelled"):
+        print(f"{metrics['unlabelled']} of {len(rows)} samples have no answer (a hidden-label split): their "
+              f"predictions are written and not scored; {metrics['n']} scored", file=sys.stderr)
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "predictions.jsonl",
                           "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         sources = {s.source for s in samples}
-        kind = submission or (sources.pop() if len(sources) == 1 and sources <= {"vqav2", "vizwiz"} else None)
-        if kind and task.name == "vqa":
-            metrics["submission"] = str(write_submission(rows, out_dir, kind))
+        kinds = ([submission] if isinstance(submission, str) else list(submission or [])) or (
+            [sources.pop()] if len(sources) == 1 and sources <= {"vqav2", "vizwiz"} else [])
+        if kinds and task.name == "vqa":
+            paths = [str(write_submission(rows, out_dir, kind)) for kind in dict.fromkeys(kinds)]
+            metrics["submission"] = paths[0] if len(paths) == 1 else paths
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return metrics

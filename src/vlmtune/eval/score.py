@@ -15,10 +15,12 @@ from pathlib import Path
 from vlmtune.data.store import BadRecord, atomic_write_text, load_json
 from vlmtune.eval.runner import META_KEYS
 from vlmtune.eval.tasks import get_task, gold
+from vlmtune.eval.tasks import unlabelled as is_unlabelled
 
 
-def read_rows(path: str | Path, task: str) -> list[dict]:
-    """The rows of a predictions JSONL, checked: a bad line raises a BadRecord naming the file and line."""
+def read_rows(path: str | Path, task: str, unlabelled: bool = False) -> list[dict]:
+    """The rows of a predictions JSONL, checked: a bad line raises a BadRecord naming the file and line. A row
+    without answers is such a line unless `unlabelled` (the predictions of a hidden-label split, shown unscored)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such predictions file")
@@ -38,7 +40,7 @@ def read_rows(path: str | Path, task: str) -> list[dict]:
                 raise BadRecord(path, lineno, f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
             seen[row["id"]] = lineno
             try:
-                _check(row, task)
+                _check(row, task, unlabelled)
             except (ValueError, TypeError) as e:
                 raise BadRecord(path, lineno, f"id {row['id']!r}: {e}", raw[:500]) from None
             meta = dict(row.get("meta") or {})
@@ -53,7 +55,7 @@ def read_rows(path: str | Path, task: str) -> list[dict]:
     return rows
 
 
-def _check(row: dict, task: str) -> None:
+def _check(row: dict, task: str, unlabelled: bool = False) -> None:
     if task == "retrieval":
         if not isinstance(row.get("similarity"), dict) or not row["similarity"]:
             raise ValueError("'similarity' must be an object {text id: score}")
@@ -62,6 +64,8 @@ def _check(row: dict, task: str) -> None:
         return
     if not isinstance(row.get("prediction"), str):
         raise ValueError("'prediction' must be a string")
+    if unlabelled and is_unlabelled(row):
+        return
     answers = gold(row)
     if not all(isinstance(a, str) for a in answers):
         raise ValueError("answers/references/target must be strings")

@@ -2,7 +2,9 @@
 one would otherwise stop the run at the step that first draws it, and every resume at the same step, often with an
 error that names nothing ("Found total 9 <image> tokens and 8 images").
 
-Each training, validation and probe sample gets the record checks of `vlmtune data check` (data/lint.py
+A training sample must end with its answer, and a validation or probe sample must have one to be scored against
+(a hidden-label split, whose conversations end with the question, is for `predict` and `eval`). Each training,
+validation and probe sample gets the record checks of `vlmtune data check` (data/lint.py
 `record_issues`: literal image placeholders, the processor's own included; texts over data.max_text_chars or not
 valid Unicode; images the family cannot take), then its exact length, through the family's encode with its images,
 against data.max_length. Image files were checked when the data was read (data/images.py). With data.skip_bad a
@@ -26,8 +28,11 @@ from vlmtune.models.family import SampleTooLong
 if TYPE_CHECKING:
     from vlmtune.train.loop import State
 
-WHAT = {"record": "that `vlmtune data check` rejects", "long": "longer than data.max_length={max_length}"}
-"""The two kinds of failure, as the stop message and the log line count them."""
+WHAT = {"record": "that `vlmtune data check` rejects", "long": "longer than data.max_length={max_length}",
+        "unanswered": "without an answer to train on or score against (a hidden-label split such as VizWiz's test "
+                      "questions is for `vlmtune predict` and `eval`: set data.train_split / val_split to labelled "
+                      "splits)"}
+"""The kinds of failure, as the stop message and the log line count them."""
 
 
 def check_samples(state: State, chunk: int = 32) -> None:
@@ -85,7 +90,9 @@ def _check(state: State, samples: list[Sample], root: Path, mode: str,
     passed, failed = [], []
     for s in samples:  # before encoding: a placeholder breaks the encode, megabytes of text take long to tokenize
         issues = record_issues(s, family, placeholders, d.max_text_chars)
-        if issues:
+        if not (s.has_target if mode == "train" else s.gold()):
+            failed.append(("unanswered", s, _named(s, "no answer: the conversation ends with the user's question")))
+        elif issues:
             failed.append(("record", s, _named(s, "; ".join(message for _, message in issues))))
         else:
             passed.append(s)

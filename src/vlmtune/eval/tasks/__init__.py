@@ -10,6 +10,9 @@ so predictions made by vlmtune (`vlmtune eval`, eval inside training) and predic
 (`vlmtune eval score --predictions FILE.jsonl`) go through the same code. Per-sample metrics are averaged; corpus
 metrics (BLEU, CIDEr, answerability AP, ...) are computed over all rows at once and also give per-sample values
 (for the gallery). Breakdowns average the per-sample values within each meta value (e.g. per answer type).
+
+A row with a prediction and no gold answer is `unlabelled` (a question of a hidden-label test split, such as
+VizWiz's): it is left unscored and counted under "unlabelled"; "n" counts the rows scored.
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ def gold(row: Row) -> list[str]:
     raise ValueError(f"row {row.get('id')!r}: no 'answers', 'references' or 'target' to score against")
 
 
+def unlabelled(row: Row) -> bool:
+    """A prediction with nothing to score it against: the row of a question whose answers are hidden (VizWiz's
+    test split). Retrieval rows have no prediction and are never unlabelled."""
+    return "prediction" in row and not (row.get("answers") or row.get("references")) and row.get("target") is None
+
+
 @dataclass(frozen=True)
 class Task:
     name: str
@@ -49,7 +58,12 @@ class Task:
     """Default options (e.g. {"vqa_variant": "official"}); overridden per call."""
 
     def score_rows(self, rows: list[Row], **options) -> dict:
-        """Fill each row's "scores" and return the task's metrics: corpus values, per-sample means, breakdowns."""
+        """Fill each row's "scores" and return the task's metrics: corpus values, per-sample means, breakdowns.
+        `unlabelled` rows get no scores; their number is reported as "unlabelled" (and "n" counts the others)."""
+        hidden = sum(map(unlabelled, rows))
+        if hidden:
+            rows = [r for r in rows if not unlabelled(r)]
+            return {**self.score_rows(rows, **options), "unlabelled": hidden}
         opts = {**self.options, **options}
         if not rows:
             return {"n": 0}
@@ -100,4 +114,4 @@ def aggregate(task: Task, rows: list[Row], **options) -> dict:
     return task.score_rows(rows, **options)
 
 
-__all__ = ["TASKS", "Row", "Task", "aggregate", "get_task", "gold"]
+__all__ = ["TASKS", "Row", "Task", "aggregate", "get_task", "gold", "unlabelled"]

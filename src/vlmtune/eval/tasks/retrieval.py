@@ -48,6 +48,10 @@ def retrieval_rows(predictor, root, samples: list, progress: bool = False) -> li
 
     if any(len(s.images) != 1 for s in samples):
         raise ValueError("retrieval: every sample must have exactly one image")
+    uncaptioned = [s.id for s in samples if not (s.references or s.has_target)]
+    if uncaptioned:  # a hidden-label split: nothing to retrieve
+        raise ValueError(f"retrieval: {len(uncaptioned)} sample(s) have no caption (references or an answer) to "
+                         f"retrieve, e.g. {uncaptioned[:3]}; every image is scored against the captions of the set")
     texts = [(f"{s.id}#{k}", t) for s in samples for k, t in enumerate(s.references or [s.target])]
     rows = []
     for s in tqdm(samples, desc="retrieval", disable=not progress):
