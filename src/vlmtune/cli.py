@@ -132,7 +132,7 @@ def cmd_serve(a) -> dict | None:
 
     fields = {f.name for f in dataclasses.fields(ServeCfg)}
     cfg = ServeCfg(**{k: v for k, v in vars(a).items() if k in fields and v is not None})
-    serve(a.model, cfg)
+    serve(a.model, cfg, a.index)
     return None
 
 
@@ -680,8 +680,17 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve a model: OpenAI-compatible API + web page", formatter_class=ex,
                         epilog="example: vlmtune serve --model runs/my_run --port 8000 --api-key secret\n"
                                "then: open http://127.0.0.1:8000/ or use any OpenAI client with base_url "
-                               "http://127.0.0.1:8000/v1")
+                               "http://127.0.0.1:8000/v1\n"
+                               "a shop assistant (answers + catalogue items with links): vlmtune serve --model "
+                               "runs/shop-chat --index indexes/shop   (see docs/fashion-retrieval.md)")
     sv.add_argument("--model", required=True, help="a run (its best checkpoint), checkpoint, adapter or model dir")
+    sv.add_argument("--index", default=None, metavar="DIR",
+                    help="a catalogue index (vlmtune retrieve index): chat answers carry its top-k items and links, "
+                         "and POST /v1/retrieve searches it")
+    sv.add_argument("--k", dest="retrieve_k", type=int, default=None, metavar="N",
+                    help="catalogue items per answer with --index (default 4; a request may ask 0 to 50)")
+    sv.add_argument("--max-retrieve-k", type=int, default=None, metavar="N",
+                    help="the largest k a request may ask (default 50)")
     sv.add_argument("--host", default=None, help="default 127.0.0.1")
     sv.add_argument("--port", type=int, default=None, help="default 8000")
     sv.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (an empty key is refused)")

@@ -334,6 +334,11 @@ class ServeCfg:
     allow_remote_images: bool = False
     """Fetch http(s) image URLs (never from private, loopback or link-local addresses)."""
     max_new_tokens_default: int = 64
+    retrieve_k: int = 4
+    """With `--index`: catalogue items attached to each chat answer (a request may ask for others with
+    `"vlmtune": {"k": N}`, 0 for none)."""
+    max_retrieve_k: int = 50
+    """The largest k a chat request or `POST /v1/retrieve` may ask for."""
     device: str = "auto"
     """Where the model runs: auto (the GPU when there is one), cuda, cuda:N, mps or cpu (models/device.py)."""
     dtype: str | None = None
@@ -349,6 +354,9 @@ class ServeCfg:
             raise ValueError(f"serve: max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
         if self.body_timeout_s <= 0:
             raise ValueError(f"serve: body_timeout_s must be > 0, got {self.body_timeout_s}")
+        if not 0 <= self.retrieve_k <= self.max_retrieve_k:
+            raise ValueError(f"serve: the items per answer (--k {self.retrieve_k}) must be between 0 and "
+                             f"max_retrieve_k ({self.max_retrieve_k})")
 
 
 @dataclass
