@@ -357,6 +357,13 @@ def cmd_retrieve_index(a) -> dict:
     return build_index(DualEncoder.load(a.model, a.device), a.catalogue, a.out, a.images, a.batch_size, a.dtype)
 
 
+def cmd_retrieve_init_model(a) -> dict:
+    from vlmtune.retrieval.tiny import build_tiny
+
+    out = build_tiny(a.family, a.out, image_size=a.image_size, seed=a.seed)
+    return {"out": str(out), "family": a.family, "image_size": a.image_size}
+
+
 def cmd_retrieve_search(a) -> dict:
     from vlmtune.retrieval.index import search
 
@@ -369,7 +376,7 @@ def cmd_retrieve_search(a) -> dict:
     return result
 
 
-RETRIEVE_VERBS = ("train", "eval", "index", "search")
+RETRIEVE_VERBS = ("train", "eval", "index", "search", "init-model")
 
 
 def _route_retrieve(argv: list[str]) -> list[str]:
@@ -781,6 +788,14 @@ def build_parser() -> argparse.ArgumentParser:
     rix.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     _add_device_args(rix, dtype=False)
     rix.set_defaults(fn=cmd_retrieve_index)
+    rim = rsub.add_parser("init-model", help="write a tiny random CLIP or SigLIP (offline; to try the pipeline on CPU)",
+                          formatter_class=ex, epilog="example: vlmtune retrieve init-model --out models/tiny-clip; "
+                                                     "then: vlmtune retrieve train --model models/tiny-clip ...")
+    rim.add_argument("--out", required=True, help="new directory (never overwritten)")
+    rim.add_argument("--family", choices=["clip", "siglip"], default="clip")
+    rim.add_argument("--image-size", type=int, default=64)
+    rim.add_argument("--seed", type=int, default=0)
+    rim.set_defaults(fn=cmd_retrieve_init_model)
 
     ch = sub.add_parser("chart", help="DePlot pipeline: chart -> table -> answer; its evaluation", formatter_class=ex,
                         epilog="examples:\n"
