@@ -733,9 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "  vlmtune retrieve --index indexes/shop \"red striped t-shirt\" --k 5\n"
                                "  vlmtune retrieve --index indexes/shop --image query.jpg\n"
                                "  vlmtune retrieve train --model openai/clip-vit-base-patch32 --data data/shop "
-                               "--out runs/shop-clip\n"
-                               "  vlmtune retrieve eval --model runs/shop-clip --data data/shop --split test\n"
-                               "  vlmtune retrieve index --model runs/shop-clip --catalogue shop.tsv "
+                               "--out runs/fashion-clip\n"
+                               "  vlmtune retrieve eval --model runs/fashion-clip --data data/shop --split test\n"
+                               "  vlmtune retrieve index --model runs/fashion-clip --catalogue shop.tsv "
                                "--out indexes/shop\n"
                                "see docs/fashion-retrieval.md")
     rsub = rt.add_subparsers(dest="retrieve_verb", required=True)
@@ -751,7 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
     rtr = rsub.add_parser("train", help="contrastive fine-tuning on a dataset's image-caption pairs",
                           formatter_class=ex,
                           epilog="example: vlmtune retrieve train --model openai/clip-vit-base-patch32 "
-                                 "--data data/shop --out runs/shop-clip --epochs 5 --batch-size 128 --lr 1e-5\n"
+                                 "--data data/shop --out runs/fashion-clip --epochs 5 --batch-size 128 --lr 1e-5\n"
                                  "the same command again resumes an interrupted run")
     rtr.add_argument("--config", default=None, help="a YAML recipe (configs/retrieval/); flags override its keys")
     rtr.add_argument("--model", help="CLIP or SigLIP checkpoint (hub id or directory)")
@@ -769,7 +769,8 @@ def build_parser() -> argparse.ArgumentParser:
     rtr.add_argument("--seed", type=int, help="default 0")
     rtr.set_defaults(fn=cmd_retrieve_train)
     rev = rsub.add_parser("eval", help="image<->text Recall@1/5/10 on a dataset split", formatter_class=ex,
-                          epilog="example: vlmtune retrieve eval --model runs/shop-clip --data data/shop --split test")
+                          epilog="example: vlmtune retrieve eval --model runs/fashion-clip --data data/shop "
+                                 "--split test")
     rev.add_argument("--model", required=True, help="CLIP/SigLIP checkpoint, or a retrieve train run (its best/)")
     rev.add_argument("--data", required=True)
     rev.add_argument("--split", default="test")
@@ -777,7 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_args(rev, dtype=False)
     rev.set_defaults(fn=cmd_retrieve_eval)
     rix = rsub.add_parser("index", help="embed a catalogue into an on-disk index (resumable)", formatter_class=ex,
-                          epilog="example: vlmtune retrieve index --model runs/shop-clip --catalogue shop.tsv "
+                          epilog="example: vlmtune retrieve index --model runs/fashion-clip --catalogue shop.tsv "
                                  "--out indexes/shop\nthe TSV has a header caption<TAB>image<TAB>item_url; an "
                                  "interrupted build continues when run again")
     rix.add_argument("--model", required=True, help="CLIP/SigLIP checkpoint, or a retrieve train run (its best/)")

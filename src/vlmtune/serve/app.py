@@ -837,6 +837,12 @@ def _request(body: bytes, cfg: ServeCfg, ocr: OcrOptions | None, predictor, retr
     return job, stream, include_usage, items
 
 
+def _model_label(model: str) -> str:
+    """The index's model as its name, not the server's path: `runs/fashion-clip/best` -> `fashion-clip`."""
+    path = Path(str(model))
+    return path.parent.name if path.name == "best" and path.parent.name else path.name
+
+
 def _retrieve(body: bytes, cfg: ServeCfg, retriever) -> dict:
     """`POST /v1/retrieve` of a raw body -> {"object", "index", "model", "k", "items"}."""
     try:
@@ -848,5 +854,5 @@ def _retrieve(body: bytes, cfg: ServeCfg, retriever) -> dict:
         raise ApiError(400, f"k {k} exceeds the limit of {cfg.max_retrieve_k}", "k")
     image = decode_image(r.image.url, cfg, "image", retriever.encoder.image_processor) if r.image else None
     return {"object": "vlmtune.retrieval", "index": retriever.index.root.name,
-            "model": Path(str(retriever.index.meta["model"])).name, "k": k,
+            "model": _model_label(retriever.index.meta["model"]), "k": k,
             "items": catalogue_items(retriever, r.text, image, k)}
