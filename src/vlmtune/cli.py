@@ -134,7 +134,7 @@ def cmd_serve(a) -> dict | None:
 
     fields = {f.name for f in dataclasses.fields(ServeCfg)}
     cfg = ServeCfg(**{k: v for k, v in vars(a).items() if k in fields and v is not None})
-    serve(a.model, cfg)
+    serve(a.model, cfg, a.index)
     return None
 
 
@@ -363,6 +363,13 @@ def cmd_retrieve_index(a) -> dict:
     return build_index(DualEncoder.load(a.model, a.device), a.catalogue, a.out, a.images, a.batch_size, a.dtype)
 
 
+def cmd_retrieve_init_model(a) -> dict:
+    from vlmtune.retrieval.tiny import build_tiny
+
+    out = build_tiny(a.family, a.out, image_size=a.image_size, seed=a.seed)
+    return {"out": str(out), "family": a.family, "image_size": a.image_size}
+
+
 def cmd_retrieve_search(a) -> dict:
     from vlmtune.retrieval.index import search
 
@@ -375,7 +382,7 @@ def cmd_retrieve_search(a) -> dict:
     return result
 
 
-RETRIEVE_VERBS = ("train", "eval", "index", "search")
+RETRIEVE_VERBS = ("train", "eval", "index", "search", "init-model")
 
 
 def _route_retrieve(argv: list[str]) -> list[str]:
@@ -694,8 +701,17 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve a model: OpenAI-compatible API + web page", formatter_class=ex,
                         epilog="example: vlmtune serve --model runs/my_run --port 8000 --api-key secret\n"
                                "then: open http://127.0.0.1:8000/ or use any OpenAI client with base_url "
-                               "http://127.0.0.1:8000/v1")
+                               "http://127.0.0.1:8000/v1\n"
+                               "a shop assistant (answers + catalogue items with links): vlmtune serve --model "
+                               "runs/shop-chat --index indexes/shop   (see docs/fashion-retrieval.md)")
     sv.add_argument("--model", required=True, help="a run (its best checkpoint), checkpoint, adapter or model dir")
+    sv.add_argument("--index", default=None, metavar="DIR",
+                    help="a catalogue index (vlmtune retrieve index): chat answers carry its top-k items and links, "
+                         "and POST /v1/retrieve searches it")
+    sv.add_argument("--k", dest="retrieve_k", type=int, default=None, metavar="N",
+                    help="catalogue items per answer with --index (default 4; a request may ask 0 to 50)")
+    sv.add_argument("--max-retrieve-k", type=int, default=None, metavar="N",
+                    help="the largest k a request may ask (default 50)")
     sv.add_argument("--host", default=None, help="default 127.0.0.1")
     sv.add_argument("--port", type=int, default=None, help="default 8000")
     sv.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY (an empty key is refused)")
@@ -731,9 +747,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "  vlmtune retrieve --index indexes/shop \"red striped t-shirt\" --k 5\n"
                                "  vlmtune retrieve --index indexes/shop --image query.jpg\n"
                                "  vlmtune retrieve train --model openai/clip-vit-base-patch32 --data data/shop "
-                               "--out runs/shop-clip\n"
-                               "  vlmtune retrieve eval --model runs/shop-clip --data data/shop --split test\n"
-                               "  vlmtune retrieve index --model runs/shop-clip --catalogue shop.tsv "
+                               "--out runs/fashion-clip\n"
+                               "  vlmtune retrieve eval --model runs/fashion-clip --data data/shop --split test\n"
+                               "  vlmtune retrieve index --model runs/fashion-clip --catalogue shop.tsv "
                                "--out indexes/shop\n"
                                "see docs/fashion-retrieval.md")
     rsub = rt.add_subparsers(dest="retrieve_verb", required=True)
@@ -749,7 +765,7 @@ def build_parser() -> argparse.ArgumentParser:
     rtr = rsub.add_parser("train", help="contrastive fine-tuning on a dataset's image-caption pairs",
                           formatter_class=ex,
                           epilog="example: vlmtune retrieve train --model openai/clip-vit-base-patch32 "
-                                 "--data data/shop --out runs/shop-clip --epochs 5 --batch-size 128 --lr 1e-5\n"
+                                 "--data data/shop --out runs/fashion-clip --epochs 5 --batch-size 128 --lr 1e-5\n"
                                  "the same command again resumes an interrupted run")
     rtr.add_argument("--config", default=None, help="a YAML recipe (configs/retrieval/); flags override its keys")
     rtr.add_argument("--model", help="CLIP or SigLIP checkpoint (hub id or directory)")
@@ -767,7 +783,8 @@ def build_parser() -> argparse.ArgumentParser:
     rtr.add_argument("--seed", type=int, help="default 0")
     rtr.set_defaults(fn=cmd_retrieve_train)
     rev = rsub.add_parser("eval", help="image<->text Recall@1/5/10 on a dataset split", formatter_class=ex,
-                          epilog="example: vlmtune retrieve eval --model runs/shop-clip --data data/shop --split test")
+                          epilog="example: vlmtune retrieve eval --model runs/fashion-clip --data data/shop "
+                                 "--split test")
     rev.add_argument("--model", required=True, help="CLIP/SigLIP checkpoint, or a retrieve train run (its best/)")
     rev.add_argument("--data", required=True)
     rev.add_argument("--split", default="test")
@@ -775,7 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_args(rev, dtype=False)
     rev.set_defaults(fn=cmd_retrieve_eval)
     rix = rsub.add_parser("index", help="embed a catalogue into an on-disk index (resumable)", formatter_class=ex,
-                          epilog="example: vlmtune retrieve index --model runs/shop-clip --catalogue shop.tsv "
+                          epilog="example: vlmtune retrieve index --model runs/fashion-clip --catalogue shop.tsv "
                                  "--out indexes/shop\nthe TSV has a header caption<TAB>image<TAB>item_url; an "
                                  "interrupted build continues when run again")
     rix.add_argument("--model", required=True, help="CLIP/SigLIP checkpoint, or a retrieve train run (its best/)")
@@ -786,6 +803,14 @@ def build_parser() -> argparse.ArgumentParser:
     rix.add_argument("--dtype", choices=["float32", "float16"], default="float32")
     _add_device_args(rix, dtype=False)
     rix.set_defaults(fn=cmd_retrieve_index)
+    rim = rsub.add_parser("init-model", help="write a tiny random CLIP or SigLIP (offline; to try the pipeline on CPU)",
+                          formatter_class=ex, epilog="example: vlmtune retrieve init-model --out models/tiny-clip; "
+                                                     "then: vlmtune retrieve train --model models/tiny-clip ...")
+    rim.add_argument("--out", required=True, help="new directory (never overwritten)")
+    rim.add_argument("--family", choices=["clip", "siglip"], default="clip")
+    rim.add_argument("--image-size", type=int, default=64)
+    rim.add_argument("--seed", type=int, default=0)
+    rim.set_defaults(fn=cmd_retrieve_init_model)
 
     ch = sub.add_parser("chart", help="DePlot pipeline: chart -> table -> answer; its evaluation", formatter_class=ex,
                         epilog="examples:\n"

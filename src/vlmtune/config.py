@@ -10,6 +10,7 @@ declared field type; cross-field checks run at load time, not at step 5000.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -68,6 +69,43 @@ class ModelCfg:
     revision: str | None = None
     quantization: QuantCfg | None = None
     """Load the base quantised to 4 or 8 bits (QLoRA; needs `lora.enabled` and the bitsandbytes package)."""
+
+
+LOCAL_PREFIXES = ("./", "../", "~", "runs/")
+
+
+def check_model_path(path: str | Path) -> None:
+    """Refuse a model path that looks local but does not exist, before anything asks the Hugging Face hub for it.
+    Without this, `runs/shop-clip` (when the run is `runs/fashion-clip`) ends in "We couldn't connect to
+    'https://huggingface.co'" offline, or a 404 for a repository nobody meant online.
+
+    Looks local: absolute, starting with ./ ../ ~ or runs/, inside a directory that exists (`models/x` with a
+    `models/` here), or holding a path separator while not being a hub id (`owner/name`: one slash, letters, digits,
+    `-_.`). A hub id or a plain name (`gpt2`, `builtin`) passes, and so does any path that exists. Every command that
+    loads a model calls this where it resolves the path (runs, checkpoints, `model.path`, dual encoders, compose,
+    translate, chart reasoners)."""
+    text = str(path)
+    p = Path(text).expanduser()
+    if p.exists():
+        return
+    local = p.is_absolute() or text.startswith(LOCAL_PREFIXES) or text.replace(os.sep, "/").startswith(LOCAL_PREFIXES)
+    has_parent = len(p.parts) > 1
+    local = local or (has_parent and p.parent.is_dir())
+    if not local and (os.sep in text or "/" in text):
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(text)
+        except HFValidationError:
+            local = True
+    if not local:
+        return
+    hint = ""
+    if has_parent and p.parent.is_dir():
+        names = sorted(x.name for x in p.parent.iterdir() if x.is_dir() and not x.name.startswith("."))
+        shown = ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+        hint = f" ({p.parent} holds: {shown})" if names else f" ({p.parent} is empty)"
+    raise FileNotFoundError(f"no such run directory: {text}{hint}")
 
 
 @dataclass
@@ -296,6 +334,11 @@ class ServeCfg:
     allow_remote_images: bool = False
     """Fetch http(s) image URLs (never from private, loopback or link-local addresses)."""
     max_new_tokens_default: int = 64
+    retrieve_k: int = 4
+    """With `--index`: catalogue items attached to each chat answer (a request may ask for others with
+    `"vlmtune": {"k": N}`, 0 for none)."""
+    max_retrieve_k: int = 50
+    """The largest k a chat request or `POST /v1/retrieve` may ask for."""
     device: str = "auto"
     """Where the model runs: auto (the GPU when there is one), cuda, cuda:N, mps or cpu (models/device.py)."""
     dtype: str | None = None
@@ -311,6 +354,9 @@ class ServeCfg:
             raise ValueError(f"serve: max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
         if self.body_timeout_s <= 0:
             raise ValueError(f"serve: body_timeout_s must be > 0, got {self.body_timeout_s}")
+        if not 0 <= self.retrieve_k <= self.max_retrieve_k:
+            raise ValueError(f"serve: the items per answer (--k {self.retrieve_k}) must be between 0 and "
+                             f"max_retrieve_k ({self.max_retrieve_k})")
 
 
 @dataclass

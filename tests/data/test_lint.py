@@ -38,7 +38,7 @@ def test_bad_arguments_are_named(tmp_path, capsys):
     assert main(["data", "check", "--model", str(tmp_path), "--image-size", "640by480"]) == 2
     assert "expected WIDTHxHEIGHT" in capsys.readouterr().err
     assert main(["data", "check", "--model", str(tmp_path / "nope"), "--image-size", "64x64"]) == 2
-    assert "no such model directory" in capsys.readouterr().err
+    assert f"no such run directory: {tmp_path / 'nope'}" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- the dataset linter

@@ -222,7 +222,7 @@ def test_cli_translate_and_bad_records(tmp_path, marian, capsys):
     assert main(["data", "translate", str(root), "--to", "ru", "--model", str(marian), "--fields", "captions"]) == 2
     assert "unknown field(s) ['captions']" in capsys.readouterr().err
     assert main(["data", "translate", str(root), "--to", "ru", "--model", str(tmp_path / "nowhere")]) == 2
-    assert "nowhere: cannot load a translation model" in capsys.readouterr().err
+    assert f"no such run directory: {tmp_path / 'nowhere'}" in capsys.readouterr().err
 
 
 def test_each_output_is_cut_at_its_end_token_or_its_own_budget(marian):

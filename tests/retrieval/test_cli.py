@@ -78,3 +78,16 @@ def test_route_only_rewrites_a_bare_query():
     assert cli._route_retrieve(["retrieve", "train", "--model", "m"]) == ["retrieve", "train", "--model", "m"]
     assert cli._route_retrieve(["retrieve", "--help"]) == ["retrieve", "--help"]
     assert cli._route_retrieve(["eval", "--index"]) == ["eval", "--index"]
+
+
+def test_init_model_writes_a_tiny_dual_encoder_the_other_verbs_load(tmp_path, capsys):
+    from vlmtune.retrieval.encoder import DualEncoder
+
+    code, result, _ = _run(capsys, ["retrieve", "init-model", "--out", str(tmp_path / "clip"), "--image-size", "32"])
+    assert code == 0 and result == {"out": str(tmp_path / "clip"), "family": "clip", "image_size": 32}
+    enc = DualEncoder.load(tmp_path / "clip")
+    assert enc.family.name == "clip" and enc.image_processor.crop_size == {"height": 32, "width": 32}
+    assert enc.embed_texts(["a red top"]).shape == (1, 64)
+    assert cli._route_retrieve(["retrieve", "init-model", "--out", "x"]) == ["retrieve", "init-model", "--out", "x"]
+    code, _, err = _run(capsys, ["retrieve", "init-model", "--out", str(tmp_path / "clip")])
+    assert code == 2 and "already exists (never overwritten)" in err

@@ -53,6 +53,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vlmtune.config import check_model_path
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import MANIFEST, read_samples, write_jsonl
 
@@ -102,6 +103,7 @@ class Translator:
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
         self.name, self.src, self.tgt, self.batch_size, self.device = str(model), src, tgt, batch_size, device
+        check_model_path(model)
         try:
             self.config = AutoConfig.from_pretrained(model)
         except OSError as e:  # not a directory, not a hub id (or no network and not in the local cache)

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vlmtune.config import check_model_path
+
 IMAGE = "<image>"
 VISION_TYPES = ("clip", "clip_vision_model", "siglip", "siglip_vision_model")
 
@@ -33,6 +35,7 @@ def _vision(path: str):
     """(vision config, vision model with weights, whether it has a CLS token) of a CLIP/SigLIP checkpoint."""
     from transformers import AutoConfig, CLIPVisionModel, SiglipVisionModel
 
+    check_model_path(path)
     config = AutoConfig.from_pretrained(path)
     if config.model_type not in VISION_TYPES:
         raise ValueError(f"compose --vision {path}: a CLIP or SigLIP checkpoint is needed, got model_type "
@@ -70,6 +73,7 @@ def compose(vision: str, lm: str, out: str | Path, projector: str = "mlp2x", see
         image_processor = AutoImageProcessor.from_pretrained(vision, use_fast=False)
     except OSError as e:
         raise ValueError(f"compose --vision {vision}: no image processor config (preprocessor_config.json)") from e
+    check_model_path(lm)
     language = AutoModelForCausalLM.from_pretrained(lm, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(lm)
     if tokenizer.pad_token is None:  # batching needs one; the EOS is the usual choice

@@ -137,6 +137,9 @@ class ModelFamily:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def load_processor(self, path, **options):
+        from vlmtune.config import check_model_path
+
+        check_model_path(path)
         if self.processor_loader is not None:
             return self.processor_loader(path, **options)
         from transformers import AutoProcessor
@@ -150,6 +153,9 @@ def load_pretrained(cfg: ModelCfg, family: str, processor_class=None) -> Loaded:
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from vlmtune.config import check_model_path
+
+    check_model_path(cfg.path)
     options = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     processor = (processor_class or AutoProcessor).from_pretrained(cfg.path, **options)
     quantized = {}

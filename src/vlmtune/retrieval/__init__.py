@@ -1,8 +1,8 @@
 """Catalogue retrieval with a CLIP / SigLIP dual encoder (the retrieval side of a FROMAGe-style fashion assistant).
 
-    vlmtune retrieve train --model openai/clip-vit-base-patch32 --data data/shop --out runs/shop-clip
-    vlmtune retrieve eval --model runs/shop-clip --data data/shop --split test
-    vlmtune retrieve index --model runs/shop-clip --catalogue shop.tsv --out indexes/shop
+    vlmtune retrieve train --model openai/clip-vit-base-patch32 --data data/shop --out runs/fashion-clip
+    vlmtune retrieve eval --model runs/fashion-clip --data data/shop --split test
+    vlmtune retrieve index --model runs/fashion-clip --catalogue shop.tsv --out indexes/shop
     vlmtune retrieve --index indexes/shop "red striped t-shirt"
 
 encoder.py   DualEncoder: load a checkpoint, embed images and texts (L2-normalised), fingerprint the model

@@ -36,6 +36,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from vlmtune.config import check_model_path
 from vlmtune.data.images import load_image
 from vlmtune.models.device import resolve_device
 
@@ -102,6 +103,7 @@ class DualEncoder:
         import torch
         from transformers import AutoConfig, AutoModel, AutoProcessor
 
+        check_model_path(path)
         path = str(path)
         if Path(path, "best", "config.json").is_file():  # a training run: its best checkpoint
             path = str(Path(path, "best"))

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from vlmtune.data.images import ImageError, load_image, resolve_inside
 from vlmtune.data.store import MANIFEST, BadRecord, atomic_write_text, iter_records
@@ -256,6 +257,8 @@ class CatalogueIndex:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"no such index directory: {self.root} (build one with vlmtune retrieve index)")
         if not (self.root / INDEX).is_file():
             hint = " (an interrupted build: run `vlmtune retrieve index` again)" if (self.root / PROGRESS).exists() \
                 else ""
@@ -289,14 +292,48 @@ class CatalogueIndex:
                 for r, (i, s) in enumerate(zip(rows[0], scores[0], strict=True))]
 
 
+class Retriever:
+    """An index with its query model, loaded and checked once, answering many queries (`vlmtune serve --index`).
+
+    A query is a text, an image or both. Both: the sum of the two unit embeddings, normalised again, so the items
+    closest to the text and the image together rank first (the usual zero-shot composed query of a dual encoder:
+    "like this photo, but striped")."""
+
+    def __init__(self, index: CatalogueIndex, encoder: DualEncoder):
+        import threading
+
+        self.index, self.encoder = index, encoder
+        self._lock = threading.Lock()  # one embedding at a time: the server calls from several threads
+
+    @classmethod
+    def load(cls, index: str | Path, model: str | None = None, device: str = "auto") -> Retriever:
+        """The index at `index` and its own model (or `model`, refused unless it embeds as the index's did)."""
+        idx = CatalogueIndex(index)
+        encoder = DualEncoder.load(model or idx.meta["model"], device)
+        idx.check_model(encoder)
+        return cls(idx, encoder)
+
+    def query_vector(self, text: str | None = None, image: Image.Image | Path | None = None) -> np.ndarray:
+        """[1, dim], unit length."""
+        if text is None and image is None:
+            raise ValueError("a retrieval query needs a text, an image or both")
+        with self._lock:
+            parts = ([self.encoder.embed_texts([text])] if text is not None else []) + \
+                    ([self.encoder.embed_images([image])] if image is not None else [])
+        query = np.sum(parts, axis=0)  # [1, dim]
+        return query / max(float(np.linalg.norm(query)), 1e-12)
+
+    def search(self, text: str | None = None, image: Image.Image | Path | None = None, k: int = 5) -> list[dict]:
+        """The top-k items (rank, score, row, id, caption, image path, item_url, source), best first."""
+        return self.index.search(self.query_vector(text, image), k)
+
+
 def search(index: str | Path, text: str | None = None, image: str | Path | None = None, k: int = 5,
            model: str | None = None, device: str = "auto") -> dict:
     """Text or image query against an index, with the index's own model unless `model` is given (then checked)."""
     if (text is None) == (image is None):
         raise ValueError("retrieve: give either a text query or --image PATH")
-    idx = CatalogueIndex(index)
-    encoder = DualEncoder.load(model or idx.meta["model"], device)
-    idx.check_model(encoder)
-    query = encoder.embed_texts([text]) if image is None else encoder.embed_images([Path(image)])
-    return {"index": str(idx.root), "query": text if image is None else {"image": str(image)},
-            "model": idx.meta["model"], "results": idx.search(query, k)}
+    retriever = Retriever.load(index, model, device)
+    results = retriever.search(text, Path(image) if image is not None else None, k)
+    return {"index": str(retriever.index.root), "query": text if image is None else {"image": str(image)},
+            "model": retriever.index.meta["model"], "results": results}

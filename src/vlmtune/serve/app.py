@@ -5,9 +5,19 @@
     POST /v1/chat/completions   OpenAI chat format: text and image_url parts (data: URIs; http(s) only with
                                 --allow-remote-images, never to private or loopback addresses), max_tokens,
                                 temperature, top_p, stream (server-sent events), n=1; usage in the response
-    GET  /v1/models             the served model
+    GET  /v1/models             the served model (+ "vlmtune": the page's caption prompt, examples, catalogue)
     GET  /health                200 {"status": "ready"} once the model is loaded, 503 before
-    GET  /                      the web page (upload an image, ask, see the answer stream in)
+    GET  /                      the web page (upload an image, ask or describe, see the answer stream in)
+    GET  /v1/examples/N         the page's example images (catalogue photos, else images of the run's data)
+
+With `vlmtune serve --model RUN --index DIR` (a `vlmtune retrieve index`), the server is also a shop assistant:
+
+    chat answers                the model's reply + the top-k catalogue items for the last user message (its text,
+                                its image or both): in "vlmtune": {"items": [...]} of the response (of the first
+                                chunk when streaming) and as a markdown list of links appended to the text
+    POST /v1/retrieve           {"text", "image", "k"} -> {"items": [{"rank", "score", "id", "caption", "item_url",
+                                "image"}]}
+    GET  /v1/items/N/image      an item's photo (the "image" of an item)
 
 Every answer comes from the same `Predictor` that `vlmtune predict` uses, through the dynamic batcher. Limits answer
 with OpenAI-style errors: 413 for a body, image or pixel count over the limit, 400 for a malformed request (checked
@@ -26,11 +36,13 @@ import binascii
 import hmac
 import ipaddress
 import json
+import mimetypes
 import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlparse, urlsplit
@@ -125,6 +137,16 @@ class StreamOptions(_Strict):
     include_usage: StrictBool = False
 
 
+class ChatOptions(_Strict):
+    """vlmtune's own part of a chat request, `"vlmtune": {...}` (the openai client sends it with `extra_body`)."""
+
+    k: Annotated[StrictInt, Field(ge=0)] | None = None
+    """Catalogue items to attach (with --index); None: the server's --k, 0: none."""
+    query: Literal["auto", "text", "image"] = "auto"
+    """What of the last user message searches the catalogue: its text and its image (auto), or one of them (the
+    page's Describe button searches by the image alone: its text is the caption prompt, not a wish)."""
+
+
 Temperature = Annotated[float, Field(ge=0, le=2, allow_inf_nan=False)]
 TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
 
@@ -140,6 +162,7 @@ class ChatRequest(_Strict):
     n: StrictInt | None = None
     stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
+    vlmtune: ChatOptions | None = None
 
     @field_validator("messages")
     @classmethod
@@ -162,6 +185,22 @@ class ChatRequest(_Strict):
             raise PydanticCustomError("temperature", "must be 0 (greedy) or between {low} and 2",
                                       {"low": MIN_TEMPERATURE})
         return v
+
+
+class RetrieveRequest(_Strict):
+    """`POST /v1/retrieve`: a text, an image (a data: URI, or {"url": ...}) or both -> the top-k catalogue items."""
+
+    text: StrictStr | None = None
+    image: Annotated[ImageURL | None, BeforeValidator(lambda v: {"url": v} if isinstance(v, str) else v)] = None
+    k: Annotated[StrictInt, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.text is not None and not self.text.strip():
+            raise PydanticCustomError("text", "text: must not be empty (leave it out to search by the image)")
+        if self.text is None and self.image is None:
+            raise PydanticCustomError("query", "give a 'text', an 'image' or both")
+        return self
 
 
 def _where(loc) -> str:
@@ -296,11 +335,28 @@ def _fetch(url: str, cfg: ServeCfg, where: str) -> bytes:
     return bytes(data)
 
 
+def decode_image(url: str, cfg: ServeCfg, where: str, image_processor=None):
+    """An image URL of a request (a data: URI, or http(s) with --allow-remote-images) -> a PIL image, within the
+    server's limits and, with `image_processor`, that processor's (aspect ratio, size once resized)."""
+    from vlmtune.data.images import ImageError, check_image_shape, decode_image_bytes
+
+    try:
+        decoded = decode_image_bytes(_image_bytes(url, cfg, where), where, cfg.max_image_pixels, cfg.max_image_bytes,
+                                     cfg.max_aspect_ratio)
+    except ImageError as e:
+        status = 413 if "exceeds the limit" in str(e) else 400
+        raise ApiError(status, str(e), where) from None
+    try:  # the decoded size: EXIF orientation may have swapped width and height
+        check_image_shape(*decoded.image.size, where, image_processor, cfg.max_aspect_ratio, cfg.max_resized_pixels)
+    except ImageError as e:
+        raise ApiError(400, str(e), where) from None
+    return decoded.image
+
+
 def parse_messages(messages: list[Message], cfg: ServeCfg, predictor=None):
     """Validated messages -> (vlmtune Sample, [PIL images]); raises ApiError naming the offending part. With the
     `predictor`, images are checked against its model before its processor sees them: their aspect ratio and their
     size once resized (computed from the processor's settings), their number (a one-image family)."""
-    from vlmtune.data.images import ImageError, check_image_shape, decode_image_bytes
     from vlmtune.data.sample import Sample
 
     family = predictor.family if predictor is not None else None
@@ -320,18 +376,7 @@ def parse_messages(messages: list[Message], cfg: ServeCfg, predictor=None):
                 raise ApiError(400, f"{pw}: more than {cfg.max_images} images in one request", pw)
             if family is not None and images and not family.multi_image:
                 raise ApiError(400, f"{pw}: the model (a {family.name} model) takes one image per request", pw)
-            try:
-                decoded = decode_image_bytes(_image_bytes(part.image_url.url, cfg, pw), pw, cfg.max_image_pixels,
-                                             cfg.max_image_bytes, cfg.max_aspect_ratio)
-            except ImageError as e:
-                status = 413 if "exceeds the limit" in str(e) else 400
-                raise ApiError(status, str(e), pw) from None
-            try:  # the decoded size: EXIF orientation may have swapped width and height
-                check_image_shape(*decoded.image.size, pw, image_processor, cfg.max_aspect_ratio,
-                                  cfg.max_resized_pixels)
-            except ImageError as e:
-                raise ApiError(400, str(e), pw) from None
-            images.append(decoded.image)
+            images.append(decode_image(part.image_url.url, cfg, pw, image_processor))
             parts.append({"type": "image"})
         out.append({"role": m.role, "content": parts})
     if out[-1]["role"] != "user":
@@ -383,9 +428,26 @@ def _origin_allowed(origin: str, host: str, allowed: list[str] | None) -> bool:
     return urlsplit(origin).netloc.lower() == host.lower()
 
 
+DEFAULT_CAPTION_PROMPT = "Describe the image."
+"""The prompt vlmtune's caption importers (cc3m, coco, flickr30k, hf) write: the Describe button's prompt for a model
+whose run does not show its own."""
+
+
+@dataclass
+class Page:
+    """What the web page offers beside the chat box: the Describe button's prompt (the caption prompt the run trained
+    on) and example images (catalogue photos with --index, else images of the run's data); see `serve.page_for`."""
+
+    caption_prompt: str = DEFAULT_CAPTION_PROMPT
+    caption_prompt_from: str = "default"
+    """Where the prompt was found (the dataset and sample), or "default"."""
+    examples: list[Path] = field(default_factory=list)
+
+
 class State:
     def __init__(self):
         self.predictor = None
+        self.retriever = None
         self.batcher = None
         self.error: str | None = None
         self.ocr: OcrOptions | None = None
@@ -393,17 +455,24 @@ class State:
 
 
 def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, background: bool = True,
-               ocr: OcrOptions | None = None, on_load_error: Callable[[str], None] | None = None):
+               ocr: OcrOptions | None = None, on_load_error: Callable[[str], None] | None = None,
+               retriever: Callable[[], object] | None = None, page: Page | None = None):
     """The FastAPI app. `load()` returns the Predictor; it runs in a thread (`background`) so /health answers
     503 while the model loads. A failed load is reported by /health and passed to `on_load_error` (`vlmtune serve`
     logs it and exits non-zero: a server that can never answer must not sit there looking alive). `ocr`: the model
-    was trained with OCR-enriched prompts (data.ocr), and each request's images are read the same way."""
+    was trained with OCR-enriched prompts (data.ocr), and each request's images are read the same way.
+    `retriever()` returns the catalogue's `Retriever` (--index), loaded after the model in the same thread: chat
+    answers then carry the top-k items, and /v1/retrieve and /v1/items/N/image answer. `page`: the web page's
+    Describe prompt and example images."""
     state = State()
     state.ocr = ocr
+    extras = page or Page()
 
     def do_load():
         try:
             state.predictor = load()
+            if retriever is not None:
+                state.retriever = retriever()
             state.batcher = Batcher(state.predictor, cfg.max_batch_size, cfg.max_wait_ms)
         except Exception as e:  # noqa: BLE001 - reported by /health and on_load_error
             state.error = f"{type(e).__name__}: {e}"
@@ -473,15 +542,46 @@ def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, backg
 
     @app.get("/v1/models")
     async def models():
+        catalogue = None
+        if state.retriever is not None:
+            catalogue = {"index": state.retriever.index.root.name, "items": len(state.retriever.index),
+                         "k": cfg.retrieve_k, "max_k": cfg.max_retrieve_k}
+        extra = {"caption_prompt": extras.caption_prompt, "caption_prompt_from": extras.caption_prompt_from,
+                 "examples": [f"/v1/examples/{i}" for i in range(len(extras.examples))], "catalogue": catalogue}
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
-                                            "owned_by": "vlmtune"}]}
+                                            "owned_by": "vlmtune", "vlmtune": extra}]}
+
+    def image_file(path: Path, what: str):
+        if not path.is_file():  # a regular file only: never a FIFO or a directory
+            return _error(404, f"the image of {what} is missing on the server", None)
+        media = mimetypes.guess_type(path.name)[0] or ""
+        return FileResponse(path, media_type=media if media.startswith("image/") else "application/octet-stream")
+
+    @app.get("/v1/examples/{number}")
+    async def example(number: str):
+        """The page's example images, by number (the paths are the server's, never the client's)."""
+        if not number.isdigit() or int(number) >= len(extras.examples):
+            return _error(404, f"no example {number!r} (this server has {len(extras.examples)})")
+        return image_file(extras.examples[int(number)], f"example {number}")
+
+    @app.get("/v1/items/{row}/image")
+    async def item_image(row: str):
+        """A catalogue item's photo, by its row in the index."""
+        if not state.ready.is_set() or state.error:
+            return _error(503, "the model is not loaded yet" if not state.error else state.error, None,
+                          "service_unavailable")
+        if state.retriever is None:
+            return _error(404, "this server has no catalogue index (start it with --index DIR)")
+        if not row.isdigit() or int(row) >= len(state.retriever.index):
+            return _error(404, f"no item {row!r} (the index has {len(state.retriever.index)})")
+        return image_file(Path(state.retriever.index.item(int(row))["image"]), f"item {row}")
 
     @app.get("/")
     async def page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
+    async def read_body(request: Request) -> bytes | JSONResponse:
+        """The whole body within the size and time limits, or the error response."""
         chunks, size = [], 0
         try:
             async with asyncio.timeout(cfg.body_timeout_s):  # a body sent a byte at a time must not hold a connection
@@ -496,21 +596,42 @@ def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, backg
                           close=True)
         except ClientDisconnect:
             return _error(400, "the client disconnected before the whole body arrived", close=True)
-        body = b"".join(chunks)
         if not state.ready.is_set() or state.error:
             return _error(503, "the model is not loaded yet" if not state.error else state.error, None,
                           "service_unavailable")
+        return b"".join(chunks)
+
+    @app.post("/v1/retrieve")
+    async def retrieve(request: Request):
+        body = await read_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        if state.retriever is None:
+            return _error(404, "this server has no catalogue index (start it with --index DIR)")
         try:
-            job, stream, include_usage = await run_in_threadpool(_request, body, cfg, ocr, state.predictor)
+            return await run_in_threadpool(_retrieve, body, cfg, state.retriever)
+        except ApiError as e:
+            return _error(e.status, e.message, e.param, e.kind)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await read_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            job, stream, include_usage, items = await run_in_threadpool(_request, body, cfg, ocr, state.predictor,
+                                                                        state.retriever)
         except ApiError as e:
             return _error(e.status, e.message, e.param, e.kind)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def chunk(delta: dict, finish: str | None = None, usage=None) -> str:
+        def chunk(delta: dict, finish: str | None = None, usage=None, extra: dict | None = None) -> str:
             obj = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_name,
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if usage is None else []}
             if usage is not None:
                 obj["usage"] = usage
+            if extra is not None:
+                obj["vlmtune"] = extra
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
         if stream:
@@ -528,7 +649,7 @@ def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, backg
                         job.cancelled.set()
 
             async def answer():
-                yield chunk({"role": "assistant", "content": ""})
+                yield chunk({"role": "assistant", "content": ""}, extra={"items": items} if items is not None else None)
                 deadline = loop.time() + cfg.timeout_s
                 while True:
                     get = asyncio.ensure_future(deltas.get())
@@ -551,6 +672,8 @@ def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, backg
                     code = 400 if isinstance(e, ValueError) else 500  # as the non-streamed answer would be
                     yield f"data: {json.dumps({'error': {'message': str(e), 'code': code}})}\n\n"
                     return
+                if items:  # the links, for clients that show only the text (the page shows cards instead)
+                    yield chunk({"content": links_markdown(items, c.text)}, extra={"links": True})
                 yield chunk({}, c.finish_reason)
                 if include_usage:
                     yield chunk({}, usage=_usage(c))
@@ -573,9 +696,13 @@ def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, backg
             return _error(400, str(e), "messages")
         except Exception as e:  # noqa: BLE001 - the server keeps serving
             return _error(500, f"{type(e).__name__}: {e}", None, "server_error")
-        return {"id": cid, "object": "chat.completion", "created": created, "model": model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
-                             "finish_reason": c.finish_reason}], "usage": _usage(c)}
+        out = {"id": cid, "object": "chat.completion", "created": created, "model": model_name,
+               "choices": [{"index": 0, "message": {"role": "assistant",
+                                                    "content": c.text + links_markdown(items or [], c.text)},
+                            "finish_reason": c.finish_reason}], "usage": _usage(c)}
+        if items is not None:
+            out["vlmtune"] = {"items": items}
+        return out
 
     @app.on_event("shutdown")
     def shutdown():
@@ -596,10 +723,89 @@ def _usage(c) -> dict:
             "total_tokens": c.prompt_tokens + c.completion_tokens}
 
 
-def _job(req: dict, cfg: ServeCfg, ocr: OcrOptions | None = None, predictor=None):
+@dataclass
+class Query:
+    """What searches the catalogue for one chat request."""
+
+    text: str | None
+    image: object | None
+    """A PIL image."""
+    k: int
+
+
+def catalogue_query(r: ChatRequest, images: list, cfg: ServeCfg, retriever=None) -> Query | None:
+    """The last user message's text and its last image (or one of them, as `vlmtune.query` says), or None when
+    nothing is to be searched (no index and no `vlmtune.k`, or k 0)."""
+    from vlmtune.data.images import ImageError, check_image_shape
+
+    options = r.vlmtune or ChatOptions()
+    if options.k == 0 or (options.k is None and (retriever is None or cfg.retrieve_k == 0)):
+        return None
+    if retriever is None:
+        raise ApiError(400, "vlmtune.k: this server has no catalogue index (start it with --index DIR)", "vlmtune.k")
+    k = options.k if options.k is not None else cfg.retrieve_k
+    if k > cfg.max_retrieve_k:
+        raise ApiError(400, f"vlmtune.k {k} exceeds the limit of {cfg.max_retrieve_k}", "vlmtune.k")
+    last, where = r.messages[-1], f"messages[{len(r.messages) - 1}]"
+    text = " ".join(p.text for p in last.content if p.type == "text").strip() or None
+    image = images[-1] if any(p.type == "image_url" for p in last.content) else None
+    if options.query != "auto":
+        if (text if options.query == "text" else image) is None:
+            raise ApiError(400, f"vlmtune.query is {options.query!r} but {where} has no {options.query}",
+                           "vlmtune.query")
+        text, image = (text, None) if options.query == "text" else (None, image)
+    if text is None and image is None:
+        return None
+    if image is not None:  # the dual encoder's processor resizes it too
+        try:
+            check_image_shape(*image.size, where, retriever.encoder.image_processor, cfg.max_aspect_ratio,
+                              cfg.max_resized_pixels)
+        except ImageError as e:
+            raise ApiError(400, str(e), where) from None
+    return Query(text, image, k)
+
+
+def catalogue_items(retriever, text: str | None, image, k: int) -> list[dict]:
+    """The top-k items as the API returns them: rank, score, id, caption, item_url and `image`, the item's photo
+    on this server (GET, under the API key). The server's file paths are not shown."""
+    try:
+        found = retriever.search(text, image, k)
+    except Exception as e:  # noqa: BLE001 - answered as a server error, the server keeps serving
+        raise ApiError(500, f"catalogue search failed: {type(e).__name__}: {e}", None, "server_error") from None
+    return [{"rank": it["rank"], "score": it["score"], "id": it["id"], "caption": it["caption"],
+             "item_url": it["item_url"], "image": f"/v1/items/{it['row']}/image"} for it in found]
+
+
+MARKDOWN_TEXT = str.maketrans({"\\": "\\\\", "[": "\\[", "]": "\\]"})
+MARKDOWN_URL = str.maketrans({" ": "%20", "(": "%28", ")": "%29", "<": "%3C", ">": "%3E"})
+
+
+def _web_url(url: str | None) -> bool:
+    return bool(url) and urlsplit(url).scheme in ("http", "https") and bool(urlsplit(url).netloc)
+
+
+def links_markdown(items: list[dict], after: str) -> str:
+    """The items as a numbered markdown list of links, to append to the answer `after` (for clients that show only
+    the text). Only http(s) URLs become links; brackets in captions are escaped, spaces and parentheses in URLs
+    percent-encoded, so a caption or URL cannot break out of its link."""
+    if not items:
+        return ""
+    lines = []
+    for it in items:
+        caption = " ".join(it["caption"].split()).translate(MARKDOWN_TEXT)
+        url = it["item_url"]
+        if _web_url(url):
+            url = url.translate(MARKDOWN_URL)
+            caption = f"[{caption}]({url})"
+        lines.append(f"{it['rank']}. {caption} (score {it['score']:.3f})")
+    return ("\n\n" if after else "") + "Catalogue items:\n" + "\n".join(lines)
+
+
+def _job(req: dict, cfg: ServeCfg, ocr: OcrOptions | None = None, predictor=None, retriever=None):
     """The request checked (`ChatRequest`, then the server's limits and, with the `predictor`, its model's image
     limits), its images decoded (in a worker thread: decoding is CPU work) and, for a model trained with OCR
-    enrichment, their text put into the prompt as in training. -> (batcher job, stream, include_usage)."""
+    enrichment, their text put into the prompt as in training. -> (batcher job, stream, include_usage, catalogue
+    query or None)."""
     try:
         r = ChatRequest.model_validate(req)
     except ValidationError as e:
@@ -609,6 +815,7 @@ def _job(req: dict, cfg: ServeCfg, ocr: OcrOptions | None = None, predictor=None
         param = "max_completion_tokens" if r.max_completion_tokens else "max_tokens"
         raise ApiError(400, f"{param} {max_tokens} exceeds the limit of {cfg.max_tokens}", param)
     sample, images = parse_messages(r.messages, cfg, predictor)
+    query = catalogue_query(r, images, cfg, retriever)
     if ocr is not None and images:
         from vlmtune.data.ocr import OcrError, read_images_text, with_ocr_text
 
@@ -619,9 +826,33 @@ def _job(req: dict, cfg: ServeCfg, ocr: OcrOptions | None = None, predictor=None
     temperature = r.temperature if r.temperature is not None else 0.0
     top_p = r.top_p if r.top_p is not None else 1.0
     include_usage = r.stream_options is not None and r.stream_options.include_usage
-    return Job(sample, images, max_tokens, temperature, top_p), bool(r.stream), include_usage
+    return Job(sample, images, max_tokens, temperature, top_p), bool(r.stream), include_usage, query
 
 
-def _request(body: bytes, cfg: ServeCfg, ocr: OcrOptions | None, predictor):
-    """`_job` of a raw body (parsing 20 MB of JSON is CPU work too, done off the event loop)."""
-    return _job(parse_body(body), cfg, ocr, predictor)
+def _request(body: bytes, cfg: ServeCfg, ocr: OcrOptions | None, predictor, retriever=None):
+    """`_job` of a raw body (parsing 20 MB of JSON is CPU work too, done off the event loop), and the catalogue
+    items when the request searches the catalogue: (job, stream, include_usage, items or None)."""
+    job, stream, include_usage, query = _job(parse_body(body), cfg, ocr, predictor, retriever)
+    items = catalogue_items(retriever, query.text, query.image, query.k) if query is not None else None
+    return job, stream, include_usage, items
+
+
+def _model_label(model: str) -> str:
+    """The index's model as its name, not the server's path: `runs/fashion-clip/best` -> `fashion-clip`."""
+    path = Path(str(model))
+    return path.parent.name if path.name == "best" and path.parent.name else path.name
+
+
+def _retrieve(body: bytes, cfg: ServeCfg, retriever) -> dict:
+    """`POST /v1/retrieve` of a raw body -> {"object", "index", "model", "k", "items"}."""
+    try:
+        r = RetrieveRequest.model_validate(parse_body(body))
+    except ValidationError as e:
+        raise _validation_error(e) from None
+    k = r.k if r.k is not None else cfg.retrieve_k or 1
+    if k > cfg.max_retrieve_k:
+        raise ApiError(400, f"k {k} exceeds the limit of {cfg.max_retrieve_k}", "k")
+    image = decode_image(r.image.url, cfg, "image", retriever.encoder.image_processor) if r.image else None
+    return {"object": "vlmtune.retrieval", "index": retriever.index.root.name,
+            "model": _model_label(retriever.index.meta["model"]), "k": k,
+            "items": catalogue_items(retriever, r.text, image, k)}

@@ -184,6 +184,9 @@ def _as_tuple(x):
 
 def resolve_model_dir(path: str | Path) -> Path:
     """A run directory -> its best checkpoint (else its latest); a checkpoint or HF model directory -> itself."""
+    from vlmtune.config import check_model_path
+
+    check_model_path(path)  # a missing local run is named as such
     path = Path(path)
     if (path / "run_config.yaml").is_file() and not (path / "config.json").exists():
         if (path / "best" / META).is_file():
