@@ -42,15 +42,18 @@ def test_fashion_vqa_from_an_attribute_table_with_portuguese_prompts_to_a_served
     assert main(["data", "vqa-from-attributes", str(raw / "catalogue.csv"), "--images", str(raw / "photos"),
                  "--templates", str(raw / "templates.yaml"), "--out", str(data), "--langs", "pt"]) == 0
     made = _last_json(capsys)
-    assert made["languages"] == ["pt"] and made["samples"] == 40 * 5  # five attributes per photo, Portuguese only
+    # five attributes per photo, each asked openly and as a true and a false statement, in Portuguese only
+    assert made["languages"] == ["pt"] and made["samples"] == 40 * 5 * 3
     _train(tmp_path, data, "fashion", capsys, eval={"task": "vqa", "metric": "vqa_accuracy", "max_new_tokens": 4})
     run = tmp_path / "runs" / "fashion"
     assert main(["eval", "--model", str(run), "--data", str(data), "--split", "test", "--out", str(tmp_path / "ev"),
                  "--max-new-tokens", "4"]) == 0
     metrics = _last_json(capsys)
     assert metrics["n"] == made["splits"]["test"] and 0.0 <= metrics["vqa_accuracy"] <= 1.0
+    attributes = ("top_type", "top_colour", "top_pattern", "bottom_type", "bottom_colour")
     assert set(metrics["by_lang"]) == {"pt"} and set(metrics["by_question_type"]) <= {
-        "top_type", "top_colour", "top_pattern", "bottom_type", "bottom_colour"}
+        *attributes, *(f"{a} yes/no" for a in attributes)}
+    assert set(metrics["by_answer_type"]) == {"yes/no"}
     gold = {json.loads(x)["id"]: json.loads(x) for x in (data / "manifest.jsonl").read_text().splitlines()}
     rows = [json.loads(x) for x in (tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()]
     assert all(gold[r["id"]]["meta"]["lang"] == "pt" and gold[r["id"]]["split"] == "test" for r in rows)

@@ -77,3 +77,19 @@ def test_recipe_says_what_it_trains(path, capsys):
         printed = describe_trainable(summary)
         for group, size in said:
             assert f"{group} {size}" in printed, printed
+
+
+@pytest.mark.parametrize("name", ["blip2/2.7b_lora_fashion_vqa.yaml", "builtin/fashion_vqa_pt.yaml"])
+def test_the_fashion_vqa_recipes_carry_the_forgetting_guard(name):
+    """The fashion job's original failure was a fine-tune that lost general VQA unmeasured: both its recipes replay a
+    general VQA source, probe a held-out general VQA split that is not the replayed one, and gate on the probe."""
+    cfg = RunCfg.from_file(CONFIGS / name, [])
+    sources = {s.name: s for s in cfg.data.sources}
+    domain = [s for s in sources.values() if s.path == cfg.data.path]
+    replay = [s for s in sources.values() if s.path != cfg.data.path]
+    assert len(domain) == 1 and domain[0].split == "train" and replay and all(s.split == "train" for s in replay)
+    assert 0 < sum(s.weight for s in replay) < sum(s.weight for s in sources.values())
+    assert cfg.probes and all(p.task == "vqa" and p.metric == "vqa_accuracy" for p in cfg.probes)
+    assert {(p.path, p.split) for p in cfg.probes}.isdisjoint({(s.path, s.split) for s in replay})
+    assert {p.path for p in cfg.probes} <= {s.path for s in replay}  # the probe is held out from the replayed set
+    assert cfg.forgetting.max_drop is not None and cfg.forgetting.max_drop <= 5.0

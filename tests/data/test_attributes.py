@@ -303,3 +303,143 @@ def test_cli_generates_the_same_dataset_as_the_function(tmp_path, capsys):
     a, b = read_samples(tmp_path / "a")[0], read_samples(tmp_path / "b")[0]
     assert [s.to_json() for s in a] == [s.to_json() for s in b] and printed["samples"] == len(a)
     assert printed["languages"] == ["en", "ru"] and {s.meta["lang"] for s in a} == {"en", "ru"}
+
+
+# ---------------------------------------------------------------- yes/no questions: a true and a false statement
+
+YES_NO_TEMPLATES = FIX / "templates_yes_no.yaml"
+WORDS = {"en": ("yes", "no"), "pt": ("sim", "não"), "ru": ("да", "нет")}
+
+
+def _yes_no(samples):
+    return {i: s for i, s in samples.items() if s.meta.get("answer_type") == "yes/no"}
+
+
+def test_yes_no_questions_state_the_right_and_a_wrong_value(tmp_path):
+    report, samples = gen(tmp_path, templates=YES_NO_TEMPLATES)
+    # look01 (row 2): t-shirt, red, sleeves 0.5
+    assert qa(samples, "look01-top_type-yes-en") == ("Is the person wearing a t-shirt on top?", "yes")
+    assert qa(samples, "look01-top_type-yes-pt") == ("A pessoa veste camiseta em cima?", "sim")
+    assert qa(samples, "look01-top_type-yes-ru") == ("Сверху надет предмет «футболка»?", "да")
+    wrong = samples["look01-top_type-no-en"].meta["stated"]
+    assert wrong in ("sweater", "tank top")
+    pt = {"sweater": "suéter", "tank top": "regata"}[wrong]
+    assert qa(samples, "look01-top_type-no-en") == (f"Is the person wearing a {wrong} on top?", "no")
+    assert qa(samples, "look01-top_type-no-pt") == (f"A pessoa veste {pt} em cima?", "não")  # the same wrong value
+    assert samples["look01-top_type-no-pt"].meta == {"question_type": "top_type yes/no", "lang": "pt", "row": 2,
+                                                     "answer_type": "yes/no", "value": "t-shirt", "stated": wrong}
+    assert samples["look01-top_type-no-pt"].images == ["images/look01.png"]
+    # the open questions are still there, unchanged
+    assert qa(samples, "look01-top_type-pt") == ("O que a pessoa veste em cima?", "camiseta")
+    assert samples["look01-top_type-pt"].meta == {"question_type": "top_type", "lang": "pt", "row": 2,
+                                                  "value": "t-shirt"}
+    # other placeholders take the row's own value; a language-neutral value is stated as written
+    yes_q = qa(samples, "look02-top_colour-yes-en")[0]
+    assert yes_q in ("Is the sweater red?", "Is the top red?")
+    wrong = samples["look02-top_colour-no-en"].meta["stated"]
+    assert qa(samples, "look02-top_colour-no-en") == (yes_q.replace("red", wrong), "no")  # the same template
+    assert qa(samples, "look02-sleeve_length-yes-pt") == ("As mangas cobrem 1 do braço?", "sim")
+    # look03 has no top_type: no top_type questions, and its colour statement uses the template without {top_type}
+    assert not any(i.startswith("look03-top_type") for i in samples)
+    assert qa(samples, "look03-top_colour-yes-en") == ("Is the top blue?", "yes")
+    # look09's colour is a skip value: nothing is stated about it
+    assert not any(i.startswith("look09-top_colour") for i in samples)
+
+    yes_no = _yes_no(samples)
+    for s in yes_no.values():
+        yes, no = WORDS[s.meta["lang"]]
+        assert s.target == (yes if s.meta["stated"] == s.meta["value"] else no), s.id
+        if s.meta["lang"] == "en":
+            assert s.meta["stated"] in s.question, s.id
+    # balanced: as many yes as no per question type, language and split
+    counts = Counter((s.meta["question_type"], s.meta["lang"], s.split, s.target) for s in yes_no.values())
+    for (qtype, lang, split, _), n in counts.items():
+        yes, no = WORDS[lang]
+        assert counts[qtype, lang, split, yes] == counts[qtype, lang, split, no] == n
+    # 11 rows with a top type, 11 with a colour, 12 with a sleeve length: one yes and one no each, in 3 languages
+    assert report["questions_per_attribute"]["top_type yes/no"] == {"en": 22, "pt": 22, "ru": 22}
+    assert report["questions_per_attribute"]["top_colour yes/no"] == {"en": 22, "pt": 22, "ru": 22}
+    assert report["questions_per_attribute"]["sleeve_length yes/no"] == {"en": 24, "pt": 24, "ru": 24}
+    assert len(yes_no) == 3 * (22 + 22 + 24) and report["samples"] == len(samples) == len(yes_no) + 3 * (11 + 11 + 12)
+    assert report["yes_no_single_value"] == []
+
+
+def test_the_false_value_is_drawn_from_the_column_by_seed_and_image(tmp_path):
+    _, a = gen(tmp_path, "a", templates=YES_NO_TEMPLATES, seed=0)
+    _, b = gen(tmp_path, "b", templates=YES_NO_TEMPLATES, seed=0)
+    assert (tmp_path / "a" / MANIFEST).read_bytes() == (tmp_path / "b" / MANIFEST).read_bytes()
+    # another seed draws other false values for some rows; each is always one of the column's other values
+    _, c = gen(tmp_path, "c", templates=YES_NO_TEMPLATES, seed=7)
+    stated = {seed: {i: s.meta["stated"] for i, s in samples.items() if i.endswith("-no-en")}
+              for seed, samples in ((0, a), (7, c))}
+    assert stated[0].keys() == stated[7].keys() and stated[0] != stated[7]
+    values = {"top_type": {"t-shirt", "sweater", "tank top"}, "top_colour": {"red", "blue", "green"},
+              "sleeve_length": {"0.25", "0.5", "1"}}
+    for i, s in a.items():
+        if "-no-" in i:
+            attr = s.meta["question_type"].removesuffix(" yes/no")
+            assert s.meta["stated"] in values[attr] - {s.meta["value"]}, i
+    assert len({s.meta["stated"] for i, s in a.items() if i.endswith("top_colour-no-en")}) > 1  # not one value
+    # re-sorting the table changes nothing: the draw follows the image, not the row
+    rows = list(csv.reader(open(CSV, encoding="utf-8", newline="")))
+    shuffled = tmp_path / "shuffled.csv"
+    body = rows[1:]
+    random.Random(5).shuffle(body)
+    with open(shuffled, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([rows[0], *body])
+    _, d = gen(tmp_path, "d", table=shuffled, templates=YES_NO_TEMPLATES, seed=0)
+    assert {i: (s.messages, s.split, s.meta["stated"]) for i, s in _yes_no(d).items()} == {
+        i: (s.messages, s.split, s.meta["stated"]) for i, s in _yes_no(a).items()}
+
+
+def test_balance_cap_leaves_the_yes_no_questions_balanced(tmp_path):
+    _, natural = gen(tmp_path, "natural", templates=YES_NO_TEMPLATES, seed=3, val=0.2, test=0.2)
+    report, capped = gen(tmp_path, "capped", templates=YES_NO_TEMPLATES, seed=3, val=0.2, test=0.2,
+                         balance="cap:1")
+    assert report["balanced"]["dropped"] > 0  # the open colour questions were thinned ...
+    assert _yes_no(capped).keys() == _yes_no(natural).keys()  # ... the statements, already balanced, were not
+    # seed 3: train holds 9 images (look01-06, look10-12), each with a colour: 9 true and 9 false statements
+    assert report["balanced"]["train_after"]["top_colour yes/no"]["pt"] == {"sim": 9, "não": 9}
+
+
+def test_yes_no_answers_in_other_languages_come_from_the_templates(tmp_path):
+    text = YES_NO_TEMPLATES.read_text(encoding="utf-8")
+    custom = tmp_path / "custom.yaml"
+    custom.write_text("yes_no_answers: {pt: [Sim, Não]}\n" + text, encoding="utf-8")
+    _, samples = gen(tmp_path, templates=custom, langs="pt")
+    assert {s.target for s in _yes_no(samples).values()} == {"Sim", "Não"}
+    tl = tmp_path / "tl.yaml"  # a language without built-in words must give them
+    tl.write_text(text.replace("languages: [en, pt, ru]", "languages: [en, pt, tl]").replace("ru:", "tl:"),
+                  encoding="utf-8")
+    with pytest.raises(ValueError, match=r"no yes/no answers for language 'tl': add yes_no_answers: \{tl: "):
+        load_templates(tl)
+    tl.write_text("yes_no_answers: {tl: [oo, hindi]}\n" + tl.read_text(encoding="utf-8"), encoding="utf-8")
+    assert load_templates(tl).yes_no_answers["tl"] == ("oo", "hindi")
+
+
+@pytest.mark.parametrize("edit, error", [
+    (lambda t: t.replace('["A pessoa veste {top_type} em cima?"]', '["A pessoa veste algo em cima?"]'),
+     r"top_type.yes_no.pt: 'A pessoa veste algo em cima\?' does not contain \{top_type\}"),
+    (lambda t: t.replace('      ru: ["Верх цвета «{top_colour}»?"]\n', ""),
+     r"top_colour: no yes_no questions for language\(s\) \['ru'\]"),
+    (lambda t: "yes_no_answers: {pt: [sim, sim]}\n" + t, r"yes_no_answers.pt: expected two different words"),
+    (lambda t: "yes_no_answers: {es: [sí, no]}\n" + t, r"yes_no_answers: language\(s\) \['es'\] not in languages"),
+    (lambda t: t.replace("{top_type} {top_colour}?", "{top_typo} {top_colour}?"),
+     r"'top_typo' \(used by attributes.top_colour.yes_no.en"),
+])
+def test_yes_no_template_mistakes_are_named(tmp_path, edit, error):
+    broken = tmp_path / "templates.yaml"
+    broken.write_text(edit(YES_NO_TEMPLATES.read_text(encoding="utf-8")), encoding="utf-8")
+    with pytest.raises(ValueError, match=error):
+        gen(tmp_path, templates=broken)
+
+
+def test_a_column_with_one_value_gets_no_yes_no_questions(tmp_path, capsys):
+    table = tmp_path / "one.csv"
+    table.write_text("image,top_type,top_colour,sleeve_length\nlook01.png,t-shirt,red,1\nlook02.png,sweater,red,1\n",
+                     encoding="utf-8")
+    report, samples = gen(tmp_path, table=table, templates=YES_NO_TEMPLATES, val=0, test=0)
+    assert report["yes_no_single_value"] == ["top_colour", "sleeve_length"]
+    assert "no yes/no questions for top_colour, sleeve_length" in capsys.readouterr().err
+    assert {s.meta["question_type"] for s in _yes_no(samples).values()} == {"top_type yes/no"}
+    assert qa(samples, "look02-top_type-no-en") == ("Is the person wearing a t-shirt on top?", "no")

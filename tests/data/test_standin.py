@@ -55,6 +55,7 @@ def test_fashion_vqa_standin_table_matches_its_photos_and_translates_every_value
     assert templates["languages"] == ["en", "pt"]
     for a in ATTRIBUTES:
         assert templates["attributes"][a]["answers"]["pt"] == {v: PT[v] for v in VALUES[a]}
+        assert set(templates["attributes"][a]["yes_no"]) == {"en", "pt"}  # true and false statements
         assert {r[a] for r in rows} <= set(VALUES[a])
 
 

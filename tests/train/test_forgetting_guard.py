@@ -1,13 +1,16 @@
 """Probes, the forgetting gate and source mixing, inside the real training loop."""
 
 import json
+import re
 from collections import Counter
+from unittest.mock import ANY
 
 import pytest
 
 from vlmtune.config import RunCfg
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.data.store import write_dataset
+from vlmtune.eval import forgetting
 from vlmtune.train import loop
 
 
@@ -43,8 +46,6 @@ def test_probes_are_scored_before_step_0_and_at_every_eval(tmp_path, fashion_dir
 
 def _scripted_probe(monkeypatch, by_step: dict[int, float]):
     """The probe's score per step, as if the model forgot and recovered (a tiny model cannot be made to)."""
-    from vlmtune.eval import forgetting
-
     calls = []
 
     def score(predictor, probes, out_dir=None):
@@ -67,9 +68,18 @@ def test_the_gate_keeps_a_checkpoint_that_forgot_from_becoming_best(tmp_path, fa
     assert list(result["rejected"]) == ["3"] and "fell 30.0 points (80.0 -> 50.0)" in result["rejected"]["3"]
     gate_rows = [r for r in _rows(cfg.run_dir) if r.get("gate") == "rejected"]
     assert [r["step"] for r in gate_rows] == [3]
-    assert "step 3: forgetting gate: probe 'general' fell 30.0 points" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "step 3: forgetting gate: probe 'general' fell 30.0 points" in err
     report = (cfg.run_dir / "report.html").read_text()
     assert "rejected: probe &#x27;general&#x27; fell 30.0 points" in report
+    # the probe table printed at the end: base vs each checkpoint, the gate's verdict, the step copied to best/
+    table = err.split(f"forgetting guard ({cfg.run_dir}):\n")[1].splitlines()[:4]
+    assert [re.split(r"\s{2,}", line.strip()) for line in table] == [
+        ["step", "val vqa_accuracy", "general vqa_accuracy", "general delta", "gate (max drop 5 pts)"],
+        ["0", ANY, "0.800", "+0.0", "base model"],
+        ["3", ANY, "0.500", "-30.0", "rejected"],
+        ["6", ANY, "0.780", "-2.0", "passed, best"]]
+    assert forgetting.probe_table(cfg.run_dir) == "\n".join(table)
 
 
 def test_stop_on_violation_ends_the_run_with_a_checkpoint_and_a_message(tmp_path, fashion_dir, monkeypatch):

@@ -26,6 +26,10 @@ and the templates (`templates.yaml`; every scalar is read as a string, so `no`, 
       top_type:
         questions: {en: ["What is the person wearing on top?"], pt: ["O que a pessoa veste em cima?"]}
         answers: {pt: {t-shirt: camiseta, sweater: suéter}}
+        yes_no:                          # optional: statements to confirm or deny; {top_type} is the stated value
+          en: ["Is the person wearing a {top_type} on top?"]
+          pt: ["A pessoa veste {top_type} em cima?"]
+    yes_no_answers: {pt: [sim, não]}     # optional: built in (YES_NO) for en, pt, es, fr, de, it, ru
 
 give, for look1.jpg (table row 2):
 
@@ -34,10 +38,16 @@ give, for look1.jpg (table row 2):
     look1-top_type-en    "What is the person wearing on top?"                              -> "t-shirt"
     look1-top_type-pt    "O que a pessoa veste em cima?"                                   -> "camiseta"
 
+    look1-top_type-yes-en  "Is the person wearing a t-shirt on top?"                       -> "yes"
+    look1-top_type-no-en   "Is the person wearing a sweater on top?"                       -> "no"
+    look1-top_type-yes-pt  "A pessoa veste camiseta em cima?"                              -> "sim"
+    look1-top_type-no-pt   "A pessoa veste suéter em cima?"                                -> "não"
+
 each a Sample with task "vqa", source "attributes", the image copied to `out/images/look1.jpg` and
-meta {"question_type": "top_colour", "lang": "en", "row": 2, "value": "red"}. For look2 only the second English
-colour template is usable (its `{top_type}` cell is empty); look3 asks no colour question ("n/a") but still its
-type. A placeholder is filled from the same row, translated when its column is a translated attribute.
+meta {"question_type": "top_colour", "lang": "en", "row": 2, "value": "red"} (a yes/no question has question_type
+"top_type yes/no", answer_type "yes/no", and "stated": the value its question states). For look2 only the second
+English colour template is usable (its `{top_type}` cell is empty); look3 asks no colour question ("n/a") but still
+its type. A placeholder is filled from the same row, translated when its column is a translated attribute.
 
 Rules, each one a bug that hand-made attribute VQA sets had:
 * Answers are the cell exactly as written, stripped of surrounding whitespace: never lower-cased or
@@ -50,6 +60,12 @@ Rules, each one a bug that hand-made attribute VQA sets had:
   added, so with a few dozen images the ratios are only approximate (the report gives the counts).
 * `balance="cap:K"` thins the train split only: per attribute and language, no answer may be more than K times as
   frequent as the rarest one; val and test keep the natural distribution.
+* Yes/no questions, as the original fashion project asked them: for every (row, attribute with `yes_no` templates),
+  one question stating the row's value (answer yes) and one stating another value of the same column (answer no),
+  so they are balanced exactly, per attribute, language and split. The false value is drawn uniformly from the
+  column's other values in the table, a function of seed, image path and attribute: the same in every language, and
+  unchanged when the spreadsheet is re-sorted. A column with a single value has nothing false to state and gets
+  none (reported). Values are taken as exclusive: "red" is false for a top whose cell says "blue".
 * Values seen fewer than `min_count` times in the whole table are reported as too rare to learn, and kept.
 * A bad row (empty image cell, missing or unreadable image, a path escaping `images`, a row whose cells do not
   match the header, bytes that are not UTF-8) stops the run naming table file and row, or with `skip_bad` goes to
@@ -81,6 +97,9 @@ IMAGE_COLUMNS = ("image", "file_name", "filename")
 DELIMITERS = (",", ";", "\t")
 REPORT = "report.json"
 REJECTED = "rejected.jsonl"
+YES_NO = {"en": ("yes", "no"), "pt": ("sim", "não"), "es": ("sí", "no"), "fr": ("oui", "non"), "de": ("ja", "nein"),
+          "it": ("sì", "no"), "ru": ("да", "нет")}
+"""The answers of the yes/no questions per language, unless the templates' `yes_no_answers` give them."""
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")  # {{ and }} are literal braces
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of undecodable bytes
@@ -100,6 +119,9 @@ class Attribute:
     skip_values: frozenset[str]
     translate: bool
     """False: the values are language-neutral (numbers, brand names) and are the answer in every language."""
+    yes_no: dict[str, tuple[str, ...]]
+    """Language -> yes/no question templates stating a value: `{column}` (this attribute's own) is filled with the
+    row's value (answer yes) and with another value of the column (answer no). Empty: no yes/no questions."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +132,8 @@ class Templates:
     values_language: str
     """The language the table's cells are written in: the only one (with `translate: false`) needing no answers."""
     attributes: tuple[Attribute, ...]
+    yes_no_answers: dict[str, tuple[str, str]]
+    """Language -> (yes, no) answer words, for every language when some attribute has yes/no templates."""
 
 
 def _strings(value, where: str) -> list[str]:
@@ -147,20 +171,32 @@ def _check_template(template: str, where: str) -> None:
 
 def _attribute(name: str, spec, languages: tuple[str, ...], where: str) -> Attribute:
     spec = _mapping(spec, where)
-    _check_keys(spec, {"column", "questions", "answers", "skip_values", "translate"}, where)
+    _check_keys(spec, {"column", "questions", "answers", "skip_values", "translate", "yes_no"}, where)
     questions = {lang: tuple(_strings(q, f"{where}.questions.{lang}"))
                  for lang, q in _mapping(spec.get("questions"), f"{where}.questions").items()}
+    yes_no = {lang: tuple(_strings(q, f"{where}.yes_no.{lang}"))
+              for lang, q in _mapping(spec.get("yes_no", {}), f"{where}.yes_no").items()}
+    column = str(spec.get("column", name)).strip()
     answers = {lang: {str(k).strip(): str(v).strip() for k, v in _mapping(m, f"{where}.answers.{lang}").items()}
                for lang, m in _mapping(spec.get("answers", {}), f"{where}.answers").items()}
-    for lang in set(questions) | set(answers):
+    for lang in set(questions) | set(answers) | set(yes_no):
         if lang not in languages:
             raise ValueError(f"{where}: language {lang!r} is not in languages {list(languages)}")
     missing = [lang for lang in languages if not questions.get(lang)]
     if missing:
         raise ValueError(f"{where}: no questions for language(s) {missing}")
+    missing = [lang for lang in languages if yes_no and not yes_no.get(lang)]
+    if missing:
+        raise ValueError(f"{where}: no yes_no questions for language(s) {missing}")
     for lang, qs in questions.items():
         for q in qs:
             _check_template(q, f"{where}.questions.{lang}")
+    for lang, qs in yes_no.items():
+        for q in qs:
+            _check_template(q, f"{where}.yes_no.{lang}")
+            if column not in placeholders(q):
+                raise ValueError(f"{where}.yes_no.{lang}: {q!r} does not contain {{{column}}}, the place of the "
+                                 "stated value (the row's value: yes; another value of the column: no)")
     for lang, m in answers.items():
         empty = [k for k, v in m.items() if not v]
         if empty:
@@ -171,8 +207,27 @@ def _attribute(name: str, spec, languages: tuple[str, ...], where: str) -> Attri
     if translate == "false" and answers:
         raise ValueError(f"{where}: `translate: false` and `answers` contradict each other")
     skip = {s.strip() for s in _strings(spec.get("skip_values", []), f"{where}.skip_values")} | {""}
-    return Attribute(name, str(spec.get("column", name)).strip(), questions, answers, frozenset(skip),
-                     translate == "true")
+    return Attribute(name, column, questions, answers, frozenset(skip), translate == "true", yes_no)
+
+
+def _yes_no_answers(doc: dict, languages: tuple[str, ...], where: str) -> dict[str, tuple[str, str]]:
+    """(yes, no) per language: the templates' `yes_no_answers`, else YES_NO."""
+    given = _mapping(doc.get("yes_no_answers", {}), f"{where}: yes_no_answers")
+    out = {}
+    for lang in languages:
+        words = tuple(w.strip() for w in _strings(given[lang], f"{where}: yes_no_answers.{lang}")) \
+            if lang in given else YES_NO.get(lang)
+        if words is None:
+            raise ValueError(f"{where}: no yes/no answers for language {lang!r}: add yes_no_answers: "
+                             f"{{{lang}: [<yes>, <no>]}} (built in: {sorted(YES_NO)})")
+        if len(words) != 2 or not all(words) or words[0] == words[1]:
+            raise ValueError(f"{where}: yes_no_answers.{lang}: expected two different words [<yes>, <no>], got "
+                             f"{list(words)}")
+        out[lang] = words
+    unknown = set(given) - set(languages)
+    if unknown:
+        raise ValueError(f"{where}: yes_no_answers: language(s) {sorted(unknown)} not in languages {list(languages)}")
+    return out
 
 
 def load_templates(path: str | Path) -> Templates:
@@ -186,7 +241,7 @@ def load_templates(path: str | Path) -> Templates:
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML: {e}") from None
     doc = _mapping(doc, str(path))
-    _check_keys(doc, {"image_column", "languages", "values_language", "attributes"}, str(path))
+    _check_keys(doc, {"image_column", "languages", "values_language", "attributes", "yes_no_answers"}, str(path))
     if "languages" not in doc:
         raise ValueError(f"{path}: `languages` is required (e.g. languages: [en, pt])")
     languages = tuple(_strings(doc["languages"], f"{path}: languages"))
@@ -199,8 +254,10 @@ def load_templates(path: str | Path) -> Templates:
     if not attrs:
         raise ValueError(f"{path}: no attributes")
     attributes = tuple(_attribute(name, spec, languages, f"{path}: attributes.{name}") for name, spec in attrs.items())
+    yes_no = _yes_no_answers(doc, languages, str(path)) if any(a.yes_no for a in attributes) else {}
     image_column = doc.get("image_column")
-    return Templates(path, image_column.strip() if image_column else None, languages, values_language, attributes)
+    return Templates(path, image_column.strip() if image_column else None, languages, values_language, attributes,
+                     yes_no)
 
 
 # ---------------------------------------------------------------- tables
@@ -301,10 +358,11 @@ def _header(cells: list[str], table: Path, tpl: Templates) -> tuple[list[str], s
                          f"header {names} (set image_column in {tpl.file})")
     needed = {a.column: f"attributes.{a.name}.column" for a in tpl.attributes}
     for a in tpl.attributes:
-        for lang, questions in a.questions.items():
-            for q in questions:
-                for name in placeholders(q):
-                    needed.setdefault(name, f"attributes.{a.name}.questions.{lang} {q!r}")
+        for key, templates in (("questions", a.questions), ("yes_no", a.yes_no)):
+            for lang, questions in templates.items():
+                for q in questions:
+                    for name in placeholders(q):
+                        needed.setdefault(name, f"attributes.{a.name}.{key}.{lang} {q!r}")
     missing = {c: used for c, used in needed.items() if c not in names}
     if missing:
         raise ValueError(f"{tpl.file}: column(s) not in the header of {table}: "
@@ -416,12 +474,12 @@ def check_translations(tpl: Templates, langs: tuple[str, ...], rows: list[Row]) 
                          f"{tpl.values_language}):\n  " + "\n  ".join(problems))
 
 
-def _fill(template: str, row: Row, lang: str, by_column: dict[str, Attribute]) -> str | None:
-    """The question with its placeholders filled from `row`, or None when a referenced cell is empty or a skip
-    value. A placeholder whose column is a translated attribute gets the translation."""
+def _fill(template: str, cells: dict[str, str], lang: str, by_column: dict[str, Attribute]) -> str | None:
+    """The question with its placeholders filled from a row's `cells`, or None when a referenced cell is empty or a
+    skip value. A placeholder whose column is a translated attribute gets the translation."""
     out = []
     for name in placeholders(template):
-        value, attr = row.cells.get(name, ""), by_column.get(name)
+        value, attr = cells.get(name, ""), by_column.get(name)
         if not value or (attr is not None and value in attr.skip_values):
             return None
         out.append(_answer(attr, lang, value) if attr is not None else value)
@@ -429,34 +487,64 @@ def _fill(template: str, row: Row, lang: str, by_column: dict[str, Attribute]) -
     return _PLACEHOLDER.sub(lambda m: m[0][0] if m[1] is None else next(values), template)
 
 
+def yes_no_type(attr: Attribute) -> str:
+    """The question_type of an attribute's yes/no questions (kept apart from its open questions in every breakdown
+    and in `balance`)."""
+    return f"{attr.name} yes/no"
+
+
+def column_values(rows: list[Row], attr: Attribute) -> list[str]:
+    """The attribute's distinct values in the table (skip values left out), sorted: a false statement's pool."""
+    return sorted({r.cells[attr.column] for r in rows} - attr.skip_values)
+
+
 def build_samples(rows: list[Row], tpl: Templates, langs: tuple[str, ...], seed: int,
                   split_of: dict[str, str]) -> tuple[list[Sample], dict[str, int], dict[str, dict[str, int]]]:
-    """One Sample per (row, attribute, language) with a usable template; also the skipped cells per attribute and
-    the (attribute, language) pairs left without a question because no template was usable."""
+    """One Sample per (row, attribute, language) with a usable template, and for an attribute with `yes_no`
+    templates two more: the row's value stated (answer yes) and another value of the column stated (answer no), the
+    same template and the same wrong value in every language. Also returns the skipped cells per attribute and the
+    (question type, language) pairs left without a question because no template was usable."""
     by_column: dict[str, Attribute] = {}
     for attr in tpl.attributes:
         by_column.setdefault(attr.column, attr)
+    values = {a.name: column_values(rows, a) for a in tpl.attributes if a.yes_no}
     samples, skipped = [], {a.name: 0 for a in tpl.attributes}
-    no_question: dict[str, dict[str, int]] = {a.name: {} for a in tpl.attributes}
+    no_question: dict[str, dict[str, int]] = defaultdict(dict)
+
+    def add(question_type: str, templates: dict[str, tuple[str, ...]], cells: dict[str, str], pick: int,
+            answers: dict[str, str], id: str, row: Row, meta: dict) -> None:
+        for lang in langs:
+            usable = [q for q in (_fill(t, cells, lang, by_column) for t in templates[lang]) if q is not None]
+            if not usable:
+                no_question[question_type][lang] = no_question[question_type].get(lang, 0) + 1
+                continue
+            samples.append(Sample(
+                id=f"{id}-{lang}", messages=[user(usable[pick % len(usable)]), assistant(answers[lang])],
+                images=[f"images/{row.image}"], task="vqa", answers=None, source="attributes",
+                split=split_of[row.image],
+                meta={"question_type": question_type, "lang": lang, "row": row.number, **meta}))
+
     for row in rows:
+        stem = Path(row.image).stem
         for attr in tpl.attributes:
             value = row.cells[attr.column]
             if value in attr.skip_values:
                 skipped[attr.name] += 1
                 continue
             pick = _hash(seed, "template", row.image, attr.name)  # the same for every language of the row
-            for lang in langs:
-                usable = [q for q in (_fill(t, row, lang, by_column) for t in attr.questions[lang]) if q is not None]
-                if not usable:
-                    no_question[attr.name][lang] = no_question[attr.name].get(lang, 0) + 1
-                    continue
-                samples.append(Sample(
-                    id=f"{Path(row.image).stem}-{attr.name}-{lang}",
-                    messages=[user(usable[pick % len(usable)]), assistant(_answer(attr, lang, value))],
-                    images=[f"images/{row.image}"], task="vqa", answers=None, source="attributes",
-                    split=split_of[row.image],
-                    meta={"question_type": attr.name, "lang": lang, "row": row.number, "value": value}))
-    return samples, skipped, {a: n for a, n in no_question.items() if n}
+            add(attr.name, attr.questions, row.cells, pick, {lang: _answer(attr, lang, value) for lang in langs},
+                f"{stem}-{attr.name}", row, {"value": value})
+            others = [v for v in values.get(attr.name, []) if v != value]
+            if not others:  # no yes/no templates, or a column with one value: nothing false to state
+                continue
+            wrong = others[_hash(seed, "false value", row.image, attr.name) % len(others)]
+            pick = _hash(seed, "yes/no template", row.image, attr.name)
+            for stated, word in ((value, 0), (wrong, 1)):
+                add(yes_no_type(attr), attr.yes_no, {**row.cells, attr.column: stated}, pick,
+                    {lang: tpl.yes_no_answers[lang][word] for lang in langs},
+                    f"{stem}-{attr.name}-{'yes' if word == 0 else 'no'}", row,
+                    {"answer_type": "yes/no", "value": value, "stated": stated})
+    return samples, skipped, {t: n for t, n in no_question.items() if n}
 
 
 def assign_splits(rows: list[Row], seed: int, val: float, test: float) -> dict[str, str]:
@@ -590,7 +678,12 @@ def generate_vqa(table: str | Path, images: str | Path, templates: str | Path, o
     for split, ratio in (("val", val), ("test", test)):
         if ratio > 0 and not split_images[split]:
             print(f"warning: no image fell into the {split} split ({len(rows)} images, ratio {ratio})", file=sys.stderr)
-    questions: dict[str, Counter] = {a.name: Counter() for a in tpl.attributes}
+    one_value = [a.name for a in tpl.attributes if a.yes_no and len(column_values(rows, a)) < 2]
+    if one_value:
+        print(f"warning: no yes/no questions for {', '.join(one_value)}: the column has a single value, so there is "
+              "nothing false to state", file=sys.stderr)
+    questions: dict[str, Counter] = {t: Counter() for a in tpl.attributes
+                                     for t in (a.name, *([yes_no_type(a)] if a.yes_no else []))}
     for s in samples:
         questions[s.meta["question_type"]][s.meta["lang"]] += 1
     report = {
@@ -599,7 +692,7 @@ def generate_vqa(table: str | Path, images: str | Path, templates: str | Path, o
         "split_images": dict(sorted(split_images.items())),
         "questions_per_attribute": {a: dict(c) for a, c in questions.items()},
         "distribution": distribution, "balanced": balanced, "rare": rare, "skipped_cells": skipped,
-        "no_question": no_question, "rejected": len(bad),
+        "no_question": no_question, "yes_no_single_value": one_value, "rejected": len(bad),
     }
     out.mkdir(parents=True, exist_ok=True)
     _write(out, rows, samples, bad, report, progress)
@@ -608,5 +701,6 @@ def generate_vqa(table: str | Path, images: str | Path, templates: str | Path, o
     return report
 
 
-__all__ = ["Attribute", "Row", "Templates", "assign_splits", "balance_train", "build_samples", "check_translations",
-           "generate_vqa", "iter_table", "load_templates", "parse_balance", "placeholders", "read_rows"]
+__all__ = ["YES_NO", "Attribute", "Row", "Templates", "assign_splits", "balance_train", "build_samples",
+           "check_translations", "column_values", "generate_vqa", "iter_table", "load_templates", "parse_balance",
+           "placeholders", "read_rows", "yes_no_type"]

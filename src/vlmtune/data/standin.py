@@ -59,6 +59,18 @@ QUESTIONS = {
     "bottom_colour": {"en": ["What colour is the {bottom_type}?"], "pt": ["Qual é a cor da parte de baixo?"]},
 }
 
+YES_NO_QUESTIONS = {
+    "top_type": {"en": ["Is the person wearing a {top_type} on top?"], "pt": ["A pessoa veste {top_type} em cima?"]},
+    "top_colour": {"en": ["Is the {top_type} {top_colour}?"], "pt": ["A cor da parte de cima é {top_colour}?"]},
+    "top_pattern": {"en": ["Is the {top_type} {top_pattern}?"], "pt": ["O padrão da parte de cima é {top_pattern}?"]},
+    "bottom_type": {"en": ["Is the person wearing {bottom_type} below the waist?"],
+                    "pt": ["A pessoa veste {bottom_type} embaixo?"]},
+    "bottom_colour": {"en": ["Is the colour of the {bottom_type} {bottom_colour}?"],
+                      "pt": ["A cor da parte de baixo é {bottom_colour}?"]},
+}
+"""Statements to confirm or deny (`yes_no` templates): the attribute's own placeholder is filled with the true value
+and with a wrong one (docs/fashion-vqa.md)."""
+
 RU_COLOURS = {"red": "красный", "green": "зелёный", "blue": "синий", "yellow": "жёлтый", "orange": "оранжевый",
               "purple": "фиолетовый", "black": "чёрный", "white": "белый"}
 MEME_WORDS = ("ПОНЕДЕЛЬНИК", "ПЯТНИЦА", "ОТПУСК", "ЗАРПЛАТА", "ДЕДЛАЙН", "КОФЕ", "СЕССИЯ", "ВЫХОДНЫЕ")
@@ -91,7 +103,8 @@ def _export(samples: list[tuple[Sample, list[Image.Image]]], fmt: str, out: Path
 
 
 def fashion_vqa(out: Path, n: int, seed: int, size: int) -> dict:
-    """The fashion team's raw material: photos, an attribute table and question templates in en + pt."""
+    """The fashion team's raw material: photos, an attribute table and question templates in en + pt (open
+    questions and yes/no statements)."""
     import csv
 
     import yaml
@@ -110,8 +123,8 @@ def fashion_vqa(out: Path, n: int, seed: int, size: int) -> dict:
     templates = {
         "image_column": "image",
         "languages": ["en", "pt"],
-        "attributes": {a: {"questions": QUESTIONS[a], "answers": {"pt": {v: PT[v] for v in VALUES[a]}}}
-                       for a in ATTRIBUTES},
+        "attributes": {a: {"questions": QUESTIONS[a], "yes_no": YES_NO_QUESTIONS[a],
+                           "answers": {"pt": {v: PT[v] for v in VALUES[a]}}} for a in ATTRIBUTES},
     }
     (out / "templates.yaml").write_text(yaml.safe_dump(templates, allow_unicode=True, sort_keys=False),
                                         encoding="utf-8")

@@ -47,11 +47,12 @@ def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
     return depth
 
 
-def load_json(text: str) -> Any:
+def load_json(text: str, object_pairs_hook=None) -> Any:
     """`json.loads`, but JSON nested deeper than MAX_JSON_DEPTH raises `JSONTooDeep` (a JSONDecodeError), never a
-    RecursionError, so every reader's `except json.JSONDecodeError` names the file and record."""
+    RecursionError, so every reader's `except json.JSONDecodeError` names the file and record. `object_pairs_hook`
+    is json.loads' own (a reader that must see a key given twice, which json.loads would silently drop)."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=object_pairs_hook)
     except RecursionError:
         value = None
     else:

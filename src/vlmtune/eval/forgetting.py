@@ -9,6 +9,9 @@
 A probe is any dataset with a task and a metric (general VQA, captions, whatever the model could do before). Deltas
 are in points, 100 x the metric (VQA accuracy 0.874 is 87.4 points), the unit papers report. The gate passes a
 checkpoint when no probe fell more than `max_drop` points below the base model; gains never fail it.
+
+`probe_table(run_dir)` reads a run back as the table `vlmtune train` prints at its end: per eval step, the val metric,
+each probe's score and delta from the base, the gate's verdict and the checkpoint copied to best/.
 """
 
 from __future__ import annotations
@@ -91,3 +94,36 @@ def gate(base: dict[str, float], now: dict[str, float], max_drop: float | None) 
                 violations.append(f"probe {name!r} fell {-d:.1f} points ({points(base[name]):.1f} -> "
                                   f"{points(now[name]):.1f}), more than forgetting.max_drop={max_drop:g}")
     return Verdict(deltas, violations)
+
+
+def probe_table(run_dir: str | Path) -> str:
+    """The forgetting guard of a run as a plain-text table (from metrics.jsonl, run_config.yaml and best/):
+
+        step  val vqa_accuracy  general vqa_accuracy  general delta  gate (max drop 5 pts)
+           0  0.052             0.800                 +0.0           base model
+         200  0.611             0.500                 -30.0          rejected
+         400  0.654             0.780                 -2.0           passed, best
+    """
+    from vlmtune.eval.report import RunView
+
+    v = RunView(run_dir)
+    best, max_drop = v.best_step(), v.cfg.forgetting.max_drop
+    header = ["step", f"val {v.metric}", *(f"{n} {h}" for n, m in v.probe_metric.items() for h in (m, "delta")),
+              f"gate (max drop {max_drop:g} pts)" if max_drop is not None else "gate (off)"]
+    rows = []
+    for step in v.eval_steps():
+        r = v.at(step)
+        val = r.get(f"val/{v.metric}")
+        cells = [str(step), f"{val:.3f}" if isinstance(val, float | int) else "-"]
+        for n, m in v.probe_metric.items():
+            score, delta = r.get(f"probe/{n}/{m}"), r.get(f"probe/{n}/delta")
+            cells += [f"{score:.3f}" if score is not None else "-", f"{delta:+.1f}" if delta is not None else "-"]
+        verdict = "base model" if step == 0 else "rejected" if step in v.rejected else \
+            "passed" if max_drop is not None else "-"
+        cells.append(verdict + (", best" if step == best else ""))
+        rows.append(cells)
+    widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=True)]
+    lines = ["  ".join(c.rjust(w) if i == 0 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths,
+                                                                                              strict=True))).rstrip()
+             for cells in (header, *rows)]
+    return "\n".join(lines)

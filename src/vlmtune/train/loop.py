@@ -549,6 +549,8 @@ def train(cfg: RunCfg) -> dict:
                               "is in checkpoints/")
     if state.stopped:
         out["stopped"] = state.stopped
+    if state.probes and state.accelerator.is_main_process:
+        print(f"\nforgetting guard ({state.run_dir}):\n{forgetting.probe_table(state.run_dir)}", file=sys.stderr)
     if cfg.report and state.accelerator.is_main_process:
         from vlmtune.eval.report import write_run_report
 

@@ -23,6 +23,7 @@ FORMATS: dict[str, str] = {
     "openai": "OpenAI chat messages JSONL (image_url parts: paths, file:// or base64 data URIs)",
     "chartqa": "ChartQA split directory (<split>_human.json / <split>_augmented.json, png/, tables/)",
     "cc3m": "CC3M-style TSV (caption, image, item_url)",
+    "deepfashion_mm": "DeepFashion-MultiModal captions.json ({image: caption}) + images/",
     "imagefolder": "image folder with metadata.jsonl or metadata.csv (Hugging Face imagefolder layout)",
     "hf": "Hugging Face datasets: a save_to_disk directory or parquet file(s) with an image column",
 }
