@@ -437,7 +437,8 @@ def _add_task_args(p) -> None:
     from vlmtune.eval.tasks import TASKS
 
     p.add_argument("--task", default=None, choices=sorted(TASKS),
-                   help="default: the task every sample names (caption, chartqa, ...), vqa when they differ")
+                   help="default: the task every sample names (caption, chartqa, ...), or for score/compare the task "
+                        "the prediction rows record; vqa when they name none or differ")
     p.add_argument("--vqa-variant", default=None,
                    choices=["official", "evalai", "vizwiz", "lavis_pre2021", "lmms_eval"],
                    help="VQA accuracy as computed by (default) the official GT-Vision-Lab code, or another tool")
@@ -454,6 +455,7 @@ SCORE_HELP = """each line of --predictions is one JSON object:
   chart_to_table  {"id": "1", "prediction": "TITLE | t <0x0A> Year | Sales <0x0A> 2019 | 12", "target": "..."}
   docvqa     {"id": "1", "prediction": "Dr. Lobo", "answers": ["Dr. Lobo", "Dear Dr. Lobo"]}
   retrieval  {"id": "img1", "similarity": {"t1": 0.3, "t2": 0.9}, "positives": ["t2"]}
+without --task, the rows' own "task" (vlmtune eval and predict write it) picks it, else vqa;
 the metrics are printed as JSON on the last line"""
 
 
