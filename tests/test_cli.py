@@ -151,8 +151,9 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys):
 
 
 def test_eval_and_predict_take_generation_settings_from_the_run(trained_run, tmp_path):
-    """A run trained to write long captions is not cut at the CLI's 16 tokens: settings not given on the command line
-    come from the run's eval section (from the run, its best/ or a checkpoint), flags win, a bare model gets 16."""
+    """A run trained to write long captions is not cut at the CLI's default: settings not given on the command line
+    come from the run's eval section (from the run, its best/ or a checkpoint), flags win, a bare model gets auto
+    (sized from the data, tests/eval/test_generation_cap.py)."""
     from argparse import Namespace
 
     from vlmtune.cli import _run_defaults
@@ -165,7 +166,7 @@ def test_eval_and_predict_take_generation_settings_from_the_run(trained_run, tmp
     assert (a.max_new_tokens, a.num_beams) == (9, 1)
     a = Namespace(model=str(tmp_path), max_new_tokens=None, num_beams=None, lang=None)
     _run_defaults(a)
-    assert (a.max_new_tokens, a.num_beams) == (16, 1)
+    assert (a.max_new_tokens, a.num_beams) == ("auto", 1)
 
 
 def test_the_offline_kernel_notice_of_bitsandbytes_is_not_printed(caplog):

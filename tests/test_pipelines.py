@@ -100,13 +100,14 @@ def test_vizwiz_llava_lora_scored_with_official_vqa_accuracy_and_answerability(t
     assert np.load(tmp_path / "test" / "submission_vizwiz.npy").tolist() == [s["answer"] for s in submission]
 
 
-def test_meme_captions_ru_composed_model_reads_the_meme_text_through_ocr(tmp_path, capsys):
+def test_meme_captions_ru_composed_model_in_two_stages_reads_the_meme_text_through_ocr(tmp_path, capsys):
+    """The page's two stages with the composed model: stage 1 trains the projector on English captions translated to
+    Russian (the project did that by hand in a spreadsheet), stage 2 LoRA on the memes from stage 1's export."""
     from helpers import tiny_causal_lm, tiny_clip
 
     raw, data, model = tmp_path / "raw", tmp_path / "data", tmp_path / "clip-lm"
     assert main(["data", "standin", "meme-captions-ru", "--out", str(raw), "--n", "20"]) == 0
     assert main(["data", "import", "coco", str(raw), "--out", str(data)]) == 0
-    # English captions translated to Russian (the project did it by hand in a spreadsheet), mixed into training
     from vlmtune.data.translate import save_tiny_translator
 
     english, translated = tmp_path / "en", tmp_path / "en-ru"
@@ -121,15 +122,22 @@ def test_meme_captions_ru_composed_model_reads_the_meme_text_through_ocr(tmp_pat
     vision, lm = tiny_clip(tmp_path / "clip"), tiny_causal_lm(tmp_path / "lm")
     assert main(["compose", "--vision", str(vision), "--lm", str(lm), "--projector", "mlp2x", "--out", str(model)]) == 0
     capsys.readouterr()
-    _train(tmp_path, data, "memes", capsys,
-           model={"family": "llava", "path": str(model)},
-           data={"ocr": "tesseract", "ocr_langs": "rus", "ocr_min_conf": 50, "max_length": 384,
-                 "sources": [{"name": "memes", "path": str(data)}, {"name": "captions-ru", "path": str(translated)}]},
+    ocr = {"ocr": "tesseract", "ocr_langs": "rus", "ocr_min_conf": 50, "max_length": 384}
+    caption = {"task": "caption", "metric": "CIDEr", "lang": "ru", "max_new_tokens": 12}
+    _train(tmp_path, translated, "stage1", capsys, model={"family": "llava", "path": str(model)}, data=ocr,
            train={"freeze_vision": True, "freeze_language": True, "max_steps": 4, "eval_every": 0, "save_every": 4},
-           eval={"task": "caption", "metric": "CIDEr", "lang": "ru", "max_new_tokens": 12})
+           eval=caption)
+    assert main(["export", "--model", str(tmp_path / "runs" / "stage1"), "--out", str(tmp_path / "aligned")]) == 0
+    capsys.readouterr()
+    _train(tmp_path, data, "memes", capsys, model={"family": "llava", "path": str(tmp_path / "aligned")}, data=ocr,
+           lora={"enabled": True, "r": 4, "alpha": 8},
+           train={"freeze_vision": True, "freeze_projector": False, "max_steps": 4, "eval_every": 0,
+                  "save_every": 4},
+           eval=caption)
     run = tmp_path / "runs" / "memes"
-    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert any(r.get("samples/captions-ru") for r in logged), "the translated captions were trained on"
+    stage1 = yaml.safe_load((tmp_path / "runs" / "stage1" / "run_config.yaml").read_text())
+    stage2 = yaml.safe_load((run / "run_config.yaml").read_text())
+    assert stage1["data"]["path"] == str(translated) and stage2["model"]["path"] == str(tmp_path / "aligned")
     assert main(["eval", "--model", str(run), "--data", str(data), "--split", "test", "--out", str(tmp_path / "ev"),
                  "--lang", "ru", "--max-new-tokens", "12"]) == 0
     metrics = _last_json(capsys)

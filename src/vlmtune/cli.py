@@ -56,7 +56,7 @@ def cmd_data_check(a) -> dict:
     from vlmtune.data.lint import check_dataset, image_token_report, parse_size, summary, write_report
 
     if a.image_size and not a.model:
-        raise ValueError("data check --image-size needs --model (a run, checkpoint or model directory)")
+        raise ValueError("data check --image-size needs --model (a run, checkpoint or model directory, or a hub id)")
     if a.dir is None:
         if not a.image_size:
             raise ValueError("data check: give a dataset directory, or --model with --image-size WxH")
@@ -164,11 +164,12 @@ def _eval_samples(a, out_dir: Path):
 def _run_defaults(a) -> None:
     """Generation settings not given on the command line come from the run's own eval section (a run trained to
     write 100-token captions is not cut at 16 tokens by `vlmtune eval --model RUN`), else from the CLI defaults."""
+    from vlmtune.config import EvalCfg
     from vlmtune.train.checkpoint import run_config_of
 
     cfg = run_config_of(a.model)
     e = cfg.eval if cfg is not None else None
-    for key, fallback in (("max_new_tokens", 16), ("num_beams", 1)):
+    for key, fallback in (("max_new_tokens", EvalCfg.max_new_tokens), ("num_beams", 1)):
         if getattr(a, key) is None:
             setattr(a, key, getattr(e, key) if e is not None else fallback)
     if getattr(a, "max_length", 0) is None:  # a prompt the run trained with fits; a Pix2Struct one is 2048 patches+
@@ -177,15 +178,26 @@ def _run_defaults(a) -> None:
         a.lang = e.lang
 
 
-def _predictor(a):
+def _predictor(a, samples=None):
+    """The Predictor of --model with the generation settings of `_run_defaults`; `max_new_tokens` auto is sized from
+    `samples`' gold texts with the model's tokenizer (`auto_max_new_tokens`)."""
+    import dataclasses
+
+    from vlmtune.eval.runner import auto_max_new_tokens
     from vlmtune.infer import Predictor
     from vlmtune.train.distributed import join_processes
 
     _run_defaults(a)
     device = join_processes()  # under torchrun / accelerate launch: one process group, each process its share
-    return Predictor.from_path(a.model, device=device if device is not None else a.device, dtype=a.dtype,
-                               batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, num_beams=a.num_beams,
-                               max_length=a.max_length)
+    auto = a.max_new_tokens == "auto"
+    p = Predictor.from_path(a.model, device=device if device is not None else a.device, dtype=a.dtype,
+                            batch_size=a.batch_size, num_beams=a.num_beams, max_length=a.max_length,
+                            **({} if auto else {"max_new_tokens": a.max_new_tokens}))
+    if auto:
+        cap, how = auto_max_new_tokens(p.loaded.processor.tokenizer, samples or [])
+        print(how, file=sys.stderr)
+        p = dataclasses.replace(p, max_new_tokens=cap)
+    return p
 
 
 def _task_options(a) -> dict:
@@ -215,7 +227,7 @@ def cmd_eval(a) -> dict:
     out = Path(a.out) if a.out else Path(a.model) / "eval" / (a.split or "all")
     samples = _eval_samples(a, out)
     a.task = a.task or _samples_task(samples)
-    metrics = evaluate(_predictor(a), a.data, samples, get_task(a.task), out, progress=True, prompt=a.prompt,
+    metrics = evaluate(_predictor(a, samples), a.data, samples, get_task(a.task), out, progress=True, prompt=a.prompt,
                        submission=a.submission, **_task_options(a))
     if a.report:
         from vlmtune.eval.analysis import write_analysis
@@ -230,22 +242,22 @@ def cmd_eval(a) -> dict:
 def cmd_eval_score(a) -> dict:
     from vlmtune.eval.score import score_file
 
-    return score_file(a.predictions, a.task or "vqa", a.out, **_task_options(a))
+    return score_file(a.predictions, a.task, a.out, **_task_options(a))
 
 
 def cmd_eval_compare(a) -> dict:
     from vlmtune.eval.analysis import compare_files
 
-    return compare_files(a.predictions, a.out, data=a.data, task=a.task or "vqa", names=a.names)
+    return compare_files(a.predictions, a.out, data=a.data, task=a.task, names=a.names)
 
 
 def cmd_predict(a) -> dict:
-    from vlmtune.eval.runner import predict, write_submission
+    from vlmtune.eval.runner import length_limited, predict, write_submission
 
     out = Path(a.out)
     samples = _eval_samples(a, out.parent)
-    rows = predict(_predictor(a), a.data, samples, out, progress=True)
-    result = {"out": str(out), "n": len(rows)}
+    rows = predict(_predictor(a, samples), a.data, samples, out, progress=True)
+    result = {"out": str(out), "n": len(rows), **length_limited(rows)}
     if a.submission:
         paths = [str(write_submission(rows, out.parent, kind)) for kind in dict.fromkeys(a.submission)]
         result["submission"] = paths[0] if len(paths) == 1 else paths
@@ -404,13 +416,28 @@ def _add_device_args(p, dtype: bool = True) -> None:
                        help="default: the dtype the run trained in (model.dtype), else the checkpoint's config.json")
 
 
+def _max_new_tokens(text: str) -> int | str:
+    """`--max-new-tokens N|auto`."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}")
+    return n
+
+
 def _add_model_args(p, required: bool = True) -> None:
     p.add_argument("--model", required=required,
                    help="a run directory (its best checkpoint), checkpoint or HF model dir")
     p.add_argument("--data", required=required, help="dataset directory (manifest.jsonl + images)")
     p.add_argument("--split", default=None, help="split to use (default: every sample)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's eval.max_new_tokens, else 16")
+    p.add_argument("--max-new-tokens", type=_max_new_tokens, default=None, metavar="N|auto",
+                   help="default: the run's eval.max_new_tokens, else auto (sized from the data's answers/captions: "
+                        "99th percentile of their token counts + 25%%, at least 16)")
     p.add_argument("--num-beams", type=int, default=None, help="default: the run's eval.num_beams, else 1")
     p.add_argument("--max-length", type=int, default=None,
                    help="prompt limit, image tokens included (default: the run's data.max_length, at least 4096)")
@@ -423,7 +450,8 @@ def _add_task_args(p) -> None:
     from vlmtune.eval.tasks import TASKS
 
     p.add_argument("--task", default=None, choices=sorted(TASKS),
-                   help="default: the task every sample names (caption, chartqa, ...), vqa when they differ")
+                   help="default: the task every sample names (caption, chartqa, ...), or for score/compare the task "
+                        "the prediction rows record; vqa when they name none or differ")
     p.add_argument("--vqa-variant", default=None,
                    choices=["official", "evalai", "vizwiz", "lavis_pre2021", "lmms_eval"],
                    help="VQA accuracy as computed by (default) the official GT-Vision-Lab code, or another tool")
@@ -440,6 +468,7 @@ SCORE_HELP = """each line of --predictions is one JSON object:
   chart_to_table  {"id": "1", "prediction": "TITLE | t <0x0A> Year | Sales <0x0A> 2019 | 12", "target": "..."}
   docvqa     {"id": "1", "prediction": "Dr. Lobo", "answers": ["Dr. Lobo", "Dear Dr. Lobo"]}
   retrieval  {"id": "img1", "similarity": {"t1": 0.3, "t2": 0.9}, "positives": ["t2"]}
+without --task, the rows' own "task" (vlmtune eval and predict write it) picks it, else vqa;
 the metrics are printed as JSON on the last line"""
 
 
@@ -508,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "   (image tokens per image of each size)")
     ck.add_argument("dir", nargs="?", default=None, help="vlmtune dataset directory")
     ck.add_argument("--model", default=None,
-                    help="a family name (what it can take) or a run/checkpoint/model directory (also token lengths)")
+                    help="a family name (what it can take), or a run/checkpoint/model directory or hub id "
+                         "(also token lengths; a hub id fetches only config and processor files)")
     ck.add_argument("--max-length", type=int, default=None, help="report samples longer than this (tokens)")
     ck.add_argument("--max-text-chars", type=int, default=None,
                     help="report texts longer than this many characters (default: data.max_text_chars's, 100000)")

@@ -285,13 +285,21 @@ class EvalCfg:
     metric: str = "vqa_accuracy"
     """Metric that picks the best checkpoint (higher is better)."""
     batch_size: int = 32
-    max_new_tokens: int = 16
+    max_new_tokens: int | Literal["auto"] = "auto"
+    """The most tokens generated per answer. `auto`: sized from the gold texts of the data evaluated (captions'
+    references, answers, targets), counted with the model's own tokenizer: their 99th percentile + the end token,
+    plus 25% (at least 8 tokens), and never below 16 (`eval.runner.auto_max_new_tokens`). A fixed cap shorter than
+    the data's captions cuts them off; predictions that reach the cap are counted and reported."""
     num_beams: int = 1
     max_samples: int | None = None
     """Evaluate on at most this many samples of the val split during training (None: all)."""
     lang: str | None = None
     """Caption language of samples whose meta has no `lang` (None: English): Russian captions get the Unicode
     tokenizer and METEOR's Russian stemmer instead of English rules. `vlmtune eval --lang` is the same option."""
+
+    def __post_init__(self):
+        if self.max_new_tokens != "auto" and self.max_new_tokens < 1:
+            raise ValueError(f"eval.max_new_tokens must be >= 1 or auto, got {self.max_new_tokens}")
 
 
 @dataclass
@@ -519,7 +527,12 @@ def _convert(tp, value: Any, where: str):
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, where)
+        for tp_ in inner[:-1]:  # `int | Literal["auto"]`: the first type the value converts to
+            try:
+                return _convert(tp_, value, where)
+            except ValueError:
+                pass
+        return _convert(inner[-1], value, where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, _RawOverride):
             raise ValueError(f"{where}: is a section; set its keys (--{where}.KEY VALUE)")

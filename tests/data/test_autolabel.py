@@ -19,6 +19,7 @@ from vlmtune.cli import main
 from vlmtune.data.autolabel import DEFAULT_CAPTION_PROMPT, autolabel, config_hash, problem_of
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.data.store import read_samples
+from vlmtune.infer import Completion
 
 IMAGES = ["a.png", "b.jpg", "c.png", "sub/d.png", "sub/e.png"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -117,13 +118,14 @@ class FakePredictor:
         """What resuming compares: one model, fixed settings."""
         return {"model": "scripted", "settings": {}}
 
-    def generate(self, samples, images):
+    def complete(self, samples, images):
         self.calls += 1
         if self.calls == self.die_on_call:
             raise KeyboardInterrupt("killed")
         assert all(len(ims) == len(s.images) == 1 for s, ims in zip(samples, images, strict=True))
         self.asked.extend((s.id, s.question) for s in samples)
-        return [self.answers.get(s.id, f"{Path(s.images[0]).stem} {len(s.question.split())}") for s in samples]
+        return [Completion(self.answers.get(s.id, f"{Path(s.images[0]).stem} {len(s.question.split())}"), 0, 1,
+                           "stop") for s in samples]
 
 
 @pytest.fixture

@@ -85,3 +85,26 @@ def test_standin_refuses_a_non_empty_directory_and_unknown_jobs(tmp_path):
     with pytest.raises(ValueError, match="unknown stand-in job"):
         write_standin("memes", tmp_path / "y", 5)
     assert json.dumps(sorted(p.name for p in (tmp_path / "x").iterdir())) == '["keep.txt"]'
+
+
+def test_flickr30k_ru_standin_is_the_translated_flickr30k_of_the_meme_job(tmp_path):
+    """Stage 1's data: Flickr30k's layout, five Russian captions per photo (the first, the training target, describes
+    the clothes as the meme captions do), figures other than the memes', and no text drawn on them."""
+    from PIL import Image
+
+    from vlmtune.data.standin import RU_COLOURS, _ru_colour
+
+    write_standin("flickr30k-ru", tmp_path / "raw", 12, seed=0)
+    samples = import_format("flickr30k", tmp_path / "raw", tmp_path / "d")
+    assert len(samples) == 12 and all(len(s.references) == 5 and s.target == s.references[0] for s in samples)
+    colours = set(RU_COLOURS.values())
+    for s in samples:
+        top, bottom = s.target.split(", ")
+        assert top.removesuffix(" верх") in colours and bottom.removesuffix(" низ") in colours
+        assert all(any("а" <= ch <= "я" for ch in r) for r in s.references)
+    write_standin("meme-captions-ru", tmp_path / "memes", 12, seed=0)
+    memes = import_format("coco", tmp_path / "memes", tmp_path / "m")
+    with Image.open(tmp_path / "d" / samples[0].images[0]) as a, Image.open(tmp_path / "m" / memes[0].images[0]) as b:
+        assert a.size == (160, 160) and b.size != a.size  # no white band with a word on top
+    assert [_ru_colour("blue", g) for g in ("m", "f", "pl")] == ["синий", "синяя", "синие"]
+    assert [_ru_colour("black", g) for g in ("m", "f", "pl")] == ["чёрный", "чёрная", "чёрные"]

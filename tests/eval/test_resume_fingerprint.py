@@ -1,7 +1,7 @@
 """Resuming `vlmtune eval` / `vlmtune predict` into an existing output keeps a row only when its sample's prompt and
 images, the model and the generation settings are unchanged; kept rows are scored against the current answers.
 
-Each test runs the real command on a saved tiny built-in model and counts the samples `Predictor.generate` is asked
+Each test runs the real command on a saved tiny built-in model and counts the samples `Predictor.complete` is asked
 for: 0 means every row was reused, 5 (the test split) that every row was generated again.
 """
 
@@ -34,15 +34,15 @@ def model(tmp_path) -> Path:
 
 @pytest.fixture
 def asked(monkeypatch) -> list[str]:
-    """The ids of the samples `Predictor.generate` is asked for, over every call."""
+    """The ids of the samples `Predictor.complete` (the runner's generation call) is asked for, over every call."""
     ids: list[str] = []
-    generate = Predictor.generate
+    complete = Predictor.complete
 
-    def counting(self, samples, images):
+    def counting(self, samples, images, **options):
         ids.extend(s.id for s in samples)
-        return generate(self, samples, images)
+        return complete(self, samples, images, **options)
 
-    monkeypatch.setattr(Predictor, "generate", counting)
+    monkeypatch.setattr(Predictor, "complete", counting)
     return ids
 
 

@@ -10,6 +10,7 @@ from helpers import FORMAT_FIXTURES, import_format
 from vlmtune.data.store import read_samples
 from vlmtune.eval.runner import evaluate, with_prompt
 from vlmtune.eval.tasks import get_task
+from vlmtune.infer import Completion
 
 
 class Scripted:
@@ -24,13 +25,13 @@ class Scripted:
         """What resuming compares: one model, fixed settings."""
         return {"model": "scripted", "settings": {}}
 
-    def generate(self, samples, images):
+    def complete(self, samples, images):
         if self.die_after is not None and self.calls >= self.die_after:
             raise KeyboardInterrupt("killed")
         self.calls += 1
         self.seen.extend(s.question for s in samples)
         assert all(len(i) == len(s.images) for s, i in zip(samples, images, strict=True))
-        return [self.answers.get(s.id, "unanswerable") for s in samples]
+        return [Completion(self.answers.get(s.id, "unanswerable"), 0, 1, "stop") for s in samples]
 
 
 @pytest.fixture(scope="module")

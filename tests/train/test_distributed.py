@@ -119,6 +119,7 @@ WORKER = textwrap.dedent("""
 
 FAKE = textwrap.dedent("""
     from vlmtune.data.dataset import load_split
+    from vlmtune.infer import Completion
 
 
     def samples_of(root):
@@ -136,10 +137,10 @@ FAKE = textwrap.dedent("""
         def fingerprint(self):
             return {"model": "fake", "settings": {}}
 
-        def generate(self, samples, images):
+        def complete(self, samples, images):
             self.calls += 1
             self.asked.extend(s.id for s in samples)
-            return [s.gold()[0] if int(s.id[-1]) % 2 == 0 else "no idea" for s in samples]
+            return [Completion(s.gold()[0] if int(s.id[-1]) % 2 == 0 else "no idea", 0, 1, "stop") for s in samples]
 """)
 
 

@@ -14,6 +14,11 @@ metric, on data whose answers are known.
     meme-captions-ru   COCO captions files (annotations/captions_<split>2014.json + <split>2014/) of figures with a
                        Russian word drawn in a white band across the top (the meme's own text); each Russian
                        caption names the clothes and quotes the word -> `vlmtune data import coco`
+    flickr30k-ru       the meme job's stage-1 data: Flickr30k's layout (results_20130124.token, five captions per
+                       photo, + flickr30k-images/) of figures with no text on them, captioned in Russian, as
+                       `vlmtune data import flickr30k` + `vlmtune data translate --to ru` leave the real Flickr30k
+                       (offline there is no translation model that knows Russian to run) -> `vlmtune data import
+                       flickr30k` + `vlmtune data split`
     fashion-retrieval  a CC3M-style catalogue: cc3m.tsv with caption, image, item_url (+ split), images beside it
                        -> `vlmtune data import cc3m` / `vlmtune retrieve index`
     chartqa            ChartQA's layout (<split>/<split>_augmented.json, png/, tables/*.csv) of drawn bar, line and
@@ -204,6 +209,46 @@ def meme_captions_ru(out: Path, n: int, seed: int, size: int) -> dict:
     return _export(samples, "coco", out)
 
 
+RU_GARMENTS = {"t-shirt": ("футболка", "f"), "sweater": ("свитер", "m"), "tank top": ("майка", "f"),
+               "trousers": ("брюки", "pl"), "shorts": ("шорты", "pl"), "skirt": ("юбка", "f")}
+"""Russian garment names and their gender (the colour adjective agrees with it)."""
+RU_PATTERNS = {"plain": "", "striped": " в полоску", "dotted": " в горошек"}
+
+
+def _ru_colour(colour: str, gender: str) -> str:
+    """красный -> красная (f) / красные (pl); синий -> синяя / синие."""
+    m = RU_COLOURS[colour]
+    stem, soft = m[:-2], m.endswith("ий")
+    return {"m": m, "f": stem + ("яя" if soft else "ая"), "pl": stem + ("ие" if soft else "ые")}[gender]
+
+
+def flickr30k_captions_ru(facts: dict) -> list[str]:
+    """Five Russian captions of one figure, as a translated Flickr30k gives five per photo. The first, the training
+    target, is the meme captions' description of the clothes without the quoted word."""
+    top, top_g = RU_GARMENTS[facts["top_type"]]
+    bottom, bottom_g = RU_GARMENTS[facts["bottom_type"]]
+    top_c, bottom_c = _ru_colour(facts["top_colour"], top_g), _ru_colour(facts["bottom_colour"], bottom_g)
+    pattern = RU_PATTERNS[facts["top_pattern"]]
+    upper, lower = RU_COLOURS[facts["top_colour"]], RU_COLOURS[facts["bottom_colour"]]
+    return [f"{upper} верх, {lower} низ",
+            f"на человеке {top_c} {top}{pattern} и {bottom_c} {bottom}",
+            f"{top_c} {top}{pattern}, {bottom_c} {bottom}",
+            f"человек стоит в одежде: {top} и {bottom}",
+            f"{upper} верх и {lower} низ на светлом фоне"]
+
+
+def flickr30k_ru(out: Path, n: int, seed: int, size: int) -> dict:
+    """Flickr30k with Russian captions: figures other than the memes' (another seed), no printed text, no split (the
+    Flickr30k token file has none: `vlmtune data split` assigns it)."""
+    samples = []
+    for i, (drawn, img) in enumerate(fashion(n, seed=seed + 1000, size=size)):
+        captions = flickr30k_captions_ru(drawn.meta)
+        sid = f"{1000000 + i}"
+        samples.append((Sample(id=sid, messages=[user("Describe the image."), assistant(captions[0])],
+                               images=[f"images/{sid}.jpg"], task="caption", references=captions), [img]))
+    return _export(samples, "flickr30k", out)
+
+
 def fashion_retrieval(out: Path, n: int, seed: int, size: int) -> dict:
     """A shop catalogue as a CC3M-style TSV: each item's photo, its caption and its product page."""
     samples = []
@@ -238,6 +283,7 @@ JOBS: dict[str, tuple[Callable[[Path, int, int, int], dict], int]] = {
     "fashion-vqa": (fashion_vqa, 64),
     "vizwiz": (vizwiz, 64),
     "meme-captions-ru": (meme_captions_ru, 160),
+    "flickr30k-ru": (flickr30k_ru, 160),
     "fashion-retrieval": (fashion_retrieval, 64),
     "chartqa": (chartqa, 192),
 }

@@ -32,13 +32,14 @@ def _e(x) -> str:
 
 
 def load_scored(path: str | Path, task: str | None) -> tuple[list[Row], dict]:
-    """Rows of a predictions file with per-sample scores (scored with `task` when they have none) and metrics."""
-    from vlmtune.eval.score import read_rows
+    """Rows of a predictions file with per-sample scores (scored with `task` when they have none) and metrics.
+    `task` None: the task the rows record, else the one in metrics.json beside the file, else vqa."""
+    from vlmtune.eval.score import read_rows, recorded_task
 
     path = Path(path)
     metrics_file = path.parent / "metrics.json"
     saved = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    task = task or saved.get("task") or "vqa"
+    task = task or recorded_task(path) or saved.get("task") or "vqa"
     rows = read_rows(path, task, unlabelled=True)  # a hidden-label split's predictions are shown, unscored
     if all("scores" in r for r in rows if not unlabelled(r)) and saved.get("task") == task:
         return rows, saved
@@ -226,7 +227,11 @@ def write_analysis(files: dict[str, str | Path], out: str | Path, data: str | Pa
     Returns the page's path and each file's metrics."""
     names = list(files)
     loaded = [load_scored(files[n], task) for n in names]
-    task = task or loaded[0][1].get("task") or "vqa"
+    tasks = {n: m["task"] for n, (_, m) in zip(names, loaded, strict=True)}
+    if len(set(tasks.values())) > 1:
+        raise ValueError("the files are of different tasks (" + ", ".join(f"{n}: {t}" for n, t in tasks.items())
+                         + "); compare files of one task, or pass --task")
+    task = tasks[names[0]]
     tables = [{r["id"]: r for r in rows} for rows, _ in loaded]
     ids = [i for i in tables[0] if all(i in t for t in tables[1:])]
     if not ids:
@@ -264,6 +269,6 @@ def compare_files(predictions: list[str], out: str | Path, data: str | Path | No
     if len(labels) != len(predictions) or len(set(labels)) != len(labels):
         raise ValueError(f"--names: {len(predictions)} distinct names needed, got {labels}")
     path, metrics = write_analysis(dict(zip(labels, predictions, strict=True)), out, data, task)
-    primary = get_task(task or next(iter(metrics.values())).get("task", "vqa")).primary
+    primary = get_task(next(iter(metrics.values()))["task"]).primary
     return {"out": str(path), "metrics": {n: {k: v for k, v in m.items() if k in ("n", primary)}
                                           for n, m in metrics.items()}}

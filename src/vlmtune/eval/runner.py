@@ -126,7 +126,7 @@ def _reusable(out: Path, samples: list[Sample], keys: dict[str, str], now: dict)
         elif old["input_hash"] != keys[s.id]:
             why["sample changed"] += 1
         else:
-            kept[s.id] = {**row_of(s, old["prediction"]), "input_hash": keys[s.id]}
+            kept[s.id] = {**row_of(s, old["prediction"], old.get("finish_reason")), "input_hash": keys[s.id]}
             rescored += old.get("answers") != kept[s.id].get("answers")
     if previous:
         note = f"{out}: resumed {len(kept)} of {len(samples)} rows"
@@ -159,15 +159,60 @@ def with_prompt(sample: Sample, template: str | None) -> Sample:
     return dataclasses.replace(sample, messages=messages + sample.messages[len(sample.prompt_messages):])
 
 
+AUTO_MIN_NEW_TOKENS = 16
+"""`max_new_tokens: auto` never goes below this (the fixed default it replaced): VQA answers keep their old cap."""
+
+
+def auto_max_new_tokens(tokenizer, samples: list[Sample]) -> tuple[int, str]:
+    """`max_new_tokens: auto` (eval.max_new_tokens, `--max-new-tokens auto`): a cap sized from the data instead of
+    guessed. The 99th percentile (nearest rank) of the token counts of every gold text of `samples` (a caption's
+    references, the VQA answers, a target), counted with the model's own `tokenizer`, + 1 for the end token the model
+    must also write, plus 25% (at least 8 tokens) for answers a little longer than the data's; never below
+    `AUTO_MIN_NEW_TOKENS`. Returns (cap, a line saying how it was found). The Russian meme captioner generated with a
+    fixed 48 and cut its longer captions short; a cap a caption can reach is reported after generation (`predict`)."""
+    texts = [t for s in samples if s.answers or s.references or s.messages[-1]["role"] == "assistant"
+             for t in s.gold() if t]  # a sample that is only a question has nothing to measure
+    if not texts:
+        return AUTO_MIN_NEW_TOKENS, (f"max_new_tokens auto: no gold texts to measure, using {AUTO_MIN_NEW_TOKENS} "
+                                     "(set --max-new-tokens / eval.max_new_tokens)")
+    counts = sorted(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    p99 = counts[math.ceil(0.99 * len(counts)) - 1]
+    cap = max(AUTO_MIN_NEW_TOKENS, math.ceil((p99 + 1) * 1.25), p99 + 1 + 8)
+    return cap, (f"max_new_tokens auto: {cap} (99th percentile of {len(counts)} gold texts: {p99} tokens, longest "
+                 f"{counts[-1]}; + end token + 25%, at least 8, at least {AUTO_MIN_NEW_TOKENS})")
+
+
+def length_limited(rows: list[dict]) -> dict:
+    """How many predictions stopped at max_new_tokens without an end token (`finish_reason` "length"): answers
+    possibly cut short. Rows made before `finish_reason` was recorded count as not limited."""
+    n = sum(r.get("finish_reason") == "length" for r in rows)
+    return {"length_limited": n, "length_limited_fraction": round(n / len(rows), 4) if rows else 0.0}
+
+
+def warn_length_limited(rows: list[dict], predictor) -> None:
+    """The stderr warning at the end of eval/predict when predictions reached the predictor's cap."""
+    counts = length_limited(rows)
+    if counts["length_limited"]:
+        print(f"warning: {counts['length_limited']} of {len(rows)} predictions "
+              f"({100 * counts['length_limited_fraction']:.1f}%) reached max_new_tokens={predictor.max_new_tokens} "
+              "without an end token and may be cut short; raise --max-new-tokens (eval.max_new_tokens), or use auto",
+              file=sys.stderr)
+
+
 META_KEYS = ("question_type", "answer_type", "answerable", "subset", "chart_type", "lang", "question_id")
 
 
-def row_of(sample: Sample, prediction: str) -> dict:
-    """A predictions-file row: what `eval score`, the error-analysis page and submissions need. A sample with no
-    answer (a hidden-label question) gives a row without "answers", which scoring leaves out (`unlabelled`)."""
+def row_of(sample: Sample, prediction: str, finish_reason: str | None = None) -> dict:
+    """A predictions-file row: what `eval score`, the error-analysis page and submissions need. `task` is the
+    sample's task, so that `eval score` / `eval compare` score the file as what it is; `finish_reason` is
+    "length" when the answer reached max_new_tokens (`length_limited`), else "stop". A sample with no answer (a
+    hidden-label question) gives a row without "answers", which scoring leaves out (`unlabelled`)."""
     row = {"id": sample.id, "images": sample.images, "question": sample.question, "prediction": prediction}
     if sample.gold():
         row["answers"] = sample.gold()
+    row["task"] = sample.task
+    if finish_reason is not None:
+        row["finish_reason"] = finish_reason
     meta = {k: v for k, v in sample.meta.items() if isinstance(v, (str, int, float, bool))}
     if sample.source:
         meta["source"] = sample.source
@@ -261,9 +306,9 @@ def _predict_sharded(predictor, root: Path, samples: list[Sample], out: Path | N
         for k in range(rounds):
             chunk = mine[k * step : (k + 1) * step]
             batch = chunk or todo[:1]  # an idle process keeps step with the others
-            answers = predictor.generate([with_prompt(s, prompt) for s in batch], [load_images(root, s) for s in batch])
-            rows = [row_of(s, a) | ({"input_hash": keys[s.id]} if keys else {})
-                    for s, a in zip(chunk, answers[: len(chunk)], strict=True)]
+            answers = predictor.complete([with_prompt(s, prompt) for s in batch], [load_images(root, s) for s in batch])
+            rows = [row_of(s, c.text, c.finish_reason) | ({"input_hash": keys[s.id]} if keys else {})
+                    for s, c in zip(chunk, answers[: len(chunk)], strict=True)]
             for part in _all_gather(rows, world):
                 for row in part:
                     done[row["id"]] = row
@@ -281,6 +326,8 @@ def _predict_sharded(predictor, root: Path, samples: list[Sample], out: Path | N
     rows = [done[s.id] for s in samples]
     if main and out is not None:  # the same file one process writes: dataset order
         atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    if main:
+        warn_length_limited(rows, predictor)
     return rows
 
 
@@ -382,12 +429,17 @@ def evaluate(predictor, root: str | Path, samples: list[Sample], task: Task, out
 
 def _score(rows: list[dict], samples: list[Sample], task: Task, out_dir: Path | None, submission: str | None,
            options: dict) -> dict:
-    """Metrics of predicted rows (+ predictions.jsonl, metrics.json and the submission file under `out_dir`)."""
+    """Metrics of predicted rows (+ predictions.jsonl, metrics.json and the submission file under `out_dir`). Each
+    row records the task it was scored as (`eval compare` and `eval score` read it back)."""
+    for r in rows:
+        r["task"] = task.name
     metrics = {"task": task.name, **{k: v for k, v in options.items() if v is not None},
                **task.score_rows(rows, **{k: v for k, v in options.items() if v is not None})}
     if metrics.get("unlabelled"):
         print(f"{metrics['unlabelled']} of {len(rows)} samples have no answer (a hidden-label split): their "
               f"predictions are written and not scored; {metrics['n']} scored", file=sys.stderr)
+    if task.name != "retrieval":
+        metrics |= length_limited(rows)
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "predictions.jsonl",

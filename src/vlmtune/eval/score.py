@@ -18,6 +18,31 @@ from vlmtune.eval.tasks import get_task, gold
 from vlmtune.eval.tasks import unlabelled as is_unlabelled
 
 
+def recorded_task(path: str | Path) -> str | None:
+    """The task a predictions file's rows record (`task`: written by `vlmtune eval` and `predict`), None when they
+    record none; rows of several tasks are refused, naming the file and the first line of each task."""
+    from vlmtune.eval.tasks import TASKS
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such predictions file")
+    first: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                task = load_json(raw).get("task")
+            except (json.JSONDecodeError, AttributeError):
+                continue  # read_rows names the bad line
+            if task is not None:
+                if not isinstance(task, str) or task not in TASKS:
+                    raise BadRecord(path, lineno, f"unknown task {task!r}; known: {sorted(TASKS)}", raw[:500])
+                first.setdefault(task, lineno)
+    if len(first) > 1:
+        raise ValueError(f"{path}: rows of several tasks (" + ", ".join(f"{t} from line {n}" for t, n in first.items())
+                         + "); score one task per file, or pass --task")
+    return next(iter(first), None)
+
+
 def read_rows(path: str | Path, task: str, unlabelled: bool = False) -> list[dict]:
     """The rows of a predictions JSONL, checked: a bad line raises a BadRecord naming the file and line. A row
     without answers is such a line unless `unlabelled` (the predictions of a hidden-label split, shown unscored)."""
@@ -71,8 +96,10 @@ def _check(row: dict, task: str, unlabelled: bool = False) -> None:
         raise ValueError("answers/references/target must be strings")
 
 
-def score_file(predictions: str | Path, task: str, out: str | Path | None = None, **options) -> dict:
-    """Score `predictions` with `task`; with `out`, writes metrics.json and predictions.jsonl (per-sample scores)."""
+def score_file(predictions: str | Path, task: str | None, out: str | Path | None = None, **options) -> dict:
+    """Score `predictions` with `task` (None: the task its rows record, else vqa); with `out`, writes metrics.json and
+    predictions.jsonl (per-sample scores)."""
+    task = task or recorded_task(predictions) or "vqa"
     t = get_task(task)
     rows = read_rows(predictions, task)
     opts = {k: v for k, v in options.items() if v is not None}

@@ -1,6 +1,6 @@
 """Compose a VLM from parts: a CLIP/SigLIP vision tower + a causal language model + a new projector -> an ordinary
-Hugging Face LLaVA-architecture model directory (how ClipCap, FROMAGe and LLaVA stage 1 are built, and how a
-ruCLIP + ruGPT pair is joined).
+Hugging Face LLaVA-architecture model directory (how ClipCap and LLaVA stage 1 are built; not FROMAGe, which also
+trains a [RET] token mapped into a retrieval space: vlmtune's retrieval is a separate dual encoder).
 
     vlmtune compose --vision openai/clip-vit-large-patch14-336 --lm lmsys/vicuna-7b-v1.5 --projector mlp2x --out m
 

@@ -432,16 +432,21 @@ def validate(state: State) -> dict:
     files and logs. At step 0 the probes' scores become the base; later, each probe's delta from the base (points)
     is logged and the forgetting gate is applied (the verdict is returned under "gate").
     """
-    from vlmtune.eval.runner import evaluate
+    from vlmtune.eval.runner import auto_max_new_tokens, evaluate
     from vlmtune.eval.tasks import get_task
     from vlmtune.infer import Predictor
 
     acc = state.accelerator
     metrics: dict = {}
     e = state.cfg.eval
+    max_new_tokens = e.max_new_tokens
+    if max_new_tokens == "auto":  # sized from the val split's gold texts (the probes get the same cap)
+        max_new_tokens, how = auto_max_new_tokens(state.loaded.processor.tokenizer, state.val)
+        if state.step == 0:
+            acc.print(how, file=sys.stderr)
     unwrapped = acc.unwrap_model(state.model)
     predictor = Predictor(Loaded(unwrapped, state.loaded.processor, state.family.name), state.family,
-                          max_new_tokens=e.max_new_tokens, num_beams=e.num_beams, batch_size=e.batch_size,
+                          max_new_tokens=max_new_tokens, num_beams=e.num_beams, batch_size=e.batch_size,
                           max_length=state.cfg.data.max_length, vision_cache=state.vision_cache,
                           autocast=lambda: train_autocast(acc),
                           # names the weights for a resumed validation (hashing them would gather a sharded model):
