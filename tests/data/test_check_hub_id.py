@@ -64,4 +64,4 @@ def test_a_missing_local_path_is_still_named_as_one(tmp_path, fashion_dir, capsy
     """A path that cannot be a hub id (absolute, or with ..) is a missing directory, as before."""
     missing = tmp_path / "runs" / "no-such-run"
     assert main(["data", "check", str(fashion_dir), "--model", str(missing)]) == 2
-    assert f"{missing}: no such model directory" in capsys.readouterr().err
+    assert f"no such run directory: {missing}" in capsys.readouterr().err

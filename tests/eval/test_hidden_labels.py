@@ -35,8 +35,10 @@ class Scripted:
     def fingerprint(self):
         return {"model": "scripted", "settings": {}}
 
-    def generate(self, samples, images):
-        return [self.answers.get(s.id, "unanswerable") for s in samples]
+    def complete(self, samples, images):
+        from vlmtune.infer import Completion
+
+        return [Completion(self.answers.get(s.id, "unanswerable"), 0, 1, "stop") for s in samples]
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +126,9 @@ def test_cli_predict_and_eval_on_the_test_split_with_a_real_model(vizwiz, tmp_pa
 
     assert main(["predict", *common, "--out", str(tmp_path / "pr" / "test.jsonl"), "--submission", "vizwiz-npy"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result == {"out": str(tmp_path / "pr" / "test.jsonl"), "n": 6,
-                      "submission": str(tmp_path / "pr" / "submission_vizwiz.npy")}
+    assert {k: result[k] for k in ("out", "n", "submission")} == {
+        "out": str(tmp_path / "pr" / "test.jsonl"), "n": 6,
+        "submission": str(tmp_path / "pr" / "submission_vizwiz.npy")}
     assert (tmp_path / "pr" / "submission_vizwiz.npy").read_bytes() == _npy_bytes(np.array(answers))
     assert main(["eval", "compare", str(tmp_path / "ev" / "predictions.jsonl"), str(tmp_path / "pr" / "test.jsonl"),
                  "--out", str(tmp_path / "compare.html")]) == 0
