@@ -93,6 +93,17 @@ def test_pot_runs_the_program_the_lm_writes_and_answers_from_it():
     assert yes.answer == "Yes"
 
 
+@pytest.mark.parametrize("reply,program", [
+    (" ans = 42", "ans = 42"),
+    ("    x = 40\n    ans = x + 2\n\nQ: next", "x = 40\nans = x + 2"),
+    ("#Python\n```python\nans = 42\n```", "ans = 42"),
+    ("\n ans = [x for x in [42]\n        ][0]", "ans = [x for x in [42]\n       ][0]"),  # dedented by one
+])
+def test_the_program_is_read_without_fences_and_leading_indentation(reply, program):
+    assert program_of(reply) == program
+    assert PoTReasoner(lambda p: reply).answer(SALES, "What is the value for Chile?").answer == "42"
+
+
 @pytest.mark.parametrize("reply,error", [
     ("import os\nans = os.listdir('/')", "line 1: import is not allowed"),
     ("ans = open('secrets.txt').read()", "the name 'open' is not allowed"),

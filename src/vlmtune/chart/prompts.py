@@ -22,6 +22,7 @@ Replies are cut at the first blank line or "Q:" (DePlot's stop sequences), as a 
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass
 
 from vlmtune.chart.table import Table, format_number, parse_number
@@ -134,10 +135,12 @@ def clean_answer(text: str) -> str:
 
 def program_of(reply: str) -> str:
     """The program in a program-of-thought reply: up to the first blank line, without a leading "#Python" line or a
-    Markdown code fence."""
+    Markdown code fence, and without the indentation a model may put before it (GPT-2-style tokenizers often start
+    a continuation with a space, which Python reads as an unexpected indent)."""
     text = cut_reply(reply.lstrip("\n"))
     text = re.sub(r"(?i)^\s*#\s*python[^\n]*\n", "", text)
-    return re.sub(r"^```(?:python)?\n|\n?```\s*$", "", text).strip("\n")
+    text = re.sub(r"^```(?:python)?\n|\n?```\s*$", "", text).strip("\n")
+    return textwrap.dedent(text).lstrip(" \t")
 
 
 def answer_text(value) -> str:
