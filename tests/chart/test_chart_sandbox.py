@@ -107,6 +107,15 @@ def test_a_program_without_a_usable_ans_says_why(program, error):
         run_program(program)
 
 
+def test_a_program_python_warns_about_is_checked_without_printing_the_warning(capsys):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning would fail the check here
+        assert run_program("x = [1, 2]\nans = x[0]if 1else 0") == 1
+    assert capsys.readouterr().err == ""
+
+
 def test_check_program_returns_the_tree_of_an_allowed_program():
     tree = check_program("# a comment\nrows = [('Chile', 42)]\nans = max(rows, key=lambda r: r[1])[0]")
     assert [type(n).__name__ for n in tree.body] == ["Assign", "Assign"]

@@ -33,6 +33,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import warnings
 
 TIME_LIMIT_S = 5.0
 """Wall-clock seconds a program may run (the CPU-time limit is this, rounded up, plus one)."""
@@ -101,7 +102,9 @@ def check_program(source: str) -> ast.Module:
     if len(source) > MAX_PROGRAM_CHARS:
         raise SandboxError(f"the program has {len(source)} characters; at most {MAX_PROGRAM_CHARS} are run")
     try:
-        tree = ast.parse(source, "<program>")
+        with warnings.catch_warnings():  # "invalid decimal literal" and the like: the model's problem, not the user's
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(source, "<program>")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:  # ValueError: a NUL byte in the source
         raise SandboxError(f"the program is not valid Python: {type(e).__name__}: {e}") from None
     for node in ast.walk(tree):
