@@ -209,6 +209,20 @@ def test_build_reasoner_makes_each_setup_and_says_what_is_missing():
     answers = {s: r.answer(SALES, "What is the value for Chile?").answer for s, r in built.items()}
     assert answers == {"program": "42", "zero_shot": "42", "cot": "42", "pot": "42", "sc": "42"}
     assert build_reasoner("cot", Scripted(), fallback=True).first.name == "cot"
+    with pytest.raises(ValueError, match="self-consistency prompts \\['sql'\\]"):
+        build_reasoner("sc", Scripted(), sc_prompts=("cot", "sql"))
+
+
+def test_zero_shot_reads_the_first_line_even_when_the_reply_opens_with_a_newline():
+    class OpensWithNewline:
+        def generate(self, prompt, max_new_tokens, stop=(), chat=False):
+            reply = "\n\n42\nbecause Chile is the highest."
+            for s in stop:  # as a real LM would honour its stop strings
+                reply = reply.split(s, 1)[0]
+            return reply
+
+    got = build_reasoner("zero_shot", OpensWithNewline()).answer(SALES, "What is the value for Chile?")
+    assert got.ok and got.answer == "42"
 
 
 # ------------------------------------------------------------------------------------------------ a local causal LM
@@ -263,3 +277,19 @@ def test_every_setup_answers_through_the_local_lm(tiny_lm):
         assert got.reasoner == setup and got.ok == (got.error is None) and (got.ok or got.answer == "")
     votes = SelfConsistencyReasoner(sampler(tiny_lm, 12), k=2).answer(SALES, question)
     assert len(votes.samples) == 4 and [s["prompt"] for s in votes.samples] == ["cot", "cot", "pot", "pot"]
+
+
+def test_a_vlmtune_model_answers_text_only_through_predictor(tmp_path):
+    """`--llm` may name a vlmtune model whose family takes text-only prompts (here the built-in llava model)."""
+    from helpers import save_builtin
+
+    from vlmtune.chart.lm import PredictorLM, load_lm
+
+    lm = load_lm(save_builtin(tmp_path / "builtin"), device="cpu")
+    assert isinstance(lm, PredictorLM)
+    prompt = cot_prompt(SALES, "Which country has the highest value?")
+    assert lm.generate(prompt, max_new_tokens=6) == lm.generate(prompt, max_new_tokens=6)
+    samples = lm.sample(prompt, n=3, temperature=1.0, max_new_tokens=6)
+    assert len(samples) == 3 and samples == lm.sample(prompt, n=3, temperature=1.0, max_new_tokens=6)
+    got = build_reasoner("sc", lm, max_new_tokens=6, k=2).answer(SALES, "Which country has the highest value?")
+    assert len(got.samples) == 4 and got.ok == (got.error is None)

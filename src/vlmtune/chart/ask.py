@@ -109,8 +109,8 @@ def _model_tables(predictor, root: Path, images: list[str], cache: Path, progres
     return tables
 
 
-def _answer_rows(samples: list[Sample], tables: dict[str, str], reasoner: Reasoner, progress: str | None = None,
-                 ) -> list[dict]:
+def _answer_rows(samples: list[Sample], tables: dict[str, str], reasoner: Reasoner,
+                 progress: str | None = None) -> list[dict]:
     """One row per question: the reasoner's answer (as "prediction"), program, ok/error, the table it read."""
     from vlmtune.eval.runner import row_of
 
@@ -202,7 +202,7 @@ def evaluate_charts(predictor, root: str | Path, split: str | None, out_dir: str
     all_rows: list[dict] = []
     setups: dict[str, dict] = {}
     for r in reasoners:
-        rows = _answer_rows(samples, tables, r, progress=f"{r.name}" if progress and r.name != "program" else None)
+        rows = _answer_rows(samples, tables, r, progress=r.name if progress and r.name != "program" else None)
         setups[r.name] = _setup_scores(rows)
         if predictor is not None and ceiling and len(truth) == len(images):
             ceiling_rows = _answer_rows(samples, truth, r, progress=f"{r.name} (true tables)"

@@ -458,12 +458,13 @@ def build_reasoner(setup: str, lm: TextLM | None = None, *, max_new_tokens: int 
         raise ValueError(f"the {setup} setup needs a language model (--llm DIR: a causal LM or a vlmtune model "
                          "directory)")
 
-    def tokens(style: str) -> int:
-        return max_new_tokens or MAX_NEW_TOKENS[style]
+    def tokens(style: str) -> int:  # an unknown style is refused by SelfConsistencyReasoner below
+        return max_new_tokens or MAX_NEW_TOKENS.get(style, max(MAX_NEW_TOKENS.values()))
 
     reasoner: Reasoner
     if setup == "zero_shot":  # an instruction, not a document to continue: the chat template where there is one
-        reasoner = ZeroShotReasoner(generator(lm, tokens("zero_shot"), ("\n",), chat=True))
+        reasoner = ZeroShotReasoner(generator(lm, tokens("zero_shot"), chat=True))  # no stop: a reply may open with
+        # a newline, and its first non-empty line is the answer
     elif setup == "cot":
         reasoner = CoTReasoner(generator(lm, tokens("cot"), STOP))
     elif setup == "pot":
