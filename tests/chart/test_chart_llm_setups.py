@@ -116,6 +116,11 @@ def test_pot_programs_that_fail_or_are_refused_give_no_answer_and_say_why(reply,
     assert not got.ok and got.answer == "" and error in got.error and got.program == reply
 
 
+def test_pot_refuses_limits_no_program_could_run_under():
+    with pytest.raises(ValueError, match=r"got -1 s, 256 MB"):
+        PoTReasoner(lambda p: "ans = 1", time_limit_s=-1)
+
+
 def test_a_failing_lm_is_reported_and_the_program_answers_only_through_fallback():
     def boom(prompt: str) -> str:
         raise RuntimeError("CUDA out of memory")
@@ -164,6 +169,8 @@ def test_self_consistency_with_no_answer_at_all_is_not_ok():
     ({"prompts": ()}, "choose from"),
     ({"k": 0}, "k >= 1"),
     ({"temperature": 0.0}, "temperature > 0"),
+    ({"time_limit_s": 0}, "--pot-time-limit must be > 0 s"),
+    ({"memory_mb": 8}, "--pot-memory-mb at least 32"),
 ])
 def test_self_consistency_refuses_settings_that_cannot_vote(options, error):
     with pytest.raises(ValueError, match=error):

@@ -317,6 +317,13 @@ class CoTReasoner:
                       error=None if found else f"the reply states no answer (no 'The answer is'): {reply[:200]!r}")
 
 
+def check_limits(time_limit_s: float, memory_mb: int) -> None:
+    """The sandbox limits a PoT reasoner is given: a positive time, and memory the interpreter can run in."""
+    if not time_limit_s > 0 or memory_mb < 32:
+        raise ValueError(f"program-of-thought limits: --pot-time-limit must be > 0 s and --pot-memory-mb at least 32 "
+                         f"(got {time_limit_s} s, {memory_mb} MB)")
+
+
 def run_pot(program: str, time_limit_s: float, memory_mb: int) -> tuple[str, str | None]:
     """(answer, error) of a program-of-thought program run in the sandbox."""
     try:
@@ -336,6 +343,9 @@ class PoTReasoner:
     time_limit_s: float = TIME_LIMIT_S
     memory_mb: int = MEMORY_LIMIT_MB
     name: str = "pot"
+
+    def __post_init__(self) -> None:
+        check_limits(self.time_limit_s, self.memory_mb)
 
     def answer(self, table: Table, question: str) -> Answer:
         try:
@@ -370,6 +380,7 @@ class SelfConsistencyReasoner:
         unknown = [p for p in self.prompts if p not in PROMPTS]
         if unknown or not self.prompts:
             raise ValueError(f"self-consistency prompts {unknown or '()'}: choose from {', '.join(PROMPTS)}")
+        check_limits(self.time_limit_s, self.memory_mb)
         if self.k < 1 or self.temperature <= 0:
             raise ValueError(f"self-consistency needs k >= 1 and a temperature > 0 (got k={self.k}, "
                              f"temperature={self.temperature})")
