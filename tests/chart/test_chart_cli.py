@@ -117,11 +117,73 @@ def test_chart_eval_and_ask_refuse_bad_options(setup, tmp_path, capsys):
     assert cli.main(["chart", "eval", "--oracle", "--model", str(run_dir), "--data", str(qa)]) == 2
     assert "give --model M" in capsys.readouterr().err
     image = str(qa / read_samples(qa, "test")[0][0].images[0])
-    assert cli.main(["chart", "ask", image, "How many?", "--model", str(run_dir), "--reasoner", "llm"]) == 2
-    assert "--reasoner llm needs --llm" in capsys.readouterr().err
-    assert cli.main(["chart", "ask", image, "How many?", "--model", str(run_dir), "--reasoner", "llm",
+    assert cli.main(["chart", "ask", image, "How many?", "--model", str(run_dir), "--reasoner", "cot"]) == 2
+    assert "--reasoner cot needs --llm DIR" in capsys.readouterr().err
+    assert cli.main(["chart", "ask", image, "How many?", "--model", str(run_dir), "--reasoner", "zero_shot",
                      "--llm", str(run_dir)]) == 2
     assert "cannot answer text-only prompts" in capsys.readouterr().err
+    assert cli.main(["chart", "ask", image, "How many?", "--model", str(run_dir), "--reasoner", "cot,pot"]) == 2
+    assert "--reasoner 'cot,pot': one of program, zero_shot, cot, pot, sc (each once)" in capsys.readouterr().err
+    assert cli.main(["chart", "eval", "--oracle", "--data", str(qa), "--reasoner", "program,tot"]) == 2
+    assert "a comma list of program, zero_shot, cot, pot, sc or all" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lm") / "tiny-lm"
+    assert cli.main(["chart", "init-lm", "--out", str(path), "--layers", "1", "--hidden", "32"]) == 0
+    return path
+
+
+def test_chart_eval_reports_every_reasoning_setup_in_one_table(setup, tiny_lm, tmp_path, capsys):
+    """The model writes the tables once; each setup answers from them (and from the true tables: the ceiling)."""
+    _, qa, run_dir = setup
+    out_dir = tmp_path / "all"
+    rc = cli.main(["chart", "eval", "--model", str(run_dir), "--data", str(qa), "--split", "test", "--out",
+                   str(out_dir), "--max-new-tokens", "12", "--reasoner", "all", "--llm", str(tiny_lm),
+                   "--llm-max-new-tokens", "12", "--sc-k", "2"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    metrics = json.loads(captured.out.strip().splitlines()[-1])
+    setups = ["program", "zero_shot", "cot", "pot", "sc"]
+    assert list(metrics["setups"]) == setups and metrics["reasoner"] == "program"
+    for name, scores in metrics["setups"].items():
+        assert 0.0 <= scores["relaxed_accuracy"] <= 1.0 and 0.0 <= scores["answered"] <= 1.0, name
+        assert sum(g["n"] for g in scores["by_question_type"].values()) == 6
+    assert metrics["setups"]["program"]["ceiling_relaxed_accuracy"] == 1.0 == metrics["ceiling_relaxed_accuracy"]
+    assert metrics["relaxed_accuracy"] == metrics["setups"]["program"]["relaxed_accuracy"]
+    table = "| setup | relaxed accuracy | exact match | answered | relaxed accuracy, true tables |"
+    assert table in captured.err
+    for name in setups:
+        s = metrics["setups"][name]
+        assert (f"| {name} | {s['relaxed_accuracy']:.3f} | {s['exact_match']:.3f} | {s['answered']:.3f} | "
+                f"{s['ceiling_relaxed_accuracy']:.3f} |") in captured.err
+    rows = [json.loads(line) for line in (out_dir / "predictions.jsonl").read_text().splitlines()]
+    assert [r["setup"] for r in rows] == [s for s in setups for _ in range(6)]
+    assert all(r["ok"] == (r["error"] is None) for r in rows)
+    sc = [r for r in rows if r["setup"] == "sc"]
+    assert all(len(r["samples"]) == 4 and {x["prompt"] for x in r["samples"]} == {"cot", "pot"} for r in sc)
+    assert (out_dir / "tables.jsonl").read_text().count("\n") == 6  # one table per chart, shared by the setups
+
+
+def test_chart_eval_runs_every_setup_on_the_chartqa_stand_in(setup, tiny_lm, tmp_path, capsys):
+    """ChartQA's own layout (stand-in), imported, then chart image -> the model's table -> each of the five setups;
+    and the setups on the true CSV tables (--oracle)."""
+    _, _, run_dir = setup
+    raw, data = tmp_path / "raw", tmp_path / "chartqa"
+    assert cli.main(["data", "standin", "chartqa", "--out", str(raw), "--n", "20", "--size", "64"]) == 0
+    assert cli.main(["data", "import", "chartqa", str(raw), "--out", str(data)]) == 0
+    capsys.readouterr()
+    lm = ["--reasoner", "all", "--llm", str(tiny_lm), "--llm-max-new-tokens", "8", "--sc-k", "2"]
+    model = run(capsys, "chart", "eval", "--model", str(run_dir), "--data", str(data), "--split", "test",
+                "--out", str(tmp_path / "model"), "--max-new-tokens", "12", "--no-ceiling", *lm)
+    oracle = run(capsys, "chart", "eval", "--oracle", "--data", str(data), "--split", "test", "--out",
+                 str(tmp_path / "oracle"), *lm)
+    for metrics in (model, oracle):
+        assert list(metrics["setups"]) == ["program", "zero_shot", "cot", "pot", "sc"] and metrics["n_questions"] == 4
+        assert all("ceiling_relaxed_accuracy" not in s for s in metrics["setups"].values())
+    assert oracle["setups"]["program"]["relaxed_accuracy"] == 1.0 and oracle["tables"] == "true (oracle)"
+    assert model["table"]["n"] == 4 and model["tables"] == "model"
 
 
 def test_eval_task_chart_to_table(setup, tmp_path, capsys):

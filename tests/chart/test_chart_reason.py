@@ -1,5 +1,6 @@
 """Table -> answer: every program kind on golden examples (answers computed by hand), clear failures, the ceiling
-on true tables, and the LLM reasoner's interface (prompt, parsing, fallback) with a fake and a tiny real LM."""
+on true tables, and the zero-shot LM reasoner's interface (prompt, parsing, fallback) with a fake (the other LM
+setups and a real LM: test_chart_llm_setups.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import random
 
 import pytest
 
-from vlmtune.chart.reason import Answer, LLMReasoner, ProgramReasoner, llm_from_path, llm_prompt, parse_question
+from vlmtune.chart.reason import Answer, Fallback, ProgramReasoner, ZeroShotReasoner, llm_prompt, parse_question
 from vlmtune.chart.synth import QUESTION_TYPES, make_question, random_spec
 from vlmtune.chart.table import Table
 from vlmtune.eval.metrics.chartqa import relaxed_accuracy
@@ -88,70 +89,34 @@ def test_ceiling_on_true_tables_is_perfect():
         assert got.ok and relaxed_accuracy(got.answer, answer) == 1.0, (qtype, question, answer, got)
 
 
-# ------------------------------------------------------------------------------------------------------- LLM
+# ------------------------------------------------------------------------------------------------- zero-shot
 
 
-def test_llm_reasoner_prompts_with_the_table_and_parses_the_reply():
+def test_zero_shot_prompts_with_the_table_and_parses_the_reply():
     seen = []
 
     def fake(prompt: str) -> str:
         seen.append(prompt)
         return "Answer: 42.\nBecause Chile is the tallest bar."
 
-    got = LLMReasoner(fake).answer(SALES, "What is the value for Chile?")
-    assert got == Answer(answer="42", program="Answer: 42.\nBecause Chile is the tallest bar.", reasoner="llm")
+    got = ZeroShotReasoner(fake).answer(SALES, "What is the value for Chile?")
+    assert got == Answer(answer="42", program="Answer: 42.\nBecause Chile is the tallest bar.", reasoner="zero_shot")
     (prompt,) = seen
     assert prompt == llm_prompt(SALES, "What is the value for Chile?")
     assert "Chile | 42\nPeru | 17\nItaly | 30" in prompt and "TITLE | Sales by country" in prompt
     assert prompt.endswith("Question: What is the value for Chile?\nAnswer:")
 
 
-def test_llm_failures_fall_back_and_are_marked():
-    empty = LLMReasoner(lambda p: "  \n", fallback=ProgramReasoner()).answer(SALES, "What is the value for Chile?")
-    assert empty.answer == "42" and empty.ok and empty.reasoner == "llm->program"
+def test_lm_failures_say_why_and_fall_back_only_when_asked():
+    silent = Fallback(ZeroShotReasoner(lambda p: "  \n"), ProgramReasoner())
+    empty = silent.answer(SALES, "What is the value for Chile?")
+    assert empty.answer == "42" and empty.ok and empty.reasoner == "zero_shot->program"
     assert "no answer" in empty.error and "answered by program" in empty.error
 
     def boom(prompt: str) -> str:
         raise RuntimeError("out of memory")
 
-    crashed = LLMReasoner(boom, fallback=ProgramReasoner()).answer(SALES, "Which country has the highest value?")
+    crashed = Fallback(ZeroShotReasoner(boom), ProgramReasoner()).answer(SALES, "Which country has the highest value?")
     assert crashed.answer == "Chile" and "the model failed: RuntimeError: out of memory" in crashed.error
-    alone = LLMReasoner(boom).answer(SALES, "What is the value for Chile?")
-    assert not alone.ok and alone.answer == "" and alone.reasoner == "llm" and "out of memory" in alone.error
-
-
-@pytest.fixture(scope="module")
-def tiny_causal_lm(tmp_path_factory):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from vlmtune.models.builtin import train_byte_bpe
-
-    corpus = [llm_prompt(SALES, "What is the value for Chile?"), "42 Chile Peru Italy yes no"] * 5
-    tok = PreTrainedTokenizerFast(tokenizer_object=train_byte_bpe(corpus, ["<pad>", "<s>", "</s>"], 300),
-                                  pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
-                                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id))
-    path = tmp_path_factory.mktemp("lm")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-def test_llm_from_a_causal_lm_directory(tiny_causal_lm):
-    generate = llm_from_path(tiny_causal_lm, max_new_tokens=4)
-    prompt = llm_prompt(SALES, "What is the value for Chile?")
-    reply = generate(prompt)
-    assert isinstance(reply, str) and reply == generate(prompt)  # greedy: the same reply twice
-    got = LLMReasoner(generate, fallback=ProgramReasoner()).answer(SALES, "What is the value for Chile?")
-    if got.reasoner == "llm":  # a random model's reply, kept verbatim as the "program"
-        assert got.program == reply and got.answer and got.answer in reply
-    else:
-        assert got.reasoner == "llm->program" and got.answer == "42"
-
-
-def test_llm_from_path_refuses_what_is_not_a_model(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no config.json"):
-        llm_from_path(tmp_path)
+    alone = ZeroShotReasoner(boom).answer(SALES, "What is the value for Chile?")
+    assert not alone.ok and alone.answer == "" and alone.reasoner == "zero_shot" and "out of memory" in alone.error

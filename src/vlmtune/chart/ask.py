@@ -7,12 +7,15 @@ table, a `Reasoner` answers the question from it; and its evaluation on a chart-
     vlmtune chart tables data/chartqa --out data/chartqa-tables          # ChartQA -> chart-to-table training data
 
 `evaluate_charts` writes the table of each image once (many questions share a chart in ChartQA), cached in
-OUT/tables.jsonl so an interrupted run resumes; answers every question with the reasoner; and scores the answers
-with ChartQA's relaxed accuracy (the `chartqa` task, pix2struct's official metric) and the tables against the
-samples' true tables (`meta["table"]`: the charts world's DePlot text or ChartQA's CSV) with RMS-F1 / RNSS, each
+OUT/tables.jsonl so an interrupted run resumes; answers every question with each reasoning setup in turn (the rule
+program, or DePlot's LM setups: `--reasoner all` compares them on the same tables); and scores the answers with
+ChartQA's relaxed accuracy (the `chartqa` task, pix2struct's official metric) and the tables against the samples'
+true tables (`meta["table"]`: the charts world's DePlot text or ChartQA's CSV) with RMS-F1 / RNSS, each
 beside its chance level (`table.random_baseline`: every chart scored against another chart's true table, see
 `vlmtune.eval.metrics.table.table_baseline`).
-OUT/predictions.jsonl has one row per question (answer, program, table used), OUT/metrics.json the scores.
+OUT/predictions.jsonl has one row per question and setup (answer, program or reply, self-consistency's samples, the
+table used), OUT/metrics.json the scores ("setups": one entry per setup; `setups_table` prints them). The LM's
+answers are not cached: an interrupted run answers again (only the tables are reused).
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ def ask(predictor, image, question: str, reasoner: Reasoner | None = None) -> di
 
 
 def _answer_fields(a: Answer) -> dict:
-    return {"answer": a.answer, "program": a.program, "ok": a.ok, "error": a.error, "reasoner": a.reasoner}
+    fields = {"answer": a.answer, "program": a.program, "ok": a.ok, "error": a.error, "reasoner": a.reasoner}
+    return fields if a.samples is None else {**fields, "samples": a.samples}
 
 
 def _question_samples(root: Path, split: str | None, limit: int | None) -> list[Sample]:
@@ -107,17 +111,29 @@ def _model_tables(predictor, root: Path, images: list[str], cache: Path, progres
     return tables
 
 
-def _answer_rows(samples: list[Sample], tables: dict[str, str], reasoner: Reasoner) -> list[dict]:
+def _answer_rows(samples: list[Sample], tables: dict[str, str], reasoner: Reasoner,
+                 progress: str | None = None) -> list[dict]:
+    """One row per question: the reasoner's answer (as "prediction"), program, ok/error, the table it read."""
     from vlmtune.eval.runner import row_of
 
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(samples), desc=progress, file=sys.stderr)
     rows = []
     for s in samples:
         a = reasoner.answer(Table.from_text(tables[s.images[0]]), s.question)
         row = row_of(s, a.answer)
         row.pop("meta", None)
         meta = {k: s.meta[k] for k in ("question_type", "answer_type", "chart_type", "subset") if k in s.meta}
-        rows.append({**row, "program": a.program, "ok": a.ok, "error": a.error, "reasoner": a.reasoner,
-                     "table": tables[s.images[0]], "meta": {**meta, "source": s.source}})
+        rows.append({**row, "setup": reasoner.name, **_answer_fields(a), "table": tables[s.images[0]],
+                     "meta": {**meta, "source": s.source}})
+        rows[-1].pop("answer")  # the answer is the row's "prediction"
+        if bar:
+            bar.update(1)
+    if bar:
+        bar.close()
     return rows
 
 
@@ -130,16 +146,49 @@ def _mean_by(rows: list[dict], key: str, metric: str) -> dict:
     return {k: {"n": len(v), metric: sum(v) / len(v)} for k, v in sorted(groups.items())}
 
 
-def evaluate_charts(predictor, root: str | Path, split: str | None, out_dir: str | Path,
-                    reasoner: Reasoner | None = None, limit: int | None = None, ceiling: bool = True,
-                    progress: bool = False) -> dict:
-    """Chart QA through tables. `predictor=None` answers from the TRUE tables (`meta["table"]`): the reasoner's
-    ceiling. Returns the metrics (also written to OUT/metrics.json)."""
-    from vlmtune.eval.metrics.table import table_baseline, table_metrics_corpus
+def _setup_scores(rows: list[dict]) -> dict:
+    """ChartQA's relaxed accuracy (pix2struct's, through the chartqa task), exact match, the share of questions
+    answered, and the breakdowns, of one setup's rows."""
     from vlmtune.eval.tasks import get_task
 
+    qa = get_task("chartqa").score_rows(rows)
+    scores = {"relaxed_accuracy": qa["relaxed_accuracy"], "exact_match": qa["exact_match"],
+              "answered": sum(r["ok"] for r in rows) / len(rows),
+              "by_question_type": _mean_by(rows, "question_type", "relaxed_accuracy")}
+    return {**scores, **{k: v for k, v in qa.items() if k.startswith("by_")}}
+
+
+def setups_table(metrics: dict) -> str:
+    """The setups of a `chart eval` as a Markdown table (relaxed accuracy, exact match, answered, and the relaxed
+    accuracy on the true tables when it was measured)."""
+    setups = metrics["setups"]
+    ceiling = any("ceiling_relaxed_accuracy" in s for s in setups.values())
+    head = ["setup", "relaxed accuracy", "exact match", "answered"] + (["relaxed accuracy, true tables"] if ceiling
+                                                                       else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, s in setups.items():
+        cells = [name] + [f"{s[k]:.3f}" for k in ("relaxed_accuracy", "exact_match", "answered")]
+        if ceiling:
+            cells.append(f"{s['ceiling_relaxed_accuracy']:.3f}" if "ceiling_relaxed_accuracy" in s else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_charts(predictor, root: str | Path, split: str | None, out_dir: str | Path,
+                    reasoner: Reasoner | list[Reasoner] | None = None, limit: int | None = None, ceiling: bool = True,
+                    progress: bool = False) -> dict:
+    """Chart QA through tables, answered by each reasoner (setup) in turn from the same tables. `predictor=None`
+    answers from the TRUE tables (`meta["table"]`): the reasoners' ceiling. `ceiling`: also answer from the true
+    tables when the model wrote them (a second pass of every setup). Returns the metrics (also written to
+    OUT/metrics.json): "setups" has each setup's scores; the top-level scores are the first setup's."""
+    from vlmtune.eval.metrics.table import table_baseline, table_metrics_corpus
+
     root, out_dir = Path(root), Path(out_dir)
-    reasoner = reasoner or ProgramReasoner()
+    reasoners = [ProgramReasoner()] if reasoner is None else (
+        list(reasoner) if isinstance(reasoner, list | tuple) else [reasoner])
+    names = [r.name for r in reasoners]
+    if not reasoners or len(set(names)) != len(names):
+        raise ValueError(f"chart eval: give each reasoning setup once (got {names})")
     samples = _question_samples(root, split, limit)
     truth = _true_tables(samples)
     images = list(dict.fromkeys(s.images[0] for s in samples))
@@ -152,24 +201,27 @@ def evaluate_charts(predictor, root: str | Path, split: str | None, out_dir: str
     else:
         tables = _model_tables(predictor, root, images, out_dir / TABLES, progress)
 
-    rows = _answer_rows(samples, tables, reasoner)
-    qa = get_task("chartqa").score_rows(rows)
-    metrics: dict = {"task": "chart_qa_via_tables", "reasoner": reasoner.name,
-                     "tables": "true (oracle)" if predictor is None else "model", "n_questions": len(rows),
-                     "n_charts": len(images), "relaxed_accuracy": qa["relaxed_accuracy"],
-                     "exact_match": qa["exact_match"], "answered": sum(r["ok"] for r in rows) / len(rows),
-                     "by_question_type": _mean_by(rows, "question_type", "relaxed_accuracy")}
-    metrics.update({k: v for k, v in qa.items() if k.startswith("by_")})
+    all_rows: list[dict] = []
+    setups: dict[str, dict] = {}
+    for r in reasoners:
+        rows = _answer_rows(samples, tables, r, progress=r.name if progress and r.name != "program" else None)
+        setups[r.name] = _setup_scores(rows)
+        if predictor is not None and ceiling and len(truth) == len(images):
+            ceiling_rows = _answer_rows(samples, truth, r, progress=f"{r.name} (true tables)"
+                                        if progress and r.name != "program" else None)
+            setups[r.name]["ceiling_relaxed_accuracy"] = _setup_scores(ceiling_rows)["relaxed_accuracy"]
+        all_rows += rows
+    metrics: dict = {"task": "chart_qa_via_tables", "reasoner": names[0],
+                     "tables": "true (oracle)" if predictor is None else "model", "n_questions": len(samples),
+                     "n_charts": len(images), **setups[names[0]], "setups": setups}
     scored = [im for im in images if im in truth]
     if predictor is not None and scored:
         true_tables = [truth[im] for im in scored]
         # beside every RMS-F1 its chance level: each chart scored against another chart's true table
         metrics["table"] = {"n": len(scored), **table_metrics_corpus([tables[im] for im in scored], true_tables),
                             "random_baseline": table_baseline(true_tables)}
-    if predictor is not None and ceiling and len(truth) == len(images):
-        ceiling_rows = _answer_rows(samples, truth, reasoner)
-        metrics["ceiling_relaxed_accuracy"] = get_task("chartqa").score_rows(ceiling_rows)["relaxed_accuracy"]
-    atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(out_dir / "predictions.jsonl",
+                      "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in all_rows))
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
     return metrics
 
@@ -211,4 +263,4 @@ def tables_dataset(src: str | Path, out: str | Path) -> dict:
     return {"out": str(out), "samples": n, "splits": counts}
 
 
-__all__ = ["ask", "evaluate_charts", "generate_tables", "tables_dataset"]
+__all__ = ["ask", "evaluate_charts", "generate_tables", "setups_table", "tables_dataset"]

@@ -24,19 +24,43 @@ Programs (labels and series are found by name in the question, whole words, case
 Two labels and one series, or one label and two series (Is Men greater than Women in 2019?) both work. A question
 that fits no program, or names a label the table lacks, gives `Answer(ok=False, error=...)`, never a guess.
 
-`LLMReasoner` is the DePlot-paper path: it prompts a text model with the table and the question (any
-`prompt -> text` callable: a causal LM directory through `llm_from_path`, a vlmtune Predictor used text-only, or a
-remote API), and falls back to another reasoner when the model gives nothing usable, saying so in the Answer.
+DePlot's own setups put an LLM over the table (`build_reasoner(setup, lm)`; `SETUPS`):
+
+    zero_shot   ZeroShotReasoner          the table and the question; the first line of the reply
+    cot         CoTReasoner               few-shot chain-of-thought; the answer after "The answer is"
+    pot         PoTReasoner               few-shot program-of-thought; the program runs in chart/sandbox.py
+    sc          SelfConsistencyReasoner   k samples per style (cot and pot) at a temperature; majority vote
+
+Each takes plain callables (`prompt -> reply`; for sc `(prompt, n, temperature) -> replies`), so a test passes a
+scripted fake and `vlmtune chart` a local LM (`vlmtune.chart.lm`); the prompts and exemplars are in
+`vlmtune.chart.prompts`. A model that fails or states no answer gives `Answer(ok=False)` with the reason, never a
+guess; `Fallback(reasoner, ProgramReasoner())` lets the program answer then, and the Answer says so.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
+from vlmtune.chart.lm import TextLM, generator, sampler
+from vlmtune.chart.prompts import (
+    COT_EXEMPLARS,
+    POT_EXEMPLARS,
+    STOP,
+    Exemplar,
+    answer_text,
+    clean_answer,
+    cot_answer,
+    cot_prompt,
+    cut_reply,
+    normalise_answer,
+    pot_prompt,
+    program_of,
+)
+from vlmtune.chart.sandbox import MEMORY_LIMIT_MB, TIME_LIMIT_S, SandboxError, run_program
 from vlmtune.chart.table import Table, format_number
 
 
@@ -45,11 +69,13 @@ class Answer:
     answer: str
     """The answer ("" when none could be given)."""
     program: str
-    """What was run: the program text (ProgramReasoner) or the model's raw output (LLMReasoner)."""
+    """What was run: the program text (ProgramReasoner, PoT), the model's reply (zero-shot, CoT) or the votes (sc)."""
     ok: bool = True
     error: str | None = None
     """Why there is no answer, or what went wrong before a fallback answered."""
     reasoner: str = "program"
+    samples: list[dict] | None = None
+    """Self-consistency: each sample's prompt style, reply, answer and error."""
 
 
 class Reasoner(Protocol):
@@ -228,10 +254,17 @@ LLM_PROMPT = (
     "Read the table below and answer the question with a single word or number.\n\n"
     "{table}\n\nQuestion: {question}\nAnswer:"
 )
+SC_K = 5
+"""Self-consistency: samples per prompt style (with the default styles cot and pot, 10 samples a question)."""
+SC_TEMPERATURE = 0.7
+"""Self-consistency's sampling temperature (Wang et al. 2023 sampled GPT-3 and PaLM at 0.7)."""
+MAX_NEW_TOKENS = {"zero_shot": 32, "cot": 160, "pot": 200}
+"""Reply tokens per prompt style: ~2x the longest exemplar reply (CoT 72 tokens, a PoT program 135, in the GPT-2
+vocabulary of ai-forever/rugpt3small_based_on_gpt2)."""
 
 
 def llm_prompt(table: Table, question: str) -> str:
-    """The prompt a text model gets: the table (one row per line, cells joined by " | ") and the question."""
+    """The zero-shot prompt: the table (one row per line, cells joined by " | ") and the question."""
     return LLM_PROMPT.format(table=table.to_text("\n"), question=question.strip())
 
 
@@ -244,73 +277,211 @@ def _first_answer(text: str) -> str:
     return ""
 
 
+def _failed(e: Exception) -> str:
+    return f"the model failed: {type(e).__name__}: {e}"
+
+
 @dataclass
-class LLMReasoner:
-    """DePlot's LLM stage: `generate(prompt) -> reply` answers from the table; `fallback` (e.g. ProgramReasoner())
-    answers when the model fails or says nothing, and the Answer names both."""
+class ZeroShotReasoner:
+    """One prompt, no examples: the table and the question, the first line of the reply is the answer."""
 
     generate: Callable[[str], str]
-    fallback: Reasoner | None = None
-    name: str = "llm"
+    name: str = "zero_shot"
 
     def answer(self, table: Table, question: str) -> Answer:
-        prompt = llm_prompt(table, question)
         try:
-            reply = self.generate(prompt)
-            error = None if _first_answer(reply) else f"the model's reply has no answer: {reply!r}"
-        except Exception as e:  # a remote backend may time out, a local one run out of memory: say so, fall back
-            reply, error = "", f"the model failed: {type(e).__name__}: {e}"
-        if error is None:
-            return Answer(answer=_first_answer(reply), program=reply, reasoner=self.name)
-        if self.fallback is None:
-            return Answer(answer="", program=reply, ok=False, error=error, reasoner=self.name)
-        other = self.fallback.answer(table, question)
-        return Answer(answer=other.answer, program=other.program, ok=other.ok,
-                      error=f"{error}; answered by {other.reasoner}" + (f" ({other.error})" if other.error else ""),
-                      reasoner=f"{self.name}->{other.reasoner}")
+            reply = self.generate(llm_prompt(table, question))
+        except Exception as e:  # a remote backend may time out, a local one run out of memory: say so
+            return Answer(answer="", program="", ok=False, error=_failed(e), reasoner=self.name)
+        found = _first_answer(reply)
+        return Answer(answer=found, program=reply, ok=bool(found), reasoner=self.name,
+                      error=None if found else f"the model's reply has no answer: {reply!r}")
 
 
-def llm_from_path(path: str | Path, max_new_tokens: int = 32) -> Callable[[str], str]:
-    """A greedy `prompt -> reply` function over a local model directory: a vlmtune run / VLM family directory
-    (used text-only through Predictor) or a plain causal LM (transformers AutoModelForCausalLM; its chat template
-    when it has one)."""
-    from vlmtune.models import family_of
+@dataclass
+class CoTReasoner:
+    """Few-shot chain-of-thought (DePlot with FlanPaLM / GPT-3): the exemplars' reasoning in words, then the table;
+    the answer follows the reply's last "The answer is"."""
 
-    path = Path(path)
+    generate: Callable[[str], str]
+    exemplars: tuple[Exemplar, ...] = COT_EXEMPLARS
+    name: str = "cot"
+
+    def answer(self, table: Table, question: str) -> Answer:
+        try:
+            reply = cut_reply(self.generate(cot_prompt(table, question, self.exemplars)))
+        except Exception as e:
+            return Answer(answer="", program="", ok=False, error=_failed(e), reasoner=self.name)
+        found = cot_answer(reply)
+        return Answer(answer=found, program=reply, ok=bool(found), reasoner=self.name,
+                      error=None if found else f"the reply states no answer (no 'The answer is'): {reply[:200]!r}")
+
+
+def check_limits(time_limit_s: float, memory_mb: int) -> None:
+    """The sandbox limits a PoT reasoner is given: a positive time, and memory the interpreter can run in."""
+    if not time_limit_s > 0 or memory_mb < 32:
+        raise ValueError(f"program-of-thought limits: --pot-time-limit must be > 0 s and --pot-memory-mb at least 32 "
+                         f"(got {time_limit_s} s, {memory_mb} MB)")
+
+
+def run_pot(program: str, time_limit_s: float, memory_mb: int) -> tuple[str, str | None]:
+    """(answer, error) of a program-of-thought program run in the sandbox."""
     try:
-        is_vlm = (path / "run_config.yaml").is_file() or bool(family_of(path))
-    except (ValueError, FileNotFoundError):
-        is_vlm = False
-    if is_vlm:
-        from vlmtune.infer import Predictor
-
-        predictor = Predictor.from_path(path, max_new_tokens=max_new_tokens)
-        if not predictor.family.text_only:
-            raise ValueError(f"{path}: the {predictor.family.name} family cannot answer text-only prompts; use a "
-                             "causal LM or a family that takes text-only samples")
-        return lambda prompt: predictor.ask(None, prompt)
-    return _causal_lm(path, max_new_tokens)
+        answer = answer_text(run_program(program, time_limit_s=time_limit_s, memory_mb=memory_mb))
+    except (SandboxError, ValueError) as e:
+        return "", str(e)
+    return answer, None if answer else "`ans` is empty"
 
 
-def _causal_lm(path: Path, max_new_tokens: int) -> Callable[[str], str]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@dataclass
+class PoTReasoner:
+    """Few-shot program-of-thought (DePlot with Codex): the LM writes Python that sets `ans` from the table; the
+    program runs in `vlmtune.chart.sandbox` (no imports, no files, time and memory limits)."""
 
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: no config.json (expected a causal LM directory for --llm)")
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    generate: Callable[[str], str]
+    exemplars: tuple[Exemplar, ...] = POT_EXEMPLARS
+    time_limit_s: float = TIME_LIMIT_S
+    memory_mb: int = MEMORY_LIMIT_MB
+    name: str = "pot"
 
-    def generate(prompt: str) -> str:
-        if tok.chat_template:
-            ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                          return_tensors="pt", return_dict=True)["input_ids"]
-        else:
-            ids = tok(prompt, return_tensors="pt").input_ids
-        with torch.inference_mode():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    def __post_init__(self) -> None:
+        check_limits(self.time_limit_s, self.memory_mb)
 
-    return generate
+    def answer(self, table: Table, question: str) -> Answer:
+        try:
+            program = program_of(self.generate(pot_prompt(table, question, self.exemplars)))
+        except Exception as e:
+            return Answer(answer="", program="", ok=False, error=_failed(e), reasoner=self.name)
+        found, error = run_pot(program, self.time_limit_s, self.memory_mb)
+        return Answer(answer=found, program=program, ok=error is None, error=error, reasoner=self.name)
 
+
+PROMPTS: dict[str, Callable[[Table, str], str]] = {"zero_shot": llm_prompt, "cot": cot_prompt, "pot": pot_prompt}
+"""The prompt styles self-consistency can sample from."""
+
+
+@dataclass
+class SelfConsistencyReasoner:
+    """Self-consistency (Wang et al. 2023; DePlot's best setup pools FlanPaLM's CoT and Codex's PoT samples): `k`
+    replies sampled at `temperature` for each prompt style in `prompts`, each read into an answer (a PoT program is
+    run), and the answer most of them give wins. Answers are compared after `normalise_answer` ("46", "46.0" and
+    "46%" are one vote); samples without an answer do not vote; a tie goes to the answer sampled first (as DePlot's
+    `_majority`, a Counter's order). `sample(prompt, n, temperature) -> n replies`."""
+
+    sample: Callable[[str, int, float], list[str]]
+    k: int = SC_K
+    temperature: float = SC_TEMPERATURE
+    prompts: tuple[str, ...] = ("cot", "pot")
+    time_limit_s: float = TIME_LIMIT_S
+    memory_mb: int = MEMORY_LIMIT_MB
+    name: str = "sc"
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.prompts if p not in PROMPTS]
+        if unknown or not self.prompts:
+            raise ValueError(f"self-consistency prompts {unknown or '()'}: choose from {', '.join(PROMPTS)}")
+        check_limits(self.time_limit_s, self.memory_mb)
+        if self.k < 1 or self.temperature <= 0:
+            raise ValueError(f"self-consistency needs k >= 1 and a temperature > 0 (got k={self.k}, "
+                             f"temperature={self.temperature})")
+
+    def _read(self, style: str, reply: str) -> dict:
+        if style == "pot":
+            program = program_of(reply)
+            found, error = run_pot(program, self.time_limit_s, self.memory_mb)
+            return {"prompt": style, "reply": program, "answer": found, "error": error}
+        reply = cut_reply(reply) if style == "cot" else reply
+        found = cot_answer(reply) if style == "cot" else _first_answer(reply)
+        return {"prompt": style, "reply": reply, "answer": found, "error": None if found else "no answer"}
+
+    def answer(self, table: Table, question: str) -> Answer:
+        samples: list[dict] = []
+        for style in self.prompts:
+            try:
+                replies = self.sample(PROMPTS[style](table, question), self.k, self.temperature)
+            except Exception as e:
+                samples += [{"prompt": style, "reply": "", "answer": "", "error": _failed(e)}] * self.k
+                continue
+            samples += [self._read(style, r) for r in replies]
+        answer, votes = majority([s["answer"] for s in samples])
+        program = ", ".join(f"{a or '(no answer)'} x{n}" for a, n in votes.items())
+        if not answer:
+            return Answer(answer="", program=program, ok=False, reasoner=self.name, samples=samples,
+                          error=f"none of the {len(samples)} samples gave an answer")
+        return Answer(answer=answer, program=program, reasoner=self.name, samples=samples)
+
+
+def majority(answers: list[str]) -> tuple[str, dict[str, int]]:
+    """(the winning answer, votes per normalised answer, most first): the first-sampled answer whose normalised form
+    most samples share; empty answers do not vote ("" when none answered)."""
+    votes: Counter[str] = Counter()
+    first: dict[str, str] = {}
+    for a in answers:
+        key = normalise_answer(a) if a else ""
+        if key:
+            votes[key] += 1
+            first.setdefault(key, clean_answer(a))
+    if not votes:
+        return "", {"": len(answers)}
+    ranked = dict(votes.most_common())
+    if len(answers) > sum(ranked.values()):
+        ranked[""] = len(answers) - sum(ranked.values())
+    return first[next(iter(ranked))], {first.get(k, ""): n for k, n in ranked.items()}
+
+
+@dataclass
+class Fallback:
+    """`first`, and `then` when `first` gives no answer; the Answer names both ("cot->program") and why."""
+
+    first: Reasoner
+    then: Reasoner
+
+    @property
+    def name(self) -> str:
+        return self.first.name
+
+    def answer(self, table: Table, question: str) -> Answer:
+        got = self.first.answer(table, question)
+        if got.ok:
+            return got
+        other = self.then.answer(table, question)
+        return Answer(answer=other.answer, program=other.program, ok=other.ok, samples=got.samples,
+                      error=f"{got.error}; answered by {other.reasoner}" + (f" ({other.error})" if other.error else ""),
+                      reasoner=f"{got.reasoner}->{other.reasoner}")
+
+
+SETUPS = ("program", "zero_shot", "cot", "pot", "sc")
+"""The reasoning setups `vlmtune chart ask|eval --reasoner` offer: the rule-based program (no LM), and DePlot's four
+with an LM over the table: zero-shot, few-shot chain-of-thought, program-of-thought, self-consistency."""
+
+
+def build_reasoner(setup: str, lm: TextLM | None = None, *, max_new_tokens: int | None = None, k: int = SC_K,
+                   temperature: float = SC_TEMPERATURE, sc_prompts: tuple[str, ...] = ("cot", "pot"),
+                   time_limit_s: float = TIME_LIMIT_S, memory_mb: int = MEMORY_LIMIT_MB,
+                   fallback: bool = False) -> Reasoner:
+    """The reasoner of one setup over `lm` (`max_new_tokens`: reply tokens, default `MAX_NEW_TOKENS` of the style);
+    `fallback`: the program answers where the LM gives no answer."""
+    if setup not in SETUPS:
+        raise ValueError(f"unknown reasoning setup {setup!r}: choose from {', '.join(SETUPS)}")
+    if setup == "program":
+        return ProgramReasoner()
+    if lm is None:
+        raise ValueError(f"the {setup} setup needs a language model (--llm DIR: a causal LM or a vlmtune model "
+                         "directory)")
+
+    def tokens(style: str) -> int:  # an unknown style is refused by SelfConsistencyReasoner below
+        return max_new_tokens or MAX_NEW_TOKENS.get(style, max(MAX_NEW_TOKENS.values()))
+
+    reasoner: Reasoner
+    if setup == "zero_shot":  # an instruction, not a document to continue: the chat template where there is one
+        reasoner = ZeroShotReasoner(generator(lm, tokens("zero_shot"), chat=True))  # no stop: a reply may open with
+        # a newline, and its first non-empty line is the answer
+    elif setup == "cot":
+        reasoner = CoTReasoner(generator(lm, tokens("cot"), STOP))
+    elif setup == "pot":
+        reasoner = PoTReasoner(generator(lm, tokens("pot"), STOP), time_limit_s=time_limit_s, memory_mb=memory_mb)
+    else:
+        longest = max(tokens(style) for style in sc_prompts) if sc_prompts else 0
+        reasoner = SelfConsistencyReasoner(sampler(lm, longest, STOP), k=k, temperature=temperature,
+                                           prompts=tuple(sc_prompts), time_limit_s=time_limit_s, memory_mb=memory_mb)
+    return Fallback(reasoner, ProgramReasoner()) if fallback else reasoner
