@@ -187,3 +187,35 @@ def test_an_answer_too_long_for_max_length_is_found_before_step_0(tmp_path, vizw
     assert len(state.mixture.sources[0].samples) == len([s for s in samples if s.split == "train"]) - 1
     rejected = [json.loads(x) for x in (cfg.run_dir / "rejected.jsonl").read_text().splitlines()]
     assert [r["file"].endswith("manifest.jsonl") and r["line"] for r in rejected] == [1]
+
+
+def test_weighted_rows_of_a_sample_share_its_mirroring(tmp_path, vizwiz_dir):
+    """Under train.hflip every answer row of a sample shows the image as the sample's flip decided."""
+    from vlmtune.train.loop import hflip_mask, step_batches
+
+    cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, vizwiz_dir, data={"val_split": None, "answer_targets": "weighted"},
+                                        train={"hflip": True, "micro_batch_size": 8, "global_batch_size": 8}))
+    state = setup(cfg)
+    items = state.mixture.step_items(0, 0, 8)
+    flips = hflip_mask(0, 0, 8)
+    assert any(flips) and not all(flips)
+    chunks, batches, weights = step_batches(state, 0, 0, 1)
+    rows, row_weights, owner = targets.expand(items)
+    assert [s.id for _, s in chunks[0]] == [s.id for _, s in rows]
+    assert weights[0].tolist() == pytest.approx(row_weights) and len(rows) > len(items)
+    pixels = batches[0].inputs["pixel_values"]  # [rows, C, H, W]
+    for r, i in enumerate(owner):
+        alone = encode_batch(state, [items[i]], [flips[i]]).inputs["pixel_values"][0]
+        assert torch.equal(pixels[r], alone)
+
+
+def test_weighted_loss_is_the_same_packed(tmp_path, vizwiz_dir):
+    """train.packing: the answer rows packed into one row per micro-batch give the padded run's losses."""
+    losses = []
+    for packing in (False, True):
+        cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path / str(packing), vizwiz_dir,
+                                            data={"val_split": None, "answer_targets": "weighted"},
+                                            train={"packing": packing, "max_steps": 2, "save_every": 0}))
+        fit(setup(cfg))
+        losses.append([r["loss"] for r in _rows(cfg.run_dir) if "loss" in r])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-4)

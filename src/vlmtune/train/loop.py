@@ -6,7 +6,8 @@ One process or many (`accelerate launch` / `torchrun`: DDP, FSDP, DeepSpeed come
 step consumes `global_batch_size` samples from the weighted sources of `data.sources` (or the train split), in an
 order fixed by (seed, step) alone, so a resumed run sees exactly the samples an uninterrupted one would. The loss
 is averaged over answer tokens of the whole global batch (not mean-of-micro-batch-means), so gradient
-accumulation does not change the result; it is also logged per source.
+accumulation does not change the result; it is also logged per source. Samples with several human answers are
+trained on one of them, a drawn one, or all of them weighted (`data.answer_targets`, train/targets.py).
 
 Before step 0 the base model is evaluated on the val split and on every probe (`probes:`); each later eval logs the
 probes' deltas from the base, and the forgetting gate (`forgetting.max_drop`) keeps a checkpoint that forgot too
