@@ -173,6 +173,11 @@ class DataCfg:
     0, like every check of `vlmtune data check`): megabytes of text are a mistake, and would be tokenized whole."""
     skip_bad: bool = False
     """Skip malformed records (written to rejected.jsonl) instead of stopping."""
+    answer_targets: Literal["single", "sampled", "weighted"] = "single"
+    """What a training sample with several human answers (`answers`: VQAv2, VizWiz) is trained to say. single: its
+    last assistant turn (the importer's most common answer); sampled: one answer drawn by agreement each time the
+    sample is drawn; weighted: every distinct answer, each row's loss weighted by agreement / number of answers.
+    See train/targets.py."""
     sources: list[SourceCfg] | None = None
     """Weighted training mix, e.g. the domain plus replay of general data (text-only samples allowed). Each
     optimizer step takes from source i a share weight_i / sum(weights) of the global batch, exactly (see

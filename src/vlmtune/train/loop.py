@@ -6,7 +6,8 @@ One process or many (`accelerate launch` / `torchrun`: DDP, FSDP, DeepSpeed come
 step consumes `global_batch_size` samples from the weighted sources of `data.sources` (or the train split), in an
 order fixed by (seed, step) alone, so a resumed run sees exactly the samples an uninterrupted one would. The loss
 is averaged over answer tokens of the whole global batch (not mean-of-micro-batch-means), so gradient
-accumulation does not change the result; it is also logged per source.
+accumulation does not change the result; it is also logged per source. Samples with several human answers are
+trained on one of them, a drawn one, or all of them weighted (`data.answer_targets`, train/targets.py).
 
 Before step 0 the base model is evaluated on the val split and on every probe (`probes:`); each later eval logs the
 probes' deltas from the base, and the forgetting gate (`forgetting.max_drop`) keeps a checkpoint that forgot too
@@ -44,7 +45,7 @@ from vlmtune.models.family import (
     trainable_summary,
 )
 from vlmtune.train import checkpoint as ckpt
-from vlmtune.train import vision_cache
+from vlmtune.train import targets, vision_cache
 from vlmtune.train.collate import IGNORE_INDEX
 from vlmtune.train.distributed import vision_dummy
 from vlmtune.train.preflight import check_samples
@@ -299,12 +300,15 @@ def fit(state: State) -> dict:
     dtype = input_dtype(acc.unwrap_model(model))  # floating inputs in the base weights' dtype (bf16 recipes)
     tic = time.perf_counter()
     while state.step < t.max_steps and not state.stopped:
-        chunks, batches = step_batches(state, state.step, rank, accum)
-        # token-weighted loss over the whole global batch (all micro-batches, all processes)
-        n_tokens = torch.tensor(sum(b.n_target_tokens for b in batches), device=acc.device, dtype=torch.float32)
+        chunks, batches, weights = step_batches(state, state.step, rank, accum)
+        weights = weights or [None] * len(batches)
+        # token-weighted loss over the whole global batch (all micro-batches, all processes); a weighted row's
+        # tokens count `weight` times (data.answer_targets: weighted), so its loss is a weighted token mean too
+        n_tokens = torch.tensor(sum(targets.weighted_tokens(b, w) for b, w in zip(batches, weights, strict=True)),
+                                device=acc.device, dtype=torch.float32)
         total_tokens = acc.reduce(n_tokens, reduction="sum").clamp(min=1)
         stats = torch.zeros(len(names), 3, dtype=torch.float64, device=acc.device)  # loss sum, tokens, samples
-        for chunk, batch in zip(chunks, batches, strict=True):
+        for chunk, batch, w in zip(chunks, batches, weights, strict=True):
             batch = batch.to(acc.device, dtype)
             labels = batch.inputs.pop("labels")
             # accumulate: no gradient sync before the last micro-batch (DDP/FSDP), no engine step (DeepSpeed)
@@ -313,6 +317,9 @@ def fit(state: State) -> dict:
                 with train_autocast(acc), vision_dummy(acc, model, batch.inputs, state.loaded.processor):
                     sums, counts = forward_losses(model, state.family, batch.inputs, labels, keep_logits, prefix,
                                                   batch.segments)
+                if w is not None:  # per row: loss sum and tokens x the row's weight; a sample's weights sum to 1
+                    w = w.to(sums.device)
+                    sums, counts = sums * w, counts * w
                 # DDP averages gradients over processes; accelerate (and DeepSpeed) divide by the accumulation steps
                 acc.backward(sums.sum() / total_tokens * world * accum)
             mask = batch.inputs.get("attention_mask")
@@ -323,7 +330,7 @@ def fit(state: State) -> dict:
             src = torch.tensor([j for j, _ in chunk], device=acc.device)
             stats[:, 0].index_add_(0, src, sums.detach().double())
             stats[:, 1].index_add_(0, src, counts.double())
-            stats[:, 2].index_add_(0, src, torch.ones_like(src, dtype=torch.float64))
+            stats[:, 2].index_add_(0, src, w.double() if w is not None else torch.ones_like(src, dtype=torch.float64))
         grad_norm = acc.clip_grad_norm_(model.parameters(), t.grad_clip) if t.grad_clip > 0 else None
         state.optimizer.step()
         state.scheduler.step()
@@ -368,9 +375,13 @@ def fit(state: State) -> dict:
 
 
 def step_batches(state: State, step: int, rank: int, accum: int):
-    """This process's micro-batches of one optimizer step: (chunks of (source index, sample), encoded Batches)."""
-    t = state.cfg.train
+    """This process's micro-batches of one optimizer step: (rows of (source index, sample) of each micro-batch,
+    encoded Batches, each micro-batch's per-row loss weights or None). Rows are samples, except under
+    `data.answer_targets: weighted`, where each sample has one row per distinct answer (train/targets.py)."""
+    t, answer_targets = state.cfg.train, state.cfg.data.answer_targets
     items = state.mixture.step_items(t.seed, step, t.global_batch_size)
+    if answer_targets == "sampled":  # each sample's answer drawn by agreement, by (seed, step, position): resumable
+        items = targets.draw(t.seed, step, items)
     lo, hi = rank * t.micro_batch_size * accum, (rank + 1) * t.micro_batch_size * accum  # this process's share
     mine = items[lo:hi]
     flips = hflip_mask(t.seed, step, len(items))[lo:hi] if t.hflip else None
@@ -378,19 +389,31 @@ def step_batches(state: State, step: int, rank: int, accum: int):
         order = sorted(range(len(mine)), key=lambda i: length_estimate(mine[i][1]))
         mine = [mine[i] for i in order]
         flips = [flips[i] for i in order] if flips else None
-    chunks = [mine[k : k + t.micro_batch_size] for k in range(0, len(mine), t.micro_batch_size)]
+    m = t.micro_batch_size
+    chunks = [mine[k : k + m] for k in range(0, len(mine), m)]
+    chunk_flips = [flips[k * m : (k + 1) * m] if flips else None for k in range(len(chunks))]
+    weights = None
+    if answer_targets == "weighted":  # a micro-batch keeps its samples (accum micro-batches a step), as more rows
+        expanded = [targets.expand(chunk) for chunk in chunks]
+        chunks = [rows for rows, _, _ in expanded]
+        weights = [w for _, w, _ in expanded]
+        chunk_flips = [[f[i] for i in owner] if f else None for f, (_, _, owner) in zip(chunk_flips, expanded,
+                                                                                         strict=True)]
     if state.vision_cache is not None:  # features computed once per image; a sample seen before is not re-encoded
         model = state.accelerator.unwrap_model(state.model)
         batches = [state.vision_cache.batch(model, chunk, state.roots, partial(encode_batch, state, chunk))
                    for chunk in chunks]
     else:
-        batches = [encode_batch(state, chunk, flips[k * t.micro_batch_size : (k + 1) * t.micro_batch_size]
-                                if flips else None) for k, chunk in enumerate(chunks)]
+        batches = [encode_batch(state, chunk, f) for chunk, f in zip(chunks, chunk_flips, strict=True)]
+    if weights is not None:
+        import torch
+
+        weights = [torch.tensor(w, dtype=torch.float32) for w in weights]
     if t.packing:
         from vlmtune.train.collate import pack
 
         batches = [pack(b) for b in batches]
-    return chunks, batches
+    return chunks, batches, weights
 
 
 def trained_tokens_of(state: State, sample: Sample) -> list[str]:

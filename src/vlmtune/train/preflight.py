@@ -7,9 +7,10 @@ A training sample must end with its answer, and a validation or probe sample mus
 validation and probe sample gets the record checks of `vlmtune data check` (data/lint.py
 `record_issues`: literal image placeholders, the processor's own included; texts over data.max_text_chars or not
 valid Unicode; images the family cannot take), then its exact length, through the family's encode with its images,
-against data.max_length. Image files were checked when the data was read (data/images.py). With data.skip_bad a
-sample that fails is dropped and listed in rejected.jsonl with its file:line (a resumed run drops the same ones);
-without, the run stops here naming them.
+against data.max_length (under data.answer_targets sampled or weighted, with each answer it may be trained on).
+Image files were checked when the data was read (data/images.py). With data.skip_bad a sample that fails is
+dropped and listed in rejected.jsonl with its file:line (a resumed run drops the same ones); without, the run stops
+here naming them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from vlmtune.data.lint import manifest_lines, placeholder_pattern, record_issues
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import MANIFEST, BadRecord, read_jsonl, write_jsonl
 from vlmtune.models.family import SampleTooLong
+from vlmtune.train.targets import variants
 
 if TYPE_CHECKING:
     from vlmtune.train.loop import State
@@ -78,7 +80,8 @@ def check_samples(state: State, chunk: int = 32) -> None:
 
 
 def _named(s: Sample, why: str) -> str:
-    return why if repr(s.id) in why else f"sample {s.id!r}: {why}"
+    # 'ID#answerK': the sample with its K-th distinct answer as target (train/targets.py), already named
+    return why if repr(s.id) in why or f"'{s.id}#answer" in why else f"sample {s.id!r}: {why}"
 
 
 def _check(state: State, samples: list[Sample], root: Path, mode: str,
@@ -112,14 +115,14 @@ def _check(state: State, samples: list[Sample], root: Path, mode: str,
         if not part:
             continue
         try:  # one encode per chunk; only a chunk that fails is encoded sample by sample
-            family.encode(processor, part, images, mode, d.max_length)
+            family.encode(processor, *_targets(d, mode, part, images), mode, d.max_length)
             keep.extend(part)
             continue
         except ValueError as e:
             error, before = e, len(failed)
         for s, ims in zip(part, images, strict=True):
             try:
-                family.encode(processor, [s], [ims], mode, d.max_length)
+                family.encode(processor, *_targets(d, mode, [s], [ims]), mode, d.max_length)
                 keep.append(s)
             except SampleTooLong as e:
                 failed.append(("long", s, _named(s, str(e))))
@@ -128,3 +131,12 @@ def _check(state: State, samples: list[Sample], root: Path, mode: str,
         if len(failed) == before:  # every sample encodes alone: the chunk's failure is no sample's fault
             raise error
     return keep, failed
+
+
+def _targets(d, mode: str, samples: list[Sample], images: list[list]) -> tuple[list[Sample], list[list]]:
+    """What is encoded to check `samples`: in "train" mode under data.answer_targets sampled or weighted, the sample
+    with each answer it may be trained on (any of them may be drawn at any step; each must fit max_length)."""
+    if mode != "train" or d.answer_targets == "single":
+        return samples, images
+    pairs = [(v, ims) for s, ims in zip(samples, images, strict=True) for v, _ in variants(s)]
+    return [v for v, _ in pairs], [ims for _, ims in pairs]
