@@ -168,7 +168,7 @@ def test_an_answer_too_long_for_max_length_is_found_before_step_0(tmp_path, vizw
     from vlmtune.eval.runner import load_images
 
     samples, _ = read_samples(vizwiz_dir)
-    long = samples[0]
+    line, long = next((i, s) for i, s in enumerate(samples, 1) if s.split == "train")  # the test split has no answers
     long.answers = [long.target] * 9 + ["a very long answer " * 20]
     data = tmp_path / "data"
     write_dataset(data, [(s, load_images(vizwiz_dir, s)) for s in samples])
@@ -178,7 +178,7 @@ def test_an_answer_too_long_for_max_length_is_found_before_step_0(tmp_path, vizw
         if m == "single":
             setup(cfg)
             continue
-        with pytest.raises(ValueError, match=rf"manifest.jsonl:1: .*sample '{long.id}.*exceed max_length=128"):
+        with pytest.raises(ValueError, match=rf"manifest.jsonl:{line}: .*sample '{long.id}.*exceed max_length=128"):
             setup(cfg)
     cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path / "skip", data, data={"answer_targets": mode, "val_split": None,
                                                                        "skip_bad": True}, train={"max_steps": 1}))
@@ -186,7 +186,7 @@ def test_an_answer_too_long_for_max_length_is_found_before_step_0(tmp_path, vizw
     assert long.id not in {s.id for s in state.mixture.sources[0].samples}
     assert len(state.mixture.sources[0].samples) == len([s for s in samples if s.split == "train"]) - 1
     rejected = [json.loads(x) for x in (cfg.run_dir / "rejected.jsonl").read_text().splitlines()]
-    assert [r["file"].endswith("manifest.jsonl") and r["line"] for r in rejected] == [1]
+    assert [r["file"].endswith("manifest.jsonl") and r["line"] for r in rejected] == [line]
 
 
 def test_weighted_rows_of_a_sample_share_its_mirroring(tmp_path, vizwiz_dir):
