@@ -103,8 +103,10 @@ def test_weighted_loss_is_the_agreement_weighted_sum_of_each_answers_loss(tmp_pa
     assert row["grad_norm"] == pytest.approx(norm.item(), rel=1e-4)
 
 
-def test_weighted_equals_single_when_the_annotators_agree(tmp_path, vizwiz_dir):
-    """A sample whose ten answers are its target trains exactly as under `single` (weights 1, same rows)."""
+@pytest.mark.parametrize("mode", ["weighted", "sampled"])
+def test_soft_targets_equal_single_when_the_annotators_agree(tmp_path, vizwiz_dir, mode):
+    """A sample whose ten answers are its target trains exactly as under `single` (weighted: weights 1, same rows;
+    sampled: the one answer drawn every time), so what soft targets change is the annotators' disagreement only."""
     from vlmtune.data.store import read_samples, write_dataset
     from vlmtune.eval.runner import load_images
 
@@ -113,11 +115,12 @@ def test_weighted_equals_single_when_the_annotators_agree(tmp_path, vizwiz_dir):
     write_dataset(agreed, [(Sample(**{**s.to_json(), "answers": [s.target] * 10}), load_images(vizwiz_dir, s))
                            for s in samples[:16]])
     losses = []
-    for mode in ("single", "weighted"):
-        cfg = tiny_run_cfg(tmp_path / mode, agreed, data={"val_split": None, "answer_targets": mode},
-                           train={"max_steps": 2, "save_every": 0})
+    for m in ("single", mode):
+        cfg = tiny_run_cfg(tmp_path / m, agreed, data={"val_split": None, "answer_targets": m},
+                           train={"max_steps": 4, "save_every": 0, "log_every": 1})
         fit(setup(RunCfg.from_dict(cfg)))
-        losses.append([r["loss"] for r in _rows(tmp_path / mode / "runs/t") if "loss" in r])
+        losses.append([r["loss"] for r in _rows(tmp_path / m / "runs/t") if "loss" in r])
+    assert len(losses[0]) == 4
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
 
 
