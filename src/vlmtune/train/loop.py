@@ -31,7 +31,6 @@ from vlmtune.config import RunCfg
 from vlmtune.data.dataset import load_split, prepare_data_dir, prepare_dataset
 from vlmtune.data.images import DecodedImages
 from vlmtune.data.mix import Mixture
-from vlmtune.data.ocr import ocr_options
 from vlmtune.data.sample import Sample, message_text
 from vlmtune.eval import forgetting
 from vlmtune.models import ModelFamily, get_family, load_model
@@ -138,7 +137,7 @@ def build_data(cfg: RunCfg, run_dir: Path):
     of val and of the probes are listed in rejected.jsonl, each with the source it was read for."""
     d, rejected = cfg.data, run_dir / "rejected.jsonl"
     rejected.unlink(missing_ok=True)  # this setup's list (a restart reads the data again; load_split adds to it)
-    ocr = ocr_options(d)  # the same enrichment for every source and val (and for eval --model RUN, from run_config)
+    ocr = d.ocr  # the same enrichment for every source and val (and for eval --model RUN, from run_config)
     root = prepare_data_dir(d)
     if d.sources:
         roots = [prepare_dataset(src.path, src.synth) for src in d.sources]
