@@ -59,9 +59,6 @@ SIDEWAYS_ALLOWED = {("serve", "retrieval")}
 dual encoder's /v1/retrieve; the server is the one place both meet, retrieval knows nothing of serving."""
 
 KNOWN_UPWARD = {
-    # config checks values against the registries (issue 22: `check_run`)
-    "config -> eval.tasks",
-    "config -> models",
     # data reads runs back or runs models (issue 22: runs.py; autolabel and lint take a loaded model)
     "data.autolabel -> eval.runner",
     "data.autolabel -> train.checkpoint",
@@ -90,11 +87,11 @@ KNOWN_UPWARD = {
 """`importer -> imported` (module names without the `vlmtune.` prefix)."""
 
 KNOWN_CYCLES = {
-    # config's registry checks and the families' label masking in train/ (gone with the two moves above)
-    frozenset({"config", "models", "models.blip2", "models.builtin", "models.family", "models.florence2",
-               "models.gemma3", "models.git", "models.idefics3", "models.instructblip", "models.llava",
-               "models.llava_next", "models.mllama", "models.paligemma", "models.pix2struct", "models.qwen2_5_vl",
-               "models.qwen2_vl", "models.smolvlm", "train.collate"}),
+    # the families' label masking lives in train/collate.py, which imports models.family (issue 22: models/labels.py)
+    frozenset({"models", "models.blip2", "models.builtin", "models.family", "models.florence2", "models.gemma3",
+               "models.git", "models.idefics3", "models.instructblip", "models.llava", "models.llava_next",
+               "models.mllama", "models.paligemma", "models.pix2struct", "models.qwen2_5_vl", "models.qwen2_vl",
+               "models.smolvlm", "train.collate"}),
     # the tasks import Task/Row from their registry (eval/tasks/__init__.py), which imports them; the retrieval task
     # loads images with the runner's helper, the runner imports the retrieval task (issue 22: eval/tasks/base.py,
     # image loading to data/images.py, the runner picks retrieval scoring from a field of the task)

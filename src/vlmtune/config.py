@@ -4,7 +4,9 @@
     cfg.save("runs/x/run_config.yaml")            # the resolved config, reloadable with RunCfg.from_file
 
 Unknown keys fail loudly (a typo never silently falls back to a default); values are converted to the
-declared field type; cross-field checks run at load time, not at step 5000.
+declared field type; cross-field checks run at load time, not at step 5000. This module imports nothing of vlmtune
+(docs/architecture.md): the checks that need the family or task registries (a metric of the task, packing by the
+family) are `train.checks.check_run`, run wherever a RunCfg is built for use.
 """
 
 from __future__ import annotations
@@ -462,13 +464,7 @@ class RunCfg:
             raise ValueError(f"probes: names must be unique, got {names}")
         if self.forgetting.max_drop is not None and not self.probes:
             raise ValueError("forgetting.max_drop needs at least one entry in `probes`")
-        from vlmtune.eval.tasks import get_task
-
-        for where, task, metric in [("eval", self.eval.task, self.eval.metric),
-                                    *((f"probes[{p.name}]", p.task, p.metric) for p in self.probes)]:
-            if metric not in get_task(task).metrics:
-                raise ValueError(f"{where}: metric {metric!r} is not one of task {task!r}'s "
-                                 f"{list(get_task(task).metrics)}")
+        # the checks that need the task and family registries: train.checks.check_run (config imports nothing)
         if self.model.quantization is not None:
             if not self.lora.enabled:
                 raise ValueError("model.quantization: a quantised base cannot be trained itself; set lora.enabled "
@@ -481,12 +477,6 @@ class RunCfg:
             raise ValueError(f"model.dtype {self.model.dtype}: the trainable parameters are kept in float32 and the "
                              f"frozen {self.model.dtype} base computes under autocast; set train.mixed_precision: "
                              f"{half} (now {self.train.mixed_precision!r})")
-        if self.train.packing:
-            from vlmtune.models import FAMILIES, get_family
-
-            if not get_family(self.model.family).packing:
-                raise ValueError(f"train.packing: the {self.model.family} family cannot pack samples into one row "
-                                 f"(families that can: {sorted(n for n, f in FAMILIES.items() if f.packing)})")
 
     @property
     def run_dir(self) -> Path:

@@ -45,6 +45,7 @@ from vlmtune.models.family import (
 )
 from vlmtune.train import checkpoint as ckpt
 from vlmtune.train import targets, vision_cache
+from vlmtune.train.checks import check_run
 from vlmtune.train.collate import IGNORE_INDEX
 from vlmtune.train.distributed import vision_dummy
 from vlmtune.train.preflight import check_samples
@@ -181,6 +182,7 @@ def check_hflip(samples: list[Sample]) -> None:
 
 def setup(cfg: RunCfg) -> State:
     """Everything `fit` needs: accelerator, model (+LoRA/freezing), optimizer, schedule, data; resumes if it can."""
+    check_run(cfg)  # before anything is written, read or loaded
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
