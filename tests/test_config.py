@@ -5,6 +5,7 @@ import yaml
 from helpers import REPO
 
 from vlmtune.config import RunCfg, parse_overrides
+from vlmtune.train.checks import check_run
 
 
 def test_dotted_overrides_are_typed():
@@ -51,7 +52,7 @@ configs/retrieval/ the dual-encoder recipes of `vlmtune retrieve train`, tested 
 def test_every_recipe_parses_and_says_how_to_run_it(path: Path):
     text = path.read_text()
     assert text.startswith("# vlmtune "), "each recipe opens with the command that runs it"
-    cfg = RunCfg.from_dict(yaml.safe_load(text))
+    cfg = check_run(RunCfg.from_dict(yaml.safe_load(text)))
     assert cfg.name
 
 
@@ -62,9 +63,30 @@ def test_recipes_exist():
 def test_eval_and_probe_metrics_must_belong_to_their_task():
     base = {"data": {"path": "d"}}
     with pytest.raises(ValueError, match=r"eval: metric 'vqa_accuracy' is not one of task 'caption'"):
-        RunCfg.from_dict({**base, "eval": {"task": "caption", "metric": "vqa_accuracy"}})
+        check_run(RunCfg.from_dict({**base, "eval": {"task": "caption", "metric": "vqa_accuracy"}}))
     with pytest.raises(ValueError, match=r"unknown task 'ocr'"):
-        RunCfg.from_dict({**base, "eval": {"task": "ocr"}})
+        check_run(RunCfg.from_dict({**base, "eval": {"task": "ocr"}}))
     with pytest.raises(ValueError, match=r"probes\[p\]: metric 'anls'"):
-        RunCfg.from_dict({**base, "probes": [{"name": "p", "path": "x", "task": "chartqa", "metric": "anls"}]})
-    assert RunCfg.from_dict({**base, "eval": {"task": "caption", "metric": "CIDEr"}}).eval.metric == "CIDEr"
+        check_run(RunCfg.from_dict({**base, "probes": [{"name": "p", "path": "x", "task": "chartqa",
+                                                        "metric": "anls"}]}))
+    assert check_run(RunCfg.from_dict({**base, "eval": {"task": "caption", "metric": "CIDEr"}})).eval.metric == "CIDEr"
+
+
+def test_the_registry_checks_run_where_a_run_is_built_for_use(tmp_path, capsys):
+    """config.py imports nothing of vlmtune, so a metric outside its task passes RunCfg itself; `vlmtune train`
+    refuses it before the run directory exists, and a run read back (eval, predict, serve) is refused the same way."""
+    from vlmtune.cli import main
+    from vlmtune.train.checkpoint import run_config_of
+
+    bad = {"name": "r", "out_dir": str(tmp_path / "runs"), "data": {"path": str(tmp_path / "d")},
+           "eval": {"task": "caption", "metric": "vqa_accuracy"}}
+    assert RunCfg.from_dict(bad).eval.metric == "vqa_accuracy"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(bad))
+    assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "eval: metric 'vqa_accuracy' is not one of task 'caption'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "run_config.yaml").write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValueError, match=r"eval: metric 'vqa_accuracy' is not one of task 'caption'"):
+        run_config_of(run / "best")

@@ -122,7 +122,7 @@ def test_meme_captions_ru_composed_model_in_two_stages_reads_the_meme_text_throu
     vision, lm = tiny_clip(tmp_path / "clip"), tiny_causal_lm(tmp_path / "lm")
     assert main(["compose", "--vision", str(vision), "--lm", str(lm), "--projector", "mlp2x", "--out", str(model)]) == 0
     capsys.readouterr()
-    ocr = {"ocr": "tesseract", "ocr_langs": "rus", "ocr_min_conf": 50, "max_length": 384}
+    ocr = {"ocr": {"langs": "rus", "min_conf": 50}, "max_length": 384}
     caption = {"task": "caption", "metric": "CIDEr", "lang": "ru", "max_new_tokens": 12}
     _train(tmp_path, translated, "stage1", capsys, model={"family": "llava", "path": str(model)}, data=ocr,
            train={"freeze_vision": True, "freeze_language": True, "max_steps": 4, "eval_every": 0, "save_every": 4},

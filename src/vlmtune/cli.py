@@ -96,10 +96,11 @@ def cmd_data_stats(a) -> dict:
 
 
 def cmd_data_ocr(a) -> dict:
-    from vlmtune.data.ocr import OcrOptions, enrich_dataset
+    from vlmtune.config import OcrCfg
+    from vlmtune.data.ocr import enrich_dataset
 
-    opts = OcrOptions(langs=a.langs, psm=a.psm, into=a.into, template=a.template.replace("\\n", "\n"),
-                      max_chars=a.max_chars, min_conf=a.min_conf, timeout_s=a.timeout_s)
+    opts = OcrCfg(langs=a.langs, psm=a.psm, into=a.into, template=a.template.replace("\\n", "\n"),
+                  max_chars=a.max_chars, min_conf=a.min_conf, timeout_s=a.timeout_s)
     return enrich_dataset(a.dir, opts, out=a.out, skip_bad=a.skip_bad)
 
 
@@ -648,25 +649,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device_args(al)
     al.set_defaults(fn=cmd_data_autolabel)
 
-    from vlmtune.data.ocr import DEFAULT_TEMPLATE
+    from vlmtune.config import OcrCfg
 
-    oc = dsub.add_parser("ocr", help="read the text in every image with tesseract (into meta, or a prompt copy)",
+    ocr = OcrCfg()  # the defaults of data.ocr: one default each
+    oc = dsub.add_parser("ocr", help="read the text in every image with tesseract (into a prompt copy, or meta)",
                          formatter_class=ex,
-                         epilog="examples:\n  vlmtune data ocr data/memes --langs rus+eng            "
+                         epilog="examples:\n  vlmtune data ocr data/memes --langs rus+eng --into meta  "
                                 "(meta['ocr'] added in place)\n"
                                 "  vlmtune data ocr data/shop --langs por+eng --into prompt --out data/shop-ocr\n"
                                 "put the data's main language first; `make ocr` installs tesseract (eng, rus, por);"
                                 "\nresults are cached in DIR/.cache/ocr, so a second run reads no image again")
     oc.add_argument("dir", help="vlmtune dataset directory")
-    oc.add_argument("--langs", default="eng", help="tesseract languages joined by + (default eng)")
-    oc.add_argument("--into", choices=["meta", "prompt"], default="meta",
-                    help="meta: sample.meta['ocr'] (default); prompt: the first user turn, through --template")
+    oc.add_argument("--langs", default=ocr.langs, help=f"tesseract languages joined by + (default {ocr.langs})")
+    oc.add_argument("--into", choices=["prompt", "meta"], default=ocr.into,
+                    help=f"prompt: the first user turn, through --template (needs --out); meta: sample.meta['ocr'] "
+                         f"(default {ocr.into})")
     oc.add_argument("--out", default=None, help="write an enriched copy here (required for --into prompt)")
-    oc.add_argument("--psm", type=int, default=3, help="tesseract page segmentation mode (default 3; 11: sparse)")
-    oc.add_argument("--template", default=DEFAULT_TEMPLATE, help=f"\\n is a line break (default {DEFAULT_TEMPLATE!r})")
-    oc.add_argument("--max-chars", type=int, default=300)
-    oc.add_argument("--min-conf", type=float, default=0.0, help="drop words with a lower confidence (0-100)")
-    oc.add_argument("--timeout-s", type=float, default=60.0, help="per image")
+    oc.add_argument("--psm", type=int, default=ocr.psm, help="tesseract page segmentation mode (default 3; 11: sparse)")
+    oc.add_argument("--template", default=ocr.template, help=f"\\n is a line break (default {ocr.template!r})")
+    oc.add_argument("--max-chars", type=int, default=ocr.max_chars)
+    oc.add_argument("--min-conf", type=float, default=ocr.min_conf, help="drop words with a lower confidence (0-100)")
+    oc.add_argument("--timeout-s", type=float, default=ocr.timeout_s, help="per image")
     oc.add_argument("--skip-bad", action="store_true", help="skip samples whose image cannot be read")
     oc.set_defaults(fn=cmd_data_ocr)
 

@@ -4,15 +4,19 @@
     cfg.save("runs/x/run_config.yaml")            # the resolved config, reloadable with RunCfg.from_file
 
 Unknown keys fail loudly (a typo never silently falls back to a default); values are converted to the
-declared field type; cross-field checks run at load time, not at step 5000.
+declared field type; cross-field checks run at load time, not at step 5000. This module imports nothing of vlmtune
+(docs/architecture.md): the checks that need the family or task registries (a metric of the task, packing by the
+family) are `train.checks.check_run`, run wherever a RunCfg is built for use.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -158,6 +162,63 @@ class SourceCfg:
             raise ValueError(f"data.sources[{self.name}]: weight must be > 0, got {self.weight}")
 
 
+PSM_MODES = (1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)
+"""Tesseract page segmentation modes that produce text (0 is orientation detection only; 2 is not implemented)."""
+_LANGS = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\+[A-Za-z][A-Za-z0-9_]*)*")
+
+
+@dataclass
+class OcrCfg:
+    """`data.ocr`: read the text in each image with tesseract (`make ocr` installs it) and give it to the model, when
+    the data is loaded for training and for `vlmtune eval/predict/serve --model RUN` (from the run's config), cached
+    per image in DATASET/.cache/ocr (data/ocr.py, docs/ocr.md). `vlmtune data ocr` takes the same settings as flags.
+
+        data: {path: data/memes, ocr: {langs: rus+eng, min_conf: 30}}     # or --data.ocr.langs rus+eng
+    """
+
+    engine: Literal["tesseract"] = "tesseract"
+    langs: str = "eng"
+    """Tesseract languages joined by "+", the data's main language first (e.g. "rus+eng", "por+eng+rus")."""
+    psm: int = 3
+    """Tesseract page segmentation mode (3: automatic; 6: one block of text; 11: sparse text, e.g. memes)."""
+    into: Literal["prompt", "meta"] = "prompt"
+    """prompt: the text is put into the first user turn with `template` (train and eval see the same prompt), and
+    kept in sample.meta["ocr"]; meta: it is only stored in sample.meta["ocr"] (the model never sees it)."""
+    template: str = "Text in the image: {text}\n{prompt}"
+    """How the first user turn is rewritten: {text} is the OCR text, {prompt} the turn's own text. Images with no
+    text found leave the prompt unchanged."""
+    max_chars: int = 300
+    """The OCR text is cut at a word boundary to at most this many characters (it costs prompt tokens)."""
+    min_conf: float = 0.0
+    """Words tesseract is less confident about (0-100) are dropped: noise from textures and borders."""
+    timeout_s: float = 60.0
+    """Per image; an image that takes longer is a bad record."""
+
+    def __post_init__(self):
+        if not _LANGS.fullmatch(self.langs):
+            raise ValueError(f"data.ocr.langs: {self.langs!r} is not tesseract languages joined by '+' (e.g. "
+                             "'rus+eng')")
+        if self.psm not in PSM_MODES:
+            raise ValueError(f"data.ocr.psm: {self.psm} is not a tesseract page segmentation mode that reads text "
+                             f"{list(PSM_MODES)}")
+        if self.into not in ("prompt", "meta"):
+            raise ValueError(f"data.ocr.into: {self.into!r} is not one of ['prompt', 'meta']")
+        for name in ("{text}", "{prompt}"):
+            if name not in self.template:
+                raise ValueError(f"data.ocr.template: {self.template!r} must contain {name}")
+        try:
+            self.template.format(text="", prompt="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"data.ocr.template: {self.template!r} may only use {{text}} and {{prompt}} (write a "
+                             f"literal brace as {{{{ or }}}}): {type(e).__name__}: {e}") from None
+        if self.max_chars < 1:
+            raise ValueError(f"data.ocr.max_chars: must be >= 1, got {self.max_chars}")
+        if not 0 <= self.min_conf <= 100:
+            raise ValueError(f"data.ocr.min_conf: a tesseract confidence is 0-100, got {self.min_conf}")
+        if not self.timeout_s > 0:
+            raise ValueError(f"data.ocr.timeout_s: must be > 0, got {self.timeout_s}")
+
+
 @dataclass
 class DataCfg:
     path: str | None = None
@@ -182,35 +243,14 @@ class DataCfg:
     """Weighted training mix, e.g. the domain plus replay of general data (text-only samples allowed). Each
     optimizer step takes from source i a share weight_i / sum(weights) of the global batch, exactly (see
     `data/mix.py`); loss and sample counts are logged per source. Validation still uses `path`/`synth`."""
-    ocr: Literal["tesseract"] | None = None
-    """Read the text in each image with tesseract (`make ocr` installs it) when the data is loaded for training and
-    for `vlmtune eval/predict --model RUN`, cached per image in DATASET/.cache/ocr (see data/ocr.py). None: off."""
-    ocr_langs: str = "eng"
-    """Tesseract languages joined by "+", the data's main language first (e.g. "rus+eng", "por+eng+rus")."""
-    ocr_psm: int = 3
-    """Tesseract page segmentation mode (3: automatic; 6: one block of text; 11: sparse text, e.g. memes)."""
-    ocr_into: Literal["prompt", "meta"] = "prompt"
-    """prompt: the text is put into the first user turn with `ocr_template` (train and eval see the same prompt);
-    meta: it is only stored in sample.meta["ocr"]."""
-    ocr_template: str = "Text in the image: {text}\n{prompt}"
-    """How the first user turn is rewritten: {text} is the OCR text, {prompt} the turn's own text. Images with no
-    text found leave the prompt unchanged."""
-    ocr_max_chars: int = 300
-    """The OCR text is cut at a word boundary to at most this many characters (it costs prompt tokens)."""
-    ocr_min_conf: float = 0.0
-    """Words tesseract is less confident about (0-100) are dropped: noise from textures and borders."""
-    ocr_timeout_s: float = 60.0
-    """Per image; an image that takes longer is a bad record."""
+    ocr: OcrCfg | None = None
+    """Read the text in each image with tesseract (see OcrCfg); None: off."""
 
     def __post_init__(self):
         if self.path is None and self.synth is None:
             raise ValueError("data: set `path` (a dataset directory) or `synth` (a synthetic world)")
         if self.max_text_chars < 1:
             raise ValueError(f"data.max_text_chars must be at least 1, got {self.max_text_chars}")
-        from vlmtune.data.ocr import check_options
-
-        check_options(self.ocr_langs, self.ocr_psm, self.ocr_into, self.ocr_template, self.ocr_max_chars,
-                          self.ocr_min_conf, self.ocr_timeout_s, where="data.")
         if self.sources is not None:
             names = [s.name for s in self.sources]
             if not names:
@@ -424,13 +464,7 @@ class RunCfg:
             raise ValueError(f"probes: names must be unique, got {names}")
         if self.forgetting.max_drop is not None and not self.probes:
             raise ValueError("forgetting.max_drop needs at least one entry in `probes`")
-        from vlmtune.eval.tasks import get_task
-
-        for where, task, metric in [("eval", self.eval.task, self.eval.metric),
-                                    *((f"probes[{p.name}]", p.task, p.metric) for p in self.probes)]:
-            if metric not in get_task(task).metrics:
-                raise ValueError(f"{where}: metric {metric!r} is not one of task {task!r}'s "
-                                 f"{list(get_task(task).metrics)}")
+        # the checks that need the task and family registries: train.checks.check_run (config imports nothing)
         if self.model.quantization is not None:
             if not self.lora.enabled:
                 raise ValueError("model.quantization: a quantised base cannot be trained itself; set lora.enabled "
@@ -443,12 +477,6 @@ class RunCfg:
             raise ValueError(f"model.dtype {self.model.dtype}: the trainable parameters are kept in float32 and the "
                              f"frozen {self.model.dtype} base computes under autocast; set train.mixed_precision: "
                              f"{half} (now {self.train.mixed_precision!r})")
-        if self.train.packing:
-            from vlmtune.models import FAMILIES, get_family
-
-            if not get_family(self.model.family).packing:
-                raise ValueError(f"train.packing: the {self.model.family} family cannot pack samples into one row "
-                                 f"(families that can: {sorted(n for n, f in FAMILIES.items() if f.packing)})")
 
     @property
     def run_dir(self) -> Path:
@@ -456,12 +484,12 @@ class RunCfg:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunCfg:
-        return _build(cls, d, "")
+        return _build(cls, _old_ocr_keys(d), "")
 
     @classmethod
     def from_file(cls, path: str | Path | None, overrides: list[str] | None = None) -> RunCfg:
         d = yaml.safe_load(Path(path).read_text()) if path else {}
-        d = d or {}
+        d = _old_ocr_keys(d or {})  # before the overrides: `--data.ocr.langs` on a file of the old form
         for key, value in parse_overrides(overrides or []):
             _set_dotted(d, key, value)
         return cls.from_dict(d)
@@ -475,6 +503,42 @@ class RunCfg:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
         tmp.replace(path)
+
+
+OLD_OCR_KEYS = ("langs", "psm", "into", "template", "max_chars", "min_conf", "timeout_s")
+"""`data.ocr_<key>`: the OCR settings before they became the `data.ocr` section (OcrCfg)."""
+
+
+def _old_ocr_keys(d: Any) -> Any:
+    """A config of the form before `data.ocr` was a section, read until 0.2: older recipes and the run_config.yaml
+    of every older run (which saves `ocr: null` and all seven `ocr_<key>`s). `ocr: tesseract` with `ocr_langs: rus`
+    -> `ocr: {engine: tesseract, langs: rus}` (a FutureWarning names the new keys); with `ocr` off, the flat keys
+    are checked and dropped, as they did nothing. A flat key beside a `data.ocr` section joins it (an old override
+    on a new file); the same setting twice is an error."""
+    data = d.get("data") if isinstance(d, dict) else None
+    flat = {key: data[f"ocr_{key}"] for key in OLD_OCR_KEYS if f"ocr_{key}" in data} if isinstance(data, dict) else {}
+    ocr = data.get("ocr") if isinstance(data, dict) else None
+    if isinstance(ocr, str) and ocr.lower() in ("null", "none"):  # `--data.ocr null`
+        ocr = None
+    if not flat and not isinstance(ocr, str):
+        return d
+    data = {k: v for k, v in data.items() if not (k.startswith("ocr_") and k[4:] in OLD_OCR_KEYS)}
+    if ocr is None:
+        _build(OcrCfg, flat, "data.ocr.")  # a value that never worked still fails
+        return {**d, "data": {**data, "ocr": None}}
+    if isinstance(ocr, str):
+        new = ", ".join(f"{k}: {v!r}" for k, v in flat.items())
+        warnings.warn(f"data.ocr: {ocr} with data.ocr_<key> settings is the old form, read until vlmtune 0.2; write "
+                      f"data: {{ocr: {{engine: {ocr}{', ' + new if new else ''}}}}} (data.ocr.langs, data.ocr.psm, "
+                      "...: docs/ocr.md)", FutureWarning, stacklevel=3)
+        ocr = {"engine": ocr}
+    if isinstance(ocr, dict):
+        twice = sorted(set(flat) & set(ocr))
+        if twice:
+            raise ValueError(f"data: {', '.join(f'ocr_{k} and ocr.{k}' for k in twice)} set the same thing; keep "
+                             f"data.ocr.{twice[0]}")
+        ocr = {**ocr, **flat}
+    return {**d, "data": {**data, "ocr": ocr}}
 
 
 def parse_overrides(args: list[str]) -> list[tuple[str, str]]:

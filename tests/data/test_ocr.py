@@ -5,6 +5,7 @@ the prompt the model is trained on and evaluated with. Failures tesseract cannot
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -16,8 +17,9 @@ import yaml
 from helpers import tiny_run_cfg
 from PIL import Image, ImageDraw, ImageFont
 
+from vlmtune.config import OcrCfg
 from vlmtune.data import ocr
-from vlmtune.data.ocr import OcrOptions, OcrUnavailable, enrich_samples, with_ocr_text
+from vlmtune.data.ocr import OcrUnavailable, enrich_samples, with_ocr_text
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.data.store import BadRecord
 
@@ -101,7 +103,7 @@ def samples_of(root: Path, split: str | None = None) -> list[Sample]:
 def test_tesseract_reads_the_russian_meme_and_the_portuguese_label_and_caches_by_image_content(
         signs, tmp_path, tesseract_calls):
     cache = tmp_path / "cache"
-    meta = OcrOptions(langs=LANGS, into="meta")
+    meta = OcrCfg(langs=LANGS, into="meta")
     first, bad, report = enrich_samples(samples_of(signs), signs, meta, cache_dir=cache)
     assert not bad and (report.images, report.ran, report.cached) == (3, 3, 0)
     assert ocr_runs(tesseract_calls) == 3
@@ -116,7 +118,7 @@ def test_tesseract_reads_the_russian_meme_and_the_portuguese_label_and_caches_by
     tesseract_calls.clear()
     again, _, report = enrich_samples(samples_of(signs), signs, meta, cache_dir=cache)
     assert (report.ran, report.cached) == (0, 3) and [s.meta for s in again] == [s.meta for s in first]
-    other = OcrOptions(langs=LANGS, into="prompt", template="OCR: {text} | {prompt}", min_conf=10, max_chars=12)
+    other = OcrCfg(langs=LANGS, into="prompt", template="OCR: {text} | {prompt}", min_conf=10, max_chars=12)
     prompted, _, report = enrich_samples(samples_of(signs), signs, other, cache_dir=cache)
     assert report.ran == 0 and ocr_runs(tesseract_calls) == 0, tesseract_calls
     ru = next(s for s in prompted if s.id == "meme_ru")
@@ -124,7 +126,7 @@ def test_tesseract_reads_the_russian_meme_and_the_portuguese_label_and_caches_by
 
     # the languages are part of the key: the same image read as por+eng is a new entry
     label = [s for s in samples_of(signs) if s.id == "label_pt"]
-    por, _, report = enrich_samples(label, signs, OcrOptions(langs="por+eng", into="meta"), cache_dir=cache)
+    por, _, report = enrich_samples(label, signs, OcrCfg(langs="por+eng", into="meta"), cache_dir=cache)
     assert report.ran == 1 and ocr_runs(tesseract_calls) == 1 and len(list(cache.glob("*.json"))) == 4
     assert cer("VESTIDO AZUL • promoção", por[0].meta["ocr"]) <= 0.1, por[0].meta["ocr"]
 
@@ -155,7 +157,7 @@ def test_enrichment_into_prompt_and_into_meta():
     s = Sample(id="m", images=["a.png"], split="train",
                messages=[user("Explain the joke."), assistant("It is Monday."), user("And now?", n_images=0),
                          assistant("Still Monday.")])
-    p = with_ocr_text(s, "КОГДА ПОНЕДЕЛЬНИК", "prompt", ocr.DEFAULT_TEMPLATE)
+    p = with_ocr_text(s, "КОГДА ПОНЕДЕЛЬНИК", "prompt", OcrCfg.template)
     assert p.messages[0]["content"] == [
         {"type": "image"}, {"type": "text", "text": "Text in the image: КОГДА ПОНЕДЕЛЬНИК\nExplain the joke."}]
     assert p.messages[1:] == s.messages[1:] and p.meta == {"ocr": "КОГДА ПОНЕДЕЛЬНИК", "ocr_in_prompt": True}
@@ -168,7 +170,7 @@ def test_enrichment_into_prompt_and_into_meta():
                                                             assistant("a sign")])
     assert with_ocr_text(image_only, "OPEN", "prompt").question == "Text in the image: OPEN"
     text_only = Sample(id="t", messages=[user("hi", n_images=0), assistant("hello")])
-    out, bad, report = enrich_samples([text_only], "/nonexistent", OcrOptions())
+    out, bad, report = enrich_samples([text_only], "/nonexistent", OcrCfg())
     assert out == [text_only] and not bad and report.images == 0  # nothing to read, tesseract not even asked
 
 
@@ -176,7 +178,7 @@ def test_corrupt_image_names_file_and_sample_and_is_skipped_under_skip_bad(tmp_p
     from vlmtune.data.dataset import load_split
 
     root = write_signs(tmp_path / "d", extra={"broken": b"\x89PNG\r\n\x1a\n this is not a png"})
-    opts = OcrOptions(langs=LANGS)
+    opts = OcrCfg(langs=LANGS)
     with pytest.raises(BadRecord) as e:
         load_split(root, "train", skip_bad=False, ocr=opts)
     assert "broken" in str(e.value) and "images/broken.png" in str(e.value) and "skip_bad" in str(e.value)
@@ -203,7 +205,7 @@ def test_missing_tesseract_or_language_pack_says_how_to_install(monkeypatch, tmp
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     with pytest.raises(OcrUnavailable, match=r"tesseract is not installed .*make ocr.*apt-get"):
-        enrich_samples(samples_of(write_signs(tmp_path / "d")), tmp_path / "d", OcrOptions())
+        enrich_samples(samples_of(write_signs(tmp_path / "d")), tmp_path / "d", OcrCfg())
 
 
 FAKE = """#!/bin/sh
@@ -241,18 +243,18 @@ def test_tesseract_failure_or_timeout_is_a_bad_record_and_damaged_cache_entries_
     samples = [s for s in samples_of(root) if s.id == "meme_ru"]
     monkeypatch.setenv("FAKE_MODE", "fail")
     with pytest.raises(BadRecord, match=r"sample 'meme_ru': OCR of image .*tesseract failed \(exit 3\): Error in pix"):
-        enrich_samples(samples, root, OcrOptions())
+        enrich_samples(samples, root, OcrCfg())
     monkeypatch.setenv("FAKE_MODE", "hang")
-    out, bad, report = enrich_samples(samples, root, OcrOptions(timeout_s=0.5), skip_bad=True)
+    out, bad, report = enrich_samples(samples, root, OcrCfg(timeout_s=0.5), skip_bad=True)
     assert out == [] and "took longer than 0.5 s" in bad[0].reason and report.skipped_samples == 1
     monkeypatch.setenv("FAKE_MODE", "ok")
     stand_in.unlink()
-    out, _, _ = enrich_samples(samples, root, OcrOptions())
+    out, _, _ = enrich_samples(samples, root, OcrCfg())
     assert out[0].meta["ocr"] == "HELLO" and len(stand_in.read_text().splitlines()) == 1
     entry = next((root / ocr.CACHE_DIR).glob("*.json"))
     assert json.loads(entry.read_text())["tesseract"] == "tesseract 0.0-stand-in"  # the version is in the key
     entry.write_text('{"words": [')  # damaged (a full disk, a hand edit): read again, not a crash
-    out, _, report = enrich_samples(samples, root, OcrOptions())
+    out, _, report = enrich_samples(samples, root, OcrCfg())
     assert report.ran == 1 and out[0].meta["ocr"] == "HELLO" and len(stand_in.read_text().splitlines()) == 2
     assert json.loads(entry.read_text())["words"][0]["text"] == "HELLO"
 
@@ -260,18 +262,50 @@ def test_tesseract_failure_or_timeout_is_a_bad_record_and_damaged_cache_entries_
 def test_config_validates_ocr_settings(tmp_path):
     from vlmtune.config import DataCfg, RunCfg
 
-    cfg = RunCfg.from_file(None, ["--data.path", "d", "--data.ocr", "tesseract", "--data.ocr_langs", "por+eng",
-                                  "--data.ocr_min_conf", "40", "--data.ocr_into", "meta"])
-    assert (cfg.data.ocr, cfg.data.ocr_langs, cfg.data.ocr_min_conf) == ("tesseract", "por+eng", 40.0)
-    assert ocr.ocr_options(cfg.data) == OcrOptions(langs="por+eng", min_conf=40.0, into="meta")
-    assert ocr.ocr_options(DataCfg(path="d")) is None  # off by default
-    for key, value, error in [("ocr", "easyocr", "not one of"), ("ocr_langs", "eng rus", "joined by '+'"),
-                              ("ocr_psm", "0", "page segmentation"), ("ocr_into", "answer", "not one of"),
-                              ("ocr_template", "{prompt}", "must contain {text}"),
-                              ("ocr_template", "{text} {prompt} {lang}", "may only use"),
-                              ("ocr_min_conf", "101", "0-100"), ("ocr_max_chars", "0", ">= 1")]:
+    cfg = RunCfg.from_file(None, ["--data.path", "d", "--data.ocr.langs", "por+eng", "--data.ocr.min_conf", "40",
+                                  "--data.ocr.into", "meta"])
+    assert cfg.data.ocr == OcrCfg(engine="tesseract", langs="por+eng", min_conf=40.0, into="meta")
+    assert DataCfg(path="d").ocr is None  # off by default
+    assert RunCfg.from_file(None, ["--data.path", "d", "--data.ocr.engine", "tesseract"]).data.ocr == OcrCfg()
+    for key, value, error in [("engine", "easyocr", "not one of"), ("langs", "eng rus", "joined by '+'"),
+                              ("psm", "0", "page segmentation"), ("into", "answer", "not one of"),
+                              ("template", "{prompt}", "must contain {text}"),
+                              ("template", "{text} {prompt} {lang}", "may only use"),
+                              ("min_conf", "101", "0-100"), ("max_chars", "0", ">= 1"), ("timeout_s", "0", "> 0")]:
         with pytest.raises(ValueError, match=re.escape(error)):
-            RunCfg.from_file(None, ["--data.path", "d", f"--data.{key}", value])
+            RunCfg.from_file(None, ["--data.path", "d", f"--data.ocr.{key}", value])
+
+
+def test_configs_of_the_old_form_are_read_until_0_2(tmp_path):
+    """`ocr: tesseract` with flat `ocr_<key>`s (older recipes, and the run_config.yaml of every older run, which
+    saves `ocr: null` and all seven keys) become the `data.ocr` section."""
+    from vlmtune.config import RunCfg
+
+    old = {"path": "d", "ocr": "tesseract", "ocr_langs": "rus", "ocr_min_conf": 50, "ocr_template": "T {text} {prompt}"}
+    with pytest.warns(FutureWarning, match=r"write data: \{ocr: \{engine: tesseract, langs: 'rus', template: 'T "):
+        cfg = RunCfg.from_dict({"data": old})
+    assert cfg.data.ocr == OcrCfg(langs="rus", min_conf=50.0, template="T {text} {prompt}", into="prompt")
+    saved = RunCfg.from_dict({"data": {"path": "d"}}).to_dict()["data"]
+    saved.update({"ocr": None, **{f"ocr_{k}": v for k, v in dataclasses.asdict(OcrCfg()).items() if k != "engine"}})
+    assert RunCfg.from_dict({"data": saved}).data.ocr is None  # an older run without OCR
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"data": old}))  # a new-form override on an old-form file
+    with pytest.warns(FutureWarning):
+        cfg = RunCfg.from_file(tmp_path / "c.yaml", ["--data.ocr.psm", "11", "--data.ocr_max_chars", "99"])
+    assert (cfg.data.ocr.langs, cfg.data.ocr.psm, cfg.data.ocr.max_chars) == ("rus", 11, 99)
+    with pytest.raises(ValueError, match=r"ocr_langs and ocr.langs set the same thing"):
+        RunCfg.from_dict({"data": {"path": "d", "ocr": {"langs": "eng"}, "ocr_langs": "rus"}})
+    with pytest.raises(ValueError, match=r"data.ocr.psm: 0 is not"):  # a value that never worked still fails
+        RunCfg.from_dict({"data": {"path": "d", "ocr_psm": 0}})
+
+
+def test_data_ocr_flags_default_to_the_config_section():
+    """One default per setting: `vlmtune data ocr` without flags reads as `data.ocr: {}` does (into: prompt)."""
+    from vlmtune.cli import build_parser
+
+    a = build_parser().parse_args(["data", "ocr", "d"])
+    defaults = dataclasses.asdict(OcrCfg())
+    assert {k: getattr(a, k) for k in defaults if k != "engine"} == {k: v for k, v in defaults.items() if k != "engine"}
+    assert a.into == "prompt"
 
 
 def test_end_to_end_train_eval_predict_serve_and_data_ocr_command_see_the_ocr_text(tmp_path, capsys,
@@ -288,19 +322,19 @@ def test_end_to_end_train_eval_predict_serve_and_data_ocr_command_see_the_ocr_te
     from vlmtune.models import get_family
 
     root = write_signs(tmp_path / "signs")
-    cfg = tiny_run_cfg(tmp_path, root, name="ocr", data={"path": str(root), "max_length": 256, "ocr": "tesseract",
-                                                         "ocr_langs": LANGS},
+    cfg = tiny_run_cfg(tmp_path, root, name="ocr", data={"path": str(root), "max_length": 256,
+                                                         "ocr": {"langs": LANGS}},
                        train={"max_steps": 2, "micro_batch_size": 2, "global_batch_size": 2, "eval_every": 0,
                               "save_every": 0})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
     assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 0
     run = tmp_path / "runs" / "ocr"
     saved = yaml.safe_load((run / "run_config.yaml").read_text())["data"]
-    assert (saved["ocr"], saved["ocr_langs"], saved["ocr_into"]) == ("tesseract", LANGS, "prompt")
+    assert (saved["ocr"]["engine"], saved["ocr"]["langs"], saved["ocr"]["into"]) == ("tesseract", LANGS, "prompt")
     assert len(list((root / ocr.CACHE_DIR).glob("*.json"))) == 3  # training read every image once
 
     # what the model is trained on: the family's encoding (with the run's processor) of the loaded training samples
-    assert ocr.model_ocr_options(run / "best") == ocr.model_ocr_options(run) == OcrOptions(langs=LANGS)
+    assert ocr.model_ocr_options(run / "best") == ocr.model_ocr_options(run) == OcrCfg(langs=LANGS)
     train = load_split(root, "train", False, ocr=ocr.model_ocr_options(run))
     processor = AutoProcessor.from_pretrained(run / "best")
     batch = get_family("llava").encode(processor, train, [[load_image(root / s.images[0])] for s in train], "train",
@@ -335,7 +369,7 @@ def test_end_to_end_train_eval_predict_serve_and_data_ocr_command_see_the_ocr_te
     from vlmtune.serve.app import _job
 
     app = build_app(run, ServeCfg(), background=False)
-    assert app.state.vlmtune.ocr == OcrOptions(langs=LANGS)
+    assert app.state.vlmtune.ocr == OcrCfg(langs=LANGS)
     png = io.BytesIO()
     render(*SIGNS["sign_en"][:2]).save(png, format="PNG")
     uri = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
@@ -355,9 +389,9 @@ def test_end_to_end_train_eval_predict_serve_and_data_ocr_command_see_the_ocr_te
     assert (result["samples"], result["with_text"], result["ocr"]["ran"], result["ocr"]["cached"]) == (3, 3, 0, 3)
     copy = samples_of(tmp_path / "copy", "val")
     assert copy[0].question == f"OCR: {row['meta']['ocr']}\n{QUESTION}"  # the CLI's \\n is a line break
-    reloaded = load_split(tmp_path / "copy", "val", False, ocr=OcrOptions(langs=LANGS))
+    reloaded = load_split(tmp_path / "copy", "val", False, ocr=OcrCfg(langs=LANGS))
     assert reloaded[0].messages == copy[0].messages
-    assert main(["data", "ocr", str(root), "--into", "prompt"]) == 2  # rewriting questions in place is refused
+    assert main(["data", "ocr", str(root)]) == 2  # rewriting questions (the default, --into prompt) in place: refused
     assert "--out" in capsys.readouterr().err
-    assert main(["data", "ocr", str(root), "--langs", LANGS]) == 0  # meta in place
+    assert main(["data", "ocr", str(root), "--langs", LANGS, "--into", "meta"]) == 0  # meta in place
     assert all(s.meta["ocr"] and s.messages[0]["content"][1]["text"] == QUESTION for s in samples_of(root))

@@ -10,6 +10,7 @@ from helpers import tiny_run_cfg
 
 from vlmtune.config import RunCfg
 from vlmtune.models import FAMILIES
+from vlmtune.train.checks import check_run
 
 
 def _rows(run_dir):
@@ -147,8 +148,8 @@ def test_families_that_cannot_pack_say_so_and_would_get_another_loss(name, tmp_p
     packed, _ = _per_sample_losses(family, tiny, pack(batch))  # image masks / 3-D positions ignore the packing
     assert not torch.allclose(packed, padded, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match=f"the {name} family cannot pack"):
-        RunCfg.from_dict(tiny_run_cfg(tmp_path, fashion_dir, model={"family": name, "path": "x"},
-                                      train={"packing": True}))
+        check_run(RunCfg.from_dict(tiny_run_cfg(tmp_path, fashion_dir, model={"family": name, "path": "x"},
+                                                train={"packing": True})))
 
 
 def test_training_packed_gives_the_same_losses_with_no_padding(tmp_path):

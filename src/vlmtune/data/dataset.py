@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from vlmtune.data.store import MANIFEST, BadRecord, add_rejected, read_samples
 
 if TYPE_CHECKING:
-    from vlmtune.data.ocr import OcrOptions
+    from vlmtune.config import OcrCfg
 
 
 def synthesize(out: str | Path, world: str, n: int, seed: int = 0, size: int = 64, caption_fraction: float = 0.0,
@@ -74,7 +74,7 @@ def naming_all(bad: list[BadRecord]) -> BadRecord:
 
 
 def load_split(root: Path, split: str | None, skip_bad: bool, rejected_path: Path | None = None,
-               ocr: OcrOptions | None = None, limit: int | None = None, source: str | None = None):
+               ocr: OcrCfg | None = None, limit: int | None = None, source: str | None = None):
     """Samples of one split (the first `limit` of them); bad records stop the run (one error naming them all) unless
     `skip_bad`, then they are added to `rejected_path`, each naming `source` (the caller starts that file afresh: a
     run that loads several sources, a val split and probes lists the bad records of all of them).

@@ -6,10 +6,10 @@ dedicated OCR engine reads them well; giving its text to the model turns "read t
 
     data:
       path: data/memes
-      ocr: tesseract               # `make ocr` installs Debian's tesseract-ocr with eng, rus and por data
-      ocr_langs: rus+eng           # the data's main language FIRST (see below)
-      ocr_into: prompt             # "Text in the image: {text}\\n{prompt}" in the first user turn; or meta
-      ocr_min_conf: 30             # drop words tesseract is unsure about (texture and border noise)
+      ocr:                         # the settings: OcrCfg in config.py. `make ocr` installs Debian's tesseract-ocr
+        langs: rus+eng             # the data's main language FIRST (see below)
+        into: prompt               # "Text in the image: {text}\\n{prompt}" in the first user turn; or meta
+        min_conf: 30               # drop words tesseract is unsure about (texture and border noise)
 
     vlmtune data ocr data/memes --langs rus+eng --into meta                     # sample.meta["ocr"], in place
     vlmtune data ocr data/shop --langs por+eng --into prompt --out data/shop-ocr  # an enriched copy
@@ -43,7 +43,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -52,20 +51,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
+
+from vlmtune.config import OcrCfg
 
 if TYPE_CHECKING:
     from vlmtune.data.sample import Sample
     from vlmtune.data.store import BadRecord
 
-DEFAULT_TEMPLATE = "Text in the image: {text}\n{prompt}"
 CACHE_DIR = ".cache/ocr"
 """Relative to the dataset directory."""
 INSTALL_HINT = ("run `make ocr`, or as root: apt-get update && apt-get install -y tesseract-ocr tesseract-ocr-eng "
                 "tesseract-ocr-rus tesseract-ocr-por")
-PSM_MODES = (1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)
-"""Tesseract page segmentation modes that produce text (0 is orientation detection only; 2 is not implemented)."""
-_LANGS = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\+[A-Za-z][A-Za-z0-9_]*)*")
 
 
 class OcrUnavailable(FileNotFoundError):
@@ -76,64 +73,13 @@ class OcrError(ValueError):
     """One image could not be read (corrupt file, tesseract failed or timed out): a bad record."""
 
 
-def check_options(langs: str, psm: int, into: str, template: str, max_chars: int, min_conf: float,
-                  timeout_s: float, where: str = "") -> None:
-    """Raise ValueError naming the option (`where` prefixes it, e.g. "data.") when a setting cannot work."""
-    if not _LANGS.fullmatch(langs):
-        raise ValueError(f"{where}ocr_langs: {langs!r} is not tesseract languages joined by '+' (e.g. 'rus+eng')")
-    if psm not in PSM_MODES:
-        raise ValueError(f"{where}ocr_psm: {psm} is not a tesseract page segmentation mode that reads text "
-                         f"{list(PSM_MODES)}")
-    if into not in ("prompt", "meta"):
-        raise ValueError(f"{where}ocr_into: {into!r} is not one of ['prompt', 'meta']")
-    for name in ("{text}", "{prompt}"):
-        if name not in template:
-            raise ValueError(f"{where}ocr_template: {template!r} must contain {name}")
-    try:
-        template.format(text="", prompt="")
-    except (KeyError, IndexError, ValueError) as e:
-        raise ValueError(f"{where}ocr_template: {template!r} may only use {{text}} and {{prompt}} (write a literal "
-                         f"brace as {{{{ or }}}}): {type(e).__name__}: {e}") from None
-    if max_chars < 1:
-        raise ValueError(f"{where}ocr_max_chars: must be >= 1, got {max_chars}")
-    if not 0 <= min_conf <= 100:
-        raise ValueError(f"{where}ocr_min_conf: a tesseract confidence is 0-100, got {min_conf}")
-    if not timeout_s > 0:
-        raise ValueError(f"{where}ocr_timeout_s: must be > 0, got {timeout_s}")
-
-
-@dataclass(frozen=True)
-class OcrOptions:
-    """What to read and how to use it (the `data.ocr_*` settings as plain values)."""
-
-    langs: str = "eng"
-    psm: int = 3
-    into: Literal["prompt", "meta"] = "prompt"
-    template: str = DEFAULT_TEMPLATE
-    max_chars: int = 300
-    min_conf: float = 0.0
-    timeout_s: float = 60.0
-
-    def __post_init__(self) -> None:
-        check_options(self.langs, self.psm, self.into, self.template, self.max_chars, self.min_conf, self.timeout_s)
-
-
-def ocr_options(data_cfg) -> OcrOptions | None:
-    """The OCR settings of a DataCfg; None when `data.ocr` is off."""
-    if data_cfg.ocr is None:
-        return None
-    return OcrOptions(langs=data_cfg.ocr_langs, psm=data_cfg.ocr_psm, into=data_cfg.ocr_into,
-                      template=data_cfg.ocr_template, max_chars=data_cfg.ocr_max_chars,
-                      min_conf=data_cfg.ocr_min_conf, timeout_s=data_cfg.ocr_timeout_s)
-
-
-def model_ocr_options(model: str | Path) -> OcrOptions | None:
+def model_ocr_options(model: str | Path) -> OcrCfg | None:
     """The OCR settings a model was trained with, from the run_config.yaml of the run it belongs to (a run
     directory, its best/ or checkpoints/step-N/); None when it was trained without OCR or outside vlmtune."""
     from vlmtune.train.checkpoint import run_config_of
 
     cfg = run_config_of(model)
-    return ocr_options(cfg.data) if cfg is not None else None
+    return cfg.data.ocr if cfg is not None else None
 
 
 # ---------------------------------------------------------------- tesseract
@@ -166,7 +112,7 @@ def find_tesseract(langs: str) -> Tesseract:
     """The tesseract on PATH, checked to have every language of `langs`; OcrUnavailable says how to install."""
     exe = shutil.which("tesseract")
     if exe is None:
-        raise OcrUnavailable(f"tesseract is not installed (data.ocr: tesseract needs it): {INSTALL_HINT}")
+        raise OcrUnavailable(f"tesseract is not installed (data.ocr needs it): {INSTALL_HINT}")
     version, have = _probe(exe)
     missing = [lang for lang in langs.split("+") if lang not in have]
     if missing:
@@ -186,7 +132,7 @@ def run_tesseract(exe: str, png: bytes, langs: str, psm: int, timeout_s: float) 
         proc = subprocess.run([exe, "stdin", "stdout", "-l", langs, "--psm", str(psm), "tsv"], input=png,
                               capture_output=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
-        raise OcrError(f"tesseract took longer than {timeout_s:g} s (data.ocr_timeout_s)") from None
+        raise OcrError(f"tesseract took longer than {timeout_s:g} s (data.ocr.timeout_s)") from None
     if proc.returncode != 0:
         err = proc.stderr.decode("utf-8", errors="replace").strip()
         raise OcrError(f"tesseract failed (exit {proc.returncode}): {err[-300:]}")
@@ -228,7 +174,7 @@ def text_of(words: list[dict], min_conf: float = 0.0, max_chars: int = 300) -> s
     return truncate(normalize(" ".join(w["text"] for w in words if w["conf"] >= min_conf)), max_chars)
 
 
-def with_ocr_text(sample: Sample, text: str, into: str, template: str = DEFAULT_TEMPLATE) -> Sample:
+def with_ocr_text(sample: Sample, text: str, into: str, template: str = OcrCfg.template) -> Sample:
     """A new Sample with `text` in meta["ocr"] and, for `into="prompt"`, in its first user turn through `template`.
     No text found: the prompt is left as it is. A sample already enriched into its prompt is returned unchanged, so
     loading an enriched copy with data.ocr on again does not put the text in twice."""
@@ -321,7 +267,7 @@ def read_image_words(path: Path, tesseract: Tesseract, langs: str, psm: int, tim
     return words, False
 
 
-def read_images_text(images: list, opts: OcrOptions) -> str:
+def read_images_text(images: list, opts: OcrCfg) -> str:
     """The text of decoded images (a served request's uploads) as `enrich_samples` makes it for files, without the
     disk cache: uploads are seldom seen twice. OcrError when tesseract fails on one."""
     tesseract = find_tesseract(opts.langs)
@@ -354,7 +300,7 @@ class OcrReport:
         return dataclasses.asdict(self)
 
 
-def enrich_samples(samples: list[Sample], root: str | Path, opts: OcrOptions, skip_bad: bool = False,
+def enrich_samples(samples: list[Sample], root: str | Path, opts: OcrCfg, skip_bad: bool = False,
                    cache_dir: str | Path | None = None, workers: int | None = None,
                    progress: bool = True) -> tuple[list[Sample], list[BadRecord], OcrReport]:
     """Every sample with the text of its images (joined by " | " when it has several) added as `opts` says.
@@ -434,7 +380,7 @@ def enrich_samples(samples: list[Sample], root: str | Path, opts: OcrOptions, sk
     return out, bad, report
 
 
-def enrich_dataset(root: str | Path, opts: OcrOptions, out: str | Path | None = None,
+def enrich_dataset(root: str | Path, opts: OcrCfg, out: str | Path | None = None,
                    skip_bad: bool = False) -> dict:
     """`vlmtune data ocr`: every sample of the dataset at `root` enriched, written to a new dataset `out` (images
     and OCR cache copied, bad samples left out and listed in OUT/rejected.jsonl) or, with `out` None, in place
@@ -447,8 +393,8 @@ def enrich_dataset(root: str | Path, opts: OcrOptions, out: str | Path | None = 
     if out is None and opts.into != "prompt":
         samples, bad = read_samples(root, None, skip_bad=False)
     elif out is None:
-        raise ValueError(f"data ocr {root}: --into prompt rewrites the questions; write an enriched copy with --out "
-                         "DIR2 (--into meta adds meta['ocr'] in place)")
+        raise ValueError(f"data ocr {root}: --into prompt (the default, as data.ocr.into) rewrites the questions; "
+                         "write an enriched copy with --out DIR2, or add meta['ocr'] in place with --into meta")
     else:
         out = Path(out)
         if (out / MANIFEST).exists():

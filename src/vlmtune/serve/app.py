@@ -68,8 +68,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 
-from vlmtune.config import ServeCfg
-from vlmtune.data.ocr import OcrOptions
+from vlmtune.config import OcrCfg, ServeCfg
 from vlmtune.serve.batcher import Batcher
 from vlmtune.serve.batcher import Request as Job
 
@@ -450,12 +449,12 @@ class State:
         self.retriever = None
         self.batcher = None
         self.error: str | None = None
-        self.ocr: OcrOptions | None = None
+        self.ocr: OcrCfg | None = None
         self.ready = threading.Event()
 
 
 def create_app(load: Callable[[], object], cfg: ServeCfg, model_name: str, background: bool = True,
-               ocr: OcrOptions | None = None, on_load_error: Callable[[str], None] | None = None,
+               ocr: OcrCfg | None = None, on_load_error: Callable[[str], None] | None = None,
                retriever: Callable[[], object] | None = None, page: Page | None = None):
     """The FastAPI app. `load()` returns the Predictor; it runs in a thread (`background`) so /health answers
     503 while the model loads. A failed load is reported by /health and passed to `on_load_error` (`vlmtune serve`
@@ -801,7 +800,7 @@ def links_markdown(items: list[dict], after: str) -> str:
     return ("\n\n" if after else "") + "Catalogue items:\n" + "\n".join(lines)
 
 
-def _job(req: dict, cfg: ServeCfg, ocr: OcrOptions | None = None, predictor=None, retriever=None):
+def _job(req: dict, cfg: ServeCfg, ocr: OcrCfg | None = None, predictor=None, retriever=None):
     """The request checked (`ChatRequest`, then the server's limits and, with the `predictor`, its model's image
     limits), its images decoded (in a worker thread: decoding is CPU work) and, for a model trained with OCR
     enrichment, their text put into the prompt as in training. -> (batcher job, stream, include_usage, catalogue
@@ -829,7 +828,7 @@ def _job(req: dict, cfg: ServeCfg, ocr: OcrOptions | None = None, predictor=None
     return Job(sample, images, max_tokens, temperature, top_p), bool(r.stream), include_usage, query
 
 
-def _request(body: bytes, cfg: ServeCfg, ocr: OcrOptions | None, predictor, retriever=None):
+def _request(body: bytes, cfg: ServeCfg, ocr: OcrCfg | None, predictor, retriever=None):
     """`_job` of a raw body (parsing 20 MB of JSON is CPU work too, done off the event loop), and the catalogue
     items when the request searches the catalogue: (job, stream, include_usage, items or None)."""
     job, stream, include_usage, query = _job(parse_body(body), cfg, ocr, predictor, retriever)

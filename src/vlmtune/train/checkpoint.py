@@ -21,6 +21,8 @@ import re
 import shutil
 from pathlib import Path
 
+from vlmtune.train.checks import check_run
+
 META = "vlmtune.json"
 TRAINER = "trainer"
 SHARDED = "sharded"
@@ -208,7 +210,7 @@ def run_config_of(model: str | Path):
         if (d / "run_config.yaml").is_file():
             from vlmtune.config import RunCfg
 
-            return RunCfg.from_file(d / "run_config.yaml")
+            return check_run(RunCfg.from_file(d / "run_config.yaml"))
     return None
 
 

@@ -31,7 +31,6 @@ from vlmtune.config import RunCfg
 from vlmtune.data.dataset import load_split, prepare_data_dir, prepare_dataset
 from vlmtune.data.images import DecodedImages
 from vlmtune.data.mix import Mixture
-from vlmtune.data.ocr import ocr_options
 from vlmtune.data.sample import Sample, message_text
 from vlmtune.eval import forgetting
 from vlmtune.models import ModelFamily, get_family, load_model
@@ -46,6 +45,7 @@ from vlmtune.models.family import (
 )
 from vlmtune.train import checkpoint as ckpt
 from vlmtune.train import targets, vision_cache
+from vlmtune.train.checks import check_run
 from vlmtune.train.collate import IGNORE_INDEX
 from vlmtune.train.distributed import vision_dummy
 from vlmtune.train.preflight import check_samples
@@ -138,7 +138,7 @@ def build_data(cfg: RunCfg, run_dir: Path):
     of val and of the probes are listed in rejected.jsonl, each with the source it was read for."""
     d, rejected = cfg.data, run_dir / "rejected.jsonl"
     rejected.unlink(missing_ok=True)  # this setup's list (a restart reads the data again; load_split adds to it)
-    ocr = ocr_options(d)  # the same enrichment for every source and val (and for eval --model RUN, from run_config)
+    ocr = d.ocr  # the same enrichment for every source and val (and for eval --model RUN, from run_config)
     root = prepare_data_dir(d)
     if d.sources:
         roots = [prepare_dataset(src.path, src.synth) for src in d.sources]
@@ -182,6 +182,7 @@ def check_hflip(samples: list[Sample]) -> None:
 
 def setup(cfg: RunCfg) -> State:
     """Everything `fit` needs: accelerator, model (+LoRA/freezing), optimizer, schedule, data; resumes if it can."""
+    check_run(cfg)  # before anything is written, read or loaded
     import torch
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
