@@ -23,6 +23,7 @@ from vlmtune.config import RunCfg
 PAGES = sorted((REPO / "docs").glob("*.md")) + [REPO / "README.md"]
 FENCE = re.compile(r"^```.*?$(.*?)^```", re.S | re.M)
 INLINE = re.compile(r"(?<!`)`(vlmtune [^`]+)`(?!`)")
+SIZE = re.compile(r"\$\{([A-Za-z_]\w*):-([^}]*)\}")
 
 
 def _commands(page: Path) -> list[tuple[str, str, bool]]:
@@ -40,8 +41,8 @@ def _commands(page: Path) -> list[tuple[str, str, bool]]:
                 k += 1
                 line = line[:-1] + " " + lines[k].strip()
             k += 1
-            if line.startswith("vlmtune "):
-                found.append((f"{page.name}:{lineno + start}", line, True))
+            if line.startswith("vlmtune "):  # a size variable as the page's default: `--n ${N:-600}` -> `--n 600`
+                found.append((f"{page.name}:{lineno + start}", SIZE.sub(r"\2", line), True))
     for m in INLINE.finditer(text):
         found.append((f"{page.name}:{text[: m.start()].count(chr(10)) + 1}", m.group(1), False))
     return found
