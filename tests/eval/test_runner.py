@@ -105,7 +105,7 @@ def test_retrieval_with_a_generative_model_scores_every_pair(fashion_dir):
     assert [r["positives"] for r in rows] == [[f"{s.id}#0", f"{s.id}#1"] for s in samples]
     assert all(len(r["similarity"]) == 6 for r in rows)
     # a similarity is the mean log-probability per token of the caption given the image
-    from vlmtune.eval.runner import load_images
+    from vlmtune.data.images import load_images
 
     pair = Sample(id="x", messages=[user("Describe the image."), assistant(samples[1].references[1])],
                   images=samples[0].images)

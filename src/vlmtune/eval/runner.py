@@ -21,14 +21,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from vlmtune.data.images import ImageError, load_image, resolve_inside
+from vlmtune.data.images import ImageError, load_images, resolve_inside
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import atomic_write_text, load_json
 from vlmtune.eval.tasks import Task
-
-
-def load_images(root: Path, sample: Sample) -> list:
-    return [load_image(resolve_inside(root, rel)) for rel in sample.images]
 
 
 def _done(path: Path | None) -> dict[str, dict]:

@@ -43,8 +43,8 @@ def retrieval_rows(predictor, root, samples: list, progress: bool = False) -> li
     for test sets of a few hundred images (1,000 x 5,000 pairs is 5 million passes)."""
     from tqdm import tqdm
 
+    from vlmtune.data.images import load_images
     from vlmtune.data.sample import Sample, assistant, user
-    from vlmtune.eval.runner import load_images
 
     if any(len(s.images) != 1 for s in samples):
         raise ValueError("retrieval: every sample must have exactly one image")
