@@ -92,10 +92,6 @@ KNOWN_CYCLES = {
                "models.git", "models.idefics3", "models.instructblip", "models.llava", "models.llava_next",
                "models.mllama", "models.paligemma", "models.pix2struct", "models.qwen2_5_vl", "models.qwen2_vl",
                "models.smolvlm", "train.collate"}),
-    # the tasks import Task/Row from their registry (eval/tasks/__init__.py), which imports them (issue 22:
-    # eval/tasks/base.py)
-    frozenset({"eval.tasks", "eval.tasks.caption", "eval.tasks.chart_to_table", "eval.tasks.chartqa",
-               "eval.tasks.docvqa", "eval.tasks.retrieval", "eval.tasks.vqa"}),
     # lm.py trains its tokenizer on reason.py's prompts (`_corpus`); reason.py runs lm.py's generators
     frozenset({"chart.lm", "chart.reason"}),
     # preflight annotates with loop's State (under TYPE_CHECKING); loop calls preflight

@@ -24,7 +24,7 @@ from pathlib import Path
 from vlmtune.data.images import ImageError, load_images, resolve_inside
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import atomic_write_text, load_json
-from vlmtune.eval.tasks import Task
+from vlmtune.eval.tasks.base import Task
 
 
 def _done(path: Path | None) -> dict[str, dict]:

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from vlmtune.data.store import BadRecord, atomic_write_text, load_json
 from vlmtune.eval.runner import META_KEYS
-from vlmtune.eval.tasks import get_task, gold
-from vlmtune.eval.tasks import unlabelled as is_unlabelled
+from vlmtune.eval.tasks import get_task
+from vlmtune.eval.tasks.base import gold
+from vlmtune.eval.tasks.base import unlabelled as is_unlabelled
 
 
 def recorded_task(path: str | Path) -> str | None:

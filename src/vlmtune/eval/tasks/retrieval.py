@@ -12,7 +12,7 @@ A generative VLM gives such scores as the log-likelihood of each caption given e
 
 from __future__ import annotations
 
-from vlmtune.eval.tasks import Row, Task
+from vlmtune.eval.tasks.base import Row, Task
 
 
 def similarity_matrix(rows: list[Row]) -> tuple[list[list[float]], list[int], list[str]]:
