@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 Row = dict[str, Any]
 
@@ -44,6 +44,12 @@ class Task:
     """Row meta keys whose values get their own averages (e.g. question_type)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Default options (e.g. {"vqa_variant": "official"}); overridden per call."""
+    output: Literal["text", "similarity"] = "text"
+    """What the runner asks the model for each sample: generated `text` (the row's "prediction", scored against its
+    gold answers), or the `similarity` of its image to every text of the set, from the model's likelihood of each
+    text (`eval/ranking.py`; the row holds "similarity" and "positives", and no prediction): retrieval."""
+    submission: bool = False
+    """Its predictions can be written as the official submission files (`eval.runner.SUBMISSIONS`: VQAv2, VizWiz)."""
 
     def score_rows(self, rows: list[Row], **options) -> dict:
         """Fill each row's "scores" and return the task's metrics: corpus values, per-sample means, breakdowns.

@@ -40,4 +40,5 @@ TASK = Task(
     corpus=corpus,
     breakdown=("question_type", "answer_type", "source", "lang"),
     options={"vqa_variant": "official"},
+    submission=True,
 )
