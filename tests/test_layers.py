@@ -67,7 +67,6 @@ KNOWN_UPWARD = {
     "data.ocr -> train.checkpoint",
     "data.translate -> models.builtin",
     # the drawn chart world is data (issue 22: chart data moves under data/)
-    "data.standin -> chart.table",
     "data.synthetic -> chart.synth",
     # reading a run back for inference (issue 22: runs.py)
     "infer -> train.checkpoint",

@@ -203,8 +203,8 @@ def test_chartqa_deplot_from_chartqa_files_chart_to_table_then_program_answers(t
     from starlette.testclient import TestClient
 
     from vlmtune.chart.synth import DEPLOT_PROMPT
-    from vlmtune.chart.table import Table
     from vlmtune.config import ServeCfg
+    from vlmtune.data.chart_table import Table
     from vlmtune.serve import build_app
 
     chart = base64.b64encode(next((raw / "test" / "png").iterdir()).read_bytes()).decode()

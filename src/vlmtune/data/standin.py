@@ -267,7 +267,7 @@ CHART_QUESTIONS = ("value", "max_label", "min_label", "difference", "sum", "aver
 
 def chartqa(out: Path, n: int, seed: int, size: int) -> dict:
     """ChartQA's layout: one question per drawn chart, the chart's data table as ChartQA's CSV."""
-    from vlmtune.chart.table import Table
+    from vlmtune.data.chart_table import Table
     from vlmtune.data.synthetic import WORLDS
 
     samples = []
