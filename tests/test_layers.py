@@ -66,8 +66,6 @@ KNOWN_UPWARD = {
     "data.lint -> train.checkpoint",
     "data.ocr -> train.checkpoint",
     "data.translate -> models.builtin",
-    # the drawn chart world is data (issue 22: chart data moves under data/)
-    "data.synthetic -> chart.synth",
     # reading a run back for inference (issue 22: runs.py)
     "infer -> train.checkpoint",
     # label masking is part of a family's encode (issue 22: models/labels.py)

@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 
 from vlmtune.chart.reason import Answer, ProgramReasoner, Reasoner
-from vlmtune.chart.synth import DEPLOT_PROMPT
 from vlmtune.data.chart_table import Table
+from vlmtune.data.charts import DEPLOT_PROMPT
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.data.store import atomic_write_text
 

@@ -45,7 +45,7 @@ def _corpus() -> list[str]:
     """Chart text (tables, questions, answers, captions) from the charts world, plus common question words."""
     import random
 
-    from vlmtune.chart.synth import CATEGORIES, METRICS, QUESTION_TYPES, SERIES_PAIRS, YEARS, make_question, random_spec
+    from vlmtune.data.charts import CATEGORIES, METRICS, QUESTION_TYPES, SERIES_PAIRS, YEARS, make_question, random_spec
 
     r = random.Random(0)
     lines = [" ".join(words) for words in (*CATEGORIES.values(), METRICS, YEARS)]

@@ -25,7 +25,7 @@ metric, on data whose answers are known.
                        pie charts with template questions (ChartQA's "augmented" kind) and their true data tables
                        -> `vlmtune data import chartqa`
 
-The drawings are the `fashion` world of `synthetic.py` (the `charts` world of `chart/synth.py` for chartqa): the
+The drawings are the `fashion` world of `synthetic.py` (the `charts` world of `charts.py` for chartqa): the
 same seed gives the same figures and facts. The annotator noise (VizWiz's disagreeing answers, its unanswerable
 photos) is drawn here, deterministically from the seed. Each writer goes through the format's own exporter, so the
 files are exactly what the importer reads.
