@@ -177,8 +177,8 @@ def w_prep(spec: dict) -> dict:
     import torch
 
     from vlmtune.data.dataset import load_split, synthesize
+    from vlmtune.data.images import load_images
     from vlmtune.data.mix import Mixture
-    from vlmtune.eval.runner import load_images
 
     root = Path(spec["data"])
     if not (root / "manifest.jsonl").is_file():
@@ -238,7 +238,7 @@ def w_flops(spec: dict) -> dict:
     vlmtune runs: logits only at loss positions) and analytic (from the config); plus a counted fwd+bwd step."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vlmtune.eval.runner import load_images
+    from vlmtune.data.images import load_images
     from vlmtune.models.family import accepts_logits_to_keep, forward_losses
 
     root, samples = _ordered_samples({**spec, "steps": 1})
@@ -364,7 +364,7 @@ def w_hf(spec: dict) -> dict:
     t0 = time.perf_counter()
     from transformers import Trainer, TrainingArguments
 
-    from vlmtune.eval.runner import load_images
+    from vlmtune.data.images import load_images
 
     root, samples = _ordered_samples(spec)
     family, loaded, model = _lora_model(spec)

@@ -101,8 +101,8 @@ def flops_split(model_cfg: dict, data: Path) -> str:
     from torch.utils.flop_counter import FlopCounterMode
 
     from vlmtune.config import RunCfg
+    from vlmtune.data.images import load_images
     from vlmtune.data.store import iter_records
-    from vlmtune.eval.runner import load_images
     from vlmtune.models import get_family, load_model
 
     cfg = RunCfg.from_dict({**CONFIG, "model": model_cfg, "data": {**CONFIG["data"], "path": str(data)}})

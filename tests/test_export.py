@@ -8,8 +8,8 @@ from helpers import tiny_run_cfg
 
 from vlmtune.cli import main
 from vlmtune.config import RunCfg
+from vlmtune.data.images import load_images
 from vlmtune.data.store import read_samples
-from vlmtune.eval.runner import load_images
 from vlmtune.export import export
 from vlmtune.infer import Predictor
 from vlmtune.train.loop import train

@@ -66,9 +66,6 @@ KNOWN_UPWARD = {
     "data.lint -> train.checkpoint",
     "data.ocr -> train.checkpoint",
     "data.translate -> models.builtin",
-    # the drawn chart world is data (issue 22: chart data moves under data/)
-    "data.standin -> chart.table",
-    "data.synthetic -> chart.synth",
     # reading a run back for inference (issue 22: runs.py)
     "infer -> train.checkpoint",
     # label masking is part of a family's encode (issue 22: models/labels.py)
@@ -92,11 +89,6 @@ KNOWN_CYCLES = {
                "models.git", "models.idefics3", "models.instructblip", "models.llava", "models.llava_next",
                "models.mllama", "models.paligemma", "models.pix2struct", "models.qwen2_5_vl", "models.qwen2_vl",
                "models.smolvlm", "train.collate"}),
-    # the tasks import Task/Row from their registry (eval/tasks/__init__.py), which imports them; the retrieval task
-    # loads images with the runner's helper, the runner imports the retrieval task (issue 22: eval/tasks/base.py,
-    # image loading to data/images.py, the runner picks retrieval scoring from a field of the task)
-    frozenset({"eval.runner", "eval.tasks", "eval.tasks.caption", "eval.tasks.chart_to_table", "eval.tasks.chartqa",
-               "eval.tasks.docvqa", "eval.tasks.retrieval", "eval.tasks.vqa"}),
     # lm.py trains its tokenizer on reason.py's prompts (`_corpus`); reason.py runs lm.py's generators
     frozenset({"chart.lm", "chart.reason"}),
     # preflight annotates with loop's State (under TYPE_CHECKING); loop calls preflight
@@ -113,7 +105,6 @@ KNOWN_LONG = {
     "data/lint.py",
     "data/translate.py",
     "eval/metrics/tokenize.py",
-    "eval/runner.py",
     "serve/app.py",
     "train/loop.py",
 }

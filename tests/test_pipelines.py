@@ -202,9 +202,9 @@ def test_chartqa_deplot_from_chartqa_files_chart_to_table_then_program_answers(t
 
     from starlette.testclient import TestClient
 
-    from vlmtune.chart.synth import DEPLOT_PROMPT
-    from vlmtune.chart.table import Table
     from vlmtune.config import ServeCfg
+    from vlmtune.data.chart_table import Table
+    from vlmtune.data.charts import DEPLOT_PROMPT
     from vlmtune.serve import build_app
 
     chart = base64.b64encode(next((raw / "test" / "png").iterdir()).read_bytes()).decode()

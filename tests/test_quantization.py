@@ -83,8 +83,8 @@ def _qlora_run(tmp_path, data_dir, base, bits, **train):
 def test_qlora_trains_evaluates_and_exports(tmp_path, fashion_dir, saved_builtin, bits):
     from transformers import AutoModelForImageTextToText
 
+    from vlmtune.data.images import load_images
     from vlmtune.data.store import read_samples
-    from vlmtune.eval.runner import load_images
     from vlmtune.export import export
     from vlmtune.infer import Predictor
     from vlmtune.train.checkpoint import load_for_inference

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from vlmtune import cli
-from vlmtune.chart.table import Table
+from vlmtune.data.chart_table import Table
 from vlmtune.data.store import read_samples
 from vlmtune.eval.metrics.table import table_baseline
 

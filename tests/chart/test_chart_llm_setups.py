@@ -27,7 +27,7 @@ from vlmtune.chart.reason import (
     majority,
     run_pot,
 )
-from vlmtune.chart.table import Table
+from vlmtune.data.chart_table import Table
 
 SALES = Table.from_text("TITLE | Sales by country <0x0A> Country | Sales <0x0A> Chile | 42 <0x0A> Peru | 17 "
                         "<0x0A> Italy | 30")

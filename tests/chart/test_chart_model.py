@@ -11,8 +11,8 @@ import torch
 
 from vlmtune.chart.ask import generate_tables
 from vlmtune.chart.model import TinyDeplotCfg, build_model, build_tokenizer, init_model
-from vlmtune.chart.synth import charts
-from vlmtune.chart.table import Table
+from vlmtune.data.chart_table import Table
+from vlmtune.data.charts import charts
 from vlmtune.infer import Predictor
 from vlmtune.models import get_family
 

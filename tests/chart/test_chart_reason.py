@@ -9,8 +9,8 @@ import random
 import pytest
 
 from vlmtune.chart.reason import Answer, Fallback, ProgramReasoner, ZeroShotReasoner, llm_prompt, parse_question
-from vlmtune.chart.synth import QUESTION_TYPES, make_question, random_spec
-from vlmtune.chart.table import Table
+from vlmtune.data.chart_table import Table
+from vlmtune.data.charts import QUESTION_TYPES, make_question, random_spec
 from vlmtune.eval.metrics.chartqa import relaxed_accuracy
 
 SALES = Table.from_text("TITLE | Sales by country <0x0A> Country | Sales <0x0A> Chile | 42 <0x0A> Peru | 17 "

@@ -3,7 +3,8 @@
 import pytest
 from PIL import Image
 
-from vlmtune.data.images import ImageError, load_image, resolve_inside
+from vlmtune.data.images import ImageError, load_image, load_images, resolve_inside
+from vlmtune.data.sample import Sample, user
 
 
 def test_modes_become_rgb(tmp_path):
@@ -48,3 +49,16 @@ def test_paths_stay_inside_root(tmp_path):
     for bad in ["../b.png", "/etc/passwd", "link.png", ""]:
         with pytest.raises(ImageError):
             resolve_inside(tmp_path / "a", bad)
+
+
+def test_a_samples_images_load_in_order_from_its_root(tmp_path):
+    (tmp_path / "img").mkdir()
+    Image.new("CMYK", (3, 5), (0, 255, 255, 0)).save(tmp_path / "img" / "red.jpg")
+    Image.new("RGB", (7, 2), (0, 0, 255)).save(tmp_path / "img" / "blue.png")
+    sample = Sample(id="s", messages=[user("Which colours?", n_images=2)], images=["img/blue.png", "img/red.jpg"])
+    blue, red = load_images(tmp_path, sample)
+    assert (blue.mode, blue.size, blue.getpixel((0, 0))) == ("RGB", (7, 2), (0, 0, 255))
+    assert red.mode == "RGB" and red.size == (3, 5) and red.getpixel((1, 1))[0] > 200
+    escaping = Sample(id="e", messages=[user("?")], images=["../outside.png"])
+    with pytest.raises(ImageError, match="escapes the dataset directory"):
+        load_images(tmp_path / "img", escaping)

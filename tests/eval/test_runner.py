@@ -92,7 +92,7 @@ def test_retrieval_with_a_generative_model_scores_every_pair(fashion_dir):
 
     from vlmtune.config import BuiltinCfg
     from vlmtune.data.sample import Sample, assistant, user
-    from vlmtune.eval.tasks.retrieval import retrieval_rows
+    from vlmtune.eval.ranking import retrieval_rows
     from vlmtune.infer import Predictor
     from vlmtune.models import get_family
     from vlmtune.models.builtin import build_builtin
@@ -105,7 +105,7 @@ def test_retrieval_with_a_generative_model_scores_every_pair(fashion_dir):
     assert [r["positives"] for r in rows] == [[f"{s.id}#0", f"{s.id}#1"] for s in samples]
     assert all(len(r["similarity"]) == 6 for r in rows)
     # a similarity is the mean log-probability per token of the caption given the image
-    from vlmtune.eval.runner import load_images
+    from vlmtune.data.images import load_images
 
     pair = Sample(id="x", messages=[user("Describe the image."), assistant(samples[1].references[1])],
                   images=samples[0].images)
@@ -113,3 +113,43 @@ def test_retrieval_with_a_generative_model_scores_every_pair(fashion_dir):
         predictor.loglik([pair], [load_images(fashion_dir, samples[0])])[0], abs=1e-5)
     metrics = evaluate(predictor, fashion_dir, samples, get_task("retrieval"))
     assert metrics["n"] == 3 and 0 <= metrics["i2t_R@1"] <= 100 and metrics["i2t_R@5"] == 100.0
+
+
+class Ranker:
+    """A scripted likelihood: a caption scores 0 given its own image and -1 given any other; it cannot generate."""
+
+    batch_size = 2
+
+    def __init__(self, owner):
+        self.owner = owner  # image path -> the id of the sample it belongs to
+
+    def loglik(self, pairs, images):
+        return [0.0 if p.id.rsplit("#", 1)[0] == self.owner[p.images[0]] else -1.0 for p in pairs]
+
+
+def test_the_runner_ranks_or_generates_as_the_tasks_output_says_not_by_its_name(fashion_dir, tmp_path):
+    import dataclasses
+
+    from vlmtune.data.sample import Sample, assistant, user
+
+    samples = [Sample(id=s.id, messages=[user("Describe the image."), assistant(s.meta["caption"])], images=s.images,
+                      task="caption", references=[s.meta["caption"]]) for s in read_samples(fashion_dir)[0][:3]]
+    ranked = dataclasses.replace(get_task("retrieval"), name="catalogue_search")
+    metrics = evaluate(Ranker({s.images[0]: s.id for s in samples}), fashion_dir, samples, ranked, tmp_path / "r")
+    assert metrics["task"] == "catalogue_search" and metrics["n"] == 3
+    assert metrics["i2t_R@1"] == metrics["t2i_R@1"] == 100.0 and "length_limited" not in metrics
+    with pytest.raises(AttributeError, match="complete"):  # a "text" task generates, whatever its name
+        evaluate(Ranker({}), fashion_dir, samples, dataclasses.replace(ranked, output="text"))
+
+
+def test_submission_files_follow_the_tasks_submission_field_not_its_name(tmp_path):
+    import dataclasses
+
+    out = tmp_path / "d"
+    import_format("vqav2", FORMAT_FIXTURES / "vqav2", out)
+    samples = [s for s in read_samples(out)[0] if s.split == "val"]
+    renamed = dataclasses.replace(get_task("vqa"), name="vqa_short_answers")
+    metrics = evaluate(Scripted({}), out, samples, renamed, tmp_path / "e")
+    assert metrics["submission"] == str(tmp_path / "e" / "submission_vqav2.json") and "length_limited" in metrics
+    metrics = evaluate(Scripted({}), out, samples, dataclasses.replace(renamed, submission=False), tmp_path / "f")
+    assert "submission" not in metrics and not list((tmp_path / "f").glob("submission_*"))

@@ -12,7 +12,7 @@ from tests.real.conftest import REAL
 from vlmtune.chart.lm import CausalLM, init_lm
 from vlmtune.chart.prompts import STOP, cot_prompt
 from vlmtune.chart.reason import SETUPS, build_reasoner
-from vlmtune.chart.table import Table
+from vlmtune.data.chart_table import Table
 
 FOLDER = REAL / "ai-forever__rugpt3small_based_on_gpt2"
 SALES = Table.from_text("TITLE | Sales by country <0x0A> Country | Sales <0x0A> Chile | 42 <0x0A> Peru | 17")

@@ -125,8 +125,8 @@ def test_full_step_trains_language_and_projector_only(real_model_dir, tmp_path, 
 def test_lora_step_then_export_reloads_without_vlmtune(real_model_dir, tmp_path, fashion_dir):
     from safetensors.torch import save_file
 
+    from vlmtune.data.images import load_images
     from vlmtune.data.store import read_samples
-    from vlmtune.eval.runner import load_images
     from vlmtune.export import export
     from vlmtune.models.family import input_dtype
     from vlmtune.train.checkpoint import load_for_inference

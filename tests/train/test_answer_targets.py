@@ -107,8 +107,8 @@ def test_weighted_loss_is_the_agreement_weighted_sum_of_each_answers_loss(tmp_pa
 def test_soft_targets_equal_single_when_the_annotators_agree(tmp_path, vizwiz_dir, mode):
     """A sample whose ten answers are its target trains exactly as under `single` (weighted: weights 1, same rows;
     sampled: the one answer drawn every time), so what soft targets change is the annotators' disagreement only."""
+    from vlmtune.data.images import load_images
     from vlmtune.data.store import read_samples, write_dataset
-    from vlmtune.eval.runner import load_images
 
     samples, _ = read_samples(vizwiz_dir, split="train")
     agreed = tmp_path / "agreed"
@@ -167,8 +167,8 @@ def test_sampled_targets_with_the_vision_cache_train_the_drawn_answer(tmp_path, 
 def test_an_answer_too_long_for_max_length_is_found_before_step_0(tmp_path, vizwiz_dir, mode):
     """Any answer may be drawn, so each must fit: one long minority answer names its sample (file:line) at setup;
     with skip_bad the sample is listed in rejected.jsonl and the rest train."""
+    from vlmtune.data.images import load_images
     from vlmtune.data.store import read_samples, write_dataset
-    from vlmtune.eval.runner import load_images
 
     samples, _ = read_samples(vizwiz_dir)
     line, long = next((i, s) for i, s in enumerate(samples, 1) if s.split == "train")  # the test split has no answers

@@ -66,8 +66,8 @@ def test_frozen_vision_tower_does_not_change(tmp_path, fashion_dir):
 
 
 def test_lora_run_saves_adapter_and_reloads_for_inference(tmp_path, fashion_dir):
+    from vlmtune.data.images import load_images
     from vlmtune.data.store import read_samples
-    from vlmtune.eval.runner import load_images
     from vlmtune.infer import Predictor
 
     cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, fashion_dir, lora={"enabled": True, "r": 4},

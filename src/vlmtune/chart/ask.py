@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 
 from vlmtune.chart.reason import Answer, ProgramReasoner, Reasoner
-from vlmtune.chart.synth import DEPLOT_PROMPT
-from vlmtune.chart.table import Table
+from vlmtune.data.chart_table import Table
+from vlmtune.data.charts import DEPLOT_PROMPT
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.data.store import atomic_write_text
 
@@ -229,7 +229,7 @@ def evaluate_charts(predictor, root: str | Path, split: str | None, out_dir: str
 def tables_dataset(src: str | Path, out: str | Path) -> dict:
     """A chart-to-table training set from a chart-QA dataset: one sample per chart (DePlot's prompt -> the chart's
     true table as DePlot text, from `meta["table"]`), in the split of the chart's first question."""
-    from vlmtune.data.images import load_image, resolve_inside
+    from vlmtune.data.images import load_images
     from vlmtune.data.store import read_samples, write_dataset
 
     src, out = Path(src), Path(out)
@@ -254,7 +254,7 @@ def tables_dataset(src: str | Path, out: str | Path) -> dict:
             sample = Sample(id=f"table-{s.id}", messages=[user(DEPLOT_PROMPT), assistant(text)], images=s.images,
                             task="chart_to_table", source=s.source, split=s.split,
                             meta={"table": text, **{k: s.meta[k] for k in ("chart_type", "subset") if k in s.meta}})
-            yield sample, [load_image(resolve_inside(src, s.images[0]))]
+            yield sample, load_images(src, s)  # its one image
 
     n = write_dataset(out, items())
     counts: dict[str, int] = {}

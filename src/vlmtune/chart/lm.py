@@ -174,7 +174,7 @@ def _corpus() -> list[str]:
 
     from vlmtune.chart.prompts import cot_prompt, pot_prompt
     from vlmtune.chart.reason import llm_prompt
-    from vlmtune.chart.synth import QUESTION_TYPES, make_question, random_spec
+    from vlmtune.data.charts import QUESTION_TYPES, make_question, random_spec
 
     r = random.Random(0)
     lines = []

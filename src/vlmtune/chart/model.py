@@ -5,7 +5,7 @@ chart-to-table from scratch on CPU.
     vlmtune chart init-model --out models/tiny-deplot            # then: model.path: models/tiny-deplot
 
 The `<0x0A>` trap. DePlot's checkpoints write the newline between table rows as the literal token `<0x0A>`
-(sentencepiece's byte-fallback piece), and every table tool downstream (`deplot/metrics.py`, `chart.table`) splits
+(sentencepiece's byte-fallback piece), and every table tool downstream (`deplot/metrics.py`, `data.chart_table`) splits
 rows on it. In a tokenizer built here it must therefore be ONE token (a table row costs one position, not six) that
 is NOT special: `Predictor` decodes with `skip_special_tokens=True`, which silently deletes special tokens, so a
 table whose row separator were special would come back as one long row. It is added as an ordinary added token
@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlmtune.chart.table import NEWLINE_TOKEN
+from vlmtune.data.chart_table import NEWLINE_TOKEN
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def _corpus() -> list[str]:
     """Chart text (tables, questions, answers, captions) from the charts world, plus common question words."""
     import random
 
-    from vlmtune.chart.synth import CATEGORIES, METRICS, QUESTION_TYPES, SERIES_PAIRS, YEARS, make_question, random_spec
+    from vlmtune.data.charts import CATEGORIES, METRICS, QUESTION_TYPES, SERIES_PAIRS, YEARS, make_question, random_spec
 
     r = random.Random(0)
     lines = [" ".join(words) for words in (*CATEGORIES.values(), METRICS, YEARS)]

@@ -25,7 +25,7 @@ import re
 import textwrap
 from dataclasses import dataclass
 
-from vlmtune.chart.table import Table, format_number, parse_number
+from vlmtune.data.chart_table import Table, format_number, parse_number
 
 INSTRUCTION = "Read the table below to answer the following questions."
 POT_INSTRUCTION = "Read the table below to write code to answer the following questions using the variable ans."

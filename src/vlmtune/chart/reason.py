@@ -61,7 +61,7 @@ from vlmtune.chart.prompts import (
     program_of,
 )
 from vlmtune.chart.sandbox import MEMORY_LIMIT_MB, TIME_LIMIT_S, SandboxError, run_program
-from vlmtune.chart.table import Table, format_number
+from vlmtune.data.chart_table import Table, format_number
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
+from vlmtune.data.sample import Sample
+
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 MAX_IMAGE_PIXELS = 50_000_000
 """Decompression-bomb guard: larger images are refused before their pixels are decoded."""
@@ -180,6 +182,12 @@ def load_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS, max_bytes: int = 
                max_aspect: float = MAX_ASPECT_RATIO) -> Image.Image:
     """The RGB image at `path`, checked and oriented (see `decode_image`)."""
     return decode_image(path, max_pixels, max_bytes, max_aspect).image
+
+
+def load_images(root: Path, sample: Sample) -> list[Image.Image]:
+    """A sample's images, in order, from its dataset directory `root` (each path kept inside it, see
+    `resolve_inside`), checked and oriented (`load_image`): what a model is given for the sample."""
+    return [load_image(resolve_inside(root, rel)) for rel in sample.images]
 
 
 class DecodedImages:

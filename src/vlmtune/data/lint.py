@@ -45,7 +45,7 @@ from vlmtune.data.images import (
     ImageError,
     check_image_shape,
     decode_image,
-    load_image,
+    load_images,
     resolve_inside,
 )
 from vlmtune.data.sample import Sample, message_text
@@ -437,7 +437,7 @@ def show_mask(root: str | Path, model: str | Path, n: int = 3, split: str | None
     samples = read_samples(root, split)[0][:n]
     shown = []
     for s in samples:
-        images = [load_image(resolve_inside(Path(root), rel)) for rel in s.images]
+        images = load_images(Path(root), s)
         batch = family.encode(processor, [s], [images], "train", 10**9)
         labels = batch.inputs["labels"][0].tolist()
         ids = batch.inputs["input_ids"][0].tolist() if "input_ids" in batch.inputs else []  # Pix2Struct: none

@@ -25,7 +25,7 @@ metric, on data whose answers are known.
                        pie charts with template questions (ChartQA's "augmented" kind) and their true data tables
                        -> `vlmtune data import chartqa`
 
-The drawings are the `fashion` world of `synthetic.py` (the `charts` world of `chart/synth.py` for chartqa): the
+The drawings are the `fashion` world of `synthetic.py` (the `charts` world of `charts.py` for chartqa): the
 same seed gives the same figures and facts. The annotator noise (VizWiz's disagreeing answers, its unanswerable
 photos) is drawn here, deterministically from the seed. Each writer goes through the format's own exporter, so the
 files are exactly what the importer reads.
@@ -267,7 +267,7 @@ CHART_QUESTIONS = ("value", "max_label", "min_label", "difference", "sum", "aver
 
 def chartqa(out: Path, n: int, seed: int, size: int) -> dict:
     """ChartQA's layout: one question per drawn chart, the chart's data table as ChartQA's CSV."""
-    from vlmtune.chart.table import Table
+    from vlmtune.data.chart_table import Table
     from vlmtune.data.synthetic import WORLDS
 
     samples = []

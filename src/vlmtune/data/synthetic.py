@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vlmtune.chart.synth import charts  # matplotlib charts with their data tables (DePlot-style chart QA)
+from vlmtune.data.charts import charts  # matplotlib charts with their data tables (DePlot-style chart QA)
 from vlmtune.data.sample import Sample, assistant, user
 
 PALETTE: dict[str, tuple[int, int, int]] = {

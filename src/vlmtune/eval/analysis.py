@@ -19,7 +19,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from vlmtune.eval.tasks import Row, get_task, gold, unlabelled
+from vlmtune.eval.tasks import get_task
+from vlmtune.eval.tasks.base import Row, gold, unlabelled
 
 MAX_GALLERY = 3000
 """Samples shown in the gallery (the metrics and confusion matrices use all)."""

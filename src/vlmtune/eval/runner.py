@@ -21,14 +21,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from vlmtune.data.images import ImageError, load_image, resolve_inside
+from vlmtune.data.images import ImageError, load_images, resolve_inside
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import atomic_write_text, load_json
-from vlmtune.eval.tasks import Task
-
-
-def load_images(root: Path, sample: Sample) -> list:
-    return [load_image(resolve_inside(root, rel)) for rel in sample.images]
+from vlmtune.eval.ranking import retrieval_rows
+from vlmtune.eval.tasks.base import Task
 
 
 def _done(path: Path | None) -> dict[str, dict]:
@@ -405,9 +402,7 @@ def evaluate(predictor, root: str | Path, samples: list[Sample], task: Task, out
     files, and every process returns rank 0's metrics (an error in scoring is raised on every process)."""
     out_dir = Path(out_dir) if out_dir else None
     rank, world = dist_info()
-    if task.name == "retrieval":
-        from vlmtune.eval.tasks.retrieval import retrieval_rows
-
+    if task.output == "similarity":
         # every image is scored against every text: not sharded, each process computes the same rows
         rows = retrieval_rows(predictor, root, samples, progress and rank == 0)
     else:
@@ -438,7 +433,7 @@ def _score(rows: list[dict], samples: list[Sample], task: Task, out_dir: Path | 
     if metrics.get("unlabelled"):
         print(f"{metrics['unlabelled']} of {len(rows)} samples have no answer (a hidden-label split): their "
               f"predictions are written and not scored; {metrics['n']} scored", file=sys.stderr)
-    if task.name != "retrieval":
+    if task.output == "text":
         metrics |= length_limited(rows)
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -447,7 +442,7 @@ def _score(rows: list[dict], samples: list[Sample], task: Task, out_dir: Path | 
         sources = {s.source for s in samples}
         kinds = ([submission] if isinstance(submission, str) else list(submission or [])) or (
             [sources.pop()] if len(sources) == 1 and sources <= {"vqav2", "vizwiz"} else [])
-        if kinds and task.name == "vqa":
+        if kinds and task.submission:
             paths = [str(write_submission(rows, out_dir, kind)) for kind in dict.fromkeys(kinds)]
             metrics["submission"] = paths[0] if len(paths) == 1 else paths
         atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")

@@ -14,15 +14,14 @@ from pathlib import Path
 
 from vlmtune.data.store import BadRecord, atomic_write_text, load_json
 from vlmtune.eval.runner import META_KEYS
-from vlmtune.eval.tasks import get_task, gold
-from vlmtune.eval.tasks import unlabelled as is_unlabelled
+from vlmtune.eval.tasks import TASKS, get_task
+from vlmtune.eval.tasks.base import gold
+from vlmtune.eval.tasks.base import unlabelled as is_unlabelled
 
 
 def recorded_task(path: str | Path) -> str | None:
     """The task a predictions file's rows record (`task`: written by `vlmtune eval` and `predict`), None when they
     record none; rows of several tasks are refused, naming the file and the first line of each task."""
-    from vlmtune.eval.tasks import TASKS
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such predictions file")
@@ -49,6 +48,7 @@ def read_rows(path: str | Path, task: str, unlabelled: bool = False) -> list[dic
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such predictions file")
+    output = TASKS[task].output if task in TASKS else "text"  # an unknown task is refused where it is scored
     rows, seen = [], {}
     with open(path, encoding="utf-8") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -65,7 +65,7 @@ def read_rows(path: str | Path, task: str, unlabelled: bool = False) -> list[dic
                 raise BadRecord(path, lineno, f"duplicate id {row['id']!r} (first on line {seen[row['id']]})")
             seen[row["id"]] = lineno
             try:
-                _check(row, task, unlabelled)
+                _check(row, output, unlabelled)
             except (ValueError, TypeError) as e:
                 raise BadRecord(path, lineno, f"id {row['id']!r}: {e}", raw[:500]) from None
             meta = dict(row.get("meta") or {})
@@ -80,8 +80,9 @@ def read_rows(path: str | Path, task: str, unlabelled: bool = False) -> list[dic
     return rows
 
 
-def _check(row: dict, task: str, unlabelled: bool = False) -> None:
-    if task == "retrieval":
+def _check(row: dict, output: str, unlabelled: bool = False) -> None:
+    """Refuse a row that does not hold what its task scores (`Task.output`)."""
+    if output == "similarity":
         if not isinstance(row.get("similarity"), dict) or not row["similarity"]:
             raise ValueError("'similarity' must be an object {text id: score}")
         if not isinstance(row.get("positives"), list):

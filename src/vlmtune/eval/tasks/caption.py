@@ -8,7 +8,7 @@ top-level values are then the means over languages weighted by rows, and each la
 
 from __future__ import annotations
 
-from vlmtune.eval.tasks import Row, Task, gold
+from vlmtune.eval.tasks.base import Row, Task, gold
 
 METRICS = ("CIDEr", "Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "chrF")
 

@@ -9,7 +9,7 @@ tables (the best one counts). `<0x0A>` and real newlines are both row separators
 
 from __future__ import annotations
 
-from vlmtune.eval.tasks import Row, Task, gold
+from vlmtune.eval.tasks.base import Row, Task, gold
 
 
 def per_sample(prediction: str, row: Row, options: dict) -> dict[str, float]:

@@ -7,7 +7,7 @@ Rows: {"id", "prediction", "target": "14", "meta": {"subset": "human"}} (or "ans
 
 from __future__ import annotations
 
-from vlmtune.eval.tasks import Row, Task, gold
+from vlmtune.eval.tasks.base import Row, Task, gold
 
 
 def per_sample(prediction: str, row: Row, options: dict) -> dict[str, float]:

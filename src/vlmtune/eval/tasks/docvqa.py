@@ -6,7 +6,7 @@ Rows: {"id", "prediction", "answers": [acceptable answers]} or {"target": "..."}
 
 from __future__ import annotations
 
-from vlmtune.eval.tasks import Row, Task, gold
+from vlmtune.eval.tasks.base import Row, Task, gold
 
 
 def per_sample(prediction: str, row: Row, options: dict) -> dict[str, float]:

@@ -7,12 +7,12 @@ Rows: one per image, with its similarity to every text and the ids of its own ca
 
 Every image must be scored against the same set of texts, and every text must be the caption of exactly one image.
 A generative VLM gives such scores as the log-likelihood of each caption given each image
-(`vlmtune eval --task retrieval`).
+(`vlmtune eval --task retrieval`; the runner makes those rows with `eval/ranking.py`, as the task's `output` says).
 """
 
 from __future__ import annotations
 
-from vlmtune.eval.tasks import Row, Task
+from vlmtune.eval.tasks.base import Row, Task
 
 
 def similarity_matrix(rows: list[Row]) -> tuple[list[list[float]], list[int], list[str]]:
@@ -36,35 +36,6 @@ def similarity_matrix(rows: list[Row]) -> tuple[list[list[float]], list[int], li
     return [[float(r["similarity"][t]) for t in texts] for r in rows], [owner[t] for t in texts], texts
 
 
-def retrieval_rows(predictor, root, samples: list, progress: bool = False) -> list[Row]:
-    """Score every (image, caption) pair of a captioning set with a generative model: the similarity of an image
-    and a text is the mean log-probability per token of the text as the image's caption (`Predictor.loglik`),
-    prompted with the sample's own question (e.g. "Describe the image."). N images x M texts forward passes: meant
-    for test sets of a few hundred images (1,000 x 5,000 pairs is 5 million passes)."""
-    from tqdm import tqdm
-
-    from vlmtune.data.sample import Sample, assistant, user
-    from vlmtune.eval.runner import load_images
-
-    if any(len(s.images) != 1 for s in samples):
-        raise ValueError("retrieval: every sample must have exactly one image")
-    uncaptioned = [s.id for s in samples if not (s.references or s.has_target)]
-    if uncaptioned:  # a hidden-label split: nothing to retrieve
-        raise ValueError(f"retrieval: {len(uncaptioned)} sample(s) have no caption (references or an answer) to "
-                         f"retrieve, e.g. {uncaptioned[:3]}; every image is scored against the captions of the set")
-    texts = [(f"{s.id}#{k}", t) for s in samples for k, t in enumerate(s.references or [s.target])]
-    rows = []
-    for s in tqdm(samples, desc="retrieval", disable=not progress):
-        image = load_images(root, s)
-        pairs = [Sample(id=tid, messages=[user(s.question), assistant(text)], images=s.images) for tid, text in texts]
-        scores = predictor.loglik(pairs, [image] * len(pairs))
-        own = [tid for tid, _ in texts if tid.rsplit("#", 1)[0] == s.id]
-        similarity = dict(zip([t for t, _ in texts], scores, strict=True))
-        rows.append({"id": s.id, "images": s.images, "similarity": similarity, "positives": own,
-                     "answers": [text for tid, text in texts if tid in own]})
-    return rows
-
-
 def corpus(rows: list[Row], options: dict) -> tuple[dict, dict]:
     from vlmtune.eval.metrics.retrieval import recall_at_k
 
@@ -78,4 +49,5 @@ TASK = Task(
     metrics=("rsum", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"),
     primary="rsum",
     corpus=corpus,
+    output="similarity",
 )

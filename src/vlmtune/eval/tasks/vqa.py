@@ -8,7 +8,7 @@ answerable score is 0 when the model answered "unanswerable" (see `metrics.answe
 
 from __future__ import annotations
 
-from vlmtune.eval.tasks import Row, Task, gold
+from vlmtune.eval.tasks.base import Row, Task, gold
 
 
 def per_sample(prediction: str, row: Row, options: dict) -> dict[str, float]:
@@ -40,4 +40,5 @@ TASK = Task(
     corpus=corpus,
     breakdown=("question_type", "answer_type", "source", "lang"),
     options={"vqa_variant": "official"},
+    submission=True,
 )

@@ -38,7 +38,7 @@ from typing import Literal
 
 from PIL import Image
 
-from vlmtune.chart.table import Table, format_number
+from vlmtune.data.chart_table import Table, format_number
 from vlmtune.data.sample import Sample, assistant, user
 
 DEPLOT_PROMPT = "Generate underlying data table of the figure below:"

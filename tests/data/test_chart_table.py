@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vlmtune.chart.table import Table, format_number, parse_number
+from vlmtune.data.chart_table import Table, format_number, parse_number
 from vlmtune.eval.metrics.table import table_metrics
 from vlmtune.eval.tasks import get_task
 
@@ -98,7 +98,7 @@ def test_chart_to_table_task_scores_rows():
 
 
 def test_csv_form_is_chartqa_tables_and_reads_back_without_the_title():
-    from vlmtune.chart.table import Table
+    from vlmtune.data.chart_table import Table
 
     t = Table(header=("Country", "Sales, 2020"), rows=(("Chile", "42"), ("Peru", "1,234")), title="Sales")
     assert t.to_csv() == 'Country,"Sales, 2020"\nChile,42\nPeru,"1,234"\n'

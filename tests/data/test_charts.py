@@ -9,8 +9,8 @@ import random
 import numpy as np
 import pytest
 
-from vlmtune.chart.synth import DEPLOT_PROMPT, QUESTION_TYPES, ChartSpec, charts, draw, random_spec, render, to_image
-from vlmtune.chart.table import Table
+from vlmtune.data.chart_table import Table
+from vlmtune.data.charts import DEPLOT_PROMPT, QUESTION_TYPES, ChartSpec, charts, draw, random_spec, render, to_image
 from vlmtune.data.sample import Sample
 from vlmtune.data.synthetic import WORLDS
 

@@ -11,7 +11,8 @@ or without the spaces around it, real newlines, stray spaces around cells, a low
 ragged rows (short rows are padded with "", extra cells dropped), and ChartQA's CSV tables (``tables/*.csv``,
 kept as `meta["table"]` by the chartqa importer; a ``|`` inside some of their cells leaves them CSV). Scoring
 tables is not done here: RMS-F1 and RNSS live in `vlmtune.eval.metrics.table`, which matches the official
-``deplot/metrics.py``.
+``deplot/metrics.py``. A table is data: the drawn charts (`charts.py`) and the ChartQA stand-in (`standin.py`) write
+theirs with it, and `vlmtune.chart` reads a model's.
 
 `parse_number` reads a cell as a number the way a reader of the chart would: ``"1,234"``, ``"46%"``, ``"$12.5"``,
 ``"12 kg"``, ``"(3)"`` are 1234, 46, 12.5, 12 and -3. (A percentage stays in percent: ChartQA answers a
