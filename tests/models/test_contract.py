@@ -15,7 +15,7 @@ from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.infer import prompt_length
 from vlmtune.models import FAMILIES, SampleTooLong
 from vlmtune.models.family import accepts_logits_to_keep, forward_losses, freeze_group_of, logit_prefix_of
-from vlmtune.train.collate import IGNORE_INDEX
+from vlmtune.models.labels import IGNORE_INDEX
 
 ANSWERS = {"vqa": "red", "caption": "a person wearing a red top and blue trousers"}
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models import FAMILIES, SampleTooLong
-from vlmtune.train.collate import IGNORE_INDEX, trained_tokens
+from vlmtune.models.labels import IGNORE_INDEX, trained_tokens
 
 FAMILY = FAMILIES["llava"]
 

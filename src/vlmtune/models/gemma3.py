@@ -23,7 +23,7 @@ Traps handled:
 from __future__ import annotations
 
 from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
-from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, labels_for_expanded
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 END_OF_TURN = "<end_of_turn>"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from vlmtune.data.sample import message_text
 from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
-from vlmtune.train.collate import IGNORE_INDEX
+from vlmtune.models.labels import IGNORE_INDEX
 
 
 def load(cfg) -> Loaded:

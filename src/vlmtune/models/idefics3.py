@@ -26,7 +26,7 @@ from __future__ import annotations
 from functools import partial
 
 from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
-from vlmtune.train.collate import IGNORE_INDEX, assistant_spans
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 END = "<end_of_utterance>"

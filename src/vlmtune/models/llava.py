@@ -7,7 +7,7 @@ of feature tokens ((crop/patch)^2, CLS dropped). The built-in model is an ordina
 from __future__ import annotations
 
 from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
-from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, labels_for_expanded
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GPT2_LINEARS = ("c_attn", "c_proj", "c_fc")

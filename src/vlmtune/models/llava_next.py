@@ -19,8 +19,8 @@ Differences from LLaVA-1.5 (llava.py), handled here:
 from __future__ import annotations
 
 from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, labels_for_expanded
 from vlmtune.models.llava import LANGUAGE_LINEARS
-from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
 
 
 def load(cfg) -> Loaded:

@@ -26,8 +26,8 @@ Traps handled:
 from __future__ import annotations
 
 from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_pretrained
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, labels_for_expanded
 from vlmtune.models.llava import LANGUAGE_LINEARS
-from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
 
 IMAGE = "<|image|>"
 SPECIAL = ("<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>", "<|start_header_id|>",

@@ -28,7 +28,7 @@ import re
 
 from vlmtune.data.sample import message_text
 from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
-from vlmtune.train.collate import IGNORE_INDEX
+from vlmtune.models.labels import IGNORE_INDEX
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # big_vision's task prefixes ("answer en", "caption pt-BR", "ocr", "detect cat ; dog", "segment cat")

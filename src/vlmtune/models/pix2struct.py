@@ -33,7 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
-from vlmtune.train.collate import IGNORE_INDEX
+from vlmtune.models.labels import IGNORE_INDEX
 
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 HEADER_TEXT_SIZE = 36  # transformers' render_text default, as in the original pix2struct preprocessing

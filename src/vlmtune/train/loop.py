@@ -44,9 +44,9 @@ from vlmtune.models.family import (
     logit_prefix_of,
     trainable_summary,
 )
+from vlmtune.models.labels import IGNORE_INDEX
 from vlmtune.train import checkpoint as ckpt
 from vlmtune.train import targets, vision_cache
-from vlmtune.train.collate import IGNORE_INDEX
 from vlmtune.train.distributed import vision_dummy
 from vlmtune.train.preflight import check_samples
 from vlmtune.train.trainable import make_trainable, train_autocast
@@ -419,7 +419,7 @@ def step_batches(state: State, step: int, rank: int, accum: int):
 def trained_tokens_of(state: State, sample: Sample) -> list[str]:
     """The tokens the loss is computed on for one sample, as strings (printed at start-up: the answer and the end
     token the model learns to stop at, nothing of the prompt)."""
-    from vlmtune.train.collate import trained_tokens
+    from vlmtune.models.labels import trained_tokens
 
     batch = encode_batch(state, [(0, sample)])
     tok, labels = state.loaded.processor.tokenizer, batch.inputs["labels"][0].tolist()
