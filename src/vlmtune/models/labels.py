@@ -10,11 +10,14 @@ prefix-stable string (rendering the first k turns gives a prefix of rendering k+
    image's feature tokens — checking, token by token, that the two sequences agree outside the images.
 
 Anything that does not line up raises an error naming the sample instead of training on the wrong tokens.
+`expanded_labels` does step 3 for a whole batch; `check_length` is the one "sample too long" error of every family.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+
+from vlmtune.models.family import SampleTooLong
 
 IGNORE_INDEX = -100
 
@@ -80,6 +83,34 @@ def labels_for_expanded(
         for i in range(start, end):
             labels[position[i]] = unexpanded[i]
     return labels
+
+
+def expanded_labels(input_ids, attention_mask, image_token_id: int, sample_ids: Sequence[str],
+                    rows: Sequence[tuple[Sequence[int], list[tuple[int, int]], Sequence[int]]]):
+    """(batch, seq) labels of a right-padded batch of processor ids: row b is `labels_for_expanded` of `rows[b]`
+    = (ids with one placeholder per image, assistant spans, tokens per image) against row b's unpadded ids; padding
+    and everything outside the spans is IGNORE_INDEX."""
+    import torch
+
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    for b, (sample_id, (unexpanded, spans, tokens_per_image)) in enumerate(zip(sample_ids, rows, strict=True)):
+        expanded = input_ids[b][attention_mask[b].bool()].tolist()
+        lab = labels_for_expanded(unexpanded, spans, expanded, image_token_id, tokens_per_image, sample_id)
+        labels[b, : len(lab)] = torch.tensor(lab)
+    return labels
+
+
+def check_length(sample_id: str, n_image: int, n_text: int, max_length: int, resize: bool = False) -> None:
+    """Raise `SampleTooLong`, naming the sample and its image and text tokens, when they exceed `max_length`: vlmtune
+    never truncates (cut image tokens break the model's input; a cut answer loses its end token). `resize` names
+    resizing the images among the fixes (families whose image tokens grow with the image)."""
+    n = n_image + n_text
+    if n > max_length:
+        fixes = "shorten the text, resize the images" if resize else "shorten the text"
+        raise SampleTooLong(
+            f"sample {sample_id!r}: {n} tokens ({n_image} image tokens + {n_text} text tokens) exceed "
+            f"max_length={max_length}; vlmtune never truncates: raise max_length, {fixes} or drop the sample"
+        )
 
 
 def trained_tokens(tokenizer, input_ids: Sequence[int], labels: Sequence[int]) -> list[str]:
