@@ -239,7 +239,7 @@ def w_flops(spec: dict) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from vlmtune.eval.runner import load_images
-    from vlmtune.models.family import accepts_logits_to_keep, forward_losses
+    from vlmtune.models.loss import accepts_logits_to_keep, forward_losses
 
     root, samples = _ordered_samples({**spec, "steps": 1})
     family, loaded, model = _lora_model(spec)

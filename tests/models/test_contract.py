@@ -14,8 +14,9 @@ from PIL import Image
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.infer import prompt_length
 from vlmtune.models import FAMILIES, SampleTooLong
-from vlmtune.models.family import accepts_logits_to_keep, forward_losses, freeze_group_of, logit_prefix_of
+from vlmtune.models.family import freeze_group_of
 from vlmtune.models.labels import IGNORE_INDEX
+from vlmtune.models.loss import accepts_logits_to_keep, forward_losses, logit_prefix_of
 
 ANSWERS = {"vqa": "red", "caption": "a person wearing a red top and blue trousers"}
 

@@ -285,7 +285,7 @@ def _loss_and_grads(model, inputs, labels, dummy_processor=None):
     import contextlib
 
     from vlmtune.models import get_family
-    from vlmtune.models.family import forward_losses
+    from vlmtune.models.loss import forward_losses
     from vlmtune.train.distributed import add_dummy_vision
 
     model.zero_grad(set_to_none=True)
@@ -351,7 +351,7 @@ DDP_WORKER = textwrap.dedent("""
     sys.path[:0] = [sys.argv[2], sys.argv[3]]
     from test_distributed import _batch, _tiny_llava
     from vlmtune.models import get_family
-    from vlmtune.models.family import forward_losses
+    from vlmtune.models.loss import forward_losses
     from vlmtune.train.distributed import add_dummy_vision
 
     acc = Accelerator(cpu=True, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])

@@ -35,16 +35,9 @@ from vlmtune.data.ocr import ocr_options
 from vlmtune.data.sample import Sample, message_text
 from vlmtune.eval import forgetting
 from vlmtune.models import ModelFamily, get_family, load_model
-from vlmtune.models.family import (
-    Loaded,
-    accepts_logits_to_keep,
-    describe_trainable,
-    forward_losses,
-    input_dtype,
-    logit_prefix_of,
-    trainable_summary,
-)
+from vlmtune.models.family import Loaded, describe_trainable, input_dtype, trainable_summary
 from vlmtune.models.labels import IGNORE_INDEX
+from vlmtune.models.loss import accepts_logits_to_keep, forward_losses, logit_prefix_of
 from vlmtune.train import checkpoint as ckpt
 from vlmtune.train import targets, vision_cache
 from vlmtune.train.distributed import vision_dummy
