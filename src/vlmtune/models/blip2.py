@@ -161,5 +161,5 @@ FAMILY = ModelFamily(
     tasks=("vqa", "caption"),
     text_only=False,
     multi_image=False,
-    extra={"projector_modules": ("qformer", "language_projection")},
+    projector_modules=("qformer", "language_projection"),
 )

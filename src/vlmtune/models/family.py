@@ -10,7 +10,7 @@ is in `models/labels.py`; the training loss in `models/loss.py`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -135,7 +135,10 @@ class ModelFamily:
     processor_loader: Callable[..., Any] | None = None
     """processor_loader(path, **options) -> the family's processor from a directory or hub id; None: AutoProcessor.
     Every place vlmtune reloads a processor goes through `load_processor`, never plain AutoProcessor."""
-    extra: dict[str, Any] = field(default_factory=dict)
+    projector_modules: tuple[str, ...] = ()
+    """Module names (the last part of the dotted name) of the projector: under LoRA with the projector not frozen
+    (`train.freeze_projector: false`) they are trained in full as peft `modules_to_save`, and in a mixed-dtype run
+    their output is cast to the base dtype (`train.trainable.align_dtypes`)."""
 
     def load_processor(self, path, **options):
         from vlmtune.config import check_model_path

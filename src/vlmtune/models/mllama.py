@@ -159,5 +159,5 @@ FAMILY = ModelFamily(
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,
-    extra={"projector_modules": ("multi_modal_projector",)},
+    projector_modules=("multi_modal_projector",),
 )
