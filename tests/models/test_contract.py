@@ -186,6 +186,16 @@ def test_a_sample_that_does_not_fit_is_rejected_never_truncated(family_and_tiny)
         family.encode(tiny.processor, [long], [_image()], "train", n_image + 20)
 
 
+def test_the_modules_the_family_names_are_in_its_model(family_and_tiny):
+    """`language_model` and `vision_tower` (where the vision dummy of sharded runs hooks, `train.distributed`) name
+    modules of the model, and a family with a dummy has the `get_image_features` the dummy runs."""
+    family, tiny = family_and_tiny
+    for name in (family.language_model, family.vision_tower):
+        if name is not None:
+            assert list(tiny.model.get_submodule(name).parameters()), name
+    assert family.language_model is None or hasattr(tiny.model, "get_image_features")
+
+
 def test_image_token_budget_is_what_encode_produces(family_and_tiny):
     family, tiny = family_and_tiny
     # the ids the image features replace (Gemma 3: the soft tokens, not its one <start_of_image> placeholder)

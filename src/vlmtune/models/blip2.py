@@ -162,4 +162,6 @@ FAMILY = ModelFamily(
     text_only=False,
     multi_image=False,
     projector_modules=("qformer", "language_projection"),
+    language_model="language_model",
+    vision_tower="vision_model",
 )

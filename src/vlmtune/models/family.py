@@ -139,6 +139,15 @@ class ModelFamily:
     """Module names (the last part of the dotted name) of the projector: under LoRA with the projector not frozen
     (`train.freeze_projector: false`) they are trained in full as peft `modules_to_save`, and in a mixed-dtype run
     their output is cast to the base dtype (`train.trainable.align_dtypes`)."""
+    language_model: str | None = None
+    """Dotted name, in the HF model, of the decoder that takes `inputs_embeds` with the image features merged in
+    (`model.language_model`). The vision dummy of sharded runs (`train.distributed`) hooks there to run the vision
+    side (`get_image_features`) on a blank image for a text-only micro-batch. None: no dummy for the family (GIT,
+    Pix2Struct and Mllama have no `get_image_features`; Idefics3/SmolVLM's decoder, `model.text_model`, is not
+    wired)."""
+    vision_tower: str | None = None
+    """Dotted name of the vision encoder in the HF model (`model.vision_tower`, Qwen2-VL's `model.visual`); the vision
+    dummy's blank image is cast to its dtype."""
 
     def load_processor(self, path, **options):
         from vlmtune.config import check_model_path

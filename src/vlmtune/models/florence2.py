@@ -149,4 +149,6 @@ FAMILY = ModelFamily(
     text_only=False,
     multi_image=False,
     shift_labels=False,
+    language_model="model.language_model",
+    vision_tower="model.vision_tower",
 )

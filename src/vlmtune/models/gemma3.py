@@ -176,4 +176,6 @@ FAMILY = ModelFamily(
     text_only=True,
     multi_image=True,
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
+    language_model="model.language_model",
+    vision_tower="model.vision_tower",
 )

@@ -147,4 +147,5 @@ FAMILY = ModelFamily(
     multi_image=False,
     # the image features are prepended inside the model: the logits have that many positions before the text
     logit_prefix=lambda model: model.git.encoder.layer[0].attention.self.image_patch_tokens,
+    vision_tower="git.image_encoder",
 )

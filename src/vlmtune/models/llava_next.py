@@ -140,4 +140,6 @@ FAMILY = ModelFamily(
     projector_modules=("multi_modal_projector",),
     packing=True,  # a Llama-style LM with 1-D positions: samples can share a row
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
+    language_model="model.language_model",
+    vision_tower="model.vision_tower",
 )

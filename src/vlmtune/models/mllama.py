@@ -160,4 +160,5 @@ FAMILY = ModelFamily(
     text_only=True,
     multi_image=True,
     projector_modules=("multi_modal_projector",),
+    vision_tower="model.vision_model",
 )

@@ -153,4 +153,6 @@ FAMILY = ModelFamily(
     # sequence mask is AND-ed: each sample's image + prompt attend both ways within that sample only. Before 5.25
     # a packed row let one sample's prefix see the other samples' prefixes (hence the lower bound in pyproject.toml)
     packing=True,
+    language_model="model.language_model",
+    vision_tower="model.vision_tower",
 )

@@ -267,4 +267,6 @@ FAMILY = ModelFamily(
     projector_modules=("merger",),
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
     processor_loader=load_processor,
+    language_model="model.language_model",
+    vision_tower="model.visual",
 )

@@ -67,4 +67,5 @@ FAMILY = ModelFamily(
     packing=True,  # a Llama-style LM with 1-D positions: samples can share a row
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
     vision_features="per_sample",  # get_image_features lists one entry per sample (all its images' tiles)
+    vision_tower="model.vision_model",
 )

@@ -307,7 +307,7 @@ def fit(state: State) -> dict:
             # accumulate: no gradient sync before the last micro-batch (DDP/FSDP), no engine step (DeepSpeed)
             with acc.accumulate(model):
                 # under ZeRO-3/FSDP a rank with a text-only micro-batch still runs the vision side (x 0): no hang
-                with train_autocast(acc), vision_dummy(acc, model, batch.inputs, state.loaded.processor):
+                with train_autocast(acc), vision_dummy(acc, model, state.family, batch.inputs, state.loaded.processor):
                     sums, counts = forward_losses(model, state.family, batch.inputs, labels, keep_logits, prefix,
                                                   batch.segments)
                 if w is not None:  # per row: loss sum and tokens x the row's weight; a sample's weights sum to 1
