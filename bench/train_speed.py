@@ -90,7 +90,7 @@ def _lora_model(spec: dict):
     targets = list(family.lora_targets)
     lora = LoraConfig(r=spec["lora_r"], lora_alpha=spec["lora_alpha"], lora_dropout=spec["lora_dropout"],
                       target_modules=targets[0] if len(targets) == 1 else targets,
-                      modules_to_save=list(family.extra["projector_modules"]))
+                      modules_to_save=list(family.projector_modules))
     return family, loaded, get_peft_model(loaded.model, lora)
 
 
@@ -239,7 +239,7 @@ def w_flops(spec: dict) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from vlmtune.data.images import load_images
-    from vlmtune.models.family import accepts_logits_to_keep, forward_losses
+    from vlmtune.models.loss import accepts_logits_to_keep, forward_losses
 
     root, samples = _ordered_samples({**spec, "steps": 1})
     family, loaded, model = _lora_model(spec)

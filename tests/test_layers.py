@@ -68,27 +68,16 @@ KNOWN_UPWARD = {
     "data.translate -> models.builtin",
     # reading a run back for inference (issue 22: runs.py)
     "infer -> train.checkpoint",
-    # label masking is part of a family's encode (issue 22: models/labels.py)
-    "models.blip2 -> train.collate",
-    "models.florence2 -> train.collate",
-    "models.gemma3 -> train.collate",
-    "models.git -> train.collate",
-    "models.idefics3 -> train.collate",
-    "models.llava -> train.collate",
-    "models.llava_next -> train.collate",
-    "models.mllama -> train.collate",
-    "models.paligemma -> train.collate",
-    "models.pix2struct -> train.collate",
-    "models.qwen2_vl -> train.collate",
 }
 """`importer -> imported` (module names without the `vlmtune.` prefix)."""
 
 KNOWN_CYCLES = {
-    # the families' label masking lives in train/collate.py, which imports models.family (issue 22: models/labels.py)
+    # within models: family.load_pretrained looks its family up in the registry (models/__init__.py, which imports
+    # every family file) to build the quantization config; the family object should be passed in instead
     frozenset({"models", "models.blip2", "models.builtin", "models.family", "models.florence2", "models.gemma3",
-               "models.git", "models.idefics3", "models.instructblip", "models.llava", "models.llava_next",
-               "models.mllama", "models.paligemma", "models.pix2struct", "models.qwen2_5_vl", "models.qwen2_vl",
-               "models.smolvlm", "train.collate"}),
+               "models.git", "models.idefics3", "models.instructblip", "models.labels", "models.llava",
+               "models.llava_next", "models.mllama", "models.paligemma", "models.pix2struct", "models.qwen2_5_vl",
+               "models.qwen2_vl", "models.smolvlm"}),
     # lm.py trains its tokenizer on reason.py's prompts (`_corpus`); reason.py runs lm.py's generators
     frozenset({"chart.lm", "chart.reason"}),
     # preflight annotates with loop's State (under TYPE_CHECKING); loop calls preflight

@@ -238,7 +238,7 @@ class Predictor:
         how likely the model finds that text for that image (retrieval scores, answer ranking)."""
         import torch
 
-        from vlmtune.models.family import accepts_logits_to_keep, forward_losses, logit_prefix_of
+        from vlmtune.models.loss import accepts_logits_to_keep, forward_losses, logit_prefix_of
 
         model = self.loaded.model
         was_training = model.training

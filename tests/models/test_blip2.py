@@ -10,7 +10,7 @@ from PIL import Image
 from vlmtune.config import ModelCfg
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models import FAMILIES
-from vlmtune.train.collate import IGNORE_INDEX
+from vlmtune.models.labels import IGNORE_INDEX
 
 NAMES = ["blip2", "instructblip"]
 

@@ -20,7 +20,7 @@ def test_composed_model_keeps_both_parts_and_trains_through_the_llava_family(tmp
 
     from vlmtune.models import FAMILIES
     from vlmtune.models.compose import compose
-    from vlmtune.models.family import forward_losses
+    from vlmtune.models.loss import forward_losses
 
     vision, lm = _clip(tmp_path / "clip"), _lm(tmp_path / "lm")
     summary = compose(str(vision), str(lm), tmp_path / "out", projector=projector)
@@ -103,7 +103,7 @@ def test_a_gpt2_style_language_model_is_joined_untied_and_trains_with_lora(tmp_p
     from vlmtune.models import FAMILIES
     from vlmtune.models.builtin import _corpus, train_byte_bpe
     from vlmtune.models.compose import compose
-    from vlmtune.models.family import forward_losses
+    from vlmtune.models.loss import forward_losses
 
     tok = PreTrainedTokenizerFast(tokenizer_object=train_byte_bpe(_corpus(), ["<|endoftext|>"], 400),
                                   bos_token="<|endoftext|>", eos_token="<|endoftext|>")

@@ -14,8 +14,9 @@ from PIL import Image
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.infer import prompt_length
 from vlmtune.models import FAMILIES, SampleTooLong
-from vlmtune.models.family import accepts_logits_to_keep, forward_losses, freeze_group_of, logit_prefix_of
-from vlmtune.train.collate import IGNORE_INDEX
+from vlmtune.models.family import freeze_group_of
+from vlmtune.models.labels import IGNORE_INDEX
+from vlmtune.models.loss import accepts_logits_to_keep, forward_losses, logit_prefix_of
 
 ANSWERS = {"vqa": "red", "caption": "a person wearing a red top and blue trousers"}
 
@@ -183,6 +184,16 @@ def test_a_sample_that_does_not_fit_is_rejected_never_truncated(family_and_tiny)
     long = Sample(id="long-7", messages=[user("What colour is the top? " * 30), assistant("red")], images=["a.png"])
     with pytest.raises(SampleTooLong, match=rf"sample 'long-7': \d+ tokens \({n_image} image tokens"):
         family.encode(tiny.processor, [long], [_image()], "train", n_image + 20)
+
+
+def test_the_modules_the_family_names_are_in_its_model(family_and_tiny):
+    """`language_model` and `vision_tower` (where the vision dummy of sharded runs hooks, `train.distributed`) name
+    modules of the model, and a family with a dummy has the `get_image_features` the dummy runs."""
+    family, tiny = family_and_tiny
+    for name in (family.language_model, family.vision_tower):
+        if name is not None:
+            assert list(tiny.model.get_submodule(name).parameters()), name
+    assert family.language_model is None or hasattr(tiny.model, "get_image_features")
 
 
 def test_image_token_budget_is_what_encode_produces(family_and_tiny):

@@ -10,7 +10,7 @@ from PIL import Image
 
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models import FAMILIES
-from vlmtune.train.collate import IGNORE_INDEX, trained_tokens
+from vlmtune.models.labels import IGNORE_INDEX, trained_tokens
 
 NAMES = ["idefics3", "smolvlm"]
 

@@ -6,7 +6,7 @@ from PIL import Image
 
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models import FAMILIES, SampleTooLong
-from vlmtune.train.collate import IGNORE_INDEX, trained_tokens
+from vlmtune.models.labels import IGNORE_INDEX, trained_tokens
 
 FAMILY = FAMILIES["llava"]
 
@@ -47,7 +47,7 @@ def test_multi_turn_trains_every_assistant_turn(tiny_llava):
 
 
 def test_logits_at_loss_positions_give_the_same_loss_and_gradients(tiny_llava):
-    from vlmtune.models.family import accepts_logits_to_keep, loss_positions, token_losses
+    from vlmtune.models.loss import accepts_logits_to_keep, loss_positions, token_losses
 
     model = tiny_llava.model
     assert accepts_logits_to_keep(model)

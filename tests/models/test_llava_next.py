@@ -8,7 +8,7 @@ from PIL import Image
 
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models import llava_next
-from vlmtune.train.collate import IGNORE_INDEX
+from vlmtune.models.labels import IGNORE_INDEX
 
 
 @pytest.fixture(scope="module")

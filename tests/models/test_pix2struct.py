@@ -11,7 +11,7 @@ from PIL import Image
 
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models import FAMILIES, pix2struct
-from vlmtune.train.collate import IGNORE_INDEX
+from vlmtune.models.labels import IGNORE_INDEX
 
 FAMILY = FAMILIES["pix2struct"]
 

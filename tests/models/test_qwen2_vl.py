@@ -10,7 +10,7 @@ from PIL import Image
 from vlmtune.config import ModelCfg
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models import FAMILIES
-from vlmtune.train.collate import trained_tokens
+from vlmtune.models.labels import trained_tokens
 
 
 @pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])

@@ -15,7 +15,7 @@ from PIL import Image
 from tests.real.conftest import FOLDERS, real_path
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models import FAMILIES
-from vlmtune.train.collate import IGNORE_INDEX
+from vlmtune.models.labels import IGNORE_INDEX
 
 SIZES = [(336, 336), (640, 480), (1280, 720), (600, 1800)]
 

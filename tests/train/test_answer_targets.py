@@ -73,7 +73,7 @@ def test_weighted_loss_is_the_agreement_weighted_sum_of_each_answers_loss(tmp_pa
     """One optimizer step (2 micro-batches of 2 questions) under `weighted`: the logged loss and the gradient norm
     equal those of sum_q sum_a w_qa * loss_sum(q, a) / sum_q sum_a w_qa * tokens(q, a), computed one answer at a
     time."""
-    from vlmtune.models.family import forward_losses
+    from vlmtune.models.loss import forward_losses
 
     cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, vizwiz_dir, data={"val_split": None, "answer_targets": "weighted"},
                                         train={"max_steps": 1, "micro_batch_size": 2, "global_batch_size": 4,

@@ -18,6 +18,8 @@ import yaml
 from helpers import tiny_run_cfg
 from safetensors.torch import load_file
 
+from vlmtune.models import FAMILIES
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
 
@@ -285,11 +287,11 @@ def _loss_and_grads(model, inputs, labels, dummy_processor=None):
     import contextlib
 
     from vlmtune.models import get_family
-    from vlmtune.models.family import forward_losses
+    from vlmtune.models.loss import forward_losses
     from vlmtune.train.distributed import add_dummy_vision
 
     model.zero_grad(set_to_none=True)
-    with add_dummy_vision(model, dummy_processor) if dummy_processor else contextlib.nullcontext():
+    with add_dummy_vision(model, get_family("llava"), dummy_processor) if dummy_processor else contextlib.nullcontext():
         sums, counts = forward_losses(model, get_family("llava"), inputs, labels, True)
     loss = sums.sum() / counts.sum()
     loss.backward()
@@ -319,8 +321,10 @@ def test_needs_vision_dummy_only_where_parameters_are_sharded():
 
     from accelerate.utils import DistributedType
 
+    from vlmtune.models import get_family
     from vlmtune.train.distributed import needs_vision_dummy
 
+    llava = get_family("llava")
     loaded = _tiny_llava()
     text, _ = _batch(loaded.processor, with_image=False)
     image, _ = _batch(loaded.processor, with_image=True)
@@ -330,15 +334,51 @@ def test_needs_vision_dummy_only_where_parameters_are_sharded():
                                state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=stage)))
 
     zero3 = acc(DistributedType.DEEPSPEED, stage=3)
-    assert needs_vision_dummy(loaded.model, text, zero3)
-    assert not needs_vision_dummy(loaded.model, image, zero3), "the batch runs the vision tower itself"
-    assert needs_vision_dummy(loaded.model, text, acc(DistributedType.FSDP))
-    assert not needs_vision_dummy(loaded.model, text, acc(DistributedType.DEEPSPEED, stage=2))
-    assert not needs_vision_dummy(loaded.model, text, acc(DistributedType.MULTI_GPU)), "DDP: find_unused_parameters"
-    assert not needs_vision_dummy(loaded.model, text, acc(DistributedType.DEEPSPEED, n=1, stage=3))
-    assert needs_vision_dummy(loaded.model, text, acc(DistributedType.MULTI_CPU), always=True)
-    assert not needs_vision_dummy(loaded.model, text, acc(DistributedType.NO, n=1), always=True)
-    assert not needs_vision_dummy(torch.nn.Linear(2, 2), {}, zero3), "no vision side: nothing to run"
+    assert needs_vision_dummy(llava, text, zero3)
+    assert not needs_vision_dummy(llava, image, zero3), "the batch runs the vision tower itself"
+    assert needs_vision_dummy(llava, text, acc(DistributedType.FSDP))
+    assert not needs_vision_dummy(llava, text, acc(DistributedType.DEEPSPEED, stage=2))
+    assert not needs_vision_dummy(llava, text, acc(DistributedType.MULTI_GPU)), "DDP: find_unused_parameters"
+    assert not needs_vision_dummy(llava, text, acc(DistributedType.DEEPSPEED, n=1, stage=3))
+    assert needs_vision_dummy(llava, text, acc(DistributedType.MULTI_CPU), always=True)
+    assert not needs_vision_dummy(llava, text, acc(DistributedType.NO, n=1), always=True)
+    assert not needs_vision_dummy(get_family("pix2struct"), {}, zero3), "no vision dummy: nothing to run"
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if f.language_model is not None and f.text_only))
+def test_each_familys_dummy_keeps_a_text_only_loss_and_gives_its_vision_tower_zero_gradients(name):
+    """Every family that names a `language_model` (the dummy's hook) and takes text-only samples: the same checks as
+    on the built-in LLaVA above, on the family's tiny model, through the module names the family gives."""
+    import contextlib
+
+    from vlmtune.data.sample import Sample, assistant, user
+    from vlmtune.models.loss import forward_losses
+    from vlmtune.train.distributed import add_dummy_vision, vision_tower
+
+    family = FAMILIES[name]
+    torch.manual_seed(0)
+    tiny = family.tiny()
+    model = tiny.model.eval()
+    sample = Sample(id="t", messages=[user("what is 1 plus one?", n_images=0), assistant("2")])
+    inputs = dict(family.encode(tiny.processor, [sample], [[]], "train", 256).inputs)
+    labels = inputs.pop("labels")
+
+    def loss_and_grads(dummy: bool):
+        model.zero_grad(set_to_none=True)
+        with add_dummy_vision(model, family, tiny.processor) if dummy else contextlib.nullcontext():
+            sums, counts = forward_losses(model, family, inputs, labels, False)
+        loss = sums.sum() / counts.sum()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = loss_and_grads(False)
+    dummy_loss, dummy_grads = loss_and_grads(True)
+    assert torch.equal(dummy_loss, loss), "x + 0: the loss is bit-identical"
+    tower = {f"{family.vision_tower}.{n}" for n, _ in vision_tower(model, family).named_parameters()}
+    reached = tower & set(dummy_grads)
+    assert reached and not reached & set(grads), "the dummy, and only the dummy, runs the vision tower"
+    assert all(not dummy_grads[n].any() for n in reached), "the vision tower's gradients are exactly zero"
+    assert all(torch.equal(dummy_grads[n], grads[n]) for n in grads), "the other gradients are unchanged"
 
 
 DDP_WORKER = textwrap.dedent("""
@@ -351,18 +391,19 @@ DDP_WORKER = textwrap.dedent("""
     sys.path[:0] = [sys.argv[2], sys.argv[3]]
     from test_distributed import _batch, _tiny_llava
     from vlmtune.models import get_family
-    from vlmtune.models.family import forward_losses
+    from vlmtune.models.loss import forward_losses
     from vlmtune.train.distributed import add_dummy_vision
 
     acc = Accelerator(cpu=True, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    llava = get_family("llava")
     loaded = _tiny_llava()
     model = acc.prepare(loaded.model)
     rank = acc.process_index
     inputs, labels = _batch(loaded.processor, with_image=rank == 1)  # rank 0: text only, rank 1: images
     grads = []
     for dummy in (False, True):
-        with add_dummy_vision(model, loaded.processor) if dummy and rank == 0 else contextlib.nullcontext():
-            sums, counts = forward_losses(model, get_family("llava"), inputs, labels, True)
+        with add_dummy_vision(model, llava, loaded.processor) if dummy and rank == 0 else contextlib.nullcontext():
+            sums, counts = forward_losses(model, llava, inputs, labels, True)
         acc.backward(sums.sum() / counts.sum())
         grads.append({n: p.grad.clone() for n, p in model.module.named_parameters() if p.grad is not None})
         model.zero_grad(set_to_none=True)

@@ -66,7 +66,7 @@ def _batch(family, tiny):
 
 
 def _per_sample_losses(family, tiny, batch):
-    from vlmtune.models.family import forward_losses
+    from vlmtune.models.loss import forward_losses
 
     inputs = dict(batch.inputs)
     labels = inputs.pop("labels")

@@ -14,7 +14,7 @@ from PIL import Image
 from vlmtune.config import RunCfg
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models import FAMILIES
-from vlmtune.models.family import forward_losses
+from vlmtune.models.loss import forward_losses
 from vlmtune.train.vision_cache import VisionCache, fingerprint, why_not
 
 

@@ -20,8 +20,8 @@ Traps handled:
 from __future__ import annotations
 
 from vlmtune.data.sample import message_text
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
-from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
+from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
 
 END = "\n"
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "o_proj", "fc1", "fc2", "gate_proj", "up_proj",
@@ -63,8 +63,6 @@ def render(messages: list[dict], add_generation_prompt: bool = False) -> str:
 def encode_rendered(processor, samples, images, mode: str, max_length: int, render) -> Batch:
     """Samples -> inputs for any processor that puts `num_query_tokens` image tokens before the text (BLIP-2,
     InstructBLIP). `render(messages, add_generation_prompt)` writes the conversation in the family's format."""
-    import torch
-
     tok = processor.tokenizer
     train = mode == "train"
     n_image = processor.num_query_tokens
@@ -78,12 +76,7 @@ def encode_rendered(processor, samples, images, mode: str, max_length: int, rend
             ids, spans = assistant_spans(lambda ts: tok(ts).input_ids, render, s.messages, s.id)
         else:
             ids, spans = tok(text).input_ids, []
-        if n_image + len(ids) > max_length:
-            raise SampleTooLong(
-                f"sample {s.id!r}: {n_image + len(ids)} tokens ({n_image} image tokens + {len(ids)} text tokens) "
-                f"exceed max_length={max_length}; vlmtune never truncates: raise max_length, shorten the text "
-                "or drop the sample"
-            )
+        check_length(s.id, n_image, len(ids), max_length)
         tokenized.append((ids, spans))
     tok.padding_side = "right" if train else "left"
     out = processor(text=texts, images=load_image_list(samples, images), padding=True, return_tensors="pt")
@@ -91,13 +84,10 @@ def encode_rendered(processor, samples, images, mode: str, max_length: int, rend
     n_target = 0
     if train:
         image_id = tok.convert_tokens_to_ids(str(processor.image_token))
-        labels = torch.full_like(out["input_ids"], IGNORE_INDEX)
-        for b, (s, (ids, spans)) in enumerate(zip(samples, tokenized, strict=True)):
-            expanded = out["input_ids"][b][out["attention_mask"][b].bool()].tolist()
-            # the queries sit before everything: one placeholder in front of the text ids stands for them
-            shifted = [(start + 1, end + 1) for start, end in spans]
-            lab = labels_for_expanded([image_id, *ids], shifted, expanded, image_id, [n_image], s.id)
-            labels[b, : len(lab)] = torch.tensor(lab)
+        # the queries sit before everything: one placeholder in front of the text ids stands for them
+        rows = [([image_id, *ids], [(start + 1, end + 1) for start, end in spans], [n_image])
+                for ids, spans in tokenized]
+        labels = expanded_labels(out["input_ids"], out["attention_mask"], image_id, [s.id for s in samples], rows)
         n_target = int((labels != IGNORE_INDEX).sum())
         inputs["labels"] = labels
     return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
@@ -171,5 +161,7 @@ FAMILY = ModelFamily(
     tasks=("vqa", "caption"),
     text_only=False,
     multi_image=False,
-    extra={"projector_modules": ("qformer", "language_projection")},
+    projector_modules=("qformer", "language_projection"),
+    language_model="language_model",
+    vision_tower="vision_model",
 )

@@ -3,13 +3,14 @@
 A family turns `Sample`s into tensors (`encode`), names the modules LoRA adapts (`lora_targets`) and the
 parameter groups that can be frozen (`freeze_groups`), loads real checkpoints (`load`) and builds a tiny
 random model with an offline processor for tests (`tiny`). The training loop, the Predictor and the CLI
-only ever call these fields: family quirks stay in the family's own file.
+only ever call these fields: family quirks stay in the family's own file. Label masking, which each `encode` does,
+is in `models/labels.py`; the training loss in `models/loss.py`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -134,7 +135,19 @@ class ModelFamily:
     processor_loader: Callable[..., Any] | None = None
     """processor_loader(path, **options) -> the family's processor from a directory or hub id; None: AutoProcessor.
     Every place vlmtune reloads a processor goes through `load_processor`, never plain AutoProcessor."""
-    extra: dict[str, Any] = field(default_factory=dict)
+    projector_modules: tuple[str, ...] = ()
+    """Module names (the last part of the dotted name) of the projector: under LoRA with the projector not frozen
+    (`train.freeze_projector: false`) they are trained in full as peft `modules_to_save`, and in a mixed-dtype run
+    their output is cast to the base dtype (`train.trainable.align_dtypes`)."""
+    language_model: str | None = None
+    """Dotted name, in the HF model, of the decoder that takes `inputs_embeds` with the image features merged in
+    (`model.language_model`). The vision dummy of sharded runs (`train.distributed`) hooks there to run the vision
+    side (`get_image_features`) on a blank image for a text-only micro-batch. None: no dummy for the family (GIT,
+    Pix2Struct and Mllama have no `get_image_features`; Idefics3/SmolVLM's decoder, `model.text_model`, is not
+    wired)."""
+    vision_tower: str | None = None
+    """Dotted name of the vision encoder in the HF model (`model.vision_tower`, Qwen2-VL's `model.visual`); the vision
+    dummy's blank image is cast to its dtype."""
 
     def load_processor(self, path, **options):
         from vlmtune.config import check_model_path
@@ -260,80 +273,3 @@ def base_model(model):
         else:
             break
     return model
-
-
-def accepts_logits_to_keep(model) -> bool:
-    """Whether the model's forward takes `logits_to_keep` (most transformers LMs and VLMs; a PEFT wrapper passes it
-    on to the model it wraps)."""
-    import inspect
-
-    return "logits_to_keep" in inspect.signature(base_model(model).forward).parameters
-
-
-def logit_prefix_of(family: ModelFamily, model) -> int:
-    """`family.logit_prefix` of a (possibly PEFT- or Accelerate-wrapped) model; 0 for most families."""
-    if family.logit_prefix is None:
-        return 0
-    return family.logit_prefix(base_model(model))
-
-
-def forward_losses(model, family: ModelFamily, inputs: dict, labels, keep_logits: bool, prefix: int = 0,
-                   segments=None):
-    """One forward pass the training loop's way -> per-sample (loss sums, target counts), see `token_losses`.
-
-    With `keep_logits` the model computes logits only where a target is predicted (`loss_positions`). An
-    encoder-decoder model whose inputs carry no decoder_input_ids gets the labels too: it builds its decoder inputs
-    from them (and computes its own loss, which is not used). `segments` (a packed batch's) make the sums per sample
-    rather than per row."""
-    kept = loss_positions(labels, family.shift_labels, prefix) if keep_logits else None
-    extra = {"logits_to_keep": kept} if kept is not None else {}
-    if not family.shift_labels and "decoder_input_ids" not in inputs:
-        extra["labels"] = labels
-    logits = model(**inputs, **extra).logits
-    return token_losses(logits, labels, family.shift_labels, kept, prefix, segments)
-
-
-def loss_positions(labels, shift: bool = True, prefix: int = 0):
-    """(batch, seq) bool: the positions whose logits predict a target token (for a causal LM: the one before it).
-
-    Passed to the model as `logits_to_keep`, the LM head and the softmax run at these positions only, not over the
-    whole sequence (image tokens included): the same loss, for a fraction of the logits' time and memory."""
-    import torch
-
-    targets = labels != -100
-    keep = torch.zeros((labels.shape[0], prefix + labels.shape[1]), dtype=torch.bool, device=labels.device)
-    if shift:
-        keep[:, prefix : prefix + labels.shape[1] - 1] = targets[:, 1:]
-    else:
-        keep[:, prefix:] = targets
-    return keep
-
-
-def token_losses(logits, labels, shift: bool = True, kept=None, prefix: int = 0, segments=None):
-    """Per-sample (sum of token cross-entropies, number of target tokens) over the label positions != -100.
-
-    `logits` are (batch, seq, vocab), or with `kept` (the `loss_positions` mask) the (n_kept, vocab) rows the model
-    computed at those positions only; the first `prefix` logit positions (`ModelFamily.logit_prefix`) are not text.
-    `segments` (same shape as `labels`, a packed batch's sample index per position) sum per sample instead of per
-    row. The training loop backpropagates sum/total over the whole global batch, and logs the same sums per data source.
-    """
-    import torch
-
-    if segments is None:  # one sample per row
-        n = labels.shape[0]
-        segments = torch.arange(n, device=labels.device)[:, None].expand_as(labels)
-    else:  # a packed batch: samples back to back in a row
-        n = int(segments.max()) + 1
-    if shift:  # a target belongs to the sample of its label position
-        labels, segments = labels[:, 1:], segments[:, 1:]
-    if kept is not None:
-        kept = kept[:, prefix:][:, : labels.shape[1]]
-        per_token = torch.nn.functional.cross_entropy(logits.float(), labels[kept], reduction="none")
-        group = segments[kept]
-    else:
-        logits = logits[:, prefix:][:, : labels.shape[1]]
-        mask = labels != -100
-        per_token = torch.nn.functional.cross_entropy(logits.float()[mask], labels[mask], reduction="none")
-        group = segments[mask]
-    sums = per_token.new_zeros(n).index_add(0, group, per_token)
-    return sums, torch.bincount(group, minlength=n)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from vlmtune.data.sample import message_text
 from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
-from vlmtune.train.collate import IGNORE_INDEX
+from vlmtune.models.labels import IGNORE_INDEX, check_length
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
@@ -57,12 +57,7 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 10
     answers = []
     for s, (prompt, answer) in zip(samples, pairs, strict=True):
         n_text = len(tok(processor._construct_prompts(prompt)[0], add_special_tokens=False).input_ids) + 2  # <s> </s>
-        if per_image + n_text > max_length:
-            raise SampleTooLong(
-                f"sample {s.id!r}: {per_image + n_text} tokens ({per_image} image tokens + {n_text} text tokens) "
-                f"exceed max_length={max_length}; vlmtune never truncates: raise max_length, shorten the text "
-                "or drop the sample"
-            )
+        check_length(s.id, per_image, n_text, max_length)
         answers.append(tok(" " + answer if answer else "", add_special_tokens=False).input_ids)  # " red", as after <s>
         if len(answers[-1]) + 2 > max_length:
             raise SampleTooLong(f"sample {s.id!r}: the answer's {len(answers[-1]) + 2} decoder tokens exceed "
@@ -154,4 +149,6 @@ FAMILY = ModelFamily(
     text_only=False,
     multi_image=False,
     shift_labels=False,
+    language_model="model.language_model",
+    vision_tower="model.vision_tower",
 )

@@ -22,8 +22,8 @@ Traps handled:
 
 from __future__ import annotations
 
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
-from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
+from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 END_OF_TURN = "<end_of_turn>"
@@ -61,8 +61,6 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     """Samples -> model inputs. "train": the whole conversation, labels on every assistant answer + `<end_of_turn>`,
     right padding. "generate": the conversation up to the last assistant turn plus `<start_of_turn>model\\n`, left
     padding. A sample longer than `max_length` (image tokens included) raises SampleTooLong; nothing is cut."""
-    import torch
-
     tok = processor.tokenizer
     n_soft = processor.image_seq_length
     # The processor's expansion of one image with a single soft token: tokenizing the template's text with this
@@ -78,7 +76,7 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
 
     train = mode == "train"
     texts = [render(s.messages if train else s.prompt_messages, not train) for s in samples]
-    tokenized = []  # per sample: (ids with one soft token per image, assistant spans)
+    tokenized = []  # per sample: (ids with one soft token per image, assistant spans, tokens per image)
     for s, text in zip(samples, texts, strict=True):
         if train:
             unexpanded, spans = assistant_spans(tokenize, render, s.messages, s.id)
@@ -86,14 +84,8 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
             spans = [(start, unexpanded.index(end_of_turn, start, end) + 1) for start, end in spans]
         else:
             unexpanded, spans = tokenize([text])[0], []
-        n = len(unexpanded) + (n_soft - 1) * len(s.images)
-        if n > max_length:
-            raise SampleTooLong(
-                f"sample {s.id!r}: {n} tokens ({n_soft * len(s.images)} image tokens + "
-                f"{n - n_soft * len(s.images)} text tokens) exceed max_length={max_length}; vlmtune never "
-                "truncates: raise max_length, shorten the text or drop the sample"
-            )
-        tokenized.append((unexpanded, spans))
+        check_length(s.id, n_soft * len(s.images), len(unexpanded) - len(s.images), max_length)
+        tokenized.append((unexpanded, spans, [n_soft] * len(s.images)))
     has_images = bool(load_image_list(samples, images))  # checks each sample got as many images as slots
     nested = [list(imgs) for imgs in images] if has_images else None  # nested per sample, as Gemma3Processor wants
     tok.padding_side = "right" if train else "left"
@@ -102,11 +94,8 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     inputs = {k: out[k] for k in ("input_ids", "attention_mask", "token_type_ids", "pixel_values") if k in out}
     n_target = 0
     if train:
-        labels = torch.full_like(out["input_ids"], IGNORE_INDEX)
-        for b, (s, (unexpanded, spans)) in enumerate(zip(samples, tokenized, strict=True)):
-            ids = out["input_ids"][b][out["attention_mask"][b].bool()].tolist()
-            lab = labels_for_expanded(unexpanded, spans, ids, tok.image_token_id, [n_soft] * len(s.images), s.id)
-            labels[b, : len(lab)] = torch.tensor(lab)
+        labels = expanded_labels(out["input_ids"], out["attention_mask"], tok.image_token_id,
+                                 [s.id for s in samples], tokenized)
         n_target = int((labels != IGNORE_INDEX).sum())
         inputs["labels"] = labels
     return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
@@ -187,4 +176,6 @@ FAMILY = ModelFamily(
     text_only=True,
     multi_image=True,
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
+    language_model="model.language_model",
+    vision_tower="model.vision_tower",
 )

@@ -20,8 +20,8 @@ padded) attention mask, so the text starts at position 0 as in training.
 from __future__ import annotations
 
 from vlmtune.data.sample import message_text
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
-from vlmtune.train.collate import IGNORE_INDEX
+from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
+from vlmtune.models.labels import IGNORE_INDEX, check_length
 
 
 def load(cfg) -> Loaded:
@@ -68,12 +68,7 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 51
         if len(s.images) != 1:
             raise ValueError(f"sample {s.id!r}: GIT takes exactly one image per sample, got {len(s.images)}")
         ids, spans = _render(tok, s.messages if train else s.prompt_messages, not train)
-        if per_image + len(ids) > max_length:
-            raise SampleTooLong(
-                f"sample {s.id!r}: {per_image + len(ids)} tokens ({per_image} image tokens + {len(ids)} text tokens) "
-                f"exceed max_length={max_length}; vlmtune never truncates: raise max_length, shorten the text "
-                "or drop the sample"
-            )
+        check_length(s.id, per_image, len(ids), max_length)
         rendered.append((ids, spans))
     width = max(len(ids) for ids, _ in rendered)
     input_ids = torch.full((len(samples), width), tok.pad_token_id)
@@ -152,4 +147,5 @@ FAMILY = ModelFamily(
     multi_image=False,
     # the image features are prepended inside the model: the logits have that many positions before the text
     logit_prefix=lambda model: model.git.encoder.layer[0].attention.self.image_patch_tokens,
+    vision_tower="git.image_encoder",
 )

@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from functools import partial
 
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
-from vlmtune.train.collate import IGNORE_INDEX, assistant_spans
+from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 END = "<end_of_utterance>"
@@ -104,12 +104,7 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     for b, s in enumerate(samples):
         ids = inputs["input_ids"][b][inputs["attention_mask"][b].bool()].tolist()
         n_image = ids.count(image_id)
-        if len(ids) > max_length:
-            raise SampleTooLong(
-                f"sample {s.id!r}: {len(ids)} tokens ({n_image} image tokens + {len(ids) - n_image} text tokens) "
-                f"exceed max_length={max_length}; vlmtune never truncates: raise max_length, shorten the text "
-                "or drop the sample"
-            )
+        check_length(s.id, n_image, len(ids) - n_image, max_length)
         if not train:
             continue
         replacements = [o["replacement"] for o in offsets[b]]  # this sample's images, as the processor expanded them
@@ -204,8 +199,9 @@ FAMILY = ModelFamily(
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,
-    extra={"projector_modules": ("connector",)},
+    projector_modules=("connector",),
     packing=True,  # a Llama-style LM with 1-D positions: samples can share a row
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
     vision_features="per_sample",  # get_image_features lists one entry per sample (all its images' tiles)
+    vision_tower="model.vision_model",
 )

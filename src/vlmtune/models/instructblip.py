@@ -97,5 +97,7 @@ FAMILY = ModelFamily(
     tasks=("vqa", "caption"),
     text_only=False,
     multi_image=False,
-    extra={"projector_modules": ("qformer", "language_projection")},
+    projector_modules=("qformer", "language_projection"),
+    language_model="language_model",
+    vision_tower="vision_model",
 )

@@ -6,8 +6,8 @@ of feature tokens ((crop/patch)^2, CLS dropped). The built-in model is an ordina
 
 from __future__ import annotations
 
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
-from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
+from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 GPT2_LINEARS = ("c_attn", "c_proj", "c_fc")
@@ -77,8 +77,6 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     """Samples -> model inputs. "train": the whole conversation, labels only on assistant turns (+ end token),
     right padding. "generate": the conversation up to the last assistant turn plus the generation prompt, left
     padding. A sample longer than `max_length` (image tokens included) raises SampleTooLong; nothing is cut."""
-    import torch
-
     tok = processor.tokenizer
     template = chat_template(processor)
 
@@ -89,33 +87,22 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     train = mode == "train"
     texts = [render(s.messages if train else s.prompt_messages, not train) for s in samples]
     per_image = image_token_count(processor)
-    tokenized = []  # per sample: (ids with one placeholder per image, assistant spans)
+    tokenized = []  # per sample: (ids with one placeholder per image, assistant spans, tokens per image)
     for s, text in zip(samples, texts, strict=True):
         if train:
             unexpanded, spans = assistant_spans(lambda ts: tok(ts).input_ids, render, s.messages, s.id)
         else:
             unexpanded, spans = tok(text).input_ids, []
-        n_text = len(unexpanded) - len(s.images)
-        n = n_text + per_image * len(s.images)
-        if n > max_length:
-            raise SampleTooLong(
-                f"sample {s.id!r}: {n} tokens ({per_image * len(s.images)} image tokens + {n_text} text tokens) "
-                f"exceed max_length={max_length}; vlmtune never truncates: raise max_length, shorten the text "
-                "or drop the sample"
-            )
-        tokenized.append((unexpanded, spans))
+        check_length(s.id, per_image * len(s.images), len(unexpanded) - len(s.images), max_length)
+        tokenized.append((unexpanded, spans, [per_image] * len(s.images)))
     flat = load_image_list(samples, images)
     tok.padding_side = "right" if train else "left"
     out = processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
     inputs = dict(out)
     n_target = 0
     if train:
-        image_id = processor.image_token_id
-        labels = torch.full_like(out["input_ids"], IGNORE_INDEX)
-        for b, (s, (unexpanded, spans)) in enumerate(zip(samples, tokenized, strict=True)):
-            ids = out["input_ids"][b][out["attention_mask"][b].bool()].tolist()
-            lab = labels_for_expanded(unexpanded, spans, ids, image_id, [per_image] * len(s.images), s.id)
-            labels[b, : len(lab)] = torch.tensor(lab)
+        labels = expanded_labels(out["input_ids"], out["attention_mask"], processor.image_token_id,
+                                 [s.id for s in samples], tokenized)
         n_target = int((labels != IGNORE_INDEX).sum())
         inputs["labels"] = labels
     return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
@@ -147,7 +134,9 @@ FAMILY = ModelFamily(
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,
-    extra={"projector_modules": ("multi_modal_projector",)},
+    projector_modules=("multi_modal_projector",),
     packing=True,  # a Llama-style LM with 1-D positions: samples can share a row
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
+    language_model="model.language_model",
+    vision_tower="model.vision_tower",
 )

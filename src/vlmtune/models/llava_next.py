@@ -18,9 +18,9 @@ Differences from LLaVA-1.5 (llava.py), handled here:
 
 from __future__ import annotations
 
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
+from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
 from vlmtune.models.llava import LANGUAGE_LINEARS
-from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
 
 
 def load(cfg) -> Loaded:
@@ -50,8 +50,6 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     """Samples -> model inputs, as llava.encode, with a per-image token count. "train": the whole conversation,
     labels only on assistant turns (+ end token), right padding. "generate": the conversation up to the last
     assistant turn plus the generation prompt, left padding. Too long (image tokens included): SampleTooLong."""
-    import torch
-
     tok = processor.tokenizer
 
     def render(messages, add_generation_prompt):
@@ -67,14 +65,7 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
         else:
             unexpanded, spans = tok(text).input_ids, []
         counts = [image_token_count(processor, *img.size) for img in imgs]
-        n_text = len(unexpanded) - len(s.images)
-        n = n_text + sum(counts)
-        if n > max_length:
-            raise SampleTooLong(
-                f"sample {s.id!r}: {n} tokens ({sum(counts)} image tokens + {n_text} text tokens) "
-                f"exceed max_length={max_length}; vlmtune never truncates: raise max_length, shorten the text, "
-                "resize the images or drop the sample"
-            )
+        check_length(s.id, sum(counts), len(unexpanded) - len(s.images), max_length, resize=True)
         tokenized.append((unexpanded, spans, counts))
     flat = load_image_list(samples, images)
     tok.padding_side = "right" if train else "left"
@@ -82,11 +73,8 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     inputs = dict(out)
     n_target = 0
     if train:
-        labels = torch.full_like(out["input_ids"], IGNORE_INDEX)
-        for b, (s, (unexpanded, spans, counts)) in enumerate(zip(samples, tokenized, strict=True)):
-            ids = out["input_ids"][b][out["attention_mask"][b].bool()].tolist()
-            lab = labels_for_expanded(unexpanded, spans, ids, processor.image_token_id, counts, s.id)
-            labels[b, : len(lab)] = torch.tensor(lab)
+        labels = expanded_labels(out["input_ids"], out["attention_mask"], processor.image_token_id,
+                                 [s.id for s in samples], tokenized)
         n_target = int((labels != IGNORE_INDEX).sum())
         inputs["labels"] = labels
     return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
@@ -149,7 +137,9 @@ FAMILY = ModelFamily(
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,
-    extra={"projector_modules": ("multi_modal_projector",)},
+    projector_modules=("multi_modal_projector",),
     packing=True,  # a Llama-style LM with 1-D positions: samples can share a row
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
+    language_model="model.language_model",
+    vision_tower="model.vision_tower",
 )

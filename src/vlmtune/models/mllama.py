@@ -25,9 +25,9 @@ Traps handled:
 
 from __future__ import annotations
 
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_pretrained
+from vlmtune.models.family import Batch, Loaded, ModelFamily, load_pretrained
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
 from vlmtune.models.llava import LANGUAGE_LINEARS
-from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
 
 IMAGE = "<|image|>"
 SPECIAL = ("<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>", "<|start_header_id|>",
@@ -62,8 +62,6 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     """Samples -> model inputs (input_ids, attention_mask, pixel_values, aspect_ratio_ids, aspect_ratio_mask,
     cross_attention_mask). "train": the whole conversation, labels only on assistant turns (+ `<|eot_id|>`), right
     padding. "generate": up to the generation prompt, left padding. Too long: SampleTooLong, nothing is cut."""
-    import torch
-
     tok = processor.tokenizer
 
     def render(messages, add_generation_prompt):
@@ -74,19 +72,14 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
 
     train = mode == "train"
     texts = [render(s.messages if train else s.prompt_messages, not train) for s in samples]
-    tokenized = []  # per sample: (ids, assistant spans); `<|image|>` stays one token, so ids are the processor's
+    # per sample: (ids, assistant spans, tokens per image); `<|image|>` stays one token, so ids are the processor's
+    tokenized = []
     for s, text, imgs in zip(samples, texts, images, strict=True):
         if len(imgs) != len(s.images):
             raise ValueError(f"sample {s.id!r}: expected {len(s.images)} image(s), got {len(imgs)}")
         ids, spans = assistant_spans(tokenize, render, s.messages, s.id) if train else (tokenize([text])[0], [])
-        n_image = len(s.images)  # one position per image
-        if len(ids) > max_length:
-            raise SampleTooLong(
-                f"sample {s.id!r}: {len(ids)} tokens ({n_image} image tokens + {len(ids) - n_image} text tokens) "
-                f"exceed max_length={max_length}; vlmtune never truncates: raise max_length, shorten the text "
-                "or drop the sample"
-            )
-        tokenized.append((ids, spans))
+        check_length(s.id, len(s.images), len(ids) - len(s.images), max_length)  # one position per image
+        tokenized.append((ids, spans, [1] * len(s.images)))
     nested = [list(imgs) for imgs in images]
     tok.padding_side = "right" if train else "left"
     out = processor(text=texts, images=nested if any(nested) else None, padding=True, add_special_tokens=False,
@@ -94,11 +87,8 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     inputs = dict(out)
     n_target = 0
     if train:
-        labels = torch.full_like(out["input_ids"], IGNORE_INDEX)
-        for b, (s, (ids, spans)) in enumerate(zip(samples, tokenized, strict=True)):
-            got = out["input_ids"][b][out["attention_mask"][b].bool()].tolist()
-            lab = labels_for_expanded(ids, spans, got, processor.image_token_id, [1] * len(s.images), s.id)
-            labels[b, : len(lab)] = torch.tensor(lab)
+        labels = expanded_labels(out["input_ids"], out["attention_mask"], processor.image_token_id,
+                                 [s.id for s in samples], tokenized)
         n_target = int((labels != IGNORE_INDEX).sum())
         inputs["labels"] = labels
     return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
@@ -169,5 +159,6 @@ FAMILY = ModelFamily(
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,
-    extra={"projector_modules": ("multi_modal_projector",)},
+    projector_modules=("multi_modal_projector",),
+    vision_tower="model.vision_model",
 )

@@ -27,8 +27,8 @@ from __future__ import annotations
 import re
 
 from vlmtune.data.sample import message_text
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
-from vlmtune.train.collate import IGNORE_INDEX
+from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
+from vlmtune.models.labels import IGNORE_INDEX, check_length
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # big_vision's task prefixes ("answer en", "caption pt-BR", "ocr", "detect cat ; dog", "segment cat")
@@ -75,12 +75,7 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     for b, s in enumerate(samples):
         n = int(out["attention_mask"][b].sum())
         n_image = int((out["input_ids"][b] == processor.image_token_id).sum())
-        if n > max_length:
-            raise SampleTooLong(
-                f"sample {s.id!r}: {n} tokens ({n_image} image tokens + {n - n_image} text tokens) "
-                f"exceed max_length={max_length}; vlmtune never truncates: raise max_length, shorten the text "
-                "or drop the sample"
-            )
+        check_length(s.id, n_image, n - n_image, max_length)
     n_target = 0
     if train:
         suffix = (out["token_type_ids"] == 1) & out["attention_mask"].bool()
@@ -158,4 +153,6 @@ FAMILY = ModelFamily(
     # sequence mask is AND-ed: each sample's image + prompt attend both ways within that sample only. Before 5.25
     # a packed row let one sample's prefix see the other samples' prefixes (hence the lower bound in pyproject.toml)
     packing=True,
+    language_model="model.language_model",
+    vision_tower="model.vision_tower",
 )

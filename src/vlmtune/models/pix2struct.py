@@ -32,8 +32,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
-from vlmtune.train.collate import IGNORE_INDEX
+from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
+from vlmtune.models.labels import IGNORE_INDEX, check_length
 
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 HEADER_TEXT_SIZE = 36  # transformers' render_text default, as in the original pix2struct preprocessing
@@ -94,12 +94,7 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
         n_header = len(tok(question, add_special_tokens=False).input_ids) if image_processor.is_vqa else 0
         target = tok(answer, add_special_tokens=False).input_ids + [tok.eos_token_id] if train else []
         n_text = n_header + len(target)
-        if max_patches + n_text > max_length:
-            raise SampleTooLong(
-                f"sample {s.id!r}: {max_patches + n_text} tokens ({max_patches} image tokens + {n_text} text tokens) "
-                f"exceed max_length={max_length}; vlmtune never truncates: raise max_length, shorten the text "
-                "or drop the sample"
-            )
+        check_length(s.id, max_patches, n_text, max_length)
         pictures.append(render_header(image, question) if image_processor.is_vqa else image)
         targets.append(target)
     # the header is already drawn (with a local font): the processor only cuts patches, at its own max_patches

@@ -49,6 +49,8 @@ FAMILY = ModelFamily(
     text_only=True,
     multi_image=True,
     processor_loader=lambda path, **options: qwen2_vl.load_processor(path, "qwen2_5_vl", **options),
-    extra={"projector_modules": ("merger",)},
+    projector_modules=("merger",),
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
+    language_model="model.language_model",
+    vision_tower="model.visual",
 )

@@ -35,8 +35,8 @@ import functools
 import json
 from pathlib import Path
 
-from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
-from vlmtune.train.collate import IGNORE_INDEX, assistant_spans, labels_for_expanded
+from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 END = "<|im_end|>"
@@ -137,8 +137,6 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
     """Samples -> model inputs. "train": the whole conversation, labels only on assistant answers + their
     `<|im_end|>`, right padding. "generate": the conversation up to `<|im_start|>assistant\\n`, left padding.
     A sample longer than `max_length` (image tokens included) raises SampleTooLong; nothing is cut."""
-    import torch
-
     tok = processor.tokenizer
     train = mode == "train"
     end_id = tok.convert_tokens_to_ids(END)
@@ -156,24 +154,15 @@ def encode(processor, samples, images, mode: str = "train", max_length: int = 20
             spans = [(start, _through_end_token(unexpanded, start, end, end_id, s.id)) for start, end in spans]
         else:
             unexpanded, spans = tok(text).input_ids, []
-        n_text, n_image = len(unexpanded) - len(imgs), sum(per_image)
-        if n_text + n_image > max_length:
-            raise SampleTooLong(
-                f"sample {s.id!r}: {n_text + n_image} tokens ({n_image} image tokens + {n_text} text tokens) "
-                f"exceed max_length={max_length}; vlmtune never truncates: raise max_length, shorten the text "
-                "or drop the sample"
-            )
+        check_length(s.id, sum(per_image), len(unexpanded) - len(imgs), max_length)
         tokenized.append((unexpanded, spans, per_image))
     out = processor(text=texts, images=flat or None, padding=True, padding_side="right" if train else "left",
                     return_tensors="pt")
     inputs = dict(out)  # input_ids, attention_mask, mm_token_type_ids (+ pixel_values, image_grid_thw)
     n_target = 0
     if train:
-        labels = torch.full_like(out["input_ids"], IGNORE_INDEX)
-        for b, (s, (unexpanded, spans, per_image)) in enumerate(zip(samples, tokenized, strict=True)):
-            ids = out["input_ids"][b][out["attention_mask"][b].bool()].tolist()
-            lab = labels_for_expanded(unexpanded, spans, ids, processor.image_token_id, per_image, s.id)
-            labels[b, : len(lab)] = torch.tensor(lab)
+        labels = expanded_labels(out["input_ids"], out["attention_mask"], processor.image_token_id,
+                                 [s.id for s in samples], tokenized)
         n_target = int((labels != IGNORE_INDEX).sum())
         inputs["labels"] = labels
     return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
@@ -275,7 +264,9 @@ FAMILY = ModelFamily(
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,
-    extra={"projector_modules": ("merger",)},
+    projector_modules=("merger",),
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
     processor_loader=load_processor,
+    language_model="model.language_model",
+    vision_tower="model.visual",
 )

@@ -62,9 +62,10 @@ FAMILY = ModelFamily(
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,
-    extra={"projector_modules": ("connector",)},
+    projector_modules=("connector",),
     processor_loader=load_processor,
     packing=True,  # a Llama-style LM with 1-D positions: samples can share a row
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
     vision_features="per_sample",  # get_image_features lists one entry per sample (all its images' tiles)
+    vision_tower="model.vision_model",
 )

@@ -1,91 +1,11 @@
-"""Label masking: the loss is computed on the assistant's answer tokens and the end token, nothing else.
+"""Packing: a right-padded training batch -> one row holding its samples back to back (`train.packing`).
 
-Shared by every family's `encode`. The method works on any chat template that renders a conversation as a
-prefix-stable string (rendering the first k turns gives a prefix of rendering k+1 turns):
-
-1. tokenize the conversation with one placeholder token per image (what the chat template writes);
-2. each assistant turn spans from the end of "turns before it + generation prompt" to the end of the turn,
-   which includes the end-of-turn token the template writes (e.g. `</s>`), so generation learns to stop;
-3. map those positions into the processor's output, where each image placeholder was expanded into the
-   image's feature tokens — checking, token by token, that the two sequences agree outside the images.
-
-Anything that does not line up raises an error naming the sample instead of training on the wrong tokens.
+Label masking, which every family's `encode` does, lives in `vlmtune.models.labels`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
-IGNORE_INDEX = -100
-
-Render = Callable[[list[dict], bool], str]
-"""render(messages, add_generation_prompt) -> the chat template's text."""
-
-
-def assistant_spans(tokenize: Callable[[list[str]], list[list[int]]], render: Render, messages: list[dict],
-                    sample_id: str):
-    """Token ids of the whole conversation and the [start, end) token span of each assistant turn.
-
-    `tokenize` takes a list of texts (one batched tokenizer call for the conversation and all its prefixes)."""
-    turns = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
-    texts = [render(messages, False)]
-    for k in turns:
-        texts.append(render(messages[:k], True))
-        texts.append(texts[0] if k + 1 == len(messages) else render(messages[: k + 1], False))
-    full, *prefixes = tokenize(texts)
-    spans = []
-    for k, before, through in zip(turns, prefixes[0::2], prefixes[1::2], strict=True):
-        if full[: len(before)] != before or full[: len(through)] != through:
-            raise ValueError(
-                f"sample {sample_id!r}: the chat template does not render turn {k} as a prefix of the conversation; "
-                "cannot tell answer tokens from prompt tokens"
-            )
-        if len(through) <= len(before):
-            raise ValueError(f"sample {sample_id!r}: assistant turn {k} renders to no tokens (empty answer?)")
-        spans.append((len(before), len(through)))
-    return full, spans
-
-
-def labels_for_expanded(
-    unexpanded: Sequence[int],
-    spans: list[tuple[int, int]],
-    expanded: Sequence[int],
-    image_token_id: int,
-    tokens_per_image: Sequence[int],
-    sample_id: str,
-) -> list[int]:
-    """Labels over `expanded` (the processor's ids, no padding): the `spans` of `unexpanded` keep their ids, the rest
-    is IGNORE_INDEX. Each image placeholder in `unexpanded` must be a run of `tokens_per_image[k]` ids in `expanded`."""
-    position = [0] * len(unexpanded)  # unexpanded index -> expanded index
-    j = 0
-    k = 0
-    for i, tok in enumerate(unexpanded):
-        position[i] = j
-        if tok == image_token_id:
-            if k >= len(tokens_per_image):
-                raise ValueError(f"sample {sample_id!r}: more image placeholders than images")
-            n = tokens_per_image[k]
-            if list(expanded[j : j + n]) != [image_token_id] * n:
-                raise ValueError(f"sample {sample_id!r}: image {k} is not {n} image tokens in the processor's output")
-            j += n
-            k += 1
-        else:
-            if j >= len(expanded) or expanded[j] != tok:
-                raise ValueError(f"sample {sample_id!r}: processor output differs from the chat template at token {i}")
-            j += 1
-    if j != len(expanded):
-        raise ValueError(f"sample {sample_id!r}: processor output has {len(expanded) - j} unexpected trailing tokens")
-    labels = [IGNORE_INDEX] * len(expanded)
-    for start, end in spans:
-        for i in range(start, end):
-            labels[position[i]] = unexpanded[i]
-    return labels
-
-
-def trained_tokens(tokenizer, input_ids: Sequence[int], labels: Sequence[int]) -> list[str]:
-    """The tokens the loss is computed on, as strings: what the label-mask tests print and assert."""
-    pairs = zip(input_ids, labels, strict=True)
-    return [tokenizer.convert_ids_to_tokens(int(t)) for t, lab in pairs if lab != IGNORE_INDEX]
+from vlmtune.models.labels import IGNORE_INDEX
 
 
 def pack(batch):

@@ -21,14 +21,14 @@ the graph with weight 0, so every rank runs the same modules, in the same order,
   loss and every language-model gradient are bit-identical; the vision tower and projector get gradients of exactly
   zero (weight decay and Adam's moments still see a step with a zero gradient, as they do for every rank's
   text-only samples under DDP anyway).
-* When: a micro-batch with no ``pixel_values`` (and no cached features, ``mm_encoder_outputs``) of a model with a
-  vision tower, under sharded parameters (DeepSpeed ZeRO-3, FSDP) with more than one process. Under DDP nothing is
-  needed (``find_unused_parameters=True`` copes) and under ZeRO-1/2 every rank holds all parameters; ``always=True``
-  turns it on for any run of more than one process.
+* When: a micro-batch with no ``pixel_values`` (and no cached features, ``mm_encoder_outputs``) of a family with a
+  vision dummy (``ModelFamily.language_model`` set), under sharded parameters (DeepSpeed ZeRO-3, FSDP) with more
+  than one process. Under DDP nothing is needed (``find_unused_parameters=True`` copes) and under ZeRO-1/2 every
+  rank holds all parameters; ``always=True`` turns it on for any run of more than one process.
 
 In the training loop (`fit`), around the forward of each micro-batch::
 
-    with train_autocast(acc), vision_dummy(acc, model, batch.inputs, state.loaded.processor):
+    with train_autocast(acc), vision_dummy(acc, model, state.family, batch.inputs, state.loaded.processor):
         sums, counts = forward_losses(model, state.family, batch.inputs, labels, keep_logits, prefix)
 
 The same rule holds for evaluation under ZeRO-3 (`Predictor.generate` of a text-only batch on one rank while another
@@ -40,39 +40,27 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlmtune.models.family import base_model
+
+if TYPE_CHECKING:
+    from vlmtune.models.family import ModelFamily
 
 IMAGE_INPUTS = ("pixel_values", "pixel_values_videos", "mm_encoder_outputs")
 """Model inputs that make the forward run the vision side (or stand in for it)."""
 
 
-def language_model(model):
-    """The decoder that receives the merged `inputs_embeds` (LLaVA, Qwen2-VL, ...: `model.model.language_model`);
-    None when the model is not built that way (encoder-decoder families, BLIP-2's Q-Former)."""
-    base = base_model(model)
-    inner = getattr(base, "model", None)
-    lm = getattr(inner, "language_model", None) if inner is not None else None
-    if lm is None:
-        lm = getattr(base, "language_model", None)
-    return lm if lm is not None and hasattr(lm, "forward") else None
+def language_model(model, family: ModelFamily):
+    """The decoder that receives the merged `inputs_embeds` (`family.language_model`: LLaVA, Qwen2-VL, ...:
+    `model.language_model`); None for a family without a vision dummy."""
+    return base_model(model).get_submodule(family.language_model) if family.language_model is not None else None
 
 
-def vision_tower(model):
-    """The vision encoder module (LLaVA: `model.vision_tower`, Qwen2-VL: `model.visual`), or None."""
-    base = base_model(model)
-    for owner in (getattr(base, "model", None), base):
-        for name in ("vision_tower", "visual", "vision_model"):
-            module = getattr(owner, name, None) if owner is not None else None
-            if module is not None:
-                return module
-    return None
-
-
-def has_vision(model) -> bool:
-    """Whether the model has a vision side that `add_dummy_vision` can run (`get_image_features` + a decoder)."""
-    return hasattr(base_model(model), "get_image_features") and language_model(model) is not None
+def vision_tower(model, family: ModelFamily):
+    """The vision encoder module (`family.vision_tower`: LLaVA `model.vision_tower`, Qwen2-VL `model.visual`), or
+    None."""
+    return base_model(model).get_submodule(family.vision_tower) if family.vision_tower is not None else None
 
 
 def shards_parameters(accelerator) -> bool:
@@ -89,12 +77,13 @@ def shards_parameters(accelerator) -> bool:
     return False
 
 
-def needs_vision_dummy(model, batch_inputs: dict, accelerator, always: bool = False) -> bool:
+def needs_vision_dummy(family: ModelFamily, batch_inputs: dict, accelerator, always: bool = False) -> bool:
     """Whether this micro-batch must run the vision tower on a blank image (see the module's docstring): it has no
-    image input, the model has a vision side, and the run shards parameters (or `always`, with > 1 process)."""
+    image input, the family has a vision dummy (`ModelFamily.language_model`: a vision side that `add_dummy_vision`
+    can run, `get_image_features` + a decoder), and the run shards parameters (or `always`, with > 1 process)."""
     if any(batch_inputs.get(k) is not None for k in IMAGE_INPUTS):
         return False
-    if not has_vision(model):
+    if family.language_model is None:
         return False
     if always:
         return getattr(accelerator, "num_processes", 1) > 1
@@ -136,7 +125,7 @@ def _tensors(x):
             yield from _tensors(v)
 
 
-def dummy_vision_term(model, processor, device=None):
+def dummy_vision_term(model, family: ModelFamily, processor, device=None):
     """0 x the sum of the vision side's output (vision tower + projector, `get_image_features`) on one blank image:
     a zero scalar whose backward reaches every vision and projector parameter that the real path reaches."""
     import torch
@@ -145,7 +134,7 @@ def dummy_vision_term(model, processor, device=None):
     wanted = inspect.signature(base.get_image_features).parameters
     params = [p for p in base.parameters() if p.is_floating_point()]
     device = device if device is not None else (params[0].device if params else "cpu")
-    tower = vision_tower(model)
+    tower = vision_tower(model, family)
     dtype = next((p.dtype for p in tower.parameters()), None) if tower is not None else None
     inputs = {}
     for k, v in blank_image_inputs(processor).items():
@@ -162,11 +151,11 @@ def dummy_vision_term(model, processor, device=None):
 
 
 @contextlib.contextmanager
-def add_dummy_vision(model, processor):
+def add_dummy_vision(model, family: ModelFamily, processor):
     """Within the block, the model's next forward pass runs its vision tower and projector on one blank image where
     it would have merged image features, adding 0 x their output to the language model's `inputs_embeds` (see the
     module's docstring). The loss is unchanged; vision and projector parameters get zero gradients."""
-    lm = language_model(model)
+    lm = language_model(model, family)
     if lm is None:
         raise ValueError("add_dummy_vision: the model has no language_model that takes inputs_embeds")
     fired = []
@@ -178,7 +167,7 @@ def add_dummy_vision(model, processor):
         if embeds is None:
             return None
         fired.append(True)
-        term = dummy_vision_term(model, processor, embeds.device)
+        term = dummy_vision_term(model, family, processor, embeds.device)
         return args, {**kwargs, "inputs_embeds": embeds + term.to(embeds.dtype)}
 
     handle = lm.register_forward_pre_hook(hook, with_kwargs=True)
@@ -191,11 +180,11 @@ def add_dummy_vision(model, processor):
                            "the vision tower did not run")
 
 
-def vision_dummy(accelerator, model, batch_inputs: dict, processor, always: bool = False) -> Any:
-    """`add_dummy_vision(model, processor)` when `needs_vision_dummy(...)`, else a no-op context: the one line the
-    training loop wraps each micro-batch's forward in."""
-    if needs_vision_dummy(model, batch_inputs, accelerator, always):
-        return add_dummy_vision(model, processor)
+def vision_dummy(accelerator, model, family: ModelFamily, batch_inputs: dict, processor, always: bool = False) -> Any:
+    """`add_dummy_vision(model, family, processor)` when `needs_vision_dummy(...)`, else a no-op context: the one line
+    the training loop wraps each micro-batch's forward in."""
+    if needs_vision_dummy(family, batch_inputs, accelerator, always):
+        return add_dummy_vision(model, family, processor)
     return contextlib.nullcontext()
 
 

@@ -34,19 +34,12 @@ from vlmtune.data.mix import Mixture
 from vlmtune.data.sample import Sample, message_text
 from vlmtune.eval import forgetting
 from vlmtune.models import ModelFamily, get_family, load_model
-from vlmtune.models.family import (
-    Loaded,
-    accepts_logits_to_keep,
-    describe_trainable,
-    forward_losses,
-    input_dtype,
-    logit_prefix_of,
-    trainable_summary,
-)
+from vlmtune.models.family import Loaded, describe_trainable, input_dtype, trainable_summary
+from vlmtune.models.labels import IGNORE_INDEX
+from vlmtune.models.loss import accepts_logits_to_keep, forward_losses, logit_prefix_of
 from vlmtune.train import checkpoint as ckpt
 from vlmtune.train import targets, vision_cache
 from vlmtune.train.checks import check_run
-from vlmtune.train.collate import IGNORE_INDEX
 from vlmtune.train.distributed import vision_dummy
 from vlmtune.train.preflight import check_samples
 from vlmtune.train.trainable import make_trainable, train_autocast
@@ -315,7 +308,7 @@ def fit(state: State) -> dict:
             # accumulate: no gradient sync before the last micro-batch (DDP/FSDP), no engine step (DeepSpeed)
             with acc.accumulate(model):
                 # under ZeRO-3/FSDP a rank with a text-only micro-batch still runs the vision side (x 0): no hang
-                with train_autocast(acc), vision_dummy(acc, model, batch.inputs, state.loaded.processor):
+                with train_autocast(acc), vision_dummy(acc, model, state.family, batch.inputs, state.loaded.processor):
                     sums, counts = forward_losses(model, state.family, batch.inputs, labels, keep_logits, prefix,
                                                   batch.segments)
                 if w is not None:  # per row: loss sum and tokens x the row's weight; a sample's weights sum to 1
@@ -420,7 +413,7 @@ def step_batches(state: State, step: int, rank: int, accum: int):
 def trained_tokens_of(state: State, sample: Sample) -> list[str]:
     """The tokens the loss is computed on for one sample, as strings (printed at start-up: the answer and the end
     token the model learns to stop at, nothing of the prompt)."""
-    from vlmtune.train.collate import trained_tokens
+    from vlmtune.models.labels import trained_tokens
 
     batch = encode_batch(state, [(0, sample)])
     tok, labels = state.loaded.processor.tokenizer, batch.inputs["labels"][0].tolist()

@@ -36,7 +36,7 @@ from typing import Literal
 
 from vlmtune.data.sample import Sample, assistant
 from vlmtune.eval.metrics.vqa import normalize_answer
-from vlmtune.train.collate import IGNORE_INDEX
+from vlmtune.models.labels import IGNORE_INDEX
 
 AnswerTargets = Literal["single", "sampled", "weighted"]
 

@@ -26,7 +26,7 @@ def make_trainable(cfg: RunCfg, family: ModelFamily, model):
         from peft import LoraConfig, get_peft_model
 
         targets = cfg.lora.targets or list(family.lora_targets)
-        projector = [] if "projector" in frozen else list(family.extra.get("projector_modules", ()))
+        projector = [] if "projector" in frozen else list(family.projector_modules)
         lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                           target_modules=targets[0] if len(targets) == 1 else targets,
                           modules_to_save=projector or None)
@@ -50,7 +50,7 @@ def align_dtypes(model, family: ModelFamily, dtype) -> None:
     (SmolVLM/Idefics3 cast the features to the model's first weight's dtype, then masked_scatter them into the
     embeddings): the input embeddings' and the projector's outputs are cast to the base dtype (`model.dtype`), as
     they are in a model loaded for inference. The float32 weights still get their gradients through the cast."""
-    names = tuple(family.extra.get("projector_modules", ()))
+    names = family.projector_modules
 
     def cast(module, args, output):
         return output.to(dtype) if hasattr(output, "is_floating_point") and output.is_floating_point() else output

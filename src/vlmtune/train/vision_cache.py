@@ -38,7 +38,7 @@ import os
 from pathlib import Path
 
 from vlmtune.models.family import base_model, input_dtype
-from vlmtune.train.collate import IGNORE_INDEX
+from vlmtune.models.labels import IGNORE_INDEX
 
 IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask")
 """Processor outputs only the vision side reads (dropped once the features are cached)."""
