@@ -61,16 +61,14 @@ dual encoder's /v1/retrieve; the server is the one place both meet, retrieval kn
 KNOWN_UPWARD = {
     # data reads runs back or runs models (issue 22: runs.py; autolabel and lint take a loaded model)
     "data.autolabel -> eval.runner",
-    "data.autolabel -> train.checkpoint",
+    "data.autolabel -> runs",
     "data.lint -> models",
-    "data.lint -> train.checkpoint",
-    "data.ocr -> train.checkpoint",
+    "data.lint -> runs",
+    "data.ocr -> runs",
     "data.translate -> models.builtin",
     # the drawn chart world is data (issue 22: chart data moves under data/)
     "data.standin -> chart.table",
     "data.synthetic -> chart.synth",
-    # reading a run back for inference (issue 22: runs.py)
-    "infer -> train.checkpoint",
     # label masking is part of a family's encode (issue 22: models/labels.py)
     "models.blip2 -> train.collate",
     "models.florence2 -> train.collate",

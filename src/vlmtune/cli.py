@@ -166,9 +166,12 @@ def _run_defaults(a) -> None:
     """Generation settings not given on the command line come from the run's own eval section (a run trained to
     write 100-token captions is not cut at 16 tokens by `vlmtune eval --model RUN`), else from the CLI defaults."""
     from vlmtune.config import EvalCfg
-    from vlmtune.train.checkpoint import run_config_of
+    from vlmtune.runs import run_config_of
+    from vlmtune.train.checks import check_run
 
     cfg = run_config_of(a.model)
+    if cfg is not None:
+        check_run(cfg)  # a run read back is refused as `vlmtune train` refuses its config
     e = cfg.eval if cfg is not None else None
     for key, fallback in (("max_new_tokens", EvalCfg.max_new_tokens), ("num_beams", 1)):
         if getattr(a, key) is None:
@@ -256,6 +259,7 @@ def cmd_predict(a) -> dict:
     from vlmtune.eval.runner import length_limited, predict, write_submission
 
     out = Path(a.out)
+    _run_defaults(a)  # the run read back and checked before its data is
     samples = _eval_samples(a, out.parent)
     rows = predict(_predictor(a, samples), a.data, samples, out, progress=True)
     result = {"out": str(out), "n": len(rows), **length_limited(rows)}

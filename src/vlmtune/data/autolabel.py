@@ -125,7 +125,7 @@ def autolabel(predictor, model: str | Path, src: str | Path, task: Task, out: st
     `model` (recorded in each sample); see the module docstring. Returns the summary the CLI prints."""
     from vlmtune.data.formats.base import copy_image
     from vlmtune.eval.runner import dist_info, predict, with_prompt
-    from vlmtune.train.checkpoint import resolve_model_dir
+    from vlmtune.runs import resolve_model_dir
 
     if task not in ("caption", "vqa"):
         raise ValueError(f"autolabel: unknown task {task!r}; choose caption or vqa")

@@ -72,7 +72,7 @@ def load_processor(model: str | Path):
     its config.json and processor files are downloaded, or read from the local hub cache; never its weights),
     without loading any weights."""
     from vlmtune.models import family_of, get_family
-    from vlmtune.train.checkpoint import resolve_model_dir
+    from vlmtune.runs import resolve_model_dir
 
     if _hub_id(model):
         try:

@@ -76,7 +76,7 @@ class OcrError(ValueError):
 def model_ocr_options(model: str | Path) -> OcrCfg | None:
     """The OCR settings a model was trained with, from the run_config.yaml of the run it belongs to (a run
     directory, its best/ or checkpoints/step-N/); None when it was trained without OCR or outside vlmtune."""
-    from vlmtune.train.checkpoint import run_config_of
+    from vlmtune.runs import run_config_of
 
     cfg = run_config_of(model)
     return cfg.data.ocr if cfg is not None else None
