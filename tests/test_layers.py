@@ -64,7 +64,6 @@ KNOWN_UPWARD = {
     "data.autolabel -> runs",
     "data.lint -> models",
     "data.lint -> runs",
-    "data.ocr -> runs",
     "data.translate -> models.builtin",
     # the drawn chart world is data (issue 22: chart data moves under data/)
     "data.standin -> chart.table",

@@ -150,7 +150,7 @@ def cmd_train(a, overrides: list[str]) -> dict:
 def _eval_samples(a, out_dir: Path):
     """The samples to evaluate; with --skip-bad, bad records are listed in OUT_DIR/rejected.jsonl."""
     from vlmtune.data.dataset import load_split
-    from vlmtune.data.ocr import model_ocr_options
+    from vlmtune.runs import model_ocr_options
 
     rejected = out_dir / "rejected.jsonl" if a.skip_bad else None
     if rejected:

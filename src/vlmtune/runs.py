@@ -27,9 +27,9 @@ import json
 import re
 from pathlib import Path
 
-from vlmtune.config import ModelCfg, QuantCfg, RunCfg, check_model_path
-from vlmtune.models import family_of, get_family
+from vlmtune.config import ModelCfg, OcrCfg, QuantCfg, RunCfg, check_model_path
 from vlmtune.models import device as policy
+from vlmtune.models import family_of, get_family
 from vlmtune.models.family import Loaded
 
 META = "vlmtune.json"
@@ -73,6 +73,13 @@ def run_config_of(model: str | Path) -> RunCfg | None:
         if (d / "run_config.yaml").is_file():
             return RunCfg.from_file(d / "run_config.yaml")
     return None
+
+
+def model_ocr_options(model: str | Path) -> OcrCfg | None:
+    """The OCR settings a model was trained with (`data.ocr`, see data/ocr.py), from the run_config.yaml of the run
+    it belongs to; None when it was trained without OCR or outside vlmtune."""
+    cfg = run_config_of(model)
+    return cfg.data.ocr if cfg is not None else None
 
 
 def base_fingerprint(model_dir: str | Path) -> str | None:

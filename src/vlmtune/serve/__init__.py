@@ -81,8 +81,8 @@ def build_app(model: str | Path, cfg: ServeCfg, background: bool = True, on_load
               index: str | Path | None = None):
     """The app of `vlmtune serve`; with `index` (a `vlmtune retrieve index` directory) chat answers carry its items.
     Wrong paths fail here, before the loading thread starts."""
-    from vlmtune.data.ocr import find_tesseract, model_ocr_options
-    from vlmtune.runs import resolve_model_dir, run_config_of
+    from vlmtune.data.ocr import find_tesseract
+    from vlmtune.runs import model_ocr_options, resolve_model_dir, run_config_of
     from vlmtune.serve.app import create_app
     from vlmtune.train.checks import check_run
 
