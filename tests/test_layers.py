@@ -62,8 +62,6 @@ KNOWN_UPWARD = {
     # data reads runs back or runs models (issue 22: runs.py; autolabel and lint take a loaded model)
     "data.autolabel -> eval.runner",
     "data.autolabel -> runs",
-    "data.lint -> models",
-    "data.lint -> runs",
     "data.translate -> models.builtin",
     # the drawn chart world is data (issue 22: chart data moves under data/)
     "data.standin -> chart.table",
@@ -107,7 +105,6 @@ KNOWN_LONG = {
     "config.py",
     "data/attributes.py",
     "data/formats/hf.py",
-    "data/lint.py",
     "data/translate.py",
     "eval/metrics/tokenize.py",
     "eval/runner.py",

@@ -53,7 +53,8 @@ def cmd_data_export(a) -> dict:
 
 
 def cmd_data_check(a) -> dict:
-    from vlmtune.data.lint import check_dataset, image_token_report, parse_size, summary, write_report
+    from vlmtune.data.lint import check_dataset, parse_size, summary, write_report
+    from vlmtune.runs import image_token_report, resolve_model
 
     if a.image_size and not a.model:
         raise ValueError("data check --image-size needs --model (a run, checkpoint or model directory, or a hub id)")
@@ -65,7 +66,7 @@ def cmd_data_check(a) -> dict:
             print(f"{report['family']}: one {size} image takes {n} tokens", file=sys.stderr)
         return report
     limit = {} if a.max_text_chars is None else {"max_text_chars": a.max_text_chars}
-    report = check_dataset(a.dir, a.model, a.max_length, **limit)
+    report = check_dataset(a.dir, *resolve_model(a.model), a.max_length, model_name=a.model, **limit)
     if a.image_size:
         report["image_tokens"] = image_token_report(a.model, [parse_size(s) for s in a.image_size])["image_tokens"]
     out = Path(a.out) if a.out else Path(a.dir) / "check_report.json"
@@ -106,8 +107,9 @@ def cmd_data_ocr(a) -> dict:
 
 def cmd_data_show_mask(a) -> dict:
     from vlmtune.data.lint import show_mask
+    from vlmtune.runs import resolve_model
 
-    shown = show_mask(a.dir, a.model, a.n, a.split)
+    shown = show_mask(a.dir, *resolve_model(a.model), a.n, a.split)
     for s in shown:
         print(f"== {s['id']} ({s['split']}): {s['tokens']} tokens, {s['trained_tokens']} trained ==\n{s['text']}\n")
     return {"samples": [{k: s[k] for k in ("id", "tokens", "trained_tokens", "trained_text")} for s in shown]}

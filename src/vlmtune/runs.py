@@ -1,7 +1,8 @@
 """Reading a run back for inference: which directory a `--model` names, the config its run trained with, and the
-model loaded from it on the device and in the dtype of the inference policy (models/device.py). Writing and
-resuming checkpoints is train/checkpoint.py; everything that only reads a run (eval, predict, serve, export, the
-chart pipeline, the data commands) reads it through here and never imports train.
+model loaded from it on the device and in the dtype of the inference policy (models/device.py), or only its family
+and processor (`load_processor`, a hub id too, for `vlmtune data check` and `show-mask`). Writing and resuming
+checkpoints is train/checkpoint.py; everything that only reads a run (eval, predict, serve, export, the chart
+pipeline, the data commands) reads it through here and never imports train.
 
     runs/<name>/
       run_config.yaml                      the resolved config: `run_config_of`
@@ -28,8 +29,8 @@ import re
 from pathlib import Path
 
 from vlmtune.config import ModelCfg, OcrCfg, QuantCfg, RunCfg, check_model_path
+from vlmtune.models import FAMILIES, family_of, get_family
 from vlmtune.models import device as policy
-from vlmtune.models import family_of, get_family
 from vlmtune.models.family import Loaded
 
 META = "vlmtune.json"
@@ -151,3 +152,89 @@ def load_for_inference(path: str | Path, quantized: bool = True, device=None, dt
     policy.place(loaded.model, device)
     loaded.model.eval()
     return loaded
+
+
+# ---------------------------------------------------------------- the processor alone (vlmtune data check)
+
+
+def load_processor(model: str | Path):
+    """(family, processor) of a run, checkpoint or model directory, or of a hub id (`llava-hf/llava-1.5-7b-hf`:
+    its config.json and processor files are downloaded, or read from the local hub cache; never its weights),
+    without loading any weights."""
+    if _hub_id(model):
+        try:
+            family = get_family(family_of(_hub_config_dir(str(model))))
+        except ValueError as e:  # a model type no family serves: say so of the id, not of its cache folder
+            raise ValueError(f"{model}: {str(e).split(': ', 1)[-1]}") from None
+        try:
+            return family, family.load_processor(str(model))
+        except OSError as e:  # no processor files on the hub, or (offline) not in the cache
+            raise FileNotFoundError(f"{model}: the hub model's processor cannot be loaded: {e}") from None
+    model_dir = resolve_model_dir(model)
+    family = get_family(family_of(model_dir))
+    return family, family.load_processor(model_dir)  # the family's way: Qwen's processor needs no torchvision
+
+
+def _hub_id(model: str | Path) -> bool:
+    """A `--model` that names no local path and has the form of a hub id (`org/name` or `name`)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if Path(model).exists() or Path(model).is_absolute():
+        return False
+    try:
+        validate_repo_id(str(model))
+    except HFValidationError:
+        return False
+    return True
+
+
+def _hub_config_dir(repo_id: str) -> Path:
+    """The folder holding `repo_id`'s config.json, fetched from the hub (or found in the local cache), with an error
+    that says what to do when it cannot be: the id is also a missing local path, so both are named."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    where = f"{repo_id}: no such local directory; as a Hugging Face hub id"
+    try:
+        return Path(hf_hub_download(repo_id, "config.json")).parent
+    except LocalEntryNotFoundError:
+        if constants.HF_HUB_OFFLINE:
+            raise FileNotFoundError(f"{where}, its files are not in the local cache and HF_HUB_OFFLINE=1 forbids "
+                                    "downloading them: unset HF_HUB_OFFLINE (only config and processor files are "
+                                    "fetched, no weights), or give a local model directory") from None
+        raise FileNotFoundError(f"{where}, it cannot be fetched (no connection to the hub?) and is not in the "
+                                "local cache") from None
+    except GatedRepoError:
+        raise FileNotFoundError(f"{where}, it is gated: accept its licence on huggingface.co and log in "
+                                "(`hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"{where}, no such model (or a private one: log in with `hf auth login`)") from None
+    except EntryNotFoundError:
+        raise FileNotFoundError(f"{where}, it has no config.json (not a transformers model)") from None
+    except HfHubHTTPError as e:
+        raise FileNotFoundError(f"{where}, the hub answered: {e}") from None
+
+
+def resolve_model(model: str | Path | None):
+    """`--model` of `vlmtune data check|show-mask` -> (family, processor): a family name -> (its family, None), for
+    what the family can take; a run, checkpoint or model directory or a hub id -> its family and processor (also
+    token lengths); None -> (None, None)."""
+    if model is None:
+        return None, None
+    if str(model) in FAMILIES and not Path(model).exists():
+        return FAMILIES[str(model)], None
+    return load_processor(model)
+
+
+def image_token_report(model: str | Path, sizes: list[tuple[int, int]]) -> dict:
+    """Image tokens per image of each size for `model`'s family and processor settings."""
+    family, processor = load_processor(model)
+    return {"model": str(model), "family": family.name,
+            "image_tokens": {f"{w}x{h}": family.image_tokens(processor, w, h) for w, h in sizes}}
