@@ -61,7 +61,6 @@ dual encoder's /v1/retrieve; the server is the one place both meet, retrieval kn
 KNOWN_UPWARD = {
     # data reads runs back or runs models (issue 22: runs.py; autolabel and lint take a loaded model)
     "data.autolabel -> eval.runner",
-    "data.autolabel -> runs",
     "data.translate -> models.builtin",
     # the drawn chart world is data (issue 22: chart data moves under data/)
     "data.standin -> chart.table",

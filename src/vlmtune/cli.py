@@ -124,9 +124,10 @@ def cmd_data_translate(a) -> dict:
 
 def cmd_data_autolabel(a) -> dict:
     from vlmtune.data.autolabel import autolabel
+    from vlmtune.runs import resolve_model_dir
 
     return autolabel(_predictor(a), a.model, a.src, a.task, out=a.out, prompt=a.prompt, questions=a.questions,
-                     progress=True)
+                     progress=True, model_dir=resolve_model_dir(a.model))
 
 
 def cmd_serve(a) -> dict | None:
