@@ -59,7 +59,8 @@ SIDEWAYS_ALLOWED = {("serve", "retrieval")}
 dual encoder's /v1/retrieve; the server is the one place both meet, retrieval knows nothing of serving."""
 
 KNOWN_UPWARD = {
-    # data reads runs back or runs models (issue 22: runs.py; autolabel and lint take a loaded model)
+    # autolabel generates with the eval runner's predict; translate trains its tokenizer with the built-in model's
+    # BPE helper (no move planned yet: docs/architecture.md, layer 1)
     "data.autolabel -> eval.runner",
     "data.translate -> models.builtin",
     # the drawn chart world is data (issue 22: chart data moves under data/)
