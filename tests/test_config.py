@@ -76,7 +76,8 @@ def test_the_registry_checks_run_where_a_run_is_built_for_use(tmp_path, capsys):
     """config.py imports nothing of vlmtune, so a metric outside its task passes RunCfg itself; `vlmtune train`
     refuses it before the run directory exists, and a run read back (eval, predict, serve) is refused the same way."""
     from vlmtune.cli import main
-    from vlmtune.train.checkpoint import run_config_of
+    from vlmtune.config import ServeCfg
+    from vlmtune.serve import build_app
 
     bad = {"name": "r", "out_dir": str(tmp_path / "runs"), "data": {"path": str(tmp_path / "d")},
            "eval": {"task": "caption", "metric": "vqa_accuracy"}}
@@ -88,5 +89,12 @@ def test_the_registry_checks_run_where_a_run_is_built_for_use(tmp_path, capsys):
     run = tmp_path / "runs" / "r"
     run.mkdir(parents=True)
     (run / "run_config.yaml").write_text(yaml.safe_dump(bad))
+    (run / "best").mkdir()
+    (run / "best" / "vlmtune.json").write_text("{}")  # a best checkpoint as far as finding it goes; never loaded
+    data = str(tmp_path / "d")
+    for argv in (["eval", "--model", str(run), "--data", data],
+                 ["predict", "--model", str(run / "best"), "--data", data, "--out", str(tmp_path / "p.jsonl")]):
+        assert main(argv) == 2
+        assert "eval: metric 'vqa_accuracy' is not one of task 'caption'" in capsys.readouterr().err, argv
     with pytest.raises(ValueError, match=r"eval: metric 'vqa_accuracy' is not one of task 'caption'"):
-        run_config_of(run / "best")
+        build_app(run, ServeCfg(), background=False)

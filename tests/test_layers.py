@@ -59,15 +59,10 @@ SIDEWAYS_ALLOWED = {("serve", "retrieval")}
 dual encoder's /v1/retrieve; the server is the one place both meet, retrieval knows nothing of serving."""
 
 KNOWN_UPWARD = {
-    # data reads runs back or runs models (issue 22: runs.py; autolabel and lint take a loaded model)
+    # autolabel generates with the eval runner's predict; translate trains its tokenizer with the built-in model's
+    # BPE helper (no move planned yet: docs/architecture.md, layer 1)
     "data.autolabel -> eval.runner",
-    "data.autolabel -> train.checkpoint",
-    "data.lint -> models",
-    "data.lint -> train.checkpoint",
-    "data.ocr -> train.checkpoint",
     "data.translate -> models.builtin",
-    # reading a run back for inference (issue 22: runs.py)
-    "infer -> train.checkpoint",
 }
 """`importer -> imported` (module names without the `vlmtune.` prefix)."""
 
@@ -91,7 +86,6 @@ KNOWN_LONG = {
     "config.py",
     "data/attributes.py",
     "data/formats/hf.py",
-    "data/lint.py",
     "data/translate.py",
     "eval/metrics/tokenize.py",
     "serve/app.py",

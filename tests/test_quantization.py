@@ -87,7 +87,7 @@ def test_qlora_trains_evaluates_and_exports(tmp_path, fashion_dir, saved_builtin
     from vlmtune.data.store import read_samples
     from vlmtune.export import export
     from vlmtune.infer import Predictor
-    from vlmtune.train.checkpoint import load_for_inference
+    from vlmtune.runs import load_for_inference
 
     cfg = _qlora_run(tmp_path, fashion_dir, saved_builtin, bits)
     losses = [r["loss"] for r in map(json.loads, (cfg.run_dir / "metrics.jsonl").read_text().splitlines())

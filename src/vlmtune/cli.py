@@ -53,7 +53,8 @@ def cmd_data_export(a) -> dict:
 
 
 def cmd_data_check(a) -> dict:
-    from vlmtune.data.lint import check_dataset, image_token_report, parse_size, summary, write_report
+    from vlmtune.data.lint import check_dataset, parse_size, summary, write_report
+    from vlmtune.runs import image_token_report, resolve_model
 
     if a.image_size and not a.model:
         raise ValueError("data check --image-size needs --model (a run, checkpoint or model directory, or a hub id)")
@@ -65,7 +66,7 @@ def cmd_data_check(a) -> dict:
             print(f"{report['family']}: one {size} image takes {n} tokens", file=sys.stderr)
         return report
     limit = {} if a.max_text_chars is None else {"max_text_chars": a.max_text_chars}
-    report = check_dataset(a.dir, a.model, a.max_length, **limit)
+    report = check_dataset(a.dir, *resolve_model(a.model), a.max_length, model_name=a.model, **limit)
     if a.image_size:
         report["image_tokens"] = image_token_report(a.model, [parse_size(s) for s in a.image_size])["image_tokens"]
     out = Path(a.out) if a.out else Path(a.dir) / "check_report.json"
@@ -106,8 +107,9 @@ def cmd_data_ocr(a) -> dict:
 
 def cmd_data_show_mask(a) -> dict:
     from vlmtune.data.lint import show_mask
+    from vlmtune.runs import resolve_model
 
-    shown = show_mask(a.dir, a.model, a.n, a.split)
+    shown = show_mask(a.dir, *resolve_model(a.model), a.n, a.split)
     for s in shown:
         print(f"== {s['id']} ({s['split']}): {s['tokens']} tokens, {s['trained_tokens']} trained ==\n{s['text']}\n")
     return {"samples": [{k: s[k] for k in ("id", "tokens", "trained_tokens", "trained_text")} for s in shown]}
@@ -122,9 +124,10 @@ def cmd_data_translate(a) -> dict:
 
 def cmd_data_autolabel(a) -> dict:
     from vlmtune.data.autolabel import autolabel
+    from vlmtune.runs import resolve_model_dir
 
     return autolabel(_predictor(a), a.model, a.src, a.task, out=a.out, prompt=a.prompt, questions=a.questions,
-                     progress=True)
+                     progress=True, model_dir=resolve_model_dir(a.model))
 
 
 def cmd_serve(a) -> dict | None:
@@ -150,7 +153,7 @@ def cmd_train(a, overrides: list[str]) -> dict:
 def _eval_samples(a, out_dir: Path):
     """The samples to evaluate; with --skip-bad, bad records are listed in OUT_DIR/rejected.jsonl."""
     from vlmtune.data.dataset import load_split
-    from vlmtune.data.ocr import model_ocr_options
+    from vlmtune.runs import model_ocr_options
 
     rejected = out_dir / "rejected.jsonl" if a.skip_bad else None
     if rejected:
@@ -166,9 +169,12 @@ def _run_defaults(a) -> None:
     """Generation settings not given on the command line come from the run's own eval section (a run trained to
     write 100-token captions is not cut at 16 tokens by `vlmtune eval --model RUN`), else from the CLI defaults."""
     from vlmtune.config import EvalCfg
-    from vlmtune.train.checkpoint import run_config_of
+    from vlmtune.runs import run_config_of
+    from vlmtune.train.checks import check_run
 
     cfg = run_config_of(a.model)
+    if cfg is not None:
+        check_run(cfg)  # a run read back is refused as `vlmtune train` refuses its config
     e = cfg.eval if cfg is not None else None
     for key, fallback in (("max_new_tokens", EvalCfg.max_new_tokens), ("num_beams", 1)):
         if getattr(a, key) is None:
@@ -256,6 +262,7 @@ def cmd_predict(a) -> dict:
     from vlmtune.eval.runner import length_limited, predict, write_submission
 
     out = Path(a.out)
+    _run_defaults(a)  # the run read back and checked before its data is
     samples = _eval_samples(a, out.parent)
     rows = predict(_predictor(a, samples), a.data, samples, out, progress=True)
     result = {"out": str(out), "n": len(rows), **length_limited(rows)}

@@ -106,7 +106,7 @@ def run(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) -> di
     from vlmtune.eval.runner import evaluate
     from vlmtune.eval.tasks import get_task
     from vlmtune.infer import Predictor
-    from vlmtune.train.checkpoint import checkpoints
+    from vlmtune.runs import checkpoints
     from vlmtune.train.loop import train
 
     s = QUICK if quick else FULL

@@ -22,7 +22,7 @@ REQUIRED_FILES = ("config.json", "generation_config.json")
 
 def export(model: str | Path, out: str | Path, merge: bool = False) -> dict:
     """Write the model at `model` (run, checkpoint or model directory) to `out` as a standalone HF directory."""
-    from vlmtune.train.checkpoint import META, load_for_inference, resolve_model_dir
+    from vlmtune.runs import META, load_for_inference, resolve_model_dir
 
     out = Path(out)
     if out.exists():

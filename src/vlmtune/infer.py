@@ -16,6 +16,7 @@ from typing import Any
 
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models.family import Loaded, ModelFamily, autocast_for, input_dtype
+from vlmtune.runs import load_for_inference, resolve_model_dir
 
 
 def prompt_length(family, batch) -> int:
@@ -125,8 +126,6 @@ def checkpoint_identity(path: str | Path) -> str:
     of each file in it. Only the model's own files: not its folders (`vlmtune eval --model CKPT` writes into
     CKPT/eval/), nor an evaluation's output written beside them. A checkpoint retrained or replaced in place differs;
     so does a copy elsewhere (another path), which costs a recomputed evaluation, never a stale one."""
-    from vlmtune.train.checkpoint import resolve_model_dir
-
     d = resolve_model_dir(path).resolve()
     files = sorted((f.name, st.st_size, st.st_mtime_ns) for f in d.iterdir()
                    if f.is_file() and not _evaluation_output(f.name) for st in [f.stat()])
@@ -173,7 +172,6 @@ class Predictor:
         """The Predictor of a run, checkpoint or model directory, on `device` (`--device`: auto picks the GPU when
         there is one) in `dtype` (`--dtype`; default: the dtype the run trained in); see `vlmtune.models.device`."""
         from vlmtune.models import get_family
-        from vlmtune.train.checkpoint import load_for_inference
 
         loaded = load_for_inference(path, device=device, dtype=dtype)
         return cls(loaded=loaded, family=get_family(loaded.family), identity=checkpoint_identity(path), **kwargs)

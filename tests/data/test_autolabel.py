@@ -211,3 +211,21 @@ def test_a_dataset_lacking_targets_is_labelled_and_its_labelled_samples_kept(pho
         autolabel(FakePredictor(), fake_model, root, "vqa", out=tmp_path / "o4", prompt="Answer briefly.")
     with pytest.raises(ValueError, match="nothing to label"):
         autolabel(FakePredictor(), fake_model, tmp_path / "out", "vqa", out=tmp_path / "o3")
+
+
+def test_a_run_is_recorded_with_the_model_directory_it_names(photos, fake_model, tmp_path):
+    """data/ sits below runs.py, so the caller resolves a run to its model directory (the CLI passes
+    `runs.resolve_model_dir(--model)`); a directory holding no model is refused, not recorded with the hash of no
+    config files."""
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "run_config.yaml").write_text("name: r\n")
+    with pytest.raises(ValueError, match=r"runs/r is not a model directory .*resolve_model_dir"):
+        autolabel(FakePredictor(), run, photos, "caption", out=tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+    autolabel(FakePredictor(), run, photos, "caption", out=tmp_path / "labels", model_dir=fake_model)
+    s = read_samples(tmp_path / "labels")[0][0]
+    assert s.source == "autolabel:r" and s.meta["autolabel"]["model"] == str(run)
+    assert s.meta["autolabel"]["model_dir"] == str(fake_model.resolve())
+    assert s.meta["autolabel"]["config_hash"] == config_hash(fake_model)

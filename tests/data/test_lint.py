@@ -130,11 +130,12 @@ def test_every_fault_is_found_and_named(faulty):
 
 def test_model_token_lengths_and_family_limits(faulty, tmp_path):
     from vlmtune.data.lint import check_dataset
+    from vlmtune.runs import load_processor
 
     tiny = FAMILIES["llava"].tiny()
     tiny.model.save_pretrained(tmp_path / "m")
     tiny.processor.save_pretrained(tmp_path / "m")
-    r = check_dataset(faulty, tmp_path / "m", max_length=60, max_pixels=100_000, progress=False)
+    r = check_dataset(faulty, *load_processor(tmp_path / "m"), max_length=60, max_pixels=100_000, progress=False)
     t = r["tokens"]
     assert t["family"] == "llava" and t["max_length"] == 60
     # every sample whose images load (llava takes two images), but the two whose literal <image> text would break
@@ -147,7 +148,7 @@ def test_model_token_lengths_and_family_limits(faulty, tmp_path):
     assert "long" in long and long["long"] > 60 and t["max"] == max(long.values())
     assert _errors(r, "too_long") >= {(20, "long")}
     # a family name checks what the family can take, without a processor
-    r = check_dataset(faulty, "pix2struct", max_pixels=100_000, progress=False)
+    r = check_dataset(faulty, FAMILIES["pix2struct"], max_pixels=100_000, progress=False)
     assert _errors(r, "family") == {(19, "two-images")} and "tokens" not in r
 
 

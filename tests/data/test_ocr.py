@@ -22,6 +22,7 @@ from vlmtune.data import ocr
 from vlmtune.data.ocr import OcrUnavailable, enrich_samples, with_ocr_text
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.data.store import BadRecord
+from vlmtune.runs import model_ocr_options
 
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"  # Debian's fonts-dejavu-core (installed by `make ocr`)
 LANGS = "rus+por+eng"
@@ -334,8 +335,8 @@ def test_end_to_end_train_eval_predict_serve_and_data_ocr_command_see_the_ocr_te
     assert len(list((root / ocr.CACHE_DIR).glob("*.json"))) == 3  # training read every image once
 
     # what the model is trained on: the family's encoding (with the run's processor) of the loaded training samples
-    assert ocr.model_ocr_options(run / "best") == ocr.model_ocr_options(run) == OcrCfg(langs=LANGS)
-    train = load_split(root, "train", False, ocr=ocr.model_ocr_options(run))
+    assert model_ocr_options(run / "best") == model_ocr_options(run) == OcrCfg(langs=LANGS)
+    train = load_split(root, "train", False, ocr=model_ocr_options(run))
     processor = AutoProcessor.from_pretrained(run / "best")
     batch = get_family("llava").encode(processor, train, [[load_image(root / s.images[0])] for s in train], "train",
                                        256)

@@ -56,7 +56,7 @@ def _saved(tmp_path, dtype: torch.dtype, meta: dict | None):
 @pytest.mark.parametrize("meta", [{"family": "llava", "adapter": False, "dtype": "bfloat16"}, None],
                          ids=["run-dtype", "config-dtype"])
 def test_a_bf16_checkpoint_reloads_in_bf16_unless_told_otherwise(tmp_path, meta):
-    from vlmtune.train.checkpoint import load_for_inference
+    from vlmtune.runs import load_for_inference
 
     path = _saved(tmp_path, torch.bfloat16, meta)
     assert {p.dtype for p in load_for_inference(path).model.parameters()} == {torch.bfloat16}

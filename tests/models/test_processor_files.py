@@ -53,7 +53,7 @@ def test_a_saved_qwen_processor_names_its_upstream_class_and_loads_without_vlmtu
 
 @pytest.mark.parametrize("name", ["qwen2_vl", "smolvlm"])
 def test_data_check_with_a_qwen_or_smolvlm_model_loads_its_processor(name, tmp_path, fashion_dir):
-    from vlmtune.data.lint import load_processor
+    from vlmtune.runs import load_processor
 
     tiny = FAMILIES[name].tiny()
     tiny.model.save_pretrained(tmp_path)

@@ -129,7 +129,7 @@ def test_lora_step_then_export_reloads_without_vlmtune(real_model_dir, tmp_path,
     from vlmtune.data.store import read_samples
     from vlmtune.export import export
     from vlmtune.models.family import input_dtype
-    from vlmtune.train.checkpoint import load_for_inference
+    from vlmtune.runs import load_for_inference
 
     name, base = real_model_dir
     family = FAMILIES[name]

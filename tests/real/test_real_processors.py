@@ -104,7 +104,7 @@ def test_multi_turn_and_two_images_where_the_family_takes_them(real):
 
 @pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
 def test_image_tokens_per_real_size_are_what_the_family_says(real, size):
-    from vlmtune.data.lint import image_token_report
+    from vlmtune.runs import image_token_report
 
     family, processor, path = real
     image_id = _image_token_id(path, processor)

@@ -50,7 +50,7 @@ def test_without_skip_bad_the_run_stops_before_training_naming_the_samples(tmp_p
 
 
 def test_with_skip_bad_they_are_listed_and_a_resumed_run_continues(tmp_path, data):
-    from vlmtune.train.checkpoint import checkpoints
+    from vlmtune.runs import checkpoints
     from vlmtune.train.loop import train
 
     cfg = _cfg(tmp_path, data, skip=True)

@@ -120,12 +120,14 @@ def _check_state(state: Path, params: dict, write: bool) -> None:
 
 
 def autolabel(predictor, model: str | Path, src: str | Path, task: Task, out: str | Path | None = None,
-              prompt: str | None = None, questions: str | Path | None = None, progress: bool = False) -> dict:
+              prompt: str | None = None, questions: str | Path | None = None, progress: bool = False,
+              model_dir: str | Path | None = None) -> dict:
     """Label the images of `src` (a folder, or a dataset whose samples lack targets) with `predictor`, made from
-    `model` (recorded in each sample); see the module docstring. Returns the summary the CLI prints."""
+    `model` (recorded in each sample); see the module docstring. Returns the summary the CLI prints. `model_dir`:
+    the model directory `model` names (`vlmtune.runs.resolve_model_dir`: a run's best checkpoint), recorded with the
+    hash of its config files; default `model` itself, which must then be a model directory."""
     from vlmtune.data.formats.base import copy_image
     from vlmtune.eval.runner import dist_info, predict, with_prompt
-    from vlmtune.train.checkpoint import resolve_model_dir
 
     if task not in ("caption", "vqa"):
         raise ValueError(f"autolabel: unknown task {task!r}; choose caption or vqa")
@@ -152,7 +154,10 @@ def autolabel(predictor, model: str | Path, src: str | Path, task: Task, out: st
     if template and "{question}" not in template:
         raise ValueError(f"autolabel --prompt {template!r}: here it is a template and must contain {{question}}")
 
-    model_dir = resolve_model_dir(model)
+    model_dir = Path(model_dir if model_dir is not None else model)
+    if not any((model_dir / name).is_file() for name in ("config.json", "adapter_config.json")):
+        raise ValueError(f"autolabel: {model_dir} is not a model directory (no config.json or adapter_config.json); "
+                         "for a run, pass model_dir=vlmtune.runs.resolve_model_dir(model)")
     generation = {"max_new_tokens": predictor.max_new_tokens, "greedy": predictor.num_beams == 1,
                   "num_beams": predictor.num_beams}
     record = {"model": str(model), "model_dir": str(model_dir.resolve()), "config_hash": config_hash(model_dir),

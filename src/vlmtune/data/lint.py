@@ -26,8 +26,8 @@ statistics
   samples per split and task, answer distribution (overall and per question type), image sizes, and with a model
   the token length of every sample (histogram, percentiles, the samples that do not fit).
 
-The report is JSON (written to `DIR/check_report.json` or `--out`); `image_token_report` answers how many positions
-one image of a given size takes in a model's family, to budget `max_length`.
+The report is JSON (written to `DIR/check_report.json` or `--out`); `vlmtune.runs.image_token_report` answers how many
+positions one image of a given size takes in a model's family, to budget `max_length`.
 """
 
 from __future__ import annotations
@@ -67,85 +67,6 @@ MAX_TEXT_CHARS = DataCfg.max_text_chars
 here."""
 
 
-def load_processor(model: str | Path):
-    """(family, processor) of a run, checkpoint or model directory, or of a hub id (`llava-hf/llava-1.5-7b-hf`:
-    its config.json and processor files are downloaded, or read from the local hub cache; never its weights),
-    without loading any weights."""
-    from vlmtune.models import family_of, get_family
-    from vlmtune.train.checkpoint import resolve_model_dir
-
-    if _hub_id(model):
-        try:
-            family = get_family(family_of(_hub_config_dir(str(model))))
-        except ValueError as e:  # a model type no family serves: say so of the id, not of its cache folder
-            raise ValueError(f"{model}: {str(e).split(': ', 1)[-1]}") from None
-        try:
-            return family, family.load_processor(str(model))
-        except OSError as e:  # no processor files on the hub, or (offline) not in the cache
-            raise FileNotFoundError(f"{model}: the hub model's processor cannot be loaded: {e}") from None
-    model_dir = resolve_model_dir(model)
-    family = get_family(family_of(model_dir))
-    return family, family.load_processor(model_dir)  # the family's way: Qwen's processor needs no torchvision
-
-
-def _hub_id(model: str | Path) -> bool:
-    """A `--model` that names no local path and has the form of a hub id (`org/name` or `name`)."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if Path(model).exists() or Path(model).is_absolute():
-        return False
-    try:
-        validate_repo_id(str(model))
-    except HFValidationError:
-        return False
-    return True
-
-
-def _hub_config_dir(repo_id: str) -> Path:
-    """The folder holding `repo_id`'s config.json, fetched from the hub (or found in the local cache), with an error
-    that says what to do when it cannot be: the id is also a missing local path, so both are named."""
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
-    where = f"{repo_id}: no such local directory; as a Hugging Face hub id"
-    try:
-        return Path(hf_hub_download(repo_id, "config.json")).parent
-    except LocalEntryNotFoundError:
-        if constants.HF_HUB_OFFLINE:
-            raise FileNotFoundError(f"{where}, its files are not in the local cache and HF_HUB_OFFLINE=1 forbids "
-                                    "downloading them: unset HF_HUB_OFFLINE (only config and processor files are "
-                                    "fetched, no weights), or give a local model directory") from None
-        raise FileNotFoundError(f"{where}, it cannot be fetched (no connection to the hub?) and is not in the "
-                                "local cache") from None
-    except GatedRepoError:
-        raise FileNotFoundError(f"{where}, it is gated: accept its licence on huggingface.co and log in "
-                                "(`hf auth login`)") from None
-    except RepositoryNotFoundError:
-        raise FileNotFoundError(f"{where}, no such model (or a private one: log in with `hf auth login`)") from None
-    except EntryNotFoundError:
-        raise FileNotFoundError(f"{where}, it has no config.json (not a transformers model)") from None
-    except HfHubHTTPError as e:
-        raise FileNotFoundError(f"{where}, the hub answered: {e}") from None
-
-
-def resolve_model(model: str | Path | None):
-    """`--model`: a family name (checks what the family can take) or a model directory (also token lengths)."""
-    from vlmtune.models import FAMILIES
-
-    if model is None:
-        return None, None
-    if str(model) in FAMILIES and not Path(model).exists():
-        return FAMILIES[str(model)], None
-    return load_processor(model)
-
-
 def parse_size(text: str) -> tuple[int, int]:
     """"640x480" -> (640, 480)."""
     try:
@@ -155,13 +76,6 @@ def parse_size(text: str) -> tuple[int, int]:
     if w <= 0 or h <= 0:
         raise ValueError(f"image size {text!r}: width and height must be positive")
     return w, h
-
-
-def image_token_report(model: str | Path, sizes: list[tuple[int, int]]) -> dict:
-    """Image tokens per image of each size for `model`'s family and processor settings."""
-    family, processor = load_processor(model)
-    return {"model": str(model), "family": family.name,
-            "image_tokens": {f"{w}x{h}": family.image_tokens(processor, w, h) for w, h in sizes}}
 
 
 class Report:
@@ -294,16 +208,17 @@ def _percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def check_dataset(root: str | Path, model: str | Path | None = None, max_length: int | None = None,
+def check_dataset(root: str | Path, family=None, processor=None, max_length: int | None = None,
                   max_pixels: int = MAX_IMAGE_PIXELS, progress: bool = True,
-                  max_text_chars: int = MAX_TEXT_CHARS) -> dict:
-    """Check the dataset at `root` (see the module docstring); returns the report (`report["ok"]`: no errors)."""
+                  max_text_chars: int = MAX_TEXT_CHARS, model_name: str | None = None) -> dict:
+    """Check the dataset at `root` (see the module docstring); returns the report (`report["ok"]`: no errors).
+    With a model family (a ModelFamily), also what the family can take; with its processor too, the token lengths,
+    reported under `model_name`. `vlmtune.runs.resolve_model` gives both for a `--model` (data sits below models)."""
     from tqdm import tqdm
 
     root = Path(root)
     if max_text_chars < 1:
         raise ValueError(f"max_text_chars must be at least 1, got {max_text_chars}")
-    family, processor = resolve_model(model)
     placeholders = placeholder_pattern(processor)
     report = Report()
     ids: dict[str, int] = {}
@@ -400,7 +315,7 @@ def check_dataset(root: str | Path, model: str | Path | None = None, max_length:
     }
     if lengths:
         ordered = sorted(lengths)
-        stats["tokens"] = {"model": str(model), "family": family.name, "max_length": max_length,
+        stats["tokens"] = {"model": str(model_name), "family": family.name, "max_length": max_length,
                            "min": ordered[0], "p50": _percentile(ordered, 0.5), "p95": _percentile(ordered, 0.95),
                            "max": ordered[-1], "histogram": _histogram(lengths), "too_long": too_long[:MAX_LISTED],
                            "n_too_long": len(too_long)}
@@ -420,18 +335,15 @@ def _runs(ids: list[int], marks: list[str]):
     return runs
 
 
-def show_mask(root: str | Path, model: str | Path, n: int = 3, split: str | None = None) -> list[dict]:
-    """The first `n` samples as the model will be trained on them: the encoded text with the trained tokens in
-    [[double brackets]] and each image's tokens shown as <image xN>. `model` is a model directory, or a family name
-    (its tiny test processor, which has the family's chat template but a toy vocabulary)."""
+def show_mask(root: str | Path, family, processor=None, n: int = 3, split: str | None = None) -> list[dict]:
+    """The first `n` samples as a model of `family` with `processor` will be trained on them: the encoded text with
+    the trained tokens in [[double brackets]] and each image's tokens shown as <image xN>. `processor` None: the
+    family's tiny test processor, which has the family's chat template but a toy vocabulary (`--model` a family name;
+    `vlmtune.runs.resolve_model` gives both)."""
     from vlmtune.data.store import read_samples
-    from vlmtune.models import FAMILIES
 
-    if str(model) in FAMILIES and not Path(model).exists():
-        family = FAMILIES[str(model)]
+    if processor is None:
         processor = family.tiny().processor
-    else:
-        family, processor = load_processor(model)
     tok = getattr(processor, "tokenizer", processor)
     image_ids = set(getattr(processor, "image_token_ids", None) or [getattr(processor, "image_token_id", None)])
     samples = read_samples(root, split)[0][:n]
@@ -489,5 +401,5 @@ def summary(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MANIFEST", "check_dataset", "image_token_report", "manifest_lines", "parse_size", "placeholder_pattern",
+__all__ = ["MANIFEST", "check_dataset", "manifest_lines", "parse_size", "placeholder_pattern",
            "record_issues", "show_mask", "summary", "write_report"]

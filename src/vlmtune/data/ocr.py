@@ -18,11 +18,11 @@ Order of `langs` matters: tesseract treats the first language as the main one. O
 "eng+rus+por" the lower-case Portuguese "promoção" came out as Cyrillic look-alikes ("рготосао"); with "por+eng+rus"
 (and "rus+por+eng") it was read correctly. Check a few images with `vlmtune data ocr` before training.
 
-Where it applies: `dataset.load_split(..., ocr=...)`, the one loading path of training (train split, every
-source, val) and of `vlmtune eval/predict --model RUN`, which take the setting from the run's run_config.yaml, so
-the model is evaluated on the prompts it was trained on; `vlmtune serve --model RUN` reads the uploaded images the
-same way (`read_images_text`, no disk cache). Forgetting probes are not enriched: they measure the general ability
-on its own prompts, for the base model and every checkpoint alike.
+Where it applies: `dataset.load_split(..., ocr=...)`, the one loading path of training (train split, every source,
+val) and of `vlmtune eval/predict --model RUN`, which take the setting from the run's run_config.yaml
+(`runs.model_ocr_options`), so the model is evaluated on the prompts it was trained on; `vlmtune serve --model RUN`
+reads the uploaded images the same way (`read_images_text`, no disk cache). Forgetting probes are not enriched: they
+measure the general ability on its own prompts, for the base model and every checkpoint alike.
 
 How: each image is decoded by vlmtune (limits, EXIF orientation, any format Pillow reads), given to the `tesseract`
 binary as PNG on stdin, and read back as TSV (one row per word, with its confidence). The words are cached in
@@ -71,15 +71,6 @@ class OcrUnavailable(FileNotFoundError):
 
 class OcrError(ValueError):
     """One image could not be read (corrupt file, tesseract failed or timed out): a bad record."""
-
-
-def model_ocr_options(model: str | Path) -> OcrCfg | None:
-    """The OCR settings a model was trained with, from the run_config.yaml of the run it belongs to (a run
-    directory, its best/ or checkpoints/step-N/); None when it was trained without OCR or outside vlmtune."""
-    from vlmtune.train.checkpoint import run_config_of
-
-    cfg = run_config_of(model)
-    return cfg.data.ocr if cfg is not None else None
 
 
 # ---------------------------------------------------------------- tesseract

@@ -20,7 +20,7 @@ SCAN_SAMPLES = 10_000
 def run_datasets(model: str | Path) -> list[Path]:
     """The datasets a run trained on (`data.path` or its synth directory, then `data.sources`) that are here."""
     from vlmtune.data.store import MANIFEST
-    from vlmtune.train.checkpoint import run_config_of
+    from vlmtune.runs import run_config_of
 
     cfg = run_config_of(model)
     if cfg is None:
@@ -81,12 +81,16 @@ def build_app(model: str | Path, cfg: ServeCfg, background: bool = True, on_load
               index: str | Path | None = None):
     """The app of `vlmtune serve`; with `index` (a `vlmtune retrieve index` directory) chat answers carry its items.
     Wrong paths fail here, before the loading thread starts."""
-    from vlmtune.data.ocr import find_tesseract, model_ocr_options
+    from vlmtune.data.ocr import find_tesseract
+    from vlmtune.runs import model_ocr_options, resolve_model_dir, run_config_of
     from vlmtune.serve.app import create_app
-    from vlmtune.train.checkpoint import resolve_model_dir
+    from vlmtune.train.checks import check_run
 
     name = cfg.model_name or Path(model).resolve().name
     resolve_model_dir(model)  # a wrong path fails now, not in the loading thread
+    run = run_config_of(model)
+    if run is not None:
+        check_run(run)  # a run read back is refused as `vlmtune train` refuses its config
     ocr = model_ocr_options(model)  # trained with data.ocr into the prompt: requests get the same prompt
     ocr = ocr if ocr is not None and ocr.into == "prompt" else None
     if ocr is not None:

@@ -1,12 +1,8 @@
-"""Checkpoints: atomic save, resume, best-by-metric, and loading any saved model back for inference.
+"""Checkpoints of training: atomic save, resume, best-by-metric. Reading a run back (which checkpoint a run
+directory means, its config, loading it for inference) is vlmtune/runs.py, whose docstring shows the layout on disk.
 
-    runs/<name>/checkpoints/step-N/
-      config.json + model.safetensors      (full fine-tune)   or   adapter_config.json + adapter_model.safetensors
-      tokenizer / processor files          (everything AutoProcessor needs)
-      vlmtune.json                          family, whether it is an adapter, its base model, step, metrics
-      trainer/ trainable.safetensors optimizer.pt scheduler.pt rng.pt state.json   (only in resumable checkpoints)
-    runs/<name>/best/                       the checkpoint with the best validation metric (model files only)
-    runs/<name>/base/                       the base weights an adapter needs when the base was built, not downloaded
+    runs/<name>/checkpoints/step-N/trainer/   trainable.safetensors optimizer.pt scheduler.pt rng.pt state.json
+                                             (only in resumable checkpoints; best/ and base/ hold model files only)
 
 A checkpoint is written into a temporary directory and renamed into place, so a run killed mid-save leaves
 the previous checkpoint intact. `torch.load` is only used with `weights_only=True`.
@@ -14,17 +10,13 @@ the previous checkpoint intact. `torch.load` is only used with `weights_only=Tru
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
-import re
 import shutil
 from pathlib import Path
 
-from vlmtune.train.checks import check_run
+from vlmtune.runs import META, TRAINER, base_fingerprint, checkpoints
 
-META = "vlmtune.json"
-TRAINER = "trainer"
 SHARDED = "sharded"
 """Under FSDP / ZeRO-3: `accelerator.save_state` of every process (model and optimizer shards), in trainer/."""
 
@@ -105,15 +97,6 @@ def save_best(run_dir: Path, source: Path) -> Path:
     return final
 
 
-def checkpoints(run_dir: Path) -> list[Path]:
-    """Complete step-N checkpoints, oldest first."""
-    root = Path(run_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := re.fullmatch(r"step-(\d+)", p.name))]
-    return [p for _, p in sorted(found) if (p / TRAINER / "state.json").is_file()]
-
-
 def prune(run_dir: Path, keep: int) -> None:
     for p in checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(p)
@@ -184,60 +167,6 @@ def _as_tuple(x):
     return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """A run directory -> its best checkpoint (else its latest); a checkpoint or HF model directory -> itself."""
-    from vlmtune.config import check_model_path
-
-    check_model_path(path)  # a missing local run is named as such
-    path = Path(path)
-    if (path / "run_config.yaml").is_file() and not (path / "config.json").exists():
-        if (path / "best" / META).is_file():
-            return path / "best"
-        done = checkpoints(path)
-        if done:
-            return done[-1]
-        raise FileNotFoundError(f"{path}: a run directory with no checkpoint yet")
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such model directory (expected a run, checkpoint or HF model directory)")
-    return path
-
-
-def run_config_of(model: str | Path):
-    """The RunCfg of the run a model belongs to (a run directory, its best/ or checkpoints/step-N/), read from its
-    run_config.yaml; None for a model trained outside vlmtune or exported."""
-    path = Path(model)
-    for d in (path, path.parent, path.parent.parent):
-        if (d / "run_config.yaml").is_file():
-            from vlmtune.config import RunCfg
-
-            return check_run(RunCfg.from_file(d / "run_config.yaml"))
-    return None
-
-
-RUN_BASE = "@run/base"
-"""meta["base"] of an adapter whose base model was built (not downloaded) and saved in the run's base/ directory."""
-
-
-def base_fingerprint(model_dir: str | Path) -> str | None:
-    """A cheap identity of a local model directory's weights: its config.json (less its path) and, per safetensors
-    file, the name, size and sha256 of the first MiB after the header. None for a hub id or a directory without
-    safetensors. Two checkpoints of one architecture differ in it; a copy of the same one does not."""
-    d = Path(model_dir)
-    files = sorted(d.glob("*.safetensors"))
-    if not (d / "config.json").is_file() or not files:
-        return None
-    h = hashlib.sha256()
-    config = json.loads((d / "config.json").read_text())
-    config.pop("_name_or_path", None)
-    h.update(json.dumps(config, sort_keys=True).encode())
-    for f in files:
-        with f.open("rb") as fh:
-            header = int.from_bytes(fh.read(8), "little")
-            fh.seek(8 + header)
-            h.update(f"{f.name}:{f.stat().st_size}:".encode() + hashlib.sha256(fh.read(1 << 20)).digest())
-    return h.hexdigest()
-
-
 def base_record(model_cfg) -> dict:
     """What an adapter must know of its base to be applied to the same one later, from another directory or
     machine: the base as an absolute path (a local directory) or a hub id, its revision, attention implementation,
@@ -248,61 +177,3 @@ def base_record(model_cfg) -> dict:
     return {"base": base, "base_revision": model_cfg.revision, "attn_implementation": model_cfg.attn_implementation,
             "trust_remote_code": model_cfg.trust_remote_code,
             "base_fingerprint": base_fingerprint(base) if local else None}
-
-
-def _base_path(model_dir: Path, base: str) -> str:
-    if base != RUN_BASE:
-        return base
-    for parent in (model_dir.parent, model_dir.parent.parent):
-        if (parent / "base" / "config.json").is_file():
-            return str(parent / "base")
-    raise FileNotFoundError(f"{model_dir}: adapter needs the run's base/ directory, which is missing")
-
-
-def check_base(model_dir: Path, meta: dict, base: str) -> None:
-    """Refuse to apply an adapter to a base other than the one it was trained on (a changed local directory)."""
-    want = meta.get("base_fingerprint")
-    if want and Path(base).is_dir():
-        have = base_fingerprint(base)
-        if have != want:
-            raise ValueError(f"{model_dir}: this adapter was trained on the base at {base}, which now holds other "
-                             f"weights (fingerprint {have and have[:12]} != {want[:12]}): restore that base, or pass "
-                             "the right one as model.path and train again")
-
-
-def load_for_inference(path: str | Path, quantized: bool = True, device=None, dtype: str | None = None):
-    """Model + processor from a run, checkpoint, adapter or plain HF model directory, in eval mode, in the dtype the
-    run trained in (or `dtype`), on `device` (a torch.device or an `--device` string; None leaves it on the CPU).
-
-    An adapter trained on a quantised base (QLoRA) is loaded on the same quantised base, as it was trained; with
-    `quantized=False` on the full-precision base instead (what `export --merge` merges into)."""
-    from vlmtune.config import ModelCfg
-    from vlmtune.models import family_of, get_family
-    from vlmtune.models.device import checkpoint_dtype, place, resolve_device
-    from vlmtune.models.family import Loaded
-
-    model_dir = resolve_model_dir(path)
-    meta = json.loads((model_dir / META).read_text()) if (model_dir / META).is_file() else {}
-    dtype = checkpoint_dtype(model_dir, meta, dtype)
-    device = resolve_device(device) if isinstance(device, str) else device
-    if meta.get("adapter"):
-        from peft import PeftModel
-
-        from vlmtune.config import QuantCfg
-
-        quant = QuantCfg(**meta["quantization"]) if quantized and meta.get("quantization") else None
-        base = _base_path(model_dir, meta["base"])
-        check_base(model_dir, meta, base)
-        base_cfg = ModelCfg(family=meta["family"], path=base, quantization=quant, dtype=dtype,
-                            revision=meta.get("base_revision"), attn_implementation=meta.get("attn_implementation"),
-                            trust_remote_code=bool(meta.get("trust_remote_code", False)))
-        base = get_family(meta["family"]).load(base_cfg)
-        model = PeftModel.from_pretrained(base.model, model_dir)
-        processor = get_family(meta["family"]).load_processor(model_dir)
-        loaded = Loaded(model=model, processor=processor, family=meta["family"])
-    else:
-        family = family_of(model_dir)
-        loaded = get_family(family).load(ModelCfg(family=family, path=str(model_dir), dtype=dtype))
-    place(loaded.model, device)
-    loaded.model.eval()
-    return loaded

@@ -3,8 +3,9 @@ imports nothing of vlmtune, so it checks what its own fields tell (types, ranges
 needs FAMILIES or TASKS is checked here, wherever a RunCfg is built for use, before any data is read or model loaded:
 
 - `train.loop.setup` (`vlmtune train`, the demo, the benches), before the run directory is written;
-- `train.checkpoint.run_config_of`, where a run is read back (`vlmtune eval/predict/serve --model RUN`, autolabel,
-  data lint, the OCR settings of eval and serve).
+- where a run is read back for use (`runs.run_config_of`): `vlmtune eval/predict/data autolabel --model RUN` and
+  `vlmtune serve`, before its data is read or its model loaded. runs.py sits below eval, whose task registry these
+  checks need, so the commands call this on what it reads.
 
     cfg = check_run(RunCfg.from_file("configs/builtin/tiny_fashion_vqa.yaml"))   # ValueError naming the option
 """

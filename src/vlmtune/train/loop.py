@@ -37,6 +37,7 @@ from vlmtune.models import ModelFamily, get_family, load_model
 from vlmtune.models.family import Loaded, describe_trainable, input_dtype, trainable_summary
 from vlmtune.models.labels import IGNORE_INDEX
 from vlmtune.models.loss import accepts_logits_to_keep, forward_losses, logit_prefix_of
+from vlmtune.runs import RUN_BASE, checkpoints
 from vlmtune.train import checkpoint as ckpt
 from vlmtune.train import targets, vision_cache
 from vlmtune.train.checks import check_run
@@ -99,7 +100,7 @@ def build_model(cfg: RunCfg, family: ModelFamily, run_dir: Path, is_main: bool) 
     if cfg.lora.enabled and cfg.model.path == "builtin":  # a built (random) base must be saved for the adapter
         if is_main:
             ckpt.save_base(run_dir, model, loaded.processor, family.name)
-        meta["base"] = ckpt.RUN_BASE
+        meta["base"] = RUN_BASE
     return loaded, make_trainable(cfg, family, model), meta
 
 
@@ -248,7 +249,7 @@ def setup(cfg: RunCfg) -> State:
     check_samples(state)  # every sample passes data check's record checks and fits max_length
     first = state.mixture.sources[0].samples[0]
     accelerator.print(f"trained tokens of sample {first.id!r}: {trained_tokens_of(state, first)}", file=sys.stderr)
-    done = ckpt.checkpoints(run_dir)
+    done = checkpoints(run_dir)
     if done:
         resumed = ckpt.load_trainer_state(done[-1], accelerator.unwrap_model(model), optimizer, scheduler,
                                           accelerator)
