@@ -47,12 +47,15 @@ test-large: $(STAMP)
 # renamed run, flag or file on a page fails here; 7.6 minutes on 2 shared cores (tesseract for the meme page's OCR).
 # `.ci/run` runs it after `make test`
 test-pages: $(STAMP) ocr
-	$(BIN)/python -m pytest -m pages -p no:cacheprovider --junitxml=$(VENV)/junit-pages.xml; rc=$$?; \
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m pages -p no:cacheprovider --junitxml=$(VENV)/junit-pages.xml; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
+# pytest-xdist processes for the suite and the pages: CI's 2 cores (each process can reach ~11 GB at its peak, so
+# more workers need more memory, not only more cores); PYTEST_WORKERS=0 runs in one process
+PYTEST_WORKERS ?= 2
 # the suite as CI runs it; pytest's exit code 5 (no test ran) is a failure
 define PYTEST
-$(1)/bin/python -m pytest -m "not gpu and not slow and not large and not pages" -p no:cacheprovider --junitxml=$(1)/junit.xml; \
+$(1)/bin/python -m pytest -n $(PYTEST_WORKERS) -m "not gpu and not slow and not large and not pages" -p no:cacheprovider --junitxml=$(1)/junit.xml; \
   rc=$$?; \
   if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 endef
