@@ -1,0 +1,124 @@
+"""A config section's flags are generated from its dataclass (cli/flags.py): every field is a flag with the field's
+type, default and docstring, so a new option is one dataclass field."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from vlmtune.cli import build_parser
+from vlmtune.cli.flags import add_config_flags, field_docs
+from vlmtune.config import ServeCfg
+
+
+def _subparser(*verbs: str) -> argparse.ArgumentParser:
+    p = build_parser()
+    for verb in verbs:
+        p = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices[verb]
+    return p
+
+
+def _actions(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in p._actions}
+
+
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def test_every_serve_field_is_a_flag_with_its_default_and_help():
+    p = _subparser("serve")
+    actions, docs = _actions(p), field_docs(ServeCfg)
+    assert docs["max_images"] == "Images per request."  # the docstring, on one line
+    assert "(DNS rebinding)" in docs["allowed_hosts"]  # a docstring of three source lines
+    for f in dataclasses.fields(ServeCfg):
+        assert f.name in actions, f"ServeCfg.{f.name} has no flag"
+        if f.name in ("device", "dtype"):  # the placement pair every model-loading command shares (add_device_args)
+            assert actions[f.name].default == _default(f)
+            continue
+        a = actions[f.name]
+        assert a.default is None  # not given: the field's own default applies
+        assert docs.get(f.name, "") in a.help
+        if f.type != "bool" and _default(f) is not None:
+            assert a.help.endswith(f"(default {_default(f)})")
+    assert actions["retrieve_k"].option_strings == ["--k"] and actions["allowed_hosts"].nargs == "+"
+    assert actions["max_aspect_ratio"].type is float and actions["port"].type is int
+
+
+def _serve_cfg(argv: list[str]) -> ServeCfg:
+    """What `vlmtune serve` builds from its flags (cli/serve.py: the flags given, over ServeCfg's defaults)."""
+    a = build_parser().parse_args(["serve", "--model", "m", *argv])
+    names = {f.name for f in dataclasses.fields(ServeCfg)}
+    return ServeCfg(**{k: v for k, v in vars(a).items() if k in names and v is not None})
+
+
+def test_serve_flags_reach_the_config():
+    assert _serve_cfg([]) == ServeCfg()
+    cfg = _serve_cfg(["--k", "3", "--max-images", "7", "--max-aspect-ratio", "2.5", "--allowed-hosts", "a", "*.b",
+                      "--allow-remote-images", "--max-new-tokens-default", "9", "--api-key", "s"])
+    assert (cfg.retrieve_k, cfg.max_images, cfg.max_aspect_ratio, cfg.allowed_hosts, cfg.allow_remote_images,
+            cfg.max_new_tokens_default, cfg.api_key) == (3, 7, 2.5, ["a", "*.b"], True, 9, "s")
+
+
+@dataclass
+class Knobs:
+    size: int = 3
+    """How big, in
+    pixels (100%)."""
+    mode: Literal["fast", "slow"] = "fast"
+    """Which way."""
+    tags: list[str] = field(default_factory=lambda: ["a"])
+    rate: float | None = None
+    """Per second; None: as fast as it goes."""
+    loud: bool = False
+    """Print more."""
+    name: str = "two words"
+    path: str = field(default="p")
+
+
+@dataclass
+class MoreKnobs(Knobs):
+    new_knob: int = 7
+    """The option just added."""
+
+
+def test_a_dataclass_field_becomes_a_flag_of_its_type_default_and_help(capsys):
+    p = argparse.ArgumentParser()
+    add_config_flags(p, Knobs)
+    a = p.parse_args([])
+    assert vars(a) == dataclasses.asdict(Knobs())
+    a = p.parse_args(["--size", "5", "--mode", "slow", "--tags", "x", "y", "--rate", "0.5", "--loud", "--name", "n"])
+    assert (a.size, a.mode, a.tags, a.rate, a.loud, a.name) == (5, "slow", ["x", "y"], 0.5, True, "n")
+    for bad in (["--size", "big"], ["--mode", "medium"], ["--rate", "x"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
+    p.print_help()
+    text = " ".join(capsys.readouterr().out.split())
+    assert "How big, in pixels (100%). (default 3)" in text  # the docstring on one line; % printed as written
+    assert "{fast,slow} Which way. (default fast)" in text and "(default 'two words')" in text
+    assert "Per second; None: as fast as it goes." in text and "(default None)" not in text
+
+    p = argparse.ArgumentParser()
+    add_config_flags(p, MoreKnobs, skip=("path",), unset=True, flags={"size": "--px"},
+                     extra={"size": {"note": "Mind it."}})
+    actions = _actions(p)
+    assert "path" not in actions and actions["size"].option_strings == ["--px"]
+    assert actions["new_knob"].option_strings == ["--new-knob"] and actions["new_knob"].type is int
+    assert actions["new_knob"].help == "The option just added. (default 7)"  # and inherited docstrings are read
+    assert actions["size"].help == "How big, in pixels (100%%). Mind it. (default 3)"
+    assert all(x.default is None for x in p._actions if x.dest != "help")
+    assert p.parse_args(["--new-knob", "2"]).new_knob == 2
+
+
+@dataclass
+class Odd:
+    table: dict[str, int] = field(default_factory=dict)
+
+
+def test_a_field_of_a_type_with_no_flag_is_refused():
+    with pytest.raises(TypeError, match="by hand"):
+        add_config_flags(argparse.ArgumentParser(), Odd)
