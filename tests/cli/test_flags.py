@@ -12,7 +12,7 @@ import pytest
 
 from vlmtune.cli import build_parser
 from vlmtune.cli.flags import add_config_flags, field_docs
-from vlmtune.config import ServeCfg
+from vlmtune.config import OcrCfg, ServeCfg
 
 
 def _subparser(*verbs: str) -> argparse.ArgumentParser:
@@ -30,23 +30,35 @@ def _default(f: dataclasses.Field):
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
-def test_every_serve_field_is_a_flag_with_its_default_and_help():
-    p = _subparser("serve")
-    actions, docs = _actions(p), field_docs(ServeCfg)
-    assert docs["max_images"] == "Images per request."  # the docstring, on one line
-    assert "(DNS rebinding)" in docs["allowed_hosts"]  # a docstring of three source lines
-    for f in dataclasses.fields(ServeCfg):
-        assert f.name in actions, f"ServeCfg.{f.name} has no flag"
-        if f.name in ("device", "dtype"):  # the placement pair every model-loading command shares (add_device_args)
-            assert actions[f.name].default == _default(f)
-            continue
+SECTIONS = [(("serve",), ServeCfg, True), (("data", "ocr"), OcrCfg, False)]
+"""(the command, its config dataclass, whether a flag not given is None: the field's default applied later)."""
+
+
+@pytest.mark.parametrize("verbs,cls,unset", SECTIONS, ids=[c.__name__ for _, c, _ in SECTIONS])
+def test_every_field_of_a_section_is_a_flag_with_its_default_and_help(verbs, cls, unset):
+    actions, docs = _actions(_subparser(*verbs)), field_docs(cls)
+    for f in dataclasses.fields(cls):
+        assert f.name in actions, f"{cls.__name__}.{f.name} has no flag in vlmtune {' '.join(verbs)}"
         a = actions[f.name]
-        assert a.default is None  # not given: the field's own default applies
+        if f.name in ("device", "dtype"):  # the placement pair every model-loading command shares (add_device_args)
+            assert a.default == _default(f)
+            continue
+        assert a.default == (None if unset else _default(f))
         assert docs.get(f.name, "") in a.help
         if f.type != "bool" and _default(f) is not None:
-            assert a.help.endswith(f"(default {_default(f)})")
+            assert a.help.endswith(f"(default {_default(f)})") or a.help.endswith(f"(default {_default(f)!r})")
+
+
+def test_the_docstrings_and_types_of_serve_and_ocr():
+    docs = field_docs(ServeCfg)
+    assert docs["max_images"] == "Images per request."  # the docstring, on one line
+    assert "(DNS rebinding)" in docs["allowed_hosts"]  # a docstring of three source lines
+    actions = _actions(_subparser("serve"))
     assert actions["retrieve_k"].option_strings == ["--k"] and actions["allowed_hosts"].nargs == "+"
     assert actions["max_aspect_ratio"].type is float and actions["port"].type is int
+    actions = _actions(_subparser("data", "ocr"))
+    assert actions["into"].choices == ["prompt", "meta"] and actions["psm"].type is int
+    assert "On the command line \\n is a line break." in actions["template"].help
 
 
 def _serve_cfg(argv: list[str]) -> ServeCfg:

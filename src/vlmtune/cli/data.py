@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
-from vlmtune.cli.flags import add_device_args
+from vlmtune.cli.flags import add_config_flags, add_device_args
 from vlmtune.cli.run import build_predictor
+from vlmtune.config import OcrCfg
 
 
 def cmd_data_synth(a) -> dict:
@@ -87,11 +89,10 @@ def cmd_data_stats(a) -> dict:
 
 
 def cmd_data_ocr(a) -> dict:
-    from vlmtune.config import OcrCfg
     from vlmtune.data.ocr import enrich_dataset
 
-    opts = OcrCfg(langs=a.langs, psm=a.psm, into=a.into, template=a.template.replace("\\n", "\n"),
-                  max_chars=a.max_chars, min_conf=a.min_conf, timeout_s=a.timeout_s)
+    given = {f.name: getattr(a, f.name) for f in dataclasses.fields(OcrCfg)}
+    opts = OcrCfg(**given | {"template": a.template.replace("\\n", "\n")})
     return enrich_dataset(a.dir, opts, out=a.out, skip_bad=a.skip_bad)
 
 
@@ -273,9 +274,6 @@ def add_parsers(sub) -> None:
     add_device_args(al)
     al.set_defaults(fn=cmd_data_autolabel)
 
-    from vlmtune.config import OcrCfg
-
-    ocr = OcrCfg()  # the defaults of data.ocr: one default each
     oc = dsub.add_parser("ocr", help="read the text in every image with tesseract (into a prompt copy, or meta)",
                          formatter_class=ex,
                          epilog="examples:\n  vlmtune data ocr data/memes --langs rus+eng --into meta  "
@@ -284,15 +282,9 @@ def add_parsers(sub) -> None:
                                 "put the data's main language first; `make ocr` installs tesseract (eng, rus, por);"
                                 "\nresults are cached in DIR/.cache/ocr, so a second run reads no image again")
     oc.add_argument("dir", help="vlmtune dataset directory")
-    oc.add_argument("--langs", default=ocr.langs, help=f"tesseract languages joined by + (default {ocr.langs})")
-    oc.add_argument("--into", choices=["prompt", "meta"], default=ocr.into,
-                    help=f"prompt: the first user turn, through --template (needs --out); meta: sample.meta['ocr'] "
-                         f"(default {ocr.into})")
+    # every OcrCfg field is a flag with the field's default (one default each: `data.ocr: {}` of a run reads the same)
+    add_config_flags(oc, OcrCfg, extra={"into": {"note": "prompt needs --out."},
+                                        "template": {"note": "On the command line \\n is a line break."}})
     oc.add_argument("--out", default=None, help="write an enriched copy here (required for --into prompt)")
-    oc.add_argument("--psm", type=int, default=ocr.psm, help="tesseract page segmentation mode (default 3; 11: sparse)")
-    oc.add_argument("--template", default=ocr.template, help=f"\\n is a line break (default {ocr.template!r})")
-    oc.add_argument("--max-chars", type=int, default=ocr.max_chars)
-    oc.add_argument("--min-conf", type=float, default=ocr.min_conf, help="drop words with a lower confidence (0-100)")
-    oc.add_argument("--timeout-s", type=float, default=ocr.timeout_s, help="per image")
     oc.add_argument("--skip-bad", action="store_true", help="skip samples whose image cannot be read")
     oc.set_defaults(fn=cmd_data_ocr)
