@@ -13,6 +13,7 @@ import pytest
 from vlmtune.cli import build_parser
 from vlmtune.cli.flags import add_config_flags, field_docs
 from vlmtune.config import OcrCfg, ServeCfg
+from vlmtune.retrieval.train import RetrievalTrainCfg
 
 
 def _subparser(*verbs: str) -> argparse.ArgumentParser:
@@ -27,10 +28,13 @@ def _actions(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:
 
 
 def _default(f: dataclasses.Field):
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
-SECTIONS = [(("serve",), ServeCfg, True), (("data", "ocr"), OcrCfg, False)]
+SECTIONS = [(("serve",), ServeCfg, True), (("data", "ocr"), OcrCfg, False),
+            (("retrieve", "train"), RetrievalTrainCfg, True)]
 """(the command, its config dataclass, whether a flag not given is None: the field's default applied later)."""
 
 
@@ -74,6 +78,22 @@ def test_serve_flags_reach_the_config():
                       "--allow-remote-images", "--max-new-tokens-default", "9", "--api-key", "s"])
     assert (cfg.retrieve_k, cfg.max_images, cfg.max_aspect_ratio, cfg.allowed_hosts, cfg.allow_remote_images,
             cfg.max_new_tokens_default, cfg.api_key) == (3, 7, 2.5, ["a", "*.b"], True, 9, "s")
+
+
+def test_retrieve_train_flags_given_override_the_recipe(tmp_path, monkeypatch):
+    """`vlmtune retrieve train --config R --flag V`: a flag given wins over R's key; one not given leaves R's value,
+    else the field's default."""
+    from vlmtune.cli import main, retrieve
+
+    seen = []
+    monkeypatch.setattr(retrieve, "train", lambda cfg: seen.append(cfg) or {})  # the config, not a training run
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: m\ndata: d\nout: o\nlr: 0.001\ngrad_clip: 2.0\nfreeze: text\n")
+    assert main(["retrieve", "train", "--config", str(recipe), "--grad-clip", "0.5", "--eval-batch-size", "8",
+                 "--out", "o2"]) == 0
+    cfg = seen[0]
+    assert (cfg.model, cfg.out, cfg.lr, cfg.grad_clip, cfg.freeze, cfg.eval_batch_size, cfg.epochs) == (
+        "m", "o2", 0.001, 0.5, "text", 8, 10)
 
 
 @dataclass

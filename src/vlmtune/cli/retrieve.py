@@ -7,18 +7,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
-from vlmtune.cli.flags import add_device_args
+from vlmtune.cli.flags import add_config_flags, add_device_args
+from vlmtune.retrieval.train import RetrievalTrainCfg, train
 
 
 def cmd_retrieve_train(a) -> dict:
-    from vlmtune.retrieval.train import RetrievalTrainCfg, train
-
-    return train(RetrievalTrainCfg.load(
-        a.config, model=a.model, data=a.data, out=a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
-        weight_decay=a.weight_decay, warmup=a.warmup, eval_every=a.eval_every, freeze=a.freeze,
-        train_split=a.train_split, val_split=a.val_split, seed=a.seed))
+    given = {f.name: getattr(a, f.name) for f in dataclasses.fields(RetrievalTrainCfg)}
+    return train(RetrievalTrainCfg.load(a.config, **given))  # the flags given (not None) over the recipe's keys
 
 
 def cmd_retrieve_eval(a) -> dict:
@@ -95,19 +93,8 @@ def add_parsers(sub) -> None:
                                  "--data data/shop --out runs/fashion-clip --epochs 5 --batch-size 128 --lr 1e-5\n"
                                  "the same command again resumes an interrupted run")
     rtr.add_argument("--config", default=None, help="a YAML recipe (configs/retrieval/); flags override its keys")
-    rtr.add_argument("--model", help="CLIP or SigLIP checkpoint (hub id or directory)")
-    rtr.add_argument("--data", help="vlmtune dataset with caption samples (train and val splits)")
-    rtr.add_argument("--out", help="run directory")
-    rtr.add_argument("--epochs", type=int, help="default 10")
-    rtr.add_argument("--batch-size", type=int, help="default 64")
-    rtr.add_argument("--lr", type=float, help="default 1e-5")
-    rtr.add_argument("--weight-decay", type=float, help="default 0.1")
-    rtr.add_argument("--warmup", type=float, help="fraction of the steps warming up (default 0.1)")
-    rtr.add_argument("--eval-every", type=int, help="validate every N steps (default: each epoch)")
-    rtr.add_argument("--freeze", choices=["none", "vision", "text"], help="keep one tower fixed (default none)")
-    rtr.add_argument("--train-split", help="default train")
-    rtr.add_argument("--val-split", help="default val")
-    rtr.add_argument("--seed", type=int, help="default 0")
+    # every RetrievalTrainCfg field is a flag; unset: one not given leaves the recipe's value, else the field's default
+    add_config_flags(rtr, RetrievalTrainCfg, unset=True, extra={"freeze": {"note": "Keep one tower fixed."}})
     rtr.set_defaults(fn=cmd_retrieve_train)
     rev = rsub.add_parser("eval", help="image<->text Recall@1/5/10 on a dataset split", formatter_class=ex,
                           epilog="example: vlmtune retrieve eval --model runs/fashion-clip --data data/shop "
