@@ -83,7 +83,7 @@ def add_config_flags(p, cls, names: list[str] | None = None, *, skip: tuple[str,
         if default is not None and hints[name] is not bool:
             text += f" (default {_shown(default)})"
         required = not unset and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        p.add_argument(flags.get(name) if flags and name in flags else "--" + name.replace("_", "-"), dest=name,
+        p.add_argument((flags or {}).get(name, "--" + name.replace("_", "-")), dest=name,
                        default=None if unset else default, required=required, help=text.strip().replace("%", "%%"),
                        **_type_args(hints[name], default) | more)
 
