@@ -156,7 +156,7 @@ def test_eval_and_predict_take_generation_settings_from_the_run(trained_run, tmp
     (sized from the data, tests/eval/test_generation_cap.py)."""
     from argparse import Namespace
 
-    from vlmtune.cli import _run_defaults
+    from vlmtune.cli.run import _run_defaults
 
     a = Namespace(model=str(trained_run), max_new_tokens=None, num_beams=None, lang=None)
     _run_defaults(a)

@@ -82,7 +82,6 @@ KNOWN_CYCLES = {
 
 KNOWN_LONG = {
     "chart/reason.py",
-    "cli.py",
     "config.py",
     "data/attributes.py",
     "data/formats/hf.py",
