@@ -37,7 +37,6 @@ import dataclasses
 import json
 import math
 import random
-import shutil
 import sys
 import time
 from collections import deque
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import Literal
 
 from vlmtune.data.images import DecodedImages
-from vlmtune.data.store import atomic_write_text
+from vlmtune.io import atomic_dir, atomic_write_text
 from vlmtune.retrieval.encoder import DualEncoder
 from vlmtune.retrieval.evaluate import Gallery, evaluate, load_gallery
 
@@ -166,24 +165,16 @@ def _save(path: Path, enc: DualEncoder, meta: dict, trainer: dict | None = None)
     """Model + processor (+ trainer state) into `path`, atomically: written aside, then renamed over the old one."""
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    enc.model.save_pretrained(tmp, safe_serialization=True)
-    enc.processor.save_pretrained(tmp)
-    (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-    if trainer is not None:
-        (tmp / "trainer").mkdir()
-        torch.save(trainer["optimizer"], tmp / "trainer" / "optimizer.pt")
-        torch.save(trainer["scheduler"], tmp / "trainer" / "scheduler.pt")
-        torch.save({"torch": torch.get_rng_state()}, tmp / "trainer" / "rng.pt")
-        (tmp / "trainer" / "state.json").write_text(json.dumps(trainer["state"], indent=2) + "\n")
-    old = path.with_name(f".{path.name}.old")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    if old.exists():
-        shutil.rmtree(old)
+    with atomic_dir(path) as tmp:
+        enc.model.save_pretrained(tmp, safe_serialization=True)
+        enc.processor.save_pretrained(tmp)
+        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+        if trainer is not None:
+            (tmp / "trainer").mkdir()
+            torch.save(trainer["optimizer"], tmp / "trainer" / "optimizer.pt")
+            torch.save(trainer["scheduler"], tmp / "trainer" / "scheduler.pt")
+            torch.save({"torch": torch.get_rng_state()}, tmp / "trainer" / "rng.pt")
+            (tmp / "trainer" / "state.json").write_text(json.dumps(trainer["state"], indent=2) + "\n")
 
 
 def _start(cfg: RetrievalTrainCfg, run: Path) -> tuple[DualEncoder, dict | None]:
