@@ -79,7 +79,7 @@ def _question_and_answer(sample, train: bool) -> tuple[str, str | None]:
     return sample.question, sample.target if train else None
 
 
-def encode(processor, samples, images, mode: str = "train", max_length: int = 2048) -> Batch:
+def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     """Samples -> encoder inputs (+ decoder labels in "train" mode: answer tokens + `</s>`, right-padded with -100).
     "generate" mode gives the encoder inputs only; generation starts from the model's decoder start token."""
     import torch
