@@ -592,6 +592,13 @@ class _RawOverride(str):
     """A string from the command line, converted to the field's type when the config is built."""
 
 
+def build_section(cls, d: Any, where: str = ""):
+    """The dataclass `cls` from a mapping (a YAML file's, with flag values), typed and checked as every section of a
+    run config is: unknown keys are an error naming the known ones, "1e-5" becomes a float, a Literal's value is
+    checked. For configs that are not a RunCfg (`retrieve train`'s RetrievalTrainCfg)."""
+    return _build(cls, d, where)
+
+
 def _build(cls, d: Any, where: str):
     if isinstance(d, cls):
         return d

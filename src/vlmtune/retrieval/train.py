@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from vlmtune.config import build_section
 from vlmtune.data.images import DecodedImages
 from vlmtune.io import atomic_dir, atomic_write_text
 from vlmtune.retrieval.encoder import DualEncoder
@@ -81,22 +82,19 @@ class RetrievalTrainCfg:
     @classmethod
     def load(cls, path: str | Path | None, **given) -> RetrievalTrainCfg:
         """The YAML recipe at `path` (keys: this class's fields), with the keyword arguments that are not None
-        (command-line flags) overriding it."""
-        import dataclasses
-
+        (command-line flags) overriding it; typed and checked by the run config's loader (`config.build_section`)."""
         import yaml
 
-        fields = {f.name for f in dataclasses.fields(cls)}
         values = {}
         if path is not None:
             values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-            if not isinstance(values, dict) or set(values) - fields:
-                raise ValueError(f"{path}: a mapping of {sorted(fields)}; unknown: {sorted(set(values) - fields)}")
+            if not isinstance(values, dict):
+                raise ValueError(f"{path}: expected a mapping of {cls.__name__}'s keys, got {values!r}")
         values.update({k: v for k, v in given.items() if v is not None})
         missing = [k for k in ("model", "data", "out") if k not in values]
         if missing:
             raise ValueError(f"retrieve train: no {', '.join(missing)} (give --{' --'.join(missing)} or a --config)")
-        return cls(**values)
+        return build_section(cls, values)
 
     def __post_init__(self):
         if self.freeze not in ("none", "vision", "text"):
