@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmtune.data.chart_table import NEWLINE_TOKEN
+from vlmtune.io import atomic_dir
 from vlmtune.models.pix2struct import build
 
 
@@ -93,10 +94,11 @@ def init_model(out: str | Path, cfg: TinyDeplotCfg = TinyDeplotCfg(), seed: int 
     if out.exists():
         raise FileExistsError(f"{out} exists; choose a new directory")
     loaded = build_model(cfg, seed)
-    out.mkdir(parents=True)
-    loaded.model.save_pretrained(out, safe_serialization=True)
-    loaded.processor.save_pretrained(out)
-    (out / "vlmtune.json").write_text(json.dumps({"family": "pix2struct", "adapter": False,
-                                                  "base": "vlmtune chart init-model"}, indent=2) + "\n")
+    with atomic_dir(out) as tmp:  # an interrupted init leaves no half directory that `out.exists()` would refuse
+        tmp.mkdir()
+        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        loaded.processor.save_pretrained(tmp)
+        (tmp / "vlmtune.json").write_text(json.dumps({"family": "pix2struct", "adapter": False,
+                                                      "base": "vlmtune chart init-model"}, indent=2) + "\n")
     n_params = sum(p.numel() for p in loaded.model.parameters())
     return {"out": str(out), "family": "pix2struct", "parameters": n_params, "vocab": len(loaded.processor.tokenizer)}
