@@ -98,3 +98,33 @@ def test_the_registry_checks_run_where_a_run_is_built_for_use(tmp_path, capsys):
         assert "eval: metric 'vqa_accuracy' is not one of task 'caption'" in capsys.readouterr().err, argv
     with pytest.raises(ValueError, match=r"eval: metric 'vqa_accuracy' is not one of task 'caption'"):
         build_app(run, ServeCfg(), background=False)
+
+
+def test_train_num_workers_is_gone_and_old_configs_still_load():
+    """It never did anything: an old run_config.yaml (num_workers: 0) loads silently, another value with a
+    FutureWarning, and the field is not saved any more."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cfg = RunCfg.from_dict({"train": {"num_workers": 0, "lr": 1e-3}})
+    assert cfg.train.lr == 1e-3 and "num_workers" not in cfg.to_dict()["train"]
+    with pytest.warns(FutureWarning, match="train.num_workers: 4 does nothing"):
+        assert RunCfg.from_dict({"train": {"num_workers": 4}}).train == RunCfg().train
+    with pytest.raises(ValueError, match="unknown key"):  # other unknown keys are still errors
+        RunCfg.from_dict({"train": {"num_wrokers": 4}})
+
+
+def test_max_length_has_one_default_per_side():
+    """Training's budget is data.max_length; inference's is MAX_PROMPT_LENGTH (Predictor and serve); a family's
+    encode has none of its own: its caller always passes the budget."""
+    import inspect
+
+    from vlmtune.config import MAX_PROMPT_LENGTH, ServeCfg
+    from vlmtune.infer import Predictor
+    from vlmtune.models import FAMILIES
+
+    assert Predictor.__dataclass_fields__["max_length"].default == ServeCfg().max_prompt_tokens == MAX_PROMPT_LENGTH
+    for name, family in FAMILIES.items():
+        params = inspect.signature(family.encode).parameters
+        assert params["max_length"].default is inspect.Parameter.empty, name

@@ -39,6 +39,7 @@ MAX_LINES = 450
 LAYERS: dict[str, int] = {
     "vlmtune": 0,  # the package's own __init__.py: imported before any of its modules, so it imports none
     "config": 0,
+    "io": 0,  # atomic writes and file hashes: imports nothing of vlmtune
     "data": 1,
     "models": 2,
     "runs": 3,

@@ -219,6 +219,11 @@ class OcrCfg:
             raise ValueError(f"data.ocr.timeout_s: must be > 0, got {self.timeout_s}")
 
 
+MAX_PROMPT_LENGTH = 4096
+"""The default prompt budget at inference, image tokens included: `Predictor.max_length` and
+`serve.max_prompt_tokens` (training's is `data.max_length`)."""
+
+
 @dataclass
 class DataCfg:
     path: str | None = None
@@ -310,7 +315,6 @@ class TrainCfg:
     """Save a resumable checkpoint every N steps (0: only at the end)."""
     keep_checkpoints: int = 2
     """How many step-N checkpoints to keep (the best one is kept separately)."""
-    num_workers: int = 0
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
     progress: bool = True
 
@@ -378,7 +382,7 @@ class ServeCfg:
     """Images per request."""
     max_tokens: int = 512
     """The largest `max_tokens` a request may ask for (and the default when it asks for none: 64)."""
-    max_prompt_tokens: int = 4096
+    max_prompt_tokens: int = MAX_PROMPT_LENGTH
     """Prompt length limit, image tokens included."""
     timeout_s: float = 120.0
     """Per-request limit, queueing included (504 after it)."""
@@ -484,7 +488,7 @@ class RunCfg:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunCfg:
-        return _build(cls, _old_ocr_keys(d), "")
+        return _build(cls, _removed_keys(_old_ocr_keys(d)), "")
 
     @classmethod
     def from_file(cls, path: str | Path | None, overrides: list[str] | None = None) -> RunCfg:
@@ -503,6 +507,20 @@ class RunCfg:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
         tmp.replace(path)
+
+
+def _removed_keys(d: Any) -> Any:
+    """`train.num_workers` is gone: it never did anything (samples are loaded in the training process). Every
+    run_config.yaml saved before has `num_workers: 0`, dropped silently so old runs still load; any other value
+    is dropped with a FutureWarning saying so, where an unknown key would be an error."""
+    train = d.get("train") if isinstance(d, dict) else None
+    if not isinstance(train, dict) or "num_workers" not in train:
+        return d
+    value = train["num_workers"]
+    if str(value) != "0":
+        warnings.warn(f"train.num_workers: {value} does nothing and is ignored (vlmtune loads samples in the "
+                      "training process); remove it from the config", FutureWarning, stacklevel=3)
+    return {**d, "train": {k: v for k, v in train.items() if k != "num_workers"}}
 
 
 OLD_OCR_KEYS = ("langs", "psm", "into", "template", "max_chars", "min_conf", "timeout_s")
@@ -572,6 +590,13 @@ def _set_dotted(d: dict, key: str, value: str) -> None:
 
 class _RawOverride(str):
     """A string from the command line, converted to the field's type when the config is built."""
+
+
+def build_section(cls, d: Any, where: str = ""):
+    """The dataclass `cls` from a mapping (a YAML file's, with flag values), typed and checked as every section of a
+    run config is: unknown keys are an error naming the known ones, "1e-5" becomes a float, a Literal's value is
+    checked. For configs that are not a RunCfg (`retrieve train`'s RetrievalTrainCfg)."""
+    return _build(cls, d, where)
 
 
 def _build(cls, d: Any, where: str):

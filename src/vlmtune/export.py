@@ -14,8 +14,9 @@ It is written to a temporary directory and renamed into place, and never over an
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
+
+from vlmtune.io import atomic_dir
 
 REQUIRED_FILES = ("config.json", "generation_config.json")
 
@@ -37,19 +38,16 @@ def export(model: str | Path, out: str | Path, merge: bool = False) -> dict:
     model_obj = loaded.model
     if meta.get("adapter"):
         model_obj = model_obj.merge_and_unload()
-    tmp = out.with_name(f".tmp-{out.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model_obj.save_pretrained(tmp, safe_serialization=True)
-    loaded.processor.save_pretrained(tmp)
-    missing = [f for f in REQUIRED_FILES if not (tmp / f).is_file()]
-    if missing:
-        raise RuntimeError(f"{tmp}: export is missing {missing}")
-    info = {"family": loaded.family, "exported_from": str(source), "merged": bool(meta.get("adapter")),
-            "step": meta.get("step")}
-    if meta.get("quantization"):
-        info["trained_on_quantized_base"] = meta["quantization"]
-    (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        tmp.mkdir()
+        model_obj.save_pretrained(tmp, safe_serialization=True)
+        loaded.processor.save_pretrained(tmp)
+        missing = [f for f in REQUIRED_FILES if not (tmp / f).is_file()]
+        if missing:
+            raise RuntimeError(f"{tmp}: export is missing {missing}")
+        info = {"family": loaded.family, "exported_from": str(source), "merged": bool(meta.get("adapter")),
+                "step": meta.get("step")}
+        if meta.get("quantization"):
+            info["trained_on_quantized_base"] = meta["quantization"]
+        (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
     return {"out": str(out), **info, "files": sorted(p.name for p in out.iterdir())}

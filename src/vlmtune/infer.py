@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlmtune.config import MAX_PROMPT_LENGTH
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models.family import Loaded, ModelFamily, autocast_for, input_dtype
 from vlmtune.runs import load_for_inference, resolve_model_dir
@@ -152,7 +153,8 @@ class Predictor:
     max_new_tokens: int = 16
     num_beams: int = 1
     batch_size: int = 16
-    max_length: int = 2048
+    max_length: int = MAX_PROMPT_LENGTH
+    """Prompt budget, image tokens included; a longer prompt is refused, never cut."""
     vision_cache: Any = None
     """A training run's VisionCache: generation takes the frozen vision side's output from it (validation images
     are then encoded by the vision tower once per run, not at every evaluation)."""

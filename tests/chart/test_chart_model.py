@@ -86,3 +86,25 @@ def test_init_model_writes_a_loadable_directory(tmp_path):
     assert not predictor.loaded.processor.image_processor.is_vqa
     with pytest.raises(FileExistsError):
         init_model(out)
+
+
+def test_the_chart_model_and_the_tiny_family_model_come_from_one_builder():
+    """models/pix2struct.build is the one place a Pix2Struct is made from sizes: `chart init-model`'s model is it
+    with dropout off (a from-scratch CPU model) and no generation max_length; the family's tiny keeps transformers'
+    dropout defaults. The same sizes and seed give the same weights either way."""
+    from vlmtune.models.pix2struct import build
+
+    cfg = TinyDeplotCfg(hidden=32, vision_layers=1, text_layers=1, heads=4, ff=64, patch=8, max_patches=16)
+    chart = build_model(cfg, seed=3)
+    torch.manual_seed(3)
+    direct = build(build_tokenizer(cfg.vocab_size), vqa=False, hidden=32, heads=4, ff=64, vision_layers=1,
+                   text_layers=1, patch=8, max_patches=16, dropout=0.0)
+    for a, b in zip(chart.model.state_dict().values(), direct.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    config = chart.model.config
+    assert (config.text_config.dropout_rate, config.vision_config.dropout_rate,
+            config.vision_config.attention_dropout) == (0.0, 0.0, 0.0)
+    assert chart.model.generation_config.max_length is None
+    tiny = get_family("pix2struct").tiny()
+    assert tiny.model.config.text_config.dropout_rate == type(tiny.model.config.text_config)().dropout_rate
+    assert tiny.model.config.text_config.d_kv == 8 and tiny.processor.image_processor.max_patches == 64

@@ -91,3 +91,17 @@ def test_freezing_the_vision_tower_keeps_it_fixed(models, caption_data, tmp_path
     assert vision and text
     assert all(torch.equal(before[n], after[n]) for n in vision)
     assert sum(not torch.equal(before[n], after[n]) for n in text) > len(text) // 2
+
+
+def test_the_config_is_loaded_by_the_run_configs_loader(tmp_path):
+    """retrieve train's YAML goes through config.build_section: `lr: 1e-5` (a string to YAML 1.1) is a float, an
+    unknown key is refused naming the known ones, a Literal is checked; flags override the file."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: m\ndata: d\nout: o\nlr: 1e-5\nfreeze: vision\n")
+    cfg = RetrievalTrainCfg.load(recipe, epochs=3, batch_size=None)
+    assert (cfg.lr, cfg.freeze, cfg.epochs, cfg.batch_size) == (1e-5, "vision", 3, 64)
+    recipe.write_text("model: m\ndata: d\nout: o\nlearning_rate: 1e-5\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['learning_rate'\]; known: .*'lr'"):
+        RetrievalTrainCfg.load(recipe)
+    with pytest.raises(ValueError, match="freeze"):
+        RetrievalTrainCfg.load(None, model="m", data="d", out="o", freeze="both")

@@ -345,3 +345,19 @@ def test_a_half_sent_body_is_answered_408_and_closed(llava):
     head, _, body = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408") and b"connection: close" in head.lower(), received[:300]
     assert b"the request body did not arrive within 0.5 s" in body
+
+
+def test_the_server_reads_messages_with_the_formats_reader(llava):
+    """An image in an assistant message, an empty content list: refused with data.formats.openai.read_messages'
+    words and the part's path; an empty text part is still accepted (the OpenAI API accepts it)."""
+    with _client(llava) as client:
+        turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": [
+            {"type": "image_url", "image_url": {"url": _uri(RED)}}]}, {"role": "user", "content": "?"}]
+        _refused(client.post("/v1/chat/completions", json={"messages": turns}), 400,
+                 "messages[1].content[0]: unsupported assistant content part (images are accepted in user messages "
+                 "only)", "messages[1].content[0]")
+        _refused(client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": []}]}), 400,
+                 "messages[0]: 'content' must be a string or a non-empty list of parts", "messages[0]")
+        body = _body(RED)
+        body["messages"][0]["content"].append({"type": "text", "text": ""})
+        assert client.post("/v1/chat/completions", json=body).status_code == 200

@@ -28,7 +28,7 @@ from vlmtune.chart.reason import Answer, ProgramReasoner, Reasoner
 from vlmtune.data.chart_table import Table
 from vlmtune.data.charts import DEPLOT_PROMPT
 from vlmtune.data.sample import Sample, assistant, user
-from vlmtune.data.store import atomic_write_text
+from vlmtune.io import atomic_write_text
 
 TABLES = "tables.jsonl"
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vlmtune.data.chart_table import NEWLINE_TOKEN
+from vlmtune.io import atomic_dir
+from vlmtune.models.pix2struct import build
 
 
 @dataclass(frozen=True)
@@ -73,37 +75,15 @@ def build_tokenizer(vocab_size: int = 768):
 
 
 def build_model(cfg: TinyDeplotCfg = TinyDeplotCfg(), seed: int = 0):
-    """A random-weight Pix2Struct + its processor (`Loaded`, family pix2struct)."""
+    """A random-weight Pix2Struct + its processor (`Loaded`, family pix2struct), built by the family's `build`."""
     import torch
-    from transformers import Pix2StructConfig, Pix2StructForConditionalGeneration, Pix2StructProcessor
-    from transformers.models.pix2struct.image_processing_pil_pix2struct import Pix2StructImageProcessorPil
-
-    from vlmtune.models.family import Loaded
 
     tok = build_tokenizer(cfg.vocab_size)
-    image_processor = Pix2StructImageProcessorPil(
-        is_vqa=cfg.vqa, max_patches=cfg.max_patches, patch_size={"height": cfg.patch, "width": cfg.patch}
-    )
-    processor = Pix2StructProcessor(image_processor=image_processor, tokenizer=tok)
-    d_kv = cfg.hidden // cfg.heads
-    config = Pix2StructConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=cfg.hidden, d_kv=d_kv, d_ff=cfg.ff, dropout_rate=0.0,
-                         num_layers=cfg.text_layers, num_heads=cfg.heads, pad_token_id=tok.pad_token_id,
-                         eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id),
-        vision_config=dict(hidden_size=cfg.hidden, patch_embed_hidden_size=3 * cfg.patch * cfg.patch, d_ff=cfg.ff,
-                           dropout_rate=0.0, attention_dropout=0.0,
-                           d_kv=d_kv, num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.heads,
-                           seq_len=2 * cfg.max_patches),  # row/column ids index it (1-based)
-        is_vqa=cfg.vqa,
-    )
     torch.manual_seed(seed)
-    model = Pix2StructForConditionalGeneration(config)
-    gen = model.generation_config
-    gen.pad_token_id, gen.eos_token_id = tok.pad_token_id, tok.eos_token_id
-    gen.decoder_start_token_id = tok.pad_token_id
-    gen.bos_token_id = None  # T5-style: no BOS; the decoder starts from pad
-    gen.max_length = None
-    return Loaded(model=model, processor=processor, family="pix2struct")
+    loaded = build(tok, vqa=cfg.vqa, hidden=cfg.hidden, heads=cfg.heads, ff=cfg.ff, vision_layers=cfg.vision_layers,
+                   text_layers=cfg.text_layers, patch=cfg.patch, max_patches=cfg.max_patches, dropout=0.0)
+    loaded.model.generation_config.max_length = None
+    return loaded
 
 
 def init_model(out: str | Path, cfg: TinyDeplotCfg = TinyDeplotCfg(), seed: int = 0) -> dict:
@@ -114,10 +94,11 @@ def init_model(out: str | Path, cfg: TinyDeplotCfg = TinyDeplotCfg(), seed: int 
     if out.exists():
         raise FileExistsError(f"{out} exists; choose a new directory")
     loaded = build_model(cfg, seed)
-    out.mkdir(parents=True)
-    loaded.model.save_pretrained(out, safe_serialization=True)
-    loaded.processor.save_pretrained(out)
-    (out / "vlmtune.json").write_text(json.dumps({"family": "pix2struct", "adapter": False,
-                                                  "base": "vlmtune chart init-model"}, indent=2) + "\n")
+    with atomic_dir(out) as tmp:  # an interrupted init leaves no half directory that `out.exists()` would refuse
+        tmp.mkdir()
+        loaded.model.save_pretrained(tmp, safe_serialization=True)
+        loaded.processor.save_pretrained(tmp)
+        (tmp / "vlmtune.json").write_text(json.dumps({"family": "pix2struct", "adapter": False,
+                                                      "base": "vlmtune chart init-model"}, indent=2) + "\n")
     n_params = sum(p.numel() for p in loaded.model.parameters())
     return {"out": str(out), "family": "pix2struct", "parameters": n_params, "vocab": len(loaded.processor.tokenizer)}

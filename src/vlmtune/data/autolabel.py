@@ -46,7 +46,8 @@ from pathlib import Path
 from typing import Literal
 
 from vlmtune.data.sample import Sample, assistant, user
-from vlmtune.data.store import MANIFEST, atomic_write_text, read_samples, write_jsonl
+from vlmtune.data.store import MANIFEST, read_samples, write_jsonl
+from vlmtune.io import atomic_write_text
 
 Task = Literal["caption", "vqa"]
 DEFAULT_CAPTION_PROMPT = "Write a short caption for the image."

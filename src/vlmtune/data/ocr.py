@@ -46,7 +46,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vlmtune.config import OcrCfg
+from vlmtune.io import atomic_write_text
 
 if TYPE_CHECKING:
     from vlmtune.data.sample import Sample
@@ -216,15 +216,7 @@ class OcrCache:
     def put(self, key: str, entry: dict) -> None:
         """Atomic: a temporary file renamed into place, so readers never see half an entry (also across threads
         and processes writing the same key)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{key[:16]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(entry, f, ensure_ascii=False)
-            os.replace(tmp, self.dir / f"{key}.json")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(self.dir / f"{key}.json", json.dumps(entry, ensure_ascii=False))
 
 
 def read_image_words(path: Path, tesseract: Tesseract, langs: str, psm: int, timeout_s: float,

@@ -12,22 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 from vlmtune.data.images import resolve_inside
 from vlmtune.data.store import MANIFEST, BadRecord, iter_records
+from vlmtune.io import atomic_path, file_sha256
 
 SPLIT_NAMES = ("train", "val", "test")
-
-
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _Groups:
@@ -81,7 +73,7 @@ def split_dataset(root: str | Path, ratios: tuple[float, ...] = (0.8, 0.1, 0.1),
         hs = []
         for rel in rec.images:
             if rel not in hashes:
-                hashes[rel] = _hash_file(resolve_inside(root, rel))
+                hashes[rel] = file_sha256(resolve_inside(root, rel))
             hs.append(hashes[rel])
         for h in hs[1:]:
             groups.union(hs[0], h)
@@ -97,9 +89,8 @@ def split_dataset(root: str | Path, ratios: tuple[float, ...] = (0.8, 0.1, 0.1),
         split_of[g] = SPLIT_NAMES[k]
         filled[k] += size[g]
     manifest = root / MANIFEST
-    tmp = manifest.with_name(f".{MANIFEST}.tmp-{os.getpid()}")
     counts: Counter = Counter()
-    with open(manifest, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+    with atomic_path(manifest) as tmp, open(manifest, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
         i = 0
         for raw in src:
             if not raw.strip():
@@ -109,7 +100,6 @@ def split_dataset(root: str | Path, ratios: tuple[float, ...] = (0.8, 0.1, 0.1),
             counts[row["split"]] += 1
             dst.write(json.dumps(row, ensure_ascii=False) + "\n")
             i += 1
-    tmp.replace(manifest)
     return {"dataset": str(root), "by": by, "seed": seed, "splits": {s: counts[s] for s in SPLIT_NAMES[:len(ratios)]},
             "groups": len(size), "largest_group": max(size.values(), default=0)}
 

@@ -14,13 +14,15 @@ temporary file renamed into place, so a killed writer never leaves half a manife
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from vlmtune.data.images import ImageError, check_image_file, load_image, resolve_inside
 from vlmtune.data.sample import Sample
+
+# atomic_write_text lives in vlmtune.io; train/loop.py and data/attributes.py still import it from here
+from vlmtune.io import atomic_path, atomic_write_text
 
 MANIFEST = "manifest.jsonl"
 MAX_JSON_DEPTH = 32
@@ -177,17 +179,6 @@ def splits(root: str | Path) -> dict[str, int]:
     return counts
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def json_line(row) -> str:
     """`row` as one line of JSON: non-ASCII text as itself, unless it holds a lone surrogate (a "\\udcff" escape
     read from a JSON file), which UTF-8 cannot write: then the line is written with \\u escapes, which read back
@@ -221,10 +212,8 @@ def write_dataset(root: str | Path, items: Iterable[tuple[Sample, list]]) -> int
     for sample, imgs in items:
         for rel, img in zip(sample.images, imgs, strict=True):
             path = resolve_inside(root, rel)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            img.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                img.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
         rows.append(sample.to_json())
     return write_jsonl(root / MANIFEST, rows)
 

@@ -18,6 +18,8 @@ import io
 import json
 from pathlib import Path
 
+from vlmtune.io import atomic_write_text
+
 GALLERY = 12
 
 
@@ -253,8 +255,6 @@ def write_run_report(run_dir: str | Path, out: str | Path | None = None) -> Path
         for name, root in v.probe_roots.items():
             body.append(f"<h2>Probe {_e(name)}: samples</h2>" + _gallery(
                 root, {"base answer": v.predictions(0, name), "tuned answer": v.predictions(best, name)}, n=6))
-    from vlmtune.data.store import atomic_write_text
-
     atomic_write_text(out, _page(f"vlmtune report: {v.cfg.name}", "".join(body)))
     return out
 
@@ -298,8 +298,6 @@ def write_comparison_report(runs: dict[str, str | Path], out: str | Path, title:
             root, {"base": first.predictions(0, n), **{lb: v.predictions(best[lb], n) for lb, v in views.items()}}))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from vlmtune.data.store import atomic_write_text
-
     atomic_write_text(out, _page(title, "".join(body)))
     return out
 

@@ -23,9 +23,10 @@ from pathlib import Path
 
 from vlmtune.data.images import ImageError, load_images, resolve_inside
 from vlmtune.data.sample import Sample
-from vlmtune.data.store import atomic_write_text, load_json
+from vlmtune.data.store import load_json
 from vlmtune.eval.ranking import retrieval_rows
 from vlmtune.eval.tasks.base import Task
+from vlmtune.io import atomic_path, atomic_write_text
 
 
 def _done(path: Path | None) -> dict[str, dict]:
@@ -356,11 +357,8 @@ def write_submission(rows: list[dict], out_dir: Path, kind: str) -> Path:
         # dtype=str: the same array as np.array(answers) (fixed-width unicode, as wide as the longest answer),
         # and still a string array when there is no answer at all
         answers = np.array([r["prediction"] for r in rows], dtype=str)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, answers)
-        tmp.replace(path)
         return path
     else:
         raise ValueError(f"unknown submission format {kind!r}; known: {', '.join(SUBMISSIONS)}")

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlmtune.data.store import BadRecord, atomic_write_text, load_json
+from vlmtune.data.store import BadRecord, load_json
 from vlmtune.eval.runner import META_KEYS
 from vlmtune.eval.tasks import TASKS, get_task
 from vlmtune.eval.tasks.base import gold
 from vlmtune.eval.tasks.base import unlabelled as is_unlabelled
+from vlmtune.io import atomic_write_text
 
 
 def recorded_task(path: str | Path) -> str | None:

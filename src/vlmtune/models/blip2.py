@@ -93,7 +93,7 @@ def encode_rendered(processor, samples, images, mode: str, max_length: int, rend
     return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
 
 
-def encode(processor, samples, images, mode: str = "train", max_length: int = 2048) -> Batch:
+def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     """Samples -> model inputs. "train": the whole conversation, labels on every answer + its "\\n", right padding.
     "generate": the conversation up to "Answer:" of the last turn, left padding. Never truncates."""
     return encode_rendered(processor, samples, images, mode, max_length, render)

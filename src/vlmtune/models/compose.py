@@ -26,6 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vlmtune.config import check_model_path
+from vlmtune.io import atomic_dir
 
 IMAGE = "<image>"
 VISION_TYPES = ("clip", "clip_vision_model", "siglip", "siglip_vision_model")
@@ -108,10 +109,9 @@ def compose(vision: str, lm: str, out: str | Path, projector: str = "mlp2x", see
         vision_feature_select_strategy=config.vision_feature_select_strategy,
         num_additional_image_tokens=1 if clip else 0, chat_template=_chat_template(tokenizer),
     )
-    tmp = out.with_name(f".{out.name}.tmp")
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
     n = sum(p.numel() for p in model.parameters())
     return {"out": str(out), "vision": vision, "lm": lm, "projector": projector, "parameters": n,
             "image_token_id": image_token_id}

@@ -98,7 +98,8 @@ class ModelFamily:
     load: Callable[[ModelCfg], Loaded]
     """Load model + processor from a local directory or hub id (Auto classes)."""
     encode: Callable[..., Batch]
-    """encode(processor, samples, images, mode, max_length) -> Batch. In "train" mode labels are -100
+    """encode(processor, samples, images, mode, max_length) -> Batch, every argument given (the budget is the
+    caller's: data.max_length in training, Predictor.max_length in inference). In "train" mode labels are -100
     everywhere except the assistant answer tokens and the end token; in "generate" mode the prompt ends with
     the generation prompt and padding is on the left."""
     lora_targets: tuple[str, ...]

@@ -45,7 +45,7 @@ def _split(sample) -> tuple[str, str]:
     return message_text(turns[0]), message_text(turns[1]) if len(turns) > 1 else ""
 
 
-def encode(processor, samples, images, mode: str = "train", max_length: int = 1024) -> Batch:
+def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     """Samples -> model inputs. The encoder gets image tokens + the prompt (right padded: it is bidirectional);
     "train" adds decoder_input_ids `</s> <s> answer` and labels `-100 answer </s>`. `max_length` bounds the
     encoder sequence (image tokens included) and the decoder sequence; nothing is cut."""

@@ -57,7 +57,7 @@ def load(cfg) -> Loaded:
     return load_pretrained(cfg, "gemma3")
 
 
-def encode(processor, samples, images, mode: str = "train", max_length: int = 2048) -> Batch:
+def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     """Samples -> model inputs. "train": the whole conversation, labels on every assistant answer + `<end_of_turn>`,
     right padding. "generate": the conversation up to the last assistant turn plus `<start_of_turn>model\\n`, left
     padding. A sample longer than `max_length` (image tokens included) raises SampleTooLong; nothing is cut."""

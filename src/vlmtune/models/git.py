@@ -54,7 +54,7 @@ def _render(tok, messages: list[dict], add_generation_prompt: bool) -> tuple[lis
     return ids, spans
 
 
-def encode(processor, samples, images, mode: str = "train", max_length: int = 512) -> Batch:
+def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     """Samples -> model inputs. "train": the whole conversation, right padded, labels on each answer and its [SEP].
     "generate": `[CLS] question` (all turns before the last answer), left padded. The image positions the model
     prepends count towards `max_length`; a sample that does not fit raises SampleTooLong; nothing is cut."""

@@ -77,7 +77,7 @@ def tokenize_expanded(tok, image_token: str, replacements: list[str], texts: lis
     return tok(expanded).input_ids
 
 
-def encode(processor, samples, images, mode: str = "train", max_length: int = 2048) -> Batch:
+def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     """Samples -> model inputs. "train": the whole conversation, labels only on assistant answers + their
     `<end_of_utterance>`, right padding. "generate": the conversation up to the generation prompt `Assistant:`, left
     padding. A sample longer than `max_length` (image tokens included) raises SampleTooLong; nothing is cut."""

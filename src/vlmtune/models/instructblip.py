@@ -48,7 +48,7 @@ def qformer_text(messages: list[dict]) -> str:
     return " ".join(message_text(m).strip() for m in messages if m["role"] == "user")
 
 
-def encode(processor, samples, images, mode: str = "train", max_length: int = 2048) -> Batch:
+def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     """Samples -> model inputs (see blip2.encode_rendered), with the Q-Former reading the instructions only."""
     render = render_with(processor.tokenizer.eos_token)
     batch = blip2.encode_rendered(processor, samples, images, mode, max_length, render)

@@ -73,7 +73,7 @@ def image_token_count(processor) -> int:
     return n
 
 
-def encode(processor, samples, images, mode: str = "train", max_length: int = 2048) -> Batch:
+def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     """Samples -> model inputs. "train": the whole conversation, labels only on assistant turns (+ end token),
     right padding. "generate": the conversation up to the last assistant turn plus the generation prompt, left
     padding. A sample longer than `max_length` (image tokens included) raises SampleTooLong; nothing is cut."""

@@ -46,7 +46,7 @@ def end_at_eos(ids, span, eos_id, sample_id):
     return span[0], ends[-1] + 1
 
 
-def encode(processor, samples, images, mode: str = "train", max_length: int = 2048) -> Batch:
+def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     """Samples -> model inputs, as llava.encode, with a per-image token count. "train": the whole conversation,
     labels only on assistant turns (+ end token), right padding. "generate": the conversation up to the last
     assistant turn plus the generation prompt, left padding. Too long (image tokens included): SampleTooLong."""

@@ -58,7 +58,7 @@ def load(cfg) -> Loaded:
     return load_pretrained(cfg, "mllama")
 
 
-def encode(processor, samples, images, mode: str = "train", max_length: int = 2048) -> Batch:
+def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     """Samples -> model inputs (input_ids, attention_mask, pixel_values, aspect_ratio_ids, aspect_ratio_mask,
     cross_attention_mask). "train": the whole conversation, labels only on assistant turns (+ `<|eot_id|>`), right
     padding. "generate": up to the generation prompt, left padding. Too long: SampleTooLong, nothing is cut."""

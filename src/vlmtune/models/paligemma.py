@@ -57,7 +57,7 @@ def prefix_of(sample, messages: list[dict]) -> str:
     return DEFAULT_PREFIX[sample.task].format(question=text)
 
 
-def encode(processor, samples, images, mode: str = "train", max_length: int = 2048) -> Batch:
+def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     """Samples -> model inputs. "train": prefix + suffix (answer + eos), labels on the suffix only, right padding.
     "generate": the prefix only, left padding. A sample longer than `max_length` raises SampleTooLong."""
     import torch

@@ -79,7 +79,7 @@ def _question_and_answer(sample, train: bool) -> tuple[str, str | None]:
     return sample.question, sample.target if train else None
 
 
-def encode(processor, samples, images, mode: str = "train", max_length: int = 2048) -> Batch:
+def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     """Samples -> encoder inputs (+ decoder labels in "train" mode: answer tokens + `</s>`, right-padded with -100).
     "generate" mode gives the encoder inputs only; generation starts from the model's decoder start token."""
     import torch
@@ -129,31 +129,42 @@ def build_tokenizer(vocab_size: int = 400):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def tiny() -> Loaded:
-    """A random Pix2Struct (2-layer ViT and decoder, dim 32, 8x8 patches, max_patches 64) in VQA mode."""
+def build(tok, vqa: bool, hidden: int, heads: int, ff: int, vision_layers: int, text_layers: int, patch: int,
+          max_patches: int, dropout: float | None = None) -> Loaded:
+    """A random-weight Pix2Struct around the tokenizer `tok` (T5's layout: pad, eos, no BOS) and its processor: the
+    one place a Pix2Struct is built from sizes (`tiny` here, `vlmtune chart init-model`'s DePlot-shaped model).
+    `dropout` sets the text and vision dropout and the attention dropout; None keeps transformers' defaults."""
     from transformers import Pix2StructConfig, Pix2StructForConditionalGeneration, Pix2StructProcessor
     from transformers.models.pix2struct.image_processing_pil_pix2struct import Pix2StructImageProcessorPil
 
-    tok = build_tokenizer()
-    patch, max_patches = 8, 64
     image_processor = Pix2StructImageProcessorPil(
-        is_vqa=True, max_patches=max_patches, patch_size={"height": patch, "width": patch}
+        is_vqa=vqa, max_patches=max_patches, patch_size={"height": patch, "width": patch}
     )
     processor = Pix2StructProcessor(image_processor=image_processor, tokenizer=tok)
+    drop = {} if dropout is None else {"dropout_rate": dropout}
+    d_kv = hidden // heads
     config = Pix2StructConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        text_config=dict(vocab_size=len(tok), hidden_size=hidden, d_kv=d_kv, d_ff=ff, **drop, num_layers=text_layers,
+                         num_heads=heads, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                          decoder_start_token_id=tok.pad_token_id),
-        vision_config=dict(hidden_size=32, patch_embed_hidden_size=3 * patch * patch, d_ff=64, d_kv=8,
-                           num_hidden_layers=2, num_attention_heads=4, seq_len=2 * max_patches),  # row/col ids
-        is_vqa=True,
+        vision_config=dict(hidden_size=hidden, patch_embed_hidden_size=3 * patch * patch, d_ff=ff,
+                           **drop, **({} if dropout is None else {"attention_dropout": dropout}),
+                           d_kv=d_kv, num_hidden_layers=vision_layers, num_attention_heads=heads,
+                           seq_len=2 * max_patches),  # row/column ids index it (1-based)
+        is_vqa=vqa,
     )
     model = Pix2StructForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.decoder_start_token_id = tok.pad_token_id
-    model.generation_config.bos_token_id = None  # T5-style: no BOS; the decoder starts from pad
+    gen = model.generation_config
+    gen.pad_token_id, gen.eos_token_id = tok.pad_token_id, tok.eos_token_id
+    gen.decoder_start_token_id = tok.pad_token_id
+    gen.bos_token_id = None  # T5-style: no BOS; the decoder starts from pad
     return Loaded(model=model, processor=processor, family="pix2struct")
+
+
+def tiny() -> Loaded:
+    """A random Pix2Struct (2-layer ViT and decoder, dim 32, 8x8 patches, max_patches 64) in VQA mode."""
+    return build(build_tokenizer(), vqa=True, hidden=32, heads=4, ff=64, vision_layers=2, text_layers=2, patch=8,
+                 max_patches=64)
 
 
 FAMILY = ModelFamily(

@@ -133,7 +133,7 @@ def image_tokens(processor, width: int, height: int) -> int:
     return image_processor.get_number_of_image_patches(height, width) // image_processor.merge_size**2
 
 
-def encode(processor, samples, images, mode: str = "train", max_length: int = 2048) -> Batch:
+def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     """Samples -> model inputs. "train": the whole conversation, labels only on assistant answers + their
     `<|im_end|>`, right padding. "generate": the conversation up to `<|im_start|>assistant\\n`, left padding.
     A sample longer than `max_length` (image tokens included) raises SampleTooLong; nothing is cut."""

@@ -47,7 +47,8 @@ import numpy as np
 from PIL import Image
 
 from vlmtune.data.images import ImageError, load_image, resolve_inside
-from vlmtune.data.store import MANIFEST, BadRecord, atomic_write_text, iter_records
+from vlmtune.data.store import MANIFEST, BadRecord, iter_records
+from vlmtune.io import atomic_path, atomic_write_text
 from vlmtune.retrieval.encoder import DualEncoder, fingerprint_mismatch
 
 INDEX, VECTORS, ITEMS, OFFSETS, REJECTED = "index.json", "vectors.npy", "items.jsonl", "items.offsets.npy", \
@@ -189,13 +190,12 @@ def _finish(out: Path, progress: dict, encoder: DualEncoder) -> dict:
     setup, count = progress["setup"], progress["items"]
     dim, dtype = setup["fingerprint"]["dim"], setup["dtype"]
     partial = np.memmap(out / PARTIAL_VECTORS, dtype=dtype, mode="r", shape=(count, dim))
-    tmp = out / f".{VECTORS}.tmp"
-    final = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(count, dim))
-    for start in range(0, count, CHUNK_ROWS):
-        final[start: start + CHUNK_ROWS] = partial[start: start + CHUNK_ROWS]
-    final.flush()
-    del final, partial
-    tmp.replace(out / VECTORS)
+    with atomic_path(out / VECTORS) as tmp:
+        final = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(count, dim))
+        for start in range(0, count, CHUNK_ROWS):
+            final[start: start + CHUNK_ROWS] = partial[start: start + CHUNK_ROWS]
+        final.flush()
+        del final, partial
     offsets, pos = [], 0
     with open(out / PARTIAL_ITEMS, "rb") as f:
         for line in f:

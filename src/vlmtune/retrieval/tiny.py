@@ -17,6 +17,8 @@ import math
 from pathlib import Path
 from typing import Literal
 
+from vlmtune.io import atomic_dir
+
 PAD, BOS, UNK, EOS = "<pad>", "<s>", "<unk>", "</s>"
 
 
@@ -87,8 +89,7 @@ def build_tiny(family: Literal["clip", "siglip"], out: str | Path, image_size: i
             size={"height": image_size, "width": image_size}), tokenizer=tokenizer)
     else:
         raise ValueError(f"tiny dual encoder family must be 'clip' or 'siglip', got {family!r}")
-    tmp = out.with_name(f".{out.name}.tmp")
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
     return out

@@ -37,7 +37,6 @@ import dataclasses
 import json
 import math
 import random
-import shutil
 import sys
 import time
 from collections import deque
@@ -45,8 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from vlmtune.config import build_section
 from vlmtune.data.images import DecodedImages
-from vlmtune.data.store import atomic_write_text
+from vlmtune.io import atomic_dir, atomic_write_text
 from vlmtune.retrieval.encoder import DualEncoder
 from vlmtune.retrieval.evaluate import Gallery, evaluate, load_gallery
 
@@ -82,22 +82,19 @@ class RetrievalTrainCfg:
     @classmethod
     def load(cls, path: str | Path | None, **given) -> RetrievalTrainCfg:
         """The YAML recipe at `path` (keys: this class's fields), with the keyword arguments that are not None
-        (command-line flags) overriding it."""
-        import dataclasses
-
+        (command-line flags) overriding it; typed and checked by the run config's loader (`config.build_section`)."""
         import yaml
 
-        fields = {f.name for f in dataclasses.fields(cls)}
         values = {}
         if path is not None:
             values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-            if not isinstance(values, dict) or set(values) - fields:
-                raise ValueError(f"{path}: a mapping of {sorted(fields)}; unknown: {sorted(set(values) - fields)}")
+            if not isinstance(values, dict):
+                raise ValueError(f"{path}: expected a mapping of {cls.__name__}'s keys, got {values!r}")
         values.update({k: v for k, v in given.items() if v is not None})
         missing = [k for k in ("model", "data", "out") if k not in values]
         if missing:
             raise ValueError(f"retrieve train: no {', '.join(missing)} (give --{' --'.join(missing)} or a --config)")
-        return cls(**values)
+        return build_section(cls, values)
 
     def __post_init__(self):
         if self.freeze not in ("none", "vision", "text"):
@@ -166,24 +163,16 @@ def _save(path: Path, enc: DualEncoder, meta: dict, trainer: dict | None = None)
     """Model + processor (+ trainer state) into `path`, atomically: written aside, then renamed over the old one."""
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    enc.model.save_pretrained(tmp, safe_serialization=True)
-    enc.processor.save_pretrained(tmp)
-    (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-    if trainer is not None:
-        (tmp / "trainer").mkdir()
-        torch.save(trainer["optimizer"], tmp / "trainer" / "optimizer.pt")
-        torch.save(trainer["scheduler"], tmp / "trainer" / "scheduler.pt")
-        torch.save({"torch": torch.get_rng_state()}, tmp / "trainer" / "rng.pt")
-        (tmp / "trainer" / "state.json").write_text(json.dumps(trainer["state"], indent=2) + "\n")
-    old = path.with_name(f".{path.name}.old")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    if old.exists():
-        shutil.rmtree(old)
+    with atomic_dir(path) as tmp:
+        enc.model.save_pretrained(tmp, safe_serialization=True)
+        enc.processor.save_pretrained(tmp)
+        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
+        if trainer is not None:
+            (tmp / "trainer").mkdir()
+            torch.save(trainer["optimizer"], tmp / "trainer" / "optimizer.pt")
+            torch.save(trainer["scheduler"], tmp / "trainer" / "scheduler.pt")
+            torch.save({"torch": torch.get_rng_state()}, tmp / "trainer" / "rng.pt")
+            (tmp / "trainer" / "state.json").write_text(json.dumps(trainer["state"], indent=2) + "\n")
 
 
 def _start(cfg: RetrievalTrainCfg, run: Path) -> tuple[DualEncoder, dict | None]:

@@ -69,6 +69,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 
 from vlmtune.config import OcrCfg, ServeCfg
+from vlmtune.data.formats.openai import MessageError, read_messages
 from vlmtune.serve.batcher import Batcher
 from vlmtune.serve.batcher import Request as Job
 
@@ -353,31 +354,29 @@ def decode_image(url: str, cfg: ServeCfg, where: str, image_processor=None):
 
 
 def parse_messages(messages: list[Message], cfg: ServeCfg, predictor=None):
-    """Validated messages -> (vlmtune Sample, [PIL images]); raises ApiError naming the offending part. With the
-    `predictor`, images are checked against its model before its processor sees them: their aspect ratio and their
-    size once resized (computed from the processor's settings), their number (a one-image family)."""
+    """Validated messages -> (vlmtune Sample, [PIL images]); raises ApiError naming the offending part. The
+    messages are read by the OpenAI format's `read_messages` (the one reading of that shape); here each image is
+    decoded within the server's limits. With the `predictor`, images are checked against its model before its
+    processor sees them: their aspect ratio and their size once resized (computed from the processor's settings),
+    their number (a one-image family)."""
     from vlmtune.data.sample import Sample
 
     family = predictor.family if predictor is not None else None
     image_processor = getattr(predictor.loaded.processor, "image_processor", None) if predictor is not None else None
-    out, images = [], []
-    for k, m in enumerate(messages):
-        where = f"messages[{k}]"
-        parts = []
-        for j, part in enumerate(m.content):
-            pw = f"{where}.content[{j}]"
-            if part.type == "text":
-                parts.append({"type": "text", "text": part.text})
-                continue
-            if m.role != "user":
-                raise ApiError(400, f"{pw}: images are accepted in user messages only", pw)
-            if len(images) >= cfg.max_images:
-                raise ApiError(400, f"{pw}: more than {cfg.max_images} images in one request", pw)
-            if family is not None and images and not family.multi_image:
-                raise ApiError(400, f"{pw}: the model (a {family.name} model) takes one image per request", pw)
-            images.append(decode_image(part.image_url.url, cfg, pw, image_processor))
-            parts.append({"type": "image"})
-        out.append({"role": m.role, "content": parts})
+    images = []
+
+    def image(url: object, detail: object, k: int, j: int) -> None:
+        pw = f"messages[{k}].content[{j}]"
+        if len(images) >= cfg.max_images:
+            raise ApiError(400, f"{pw}: more than {cfg.max_images} images in one request", pw)
+        if family is not None and images and not family.multi_image:
+            raise ApiError(400, f"{pw}: the model (a {family.name} model) takes one image per request", pw)
+        images.append(decode_image(url, cfg, pw, image_processor))
+
+    try:  # an empty text part is a valid request (the OpenAI API accepts it), unlike a training example's
+        out = list(read_messages([m.model_dump() for m in messages], image, blank_text=True))
+    except MessageError as e:
+        raise ApiError(400, f"{e.where}: {e.problem}", e.where) from None
     if out[-1]["role"] != "user":
         raise ApiError(400, "the last message must be from the user", f"messages[{len(out) - 1}]")
     if family is not None and not images and not family.text_only:

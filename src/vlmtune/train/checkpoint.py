@@ -15,6 +15,7 @@ import random
 import shutil
 from pathlib import Path
 
+from vlmtune.io import atomic_dir
 from vlmtune.runs import META, TRAINER, base_fingerprint, checkpoints
 
 SHARDED = "sharded"
@@ -34,15 +35,6 @@ def save_model_files(path: Path, model, processor, meta: dict, state_dict: dict 
     (path / META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _swap_in(tmp: Path, final: Path) -> None:
-    old = final.with_name(final.name + ".old")
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def save_checkpoint(run_dir: Path, step: int, model, processor, meta: dict, optimizer, scheduler,
                     state: dict, state_dict: dict | None = None, sharded_state: Path | None = None) -> Path:
     """A resumable checkpoint at checkpoints/step-N (model files + trainer state).
@@ -54,23 +46,21 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, meta: dict, opti
     from safetensors.torch import save_file
 
     final = run_dir / "checkpoints" / f"step-{step}"
-    tmp = final.with_name(f".tmp-step-{step}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_model_files(tmp, model, processor, {**meta, "step": step}, state_dict)
-    trainer = tmp / TRAINER
-    trainer.mkdir()
-    weights = state_dict if state_dict is not None else dict(model.state_dict())
-    trainable = {n: weights[n].detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(trainable, trainer / "trainable.safetensors")
-    if sharded_state is not None:
-        sharded_state.rename(trainer / SHARDED)
-    else:
-        torch.save(optimizer.state_dict(), trainer / "optimizer.pt")
-    torch.save(scheduler.state_dict(), trainer / "scheduler.pt")
-    torch.save(rng_state(), trainer / "rng.pt")
-    (trainer / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
-    _swap_in(tmp, final)
+    with atomic_dir(final) as tmp:
+        save_model_files(tmp, model, processor, {**meta, "step": step}, state_dict)
+        trainer = tmp / TRAINER
+        trainer.mkdir()
+        weights = state_dict if state_dict is not None else dict(model.state_dict())
+        trainable = {n: weights[n].detach().contiguous().cpu() for n, p in model.named_parameters()
+                     if p.requires_grad}
+        save_file(trainable, trainer / "trainable.safetensors")
+        if sharded_state is not None:
+            sharded_state.rename(trainer / SHARDED)
+        else:
+            torch.save(optimizer.state_dict(), trainer / "optimizer.pt")
+        torch.save(scheduler.state_dict(), trainer / "scheduler.pt")
+        torch.save(rng_state(), trainer / "rng.pt")
+        (trainer / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
     return final
 
 
@@ -79,21 +69,15 @@ def save_base(run_dir: Path, model, processor, family: str) -> None:
     final = run_dir / "base"
     if (final / "config.json").is_file():
         return
-    tmp = run_dir / ".tmp-base"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    save_model_files(tmp, model, processor, {"family": family})
-    _swap_in(tmp, final)
+    with atomic_dir(final) as tmp:
+        save_model_files(tmp, model, processor, {"family": family})
 
 
 def save_best(run_dir: Path, source: Path) -> Path:
     """Copy a checkpoint's model files (not its trainer state) to run_dir/best atomically."""
-    tmp = run_dir / ".tmp-best"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(TRAINER))
     final = run_dir / "best"
-    _swap_in(tmp, final)
+    with atomic_dir(final) as tmp:
+        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(TRAINER))
     return final
 
 

@@ -34,9 +34,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import os
 from pathlib import Path
 
+from vlmtune.io import atomic_path, atomic_write_text
 from vlmtune.models.family import base_model, input_dtype
 from vlmtune.models.labels import IGNORE_INDEX
 
@@ -179,10 +179,8 @@ class VisionCache:
         self._remember(key, features)
         file = self.dir / key[:2] / f"{key}.safetensors"
         if not file.is_file():
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_name(f"{file.name}.tmp-{os.getpid()}")  # ranks may write the same image at once
-            save_file({str(i): f for i, f in enumerate(features)}, str(tmp))
-            tmp.replace(file)
+            with atomic_path(file) as tmp:  # ranks may write the same image at once: each has its own temporary
+                save_file({str(i): f for i, f in enumerate(features)}, str(tmp))
 
     def _compute(self, model, inputs: dict, counts: list[int], keys: list[str | None]) -> None:
         """Run the frozen vision side once on the batch's images; store the features of every sample with images."""
@@ -200,9 +198,7 @@ class VisionCache:
         pooled = out.pooler_output
         if self.stacked is None:
             self.stacked = isinstance(pooled, torch.Tensor)
-            tmp = self.dir / f"layout.json.tmp-{os.getpid()}"
-            tmp.write_text(json.dumps({"stacked": self.stacked}))
-            tmp.replace(self.dir / "layout.json")
+            atomic_write_text(self.dir / "layout.json", json.dumps({"stacked": self.stacked}))
         if self.family.vision_features == "per_sample":  # one entry per sample, all its images' tiles in it
             entries = list(pooled)
             if len(entries) != len(counts):

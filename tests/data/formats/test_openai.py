@@ -158,3 +158,30 @@ def test_bad_records_are_named_and_skipped(tmp_path):
     assert "must end with an assistant message" in errors[6]
     assert "message 2: a system message after the conversation started" in errors[7]
     assert "malformed JSON" in errors[8]
+
+
+def test_read_messages_is_the_one_reading_of_the_message_shape():
+    """The format and the server (serve.app.parse_messages) both read messages with read_messages: roles and parts
+    in order, a string content as one text part, each image handed to the caller with where it is."""
+    from vlmtune.data.formats.openai import MessageError, read_messages
+
+    seen = []
+    turns = [{"role": "system", "content": "Be brief."},
+             {"role": "user", "content": [{"type": "text", "text": "Which?"},
+                                          {"type": "image_url", "image_url": {"url": "a.png", "detail": "low"}},
+                                          {"type": "image_url", "image_url": "b.png"}]},
+             {"role": "assistant", "content": " "}]
+    out = list(read_messages(turns, lambda url, detail, k, j: seen.append((url, detail, k, j)), blank_text=True))
+    assert out == [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                   {"role": "user", "content": [{"type": "text", "text": "Which?"}, {"type": "image"},
+                                                {"type": "image"}]},
+                   {"role": "assistant", "content": [{"type": "text", "text": " "}]}]
+    assert seen == [("a.png", "low", 1, 1), ("b.png", None, 1, 2)]
+    with pytest.raises(MessageError, match="message 2: empty or missing text") as e:
+        list(read_messages(turns, lambda *a: None))  # a blank text is refused unless blank_text
+    assert e.value.where == "messages[2].content[0]"
+    turns[2]["content"] = [{"type": "image_url", "image_url": {"url": "c.png"}}]
+    with pytest.raises(MessageError, match=r"message 2: unsupported assistant content part \(images are accepted "
+                                           r"in user messages only\)") as e:
+        list(read_messages(turns, lambda *a: None))
+    assert e.value.where == "messages[2].content[0]"

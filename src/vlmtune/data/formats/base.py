@@ -18,7 +18,6 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 import re
 import reprlib
 import shutil
@@ -30,6 +29,7 @@ from pathlib import Path
 from vlmtune.data.images import ImageError, check_image_file, resolve_inside
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import MANIFEST, BadRecord, iter_records, json_line, load_json, write_jsonl
+from vlmtune.io import atomic_path, atomic_write_text
 
 
 @dataclass
@@ -120,10 +120,8 @@ def copy_image(src: Path, root: Path, rel: str) -> str:
     dest = resolve_inside(root, rel)
     if dest.is_file() and dest.stat().st_size == src.stat().st_size:
         return rel
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dest)
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
     return rel
 
 
@@ -147,10 +145,8 @@ def _store(root: Path, rel: str, ref: ImageRef) -> None:
     if ref.data is not None:
         if dest.is_file() and dest.stat().st_size == len(ref.data):
             return
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-        tmp.write_bytes(ref.data)
-        tmp.replace(dest)
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(ref.data)
         return
     if ref.path is None:
         raise ImageError("no image file")
@@ -208,9 +204,7 @@ def import_dataset(fmt: Format, src: str | Path, out: str | Path, images: str | 
         def save_state():
             man.flush(), rej.flush()
             state.update(bytes=man.tell(), rejected_bytes=rej.tell())
-            tmp = state_file.with_name(state_file.name + ".tmp")
-            tmp.write_text(json.dumps(state))
-            tmp.replace(state_file)
+            atomic_write_text(state_file, json.dumps(state))
 
         bar = tqdm(desc=f"import {fmt.name}", unit=" records", disable=not progress, initial=state["records"])
         for i, rec in enumerate(fmt.read(src, images)):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -76,11 +76,59 @@ def _image(url: object, n: int, base: Path) -> tuple[str, ImageRef]:
     return dataset_image(rel), ref
 
 
-def _text(part: object, k: int) -> str:
-    text = part.get("text") if isinstance(part, dict) else None
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"message {k}: empty or missing text")
-    return text
+class MessageError(ValueError):
+    """An OpenAI chat message that `read_messages` cannot read: `problem`, found in messages[k] (its content[j] when
+    the problem is one part)."""
+
+    def __init__(self, problem: str, k: int, j: int | None = None):
+        super().__init__(f"message {k}: {problem}")
+        self.problem, self.k, self.j = problem, k, j
+
+    @property
+    def where(self) -> str:
+        """The JSON path of what is wrong, as an API error names it: messages[2] or messages[2].content[0]."""
+        return f"messages[{self.k}]" + (f".content[{self.j}]" if self.j is not None else "")
+
+
+def read_messages(turns: list, image: Callable[[object, object, int, int], None],
+                  blank_text: bool = False) -> Iterator[dict]:
+    """OpenAI chat messages -> vlmtune messages, one for each, in order (yielded as read, so a caller's own check of
+    message k runs before message k + 1 is read): the one reading of the OpenAI message shape, shared by this format
+    and the server's /v1/chat/completions. A role is system, user or assistant; content is a string (one text part)
+    or a non-empty list of "text" and "image_url" parts; a text is a string, blank only with `blank_text`; images are
+    accepted in user messages only, and each becomes an image part after `image(url, detail, k, j)` was called on
+    it (the caller loads or checks it; its errors propagate). "image_url" is {"url": ..., "detail": ...} or the URL
+    itself. Which roles may follow which, and what the last one must be, are the caller's to check. Raises
+    MessageError."""
+    for k, m in enumerate(turns):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role not in ("system", "user", "assistant"):
+            raise MessageError(f"expected a system, user or assistant message, got "
+                               f"{json.dumps(m, ensure_ascii=False)[:80]}", k)
+        content = m.get("content")
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        if not isinstance(content, list) or not content:
+            raise MessageError("'content' must be a string or a non-empty list of parts", k)
+        parts = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                text = part.get("text")
+                if not isinstance(text, str) or not (blank_text or text.strip()):
+                    raise MessageError("empty or missing text", k, j)
+                parts.append({"type": "text", "text": part["text"]})
+            elif kind == "image_url" and role == "user":
+                spec = part.get("image_url")
+                url, detail = (spec.get("url"), spec.get("detail")) if isinstance(spec, dict) else (spec, None)
+                image(url, detail, k, j)
+                parts.append({"type": "image"})
+            elif kind == "image_url":
+                raise MessageError(f"unsupported {role} content part (images are accepted in user messages only)",
+                                   k, j)
+            else:
+                raise MessageError(f"unsupported {role} content part {json.dumps(part)[:80]}", k, j)
+        yield {"role": role, "content": parts}
 
 
 def _sample(row: object, file: Path, lineno: int, base: Path, seen: set[str]) -> Imported:
@@ -89,33 +137,17 @@ def _sample(row: object, file: Path, lineno: int, base: Path, seen: set[str]) ->
     turns = row.get("messages")
     if not isinstance(turns, list) or not turns:
         raise ValueError("missing or empty 'messages'")
-    messages: list[dict] = []
     images, sources, details, weights = [], [], [], []
-    for k, m in enumerate(turns):
-        role = m.get("role") if isinstance(m, dict) else None
-        if role not in ("system", "user", "assistant"):
-            raise ValueError(f"message {k}: expected a system, user or assistant message, got "
-                             f"{json.dumps(m, ensure_ascii=False)[:80]}")
-        content = m.get("content")
-        if isinstance(content, str):
-            content = [{"type": "text", "text": content}]
-        if not isinstance(content, list) or not content:
-            raise ValueError(f"message {k}: 'content' must be a string or a non-empty list of parts")
-        parts = []
-        for part in content:
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text":
-                parts.append({"type": "text", "text": _text(part, k)})
-            elif kind == "image_url" and role == "user":
-                spec = part.get("image_url")
-                url, detail = (spec.get("url"), spec.get("detail")) if isinstance(spec, dict) else (spec, None)
-                rel, ref = _image(url, len(images), base)
-                images.append(rel)
-                sources.append(ref)
-                details.append(detail)
-                parts.append({"type": "image"})
-            else:
-                raise ValueError(f"message {k}: unsupported {role} content part {json.dumps(part)[:80]}")
+
+    def image(url: object, detail: object, k: int, j: int) -> None:
+        rel, ref = _image(url, len(images), base)
+        images.append(rel)
+        sources.append(ref)
+        details.append(detail)
+
+    messages: list[dict] = []
+    for k, (m, read) in enumerate(zip(turns, read_messages(turns, image), strict=True)):
+        role, parts = read["role"], read["content"]
         if role == "system":
             if any(x["role"] != "system" for x in messages):
                 raise ValueError(f"message {k}: a system message after the conversation started")
