@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vlmtune.cli.flags import add_config_flags, add_device_args
 from vlmtune.cli.run import build_predictor
-from vlmtune.config import OcrCfg
+from vlmtune.config import MAX_PROMPT_LENGTH, OcrCfg
 
 
 def cmd_data_synth(a) -> dict:
@@ -270,7 +270,8 @@ def add_parsers(sub) -> None:
     al.add_argument("--max-new-tokens", type=int, default=32)
     al.add_argument("--num-beams", type=int, default=1)
     al.add_argument("--max-length", type=int, default=None,
-                    help="prompt limit, image tokens included (default: the run's data.max_length, at least 4096)")
+                    help="prompt limit, image tokens included (default: the run's data.max_length, at least "
+                         f"{MAX_PROMPT_LENGTH})")
     add_device_args(al)
     al.set_defaults(fn=cmd_data_autolabel)
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from vlmtune.cli.flags import add_device_args
+from vlmtune.config import MAX_PROMPT_LENGTH
 
 
 def cmd_train(a, overrides: list[str]) -> dict:
@@ -53,7 +54,7 @@ def _run_defaults(a) -> None:
         if getattr(a, key) is None:
             setattr(a, key, getattr(e, key) if e is not None else fallback)
     if getattr(a, "max_length", 0) is None:  # a prompt the run trained with fits; a Pix2Struct one is 2048 patches+
-        a.max_length = max(cfg.data.max_length, 4096) if cfg is not None else 4096
+        a.max_length = max(cfg.data.max_length, MAX_PROMPT_LENGTH) if cfg is not None else MAX_PROMPT_LENGTH
     if hasattr(a, "lang") and a.lang is None and e is not None:
         a.lang = e.lang
 
@@ -180,7 +181,8 @@ def _add_model_args(p, required: bool = True) -> None:
                         "99th percentile of their token counts + 25%%, at least 16)")
     p.add_argument("--num-beams", type=int, default=None, help="default: the run's eval.num_beams, else 1")
     p.add_argument("--max-length", type=int, default=None,
-                   help="prompt limit, image tokens included (default: the run's data.max_length, at least 4096)")
+                   help="prompt limit, image tokens included (default: the run's data.max_length, at least "
+                        f"{MAX_PROMPT_LENGTH})")
     p.add_argument("--limit", type=int, default=None, help="only the first N samples")
     p.add_argument("--skip-bad", action="store_true", help="skip bad records (listed in rejected.jsonl)")
     add_device_args(p)
