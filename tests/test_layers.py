@@ -75,8 +75,6 @@ KNOWN_CYCLES = {
                "models.qwen2_vl", "models.smolvlm"}),
     # lm.py trains its tokenizer on reason.py's prompts (`_corpus`); reason.py runs lm.py's generators
     frozenset({"chart.lm", "chart.reason"}),
-    # preflight annotates with loop's State (under TYPE_CHECKING); loop calls preflight
-    frozenset({"train.loop", "train.preflight"}),
 }
 """Each cycle is the set of modules of one strongly connected component."""
 
@@ -89,7 +87,6 @@ KNOWN_LONG = {
     "data/translate.py",
     "eval/metrics/tokenize.py",
     "serve/app.py",
-    "train/loop.py",
 }
 """Files over MAX_LINES lines, relative to src/vlmtune."""
 
