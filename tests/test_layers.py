@@ -82,7 +82,6 @@ KNOWN_LONG = {
     "chart/reason.py",
     "cli.py",
     "config.py",
-    "data/attributes.py",
     "data/formats/hf.py",
     "data/translate.py",
     "eval/metrics/tokenize.py",
