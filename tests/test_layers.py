@@ -85,7 +85,6 @@ KNOWN_LONG = {
     "data/formats/hf.py",
     "data/translate.py",
     "eval/metrics/tokenize.py",
-    "serve/app.py",
 }
 """Files over MAX_LINES lines, relative to src/vlmtune."""
 
