@@ -81,7 +81,6 @@ KNOWN_CYCLES = {
 KNOWN_LONG = {
     "chart/reason.py",
     "cli.py",
-    "data/formats/hf.py",
     "data/translate.py",
     "eval/metrics/tokenize.py",
 }
