@@ -81,7 +81,6 @@ KNOWN_CYCLES = {
 KNOWN_LONG = {
     "chart/reason.py",
     "cli.py",
-    "eval/metrics/tokenize.py",
 }
 """Files over MAX_LINES lines, relative to src/vlmtune."""
 
