@@ -73,13 +73,10 @@ KNOWN_CYCLES = {
                "models.git", "models.idefics3", "models.instructblip", "models.labels", "models.llava",
                "models.llava_next", "models.mllama", "models.paligemma", "models.pix2struct", "models.qwen2_5_vl",
                "models.qwen2_vl", "models.smolvlm"}),
-    # lm.py trains its tokenizer on reason.py's prompts (`_corpus`); reason.py runs lm.py's generators
-    frozenset({"chart.lm", "chart.reason"}),
 }
 """Each cycle is the set of modules of one strongly connected component."""
 
 KNOWN_LONG = {
-    "chart/reason.py",
     "cli.py",
 }
 """Files over MAX_LINES lines, relative to src/vlmtune."""
