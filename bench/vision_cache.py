@@ -8,7 +8,7 @@ in a fresh `vlmtune train` process, `--repeats` times, alternating; medians are 
 from the run's own log (samples/s per 5 steps), so model building, data generation and the final save are not
 counted. The per-step losses of the two modes must agree (asserted).
 
-Models (random weights; the FLOP split of each is measured with torch's FlopCounterMode and printed):
+Models (random weights; the FLOP split of each is measured with torch's FlopCounterMode (bench/flops.py) and printed):
 * `llava`: the built-in LLaVA-architecture model (CLIP 4 x 128 on 64x64 images, 8 px patches -> 64 image tokens
   into a Llama 2 x 128): the language model reads every patch, as in LLaVA-1.5.
 * `smolvlm`: a SmolVLM-256M-shaped model scaled down (SigLIP-style 4 x 192 on 256x256 images, 16 px patches, pixel
@@ -98,7 +98,7 @@ def model_spec(name: str, work: Path) -> dict:
 def flops_split(model_cfg: dict, data: Path) -> str:
     """FLOPs of the vision tower + projector and of the whole forward, for one training sample of the data."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    from flops import count_flops
 
     from vlmtune.config import RunCfg
     from vlmtune.data.images import load_images
@@ -113,11 +113,9 @@ def flops_split(model_cfg: dict, data: Path) -> str:
     batch = family.encode(loaded.processor, [sample], [load_images(data, sample)], "train", 256)
     inputs = {k: v for k, v in batch.inputs.items() if k != "labels"}
     wanted = {k: v for k, v in inputs.items() if k in ("pixel_values", "pixel_attention_mask")}
-    with torch.no_grad(), FlopCounterMode(display=False) as vision:
-        model.model.get_image_features(**wanted)
-    with torch.no_grad(), FlopCounterMode(display=False) as full:
-        model(**inputs)
-    v, f = vision.get_total_flops(), full.get_total_flops()
+    with torch.no_grad():
+        v = count_flops(model.model.get_image_features, **wanted).total
+        f = count_flops(model, **inputs).total
     return (f"vision tower + projector {v / 1e6:.0f} MFLOP of {f / 1e6:.0f} MFLOP per training-sample forward "
             f"({100 * v / f:.0f}%), {inputs['input_ids'].shape[1]} positions in the language model")
 

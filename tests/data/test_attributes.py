@@ -1,4 +1,4 @@
-"""Generated VQA from an attribute table (data/attributes.py) over tests/fixtures/attributes/: a 12-row fashion
+"""Generated VQA from an attribute table (data/attributes/) over tests/fixtures/attributes/: a 12-row fashion
 catalogue as .csv and .xlsx (same content; sleeve_length typed as numbers in the .xlsx), 12 PNGs of 24x18 px
 (studio/look12.png is a byte copy of look05.png) and en/pt/ru templates. Table row n+1 describes look<n>."""
 

@@ -367,7 +367,7 @@ def test_end_to_end_train_eval_predict_serve_and_data_ocr_command_see_the_ocr_te
 
     from vlmtune.config import ServeCfg
     from vlmtune.serve import build_app
-    from vlmtune.serve.app import _job
+    from vlmtune.serve.messages import _job
 
     app = build_app(run, ServeCfg(), background=False)
     assert app.state.vlmtune.ocr == OcrCfg(langs=LANGS)

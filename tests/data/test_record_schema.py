@@ -18,7 +18,7 @@ from vlmtune.data.lint import check_dataset
 from vlmtune.data.sample import Sample, SampleRecord, assistant, user
 from vlmtune.data.stats import dataset_stats
 from vlmtune.data.store import MANIFEST, MAX_JSON_DEPTH, BadRecord, read_samples, write_dataset
-from vlmtune.train.loop import build_data
+from vlmtune.train.build import build_data
 
 
 def _nested(depth: int) -> object:

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from vlmtune.config import ServeCfg
-from vlmtune.serve.app import MAX_JSON_DEPTH
+from vlmtune.serve.request import MAX_JSON_DEPTH
 
 LIMITS = {"max_tokens": 6, "max_body_bytes": 256 * 1024, "max_image_bytes": 64 * 1024, "max_image_pixels": 1_000_000,
           "max_images": 2, "timeout_s": 60.0}

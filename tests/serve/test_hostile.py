@@ -193,7 +193,8 @@ def _resolver(*answers: str):
 def test_a_rebinding_name_is_resolved_once_and_loopback_is_never_connected(monkeypatch):
     """The name answers a public address to the check and 127.0.0.1 to any later lookup: the only connection goes
     to the checked public address (refused here: no network in tests), never to loopback."""
-    from vlmtune.serve.app import ApiError, _fetch
+    from vlmtune.serve.messages import _fetch
+    from vlmtune.serve.request import ApiError
 
     getaddrinfo, lookups = _resolver("93.184.215.14", "127.0.0.1")
     connects = []
@@ -214,7 +215,7 @@ def test_a_rebinding_name_is_resolved_once_and_loopback_is_never_connected(monke
 def test_the_pinned_connection_keeps_the_host_name_in_the_request(monkeypatch):
     """The connection goes to the address that was checked, and the request still names the host (Host header; for
     https the TLS SNI and certificate check use the same name). Loopback is let through here only by the test."""
-    import vlmtune.serve.app as app_module
+    import vlmtune.serve.messages as app_module
 
     png = io.BytesIO()
     RED.save(png, format="PNG")

@@ -276,7 +276,7 @@ def test_the_describe_prompt_and_examples_come_from_the_run(shop, tmp_path, fash
 
 
 def test_links_cannot_break_out_of_their_markdown():
-    from vlmtune.serve.app import links_markdown
+    from vlmtune.serve.catalogue import links_markdown
 
     items = [{"rank": 1, "score": 0.5, "caption": "a [red] top\nnew \\ line", "item_url": "https://s.example/a b(1)"},
              {"rank": 2, "score": 0.25, "caption": "no link", "item_url": "javascript:alert(1)"},

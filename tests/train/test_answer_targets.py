@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from vlmtune.config import RunCfg
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.train import targets
-from vlmtune.train.loop import encode_batch, fit, setup
+from vlmtune.train.batching import encode_batch
+from vlmtune.train.loop import fit, setup
 
 VOTES = ["red"] * 5 + ["Red."] + ["light blue"] * 2 + ["unanswerable", "blue"]
 """Ten annotators: "red" and "Red." are one answer to the VQA metric (6 votes); "light blue" 2; the rest 1 each."""
@@ -194,7 +195,7 @@ def test_an_answer_too_long_for_max_length_is_found_before_step_0(tmp_path, vizw
 
 def test_weighted_rows_of_a_sample_share_its_mirroring(tmp_path, vizwiz_dir):
     """Under train.hflip every answer row of a sample shows the image as the sample's flip decided."""
-    from vlmtune.train.loop import hflip_mask, step_batches
+    from vlmtune.train.batching import hflip_mask, step_batches
 
     cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, vizwiz_dir, data={"val_split": None, "answer_targets": "weighted"},
                                         train={"hflip": True, "micro_batch_size": 8, "global_batch_size": 8}))

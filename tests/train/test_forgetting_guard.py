@@ -11,7 +11,7 @@ from vlmtune.config import RunCfg
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.data.store import write_dataset
 from vlmtune.eval import forgetting
-from vlmtune.train import loop
+from vlmtune.train import batching, loop
 
 
 def _rows(run_dir):
@@ -112,7 +112,7 @@ def test_sources_follow_their_weights_and_log_loss_per_source(tmp_path, fashion_
     cfg = RunCfg.from_dict(_tiny(tmp_path, fashion_dir, {"data": {"sources": sources}}))
     state = loop.setup(cfg)
     seen = Counter()
-    encode = loop.encode_batch
+    encode = batching.encode_batch
 
     def spy(state_, items, flips=None):
         kinds = {bool(s.images) for _, s in items}
@@ -121,11 +121,11 @@ def test_sources_follow_their_weights_and_log_loss_per_source(tmp_path, fashion_
             seen[j] += 1
         return encode(state_, items, flips)
 
-    loop.encode_batch = spy
+    batching.encode_batch = spy
     try:
         loop.fit(state)
     finally:
-        loop.encode_batch = encode
+        batching.encode_batch = encode
     assert seen[0] == 36 and seen[1] == 12, "6 of each 8 from the domain, 2 text-only"
     assert seen["mixed batches"] > 0
     steps = [r for r in _rows(cfg.run_dir) if "loss" in r]

@@ -87,7 +87,7 @@ def test_lora_run_saves_adapter_and_reloads_for_inference(tmp_path, fashion_dir)
 
 
 def test_hflip_is_a_fixed_function_of_seed_and_step_and_mirrors_the_images(tmp_path, fashion_dir):
-    from vlmtune.train.loop import encode_batch, hflip_mask
+    from vlmtune.train.batching import encode_batch, hflip_mask
 
     masks = [hflip_mask(0, step, 64) for step in range(4)]
     assert masks == [hflip_mask(0, step, 64) for step in range(4)]  # a resumed run flips the same images

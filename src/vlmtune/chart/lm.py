@@ -173,7 +173,7 @@ def _corpus() -> list[str]:
     import random
 
     from vlmtune.chart.prompts import cot_prompt, pot_prompt
-    from vlmtune.chart.reason import llm_prompt
+    from vlmtune.chart.reason.llm import llm_prompt
     from vlmtune.data.charts import QUESTION_TYPES, make_question, random_spec
 
     r = random.Random(0)

@@ -6,7 +6,7 @@ dedicated OCR engine reads them well; giving its text to the model turns "read t
 
     data:
       path: data/memes
-      ocr:                         # the settings: OcrCfg in config.py. `make ocr` installs Debian's tesseract-ocr
+      ocr:                         # the settings: OcrCfg in config/data.py. `make ocr` installs Debian's tesseract-ocr
         langs: rus+eng             # the data's main language FIRST (see below)
         into: prompt               # "Text in the image: {text}\\n{prompt}" in the first user turn; or meta
         min_conf: 30               # drop words tesseract is unsure about (texture and border noise)

@@ -16,34 +16,30 @@ much from becoming best/ (`forgetting.stop_on_violation` ends the run there).
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-import re
 import sys
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from vlmtune.config import RunCfg
-from vlmtune.data.dataset import load_split, prepare_data_dir, prepare_dataset
 from vlmtune.data.images import DecodedImages
 from vlmtune.data.mix import Mixture
-from vlmtune.data.sample import Sample, message_text
+from vlmtune.data.sample import Sample
 from vlmtune.eval import forgetting
-from vlmtune.models import ModelFamily, get_family, load_model
+from vlmtune.models import ModelFamily, get_family
 from vlmtune.models.family import Loaded, describe_trainable, input_dtype, trainable_summary
-from vlmtune.models.labels import IGNORE_INDEX
 from vlmtune.models.loss import accepts_logits_to_keep, forward_losses, logit_prefix_of
-from vlmtune.runs import RUN_BASE, checkpoints
+from vlmtune.runs import checkpoints
 from vlmtune.train import checkpoint as ckpt
 from vlmtune.train import targets, vision_cache
+from vlmtune.train.batching import check_hflip, step_batches, trained_tokens_of
+from vlmtune.train.build import build_data, build_model, build_optimizer
 from vlmtune.train.checks import check_run
 from vlmtune.train.distributed import vision_dummy
 from vlmtune.train.preflight import check_samples
-from vlmtune.train.trainable import make_trainable, train_autocast
+from vlmtune.train.trainable import train_autocast
 
 PROBES_BASE = "probes_base.json"
 
@@ -79,99 +75,6 @@ class State:
     images: Any = None
     """DecodedImages: the training images decoded once while they fit `train.image_cache_mb`."""
     stopped: str | None = None
-
-
-# ---------------------------------------------------------------- builders
-
-
-def build_model(cfg: RunCfg, family: ModelFamily, run_dir: Path, is_main: bool) -> tuple[Loaded, Any, dict]:
-    """Load the model, apply LoRA and freezing; returns (loaded, trainable model, checkpoint meta)."""
-    loaded = load_model(cfg.model, seed=cfg.train.seed)
-    model = loaded.model
-    meta = {"family": family.name, "adapter": cfg.lora.enabled, "dtype": cfg.model.dtype,
-            **ckpt.base_record(cfg.model)}
-    if cfg.model.quantization is not None:  # QLoRA: norms to fp32, input grads on (peft's recipe)
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        meta["quantization"] = dataclasses.asdict(cfg.model.quantization)
-    if cfg.train.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.lora.enabled and cfg.model.path == "builtin":  # a built (random) base must be saved for the adapter
-        if is_main:
-            ckpt.save_base(run_dir, model, loaded.processor, family.name)
-        meta["base"] = RUN_BASE
-    return loaded, make_trainable(cfg, family, model), meta
-
-
-def build_optimizer(cfg: RunCfg, model):
-    import torch
-
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95))
-    t = cfg.train
-
-    def factor(step: int) -> float:
-        if step < t.warmup_steps:
-            return (step + 1) / t.warmup_steps
-        if t.schedule == "constant":
-            return 1.0
-        progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if t.schedule == "cosine" else 1 - progress
-        return t.min_lr_ratio + (1 - t.min_lr_ratio) * shape
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def build_data(cfg: RunCfg, run_dir: Path):
-    """(val root, training mixture, image root per source, val samples, probes). The bad records of every source,
-    of val and of the probes are listed in rejected.jsonl, each with the source it was read for."""
-    d, rejected = cfg.data, run_dir / "rejected.jsonl"
-    rejected.unlink(missing_ok=True)  # this setup's list (a restart reads the data again; load_split adds to it)
-    ocr = d.ocr  # the same enrichment for every source and val (and for eval --model RUN, from run_config)
-    root = prepare_data_dir(d)
-    if d.sources:
-        roots = [prepare_dataset(src.path, src.synth) for src in d.sources]
-        mixture = Mixture([(src.name, load_split(r, src.split, d.skip_bad, rejected, ocr, source=src.name),
-                            src.weight) for src, r in zip(d.sources, roots, strict=True)])
-    else:
-        roots = [root]
-        mixture = Mixture([("train", load_split(root, d.train_split, d.skip_bad, rejected, ocr, source="train"),
-                            1.0)])
-    val = []
-    if d.val_split:
-        val = load_split(root, d.val_split, d.skip_bad, rejected, ocr, source="val")
-        if cfg.eval.max_samples:
-            val = val[: cfg.eval.max_samples]
-    probes = forgetting.load_probes(cfg.probes, d.skip_bad, rejected)
-    return root, mixture, roots, val, probes
-
-
-def hflip_mask(seed: int, step: int, n: int) -> list[bool]:
-    """Which of the `n` samples of optimizer step `step` are mirrored: a function of (seed, step) alone."""
-    import numpy as np
-
-    return [bool(x) for x in np.random.default_rng([seed, step, 1]).random(n) < 0.5]
-
-
-_SIDES = re.compile(r"\b(left|right)", re.IGNORECASE)
-
-
-def check_hflip(samples: list[Sample]) -> None:
-    """Mirroring swaps left and right: refuse it for data whose texts talk about sides."""
-    for s in samples:
-        for m in s.messages:
-            text = message_text(m)
-            if _SIDES.search(text):
-                raise ValueError(f"train.hflip: sample {s.id!r} mentions left/right ({text!r}); mirroring its image "
-                                 "would make the answer wrong. Turn hflip off for this data.")
-
-
-# ---------------------------------------------------------------- setup / fit
 
 
 def setup(cfg: RunCfg) -> State:
@@ -367,79 +270,6 @@ def fit(state: State) -> dict:
     acc.wait_for_everyone()
     acc.end_training()
     return last
-
-
-def step_batches(state: State, step: int, rank: int, accum: int):
-    """This process's micro-batches of one optimizer step: (rows of (source index, sample) of each micro-batch,
-    encoded Batches, each micro-batch's per-row loss weights or None). Rows are samples, except under
-    `data.answer_targets: weighted`, where each sample has one row per distinct answer (train/targets.py)."""
-    t, answer_targets = state.cfg.train, state.cfg.data.answer_targets
-    items = state.mixture.step_items(t.seed, step, t.global_batch_size)
-    if answer_targets == "sampled":  # each sample's answer drawn by agreement, by (seed, step, position): resumable
-        items = targets.draw(t.seed, step, items)
-    lo, hi = rank * t.micro_batch_size * accum, (rank + 1) * t.micro_batch_size * accum  # this process's share
-    mine = items[lo:hi]
-    flips = hflip_mask(t.seed, step, len(items))[lo:hi] if t.hflip else None
-    if t.group_by_length and accum > 1:  # the step's samples are the same; only their micro-batches change
-        order = sorted(range(len(mine)), key=lambda i: length_estimate(mine[i][1]))
-        mine = [mine[i] for i in order]
-        flips = [flips[i] for i in order] if flips else None
-    m = t.micro_batch_size
-    chunks = [mine[k : k + m] for k in range(0, len(mine), m)]
-    chunk_flips = [flips[k * m : (k + 1) * m] if flips else None for k in range(len(chunks))]
-    weights = None
-    if answer_targets == "weighted":  # a micro-batch keeps its samples (accum micro-batches a step), as more rows
-        expanded = [targets.expand(chunk) for chunk in chunks]
-        chunks = [rows for rows, _, _ in expanded]
-        weights = [w for _, w, _ in expanded]
-        chunk_flips = [[f[i] for i in owner] if f else None for f, (_, _, owner) in zip(chunk_flips, expanded,
-                                                                                         strict=True)]
-    if state.vision_cache is not None:  # features computed once per image; a sample seen before is not re-encoded
-        model = state.accelerator.unwrap_model(state.model)
-        batches = [state.vision_cache.batch(model, chunk, state.roots, partial(encode_batch, state, chunk))
-                   for chunk in chunks]
-    else:
-        batches = [encode_batch(state, chunk, f) for chunk, f in zip(chunks, chunk_flips, strict=True)]
-    if weights is not None:
-        import torch
-
-        weights = [torch.tensor(w, dtype=torch.float32) for w in weights]
-    if t.packing:
-        from vlmtune.train.collate import pack
-
-        batches = [pack(b) for b in batches]
-    return chunks, batches, weights
-
-
-def trained_tokens_of(state: State, sample: Sample) -> list[str]:
-    """The tokens the loss is computed on for one sample, as strings (printed at start-up: the answer and the end
-    token the model learns to stop at, nothing of the prompt)."""
-    from vlmtune.models.labels import trained_tokens
-
-    batch = encode_batch(state, [(0, sample)])
-    tok, labels = state.loaded.processor.tokenizer, batch.inputs["labels"][0].tolist()
-    if not state.family.shift_labels:  # encoder-decoder: the labels are the decoder's target tokens themselves
-        return [tok.convert_ids_to_tokens(t) for t in labels if t != IGNORE_INDEX]
-    return trained_tokens(tok, batch.inputs["input_ids"][0].tolist(), labels)
-
-
-def length_estimate(sample: Sample) -> int:
-    """A sample's rough length in tokens (about 4 characters a token; an image costs hundreds of positions), to put
-    samples of similar length in one micro-batch. The loss is summed over the whole step, so it does not change."""
-    return sum(len(message_text(m)) for m in sample.messages) // 4 + 256 * len(sample.images)
-
-
-def encode_batch(state: State, items: list[tuple[int, Sample]], flips: list[bool] | None = None):
-    """(source index, sample) pairs -> a training Batch; images are read from each source's root."""
-    from PIL import ImageOps
-
-    from vlmtune.data.images import resolve_inside
-
-    samples = [s for _, s in items]
-    images = [[state.images.load(resolve_inside(state.roots[j], rel)) for rel in s.images] for j, s in items]
-    if flips:
-        images = [[ImageOps.mirror(im) for im in ims] if f else ims for ims, f in zip(images, flips, strict=True)]
-    return state.family.encode(state.loaded.processor, samples, images, "train", state.cfg.data.max_length)
 
 
 def validate(state: State) -> dict:

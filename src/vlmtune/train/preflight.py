@@ -18,17 +18,39 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+from vlmtune.config import RunCfg
 from vlmtune.data.images import ImageError, check_image_shape, resolve_inside
 from vlmtune.data.lint import manifest_lines, placeholder_pattern, record_issues
+from vlmtune.data.mix import Mixture
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import MANIFEST, BadRecord, read_jsonl, write_jsonl
-from vlmtune.models.family import SampleTooLong
+from vlmtune.eval.forgetting import Probe
+from vlmtune.models import ModelFamily
+from vlmtune.models.family import Loaded, SampleTooLong
 from vlmtune.train.targets import variants
 
-if TYPE_CHECKING:
-    from vlmtune.train.loop import State
+
+class CheckState(Protocol):
+    """What the checks read of the loop's `State` (train/loop.py), which has these and more. They replace the
+    samples of the sources, of `val` and of the probes with those that pass."""
+
+    cfg: RunCfg
+    run_dir: Path
+    accelerator: Any
+    family: ModelFamily
+    loaded: Loaded
+    data_root: Path
+    """Where the val split's images are."""
+    mixture: Mixture
+    roots: list[Path]
+    """Image root of each source of the mixture."""
+    val: list[Sample]
+    probes: list[Probe]
+    images: Any
+    """DecodedImages: what reads the images (and keeps them decoded while they fit)."""
+
 
 WHAT = {"record": "that `vlmtune data check` rejects", "long": "longer than data.max_length={max_length}",
         "unanswered": "without an answer to train on or score against (a hidden-label split such as VizWiz's test "
@@ -37,7 +59,7 @@ WHAT = {"record": "that `vlmtune data check` rejects", "long": "longer than data
 """The kinds of failure, as the stop message and the log line count them."""
 
 
-def check_samples(state: State, chunk: int = 32) -> None:
+def check_samples(state: CheckState, chunk: int = 32) -> None:
     """Check every sample of the mixture's sources ("train": with its answer), of the val split and of the probes
     ("generate": the prompt they generate from); drop and list, or stop (see the module docstring)."""
     found: list[tuple[Path, str, Sample, str]] = []  # (dataset root, kind, sample, why)
@@ -84,7 +106,7 @@ def _named(s: Sample, why: str) -> str:
     return why if repr(s.id) in why or f"'{s.id}#answer" in why else f"sample {s.id!r}: {why}"
 
 
-def _check(state: State, samples: list[Sample], root: Path, mode: str,
+def _check(state: CheckState, samples: list[Sample], root: Path, mode: str,
            chunk: int) -> tuple[list[Sample], list[tuple[str, Sample, str]]]:
     """(the samples that pass, in order; [(kind, sample, why)] for the others, kind "record" or "long")."""
     family, processor, d = state.family, state.loaded.processor, state.cfg.data

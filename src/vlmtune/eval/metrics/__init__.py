@@ -4,6 +4,7 @@
     answerability.py  VizWiz answerability: average precision and F1 of the "unanswerable" class
     caption.py        BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (pycocoevalcap's scorers), chrF; SPICE reported unavailable
     tokenize.py       PTB tokenisation (Java CoreNLP or its pure-Python equivalent) and a Unicode tokenizer
+    ptb_lexer.py      the pure-Python equivalent: CoreNLP 3.4.1's PTB lexer without a JVM
     chartqa.py        relaxed accuracy (Pix2Struct definition)
     table.py          DePlot RMS precision / recall / F1 and RNSS
     anls.py           ANLS (RRC DocVQA; variants: lmms_eval, pix2struct)

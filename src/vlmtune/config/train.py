@@ -1,0 +1,129 @@
+"""The training and evaluation sections of a run: `TrainCfg`, `EvalCfg`, the forgetting probes (`ProbeCfg`) and
+their gate (`ForgettingCfg`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vlmtune.config.data import SynthCfg
+
+
+@dataclass
+class TrainCfg:
+    seed: int = 0
+    max_steps: int = 1000
+    """Optimizer steps."""
+    micro_batch_size: int = 8
+    global_batch_size: int = 8
+    lr: float = 2e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    hflip: bool = False
+    """Mirror each training image left-right with probability 0.5 (decided by seed, step and position, so a resumed
+    run flips the same images). Only for data whose answers do not depend on left/right: a training text that
+    mentions left or right stops the run."""
+    freeze_vision: bool = False
+    freeze_projector: bool | None = None
+    """The projector between the vision tower and the language model (LLaVA's MLP, Qwen's merger, BLIP-2's Q-Former
+    and language projection, ...). None (the default): frozen under LoRA, trained in a full fine-tune. A pretrained
+    VLM's projector is already aligned; freezing it under LoRA forgot less and scored no worse in
+    bench/projector_default.py (BENCHMARKS.md), keeps the frozen-vision cache on, and is what LLaMA-Factory
+    (`freeze_multi_modal_projector`) and ms-swift (`freeze_aligner`) do. `false` trains it in full beside LoRA
+    (peft `modules_to_save`), as LLaVA's own second stage does: for a model composed from parts (docs/compose.md)."""
+    freeze_language: bool = False
+    vision_cache: Literal["auto", "off"] = "auto"
+    """Compute a frozen vision tower + projector once per image and reuse its output every epoch (exact: see
+    train/vision_cache.py; auto stays off, saying why, when the vision side trains or images are augmented)."""
+    group_by_length: bool = True
+    """Put samples of similar length in the same micro-batch within each optimizer step (less padding; the step's
+    samples and loss are unchanged). `padding` in metrics.jsonl is the padded fraction of the positions."""
+    image_cache_mb: int = 2048
+    """Keep up to this many MiB of decoded training images in memory across epochs (0: decode every time); the
+    images are not re-read or re-decoded while they fit. Used when `vision_cache` is off: when it is on, it keeps
+    each seen sample's encoded rows instead, which skip the preprocessing too."""
+    packing: bool = False
+    """Pack each micro-batch's samples back to back into one row with no padding (families with
+    `ModelFamily.packing`: llava, llava_next, idefics3, smolvlm); the loss is the same. Pays off where attention
+    is varlen (flash attention on GPU); with sdpa the packed row's attention is computed densely under a mask."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (non-reentrant): less memory for ~30% more compute."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    log_every: int = 10
+    eval_every: int = 0
+    """Evaluate on the val split every N steps (0: only at the end)."""
+    save_every: int = 0
+    """Save a resumable checkpoint every N steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """How many step-N checkpoints to keep (the best one is kept separately)."""
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    progress: bool = True
+
+    def grad_accum_steps(self, world: int = 1) -> int:
+        return self.global_batch_size // (self.micro_batch_size * world)
+
+    def __post_init__(self):
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError("train: global_batch_size must be a multiple of micro_batch_size")
+        if self.image_cache_mb < 0:
+            raise ValueError(f"train.image_cache_mb must be >= 0 (0: off), got {self.image_cache_mb}")
+
+
+@dataclass
+class EvalCfg:
+    task: str = "vqa"
+    metric: str = "vqa_accuracy"
+    """Metric that picks the best checkpoint (higher is better)."""
+    batch_size: int = 32
+    max_new_tokens: int | Literal["auto"] = "auto"
+    """The most tokens generated per answer. `auto`: sized from the gold texts of the data evaluated (captions'
+    references, answers, targets), counted with the model's own tokenizer: their 99th percentile + the end token,
+    plus 25% (at least 8 tokens), and never below 16 (`eval.runner.auto_max_new_tokens`). A fixed cap shorter than
+    the data's captions cuts them off; predictions that reach the cap are counted and reported."""
+    num_beams: int = 1
+    max_samples: int | None = None
+    """Evaluate on at most this many samples of the val split during training (None: all)."""
+    lang: str | None = None
+    """Caption language of samples whose meta has no `lang` (None: English): Russian captions get the Unicode
+    tokenizer and METEOR's Russian stemmer instead of English rules. `vlmtune eval --lang` is the same option."""
+
+    def __post_init__(self):
+        if self.max_new_tokens != "auto" and self.max_new_tokens < 1:
+            raise ValueError(f"eval.max_new_tokens must be >= 1 or auto, got {self.max_new_tokens}")
+
+
+@dataclass
+class ProbeCfg:
+    """A dataset scored for the base model before step 0 and at every eval, to measure forgetting."""
+
+    name: str
+    path: str | None = None
+    synth: SynthCfg | None = None
+    split: str | None = "val"
+    task: str = "vqa"
+    metric: str = "vqa_accuracy"
+    max_samples: int | None = None
+
+    def __post_init__(self):
+        if self.path is None and self.synth is None:
+            raise ValueError(f"probes[{self.name}]: set `path` or `synth`")
+
+
+@dataclass
+class ForgettingCfg:
+    max_drop: float | None = None
+    """Largest allowed drop of any probe below the base model, in points (100 x the metric: VQA accuracy 0.62 is
+    62 points). A checkpoint beyond it is never chosen as best. None: no gate (drops are still measured)."""
+    stop_on_violation: bool = False
+    """End training at the first eval whose probes break the gate."""
+
+    def __post_init__(self):
+        if self.max_drop is not None and self.max_drop < 0:
+            raise ValueError(f"forgetting.max_drop must be >= 0 points, got {self.max_drop}")
+        if self.stop_on_violation and self.max_drop is None:
+            raise ValueError("forgetting.stop_on_violation needs forgetting.max_drop")
