@@ -67,14 +67,7 @@ KNOWN_UPWARD = {
 }
 """`importer -> imported` (module names without the `vlmtune.` prefix)."""
 
-KNOWN_CYCLES = {
-    # within models: family.load_pretrained looks its family up in the registry (models/__init__.py, which imports
-    # every family file) to build the quantization config; the family object should be passed in instead
-    frozenset({"models", "models.blip2", "models.builtin", "models.family", "models.florence2", "models.gemma3",
-               "models.git", "models.idefics3", "models.instructblip", "models.labels", "models.llava",
-               "models.llava_next", "models.mllama", "models.paligemma", "models.pix2struct", "models.qwen2_5_vl",
-               "models.qwen2_vl", "models.smolvlm"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 """Each cycle is the set of modules of one strongly connected component."""
 
 KNOWN_LONG: set[str] = set()

@@ -42,7 +42,7 @@ CORPUS = [
 
 
 def load(cfg, family: str = "blip2") -> Loaded:
-    return load_pretrained(cfg, family)
+    return load_pretrained(cfg, family, freeze_groups=FREEZE_GROUPS)
 
 
 def render(messages: list[dict], add_generation_prompt: bool = False) -> str:

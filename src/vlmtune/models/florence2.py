@@ -27,7 +27,7 @@ LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
 def load(cfg) -> Loaded:
-    loaded = load_pretrained(cfg, "florence2")
+    loaded = load_pretrained(cfg, "florence2", freeze_groups=FAMILY.freeze_groups)
     model, processor = loaded.model, loaded.processor
     model.generation_config.forced_bos_token_id = processor.tokenizer.bos_token_id  # `<s>` after `</s>`, untrained
     return loaded

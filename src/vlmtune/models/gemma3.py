@@ -54,7 +54,7 @@ CHAT_TEMPLATE = (
 
 
 def load(cfg) -> Loaded:
-    return load_pretrained(cfg, "gemma3")
+    return load_pretrained(cfg, "gemma3", freeze_groups=FAMILY.freeze_groups)
 
 
 def encode(processor, samples, images, mode: str, max_length: int) -> Batch:

@@ -25,7 +25,7 @@ from vlmtune.models.labels import IGNORE_INDEX, check_length
 
 
 def load(cfg) -> Loaded:
-    loaded = load_pretrained(cfg, "git")
+    loaded = load_pretrained(cfg, "git", freeze_groups=FAMILY.freeze_groups)
     model, processor = loaded.model, loaded.processor
     # the number of prepended image positions, which only the model knows (ViT patch size + CLS)
     processor.image_processor.image_seq_length = model.git.encoder.layer[0].attention.self.image_patch_tokens

@@ -56,7 +56,7 @@ def stop_at_end_of_utterance(model, tokenizer) -> None:
 
 
 def load(cfg) -> Loaded:
-    loaded = load_pretrained(cfg, "idefics3")
+    loaded = load_pretrained(cfg, "idefics3", freeze_groups=FAMILY.freeze_groups)
     model, processor = loaded.model, loaded.processor
     stop_at_end_of_utterance(model, processor.tokenizer)
     return loaded

@@ -55,7 +55,7 @@ CHAT_TEMPLATE = (
 
 
 def load(cfg) -> Loaded:
-    return load_pretrained(cfg, "mllama")
+    return load_pretrained(cfg, "mllama", freeze_groups=FAMILY.freeze_groups)
 
 
 def encode(processor, samples, images, mode: str, max_length: int) -> Batch:

@@ -37,7 +37,7 @@ DEFAULT_PREFIX = {"vqa": "answer en {question}", "caption": "caption en"}
 
 
 def load(cfg) -> Loaded:
-    loaded = load_pretrained(cfg, "paligemma")
+    loaded = load_pretrained(cfg, "paligemma", freeze_groups=FAMILY.freeze_groups)
     model, processor = loaded.model, loaded.processor
     eos = model.generation_config.eos_token_id
     eos = [] if eos is None else eos if isinstance(eos, list) else [eos]

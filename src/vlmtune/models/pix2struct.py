@@ -41,7 +41,7 @@ DECODER_LINEARS = ("query", "key", "value", "output", "wi_0", "wi_1", "wo")
 
 
 def load(cfg) -> Loaded:
-    return load_pretrained(cfg, "pix2struct")
+    return load_pretrained(cfg, "pix2struct", freeze_groups=FAMILY.freeze_groups)
 
 
 @lru_cache(maxsize=1)

@@ -122,7 +122,7 @@ def load_processor(path, family: str = "qwen2_vl", **options):
 
 def load(cfg, family: str = "qwen2_vl") -> Loaded:
     # the checkpoint's image processor, tokenizer and chat template, without the torchvision-only video processor
-    loaded = load_pretrained(cfg, family, image_only_processor())
+    loaded = load_pretrained(cfg, family, image_only_processor(), freeze_groups=FREEZE_GROUPS)
     loaded.processor.upstream = UPSTREAM[family]
     return loaded
 
