@@ -60,10 +60,8 @@ SIDEWAYS_ALLOWED = {("serve", "retrieval")}
 dual encoder's /v1/retrieve; the server is the one place both meet, retrieval knows nothing of serving."""
 
 KNOWN_UPWARD = {
-    # autolabel generates with the eval runner's predict; translate trains its tokenizer with the built-in model's
-    # BPE helper (no move planned yet: docs/architecture.md, layer 1)
+    # autolabel generates with the eval runner's predict (no move planned yet: docs/architecture.md, layer 1)
     "data.autolabel -> eval.runner",
-    "data.translate.tiny -> models.builtin",
 }
 """`importer -> imported` (module names without the `vlmtune.` prefix)."""
 

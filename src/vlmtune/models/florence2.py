@@ -92,7 +92,7 @@ def build_tokenizer():
     """A byte-level BPE with BART's special tokens (+ `<image>`), trained in-process in milliseconds."""
     from transformers import PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe([_CORPUS] * 20, ["<s>", "<pad>", "</s>", "<unk>", "<image>"], 400)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", eos_token="</s>",

@@ -113,7 +113,7 @@ def build_tokenizer():
     """A byte-level BPE with Gemma 3's special tokens, trained here on a few sentences."""
     from transformers import PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe(_CORPUS * 4, SPECIALS, 400)
     return PreTrainedTokenizerFast(

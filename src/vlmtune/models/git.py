@@ -99,7 +99,7 @@ def build_tokenizer():
     """A byte-level BPE with BERT's special tokens ([CLS] starts, [SEP] ends), trained in-process in milliseconds."""
     from transformers import PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe([_CORPUS] * 20, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], 400)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",

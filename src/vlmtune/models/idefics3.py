@@ -137,7 +137,7 @@ def build_tokenizer(bos: str, eos: str, pad: str):
     """A small byte-level BPE trained in-process, with the Idefics3 image tokens and the checkpoint's BOS/EOS/PAD."""
     from transformers import PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe(_CORPUS * 20, list(dict.fromkeys([pad, bos, eos] + IMAGE_SPECIAL_TOKENS)), 600)
     # no post-processor: the chat template writes BOS itself

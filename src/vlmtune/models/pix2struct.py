@@ -122,7 +122,7 @@ def build_tokenizer(vocab_size: int = 400):
     """A byte-level BPE trained in-process, with T5's special-token layout (pad 0, eos 1, unk 2) and no BOS."""
     from transformers import PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     # a leading space, like T5's sentencepiece "▁" prefix
     tok = train_byte_bpe(TINY_CORPUS, ["<pad>", "</s>", "<unk>"], vocab_size, add_prefix_space=True)
