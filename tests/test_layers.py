@@ -59,10 +59,7 @@ SIDEWAYS_ALLOWED = {("serve", "retrieval")}
 """serve -> retrieval: `vlmtune serve --index` answers with catalogue items (retrieval/index.py) and serves the
 dual encoder's /v1/retrieve; the server is the one place both meet, retrieval knows nothing of serving."""
 
-KNOWN_UPWARD = {
-    # autolabel generates with the eval runner's predict (no move planned yet: docs/architecture.md, layer 1)
-    "data.autolabel -> eval.runner",
-}
+KNOWN_UPWARD: set[str] = set()
 """`importer -> imported` (module names without the `vlmtune.` prefix)."""
 
 KNOWN_CYCLES: set[frozenset[str]] = set()
