@@ -107,7 +107,8 @@ def tiny_causal_lm(path):
     """A tiny random Llama causal LM with a locally trained tokenizer (no chat template, no pad token)."""
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import _corpus, train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
+    from vlmtune.models.builtin import _corpus
 
     tok = PreTrainedTokenizerFast(tokenizer_object=train_byte_bpe(_corpus(), ["<s>", "</s>"], 400),
                                   bos_token="<s>", eos_token="</s>")

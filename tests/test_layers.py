@@ -59,22 +59,10 @@ SIDEWAYS_ALLOWED = {("serve", "retrieval")}
 """serve -> retrieval: `vlmtune serve --index` answers with catalogue items (retrieval/index.py) and serves the
 dual encoder's /v1/retrieve; the server is the one place both meet, retrieval knows nothing of serving."""
 
-KNOWN_UPWARD = {
-    # autolabel generates with the eval runner's predict; translate trains its tokenizer with the built-in model's
-    # BPE helper (no move planned yet: docs/architecture.md, layer 1)
-    "data.autolabel -> eval.runner",
-    "data.translate.tiny -> models.builtin",
-}
+KNOWN_UPWARD: set[str] = set()
 """`importer -> imported` (module names without the `vlmtune.` prefix)."""
 
-KNOWN_CYCLES = {
-    # within models: family.load_pretrained looks its family up in the registry (models/__init__.py, which imports
-    # every family file) to build the quantization config; the family object should be passed in instead
-    frozenset({"models", "models.blip2", "models.builtin", "models.family", "models.florence2", "models.gemma3",
-               "models.git", "models.idefics3", "models.instructblip", "models.labels", "models.llava",
-               "models.llava_next", "models.mllama", "models.paligemma", "models.pix2struct", "models.qwen2_5_vl",
-               "models.qwen2_vl", "models.smolvlm"}),
-}
+KNOWN_CYCLES: set[frozenset[str]] = set()
 """Each cycle is the set of modules of one strongly connected component."""
 
 KNOWN_LONG: set[str] = set()

@@ -100,8 +100,9 @@ def test_a_gpt2_style_language_model_is_joined_untied_and_trains_with_lora(tmp_p
         PreTrainedTokenizerFast,
     )
 
+    from vlmtune.data.tokenizer import train_byte_bpe
     from vlmtune.models import FAMILIES
-    from vlmtune.models.builtin import _corpus, train_byte_bpe
+    from vlmtune.models.builtin import _corpus
     from vlmtune.models.compose import compose
     from vlmtune.models.loss import forward_losses
 

@@ -208,7 +208,7 @@ def init_lm(out: str | Path, source: str | Path | None = None, layers: int = 2, 
                 setattr(config, key, layers)
         tok = AutoTokenizer.from_pretrained(source)
     else:
-        from vlmtune.models.builtin import train_byte_bpe
+        from vlmtune.data.tokenizer import train_byte_bpe
 
         tok = PreTrainedTokenizerFast(tokenizer_object=train_byte_bpe(_corpus(), ["<pad>", "<s>", "</s>"], 1024),
                                       pad_token="<pad>", bos_token="<s>", eos_token="</s>", model_max_length=4096)

@@ -67,7 +67,7 @@ def build_tokenizer(vocab_size: int = 768):
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe(_corpus(), ["<pad>", "</s>", "<unk>"], vocab_size, add_prefix_space=True)
     tok.add_tokens([AddedToken(NEWLINE_TOKEN, special=False, normalized=False, lstrip=True, rstrip=True)])

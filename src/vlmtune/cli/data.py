@@ -114,7 +114,7 @@ def cmd_data_translate(a) -> dict:
 
 
 def cmd_data_autolabel(a) -> dict:
-    from vlmtune.data.autolabel import autolabel
+    from vlmtune.eval.autolabel import autolabel
     from vlmtune.runs import resolve_model_dir
 
     return autolabel(build_predictor(a), a.model, a.src, a.task, out=a.out, prompt=a.prompt, questions=a.questions,

@@ -42,7 +42,7 @@ CORPUS = [
 
 
 def load(cfg, family: str = "blip2") -> Loaded:
-    return load_pretrained(cfg, family)
+    return load_pretrained(cfg, family, freeze_groups=FREEZE_GROUPS)
 
 
 def render(messages: list[dict], add_generation_prompt: bool = False) -> str:
@@ -104,7 +104,7 @@ def build_tokenizer(corpus: list[str] = CORPUS, vocab_size: int = 320):
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe(corpus, [PAD, BOS, EOS], vocab_size)
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, tok.token_to_id(BOS))])

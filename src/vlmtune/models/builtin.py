@@ -2,8 +2,8 @@
 
 Vision: CLIP ViT (4 layers, dim 128) on 64x64 images; language: Llama (2 layers, dim 128); a 2-layer MLP projector.
 About 1.6M parameters, trainable from scratch on a laptop CPU in minutes. The tokenizer is a byte-level BPE
-trained here, with the `tokenizers` library, on the vocabulary of vlmtune's synthetic worlds plus common words:
-any text encodes (unknown words fall back to bytes), and nothing is downloaded.
+trained here, with the `tokenizers` library (`data/tokenizer.py`), on the vocabulary of vlmtune's synthetic worlds
+plus common words: any text encodes (unknown words fall back to bytes), and nothing is downloaded.
 
     loaded = build_builtin(BuiltinCfg())
     loaded.model.save_pretrained("m"); loaded.processor.save_pretrained("m")
@@ -13,6 +13,7 @@ any text encodes (unknown words fall back to bytes), and nothing is downloaded.
 from __future__ import annotations
 
 from vlmtune.config import BuiltinCfg
+from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Loaded
 
 PAD, BOS, EOS, IMAGE = "<pad>", "<s>", "</s>", "<image>"
@@ -52,23 +53,6 @@ def _corpus() -> list[str]:
         for sample, _ in WORLDS[name](300, seed=0, caption_fraction=0.3):
             lines.extend(part["text"] for m in sample.messages for part in m["content"] if part["type"] == "text")
     return lines
-
-
-def train_byte_bpe(lines: list[str], special_tokens: list[str], vocab_size: int, add_prefix_space: bool = False,
-                   pre_tokenizer=None):
-    """A byte-level BPE `tokenizers.Tokenizer` trained in-process (deterministic, milliseconds) on `lines`, with
-    `special_tokens` first in the vocabulary. Every tiny model's tokenizer starts here; the caller adds what its
-    family needs (a post-processor, late special tokens) and wraps it in `PreTrainedTokenizerFast`.
-    `pre_tokenizer`: replaces the default `ByteLevel(add_prefix_space)` (e.g. Qwen's split regex first)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizer or pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(lines, trainer=trainer)
-    return tok
 
 
 def build_tokenizer(vocab_size: int = 640):

@@ -161,9 +161,12 @@ class ModelFamily:
         return AutoProcessor.from_pretrained(path, **options)
 
 
-def load_pretrained(cfg: ModelCfg, family: str, processor_class=None) -> Loaded:
+def load_pretrained(cfg: ModelCfg, family: str, processor_class=None, *, freeze_groups: dict[str, tuple[str, ...]]
+                    ) -> Loaded:
     """Model + processor of a hub id or local directory through the Auto classes (or `processor_class`, for
-    processors AutoProcessor cannot build here), with `cfg`'s revision, remote-code, dtype and attention options."""
+    processors AutoProcessor cannot build here), with `cfg`'s revision, remote-code, dtype and attention options.
+    `freeze_groups` are the family's (`ModelFamily.freeze_groups`), passed by its `load`: under `cfg.quantization`
+    the groups other than the language model stay in full precision (`quantization_config`)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -176,10 +179,8 @@ def load_pretrained(cfg: ModelCfg, family: str, processor_class=None) -> Loaded:
     if cfg.quantization is not None:
         from accelerate import PartialState
 
-        from vlmtune.models import get_family
-
         # bitsandbytes places the weights itself: on this process's device (its GPU under accelerate launch)
-        quantized = {"quantization_config": quantization_config(cfg.quantization, get_family(family)),
+        quantized = {"quantization_config": quantization_config(cfg.quantization, freeze_groups),
                      "device_map": {"": PartialState().device}}
     model = AutoModelForImageTextToText.from_pretrained(
         cfg.path, **options, dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation, **quantized
@@ -187,9 +188,10 @@ def load_pretrained(cfg: ModelCfg, family: str, processor_class=None) -> Loaded:
     return Loaded(model=model, processor=processor, family=family)
 
 
-def quantization_config(q, family: ModelFamily):
+def quantization_config(q, freeze_groups: dict[str, tuple[str, ...]]):
     """transformers' BitsAndBytesConfig for a QuantCfg: the language model quantised, the family's other parameter
-    groups (vision tower, projector) and the LM head kept in full precision unless `q.skip_modules` says otherwise."""
+    groups (`freeze_groups`: vision tower, projector) and the LM head kept in full precision unless `q.skip_modules`
+    says otherwise."""
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -200,7 +202,7 @@ def quantization_config(q, family: ModelFamily):
     skip = q.skip_modules
     if skip is None:
         # freeze-group prefixes ("model.vision_tower.") as module names ("model.vision_tower")
-        skip = sorted({p.rstrip(".") for g, ps in family.freeze_groups.items() if g != "language" for p in ps})
+        skip = sorted({p.rstrip(".") for g, ps in freeze_groups.items() if g != "language" for p in ps})
         skip.append("lm_head")
     return BitsAndBytesConfig(
         load_in_4bit=q.bits == 4, load_in_8bit=q.bits == 8, bnb_4bit_quant_type=q.quant_type,

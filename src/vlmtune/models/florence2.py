@@ -27,7 +27,7 @@ LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 
 
 def load(cfg) -> Loaded:
-    loaded = load_pretrained(cfg, "florence2")
+    loaded = load_pretrained(cfg, "florence2", freeze_groups=FAMILY.freeze_groups)
     model, processor = loaded.model, loaded.processor
     model.generation_config.forced_bos_token_id = processor.tokenizer.bos_token_id  # `<s>` after `</s>`, untrained
     return loaded
@@ -92,7 +92,7 @@ def build_tokenizer():
     """A byte-level BPE with BART's special tokens (+ `<image>`), trained in-process in milliseconds."""
     from transformers import PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe([_CORPUS] * 20, ["<s>", "<pad>", "</s>", "<unk>", "<image>"], 400)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", eos_token="</s>",

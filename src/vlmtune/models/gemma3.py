@@ -54,7 +54,7 @@ CHAT_TEMPLATE = (
 
 
 def load(cfg) -> Loaded:
-    return load_pretrained(cfg, "gemma3")
+    return load_pretrained(cfg, "gemma3", freeze_groups=FAMILY.freeze_groups)
 
 
 def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
@@ -113,7 +113,7 @@ def build_tokenizer():
     """A byte-level BPE with Gemma 3's special tokens, trained here on a few sentences."""
     from transformers import PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe(_CORPUS * 4, SPECIALS, 400)
     return PreTrainedTokenizerFast(

@@ -25,7 +25,7 @@ from vlmtune.models.labels import IGNORE_INDEX, check_length
 
 
 def load(cfg) -> Loaded:
-    loaded = load_pretrained(cfg, "git")
+    loaded = load_pretrained(cfg, "git", freeze_groups=FAMILY.freeze_groups)
     model, processor = loaded.model, loaded.processor
     # the number of prepended image positions, which only the model knows (ViT patch size + CLS)
     processor.image_processor.image_seq_length = model.git.encoder.layer[0].attention.self.image_patch_tokens
@@ -99,7 +99,7 @@ def build_tokenizer():
     """A byte-level BPE with BERT's special tokens ([CLS] starts, [SEP] ends), trained in-process in milliseconds."""
     from transformers import PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe([_CORPUS] * 20, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], 400)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",

@@ -56,7 +56,7 @@ def stop_at_end_of_utterance(model, tokenizer) -> None:
 
 
 def load(cfg) -> Loaded:
-    loaded = load_pretrained(cfg, "idefics3")
+    loaded = load_pretrained(cfg, "idefics3", freeze_groups=FAMILY.freeze_groups)
     model, processor = loaded.model, loaded.processor
     stop_at_end_of_utterance(model, processor.tokenizer)
     return loaded
@@ -137,7 +137,7 @@ def build_tokenizer(bos: str, eos: str, pad: str):
     """A small byte-level BPE trained in-process, with the Idefics3 image tokens and the checkpoint's BOS/EOS/PAD."""
     from transformers import PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe(_CORPUS * 20, list(dict.fromkeys([pad, bos, eos] + IMAGE_SPECIAL_TOKENS)), 600)
     # no post-processor: the chat template writes BOS itself

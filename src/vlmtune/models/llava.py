@@ -35,7 +35,7 @@ VICUNA_V1 = (
 
 
 def load(cfg) -> Loaded:
-    return load_pretrained(cfg, "llava")
+    return load_pretrained(cfg, "llava", freeze_groups=FAMILY.freeze_groups)
 
 
 def chat_template(processor) -> str | None:

@@ -24,7 +24,7 @@ from vlmtune.models.llava import LANGUAGE_LINEARS
 
 
 def load(cfg) -> Loaded:
-    return load_pretrained(cfg, "llava_next")
+    return load_pretrained(cfg, "llava_next", freeze_groups=FAMILY.freeze_groups)
 
 
 def image_token_count(processor, width: int, height: int) -> int:

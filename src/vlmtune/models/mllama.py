@@ -55,7 +55,7 @@ CHAT_TEMPLATE = (
 
 
 def load(cfg) -> Loaded:
-    return load_pretrained(cfg, "mllama")
+    return load_pretrained(cfg, "mllama", freeze_groups=FAMILY.freeze_groups)
 
 
 def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
@@ -98,7 +98,7 @@ def build_tokenizer(vocab_size: int = 400):
     """A byte-level BPE with Llama 3's special tokens, trained here; `<|image|>` is added last (id = text vocab)."""
     from transformers import PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     corpus = ["system user assistant Cutting Knowledge Date: December 2023 Today Date: 26 Jul 2024",
               "What colour is the top? Describe the image. What is in the picture? How many are there?",

@@ -37,7 +37,7 @@ DEFAULT_PREFIX = {"vqa": "answer en {question}", "caption": "caption en"}
 
 
 def load(cfg) -> Loaded:
-    loaded = load_pretrained(cfg, "paligemma")
+    loaded = load_pretrained(cfg, "paligemma", freeze_groups=FAMILY.freeze_groups)
     model, processor = loaded.model, loaded.processor
     eos = model.generation_config.eos_token_id
     eos = [] if eos is None else eos if isinstance(eos, list) else [eos]
@@ -94,7 +94,7 @@ def build_tokenizer():
     """A byte-level BPE with Gemma's special tokens (pad 0, eos 1, bos 2), trained here on a few sentences."""
     from transformers import PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe(_CORPUS * 4, ["<pad>", "<eos>", "<bos>", "<image>"], 400)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",

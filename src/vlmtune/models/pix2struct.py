@@ -41,7 +41,7 @@ DECODER_LINEARS = ("query", "key", "value", "output", "wi_0", "wi_1", "wo")
 
 
 def load(cfg) -> Loaded:
-    return load_pretrained(cfg, "pix2struct")
+    return load_pretrained(cfg, "pix2struct", freeze_groups=FAMILY.freeze_groups)
 
 
 @lru_cache(maxsize=1)
@@ -122,7 +122,7 @@ def build_tokenizer(vocab_size: int = 400):
     """A byte-level BPE trained in-process, with T5's special-token layout (pad 0, eos 1, unk 2) and no BOS."""
     from transformers import PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     # a leading space, like T5's sentencepiece "▁" prefix
     tok = train_byte_bpe(TINY_CORPUS, ["<pad>", "</s>", "<unk>"], vocab_size, add_prefix_space=True)

@@ -122,7 +122,7 @@ def load_processor(path, family: str = "qwen2_vl", **options):
 
 def load(cfg, family: str = "qwen2_vl") -> Loaded:
     # the checkpoint's image processor, tokenizer and chat template, without the torchvision-only video processor
-    loaded = load_pretrained(cfg, family, image_only_processor())
+    loaded = load_pretrained(cfg, family, image_only_processor(), freeze_groups=FREEZE_GROUPS)
     loaded.processor.upstream = UPSTREAM[family]
     return loaded
 
@@ -193,7 +193,7 @@ def build_tokenizer():
     from tokenizers import Regex, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe(_CORPUS * 20, SPECIAL_TOKENS, 640, pre_tokenizer=pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated"),

@@ -26,7 +26,7 @@ def load(cfg) -> Loaded:
     from transformers import Idefics3Processor
 
     # not AutoProcessor: that builds SmolVLMProcessor, which needs torchvision and num2words (see above)
-    loaded = load_pretrained(cfg, "smolvlm", Idefics3Processor)
+    loaded = load_pretrained(cfg, "smolvlm", Idefics3Processor, freeze_groups=FAMILY.freeze_groups)
     idefics3.stop_at_end_of_utterance(loaded.model, loaded.processor.tokenizer)
     return loaded
 

@@ -37,7 +37,7 @@ def _tokenizer(family: str, max_length: int):
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe(_corpus(), [PAD, BOS, UNK, EOS], 600)
     single = f"{BOS} $A {EOS}" if family == "clip" else f"$A {EOS}"

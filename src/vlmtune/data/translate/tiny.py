@@ -25,7 +25,7 @@ def save_tiny_translator(path: str | Path, kind: str = "marian", seed: int = 0) 
     from tokenizers import pre_tokenizers, processors
     from transformers import M2M100Config, M2M100ForConditionalGeneration, MarianConfig, MarianMTModel
 
-    from vlmtune.models.builtin import train_byte_bpe
+    from vlmtune.data.tokenizer import train_byte_bpe
 
     path = Path(path)
     lines = list(_TINY_CORPUS) * 20

@@ -16,9 +16,9 @@ from helpers import TINY_BUILTIN, tiny_run_cfg
 from PIL import Image
 
 from vlmtune.cli import main
-from vlmtune.data.autolabel import DEFAULT_CAPTION_PROMPT, autolabel, config_hash, problem_of
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.data.store import read_samples
+from vlmtune.eval.autolabel import DEFAULT_CAPTION_PROMPT, autolabel, config_hash, problem_of
 from vlmtune.infer import Completion
 
 IMAGES = ["a.png", "b.jpg", "c.png", "sub/d.png", "sub/e.png"]
