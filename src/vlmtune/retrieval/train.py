@@ -94,7 +94,10 @@ class RetrievalTrainCfg:
         missing = [k for k in ("model", "data", "out") if k not in values]
         if missing:
             raise ValueError(f"retrieve train: no {', '.join(missing)} (give --{' --'.join(missing)} or a --config)")
-        return build_section(cls, values)
+        try:
+            return build_section(cls, values)
+        except ValueError as e:  # name the recipe file (flags alone: the command)
+            raise ValueError(f"{path if path is not None else 'retrieve train'}: {e}") from None
 
     def __post_init__(self):
         if self.freeze not in ("none", "vision", "text"):
