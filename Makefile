@@ -44,7 +44,7 @@ test-large: $(STAMP)
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 # each docs page's offline route (docs/testing.md) run at small sizes in a fresh directory, its deliverable checked: a
-# renamed run, flag or file on a page fails here; 7.6 minutes on 2 shared cores (tesseract for the meme page's OCR).
+# renamed run, flag or file on a page fails here; 3.4 minutes in two processes on 2 cores (tesseract for the meme page's OCR).
 # `.ci/run` runs it after `make test`
 test-pages: $(STAMP) ocr
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m pages -p no:cacheprovider --junitxml=$(VENV)/junit-pages.xml; rc=$$?; \
