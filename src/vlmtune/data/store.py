@@ -20,8 +20,6 @@ from typing import Any
 
 from vlmtune.data.images import ImageError, check_image_file, load_image, resolve_inside
 from vlmtune.data.sample import Sample
-
-# atomic_write_text lives in vlmtune.io; train/loop.py and data/attributes.py still import it from here
 from vlmtune.io import atomic_path, atomic_write_text
 
 MANIFEST = "manifest.jsonl"

@@ -312,7 +312,7 @@ def validate(state: State) -> dict:
         if state.probe_base is None:
             state.probe_base = now
             if acc.is_main_process:
-                from vlmtune.data.store import atomic_write_text
+                from vlmtune.io import atomic_write_text
 
                 atomic_write_text(state.run_dir / PROBES_BASE, json.dumps({"step": state.step, "scores": now}) + "\n")
         verdict = forgetting.gate(state.probe_base, now, state.cfg.forgetting.max_drop)
@@ -422,7 +422,7 @@ def _truncate_log(path: Path, step: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             continue  # a torn last line
-    from vlmtune.data.store import atomic_write_text
+    from vlmtune.io import atomic_write_text
 
     atomic_write_text(path, "".join(x + "\n" for x in keep))
 

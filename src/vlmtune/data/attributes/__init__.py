@@ -94,7 +94,8 @@ from vlmtune.data.attributes.questions import (
 from vlmtune.data.attributes.table import Row, iter_table, read_rows
 from vlmtune.data.attributes.templates import YES_NO, Attribute, Templates, load_templates, placeholders
 from vlmtune.data.sample import Sample
-from vlmtune.data.store import MANIFEST, BadRecord, atomic_write_text, write_jsonl, write_rejected
+from vlmtune.data.store import MANIFEST, BadRecord, write_jsonl, write_rejected
+from vlmtune.io import atomic_write_text
 
 REPORT = "report.json"
 REJECTED = "rejected.jsonl"

@@ -5,7 +5,6 @@ usable row as a `Row` (its image resolved inside the images directory and hashed
 from __future__ import annotations
 
 import csv
-import hashlib
 import itertools
 import json
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 from vlmtune.data.attributes.templates import Templates, placeholders
 from vlmtune.data.images import ImageError, resolve_inside
 from vlmtune.data.store import BadRecord
+from vlmtune.io import file_sha256
 
 IMAGE_COLUMNS = ("image", "file_name", "filename")
 """Image column names tried in this order when the templates name none."""
@@ -133,14 +133,6 @@ def _header(cells: list[str], table: Path, tpl: Templates) -> tuple[list[str], s
     return names, image_column
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _row(number: int, cells: list[str], names: list[str], image_column: str, images: Path) -> Row:
     """One data row -> Row, or ValueError saying what is wrong with it."""
     if len(cells) < len(names) or any(c.strip() for c in cells[len(names):]):
@@ -160,7 +152,7 @@ def _row(number: int, cells: list[str], names: list[str], image_column: str, ima
 
     check_image(path)
     # the path as written, normalised ("./a//b.png" -> "a/b.png"), not resolved: a symlink keeps its own name
-    return Row(number, row, Path(os.path.normpath(rel)).as_posix(), path, _sha256(path))
+    return Row(number, row, Path(os.path.normpath(rel)).as_posix(), path, file_sha256(path))
 
 
 def read_rows(table: Path, images: Path, tpl: Templates, sheet: str | None, skip_bad: bool,
