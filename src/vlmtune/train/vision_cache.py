@@ -36,7 +36,7 @@ import inspect
 import json
 from pathlib import Path
 
-from vlmtune.io import atomic_path, atomic_write_text
+from vlmtune.io import atomic_path, atomic_write_text, file_sha256
 from vlmtune.models.family import base_model, input_dtype
 from vlmtune.models.labels import IGNORE_INDEX
 
@@ -142,7 +142,7 @@ class VisionCache:
             for rel in sample.images:
                 path = str(resolve_inside(roots[j], rel))
                 if path not in self._file_hash:
-                    self._file_hash[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+                    self._file_hash[path] = file_sha256(path)
                 hashes.append(self._file_hash[path])
             keys.append(_joint(hashes))
         return keys
