@@ -381,6 +381,21 @@ def test_each_familys_dummy_keeps_a_text_only_loss_and_gives_its_vision_tower_ze
     assert all(torch.equal(dummy_grads[n], grads[n]) for n in grads), "the other gradients are unchanged"
 
 
+def test_blank_inputs_are_never_another_processors_after_its_id_is_reused():
+    """The cache is keyed by id(processor), and ids are reused once an object is gone: a processor that lands on a
+    dead one's id gets its own blank inputs (LLaVA-NeXT's image_sizes), not the dead one's (a flaky failure once)."""
+    from vlmtune.train import distributed
+
+    llava, llava_next = FAMILIES["llava"].tiny().processor, FAMILIES["llava_next"].tiny().processor
+    own = distributed.blank_image_inputs(llava_next)
+    assert "image_sizes" in own
+    assert "image_sizes" not in distributed.blank_image_inputs(llava)
+    # what a reused id looks like: the entry at llava_next's id was made for another processor
+    distributed._BLANK[id(llava_next)] = distributed._BLANK[id(llava)]
+    again = distributed.blank_image_inputs(llava_next)
+    assert set(again) == set(own) and torch.equal(again["image_sizes"], own["image_sizes"])
+
+
 DDP_WORKER = textwrap.dedent("""
     import contextlib, json, sys
 

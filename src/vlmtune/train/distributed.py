@@ -40,7 +40,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
+import weakref
 from typing import TYPE_CHECKING, Any
+
+from PIL import Image
 
 from vlmtune.models.family import base_model
 
@@ -90,16 +94,18 @@ def needs_vision_dummy(family: ModelFamily, batch_inputs: dict, accelerator, alw
     return shards_parameters(accelerator)
 
 
-_BLANK: dict[int, dict] = {}
+_BLANK: dict[int, tuple[weakref.ref, dict]] = {}
+"""id(processor) -> (a weak reference to that processor, its blank inputs). The reference is checked on a hit: an id
+is reused once its object is gone, and a new processor at an old id (another family's) must not get the old one's
+inputs (LLaVA-NeXT's would lack `image_sizes`)."""
 
 
 def blank_image_inputs(processor) -> dict:
     """The image processor's output for one black image (cached per processor): pixel_values and whatever else
     `get_image_features` takes for it (image_grid_thw for Qwen2-VL, image_sizes for LLaVA-NeXT)."""
     key = id(processor)
-    if key not in _BLANK:
-        from PIL import Image
-
+    hit = _BLANK.get(key)
+    if hit is None or hit[0]() is not processor:
         image_processor = getattr(processor, "image_processor", processor)
         size = 64
         for attr in ("crop_size", "size"):  # the processor resizes anyway; start at its own size when it says one
@@ -111,8 +117,8 @@ def blank_image_inputs(processor) -> dict:
                 size = s["shortest_edge"]
                 break
         out = image_processor(images=[Image.new("RGB", (size, size))], return_tensors="pt")
-        _BLANK[key] = dict(out)
-    return _BLANK[key]
+        _BLANK[key] = (weakref.ref(processor), dict(out))
+    return _BLANK[key][1]
 
 
 def _tensors(x):
@@ -190,8 +196,6 @@ def vision_dummy(accelerator, model, family: ModelFamily, batch_inputs: dict, pr
 
 def launched() -> bool:
     """Whether this process was started as one of several (torchrun, accelerate launch)."""
-    import os
-
     return int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1
 
 
