@@ -19,11 +19,20 @@ Any object with these two methods is a `TextLM` (a remote API client, a scripted
 
 from __future__ import annotations
 
+import random
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from vlmtune.chart.prompts import cot_prompt, llm_prompt, pot_prompt
+from vlmtune.data.charts import QUESTION_TYPES, make_question, random_spec
+from vlmtune.data.sample import Sample, assistant, user
+from vlmtune.data.tokenizer import train_byte_bpe
+from vlmtune.infer import Predictor
+from vlmtune.models import family_of
+from vlmtune.models.device import checkpoint_dtype, resolve_device
 
 
 class TextLM(Protocol):
@@ -64,8 +73,6 @@ class CausalLM:
     def from_path(cls, path: str | Path, device: str = "auto", dtype: str | None = None, seed: int = 0) -> CausalLM:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from vlmtune.models.device import checkpoint_dtype, resolve_device
 
         path = Path(path)
         if not (path / "config.json").is_file():
@@ -123,8 +130,6 @@ class PredictorLM:
     seed: int = 0
 
     def _complete(self, prompt: str, n: int, max_new_tokens: int, temperature: float) -> list[str]:
-        from vlmtune.data.sample import Sample, assistant, user
-
         sample = Sample(id="reason", messages=[user(prompt, n_images=0), assistant("?")], images=[])
         done = self.predictor.complete([sample] * n, [[]] * n, max_new_tokens=max_new_tokens,
                                        temperature=temperature)
@@ -146,16 +151,12 @@ class PredictorLM:
 def load_lm(path: str | Path, device: str = "auto", dtype: str | None = None, seed: int = 0) -> TextLM:
     """The TextLM of a local directory: a vlmtune run / VLM family directory whose family takes text-only samples
     (through Predictor), or a plain causal LM (transformers AutoModelForCausalLM)."""
-    from vlmtune.models import family_of
-
     path = Path(path)
     try:
         is_vlm = (path / "run_config.yaml").is_file() or bool(family_of(path))
     except (ValueError, FileNotFoundError):
         is_vlm = False
     if is_vlm:
-        from vlmtune.infer import Predictor
-
         predictor = Predictor.from_path(path, device=device, dtype=dtype)
         if not predictor.family.text_only:
             raise ValueError(f"{path}: the {predictor.family.name} family cannot answer text-only prompts; use a "
@@ -170,12 +171,6 @@ def load_lm(path: str | Path, device: str = "auto", dtype: str | None = None, se
 def _corpus() -> list[str]:
     """Text the reasoning prompts are made of: the exemplars (both styles) and tables and questions of the charts
     world."""
-    import random
-
-    from vlmtune.chart.prompts import cot_prompt, pot_prompt
-    from vlmtune.chart.reason.llm import llm_prompt
-    from vlmtune.data.charts import QUESTION_TYPES, make_question, random_spec
-
     r = random.Random(0)
     lines = []
     for _ in range(60):  # the exemplars repeat in every prompt; a few dozen tables give the rest
@@ -208,8 +203,6 @@ def init_lm(out: str | Path, source: str | Path | None = None, layers: int = 2, 
                 setattr(config, key, layers)
         tok = AutoTokenizer.from_pretrained(source)
     else:
-        from vlmtune.data.tokenizer import train_byte_bpe
-
         tok = PreTrainedTokenizerFast(tokenizer_object=train_byte_bpe(_corpus(), ["<pad>", "<s>", "</s>"], 1024),
                                       pad_token="<pad>", bos_token="<s>", eos_token="</s>", model_max_length=4096)
         config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,

@@ -17,6 +17,7 @@ comparison (PoT). tests/chart/test_chart_llm_setups.py checks that every CoT exe
 `cot_prompt` / `pot_prompt` (or the reasoners) for another domain.
 
 Replies are cut at the first blank line or "Q:" (DePlot's stop sequences), as a completion API would stop them.
+The zero-shot prompt (`llm_prompt`: the table and the question, no examples) is here too.
 """
 
 from __future__ import annotations
@@ -170,6 +171,17 @@ def normalise_answer(text: str) -> str:
     return {"true": "yes", "false": "no"}.get(low, low)
 
 
-__all__ = ["COT_EXEMPLARS", "EXEMPLAR_TABLE", "INSTRUCTION", "POT_EXEMPLARS", "POT_INSTRUCTION", "STOP", "Exemplar",
-           "answer_text", "clean_answer", "cot_answer", "cot_prompt", "cut_reply", "markup", "normalise_answer",
-           "pot_prompt", "program_of"]
+LLM_PROMPT = (
+    "Read the table below and answer the question with a single word or number.\n\n"
+    "{table}\n\nQuestion: {question}\nAnswer:"
+)
+
+
+def llm_prompt(table: Table, question: str) -> str:
+    """The zero-shot prompt: the table (one row per line, cells joined by " | ") and the question."""
+    return LLM_PROMPT.format(table=table.to_text("\n"), question=question.strip())
+
+
+__all__ = ["COT_EXEMPLARS", "EXEMPLAR_TABLE", "INSTRUCTION", "LLM_PROMPT", "POT_EXEMPLARS", "POT_INSTRUCTION", "STOP",
+           "Exemplar", "answer_text", "clean_answer", "cot_answer", "cot_prompt", "cut_reply", "llm_prompt", "markup",
+           "normalise_answer", "pot_prompt", "program_of"]

@@ -43,10 +43,9 @@ The package: `base.py` (Answer, the Reasoner protocol), `program.py` (the rule-b
 from __future__ import annotations
 
 from vlmtune.chart.lm import TextLM, generator, sampler
-from vlmtune.chart.prompts import STOP
+from vlmtune.chart.prompts import LLM_PROMPT, STOP, llm_prompt
 from vlmtune.chart.reason.base import Answer, ProgramError, Reasoner
 from vlmtune.chart.reason.llm import (
-    LLM_PROMPT,
     MAX_NEW_TOKENS,
     SC_K,
     SC_TEMPERATURE,
@@ -56,7 +55,6 @@ from vlmtune.chart.reason.llm import (
     SelfConsistencyReasoner,
     ZeroShotReasoner,
     check_limits,
-    llm_prompt,
     majority,
     run_pot,
 )

@@ -20,6 +20,7 @@ from vlmtune.chart.prompts import (
     cot_answer,
     cot_prompt,
     cut_reply,
+    llm_prompt,
     normalise_answer,
     pot_prompt,
     program_of,
@@ -28,10 +29,6 @@ from vlmtune.chart.reason.base import Answer, Reasoner
 from vlmtune.chart.sandbox import MEMORY_LIMIT_MB, TIME_LIMIT_S, SandboxError, run_program
 from vlmtune.data.chart_table import Table
 
-LLM_PROMPT = (
-    "Read the table below and answer the question with a single word or number.\n\n"
-    "{table}\n\nQuestion: {question}\nAnswer:"
-)
 SC_K = 5
 """Self-consistency: samples per prompt style (with the default styles cot and pot, 10 samples a question)."""
 SC_TEMPERATURE = 0.7
@@ -39,11 +36,6 @@ SC_TEMPERATURE = 0.7
 MAX_NEW_TOKENS = {"zero_shot": 32, "cot": 160, "pot": 200}
 """Reply tokens per prompt style: ~2x the longest exemplar reply (CoT 72 tokens, a PoT program 135, in the GPT-2
 vocabulary of ai-forever/rugpt3small_based_on_gpt2)."""
-
-
-def llm_prompt(table: Table, question: str) -> str:
-    """The zero-shot prompt: the table (one row per line, cells joined by " | ") and the question."""
-    return LLM_PROMPT.format(table=table.to_text("\n"), question=question.strip())
 
 
 def _first_answer(text: str) -> str:
