@@ -24,6 +24,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlmtune.config import RunCfg
+from vlmtune.data.dataset import load_split, prepare_dataset
+from vlmtune.eval.report import write_comparison_report
+from vlmtune.eval.runner import evaluate
+from vlmtune.eval.tasks import get_task
+from vlmtune.infer import Predictor
+from vlmtune.runs import checkpoints
+from vlmtune.train.loop import train
+
 DOMAIN_QUESTIONS = ["top_colour", "bottom_colour"]
 
 
@@ -100,15 +109,6 @@ def _final_probe(run_dir: Path) -> dict:
 
 
 def run(out: str | Path = "runs/demo", quick: bool = False, seed: int = 0) -> dict:
-    from vlmtune.config import RunCfg
-    from vlmtune.data.dataset import load_split, prepare_dataset
-    from vlmtune.eval.report import write_comparison_report
-    from vlmtune.eval.runner import evaluate
-    from vlmtune.eval.tasks import get_task
-    from vlmtune.infer import Predictor
-    from vlmtune.runs import checkpoints
-    from vlmtune.train.loop import train
-
     s = QUICK if quick else FULL
     out = Path(out)
     cfgs = configs(s, out, seed)

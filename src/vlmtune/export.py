@@ -17,14 +17,13 @@ import json
 from pathlib import Path
 
 from vlmtune.io import atomic_dir
+from vlmtune.runs import META, load_for_inference, resolve_model_dir
 
 REQUIRED_FILES = ("config.json", "generation_config.json")
 
 
 def export(model: str | Path, out: str | Path, merge: bool = False) -> dict:
     """Write the model at `model` (run, checkpoint or model directory) to `out` as a standalone HF directory."""
-    from vlmtune.runs import META, load_for_inference, resolve_model_dir
-
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out}: already exists; export never overwrites (choose a new --out)")

@@ -16,7 +16,9 @@ from typing import Any
 
 from vlmtune.config import MAX_PROMPT_LENGTH
 from vlmtune.data.sample import Sample, assistant, user
+from vlmtune.models import get_family
 from vlmtune.models.family import Loaded, ModelFamily, autocast_for, input_dtype
+from vlmtune.models.loss import accepts_logits_to_keep, forward_losses, logit_prefix_of
 from vlmtune.runs import load_for_inference, resolve_model_dir
 
 
@@ -173,8 +175,6 @@ class Predictor:
     def from_path(cls, path: str | Path, device="auto", dtype: str | None = None, **kwargs) -> Predictor:
         """The Predictor of a run, checkpoint or model directory, on `device` (`--device`: auto picks the GPU when
         there is one) in `dtype` (`--dtype`; default: the dtype the run trained in); see `vlmtune.models.device`."""
-        from vlmtune.models import get_family
-
         loaded = load_for_inference(path, device=device, dtype=dtype)
         return cls(loaded=loaded, family=get_family(loaded.family), identity=checkpoint_identity(path), **kwargs)
 
@@ -237,8 +237,6 @@ class Predictor:
         """Mean log-probability per token of each sample's assistant turns (its answer or caption) given the rest:
         how likely the model finds that text for that image (retrieval scores, answer ranking)."""
         import torch
-
-        from vlmtune.models.loss import accepts_logits_to_keep, forward_losses, logit_prefix_of
 
         model = self.loaded.model
         was_training = model.training

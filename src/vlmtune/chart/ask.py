@@ -24,10 +24,18 @@ import json
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from vlmtune.chart.reason import Answer, ProgramReasoner, Reasoner
 from vlmtune.data.chart_table import Table
 from vlmtune.data.charts import DEPLOT_PROMPT
+from vlmtune.data.dataset import load_split
+from vlmtune.data.images import load_image, load_images, resolve_inside
 from vlmtune.data.sample import Sample, assistant, user
+from vlmtune.data.store import read_samples, write_dataset
+from vlmtune.eval.metrics.table import table_baseline, table_metrics_corpus
+from vlmtune.eval.runner import row_of
+from vlmtune.eval.tasks import get_task
 from vlmtune.io import atomic_write_text
 
 TABLES = "tables.jsonl"
@@ -52,8 +60,6 @@ def _answer_fields(a: Answer) -> dict:
 
 
 def _question_samples(root: Path, split: str | None, limit: int | None) -> list[Sample]:
-    from vlmtune.data.dataset import load_split
-
     samples = [s for s in load_split(root, split, skip_bad=False) if s.task == "chartqa"]
     if not samples:
         raise ValueError(f"{root}: no chartqa questions in split {split!r} (task 'chartqa': made by "
@@ -87,14 +93,10 @@ def _cached_tables(path: Path) -> dict[str, str]:
 
 def _model_tables(predictor, root: Path, images: list[str], cache: Path, progress: bool) -> dict[str, str]:
     """The model's table for every image, generated once (batched) and appended to `cache` as it goes."""
-    from vlmtune.data.images import load_image, resolve_inside
-
     tables = _cached_tables(cache)
     todo = [im for im in images if im not in tables]
     bar = None
     if progress and todo:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(images), initial=len(images) - len(todo), desc="chart->table", file=sys.stderr)
     with open(cache, "a", encoding="utf-8") as fh:
         for i in range(0, len(todo), predictor.batch_size):
@@ -114,12 +116,8 @@ def _model_tables(predictor, root: Path, images: list[str], cache: Path, progres
 def _answer_rows(samples: list[Sample], tables: dict[str, str], reasoner: Reasoner,
                  progress: str | None = None) -> list[dict]:
     """One row per question: the reasoner's answer (as "prediction"), program, ok/error, the table it read."""
-    from vlmtune.eval.runner import row_of
-
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(samples), desc=progress, file=sys.stderr)
     rows = []
     for s in samples:
@@ -149,8 +147,6 @@ def _mean_by(rows: list[dict], key: str, metric: str) -> dict:
 def _setup_scores(rows: list[dict]) -> dict:
     """ChartQA's relaxed accuracy (pix2struct's, through the chartqa task), exact match, the share of questions
     answered, and the breakdowns, of one setup's rows."""
-    from vlmtune.eval.tasks import get_task
-
     qa = get_task("chartqa").score_rows(rows)
     scores = {"relaxed_accuracy": qa["relaxed_accuracy"], "exact_match": qa["exact_match"],
               "answered": sum(r["ok"] for r in rows) / len(rows),
@@ -181,8 +177,6 @@ def evaluate_charts(predictor, root: str | Path, split: str | None, out_dir: str
     answers from the TRUE tables (`meta["table"]`): the reasoners' ceiling. `ceiling`: also answer from the true
     tables when the model wrote them (a second pass of every setup). Returns the metrics (also written to
     OUT/metrics.json): "setups" has each setup's scores; the top-level scores are the first setup's."""
-    from vlmtune.eval.metrics.table import table_baseline, table_metrics_corpus
-
     root, out_dir = Path(root), Path(out_dir)
     reasoners = [ProgramReasoner()] if reasoner is None else (
         list(reasoner) if isinstance(reasoner, list | tuple) else [reasoner])
@@ -229,9 +223,6 @@ def evaluate_charts(predictor, root: str | Path, split: str | None, out_dir: str
 def tables_dataset(src: str | Path, out: str | Path) -> dict:
     """A chart-to-table training set from a chart-QA dataset: one sample per chart (DePlot's prompt -> the chart's
     true table as DePlot text, from `meta["table"]`), in the split of the chart's first question."""
-    from vlmtune.data.images import load_images
-    from vlmtune.data.store import read_samples, write_dataset
-
     src, out = Path(src), Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; choose a new directory")

@@ -16,10 +16,16 @@ single token and a generated table that keeps its rows through `Predictor`.
 
 from __future__ import annotations
 
+import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokenizers import AddedToken
+
 from vlmtune.data.chart_table import NEWLINE_TOKEN
+from vlmtune.data.charts import CATEGORIES, METRICS, QUESTION_TYPES, SERIES_PAIRS, YEARS, make_question, random_spec
+from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.io import atomic_dir
 from vlmtune.models.pix2struct import build
 
@@ -45,10 +51,6 @@ class TinyDeplotCfg:
 
 def _corpus() -> list[str]:
     """Chart text (tables, questions, answers, captions) from the charts world, plus common question words."""
-    import random
-
-    from vlmtune.data.charts import CATEGORIES, METRICS, QUESTION_TYPES, SERIES_PAIRS, YEARS, make_question, random_spec
-
     r = random.Random(0)
     lines = [" ".join(words) for words in (*CATEGORIES.values(), METRICS, YEARS)]
     lines += [" ".join(pair) for pair in SERIES_PAIRS]
@@ -64,10 +66,7 @@ def _corpus() -> list[str]:
 def build_tokenizer(vocab_size: int = 768):
     """A byte-level BPE (any text encodes) with T5's special-token layout (pad 0, eos 1, unk 2, no BOS) and `<0x0A>`
     as one ordinary (non-special) added token."""
-    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
-
-    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe(_corpus(), ["<pad>", "</s>", "<unk>"], vocab_size, add_prefix_space=True)
     tok.add_tokens([AddedToken(NEWLINE_TOKEN, special=False, normalized=False, lstrip=True, rstrip=True)])
@@ -88,8 +87,6 @@ def build_model(cfg: TinyDeplotCfg = TinyDeplotCfg(), seed: int = 0):
 
 def init_model(out: str | Path, cfg: TinyDeplotCfg = TinyDeplotCfg(), seed: int = 0) -> dict:
     """Write a new random model directory (HF files + vlmtune.json) that `model.path` can name; never overwrites."""
-    import json
-
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; choose a new directory")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -53,8 +54,6 @@ class _OfflineKernelNoise:
 
 
 def _quiet_offline_kernel_noise() -> None:
-    import logging
-
     for name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
         logging.getLogger(name).addFilter(_OfflineKernelNoise())
 

@@ -10,14 +10,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from vlmtune.chart.ask import ask, evaluate_charts, setups_table, tables_dataset
+from vlmtune.chart.lm import init_lm, load_lm
+from vlmtune.chart.model import TinyDeplotCfg, init_model
+from vlmtune.chart.reason import MAX_NEW_TOKENS, SC_K, SC_TEMPERATURE, SETUPS, build_reasoner
+from vlmtune.chart.sandbox import MEMORY_LIMIT_MB, TIME_LIMIT_S
 from vlmtune.cli.flags import add_device_args
+from vlmtune.data.images import load_image
+from vlmtune.infer import Predictor
 
 
 def _chart_reasoners(a, several: bool) -> list:
     """The reasoning setups named by --reasoner (`chart eval`: a comma list or "all"), over the --llm model."""
-    from vlmtune.chart.lm import load_lm
-    from vlmtune.chart.reason import SETUPS, build_reasoner
-
     names = list(SETUPS) if several and a.reasoner == "all" else [n.strip() for n in a.reasoner.split(",")]
     unknown = [n for n in names if n not in SETUPS]
     if unknown or not names or len(set(names)) != len(names) or (len(names) > 1 and not several):
@@ -33,10 +37,6 @@ def _chart_reasoners(a, several: bool) -> list:
 
 
 def cmd_chart_ask(a) -> dict:
-    from vlmtune.chart.ask import ask
-    from vlmtune.data.images import load_image
-    from vlmtune.infer import Predictor
-
     predictor = Predictor.from_path(a.model, device=a.device, dtype=a.dtype, max_new_tokens=a.max_new_tokens,
                                     max_length=a.max_length)
     result = ask(predictor, load_image(Path(a.image)), a.question, _chart_reasoners(a, several=False)[0])
@@ -46,9 +46,6 @@ def cmd_chart_ask(a) -> dict:
 
 
 def cmd_chart_eval(a) -> dict:
-    from vlmtune.chart.ask import evaluate_charts, setups_table
-    from vlmtune.infer import Predictor
-
     if bool(a.model) == a.oracle:
         raise ValueError("chart eval: give --model M (tables written by the model) or --oracle (the true tables)")
     predictor = None if a.oracle else Predictor.from_path(a.model, device=a.device, dtype=a.dtype,
@@ -63,22 +60,16 @@ def cmd_chart_eval(a) -> dict:
 
 
 def cmd_chart_tables(a) -> dict:
-    from vlmtune.chart.ask import tables_dataset
-
     return tables_dataset(a.src, a.out)
 
 
 def cmd_chart_init_model(a) -> dict:
-    from vlmtune.chart.model import TinyDeplotCfg, init_model
-
     cfg = TinyDeplotCfg(vqa=a.vqa, max_patches=a.max_patches, hidden=a.hidden, ff=2 * a.hidden,
                         vision_layers=a.vision_layers, text_layers=a.text_layers)
     return init_model(a.out, cfg, seed=a.seed)
 
 
 def cmd_chart_init_lm(a) -> dict:
-    from vlmtune.chart.lm import init_lm
-
     return init_lm(a.out, a.source, layers=a.layers, hidden=a.hidden, seed=a.seed)
 
 
@@ -97,9 +88,6 @@ def add_parsers(sub) -> None:
     chsub = ch.add_subparsers(dest="chart_verb", required=True)
 
     def reasoner_args(p, several: bool) -> None:
-        from vlmtune.chart.reason import MAX_NEW_TOKENS, SC_K, SC_TEMPERATURE
-        from vlmtune.chart.sandbox import MEMORY_LIMIT_MB, TIME_LIMIT_S
-
         p.add_argument("--reasoner", default="program",
                        help="program (default: rules, no LM); with --llm, DePlot's setups: zero_shot, cot (few-shot "
                             "chain-of-thought), pot (program-of-thought, run sandboxed), sc (self-consistency)"

@@ -15,11 +15,19 @@ from pathlib import Path
 from vlmtune.cli.flags import add_config_flags, add_device_args
 from vlmtune.cli.run import build_predictor
 from vlmtune.config import MAX_PROMPT_LENGTH, OcrCfg
+from vlmtune.data.attributes import generate_vqa
+from vlmtune.data.dataset import synthesize
+from vlmtune.data.formats import FORMATS, export_dataset, get_format, import_dataset
+from vlmtune.data.lint import check_dataset, parse_size, show_mask, summary, write_report
+from vlmtune.data.ocr import enrich_dataset
+from vlmtune.data.standin import JOBS, write_standin
+from vlmtune.data.stats import dataset_stats, parse_ratios, split_dataset
+from vlmtune.data.translate import translate_dataset
+from vlmtune.eval.autolabel import autolabel
+from vlmtune.runs import image_token_report, resolve_model, resolve_model_dir
 
 
 def cmd_data_synth(a) -> dict:
-    from vlmtune.data.dataset import synthesize
-
     questions = a.questions.split(",") if a.questions else None
     counts = synthesize(a.out, a.world, a.n, a.seed, a.size, a.caption_fraction, a.val, a.test, questions,
                         a.caption_turn)
@@ -27,27 +35,18 @@ def cmd_data_synth(a) -> dict:
 
 
 def cmd_data_standin(a) -> dict:
-    from vlmtune.data.standin import write_standin
-
     return write_standin(a.job, a.out, a.n, a.seed, a.size)
 
 
 def cmd_data_import(a) -> dict:
-    from vlmtune.data.formats import get_format, import_dataset
-
     return import_dataset(get_format(a.format), a.src, a.out, a.images, skip_bad=a.skip_bad)
 
 
 def cmd_data_export(a) -> dict:
-    from vlmtune.data.formats import export_dataset, get_format
-
     return export_dataset(get_format(a.format), a.dir, a.out, split=a.split)
 
 
 def cmd_data_check(a) -> dict:
-    from vlmtune.data.lint import check_dataset, parse_size, summary, write_report
-    from vlmtune.runs import image_token_report, resolve_model
-
     if a.image_size and not a.model:
         raise ValueError("data check --image-size needs --model (a run, checkpoint or model directory, or a hub id)")
     if a.dir is None:
@@ -68,8 +67,6 @@ def cmd_data_check(a) -> dict:
 
 
 def cmd_data_vqa_from_attributes(a) -> dict:
-    from vlmtune.data.attributes import generate_vqa
-
     report = generate_vqa(a.table, a.images, a.templates, a.out, langs=a.langs, balance=a.balance,
                           min_count=a.min_count, seed=a.seed, val=a.val, test=a.test, skip_bad=a.skip_bad,
                           sheet=a.sheet)
@@ -77,29 +74,20 @@ def cmd_data_vqa_from_attributes(a) -> dict:
 
 
 def cmd_data_split(a) -> dict:
-    from vlmtune.data.stats import parse_ratios, split_dataset
-
     return split_dataset(a.dir, parse_ratios(a.ratios), by=a.by, seed=a.seed)
 
 
 def cmd_data_stats(a) -> dict:
-    from vlmtune.data.stats import dataset_stats
-
     return dataset_stats(a.dir)
 
 
 def cmd_data_ocr(a) -> dict:
-    from vlmtune.data.ocr import enrich_dataset
-
     given = {f.name: getattr(a, f.name) for f in dataclasses.fields(OcrCfg)}
     opts = OcrCfg(**given | {"template": a.template.replace("\\n", "\n")})
     return enrich_dataset(a.dir, opts, out=a.out, skip_bad=a.skip_bad)
 
 
 def cmd_data_show_mask(a) -> dict:
-    from vlmtune.data.lint import show_mask
-    from vlmtune.runs import resolve_model
-
     shown = show_mask(a.dir, *resolve_model(a.model), a.n, a.split)
     for s in shown:
         print(f"== {s['id']} ({s['split']}): {s['tokens']} tokens, {s['trained_tokens']} trained ==\n{s['text']}\n")
@@ -107,16 +95,11 @@ def cmd_data_show_mask(a) -> dict:
 
 
 def cmd_data_translate(a) -> dict:
-    from vlmtune.data.translate import translate_dataset
-
     return translate_dataset(a.dir, a.to, a.model, src=a.src, out=a.out, fields=a.fields, batch_size=a.batch_size,
                              progress=True)
 
 
 def cmd_data_autolabel(a) -> dict:
-    from vlmtune.eval.autolabel import autolabel
-    from vlmtune.runs import resolve_model_dir
-
     return autolabel(build_predictor(a), a.model, a.src, a.task, out=a.out, prompt=a.prompt, questions=a.questions,
                      progress=True, model_dir=resolve_model_dir(a.model))
 
@@ -140,8 +123,6 @@ def add_parsers(sub) -> None:
     s.add_argument("--test", type=float, default=0.1, help="fraction in the test split")
     s.set_defaults(fn=cmd_data_synth)
 
-    from vlmtune.data.standin import JOBS
-
     si = dsub.add_parser("standin", help="write drawn stand-in data in the raw format a recipe starts from",
                          formatter_class=ex, epilog="jobs: " + ", ".join(JOBS) + "\nexample: vlmtune data standin "
                          "vizwiz --out raw/vizwiz --n 600; then: vlmtune data import vizwiz raw/vizwiz --out data/vw")
@@ -151,8 +132,6 @@ def add_parsers(sub) -> None:
     si.add_argument("--seed", type=int, default=0)
     si.add_argument("--size", type=int, default=None, help="image side in pixels (default: the job's)")
     si.set_defaults(fn=cmd_data_standin)
-
-    from vlmtune.data.formats import FORMATS
 
     formats = "\n".join(f"  {k:12s} {v}" for k, v in FORMATS.items())
     im = dsub.add_parser("import", help="convert an outside dataset into a vlmtune dataset", formatter_class=ex,

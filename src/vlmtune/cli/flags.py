@@ -14,6 +14,8 @@ import textwrap
 import types
 import typing
 
+from vlmtune.models.device import DTYPES
+
 
 @functools.cache
 def field_docs(cls: type) -> dict[str, str]:
@@ -91,8 +93,6 @@ def add_config_flags(p, cls, names: list[str] | None = None, *, skip: tuple[str,
 def add_device_args(p, dtype: bool = True) -> None:
     """--device (and --dtype): the inference placement policy of every command that loads a model
     (models/device.py). `retrieve` takes --device only: its --dtype is the index's vector dtype."""
-    from vlmtune.models.device import DTYPES
-
     p.add_argument("--device", default="auto",
                    help="auto (default: the GPU when there is one, else MPS, else CPU), cuda, cuda:N, mps or cpu")
     if dtype:

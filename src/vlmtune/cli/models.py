@@ -8,16 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vlmtune.models import FAMILIES, support_table
+from vlmtune.models.compose import compose
+
 
 def cmd_compose(a) -> dict:
-    from vlmtune.models.compose import compose
-
     return compose(a.vision, a.lm, a.out, projector=a.projector, seed=a.seed)
 
 
 def cmd_models(a) -> dict | None:
-    from vlmtune.models import FAMILIES, support_table
-
     if a.markdown:
         print(support_table(), end="")
         return None

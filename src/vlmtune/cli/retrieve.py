@@ -11,6 +11,10 @@ import dataclasses
 import sys
 
 from vlmtune.cli.flags import add_config_flags, add_device_args
+from vlmtune.retrieval.encoder import DualEncoder
+from vlmtune.retrieval.evaluate import evaluate, load_gallery
+from vlmtune.retrieval.index import build_index, search
+from vlmtune.retrieval.tiny import build_tiny
 from vlmtune.retrieval.train import RetrievalTrainCfg, train
 
 
@@ -20,31 +24,21 @@ def cmd_retrieve_train(a) -> dict:
 
 
 def cmd_retrieve_eval(a) -> dict:
-    from vlmtune.retrieval.encoder import DualEncoder
-    from vlmtune.retrieval.evaluate import evaluate, load_gallery
-
     metrics = evaluate(DualEncoder.load(a.model, a.device), load_gallery(a.data, a.split), a.batch_size)
     print(" ".join(f"{k} {v:.2f}" for k, v in metrics.items() if "@" in k or k == "rsum"), file=sys.stderr)
     return {"model": a.model, "data": a.data, "split": a.split, **metrics}
 
 
 def cmd_retrieve_index(a) -> dict:
-    from vlmtune.retrieval.encoder import DualEncoder
-    from vlmtune.retrieval.index import build_index
-
     return build_index(DualEncoder.load(a.model, a.device), a.catalogue, a.out, a.images, a.batch_size, a.dtype)
 
 
 def cmd_retrieve_init_model(a) -> dict:
-    from vlmtune.retrieval.tiny import build_tiny
-
     out = build_tiny(a.family, a.out, image_size=a.image_size, seed=a.seed)
     return {"out": str(out), "family": a.family, "image_size": a.image_size}
 
 
 def cmd_retrieve_search(a) -> dict:
-    from vlmtune.retrieval.index import search
-
     if a.query and a.image:
         raise ValueError("retrieve: give a text query or --image PATH, not both")
     result = search(a.index, " ".join(a.query) or None, a.image, a.k, a.model, a.device)

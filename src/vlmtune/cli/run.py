@@ -9,26 +9,33 @@ infer.py, export.py, demo.py); the generation settings a command takes from the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from vlmtune.cli.flags import add_device_args
-from vlmtune.config import MAX_PROMPT_LENGTH
+from vlmtune.config import MAX_PROMPT_LENGTH, EvalCfg, RunCfg
+from vlmtune.data.dataset import load_split
+from vlmtune.demo import run
+from vlmtune.eval.analysis import compare_files, write_analysis
+from vlmtune.eval.runner import SUBMISSIONS, auto_max_new_tokens, evaluate, length_limited, predict, write_submission
+from vlmtune.eval.score import score_file
+from vlmtune.eval.tasks import TASKS, get_task
+from vlmtune.export import export
+from vlmtune.infer import Predictor
+from vlmtune.runs import model_ocr_options, run_config_of
+from vlmtune.train.checks import check_run
+from vlmtune.train.distributed import join_processes
+from vlmtune.train.loop import train
 
 
 def cmd_train(a, overrides: list[str]) -> dict:
-    from vlmtune.config import RunCfg
-    from vlmtune.train.loop import train
-
     cfg = RunCfg.from_file(a.config, overrides)
     return train(cfg)
 
 
 def _eval_samples(a, out_dir: Path):
     """The samples to evaluate; with --skip-bad, bad records are listed in OUT_DIR/rejected.jsonl."""
-    from vlmtune.data.dataset import load_split
-    from vlmtune.runs import model_ocr_options
-
     rejected = out_dir / "rejected.jsonl" if a.skip_bad else None
     if rejected:
         rejected.unlink(missing_ok=True)  # this evaluation's list (load_split adds to the file)
@@ -42,10 +49,6 @@ def _eval_samples(a, out_dir: Path):
 def _run_defaults(a) -> None:
     """Generation settings not given on the command line come from the run's own eval section (a run trained to
     write 100-token captions is not cut at 16 tokens by `vlmtune eval --model RUN`), else from the CLI defaults."""
-    from vlmtune.config import EvalCfg
-    from vlmtune.runs import run_config_of
-    from vlmtune.train.checks import check_run
-
     cfg = run_config_of(a.model)
     if cfg is not None:
         check_run(cfg)  # a run read back is refused as `vlmtune train` refuses its config
@@ -62,12 +65,6 @@ def _run_defaults(a) -> None:
 def build_predictor(a, samples=None):
     """The Predictor of --model with the generation settings of `_run_defaults`; `max_new_tokens` auto is sized from
     `samples`' gold texts with the model's tokenizer (`auto_max_new_tokens`)."""
-    import dataclasses
-
-    from vlmtune.eval.runner import auto_max_new_tokens
-    from vlmtune.infer import Predictor
-    from vlmtune.train.distributed import join_processes
-
     _run_defaults(a)
     device = join_processes()  # under torchrun / accelerate launch: one process group, each process its share
     auto = a.max_new_tokens == "auto"
@@ -88,16 +85,11 @@ def _task_options(a) -> dict:
 def _samples_task(samples) -> str:
     """The task the samples themselves name when they all name one that exists (caption data is scored as captions
     without --task), else vqa."""
-    from vlmtune.eval.tasks import TASKS
-
     tasks = {s.task for s in samples}
     return tasks.pop() if len(tasks) == 1 and next(iter(tasks)) in TASKS else "vqa"
 
 
 def cmd_eval(a) -> dict:
-    from vlmtune.eval.runner import evaluate
-    from vlmtune.eval.tasks import get_task
-
     if a.eval_verb == "score":
         return cmd_eval_score(a)
     if a.eval_verb == "compare":
@@ -111,8 +103,6 @@ def cmd_eval(a) -> dict:
     metrics = evaluate(build_predictor(a, samples), a.data, samples, get_task(a.task), out, progress=True,
                        prompt=a.prompt, submission=a.submission, **_task_options(a))
     if a.report:
-        from vlmtune.eval.analysis import write_analysis
-
         page, _ = write_analysis({"model": out / "predictions.jsonl"}, out / "analysis.html", data=a.data,
                                  task=a.task)
         metrics["report"] = str(page)
@@ -121,20 +111,14 @@ def cmd_eval(a) -> dict:
 
 
 def cmd_eval_score(a) -> dict:
-    from vlmtune.eval.score import score_file
-
     return score_file(a.predictions, a.task, a.out, **_task_options(a))
 
 
 def cmd_eval_compare(a) -> dict:
-    from vlmtune.eval.analysis import compare_files
-
     return compare_files(a.predictions, a.out, data=a.data, task=a.task, names=a.names)
 
 
 def cmd_predict(a) -> dict:
-    from vlmtune.eval.runner import length_limited, predict, write_submission
-
     out = Path(a.out)
     _run_defaults(a)  # the run read back and checked before its data is
     samples = _eval_samples(a, out.parent)
@@ -147,14 +131,10 @@ def cmd_predict(a) -> dict:
 
 
 def cmd_demo(a) -> dict:
-    from vlmtune.demo import run
-
     return run(a.out, quick=a.quick, seed=a.seed)
 
 
 def cmd_export(a) -> dict:
-    from vlmtune.export import export
-
     return export(a.model, a.out, merge=a.merge)
 
 def _max_new_tokens(text: str) -> int | str:
@@ -189,8 +169,6 @@ def _add_model_args(p, required: bool = True) -> None:
 
 
 def _add_task_args(p) -> None:
-    from vlmtune.eval.tasks import TASKS
-
     p.add_argument("--task", default=None, choices=sorted(TASKS),
                    help="default: the task every sample names (caption, chartqa, ...), or for score/compare the task "
                         "the prediction rows record; vqa when they name none or differ")
@@ -225,8 +203,6 @@ def add_parsers(sub) -> None:
                               "any config key can be overridden as --section.key VALUE")
     t.add_argument("--config", "-c", default=None)
     t.set_defaults(fn=cmd_train)
-
-    from vlmtune.eval.runner import SUBMISSIONS
 
     e = sub.add_parser("eval", help="generate answers for a dataset and score them; score or compare prediction files",
                        formatter_class=ex,

@@ -22,6 +22,7 @@ question about a "46%" cell with "46".)
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass
 
@@ -101,8 +102,6 @@ class Table:
     def to_csv(self) -> str:
         """ChartQA's `tables/*.csv` form: header and rows, comma-separated and quoted where needed, no title (ChartQA
         tables have none)."""
-        import io
-
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(self.header)

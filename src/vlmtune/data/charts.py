@@ -36,6 +36,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+import numpy as np
 from PIL import Image
 
 from vlmtune.data.chart_table import Table, format_number
@@ -167,8 +168,6 @@ def _draw_pie(ax, spec: ChartSpec, font: float) -> None:
 
 def to_image(fig) -> Image.Image:
     """Rasterise a Figure made by `render` into an RGB image."""
-    import numpy as np
-
     fig.canvas.draw()
     return Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy(), "RGB")
 

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vlmtune.data.store import MANIFEST, BadRecord, add_rejected, read_samples
+from vlmtune.data.ocr import enrich_samples
+from vlmtune.data.store import MANIFEST, BadRecord, add_rejected, read_samples, write_dataset
+from vlmtune.data.synthetic import CAPTION_PROMPTS, WORLDS, with_caption_turn
 
 if TYPE_CHECKING:
     from vlmtune.config import OcrCfg
@@ -20,9 +22,6 @@ def synthesize(out: str | Path, world: str, n: int, seed: int = 0, size: int = 6
 
     `caption_turn`: every train-split question is followed by a caption turn (see `synthetic.with_caption_turn`);
     val and test keep the single question they are scored on."""
-    from vlmtune.data.store import write_dataset
-    from vlmtune.data.synthetic import CAPTION_PROMPTS, WORLDS, with_caption_turn
-
     if world not in WORLDS:
         raise ValueError(f"unknown synthetic world {world!r}; known: {sorted(WORLDS)}")
     n_val, n_test = round(n * val), round(n * test)
@@ -87,8 +86,6 @@ def load_split(root: Path, split: str | None, skip_bad: bool, rejected_path: Pat
             raise naming_all(bad)
         samples = samples[:limit] if limit else samples  # before OCR: --limit 10 reads 10 samples' images
         if ocr is not None and samples:
-            from vlmtune.data.ocr import enrich_samples
-
             samples, ocr_bad, _ = enrich_samples(samples, root, ocr, skip_bad=skip_bad)
             bad += ocr_bad
     except BadRecord as e:

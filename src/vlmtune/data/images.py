@@ -22,6 +22,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from vlmtune.data.sample import Sample
@@ -67,8 +68,6 @@ def resolve_inside(root: Path, rel: str) -> Path:
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGB: transparency composited on white, 16-bit scaled to 8-bit, CMYK converted."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        import numpy as np
-
         a = np.asarray(img, dtype=np.float64)
         peak = a.max() if a.size and a.max() > 255 else 255.0
         img = Image.fromarray((a * (255.0 / peak)).clip(0, 255).astype("uint8"), "L")

@@ -38,6 +38,8 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from tqdm import tqdm
+
 from vlmtune.config import DataCfg
 from vlmtune.data.images import (
     MAX_IMAGE_PIXELS,
@@ -49,7 +51,7 @@ from vlmtune.data.images import (
     resolve_inside,
 )
 from vlmtune.data.sample import Sample, message_text
-from vlmtune.data.store import MANIFEST, BadRecord, iter_lines, load_json
+from vlmtune.data.store import MANIFEST, BadRecord, iter_lines, load_json, read_samples
 
 MAX_LISTED = 200
 """Issues listed per kind in the report (all are counted)."""
@@ -214,8 +216,6 @@ def check_dataset(root: str | Path, family=None, processor=None, max_length: int
     """Check the dataset at `root` (see the module docstring); returns the report (`report["ok"]`: no errors).
     With a model family (a ModelFamily), also what the family can take; with its processor too, the token lengths,
     reported under `model_name`. `vlmtune.runs.resolve_model` gives both for a `--model` (data sits below models)."""
-    from tqdm import tqdm
-
     root = Path(root)
     if max_text_chars < 1:
         raise ValueError(f"max_text_chars must be at least 1, got {max_text_chars}")
@@ -340,8 +340,6 @@ def show_mask(root: str | Path, family, processor=None, n: int = 3, split: str |
     the trained tokens in [[double brackets]] and each image's tokens shown as <image xN>. `processor` None: the
     family's tiny test processor, which has the family's chat template but a toy vocabulary (`--model` a family name;
     `vlmtune.runs.resolve_model` gives both)."""
-    from vlmtune.data.store import read_samples
-
     if processor is None:
         processor = family.tiny().processor
     tok = getattr(processor, "tokenizer", processor)

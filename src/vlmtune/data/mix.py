@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from vlmtune.data.sample import Sample
 
 
@@ -51,8 +53,6 @@ class Mixture:
 
     def step_items(self, seed: int, step: int, per_step: int) -> list[tuple[int, Sample]]:
         """The (source index, sample) pairs of optimizer step `step`, shuffled across sources."""
-        import numpy as np
-
         before, after = self.drawn(step, per_step), self.drawn(step + 1, per_step)
         items: list[tuple[int, Sample]] = []
         for j, src in enumerate(self.sources):
@@ -69,8 +69,6 @@ _PERMS: dict[tuple[int, int, int, int], object] = {}
 
 def _permutation(seed: int, source: int, epoch: int, n: int):
     """The epoch permutation of one source (memoised: a step asks for the same few again and again)."""
-    import numpy as np
-
     key = (seed, source, epoch, n)
     if key not in _PERMS:
         if len(_PERMS) > 64:

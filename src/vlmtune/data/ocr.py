@@ -47,17 +47,18 @@ import shutil
 import subprocess
 import sys
 import time
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from tqdm import tqdm
 
 from vlmtune.config import OcrCfg
+from vlmtune.data.images import ImageError, decode_image_bytes, read_image_file, resolve_inside
+from vlmtune.data.sample import Sample
+from vlmtune.data.store import MANIFEST, BadRecord, read_samples, write_jsonl, write_rejected
 from vlmtune.io import atomic_write_text
-
-if TYPE_CHECKING:
-    from vlmtune.data.sample import Sample
-    from vlmtune.data.store import BadRecord
 
 CACHE_DIR = ".cache/ocr"
 """Relative to the dataset directory."""
@@ -146,8 +147,6 @@ def parse_tsv(tsv: str) -> list[dict]:
 
 def normalize(text: str) -> str:
     """NFC (one code point per accented letter, as the tokenizer saw in training text), whitespace collapsed."""
-    import unicodedata
-
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
@@ -222,8 +221,6 @@ class OcrCache:
 def read_image_words(path: Path, tesseract: Tesseract, langs: str, psm: int, timeout_s: float,
                      cache: OcrCache | None) -> tuple[list[dict], bool]:
     """(words, whether they came from the cache) of the image file at `path`; OcrError naming the file."""
-    from vlmtune.data.images import ImageError, decode_image_bytes, read_image_file
-
     try:
         data = read_image_file(path)  # a regular file only: a FIFO would block here forever
     except ImageError as e:
@@ -291,9 +288,6 @@ def enrich_samples(samples: list[Sample], root: str | Path, opts: OcrCfg, skip_b
     Returns (enriched samples, bad records, report). An image that cannot be read makes its sample a BadRecord
     naming the manifest, the sample and the file: raised (after every other image was read and cached) unless
     `skip_bad`, then the sample is left out and the record returned. Text-only samples pass unchanged."""
-    from vlmtune.data.images import ImageError, resolve_inside
-    from vlmtune.data.store import MANIFEST, BadRecord
-
     root = Path(root)
     started = time.perf_counter()
     report = OcrReport()
@@ -321,8 +315,6 @@ def enrich_samples(samples: list[Sample], root: str | Path, opts: OcrCfg, skip_b
 
         bar = None
         if progress and len(readable) > 50:
-            from tqdm import tqdm
-
             bar = tqdm(total=len(readable), desc="ocr", file=sys.stderr)
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             for rel, out, hit in pool.map(read, readable):
@@ -369,9 +361,6 @@ def enrich_dataset(root: str | Path, opts: OcrCfg, out: str | Path | None = None
     and OCR cache copied, bad samples left out and listed in OUT/rejected.jsonl) or, with `out` None, in place
     (only `into="meta"`: the questions stay as the data's author wrote them; every record must be readable, and a
     sample whose image OCR fails under `skip_bad` is kept without meta["ocr"])."""
-    from vlmtune.data.images import resolve_inside
-    from vlmtune.data.store import MANIFEST, read_samples, write_jsonl, write_rejected
-
     root = Path(root)
     if out is None and opts.into != "prompt":
         samples, bad = read_samples(root, None, skip_bad=False)

@@ -33,16 +33,22 @@ files are exactly what the importer reads.
 
 from __future__ import annotations
 
+import csv
 import random
 import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from vlmtune.data.chart_table import Table
+from vlmtune.data.formats import get_format
+from vlmtune.data.formats.base import export_dataset
 from vlmtune.data.sample import Sample, assistant, user
-from vlmtune.data.synthetic import BOTTOM_TYPES, COLOURS, PATTERNS, TOP_TYPES, fashion
+from vlmtune.data.store import write_dataset
+from vlmtune.data.synthetic import BOTTOM_TYPES, COLOURS, PATTERNS, TOP_TYPES, WORLDS, fashion
 
 ATTRIBUTES = ("top_type", "top_colour", "top_pattern", "bottom_type", "bottom_colour")
 VALUES = {"top_type": TOP_TYPES, "top_colour": COLOURS, "top_pattern": PATTERNS, "bottom_type": BOTTOM_TYPES,
@@ -98,10 +104,6 @@ def _split(i: int, n: int, val: float, test: float) -> str:
 
 def _export(samples: list[tuple[Sample, list[Image.Image]]], fmt: str, out: Path) -> dict:
     """Write the samples as a vlmtune dataset in a temporary directory, then export it with format `fmt`'s writer."""
-    from vlmtune.data.formats import get_format
-    from vlmtune.data.formats.base import export_dataset
-    from vlmtune.data.store import write_dataset
-
     with tempfile.TemporaryDirectory(prefix="vlmtune-standin-") as tmp:
         write_dataset(tmp, samples)
         return export_dataset(get_format(fmt), tmp, out)
@@ -110,10 +112,6 @@ def _export(samples: list[tuple[Sample, list[Image.Image]]], fmt: str, out: Path
 def fashion_vqa(out: Path, n: int, seed: int, size: int) -> dict:
     """The fashion team's raw material: photos, an attribute table and question templates in en + pt (open
     questions and yes/no statements)."""
-    import csv
-
-    import yaml
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "photos").mkdir()
     rows = []
@@ -267,9 +265,6 @@ CHART_QUESTIONS = ("value", "max_label", "min_label", "difference", "sum", "aver
 
 def chartqa(out: Path, n: int, seed: int, size: int) -> dict:
     """ChartQA's layout: one question per drawn chart, the chart's data table as ChartQA's CSV."""
-    from vlmtune.data.chart_table import Table
-    from vlmtune.data.synthetic import WORLDS
-
     samples = []
     for i, (drawn, img) in enumerate(WORLDS["charts"](n, seed=seed, size=size, questions=CHART_QUESTIONS)):
         drawn.split = _split(i, n, 0.1, 0.2)

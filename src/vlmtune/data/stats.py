@@ -15,6 +15,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from PIL import Image
+from tqdm import tqdm
+
 from vlmtune.data.images import resolve_inside
 from vlmtune.data.store import MANIFEST, BadRecord, iter_records
 from vlmtune.io import atomic_path, file_sha256
@@ -56,8 +59,6 @@ def split_dataset(root: str | Path, ratios: tuple[float, ...] = (0.8, 0.1, 0.1),
     """Assign every sample of `root` to train/val/test (`ratios`), rewriting the manifest atomically.
 
     `by="image"`: no image (by content) in two splits; `by="sample"`: samples are dealt independently."""
-    from tqdm import tqdm
-
     root = Path(root)
     if by not in ("image", "sample"):
         raise ValueError(f"--by {by!r}: 'image' or 'sample'")
@@ -106,8 +107,6 @@ def split_dataset(root: str | Path, ratios: tuple[float, ...] = (0.8, 0.1, 0.1),
 
 def dataset_stats(root: str | Path) -> dict:
     """Counts that describe a dataset, read from the manifest and the image headers (no pixels decoded)."""
-    from PIL import Image
-
     root = Path(root)
     splits, tasks, sources, qtypes = Counter(), Counter(), Counter(), Counter()
     answers, images_per_sample, turns, sizes = Counter(), Counter(), Counter(), Counter()

@@ -6,6 +6,8 @@ A tokenizer helper with no model in it, so it sits in `data` where its lowest ca
 
 from __future__ import annotations
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
 
 def train_byte_bpe(lines: list[str], special_tokens: list[str], vocab_size: int, add_prefix_space: bool = False,
                    pre_tokenizer=None):
@@ -14,8 +16,6 @@ def train_byte_bpe(lines: list[str], special_tokens: list[str], vocab_size: int,
     families, the tiny translator, retriever and chart models); the caller adds what its family needs (a
     post-processor, late special tokens) and wraps it in `PreTrainedTokenizerFast`.
     `pre_tokenizer`: replaces the default `ByteLevel(add_prefix_space)` (e.g. Qwen's split regex first)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizer or pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     tok.decoder = decoders.ByteLevel()

@@ -19,6 +19,10 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from PIL import Image
+
+from vlmtune.data.images import ImageError, load_image, resolve_inside
+from vlmtune.eval.score import read_rows, recorded_task
 from vlmtune.eval.tasks import get_task
 from vlmtune.eval.tasks.base import Row, gold, unlabelled
 
@@ -35,8 +39,6 @@ def _e(x) -> str:
 def load_scored(path: str | Path, task: str | None) -> tuple[list[Row], dict]:
     """Rows of a predictions file with per-sample scores (scored with `task` when they have none) and metrics.
     `task` None: the task the rows record, else the one in metrics.json beside the file, else vqa."""
-    from vlmtune.eval.score import read_rows, recorded_task
-
     path = Path(path)
     metrics_file = path.parent / "metrics.json"
     saved = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
@@ -50,9 +52,6 @@ def load_scored(path: str | Path, task: str | None) -> tuple[list[Row], dict]:
 def _thumb(root: Path | None, rel: str, size: int = 112) -> str:
     if root is None:
         return ""
-    from PIL import Image
-
-    from vlmtune.data.images import ImageError, load_image, resolve_inside
 
     try:
         img = load_image(resolve_inside(root, rel))

@@ -45,8 +45,10 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+from vlmtune.data.formats.base import IMAGE_SUFFIXES, copy_image
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.data.store import MANIFEST, read_samples, write_jsonl
+from vlmtune.eval.runner import dist_info, predict, with_prompt
 from vlmtune.io import atomic_write_text
 
 Task = Literal["caption", "vqa"]
@@ -81,8 +83,6 @@ def read_questions(path: str | Path) -> list[str]:
 
 def _folder_samples(folder: Path, task: Task, prompt: str | None, questions: list[str] | None) -> list[Sample]:
     """One sample per image (caption) or per image and question (vqa), ids = paths inside the folder."""
-    from vlmtune.data.formats.base import IMAGE_SUFFIXES
-
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
@@ -127,9 +127,6 @@ def autolabel(predictor, model: str | Path, src: str | Path, task: Task, out: st
     `model` (recorded in each sample); see the module docstring. Returns the summary the CLI prints. `model_dir`:
     the model directory `model` names (`vlmtune.runs.resolve_model_dir`: a run's best checkpoint), recorded with the
     hash of its config files; default `model` itself, which must then be a model directory."""
-    from vlmtune.data.formats.base import copy_image
-    from vlmtune.eval.runner import dist_info, predict, with_prompt
-
     if task not in ("caption", "vqa"):
         raise ValueError(f"autolabel: unknown task {task!r}; choose caption or vqa")
     src = Path(src)

@@ -19,7 +19,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlmtune.data.dataset import load_split, prepare_dataset
 from vlmtune.data.sample import Sample
+from vlmtune.eval.report import RunView
+from vlmtune.eval.runner import evaluate
+from vlmtune.eval.tasks import get_task
 
 
 @dataclass
@@ -33,9 +37,6 @@ class Probe:
 
 def load_probes(cfgs, skip_bad: bool = False, rejected_path: Path | None = None) -> list[Probe]:
     """ProbeCfgs -> Probes (synthetic probe sets are generated on first use)."""
-    from vlmtune.data.dataset import load_split, prepare_dataset
-    from vlmtune.eval.tasks import get_task
-
     probes = []
     for c in cfgs:
         task = get_task(c.task)
@@ -52,9 +53,6 @@ def load_probes(cfgs, skip_bad: bool = False, rejected_path: Path | None = None)
 
 def score(predictor, probes: list[Probe], out_dir: Path | None = None) -> dict[str, dict]:
     """Evaluate every probe; returns {probe name: its metrics dict} (predictions under out_dir/probe-NAME)."""
-    from vlmtune.eval.runner import evaluate
-    from vlmtune.eval.tasks import get_task
-
     return {
         p.name: evaluate(predictor, p.root, p.samples, get_task(p.task),
                          Path(out_dir) / f"probe-{p.name}" if out_dir else None)
@@ -104,8 +102,6 @@ def probe_table(run_dir: str | Path) -> str:
          200  0.611             0.500                 -30.0          rejected
          400  0.654             0.780                 -2.0           passed, best
     """
-    from vlmtune.eval.report import RunView
-
     v = RunView(run_dir)
     best, max_drop = v.best_step(), v.cfg.forgetting.max_drop
     header = ["step", f"val {v.metric}", *(f"{n} {h}" for n, m in v.probe_metric.items() for h in (m, "delta")),

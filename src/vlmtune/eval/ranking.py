@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tqdm import tqdm
+
 from vlmtune.data.images import load_images
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.eval.tasks.base import Row
@@ -19,8 +21,6 @@ def retrieval_rows(predictor, root: Path, samples: list[Sample], progress: bool 
     and a text is the mean log-probability per token of the text as the image's caption (`Predictor.loglik`),
     prompted with the sample's own question (e.g. "Describe the image."). N images x M texts forward passes: meant
     for test sets of a few hundred images (1,000 x 5,000 pairs is 5 million passes)."""
-    from tqdm import tqdm
-
     if any(len(s.images) != 1 for s in samples):
         raise ValueError("retrieval: every sample must have exactly one image")
     uncaptioned = [s.id for s in samples if not (s.references or s.has_target)]

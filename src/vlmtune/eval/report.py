@@ -18,6 +18,10 @@ import io
 import json
 from pathlib import Path
 
+from PIL import Image
+
+from vlmtune.config import RunCfg
+from vlmtune.data.images import resolve_inside
 from vlmtune.io import atomic_write_text
 
 GALLERY = 12
@@ -30,8 +34,6 @@ class RunView:
     """What a report needs from a run directory."""
 
     def __init__(self, run_dir: str | Path):
-        from vlmtune.config import RunCfg
-
         self.dir = Path(run_dir)
         self.cfg = RunCfg.from_file(self.dir / "run_config.yaml")
         self.rows = [json.loads(line) for line in (self.dir / "metrics.jsonl").read_text().splitlines() if line]
@@ -119,10 +121,6 @@ def _plot(title: str, ylabel: str, lines: list[tuple[str, list[int], list[float]
 
 def _image_uri(root: Path, rel: str, size: int = 128) -> str | None:
     """An image of the dataset, resized for the page, as a data: URI (None if it cannot be read)."""
-    from PIL import Image
-
-    from vlmtune.data.images import resolve_inside
-
     try:
         with Image.open(resolve_inside(root, rel)) as im:
             im = im.convert("RGB")

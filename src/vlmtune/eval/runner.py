@@ -21,6 +21,9 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+from tqdm import tqdm
+
 from vlmtune.data.images import ImageError, load_images, resolve_inside
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import load_json
@@ -296,8 +299,6 @@ def _predict_sharded(predictor, root: Path, samples: list[Sample], out: Path | N
         atomic_write_text(fingerprint_path(out), json.dumps(now, indent=1, ensure_ascii=False) + "\n")
     bar = None
     if progress and main:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="predict", file=sys.stderr)
     fh = open(out, "a", encoding="utf-8") if main and out is not None else None
     try:
@@ -350,8 +351,6 @@ def write_submission(rows: list[dict], out_dir: Path, kind: str) -> Path:
     elif kind == "vizwiz":
         items = [{"image": Path(r["images"][0]).name, "answer": r["prediction"]} for r in rows]
     elif kind == "vizwiz-npy":
-        import numpy as np
-
         path = out_dir / "submission_vizwiz.npy"
         check_order([Path(r["images"][0]).name for r in rows], path)
         # dtype=str: the same array as np.array(answers) (fixed-width unicode, as wide as the longest answer),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from vlmtune.models import (
     blip2,
     florence2,
@@ -18,6 +21,7 @@ from vlmtune.models import (
     qwen2_vl,
     smolvlm,
 )
+from vlmtune.models.builtin import build_builtin
 from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong
 
 FAMILIES: dict[str, ModelFamily] = {
@@ -75,9 +79,6 @@ MODEL_TYPES = {"blip-2": "blip2"}
 
 def family_of(model_dir) -> str:
     """The family of a saved model: vlmtune.json's `family` when vlmtune wrote it, else config.json's model_type."""
-    import json
-    from pathlib import Path
-
     meta, config = Path(model_dir) / "vlmtune.json", Path(model_dir) / "config.json"
     if meta.is_file() and json.loads(meta.read_text()).get("family"):
         return json.loads(meta.read_text())["family"]
@@ -93,8 +94,6 @@ def family_of(model_dir) -> str:
 def load_model(cfg, seed: int = 0) -> Loaded:
     """Model + processor for a ModelCfg: the built-in model (random weights) or a checkpoint via the family."""
     if cfg.path == "builtin":
-        from vlmtune.models.builtin import build_builtin
-
         if cfg.family != "llava":
             raise ValueError("model.path=builtin is a llava-family model; set model.family: llava")
         return build_builtin(cfg.builtin, seed=seed)

@@ -19,7 +19,10 @@ Traps handled:
 
 from __future__ import annotations
 
+from tokenizers import processors
+
 from vlmtune.data.sample import message_text
+from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
 from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
 
@@ -101,10 +104,7 @@ def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
 
 def build_tokenizer(corpus: list[str] = CORPUS, vocab_size: int = 320):
     """A small byte-level BPE that prepends BOS (as OPT's and Llama's tokenizers do), with no `image_token`."""
-    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
-
-    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe(corpus, [PAD, BOS, EOS], vocab_size)
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, tok.token_to_id(BOS))])

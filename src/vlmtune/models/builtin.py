@@ -13,6 +13,7 @@ plus common words: any text encodes (unknown words fall back to bytes), and noth
 from __future__ import annotations
 
 from vlmtune.config import BuiltinCfg
+from vlmtune.data.synthetic import WORLDS
 from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Loaded
 
@@ -46,8 +47,6 @@ _COMMON_WORDS = (
 
 
 def _corpus() -> list[str]:
-    from vlmtune.data.synthetic import WORLDS
-
     lines = [_COMMON_WORDS] + ["USER: ASSISTANT:"] * 50  # the chat template's role words become single tokens
     for name in ("fashion", "shapes"):  # fixed: a new world (charts draws slowly) must not change the built-in model
         for sample, _ in WORLDS[name](300, seed=0, caption_fraction=0.3):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from vlmtune.config import check_model_path
 from vlmtune.io import atomic_dir
+from vlmtune.models.builtin import CHAT_TEMPLATE
 
 IMAGE = "<image>"
 VISION_TYPES = ("clip", "clip_vision_model", "siglip", "siglip_vision_model")
@@ -47,8 +48,6 @@ def _vision(path: str):
 
 
 def _chat_template(tokenizer) -> str:
-    from vlmtune.models.builtin import CHAT_TEMPLATE
-
     return tokenizer.chat_template or CHAT_TEMPLATE
 
 

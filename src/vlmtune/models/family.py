@@ -9,9 +9,12 @@ is in `models/labels.py`; the training loss in `models/loss.py`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+from vlmtune.config import check_model_path
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -74,7 +77,6 @@ def _moved(value, device, dtype=None):
 def autocast_for(model):
     """torch.autocast in the base weights' dtype when a model mixes floating dtypes (float32 trainables on a bf16/fp16
     base, as training keeps them); a null context for a model of one dtype (every model loaded for inference)."""
-    import contextlib
 
     import torch
 
@@ -151,8 +153,6 @@ class ModelFamily:
     dummy's blank image is cast to its dtype."""
 
     def load_processor(self, path, **options):
-        from vlmtune.config import check_model_path
-
         check_model_path(path)
         if self.processor_loader is not None:
             return self.processor_loader(path, **options)
@@ -169,8 +169,6 @@ def load_pretrained(cfg: ModelCfg, family: str, processor_class=None, *, freeze_
     the groups other than the language model stay in full precision (`quantization_config`)."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from vlmtune.config import check_model_path
 
     check_model_path(cfg.path)
     options = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}

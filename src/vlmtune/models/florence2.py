@@ -20,6 +20,7 @@ torchvision).
 from __future__ import annotations
 
 from vlmtune.data.sample import message_text
+from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, SampleTooLong, load_image_list, load_pretrained
 from vlmtune.models.labels import IGNORE_INDEX, check_length
 
@@ -91,8 +92,6 @@ _CORPUS = (
 def build_tokenizer():
     """A byte-level BPE with BART's special tokens (+ `<image>`), trained in-process in milliseconds."""
     from transformers import PreTrainedTokenizerFast
-
-    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe([_CORPUS] * 20, ["<s>", "<pad>", "</s>", "<unk>", "<image>"], 400)
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", pad_token="<pad>", eos_token="</s>",

@@ -22,6 +22,7 @@ Traps handled:
 
 from __future__ import annotations
 
+from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
 from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
 
@@ -112,8 +113,6 @@ _CORPUS = [
 def build_tokenizer():
     """A byte-level BPE with Gemma 3's special tokens, trained here on a few sentences."""
     from transformers import PreTrainedTokenizerFast
-
-    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe(_CORPUS * 4, SPECIALS, 400)
     return PreTrainedTokenizerFast(

@@ -20,6 +20,7 @@ padded) attention mask, so the text starts at position 0 as in training.
 from __future__ import annotations
 
 from vlmtune.data.sample import message_text
+from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
 from vlmtune.models.labels import IGNORE_INDEX, check_length
 
@@ -98,8 +99,6 @@ _CORPUS = (
 def build_tokenizer():
     """A byte-level BPE with BERT's special tokens ([CLS] starts, [SEP] ends), trained in-process in milliseconds."""
     from transformers import PreTrainedTokenizerFast
-
-    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe([_CORPUS] * 20, ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], 400)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
 from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length
 
@@ -136,8 +137,6 @@ _CORPUS = [
 def build_tokenizer(bos: str, eos: str, pad: str):
     """A small byte-level BPE trained in-process, with the Idefics3 image tokens and the checkpoint's BOS/EOS/PAD."""
     from transformers import PreTrainedTokenizerFast
-
-    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe(_CORPUS * 20, list(dict.fromkeys([pad, bos, eos] + IMAGE_SPECIAL_TOKENS)), 600)
     # no post-processor: the chat template writes BOS itself

@@ -6,6 +6,8 @@ of feature tokens ((crop/patch)^2, CLS dropped). The built-in model is an ordina
 
 from __future__ import annotations
 
+from vlmtune.config import BuiltinCfg
+from vlmtune.models.builtin import build_builtin
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
 from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
 
@@ -110,9 +112,6 @@ def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
 
 def tiny() -> Loaded:
     """A random 2-layer LLaVA (ViT dim 32 on 32x32 images, Llama dim 32) with the built-in offline processor."""
-    from vlmtune.config import BuiltinCfg
-    from vlmtune.models.builtin import build_builtin
-
     return build_builtin(BuiltinCfg(image_size=32, patch_size=8, vision_dim=32, vision_layers=2, text_dim=32,
                                     text_layers=2, heads=4, vocab_size=640))
 

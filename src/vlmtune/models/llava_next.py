@@ -18,6 +18,7 @@ Differences from LLaVA-1.5 (llava.py), handled here:
 
 from __future__ import annotations
 
+from vlmtune.models.builtin import CHAT_TEMPLATE, IMAGE, build_tokenizer
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
 from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
 from vlmtune.models.llava import LANGUAGE_LINEARS
@@ -92,8 +93,6 @@ def tiny() -> Loaded:
         LlavaNextProcessor,
     )
     from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-
-    from vlmtune.models.builtin import CHAT_TEMPLATE, IMAGE, build_tokenizer
 
     tile, patch, pinpoints = 32, 8, [[32, 64], [64, 32], [64, 64]]
     tok = build_tokenizer(640)

@@ -8,6 +8,7 @@ rather than a mean, so the loop can average over a whole global batch and log th
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING
 
 from vlmtune.models.family import base_model
@@ -20,8 +21,6 @@ if TYPE_CHECKING:
 def accepts_logits_to_keep(model) -> bool:
     """Whether the model's forward takes `logits_to_keep` (most transformers LMs and VLMs; a PEFT wrapper passes it
     on to the model it wraps)."""
-    import inspect
-
     return "logits_to_keep" in inspect.signature(base_model(model).forward).parameters
 
 

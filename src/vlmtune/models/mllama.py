@@ -25,6 +25,7 @@ Traps handled:
 
 from __future__ import annotations
 
+from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_pretrained
 from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
 from vlmtune.models.llava import LANGUAGE_LINEARS
@@ -97,8 +98,6 @@ def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
 def build_tokenizer(vocab_size: int = 400):
     """A byte-level BPE with Llama 3's special tokens, trained here; `<|image|>` is added last (id = text vocab)."""
     from transformers import PreTrainedTokenizerFast
-
-    from vlmtune.data.tokenizer import train_byte_bpe
 
     corpus = ["system user assistant Cutting Knowledge Date: December 2023 Today Date: 26 Jul 2024",
               "What colour is the top? Describe the image. What is in the picture? How many are there?",

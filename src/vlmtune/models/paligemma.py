@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 
 from vlmtune.data.sample import message_text
+from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
 from vlmtune.models.labels import IGNORE_INDEX, check_length
 
@@ -93,8 +94,6 @@ _CORPUS = [
 def build_tokenizer():
     """A byte-level BPE with Gemma's special tokens (pad 0, eos 1, bos 2), trained here on a few sentences."""
     from transformers import PreTrainedTokenizerFast
-
-    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe(_CORPUS * 4, ["<pad>", "<eos>", "<bos>", "<image>"], 400)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",

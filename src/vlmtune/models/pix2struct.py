@@ -32,6 +32,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from PIL import Image, ImageFont
+
+from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
 from vlmtune.models.labels import IGNORE_INDEX, check_length
 
@@ -49,14 +52,12 @@ def _font_bytes() -> bytes:
     """A local TrueType font: DejaVuSans if installed, else the one Pillow embeds (never the hub's Arial)."""
     if DEJAVU.exists():
         return DEJAVU.read_bytes()
-    from PIL import ImageFont
 
     return ImageFont.load_default(size=HEADER_TEXT_SIZE).path.getvalue()  # an in-memory FreeType font
 
 
 def render_header(image, header: str):
     """`image` with `header` drawn above it, as Pix2StructImageProcessor.render_header composes them."""
-    from PIL import Image
     from transformers.models.pix2struct.image_processing_pil_pix2struct import render_text
 
     image = image.convert("RGB")
@@ -121,8 +122,6 @@ TINY_CORPUS = (
 def build_tokenizer(vocab_size: int = 400):
     """A byte-level BPE trained in-process, with T5's special-token layout (pad 0, eos 1, unk 2) and no BOS."""
     from transformers import PreTrainedTokenizerFast
-
-    from vlmtune.data.tokenizer import train_byte_bpe
 
     # a leading space, like T5's sentencepiece "▁" prefix
     tok = train_byte_bpe(TINY_CORPUS, ["<pad>", "</s>", "<unk>"], vocab_size, add_prefix_space=True)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vlmtune.data.formats import cc3m
 from vlmtune.data.images import ImageError, load_image, resolve_inside
 from vlmtune.data.store import MANIFEST, BadRecord, iter_records
 from vlmtune.io import atomic_path, atomic_write_text
@@ -85,7 +87,6 @@ def catalogue_rows(catalogue: Path, images: Path | None = None) -> Iterator[Row 
                 yield Row(f"{catalogue / MANIFEST}:{rec.id}", rec.id, rec.target,
                           resolve_inside(catalogue, rec.images[0]), rec.meta.get("item_url"))
         return
-    from vlmtune.data.formats import cc3m
 
     for rec in cc3m.read(catalogue, images):
         if isinstance(rec, BadRecord):
@@ -300,8 +301,6 @@ class Retriever:
     "like this photo, but striped")."""
 
     def __init__(self, index: CatalogueIndex, encoder: DualEncoder):
-        import threading
-
         self.index, self.encoder = index, encoder
         self._lock = threading.Lock()  # one embedding at a time: the server calls from several threads
 

@@ -17,6 +17,10 @@ import math
 from pathlib import Path
 from typing import Literal
 
+from tokenizers import processors
+
+from vlmtune.data.synthetic import WORLDS
+from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.io import atomic_dir
 
 PAD, BOS, UNK, EOS = "<pad>", "<s>", "<unk>", "</s>"
@@ -24,8 +28,6 @@ PAD, BOS, UNK, EOS = "<pad>", "<s>", "<unk>", "</s>"
 
 def _corpus() -> list[str]:
     """Captions, questions and answers of the fashion and shapes worlds (300 drawn samples each)."""
-    from vlmtune.data.synthetic import WORLDS
-
     lines = []
     for name in ("fashion", "shapes"):
         for sample, _ in WORLDS[name](300, seed=0, caption_fraction=0.5):
@@ -34,10 +36,7 @@ def _corpus() -> list[str]:
 
 
 def _tokenizer(family: str, max_length: int):
-    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
-
-    from vlmtune.data.tokenizer import train_byte_bpe
 
     tok = train_byte_bpe(_corpus(), [PAD, BOS, UNK, EOS], 600)
     single = f"{BOS} $A {EOS}" if family == "clip" else f"$A {EOS}"

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import yaml
+
 from vlmtune.config import build_section
 from vlmtune.data.images import DecodedImages
 from vlmtune.io import atomic_dir, atomic_write_text
@@ -83,8 +85,6 @@ class RetrievalTrainCfg:
     def load(cls, path: str | Path | None, **given) -> RetrievalTrainCfg:
         """The YAML recipe at `path` (keys: this class's fields), with the keyword arguments that are not None
         (command-line flags) overriding it; typed and checked by the run config's loader (`config.build_section`)."""
-        import yaml
-
         values = {}
         if path is not None:
             values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}

@@ -7,9 +7,19 @@ Importing `vlmtune` never imports FastAPI; this package does, when serving.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from vlmtune.config import ServeCfg
+from vlmtune.data.images import ImageError, resolve_inside
+from vlmtune.data.ocr import find_tesseract
+from vlmtune.data.sample import Sample
+from vlmtune.data.store import MANIFEST, iter_records
+from vlmtune.infer import Predictor
+from vlmtune.retrieval.encoder import DualEncoder
+from vlmtune.retrieval.index import CatalogueIndex, Retriever
+from vlmtune.runs import model_ocr_options, resolve_model_dir, run_config_of
+from vlmtune.train.checks import check_run
 
 EXAMPLES = 6
 """Example images on the web page."""
@@ -19,9 +29,6 @@ SCAN_SAMPLES = 10_000
 
 def run_datasets(model: str | Path) -> list[Path]:
     """The datasets a run trained on (`data.path` or its synth directory, then `data.sources`) that are here."""
-    from vlmtune.data.store import MANIFEST
-    from vlmtune.runs import run_config_of
-
     cfg = run_config_of(model)
     if cfg is None:
         return []
@@ -35,10 +42,7 @@ def page_for(model: str | Path, index=None):
     caption sample in the run's data (what the run trained to caption with; vlmtune's default otherwise), and
     example images: catalogue photos spread over the `index` (a CatalogueIndex), else images of the run's data,
     val and test splits first."""
-    from vlmtune.data.images import ImageError, resolve_inside
-    from vlmtune.data.sample import Sample
-    from vlmtune.data.store import MANIFEST, iter_records
-    from vlmtune.serve.app import Page
+    from vlmtune.serve.app import Page  # lazy: FastAPI is the optional `serve` extra (see serve())
 
     page, found = Page(), {"val": [], "test": [], "other": []}
     for root in run_datasets(model):
@@ -71,8 +75,6 @@ def page_for(model: str | Path, index=None):
 
 def load_predictor(model: str | Path, cfg: ServeCfg, batch_size: int):
     """The Predictor `vlmtune predict` would build for `model`, with the server's prompt limit."""
-    from vlmtune.infer import Predictor
-
     return Predictor.from_path(model, device=cfg.device, dtype=cfg.dtype, batch_size=batch_size,
                                max_length=cfg.max_prompt_tokens)
 
@@ -81,11 +83,6 @@ def build_app(model: str | Path, cfg: ServeCfg, background: bool = True, on_load
               index: str | Path | None = None):
     """The app of `vlmtune serve`; with `index` (a `vlmtune retrieve index` directory) chat answers carry its items.
     Wrong paths fail here, before the loading thread starts."""
-    from vlmtune.data.ocr import find_tesseract
-    from vlmtune.runs import model_ocr_options, resolve_model_dir, run_config_of
-    from vlmtune.serve.app import create_app
-    from vlmtune.train.checks import check_run
-
     name = cfg.model_name or Path(model).resolve().name
     resolve_model_dir(model)  # a wrong path fails now, not in the loading thread
     run = run_config_of(model)
@@ -97,12 +94,12 @@ def build_app(model: str | Path, cfg: ServeCfg, background: bool = True, on_load
         find_tesseract(ocr.langs)  # a missing tesseract fails now, not at the first request
     retriever = catalogue = None
     if index is not None:
-        from vlmtune.retrieval.index import CatalogueIndex, Retriever
-
         catalogue = CatalogueIndex(index)  # a wrong directory fails now; its model loads with the VLM
 
         def retriever():
             return Retriever(catalogue, _index_encoder(catalogue, cfg.device))
+
+    from vlmtune.serve.app import create_app  # lazy: FastAPI is the optional `serve` extra (see serve())
 
     return create_app(lambda: load_predictor(model, cfg, cfg.max_batch_size), cfg, name, background, ocr,
                       on_load_error, retriever, page_for(model, catalogue))
@@ -110,8 +107,6 @@ def build_app(model: str | Path, cfg: ServeCfg, background: bool = True, on_load
 
 def _index_encoder(index, device: str):
     """The index's own dual encoder, checked against the index."""
-    from vlmtune.retrieval.encoder import DualEncoder
-
     encoder = DualEncoder.load(index.meta["model"], device)
     index.check_model(encoder)
     return encoder
@@ -122,7 +117,6 @@ def serve(model: str | Path, cfg: ServeCfg, index: str | Path | None = None) -> 
         import uvicorn
     except ImportError:
         raise ValueError("vlmtune serve needs FastAPI and uvicorn: pip install 'vlmtune[serve]'") from None
-    import logging
 
     server: uvicorn.Server | None = None
     failed: list[str] = []

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from vlmtune.config import ServeCfg
+from vlmtune.data.images import ImageError, check_image_shape
 from vlmtune.serve.request import ApiError, ChatOptions, ChatRequest
 
 
@@ -24,8 +25,6 @@ class Query:
 def catalogue_query(r: ChatRequest, images: list, cfg: ServeCfg, retriever=None) -> Query | None:
     """The last user message's text and its last image (or one of them, as `vlmtune.query` says), or None when
     nothing is to be searched (no index and no `vlmtune.k`, or k 0)."""
-    from vlmtune.data.images import ImageError, check_image_shape
-
     options = r.vlmtune or ChatOptions()
     if options.k == 0 or (options.k is None and (retriever is None or cfg.retrieve_k == 0)):
         return None

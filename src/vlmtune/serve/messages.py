@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import ipaddress
 import socket
 import time
@@ -19,6 +20,9 @@ from pydantic import ValidationError
 
 from vlmtune.config import OcrCfg, ServeCfg
 from vlmtune.data.formats.openai import MessageError, read_messages
+from vlmtune.data.images import ImageError, check_image_shape, decode_image_bytes
+from vlmtune.data.ocr import OcrError, read_images_text, with_ocr_text
+from vlmtune.data.sample import Sample
 from vlmtune.serve.batcher import Request as Job
 from vlmtune.serve.catalogue import catalogue_items, catalogue_query
 from vlmtune.serve.request import ApiError, ChatRequest, Message, RetrieveRequest, _validation_error, parse_body
@@ -58,8 +62,6 @@ def _fetch(url: str, cfg: ServeCfg, where: str) -> bytes:
     private, loopback, link-local or reserved address), and the connection goes to one of those checked addresses,
     while the Host header, TLS SNI and certificate check keep the name: a second lookup, which DNS rebinding would
     answer with 127.0.0.1, never happens. Redirects are not followed; size and time are capped. No proxy is used."""
-    import http.client
-
     parts = urlparse(url)
     host, https = parts.hostname or "", parts.scheme == "https"
     try:
@@ -115,8 +117,6 @@ def _fetch(url: str, cfg: ServeCfg, where: str) -> bytes:
 def decode_image(url: str, cfg: ServeCfg, where: str, image_processor=None):
     """An image URL of a request (a data: URI, or http(s) with --allow-remote-images) -> a PIL image, within the
     server's limits and, with `image_processor`, that processor's (aspect ratio, size once resized)."""
-    from vlmtune.data.images import ImageError, check_image_shape, decode_image_bytes
-
     try:
         decoded = decode_image_bytes(_image_bytes(url, cfg, where), where, cfg.max_image_pixels, cfg.max_image_bytes,
                                      cfg.max_aspect_ratio)
@@ -136,8 +136,6 @@ def parse_messages(messages: list[Message], cfg: ServeCfg, predictor=None):
     decoded within the server's limits. With the `predictor`, images are checked against its model before its
     processor sees them: their aspect ratio and their size once resized (computed from the processor's settings),
     their number (a one-image family)."""
-    from vlmtune.data.sample import Sample
-
     family = predictor.family if predictor is not None else None
     image_processor = getattr(predictor.loaded.processor, "image_processor", None) if predictor is not None else None
     images = []
@@ -178,8 +176,6 @@ def _job(req: dict, cfg: ServeCfg, ocr: OcrCfg | None = None, predictor=None, re
     sample, images = parse_messages(r.messages, cfg, predictor)
     query = catalogue_query(r, images, cfg, retriever)
     if ocr is not None and images:
-        from vlmtune.data.ocr import OcrError, read_images_text, with_ocr_text
-
         try:
             sample = with_ocr_text(sample, read_images_text(images, ocr), ocr.into, ocr.template)
         except OcrError as e:

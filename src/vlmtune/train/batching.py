@@ -10,13 +10,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+from PIL import ImageOps
+
 from vlmtune.config import RunCfg
+from vlmtune.data.images import resolve_inside
 from vlmtune.data.mix import Mixture
 from vlmtune.data.sample import Sample, message_text
 from vlmtune.models import ModelFamily
 from vlmtune.models.family import Loaded
-from vlmtune.models.labels import IGNORE_INDEX
+from vlmtune.models.labels import IGNORE_INDEX, trained_tokens
 from vlmtune.train import targets
+from vlmtune.train.collate import pack
 
 
 class StepState(Protocol):
@@ -37,8 +42,6 @@ class StepState(Protocol):
 
 def hflip_mask(seed: int, step: int, n: int) -> list[bool]:
     """Which of the `n` samples of optimizer step `step` are mirrored: a function of (seed, step) alone."""
-    import numpy as np
-
     return [bool(x) for x in np.random.default_rng([seed, step, 1]).random(n) < 0.5]
 
 
@@ -91,8 +94,6 @@ def step_batches(state: StepState, step: int, rank: int, accum: int):
 
         weights = [torch.tensor(w, dtype=torch.float32) for w in weights]
     if t.packing:
-        from vlmtune.train.collate import pack
-
         batches = [pack(b) for b in batches]
     return chunks, batches, weights
 
@@ -100,8 +101,6 @@ def step_batches(state: StepState, step: int, rank: int, accum: int):
 def trained_tokens_of(state: StepState, sample: Sample) -> list[str]:
     """The tokens the loss is computed on for one sample, as strings (printed at start-up: the answer and the end
     token the model learns to stop at, nothing of the prompt)."""
-    from vlmtune.models.labels import trained_tokens
-
     batch = encode_batch(state, [(0, sample)])
     tok, labels = state.loaded.processor.tokenizer, batch.inputs["labels"][0].tolist()
     if not state.family.shift_labels:  # encoder-decoder: the labels are the decoder's target tokens themselves
@@ -117,10 +116,6 @@ def length_estimate(sample: Sample) -> int:
 
 def encode_batch(state: StepState, items: list[tuple[int, Sample]], flips: list[bool] | None = None):
     """(source index, sample) pairs -> a training Batch; images are read from each source's root."""
-    from PIL import ImageOps
-
-    from vlmtune.data.images import resolve_inside
-
     samples = [s for _, s in items]
     images = [[state.images.load(resolve_inside(state.roots[j], rel)) for rel in s.images] for j, s in items]
     if flips:

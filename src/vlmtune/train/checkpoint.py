@@ -15,6 +15,8 @@ import random
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from vlmtune.io import atomic_dir
 from vlmtune.runs import META, TRAINER, base_fingerprint, checkpoints
 
@@ -117,7 +119,6 @@ def rng_state() -> dict:
     """Every random generator a training step may draw from: torch's CPU generator, each CUDA device's, NumPy's
     global one and Python's. Saved with each resumable checkpoint, so a resumed run draws the same dropout masks
     (LoRA dropout, attention dropout) as an uninterrupted one. Plain tensors and numbers: `weights_only` loads it."""
-    import numpy as np
     import torch
 
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -131,7 +132,6 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     """Restore what `rng_state` saved (a checkpoint from before NumPy/CUDA states were saved restores the rest)."""
-    import numpy as np
     import torch
 
     torch.set_rng_state(state["torch"])

@@ -5,6 +5,7 @@ Label masking, which every family's `encode` does, lives in `vlmtune.models.labe
 
 from __future__ import annotations
 
+from vlmtune.models.family import Batch
 from vlmtune.models.labels import IGNORE_INDEX
 
 
@@ -17,8 +18,6 @@ def pack(batch):
     fill the image tokens in order. `segments` says which sample each position belongs to, so the loss is still
     summed per sample. Only for families with `ModelFamily.packing`."""
     import torch
-
-    from vlmtune.models.family import Batch
 
     inputs = batch.inputs
     ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()

@@ -18,16 +18,24 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from vlmtune.config import RunCfg
 from vlmtune.data.images import DecodedImages
 from vlmtune.data.mix import Mixture
 from vlmtune.data.sample import Sample
 from vlmtune.eval import forgetting
+from vlmtune.eval.report import write_run_report
+from vlmtune.eval.runner import auto_max_new_tokens, evaluate
+from vlmtune.eval.tasks import get_task
+from vlmtune.infer import Predictor
+from vlmtune.io import atomic_write_text
 from vlmtune.models import ModelFamily, get_family
 from vlmtune.models.family import Loaded, describe_trainable, input_dtype, trainable_summary
 from vlmtune.models.loss import accepts_logits_to_keep, forward_losses, logit_prefix_of
@@ -37,7 +45,7 @@ from vlmtune.train import targets, vision_cache
 from vlmtune.train.batching import check_hflip, step_batches, trained_tokens_of
 from vlmtune.train.build import build_data, build_model, build_optimizer
 from vlmtune.train.checks import check_run
-from vlmtune.train.distributed import vision_dummy
+from vlmtune.train.distributed import has_accelerator_device, launched, shards_parameters, vision_dummy
 from vlmtune.train.preflight import check_samples
 from vlmtune.train.trainable import train_autocast
 
@@ -88,8 +96,6 @@ def setup(cfg: RunCfg) -> State:
     # Started as several processes (torchrun, accelerate launch) on a machine without GPUs: without cpu=True
     # Accelerate sees no backend for them and every process silently trains alone as rank 0 of 1 (each writing
     # the same run directory); with it they form one gloo process group.
-    from vlmtune.train.distributed import has_accelerator_device, launched
-
     options = dict(
         cpu=launched() and not has_accelerator_device(),
         mixed_precision=cfg.train.mixed_precision,
@@ -119,8 +125,6 @@ def setup(cfg: RunCfg) -> State:
         data = build_data(cfg, run_dir)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:  # the same data; only rank 0 writes into the run directory (rejected.jsonl)
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix="vlmtune-rank-") as scratch:
             data = build_data(cfg, Path(scratch))
     data_root, mixture, roots, val, probes = data
@@ -133,7 +137,6 @@ def setup(cfg: RunCfg) -> State:
     accelerator.wait_for_everyone()
     optimizer, scheduler = build_optimizer(cfg, model)
     cache, reason = None, vision_cache.why_not(cfg, family, model)
-    from vlmtune.train.distributed import shards_parameters
 
     if reason is None and shards_parameters(accelerator):  # a miss would run the tower on one rank only: a hang
         reason = f"parameters are sharded over processes ({accelerator.distributed_type.value})"
@@ -189,8 +192,6 @@ def fit(state: State) -> dict:
     model.train()
     bar = None
     if t.progress and acc.is_main_process:
-        from tqdm import tqdm
-
         bar = tqdm(total=t.max_steps, initial=state.step, desc="train", file=sys.stderr, dynamic_ncols=True)
     names = state.mixture.names
     window = torch.zeros(len(names), 2, dtype=torch.float64)  # per source: loss sum, target tokens since last log
@@ -280,10 +281,6 @@ def validate(state: State) -> dict:
     files and logs. At step 0 the probes' scores become the base; later, each probe's delta from the base (points)
     is logged and the forgetting gate is applied (the verdict is returned under "gate").
     """
-    from vlmtune.eval.runner import auto_max_new_tokens, evaluate
-    from vlmtune.eval.tasks import get_task
-    from vlmtune.infer import Predictor
-
     acc = state.accelerator
     metrics: dict = {}
     e = state.cfg.eval
@@ -312,8 +309,6 @@ def validate(state: State) -> dict:
         if state.probe_base is None:
             state.probe_base = now
             if acc.is_main_process:
-                from vlmtune.io import atomic_write_text
-
                 atomic_write_text(state.run_dir / PROBES_BASE, json.dumps({"step": state.step, "scores": now}) + "\n")
         verdict = forgetting.gate(state.probe_base, now, state.cfg.forgetting.max_drop)
         for p in state.probes:
@@ -354,7 +349,6 @@ def save(state: State, evaluated: dict | None) -> None:
     improved = value is not None and (state.best is None or value > state.best)
     if improved:
         state.best, state.best_step = value, state.step
-    from vlmtune.train.distributed import shards_parameters
 
     # several processes: the weights as accelerate gathers them, on every rank (a collective under FSDP / ZeRO-3,
     # where each rank holds shards); the optimizer state of a sharded run is saved by each rank for itself
@@ -405,8 +399,6 @@ def train(cfg: RunCfg) -> dict:
     if state.probes and state.accelerator.is_main_process:
         print(f"\nforgetting guard ({state.run_dir}):\n{forgetting.probe_table(state.run_dir)}", file=sys.stderr)
     if cfg.report and state.accelerator.is_main_process:
-        from vlmtune.eval.report import write_run_report
-
         out["report"] = str(write_run_report(state.run_dir))
     return out
 
@@ -422,7 +414,6 @@ def _truncate_log(path: Path, step: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             continue  # a torn last line
-    from vlmtune.io import atomic_write_text
 
     atomic_write_text(path, "".join(x + "\n" for x in keep))
 

@@ -34,6 +34,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import numpy as np
+
 from vlmtune.data.sample import Sample, assistant
 from vlmtune.eval.metrics.vqa import normalize_answer
 from vlmtune.models.labels import IGNORE_INDEX
@@ -75,8 +77,6 @@ def variants(sample: Sample) -> list[tuple[Sample, float]]:
 def draw(seed: int, step: int, items: list[tuple[int, Sample]]) -> list[tuple[int, Sample]]:
     """`sampled`: the items of one optimizer step, each sample given one answer drawn by agreement. The draw of the
     item at position i is a function of (seed, step, i) alone (numpy's generator seeded with them)."""
-    import numpy as np
-
     u = np.random.default_rng([seed, step, 3]).random(len(items))
     out = []
     for (j, s), x in zip(items, u, strict=True):

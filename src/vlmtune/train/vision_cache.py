@@ -31,13 +31,16 @@ from their files beyond it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
+from collections import OrderedDict
 from pathlib import Path
 
+from vlmtune.data.images import resolve_inside
 from vlmtune.io import atomic_path, atomic_write_text, file_sha256
-from vlmtune.models.family import base_model, input_dtype
+from vlmtune.models.family import Batch, base_model, freeze_group_of, input_dtype
 from vlmtune.models.labels import IGNORE_INDEX
 
 IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask")
@@ -50,8 +53,6 @@ MEMORY_BUDGET = 2 << 30
 
 def frozen_vision_modules(model, family) -> list:
     """Parameters of the vision and projector groups (peft prefixes removed)."""
-    from vlmtune.models.family import freeze_group_of
-
     return [(n, p) for n, p in model.named_parameters() if freeze_group_of(family, n) in ("vision", "projector")]
 
 
@@ -69,7 +70,6 @@ def why_not(cfg, family, model) -> str | None:
     if trainable:
         return (f"the vision tower or projector is trained ({trainable[0]}, ...); set train.freeze_projector: true "
                 "(and freeze_vision for full fine-tuning) to cache their output")
-    from vlmtune.models.family import freeze_group_of
 
     for name, module in base_model(model).named_modules():
         if isinstance(module, torch.nn.Dropout) and module.p > 0 and \
@@ -109,8 +109,6 @@ class VisionCache:
     tokens. `batch` is the only entry point of the training loop."""
 
     def __init__(self, model, family, processor, directory: str | Path, precision: str = "no"):
-        from collections import OrderedDict
-
         self.family = family
         self.pad_id = processor.tokenizer.pad_token_id
         self.key = fingerprint(model, family, processor, precision)
@@ -134,8 +132,6 @@ class VisionCache:
     def unit_keys(self, items, roots) -> list[str | None]:
         """Per (source index, Sample) item: the key of its images' features (the sha256 of the image file, or of the
         keys of all its images), None for a text-only sample."""
-        from vlmtune.data.images import resolve_inside
-
         keys = []
         for j, sample in items:
             hashes = []
@@ -189,7 +185,6 @@ class VisionCache:
         base = base_model(model)
         wanted = inspect.signature(base.get_image_features).parameters
         device, dtype = next(p for p in base.parameters()).device, input_dtype(base)
-        import contextlib
 
         autocast = self.autocast() if self.autocast is not None else contextlib.nullcontext()
         with torch.no_grad(), autocast:  # inputs cast and autocast as on the uncached path (Batch.to, fit)
@@ -231,8 +226,6 @@ class VisionCache:
         """The training Batch of (source index, Sample) items: from the stored rows and features when every sample
         was seen before, else `encode()`d (images decoded and preprocessed), with the features of images not seen
         before computed in one vision forward."""
-        from vlmtune.models.family import Batch
-
         rows = [self.rows.get((j, s.id)) for j, s in items]
         if all(r is not None for r in rows):
             units = [self._get(r["unit"]) if r["unit"] is not None else None for r in rows]

@@ -82,6 +82,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from tqdm import tqdm
+
 from vlmtune.data.attributes.questions import (
     assign_splits,
     balance_train,
@@ -93,6 +95,7 @@ from vlmtune.data.attributes.questions import (
 )
 from vlmtune.data.attributes.table import Row, iter_table, read_rows
 from vlmtune.data.attributes.templates import YES_NO, Attribute, Templates, load_templates, placeholders
+from vlmtune.data.formats.base import copy_image
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import MANIFEST, BadRecord, write_jsonl, write_rejected
 from vlmtune.io import atomic_write_text
@@ -125,10 +128,6 @@ def _rare(rows: list[Row], tpl: Templates, min_count: int) -> tuple[dict, list[d
 def _write(out: Path, rows: list[Row], samples: list[Sample], bad: list[BadRecord], report: dict,
            progress: bool) -> None:
     """Images first (copied once; a re-run after a crash skips those already there), the manifest last."""
-    from tqdm import tqdm
-
-    from vlmtune.data.formats.base import copy_image
-
     for row in tqdm(rows, desc="copy images", unit=" images", disable=not progress):
         copy_image(row.source, out, f"images/{row.image}")
     if bad:

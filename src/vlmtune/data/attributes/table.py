@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from tqdm import tqdm
+
 from vlmtune.data.attributes.templates import Templates, placeholders
+from vlmtune.data.formats.base import check_image
 from vlmtune.data.images import ImageError, resolve_inside
 from vlmtune.data.store import BadRecord
 from vlmtune.io import file_sha256
@@ -148,7 +151,6 @@ def _row(number: int, cells: list[str], names: list[str], image_column: str, ima
         path = resolve_inside(images, rel)
     if not path.is_file():
         raise ImageError(f"image {rel!r} not found in {images}")
-    from vlmtune.data.formats.base import check_image
 
     check_image(path)
     # the path as written, normalised ("./a//b.png" -> "a/b.png"), not resolved: a symlink keeps its own name
@@ -158,8 +160,6 @@ def _row(number: int, cells: list[str], names: list[str], image_column: str, ima
 def read_rows(table: Path, images: Path, tpl: Templates, sheet: str | None, skip_bad: bool,
               progress: bool) -> tuple[list[Row], list[BadRecord]]:
     """Pass 1: the table's valid rows (text only; images hashed as streams) and its bad ones."""
-    from tqdm import tqdm
-
     rows: list[Row] = []
     bad: list[BadRecord] = []
     header: tuple[list[str], str] | None = None

@@ -8,6 +8,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 YES_NO = {"en": ("yes", "no"), "pt": ("sim", "não"), "es": ("sí", "no"), "fr": ("oui", "non"), "de": ("ja", "nein"),
           "it": ("sì", "no"), "ru": ("да", "нет")}
 """The answers of the yes/no questions per language, unless the templates' `yes_no_answers` give them."""
@@ -140,8 +142,6 @@ def _yes_no_answers(doc: dict, languages: tuple[str, ...], where: str) -> dict[s
 def load_templates(path: str | Path) -> Templates:
     """Read and check a templates YAML file (format in the module docstring). Every scalar is read as a string
     (YAML's BaseLoader), so answer keys such as `no`, `yes`, `1` or `0.5` are never turned into booleans or numbers."""
-    import yaml
-
     path = Path(path)
     try:
         doc = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.BaseLoader)

@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vlmtune.data.images import ImageError, check_image_file, resolve_inside
+from tqdm import tqdm
+
+from vlmtune.data.images import ImageError, check_image_file, load_image, resolve_inside
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import MANIFEST, BadRecord, iter_records, json_line, load_json, write_jsonl
 from vlmtune.io import atomic_path, atomic_write_text
@@ -156,8 +158,6 @@ def _store(root: Path, rel: str, ref: ImageRef) -> None:
 
 def check_image(path: Path) -> None:
     """Decode the whole image (truncated JPEGs pass a header check), within the pixel and byte limits."""
-    from vlmtune.data.images import load_image
-
     load_image(path)
 
 
@@ -170,8 +170,6 @@ def import_dataset(fmt: Format, src: str | Path, out: str | Path, images: str | 
     with a message naming file and record, or with `skip_bad` goes to `out/rejected.jsonl`. The import is resumable:
     what was written so far is kept (`manifest.jsonl.partial` + `.import-state.json`), and running the same command
     again continues after the last record written. The manifest appears only when the import is complete."""
-    from tqdm import tqdm
-
     src, out = Path(src), Path(out)
     images = Path(images) if images else None
     if (out / MANIFEST).exists():

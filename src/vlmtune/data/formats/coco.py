@@ -40,6 +40,8 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from PIL import Image
+
 from vlmtune.data.formats.base import (
     BadRecord,
     Format,
@@ -298,8 +300,6 @@ def write(items: Iterable[tuple[Sample, list[Path]]], dest: Path) -> dict:
         if inner not in by_name:
             fields = {k: meta[k] for k in _IMAGE_FIELDS if k in meta and k not in ("id", "file_name")}
             if "caption_ids" not in meta and not {"height", "width"} <= set(fields):
-                from PIL import Image
-
                 with Image.open(paths[0]) as im:
                     fields["width"], fields["height"] = im.size
             fields.update(file_name=inner, id=image_ids.given(meta.get("image_id", meta.get("cocoid"))))

@@ -52,6 +52,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vlmtune.data.formats.base import copy_image
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import MANIFEST, read_samples, write_jsonl
 from vlmtune.data.translate.cache import CACHE_DIR, TranslationCache, translate_missing
@@ -124,8 +125,6 @@ def translate_dataset(root: str | Path, to: str, model: str, src: str = "en", ou
                       translator: Translator | None = None) -> dict:
     """Translate the dataset at `root` into `to` (see the module docstring); returns the summary `vlmtune data
     translate` prints. `translator`: an already loaded one (tests count its calls)."""
-    from vlmtune.data.formats.base import copy_image
-
     root = Path(root)
     fields = parse_fields(fields)
     out = Path(out) if out else root.parent / f"{root.name}-{to}"

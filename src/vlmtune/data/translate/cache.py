@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from vlmtune.data.translate.model import Translator
 
 CACHE_DIR = Path(".cache") / "translate"
@@ -61,8 +63,6 @@ def translate_missing(translator: Translator, texts: list[str], cache: Translati
     todo.sort(key=lambda t: -lengths[t])  # similar lengths share a batch: little padding
     bar = None
     if progress and todo:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(todo), desc="translate", file=sys.stderr)
     try:
         for i in range(0, len(todo), translator.batch_size):

@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tokenizers import pre_tokenizers, processors
+
+from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.data.translate.model import NLLB_CODES
 
 _TINY_CORPUS = (
@@ -22,10 +25,7 @@ def save_tiny_translator(path: str | Path, kind: str = "marian", seed: int = 0) 
     with a tokenizer trained here, saved so AutoModelForSeq2SeqLM / AutoTokenizer load it offline. Its output is
     noise: it exercises the mechanics (batching, caching, language codes), not translation quality."""
     import torch
-    from tokenizers import pre_tokenizers, processors
     from transformers import M2M100Config, M2M100ForConditionalGeneration, MarianConfig, MarianMTModel
-
-    from vlmtune.data.tokenizer import train_byte_bpe
 
     path = Path(path)
     lines = list(_TINY_CORPUS) * 20

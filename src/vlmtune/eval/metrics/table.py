@@ -89,7 +89,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from vlmtune.eval.metrics.anls import levenshtein
 
@@ -184,6 +183,8 @@ def _rnss(target: str, prediction: str) -> float:
         return 1.0
     if not target_numbers or not prediction_numbers:
         return 0.0
+    from scipy.optimize import linear_sum_assignment
+
     cost = np.array([[_relative_distance(t, p) for p in prediction_numbers] for t in target_numbers])
     rows, cols = linear_sum_assignment(cost)
     return float(1 - cost[rows, cols].sum() / max(len(target_numbers), len(prediction_numbers)))
@@ -240,6 +241,8 @@ def _rms(target: _Table, prediction: _Table, text_theta: float, number_theta: fl
         return 0.0, 1.0, 0.0
     if not prediction_points:
         return 1.0, 0.0, 0.0
+    from scipy.optimize import linear_sum_assignment
+
     # Rows: target datapoints, columns: prediction datapoints; the assignment sees only the keys.
     cost = np.array([[1 - _anls_similarity(t, p, text_theta) for p, _ in prediction_points] for t, _ in target_points])
     score = 0.0

@@ -8,14 +8,13 @@ top-level values are then the means over languages weighted by rows, and each la
 
 from __future__ import annotations
 
+from vlmtune.eval.metrics.caption import caption_metrics
 from vlmtune.eval.tasks.base import Row, Task, gold
 
 METRICS = ("CIDEr", "Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "chrF")
 
 
 def corpus(rows: list[Row], options: dict) -> tuple[dict, dict]:
-    from vlmtune.eval.metrics.caption import caption_metrics
-
     default = options.get("lang", "en")
     by_lang: dict[str, list[Row]] = {}
     for r in rows:

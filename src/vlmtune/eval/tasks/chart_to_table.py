@@ -9,12 +9,11 @@ tables (the best one counts). `<0x0A>` and real newlines are both row separators
 
 from __future__ import annotations
 
+from vlmtune.eval.metrics.table import table_metrics_corpus
 from vlmtune.eval.tasks.base import Row, Task, gold
 
 
 def per_sample(prediction: str, row: Row, options: dict) -> dict[str, float]:
-    from vlmtune.eval.metrics.table import table_metrics_corpus
-
     # one table against its alternatives: the corpus function over one row is exactly that (best target wins)
     return table_metrics_corpus([prediction], [gold(row)])
 

@@ -7,13 +7,12 @@ Rows: {"id", "prediction", "target": "14", "meta": {"subset": "human"}} (or "ans
 
 from __future__ import annotations
 
+from vlmtune.eval.metrics.chartqa import relaxed_accuracy_any
+from vlmtune.eval.metrics.exact_match import exact_match
 from vlmtune.eval.tasks.base import Row, Task, gold
 
 
 def per_sample(prediction: str, row: Row, options: dict) -> dict[str, float]:
-    from vlmtune.eval.metrics.chartqa import relaxed_accuracy_any
-    from vlmtune.eval.metrics.exact_match import exact_match
-
     targets = gold(row)
     return {"relaxed_accuracy": relaxed_accuracy_any(prediction, targets),
             "exact_match": exact_match(prediction, targets)}

@@ -6,13 +6,12 @@ Rows: {"id", "prediction", "answers": [acceptable answers]} or {"target": "..."}
 
 from __future__ import annotations
 
+from vlmtune.eval.metrics.anls import anls
+from vlmtune.eval.metrics.exact_match import exact_match
 from vlmtune.eval.tasks.base import Row, Task, gold
 
 
 def per_sample(prediction: str, row: Row, options: dict) -> dict[str, float]:
-    from vlmtune.eval.metrics.anls import anls
-    from vlmtune.eval.metrics.exact_match import exact_match
-
     answers = gold(row)
     return {"anls": anls(prediction, answers, variant=options.get("anls_variant", "rrc")),
             "exact_match": exact_match(prediction, answers)}

@@ -12,6 +12,7 @@ A generative VLM gives such scores as the log-likelihood of each caption given e
 
 from __future__ import annotations
 
+from vlmtune.eval.metrics.retrieval import recall_at_k
 from vlmtune.eval.tasks.base import Row, Task
 
 
@@ -37,8 +38,6 @@ def similarity_matrix(rows: list[Row]) -> tuple[list[list[float]], list[int], li
 
 
 def corpus(rows: list[Row], options: dict) -> tuple[dict, dict]:
-    from vlmtune.eval.metrics.retrieval import recall_at_k
-
     sim, image_of_text, _ = similarity_matrix(rows)
     return recall_at_k(sim, image_of_text, ks=tuple(options.get("ks", (1, 5, 10)))), {}
 

@@ -8,13 +8,13 @@ answerable score is 0 when the model answered "unanswerable" (see `metrics.answe
 
 from __future__ import annotations
 
+from vlmtune.eval.metrics.answerability import answerability_metrics, answerable_score
+from vlmtune.eval.metrics.exact_match import exact_match
+from vlmtune.eval.metrics.vqa import vqa_accuracy
 from vlmtune.eval.tasks.base import Row, Task, gold
 
 
 def per_sample(prediction: str, row: Row, options: dict) -> dict[str, float]:
-    from vlmtune.eval.metrics.exact_match import exact_match
-    from vlmtune.eval.metrics.vqa import vqa_accuracy
-
     answers = gold(row)
     return {"vqa_accuracy": vqa_accuracy(prediction, answers, variant=options.get("vqa_variant", "official")),
             "exact_match": exact_match(prediction, answers)}
@@ -24,7 +24,6 @@ def corpus(rows: list[Row], options: dict) -> tuple[dict, dict]:
     labelled = [r for r in rows if (r.get("meta") or {}).get("answerable") is not None]
     if not labelled:
         return {}, {}
-    from vlmtune.eval.metrics.answerability import answerability_metrics, answerable_score
 
     scores = [answerable_score(r["prediction"]) for r in labelled]
     m = answerability_metrics(scores, [int(r["meta"]["answerable"]) for r in labelled])
