@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import get_cosine_schedule_with_warmup
 
 from vlmtune.retrieval.encoder import DualEncoder
 from vlmtune.retrieval.evaluate import evaluate, load_gallery
 from vlmtune.retrieval.train import RetrievalTrainCfg, epoch_batches, train
+from vlmtune.runs import checkpoints
 
 
 def test_epoch_batches_visit_each_image_once_and_keep_identical_captions_apart(caption_data):
@@ -63,17 +67,40 @@ def _weights(path):
     return load_file(path / "model.safetensors")
 
 
-def test_interrupted_run_resumes_to_the_same_weights(models, caption_data, tmp_path):
-    cfg = RetrievalTrainCfg(model=str(models["clip"]), data=str(caption_data), out=str(tmp_path / "a"), epochs=2,
+def _last_weights(run):
+    """The model weights of the run's latest checkpoints/step-N."""
+    return _weights(checkpoints(run)[-1])
+
+
+@pytest.fixture
+def dropout_clip(models, tmp_path):
+    """The tiny CLIP with attention dropout on, so that a resume that lost the random state ends elsewhere."""
+    path = tmp_path / "clip_dropout"
+    shutil.copytree(models["clip"], path)
+    config = json.loads((path / "config.json").read_text())
+    for tower in ("text_config", "vision_config"):
+        config[tower]["attention_dropout"] = 0.2
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_interrupted_run_resumes_to_the_same_weights(dropout_clip, caption_data, tmp_path):
+    cfg = RetrievalTrainCfg(model=str(dropout_clip), data=str(caption_data), out=str(tmp_path / "a"), epochs=2,
                             batch_size=64, lr=1e-3, eval_every=2)
     straight = train(cfg)
     cut = dataclasses.replace(cfg, out=str(tmp_path / "b"))
     assert train(cut, stop_after=4)["stopped"]
-    state = json.loads((tmp_path / "b" / "checkpoints" / "last" / "trainer" / "state.json").read_text())
-    assert state["step"] == 4
+    assert checkpoints(tmp_path / "b") == [tmp_path / "b" / "checkpoints" / "step-4"]  # step-2 was pruned
+    trainer = tmp_path / "b" / "checkpoints" / "step-4" / "trainer"
+    assert json.loads((trainer / "state.json").read_text())["step"] == 4
+    assert {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt"} <= {p.name for p in trainer.iterdir()}
+    assert set(torch.load(trainer / "rng.pt", weights_only=True)) >= {"torch", "python", "numpy"}
+    assert not (tmp_path / "b" / "best" / "trainer").exists()  # best/: model files only
+    torch.manual_seed(1234)  # as in a new process: the random state must come from the checkpoint
     resumed = train(cut)
     assert resumed["steps"] == straight["steps"] and not resumed["stopped"]
-    a, b = _weights(tmp_path / "a" / "checkpoints" / "last"), _weights(tmp_path / "b" / "checkpoints" / "last")
+    assert [p.name for p in checkpoints(tmp_path / "b")] == [f"step-{resumed['steps']}"]
+    a, b = _last_weights(tmp_path / "a"), _last_weights(tmp_path / "b")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
     assert [r["step"] for r in _metrics(tmp_path / "b")] == list(range(0, resumed["steps"] + 1, 2))  # none redone
@@ -81,11 +108,57 @@ def test_interrupted_run_resumes_to_the_same_weights(models, caption_data, tmp_p
         train(dataclasses.replace(cut, lr=5e-4))
 
 
+def _to_the_old_layout(run, cfg, total):
+    """Rewrite a run stopped after one checkpoint into what the code before step-N checkpoints left: one
+    checkpoints/last/ with the model files, retrieval.json {step, base} and trainer/{optimizer.pt, scheduler.pt,
+    rng.pt, state.json}, where rng.pt held torch's CPU generator only and scheduler.pt was the state of transformers'
+    get_cosine_schedule_with_warmup (the LambdaLR of its partials), and no trainable.safetensors. The weights,
+    optimizer moments, random state and step are this run's, so resuming must end where an uninterrupted run does."""
+    (ckpt,) = checkpoints(run)
+    last = run / "checkpoints" / "last"
+    ckpt.rename(last)
+    trainer = last / "trainer"
+    (trainer / "trainable.safetensors").unlink()
+    torch.save({"torch": torch.load(trainer / "rng.pt", weights_only=True)["torch"]}, trainer / "rng.pt")
+    meta = json.loads((last / "retrieval.json").read_text())
+    (last / "retrieval.json").write_text(json.dumps({"step": meta["step"], "base": meta["base"]}, indent=2) + "\n")
+    ours = torch.load(trainer / "scheduler.pt", weights_only=True)
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(2, 2))]}, {"params": [torch.nn.Parameter(torch.zeros(2))]}]
+    old = get_cosine_schedule_with_warmup(torch.optim.AdamW(groups, lr=cfg.lr), math.ceil(cfg.warmup * total), total)
+    for _ in range(meta["step"]):
+        old.optimizer.step()
+        old.step()
+    # with one warmup step the two warmup formulas (step / warmup, ours (step + 1) / warmup) agree from step 1 on
+    assert math.ceil(cfg.warmup * total) == 1 and old.get_last_lr() == pytest.approx(ours["_last_lr"])
+    torch.save(old.state_dict(), trainer / "scheduler.pt")
+    return last
+
+
+def test_a_run_in_the_old_checkpoints_last_layout_resumes(dropout_clip, caption_data, tmp_path):
+    cfg = RetrievalTrainCfg(model=str(dropout_clip), data=str(caption_data), out=str(tmp_path / "a"), epochs=2,
+                            batch_size=64, lr=1e-3, eval_every=2)
+    straight = train(cfg)
+    old = dataclasses.replace(cfg, out=str(tmp_path / "old"))
+    assert train(old, stop_after=4)["stopped"]
+    last = _to_the_old_layout(tmp_path / "old", cfg, straight["total_steps"])
+    assert checkpoints(tmp_path / "old") == [] and DualEncoder.load(last, "cpu").family.name == "clip"
+    torch.manual_seed(1234)  # as in a new process: the random state must come from the checkpoint
+    resumed = train(old)
+    assert resumed["steps"] == straight["steps"] and not resumed["stopped"]
+    assert not last.exists()  # read once; the new saves replaced it
+    assert [p.name for p in checkpoints(tmp_path / "old")] == [f"step-{resumed['steps']}"]
+    a, b = _last_weights(tmp_path / "a"), _last_weights(tmp_path / "old")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6)
+    assert [r["step"] for r in _metrics(tmp_path / "old")] == list(range(0, resumed["steps"] + 1, 2))
+    assert resumed["best"] == straight["best"]
+
+
 def test_freezing_the_vision_tower_keeps_it_fixed(models, caption_data, tmp_path):
     cfg = RetrievalTrainCfg(model=str(models["clip"]), data=str(caption_data), out=str(tmp_path / "run"), epochs=1,
                             batch_size=64, lr=1e-3, freeze="vision")
     train(cfg)
-    before, after = _weights(models["clip"]), _weights(tmp_path / "run" / "checkpoints" / "last")
+    before, after = _weights(models["clip"]), _last_weights(tmp_path / "run")
     vision = [n for n in before if n.startswith(("vision_model.", "visual_projection."))]
     text = [n for n in before if n.startswith(("text_model.", "text_projection."))]
     assert vision and text

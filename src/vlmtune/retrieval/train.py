@@ -18,17 +18,23 @@ sampling among an image's captions), and the batch builder keeps identical capti
 one batch, deferring the repeat to the next. Then the models' losses are right and are used as they are.
 
 The loop: AdamW (betas 0.9/0.98, eps 1e-6 as in the CLIP paper; no weight decay on biases, norms, temperature and
-bias, i.e. parameters with fewer than 2 dimensions, as open_clip does), linear warmup then cosine decay, gradient
-clipping. Validation Recall@K (vlmtune.retrieval.evaluate) before training and after every `eval_every` steps (default:
-each epoch); the checkpoint with the best validation rsum goes to `OUT/best/` (model + processor, save_pretrained;
-the untrained model when fine-tuning never beats it), the latest to `OUT/checkpoints/last/` with the optimizer,
-scheduler and step, so running the same command again continues an interrupted run where it stopped. The batch order
-is a function of (seed, epoch), so a resumed run sees the batches the uninterrupted run would have seen.
+bias, i.e. parameters with fewer than 2 dimensions, as open_clip does), linear warmup then cosine decay to 0, gradient
+clipping. Optimizer and schedule come from the VLM training's builders (train/optim.py) with these values; their
+warmup factor is `(step + 1) / warmup_steps`, so step 0 already trains at 1/warmup of the peak, and the peak comes
+one step sooner than with transformers' `get_cosine_schedule_with_warmup` (`step / warmup_steps`), used before.
+Validation Recall@K (vlmtune.retrieval.evaluate) before training and after every `eval_every` steps (default: each
+epoch); the checkpoint with the best validation rsum goes to `OUT/best/` (model + processor + retrieval.json, no
+trainer state; the untrained model when fine-tuning never beats it), the latest to `OUT/checkpoints/step-N/` in the
+VLM training's checkpoint format (train/checkpoint.py: the model files, and trainer/ with the trainable weights,
+optimizer, scheduler, every random generator's state and the step; the checkpoint before it is deleted), so running
+the same command again continues an interrupted run where it stopped. The batch order is a function of (seed,
+epoch), so a resumed run sees the batches the uninterrupted run would have seen. A run written before this layout
+(its one checkpoint in `checkpoints/last/`) continues from there, and its next save replaces it with a step-N.
 `freeze="vision"` (or `"text"`) keeps that tower and its projection fixed (LiT, Zhai et al. 2022, locks the image
 tower). One process, one device: the losses see only the local batch (open_clip gathers features across processes
 for more negatives; transformers' losses do not), so multi-GPU training is not offered.
 
-    OUT/ retrieval_config.json  metrics.jsonl  best/  checkpoints/last/{model, processor, trainer/}
+    OUT/ retrieval_config.json  metrics.jsonl  best/  checkpoints/step-N/{model, processor, retrieval.json, trainer/}
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from collections import deque
@@ -51,9 +58,15 @@ from vlmtune.data.images import DecodedImages
 from vlmtune.io import atomic_dir, atomic_write_text
 from vlmtune.retrieval.encoder import DualEncoder
 from vlmtune.retrieval.evaluate import Gallery, evaluate, load_gallery
+from vlmtune.runs import TRAINER, checkpoints
+from vlmtune.train.checkpoint import load_trainer_state, prune, save_checkpoint, save_model_files
+from vlmtune.train.optim import adamw, lr_schedule
 
 CONFIG = "retrieval_config.json"
 META = "retrieval.json"
+"""The meta file of a retrieval checkpoint (step, base model, validation metrics), in place of a VLM's vlmtune.json."""
+LEGACY_LAST = Path("checkpoints") / "last"
+"""The one resumable checkpoint of runs written before retrieval used train/checkpoint.py (read once to resume)."""
 SELECT = "rsum"
 """Validation metric that picks the best checkpoint (the sum of the six recalls, as ALBEF and BLIP select)."""
 
@@ -153,36 +166,8 @@ def freeze_tower(model, family, tower: str) -> int:
     return frozen
 
 
-def _optimizer(model, cfg: RetrievalTrainCfg):
-    import torch
-
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for _, p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-
-
-def _save(path: Path, enc: DualEncoder, meta: dict, trainer: dict | None = None) -> None:
-    """Model + processor (+ trainer state) into `path`, atomically: written aside, then renamed over the old one."""
-    import torch
-
-    with atomic_dir(path) as tmp:
-        enc.model.save_pretrained(tmp, safe_serialization=True)
-        enc.processor.save_pretrained(tmp)
-        (tmp / META).write_text(json.dumps(meta, indent=2) + "\n")
-        if trainer is not None:
-            (tmp / "trainer").mkdir()
-            torch.save(trainer["optimizer"], tmp / "trainer" / "optimizer.pt")
-            torch.save(trainer["scheduler"], tmp / "trainer" / "scheduler.pt")
-            torch.save({"torch": torch.get_rng_state()}, tmp / "trainer" / "rng.pt")
-            (tmp / "trainer" / "state.json").write_text(json.dumps(trainer["state"], indent=2) + "\n")
-
-
-def _start(cfg: RetrievalTrainCfg, run: Path) -> tuple[DualEncoder, dict | None]:
-    """The encoder to train and, when resuming, the saved trainer state."""
-    import torch
-
-    last = run / "checkpoints" / "last"
+def _check_out(cfg: RetrievalTrainCfg, run: Path) -> None:
+    """Refuse an --out that holds another run, or something that is not a retrieval run."""
     saved = run / CONFIG
     if saved.is_file():
         before = json.loads(saved.read_text())
@@ -192,14 +177,35 @@ def _start(cfg: RetrievalTrainCfg, run: Path) -> tuple[DualEncoder, dict | None]
                              "resume it with the same arguments or choose another --out")
     elif run.exists() and any(run.iterdir()):
         raise FileExistsError(f"{run}: exists and is not a retrieval run (no {CONFIG}); choose another --out")
-    if not (last / "trainer" / "state.json").is_file():
-        return DualEncoder.load(cfg.model), None
-    enc = DualEncoder.load(last)
-    trainer = {"state": json.loads((last / "trainer" / "state.json").read_text()),
-               "optimizer": torch.load(last / "trainer" / "optimizer.pt", weights_only=True),
-               "scheduler": torch.load(last / "trainer" / "scheduler.pt", weights_only=True),
-               "rng": torch.load(last / "trainer" / "rng.pt", weights_only=True)}
-    return enc, trainer
+
+
+def _resume_point(run: Path) -> Path | None:
+    """The checkpoint to continue from: the latest complete checkpoints/step-N, else the checkpoints/last/ of a run
+    written before step-N checkpoints, else None (a new run)."""
+    done = checkpoints(run)
+    if done:
+        return done[-1]
+    last = run / LEGACY_LAST
+    return last if (last / TRAINER / "state.json").is_file() else None
+
+
+def _load_legacy_trainer_state(last: Path, optimizer, scheduler) -> dict:
+    """Optimizer, scheduler, torch's CPU random state and state.json of a checkpoints/last/ written before retrieval
+    used train/checkpoint.py: its trainer/ has no trainable.safetensors (the encoder was loaded from last/'s model
+    files) and its rng.pt holds torch's generator only. The schedule goes on with `lr_schedule`'s formula."""
+    import torch
+
+    trainer = last / TRAINER
+    optimizer.load_state_dict(torch.load(trainer / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(trainer / "scheduler.pt", weights_only=True))
+    torch.set_rng_state(torch.load(trainer / "rng.pt", weights_only=True)["torch"])
+    return json.loads((trainer / "state.json").read_text())
+
+
+def _save_best(run: Path, enc: DualEncoder, meta: dict) -> None:
+    """Model + processor + retrieval.json into run/best, atomically (written aside, then renamed over the old one)."""
+    with atomic_dir(run / "best") as tmp:
+        save_model_files(tmp, enc.model, enc.processor, meta, meta_name=META)
 
 
 def _log(run: Path, row: dict) -> None:
@@ -214,13 +220,14 @@ def train(cfg: RetrievalTrainCfg, stop_after: int | None = None) -> dict:
     """Fine-tune; returns a summary (the best step and its validation metrics). `stop_after`: stop once this many
     steps are done and saved, as an interrupted run would (a later call with the same config continues)."""
     import torch
-    from transformers import get_cosine_schedule_with_warmup
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per checkpoint save only clutters the log
     run = Path(cfg.out)
     train_set, val_set = load_gallery(cfg.data, cfg.train_split), load_gallery(cfg.data, cfg.val_split)
-    enc, resumed = _start(cfg, run)
+    _check_out(cfg, run)
+    resume = _resume_point(run)
+    enc = DualEncoder.load(resume if resume is not None else cfg.model)  # a checkpoint holds every weight
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run / CONFIG, json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     model = enc.model
@@ -230,21 +237,22 @@ def train(cfg: RetrievalTrainCfg, stop_after: int | None = None) -> dict:
     flat = [(e, b) for e, batches in enumerate(plan) for b in batches]
     total = len(flat)
     per_epoch = {sum(len(p) for p in plan[: e + 1]) for e in range(cfg.epochs)}  # steps that end an epoch
-    optimizer = _optimizer(model, cfg)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(cfg.warmup * total), total)
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay, betas=(0.9, 0.98), eps=1e-6)  # the CLIP paper's
+    scheduler = lr_schedule(optimizer, math.ceil(cfg.warmup * total), total, "cosine", min_lr_ratio=0.0)
     step, best = 0, None
-    if resumed:
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        torch.set_rng_state(resumed["rng"]["torch"])
-        step, best = resumed["state"]["step"], resumed["state"]["best"]
-        print(f"retrieve train: resuming {run} at step {step}/{total}", file=sys.stderr)
+    if resume is not None:
+        if resume == run / LEGACY_LAST:
+            state = _load_legacy_trainer_state(resume, optimizer, scheduler)
+        else:
+            state = load_trainer_state(resume, model, optimizer, scheduler)
+        step, best = state["step"], state["best"]
+        print(f"retrieve train: resuming {run} at step {step}/{total} from {resume}", file=sys.stderr)
     else:
         torch.manual_seed(cfg.seed)
         metrics = evaluate(enc, val_set, cfg.eval_batch_size)
         best = {"step": 0, **metrics}
         _log(run, {"step": 0, "epoch": 0, **metrics})
-        _save(run / "best", enc, {"step": 0, "val": metrics, "base": cfg.model})
+        _save_best(run, enc, {"step": 0, "val": metrics, "base": cfg.model})
     images, paths = DecodedImages(budget=1 << 30), train_set.paths()  # paths checked to stay inside the dataset
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if enc.device.type == "cuda" else None
     losses: list[float] = []
@@ -278,13 +286,13 @@ def train(cfg: RetrievalTrainCfg, stop_after: int | None = None) -> dict:
                    "seconds": round(time.time() - started, 1)}
             losses = []
             _log(run, row)
-            if metrics[SELECT] > best[SELECT]:
+            if metrics[SELECT] > best[SELECT]:  # best/ first: a run killed before the checkpoint redoes both
                 best = {"step": step, **metrics}
-                _save(run / "best", enc, {"step": step, "val": metrics, "base": cfg.model})
-            (run / "checkpoints").mkdir(exist_ok=True)
-            _save(run / "checkpoints" / "last", enc, {"step": step, "base": cfg.model},
-                  {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                   "state": {"step": step, "best": best}})
+                _save_best(run, enc, {"step": step, "val": metrics, "base": cfg.model})
+            save_checkpoint(run, step, model, enc.processor, {"val": metrics, "base": cfg.model}, optimizer, scheduler,
+                            {"best": best}, meta_name=META)
+            prune(run, keep=1)  # the latest is all a resume needs (best/ is written on its own)
+            shutil.rmtree(run / LEGACY_LAST, ignore_errors=True)  # an old run's checkpoint, superseded now
             if stop_after is not None and step >= stop_after and step < total:
                 return {"out": str(run), "steps": step, "total_steps": total, "stopped": True, "best": best}
     return {"out": str(run), "steps": step, "total_steps": total, "stopped": False, "best": best,

@@ -5,7 +5,6 @@ data (the training mixture, the val split, the probes). Each takes the run's con
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from vlmtune.models import ModelFamily, load_model
 from vlmtune.models.family import Loaded
 from vlmtune.runs import RUN_BASE
 from vlmtune.train import checkpoint as ckpt
+from vlmtune.train.optim import adamw, lr_schedule
 from vlmtune.train.trainable import make_trainable
 
 
@@ -41,26 +41,10 @@ def build_model(cfg: RunCfg, family: ModelFamily, run_dir: Path, is_main: bool) 
 
 
 def build_optimizer(cfg: RunCfg, model):
-    import torch
-
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, betas=(0.9, 0.95))
+    """AdamW (betas 0.9/0.95) and the warmup + cosine/linear/constant schedule of `cfg.train` (train/optim.py)."""
     t = cfg.train
-
-    def factor(step: int) -> float:
-        if step < t.warmup_steps:
-            return (step + 1) / t.warmup_steps
-        if t.schedule == "constant":
-            return 1.0
-        progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
-        shape = 0.5 * (1 + math.cos(math.pi * progress)) if t.schedule == "cosine" else 1 - progress
-        return t.min_lr_ratio + (1 - t.min_lr_ratio) * shape
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    optimizer = adamw(model, t.lr, t.weight_decay, betas=(0.9, 0.95))
+    return optimizer, lr_schedule(optimizer, t.warmup_steps, t.max_steps, t.schedule, t.min_lr_ratio)
 
 
 def build_data(cfg: RunCfg, run_dir: Path):

@@ -4,8 +4,9 @@ directory means, its config, loading it for inference) is vlmtune/runs.py, whose
     runs/<name>/checkpoints/step-N/trainer/   trainable.safetensors optimizer.pt scheduler.pt rng.pt state.json
                                              (only in resumable checkpoints; best/ and base/ hold model files only)
 
-A checkpoint is written into a temporary directory and renamed into place, so a run killed mid-save leaves
-the previous checkpoint intact. `torch.load` is only used with `weights_only=True`.
+Retrieval training (retrieval/train.py) writes the same checkpoints for its dual encoder, with retrieval.json in
+place of vlmtune.json. A checkpoint is written into a temporary directory and renamed into place, so a run killed
+mid-save leaves the previous checkpoint intact. `torch.load` is only used with `weights_only=True`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ SHARDED = "sharded"
 """Under FSDP / ZeRO-3: `accelerator.save_state` of every process (model and optimizer shards), in trainer/."""
 
 
-def save_model_files(path: Path, model, processor, meta: dict, state_dict: dict | None = None) -> None:
+def save_model_files(path: Path, model, processor, meta: dict, state_dict: dict | None = None,
+                     meta_name: str = META) -> None:
     """Model weights (or adapter) + processor + vlmtune.json into `path` (which must not exist yet). `state_dict`: the
-    full weights gathered from the processes (`accelerator.get_state_dict`) when the model's own are shards."""
+    full weights gathered from the processes (`accelerator.get_state_dict`) when the model's own are shards.
+    `meta_name`: the meta file's name, for a model of another application (retrieval's dual encoder: retrieval.json),
+    so that nothing reading vlmtune.json takes it for a VLM checkpoint."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one tiny bar per save only clutters the training log
@@ -34,12 +38,13 @@ def save_model_files(path: Path, model, processor, meta: dict, state_dict: dict 
     extra = {"state_dict": state_dict} if state_dict is not None else {}
     model.save_pretrained(path, safe_serialization=True, **extra)
     processor.save_pretrained(path)
-    (path / META).write_text(json.dumps(meta, indent=2) + "\n")
+    (path / meta_name).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def save_checkpoint(run_dir: Path, step: int, model, processor, meta: dict, optimizer, scheduler,
-                    state: dict, state_dict: dict | None = None, sharded_state: Path | None = None) -> Path:
-    """A resumable checkpoint at checkpoints/step-N (model files + trainer state).
+                    state: dict, state_dict: dict | None = None, sharded_state: Path | None = None,
+                    meta_name: str = META) -> Path:
+    """A resumable checkpoint at checkpoints/step-N (model files + trainer state). `meta_name`: see save_model_files.
 
     Under FSDP / DeepSpeed ZeRO-3 the caller passes the gathered `state_dict` (the model's own parameters are
     shards) and `sharded_state`, a directory where every process already wrote its optimizer shard with
@@ -49,7 +54,7 @@ def save_checkpoint(run_dir: Path, step: int, model, processor, meta: dict, opti
 
     final = run_dir / "checkpoints" / f"step-{step}"
     with atomic_dir(final) as tmp:
-        save_model_files(tmp, model, processor, {**meta, "step": step}, state_dict)
+        save_model_files(tmp, model, processor, {**meta, "step": step}, state_dict, meta_name)
         trainer = tmp / TRAINER
         trainer.mkdir()
         weights = state_dict if state_dict is not None else dict(model.state_dict())
