@@ -21,8 +21,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRARIES = ["torch", "transformers", "peft", "accelerate", "datasets", "pyarrow", "matplotlib.pyplot", "tokenizers",
-             "safetensors.torch", "huggingface_hub.utils", "pycocoevalcap.cider.cider", "sacrebleu", "openpyxl",
-             "scipy.optimize", "fastapi", "uvicorn", "numpy", "PIL.Image", "pydantic"]
+             "safetensors.torch", "huggingface_hub:hf_hub_download", "huggingface_hub.utils:validate_repo_id",
+             "pycocoevalcap.cider.cider", "sacrebleu", "openpyxl", "scipy.optimize", "fastapi", "uvicorn", "numpy",
+             "PIL.Image", "pydantic"]
+"""What is timed; `module:name` times `from module import name`."""
 CLI = "import vlmtune.cli as c; c.build_parser()"
 """What `vlmtune --help` does before printing (and every command before its work)."""
 
@@ -49,7 +51,9 @@ def main() -> None:
     print(f"python -c pass: {bare:.2f} s (median of {a.repeat}; subtracted below)\n")
     print("| import | seconds |\n|---|---:|")
     for lib in LIBRARIES:
-        print(f"| `{lib}` | {median(f'import {lib}', a.repeat) - bare:.2f} |", flush=True)
+        module, _, name = lib.partition(":")
+        code = f"from {module} import {name}" if name else f"import {module}"
+        print(f"| `{code}` | {median(code, a.repeat) - bare:.2f} |", flush=True)
     print()
     rows = [("this checkout", REPO / "src")]
     with tempfile.TemporaryDirectory() as tmp:
