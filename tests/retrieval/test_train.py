@@ -96,6 +96,8 @@ def test_interrupted_run_resumes_to_the_same_weights(dropout_clip, caption_data,
     assert {"trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt"} <= {p.name for p in trainer.iterdir()}
     assert set(torch.load(trainer / "rng.pt", weights_only=True)) >= {"torch", "python", "numpy"}
     assert not (tmp_path / "b" / "best" / "trainer").exists()  # best/: model files only
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:  # killed after logging step 6, before saving it
+        f.write(json.dumps({"step": 6, "epoch": 2, "rsum": 0.0}) + '\n{"step": 8, "ep')
     torch.manual_seed(1234)  # as in a new process: the random state must come from the checkpoint
     resumed = train(cut)
     assert resumed["steps"] == straight["steps"] and not resumed["stopped"]
@@ -106,6 +108,15 @@ def test_interrupted_run_resumes_to_the_same_weights(dropout_clip, caption_data,
     assert [r["step"] for r in _metrics(tmp_path / "b")] == list(range(0, resumed["steps"] + 1, 2))  # none redone
     with pytest.raises(ValueError, match="different configuration \\(lr differ"):
         train(dataclasses.replace(cut, lr=5e-4))
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_its_log_again(models, caption_data, tmp_path):
+    cfg = RetrievalTrainCfg(model=str(models["clip"]), data=str(caption_data), out=str(tmp_path / "run"), epochs=1,
+                            batch_size=64, lr=1e-3)
+    first = train(cfg)
+    shutil.rmtree(tmp_path / "run" / "checkpoints")  # as if killed after its step-0 row, before any checkpoint
+    assert train(cfg)["steps"] == first["steps"]
+    assert [r["step"] for r in _metrics(tmp_path / "run")] == [0, first["steps"]]  # each step once
 
 
 def _to_the_old_layout(run, cfg, total):

@@ -59,7 +59,7 @@ from vlmtune.io import atomic_dir, atomic_write_text
 from vlmtune.retrieval.encoder import DualEncoder
 from vlmtune.retrieval.evaluate import Gallery, evaluate, load_gallery
 from vlmtune.runs import TRAINER, checkpoints
-from vlmtune.train.checkpoint import load_trainer_state, prune, save_checkpoint, save_model_files
+from vlmtune.train.checkpoint import load_trainer_state, prune, save_checkpoint, save_model_files, truncate_log
 from vlmtune.train.optim import adamw, lr_schedule
 
 CONFIG = "retrieval_config.json"
@@ -246,8 +246,10 @@ def train(cfg: RetrievalTrainCfg, stop_after: int | None = None) -> dict:
         else:
             state = load_trainer_state(resume, model, optimizer, scheduler)
         step, best = state["step"], state["best"]
+        truncate_log(run / "metrics.jsonl", step)  # rows the killed run wrote after this checkpoint
         print(f"retrieve train: resuming {run} at step {step}/{total} from {resume}", file=sys.stderr)
     else:
+        (run / "metrics.jsonl").unlink(missing_ok=True)  # killed before its first checkpoint: the log restarts too
         torch.manual_seed(cfg.seed)
         metrics = evaluate(enc, val_set, cfg.eval_batch_size)
         best = {"step": 0, **metrics}

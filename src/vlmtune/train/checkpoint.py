@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmtune.io import atomic_dir
+from vlmtune.io import atomic_dir, atomic_write_text
 from vlmtune.runs import META, TRAINER, base_fingerprint, checkpoints
 
 SHARDED = "sharded"
@@ -118,6 +118,21 @@ def load_trainer_state(path: Path, model, optimizer, scheduler, accelerator=None
     scheduler.load_state_dict(torch.load(trainer / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(trainer / "rng.pt", weights_only=True))
     return json.loads((trainer / "state.json").read_text())
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop the metrics.jsonl rows written after the checkpoint a run resumes from (the killed run got further than
+    it saved; appending again would repeat those steps). A torn last line goes too."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    atomic_write_text(path, "".join(x + "\n" for x in keep))
 
 
 def rng_state() -> dict:

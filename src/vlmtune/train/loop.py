@@ -162,7 +162,7 @@ def setup(cfg: RunCfg) -> State:
         state.step, state.best, state.best_step = resumed["step"], resumed.get("best"), resumed.get("best_step")
         state.rejected = resumed.get("rejected", {})
         if accelerator.is_main_process:
-            _truncate_log(run_dir / "metrics.jsonl", state.step)
+            ckpt.truncate_log(run_dir / "metrics.jsonl", state.step)
         accelerator.print(f"resumed from {done[-1]} (step {state.step})", file=sys.stderr)
     elif accelerator.is_main_process:  # killed before its first checkpoint: this run starts again from step 0, and
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # so does its log (appending would repeat steps)
@@ -401,21 +401,6 @@ def train(cfg: RunCfg) -> dict:
     if cfg.report and state.accelerator.is_main_process:
         out["report"] = str(write_run_report(state.run_dir))
     return out
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log rows written after the checkpoint a run resumes from (the killed run got further than it saved)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line
-
-    atomic_write_text(path, "".join(x + "\n" for x in keep))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
