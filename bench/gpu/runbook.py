@@ -121,6 +121,10 @@ def spec_of(item: str, work: Path, dry: bool) -> tuple[str, dict, dict]:
     elif kind == "qlora":
         if cuda_only:
             raise Skip(cuda_only.format("QLoRA (bitsandbytes 4-bit)"))
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as e:
+            raise Skip(f"bitsandbytes does not import ({e})") from None
         cfg = run_cfg(item, work, model, dry, quant=True)
         desc["method"] = "QLoRA r16 (nf4)"
     elif kind == "full":
@@ -139,7 +143,8 @@ def spec_of(item: str, work: Path, dry: bool) -> tuple[str, dict, dict]:
             raise Skip("trl does not import: pass --trl-path DIR (a directory holding the trl package)") from None
         cfg = run_cfg(item, work, model, dry)
         kind = "trl"
-        desc.update(method="LoRA r16, TRL SFTTrainer", vs=f"lora-{model}")
+        desc.update(method="LoRA r16, TRL SFTTrainer", vs=f"lora-{model}",
+                    plan_note=f"plan: n/a (vlmtune's prediction: lora-{model})")
     else:
         raise ValueError(f"unknown item {item!r}")
     if not (work / f"base-{cfg['model']['family']}" / "config.json").is_file():
@@ -162,7 +167,10 @@ def _result(work: Path, item: str) -> dict:
 
 def find_peak(plan) -> tuple[str, int] | None:
     """(key path, bytes) of the total predicted peak memory in `vlmtune plan --json`'s output, read defensively (the
-    plan's schema is another branch's): the shortest key path naming a peak (or total) in bytes, else in GiB/GB."""
+    plan is another branch's work; on i23-plan it is `memory.total`, bytes): among the numbers whose key names a peak
+    or a total (FLOPs, times, budgets and the vision cache's disk/RAM left out), one under a `memory` key first, then
+    the shallowest; bytes unless the key says GiB or GB."""
+    skip = ("flop", "second", "hour", "mfu", "budget", "disk", "ram_", "alternatives", "param", "token")
     found: list[tuple[str, float]] = []
 
     def walk(obj, path):
@@ -171,19 +179,16 @@ def find_peak(plan) -> tuple[str, int] | None:
                 walk(v, f"{path}.{k}" if path else str(k))
         elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
             low = path.lower()
-            if "peak" in low or low.endswith(("total_bytes", "total")):
-                if "byte" in low or (obj > 1e6 and "gib" not in low and "gb" not in low):
-                    found.append((path, float(obj)))
-                elif "gib" in low:
-                    found.append((path, obj * 2**30))
-                elif "gb" in low:
-                    found.append((path, obj * 1e9))
+            if any(w in low for w in skip) or not ("peak" in low or low.endswith(("total", "total_bytes"))):
+                return
+            scale = 2**30 if "gib" in low else 1e9 if "gb" in low else 1
+            found.append((path, obj * scale))
 
     walk(plan, "")
     if not found:
         return None
-    peak = [f for f in found if "peak" in f[0].lower()] or found
-    path, value = min(peak, key=lambda f: (f[0].count("."), "total" not in f[0].lower(), len(f[0])))
+    path, value = min(found, key=lambda f: ("memory" not in f[0].lower(), f[0].count("."),
+                                            "total" not in f[0].lower(), len(f[0])))
     return path, int(value)
 
 

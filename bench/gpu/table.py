@@ -55,8 +55,8 @@ def _row(item: str, r: dict, results: dict, dry: bool) -> list[str]:
     if item == "data":
         return [*what, *["-"] * 6, f"{sum(r['counts'].values())} samples at {r['size']}px in {r['seconds']:.1f} s"]
     if item.startswith("base-"):
-        note = (f"{r['params'] / 1e6:.0f}M params; text {r['text_layers']} layers x {r['text_hidden']}, vision "
-                f"{r['vision_layers']} x {r['vision_hidden']}; written in {r['seconds']:.0f} s")
+        note = (f"{r['params'] / 1e6:.0f}M params; layers x width: text {r['text_layers']} x {r['text_hidden']}, "
+                f"vision {r['vision_layers']} x {r['vision_hidden']}; made and written in {r['seconds']:.0f} s")
         return [*what, *["-"] * 6, note]
     t = throughput(r)
     if not t:
