@@ -39,7 +39,7 @@ test-gpu: $(STAMP)
 
 # the GPU runbook (BENCHMARKS.md "GPU runbook"): real-config random-weight Qwen2.5-VL-3B, LLaVA-1.5-7B and
 # SmolVLM2-256M on one GPU, offline, under ~8 minutes; writes bench/gpu/results-<date>.md. RUNBOOK_ARGS=--dry runs
-# its whole path on CPU at tiny sizes (3-6 minutes on 2 cores); RUNBOOK_ARGS="--trl-path DIR" adds TRL's row
+# its whole path on CPU at tiny sizes (~8 minutes on 2 busy cores); RUNBOOK_ARGS="--trl-path DIR" adds TRL's row
 RUNBOOK_ARGS ?=
 gpu-runbook: $(STAMP)
 	PY=$(BIN)/python bench/gpu/run.sh $(RUNBOOK_ARGS)

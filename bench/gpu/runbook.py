@@ -50,12 +50,11 @@ def items(dry: bool) -> list[tuple[str, int]]:
     time budget drops the least important ones."""
     base, train = (180, 300) if dry else (240, 180)  # dry: ~30-70 s an item on 2 busy CPU cores
     out = [("data", 60 if dry else 120)] + [(f"base-{m}", base) for m in MODELS]
-    out += [(f"lora-{m}", train) for m in MODELS]
-    out += [(f"full-{m}", train) for m in MODELS]
+    out += [(f"lora-{m}", train) for m in MODELS] + [(f"trl-{TRL_MODEL}", train)]
+    out += [("cache-off", train), ("cache-on", train), ("pack-off", train), ("pack-on", train)]
     out += [(f"qlora-{m}", train) for m in MODELS]
     out += [(f"lora-fa2-{m}", train) for m in MODELS]
-    out += [("cache-off", train), ("cache-on", train), ("pack-off", train), ("pack-on", train)]
-    out += [(f"trl-{TRL_MODEL}", train)]
+    out += [(f"full-{m}", train) for m in MODELS]  # last: the slowest (AdamW over billions of fp32 parameters)
     return out
 
 
@@ -105,7 +104,7 @@ def spec_of(item: str, work: Path, dry: bool) -> tuple[str, dict, dict]:
             desc.update(method="LoRA r16, vision + projector frozen, 3 epochs", cache=on, steps_per_epoch=epochs)
         else:
             cfg = run_cfg(item, work, model, dry, packing=on == "on")
-            desc.update(packing=on)
+            desc.update(method=f"LoRA r16, packing {on}")
         kind = "vlmtune"
     elif kind == "lora":
         cfg = run_cfg(item, work, model, dry)
@@ -197,9 +196,9 @@ def call_plan(config: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     try:
         done = subprocess.run([sys.executable, "-m", "vlmtune.cli", "plan", "--config", str(config), "--json"],
-                              capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
-    except subprocess.TimeoutExpired:
-        return {"plan_note": "plan: n/a (timed out after 120 s)"}
+                              capture_output=True, text=True, timeout=180, env=env, cwd=REPO)
+    except subprocess.TimeoutExpired:  # it encodes the data set's samples: ~20 s of CPU in the dry run
+        return {"plan_note": "plan: n/a (timed out after 180 s)"}
     if done.returncode != 0:
         if "invalid choice" in done.stderr:
             return {"plan_note": "plan: n/a (no `vlmtune plan` in this checkout)"}

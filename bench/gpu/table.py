@@ -110,7 +110,7 @@ def write_table(work: Path, names: list[str], dry: bool, command: str, sizes: di
         f"- command: `{command}`",
         f"- torch {info.get('torch', '?')}, transformers {info.get('transformers', '?')}, CUDA {info.get('cuda')}",
         f"- sizes: {sizes['n']} samples at {sizes['size']}px, micro-batch {sizes['batch']}, {sizes['steps']} steps "
-        f"of which the first {sizes['warmup']} are warm-up (not timed); bf16 weights, bf16 autocast",
+        f"({sizes['warmup']} warm-up, not timed); bf16 weights, bf16 autocast",
         f"- MFU: counted FLOPs of step 0 (torch FlopCounterMode: forward, backward, optimizer) per token x tokens/s, "
         f"over the card's {PEAK_SOURCES}; peak used here: {info.get('peak_key', '-')}",
         f"- peak memory: torch.cuda.max_memory_allocated / max_memory_reserved over the whole process (load "
