@@ -4,6 +4,7 @@
 # make test-latest  -> a separate .venv-latest with the newest allowed releases (no lock), run the suite
 # make test-oldest  -> a separate .venv-oldest with the lowest versions pyproject.toml allows, run the suite
 # make test-gpu     -> the gpu-marked tests (needs a CUDA device)
+# make gpu-runbook  -> bench/gpu/run.sh: speed, MFU and memory at real size on one GPU (RUNBOOK_ARGS=--dry: on CPU)
 # make test-pages   -> every docs page's offline route (its ```bash blocks after <!-- offline route -->) at small sizes
 # make layers       -> the import layers (docs/architecture.md): upward imports, cycles, long files, in-function imports
 # make fuzz         -> the fuzz suite (tests/fuzz) with many random examples; `make test` runs its quick ci profile
@@ -16,7 +17,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: test-large test-pages install demo test test-gpu test-latest test-oldest lock recipe lint clean browser ocr fuzz layers
+.PHONY: gpu-runbook test-large test-pages install demo test test-gpu test-latest test-oldest lock recipe lint clean browser ocr fuzz layers
 
 UV_VERSION := 0.13.9
 # torch is pinned by pyproject.toml (==2.13.0) and installed on its own: the CPU wheel these machines carry
@@ -35,6 +36,13 @@ $(STAMP): pyproject.toml requirements.lock
 # GPU machine, then put the output in BENCHMARKS.md with the card's name
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -m gpu -p no:cacheprovider -v
+
+# the GPU runbook (BENCHMARKS.md "GPU runbook"): real-config random-weight Qwen2.5-VL-3B, LLaVA-1.5-7B and
+# SmolVLM2-256M on one GPU, offline, under ~8 minutes; writes bench/gpu/results-<date>.md. RUNBOOK_ARGS=--dry runs
+# its whole path on CPU at tiny sizes (~8 minutes on 2 busy cores); RUNBOOK_ARGS="--trl-path DIR" adds TRL's row
+RUNBOOK_ARGS ?=
+gpu-runbook: $(STAMP)
+	PY=$(BIN)/python bench/gpu/run.sh $(RUNBOOK_ARGS)
 
 # real-width 2-layer cuts of the 3B-11B checkpoints in ../shared/real-models (Qwen2.5-VL-3B, Gemma 3 4B,
 # LLaVA-1.5-7B, Llama-3.2-11B-Vision): a LoRA step, export and fresh-process reload, a full step; ~15 minutes on 2
