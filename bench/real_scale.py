@@ -64,7 +64,7 @@ def phase_shares(run: dict, warmup: int) -> dict:
     t = phase_totals(run["events"], lo, hi)
     total = hi - lo
     parts = {"vision": t["vision"], "language": t["language fwd"] + t["language bwd"],
-             "logits + loss": t["head fwd"] + t["loss fwd"] + t["head+loss bwd"]}
+             "logits + loss": t["head+loss fwd"] + t["head+loss bwd"]}
     parts["other (data, optimizer, trainer)"] = total - sum(parts.values())
     return {k: v / total for k, v in parts.items()}
 
@@ -78,7 +78,9 @@ def report(args, prep: dict, runs: dict, quiet: QuietRuns, t_all: float) -> str:
     tokens = sum(p[0] for p in per_step[: args.steps]) / n
     targets = sum(p[2] for p in per_step[: args.steps]) / n
     d = prep["dtype"]
-    say(f"Qwen2-VL-2B-Instruct config at real width (hidden {prep['hidden']}, vision {prep['vision_dim']}, vocabulary "
+    width = "NARROWED (--quick)" if args.quick else "real"
+    say(f"Qwen2-VL-2B-Instruct config at {width} width (hidden {prep['hidden']}, vision {prep['vision_dim']}, "
+        f"vocabulary "
         f"{prep['vocab']:,}), {args.layers} language layer(s), {args.vision_depth} vision block(s), random weights: "
         f"{prep['params'] / 1e6:.0f}M parameters ({prep['vision_params'] / 1e6:.0f}M vision). Images "
         f"{prep['image_size'][0]}x{prep['image_size'][1]}: **{prep['image_tokens']} image tokens** per sample; "
@@ -174,7 +176,7 @@ def parent_main(args) -> None:
             "batch": args.batch, "steps": args.steps, "lr": args.lr, "lora_r": args.lora_r,
             "lora_alpha": 2 * args.lora_r, "lora_dropout": 0.0, "max_length": 4096, "image_size": args.image_size,
             "config_dir": str(args.config), "layers": args.layers, "vision_depth": args.vision_depth,
-            "dtype": args.dtype, "train": {"vision_cache": "off"}}
+            "dtype": args.dtype, "train": {"vision_cache": "off"}, "narrow": args.quick}
     note("prep: dtype, cut model, data, TRL batch check")
     prep = run_worker("prep", base, work, "prep", 1, script, args.trl_path)
     mp = "bf16" if prep["dtype"]["dtype"] == "bfloat16" else "no"
@@ -220,7 +222,8 @@ def main() -> None:
     p.add_argument("--retries", type=int, default=1)
     p.add_argument("--work", help="work directory (default: a temporary one, removed at the end)")
     p.add_argument("--keep", action="store_true")
-    p.add_argument("--quick", action="store_true", help="the whole path with tiny sizes (1 layer, 112x112 images)")
+    p.add_argument("--quick", action="store_true",
+                   help="the whole path with tiny sizes: 1 layer per tower, width 64, 112x112 images, 3 steps")
     parent_main(p.parse_args())
 
 

@@ -11,8 +11,17 @@ import sys
 import time
 from pathlib import Path
 
-from speed_workers import (_env_setup, _hf_args, _ordered_samples, _record_vlmtune_steps, _run_trainer,
-                           _step_recorder, _timed, _trl_dataset, _vlmtune_cfg)
+from speed_workers import (
+    _env_setup,
+    _hf_args,
+    _ordered_samples,
+    _record_vlmtune_steps,
+    _run_trainer,
+    _step_recorder,
+    _timed,
+    _trl_dataset,
+    _vlmtune_cfg,
+)
 
 
 def pick_dtype(want: str) -> dict:
@@ -47,9 +56,11 @@ def _cut_config(spec: dict):
     config.text_config.num_hidden_layers = spec["layers"]
     config.text_config.layer_types = config.text_config.layer_types[: spec["layers"]]
     config.vision_config.depth = spec["vision_depth"]
-    for key, value in spec.get("shrink", {}).items():  # --quick: narrower towers
-        sub, attr = key.split(".")
-        setattr(getattr(config, sub), attr, value)
+    if spec.get("narrow"):  # --quick: narrow towers (the vocabulary stays: it is the tokenizer's)
+        t, v = config.text_config, config.vision_config
+        t.hidden_size, t.intermediate_size, t.num_attention_heads, t.num_key_value_heads = 64, 128, 4, 2
+        t.rope_parameters = {**t.rope_parameters, "mrope_section": [2, 3, 3]}  # sums to head_dim / 2 = 8
+        v.embed_dim, v.num_heads, v.hidden_size = 64, 4, 64
     return config
 
 
@@ -149,9 +160,10 @@ def _trl_batch_check(family, processor, root, items, b, max_length) -> dict:
 
 class PhaseClock:
     """Wall time per step phase from hooks on the model (CPU: synchronous, so the time stamps are the work):
-    vision forward, language-model forward, LM head forward, loss (from the head's output to `backward()`: the
-    loss and whatever a trainer computes from the logits meanwhile), backward through the head and loss (until the
-    gradient reaches the final norm's output), backward through the language model (to the end of `backward()`)."""
+    vision forward, language-model forward, LM head + loss forward (from the final norm's output to `backward()`:
+    the logits, the loss and whatever a trainer computes from the logits meanwhile), backward through the head and
+    loss (until the gradient reaches the final norm's output), backward through the language model (to the end of
+    `backward()`)."""
 
     def __init__(self, model):
         import torch
@@ -164,7 +176,6 @@ class PhaseClock:
         inner.model.visual.register_forward_hook(lambda *a: stamp("vision<"))
         lm.register_forward_pre_hook(lambda *a: stamp("language>"))
         lm.norm.register_forward_hook(lambda *a: stamp("language<"))
-        inner.lm_head.register_forward_hook(lambda *a: stamp("head<"))
         lm.norm.register_full_backward_pre_hook(lambda *a: stamp("head_bwd<"))
         original = torch.Tensor.backward
 
@@ -183,8 +194,10 @@ class PhaseClock:
 
 def phase_totals(events: list, lo: float, hi: float) -> dict:
     """Seconds per phase over the events between perf_counter times lo and hi."""
+    # head + loss fwd: from the final norm's output to backward(), not from the LM head module's hooks: TRL's fused
+    # head (trl.trainer.utils.add_fused_lm_head) multiplies by lm_head.weight without calling the module
     spans = {"vision": ("vision>", "vision<"), "language fwd": ("language>", "language<"),
-             "head fwd": ("language<", "head<"), "loss fwd": ("head<", "bwd>"), "head+loss bwd": ("bwd>", "head_bwd<"),
+             "head+loss fwd": ("language<", "bwd>"), "head+loss bwd": ("bwd>", "head_bwd<"),
              "language bwd": ("head_bwd<", "bwd<")}
     totals = dict.fromkeys(spans, 0.0)
     last: dict[str, float] = {}
