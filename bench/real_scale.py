@@ -25,8 +25,11 @@ What is compared (same in all three):
 (b) TRL SFTTrainer with its VLM collator on prompt/completion rows, completion-only loss. Assistant-only loss needs
     `{% generation %}` markers, which Qwen2-VL's chat template does not have, so TRL cannot do it on `messages` rows.
     TRL's completion also trains the `\\n` after `<|im_end|>`; the collator is wrapped to mask that one token, so
-    the three train the same tokens (prep checks the batches key by key). TRL computes full (sequence x vocabulary)
-    logits and, from them, its entropy and token-accuracy metrics.
+    the three train the same tokens (prep checks the batches key by key). TRL 1.16 never holds the full (sequence x
+    vocabulary) logits either: SFTTrainer patches the model with a chunked fused LM head (trl.trainer.utils
+    `add_fused_lm_head`, trl/kernels/chunked_logprob.py) that returns per-token log-probabilities, entropy and top-1
+    hits. But it scores only the answer positions where Triton runs (CUDA, XPU); elsewhere, on this CPU, it scores
+    every position, in tiles of (up to 4,096 tokens x 32,768 vocabulary entries) with float32 softmax temporaries.
 (c) HF Trainer whose collator is vlmtune's `family.encode`: the model computes full logits and its own loss.
 
 Reported: samples/s and tokens/s over steps (warmup, steps], peak RSS (os.wait4), step losses side by side, and the
