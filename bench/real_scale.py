@@ -34,8 +34,9 @@ What is compared (same in all three):
 
 Reported: samples/s and tokens/s over steps (warmup, steps], peak RSS (os.wait4), step losses side by side, and the
 share of step time in the vision tower / language model / LM head + loss (hooks on the model, bench/real_scale_workers
-`PhaseClock`). Runs are interleaved (a, b, c, a, b, c); the harness (bench/speed_harness.py) measures other processes'
-CPU use during each run and repeats disturbed runs.
+`PhaseClock`), and with TRL present the LM head + loss alone at the run's shape: TRL's fused head vs full logits
+(memory and time). Runs are interleaved (a, b, c, a, b, c); the harness (bench/speed_harness.py) measures other
+processes' CPU use during each run and repeats disturbed runs.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def phase_shares(run: dict, warmup: int) -> dict:
     return {k: v / total for k, v in parts.items()}
 
 
-def report(args, prep: dict, runs: dict, quiet: QuietRuns, t_all: float) -> str:
+def report(args, prep: dict, runs: dict, quiet: QuietRuns, t_all: float, heads: dict) -> str:
     out: list[str] = []
     say = out.append
     kinds = [k for k in CONTENDERS if runs.get(k)]
@@ -151,9 +152,18 @@ def report(args, prep: dict, runs: dict, quiet: QuietRuns, t_all: float) -> str:
             f"**{'holds' if speed >= 1.2 else 'does not hold'}**; losses equal: **{'yes' if equal else 'no'}**.\n")
     say("Phases: wall time between hooks on the model (bench/real_scale_workers.py `PhaseClock`) over the timed "
         "window: vision = the vision tower's forward (frozen: no backward); language = the decoder layers forward "
-        "and backward; logits + loss = LM head forward, everything from the logits to `backward()` (the loss, and "
+        "and backward; logits + loss = everything from the final norm's output to `backward()` (LM head, loss, "
         "TRL's entropy / token accuracy), and backward down to the final norm; other = the rest of the step (data, "
         "embedding, clipping, optimizer, trainer code).\n")
+    if heads:
+        say("The LM head + loss alone, forward and backward, on one step's positions (random bf16 hidden states, "
+            "bf16 autocast; RSS high-water mark above the process's before it):\n")
+        say("| head | RSS added (MiB) | process peak RSS (MiB) | seconds |")
+        say("|---|---:|---:|---:|")
+        names = {"trl": "TRL's fused chunked head (every position)", "full": "full logits + float32 cross-entropy"}
+        for k, h in heads.items():
+            say(f"| {names[k]} | {h['after_mib'] - h['before_mib']:.0f} | {h['rss_mib']:.0f} | {h['seconds']:.1f} |")
+        say("")
     say(f"Whole benchmark: {time.perf_counter() - t_all:.0f} s.")
     return "\n".join(out)
 
@@ -194,7 +204,14 @@ def parent_main(args) -> None:
         for k in kinds:
             note(f"{k} run {rep + 1}/{args.repeats}: {args.steps} steps")
             runs[k].append(quiet.run(k, {**spec, "name": f"{k}-{rep}"}, f"{k}-{rep}"))
-    print(report(args, prep, runs, quiet, t_all), flush=True)
+    heads = {}
+    if prep.get("trl"):  # what TRL's fused head costs by itself, against full logits, at this run's shape
+        positions = max(p[1] for p in prep["per_step"])
+        for head in ("trl", "full"):
+            note(f"LM head alone: {head}, {positions} positions")
+            heads[head] = run_worker("head", {**base, "head": head, "positions": positions, "hidden": prep["hidden"],
+                                              "vocab": prep["vocab"]}, work, f"head-{head}", 1, script, args.trl_path)
+    print(report(args, prep, runs, quiet, t_all, heads), flush=True)
     if not args.keep and not args.work:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -281,7 +281,39 @@ def w_hf(spec: dict) -> dict:
     return {**_run_trainer(trainer, _step_recorder(), t0, []), "events": clock.events}
 
 
-WORKERS = {"prep": w_prep, "vlmtune": w_vlmtune, "trl": w_trl, "hf": w_hf}
+def w_head(spec: dict) -> dict:
+    """The LM head + loss alone, forward and backward, on random bf16 hidden states of one batch's shape (all its
+    positions) under bf16 autocast: TRL's fused chunked head (as SFTTrainer calls it) or the full logits with
+    float32 cross-entropy (what the model's own loss does). Returns the RSS high-water mark before and after."""
+    import resource
+
+    import torch
+
+    def rss() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    torch.manual_seed(0)
+    n, d, v = spec["positions"], spec["hidden"], spec["vocab"]
+    weight = torch.randn(v, d, dtype=torch.bfloat16) * 0.02
+    hidden = torch.randn(n, d, dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.randint(0, v, (n,))
+    before, t = rss(), time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        if spec["head"] == "trl":
+            from trl.kernels import ChunkedLogProbFunction
+            from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+            out = ChunkedLogProbFunction.apply(hidden, weight, None, targets, 1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None,
+                                               1.0, ("log_probs", "entropy", "is_top1"))
+            loss = -out[0].mean()
+        else:
+            logits = hidden @ weight.t()  # [n, vocab]
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+    loss.backward()
+    return {"before_mib": before, "after_mib": rss(), "seconds": time.perf_counter() - t}
+
+
+WORKERS = {"prep": w_prep, "vlmtune": w_vlmtune, "trl": w_trl, "hf": w_hf, "head": w_head}
 
 
 def worker_main(name: str, spec_path: str, result_path: str) -> None:
