@@ -69,19 +69,21 @@ def other_cores(trace: list, lo: float, hi: float) -> float:
     return max(0.0, ((b1 - b0) - (c1 - c0)) / os.sysconf("SC_CLK_TCK") / (t1 - t0))
 
 
-def run_worker(name: str, spec: dict, work: Path, tag: str, warmup: int = 1) -> dict:
+def run_worker(name: str, spec: dict, work: Path, tag: str, warmup: int = 1, script: Path = SCRIPT,
+               pythonpath: str | None = None) -> dict:
     """One fresh subprocess; returns its result plus wall time, peak RSS (os.wait4's ru_maxrss, KiB on Linux) and
     `other_cores`: CPU time other processes used during its timed window (machine busy time minus the child's), per
-    second. perf_counter is CLOCK_MONOTONIC, shared by parent and child, so the worker's step times line up."""
+    second. perf_counter is CLOCK_MONOTONIC, shared by parent and child, so the worker's step times line up.
+    `script` is the benchmark whose `--worker` mode runs it; `pythonpath` goes before src/ on the child's path."""
     spec_path, result_path, log_path = (work / f"{tag}.{ext}" for ext in ("spec.json", "result.json", "log"))
     spec_path.write_text(json.dumps(spec))
     result_path.unlink(missing_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": os.pathsep.join(filter(None, [pythonpath, str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     trace = []  # (perf_counter, machine busy ticks, the child's CPU ticks), every 0.2 s
     with open(log_path, "w") as log:
         t = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, str(SCRIPT), "--worker", name, str(spec_path),
+        proc = subprocess.Popen([sys.executable, str(script), "--worker", name, str(spec_path),
                                  str(result_path)], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -107,6 +109,37 @@ def run_worker(name: str, spec: dict, work: Path, tag: str, warmup: int = 1) -> 
     if said:
         out["vision_cache_said"] = said[-1]
     return out
+
+
+class QuietRuns:
+    """Timed runs on a shared machine: each waits for other processes to use fewer than `quiet_cores` cores (at most
+    `quiet_wait` s) and is repeated (at most `retries` times) while they used more during its timed window; the
+    least disturbed attempt is kept. `discarded` and `disturbed` list the others and the kept disturbed ones."""
+
+    def __init__(self, work: Path, warmup: int, quiet_cores: float, quiet_wait: float, retries: int, note,
+                 script: Path = SCRIPT, pythonpath: str | None = None):
+        self.work, self.warmup, self.note, self.script, self.pythonpath = work, warmup, note, script, pythonpath
+        self.quiet_cores, self.quiet_wait, self.retries = quiet_cores, quiet_wait, retries
+        self.discarded: list[str] = []
+        self.disturbed: list[str] = []
+
+    def run(self, kind: str, spec: dict, tag: str) -> dict:
+        tries = []
+        for attempt in range(self.retries + 1):
+            wait_quiet(self.quiet_wait, self.quiet_cores, self.note)
+            r = run_worker(kind, spec, self.work, tag, self.warmup, self.script, self.pythonpath)
+            self.note(f"  {tag}: {r['wall']:.1f}s, other processes used {r['other_cores']:.2f} cores in its timed "
+                      "window")
+            tries.append(r)
+            if not r["other_cores"] > self.quiet_cores:
+                break
+            if attempt < self.retries:
+                self.note(f"  {tag}: disturbed, running it again")
+        kept = min(tries, key=lambda x: x["other_cores"])
+        self.discarded.extend(f"{tag} ({x['other_cores']:.2f} cores)" for x in tries if x is not kept)
+        if kept["other_cores"] > self.quiet_cores:
+            self.disturbed.append(f"{tag} ({kept['other_cores']:.2f} cores)")
+        return kept
 
 
 def throughput(run: dict, warmup: int, batch: int, per_step: list | None = None, lo: int | None = None,

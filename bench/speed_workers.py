@@ -81,7 +81,8 @@ def _hf_args(cls, spec: dict, out: Path, **extra):
         output_dir=str(out), per_device_train_batch_size=spec["batch"], gradient_accumulation_steps=1,
         max_steps=spec["steps"], learning_rate=spec["lr"], lr_scheduler_type="cosine", warmup_steps=0,
         weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=1.0, optim="adamw_torch",
-        logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", use_cpu=True, bf16=False,
+        logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none", use_cpu=True,
+        bf16=spec.get("mixed_precision", "no") == "bf16",
         seed=spec["seed"], data_seed=spec["seed"], train_sampling_strategy="sequential", dataloader_num_workers=0,
         disable_tqdm=True, gradient_checkpointing=False, **extra,
     )
@@ -241,13 +242,14 @@ def _vlmtune_cfg(spec: dict):
 
     d = {
         "name": spec["name"], "out_dir": str(Path(spec["work"]) / "runs"), "report": False,
-        "model": {"family": "llava", "path": "builtin", "builtin": spec.get("builtin", {})},
+        "model": spec.get("model") or {"family": "llava", "path": "builtin", "builtin": spec.get("builtin", {})},
         "lora": {"enabled": True, "r": spec["lora_r"], "alpha": spec["lora_alpha"], "dropout": spec["lora_dropout"]},
-        "data": {"path": spec["data"], "val_split": None, "max_length": MAX_LENGTH},
+        "data": {"path": spec["data"], "val_split": None, "max_length": spec.get("max_length", MAX_LENGTH)},
         "train": {"seed": spec["seed"], "max_steps": spec["steps"], "micro_batch_size": spec["batch"],
                   "global_batch_size": spec["batch"], "lr": spec["lr"], "weight_decay": 0.0, "warmup_steps": 0,
                   "schedule": "cosine", "grad_clip": 1.0, "log_every": 1, "eval_every": 0, "save_every": 0,
-                  "trackers": [], "progress": False, "mixed_precision": "no"},
+                  "trackers": [], "progress": False, "mixed_precision": spec.get("mixed_precision", "no"),
+                  **spec.get("train", {})},
     }
     path = Path(spec["work"]) / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(d, sort_keys=False))

@@ -48,7 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from speed_harness import run_worker, wait_quiet
+from speed_harness import QuietRuns, run_worker
 from speed_report import FRAMEWORKS, report
 from speed_workers import REPO, worker_main
 
@@ -72,27 +72,9 @@ def parent_main(args) -> None:
                       os.path.relpath(__file__, REPO), *sys.argv[1:]])
     print(f"```\n$ {cmd}\n```\n", flush=True)
 
-    discarded: list[str] = []
-    disturbed: list[str] = []
-
-    def timed_run(kind: str, spec: dict, tag: str) -> dict:
-        """A run, repeated (at most --retries times) while other processes used more than --quiet-cores during
-        its timed window; the least disturbed attempt is kept."""
-        tries = []
-        for attempt in range(args.retries + 1):
-            wait_quiet(args.quiet_wait, args.quiet_cores, note)
-            r = run_worker(kind, spec, work, tag, args.warmup)
-            note(f"  {tag}: {r['wall']:.1f}s, other processes used {r['other_cores']:.2f} cores in its timed window")
-            tries.append(r)
-            if not r["other_cores"] > args.quiet_cores:
-                break
-            if attempt < args.retries:
-                note(f"  {tag}: disturbed, running it again")
-        kept = min(tries, key=lambda x: x["other_cores"])
-        discarded.extend(f"{tag} ({x['other_cores']:.2f} cores)" for x in tries if x is not kept)
-        if kept["other_cores"] > args.quiet_cores:
-            disturbed.append(f"{tag} ({kept['other_cores']:.2f} cores)")
-        return kept
+    quiet = QuietRuns(work, args.warmup, args.quiet_cores, args.quiet_wait, args.retries, note)
+    timed_run = quiet.run
+    discarded, disturbed = quiet.discarded, quiet.disturbed
 
     # ---- prep: data, vlmtune's order, tokens per step, TRL batch check
     note("prep: synthesize data, fix the order, check TRL's batches")
