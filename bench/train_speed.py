@@ -12,7 +12,8 @@ Same model, data, LoRA, batch, steps, learning rate, schedule, optimizer, clippi
   (`Mixture.step_items(seed, step, batch)`); TRL and the HF Trainer read that list with a sequential sampler;
 - LoRA r=8, alpha 16, dropout 0 (so that no random numbers are drawn while training and the three loss curves
   can be compared step by step) on the family's `lora_targets` (the language model's linears), projector trained
-  in full (`modules_to_save`), the way vlmtune sets it up; the adapters start from the same random init;
+  in full (`modules_to_save`; vlmtune with `train.freeze_projector: false`, since issue 19 its
+  LoRA default freezes it); the adapters start from the same random init;
 - AdamW (0.9, 0.95), weight decay 0, cosine to 0 without warmup, gradient clipping 1.0, fp32, batch 8.
 
 (a) vlmtune: `train(RunCfg)` with eval off (no val split), save_every 0 (one checkpoint, after the last step,
@@ -63,7 +64,7 @@ def parent_main(args) -> None:
     data = Path(args.data).resolve() if args.data else work / f"fashion-n{args.n}-seed0"
     base = {"work": str(work), "data": str(data), "n": args.n, "seed": args.seed, "batch": args.batch,
             "steps": args.steps, "lr": args.lr, "lora_r": 8, "lora_alpha": 16, "lora_dropout": args.lora_dropout,
-            "builtin": {}}
+            "builtin": {}, "train": {"freeze_projector": False}}  # the projector trained, as TRL's and HF's workers do
 
     def note(msg: str) -> None:
         print(f"[{time.perf_counter() - t_all:6.1f}s] {msg}", file=sys.stderr, flush=True)
