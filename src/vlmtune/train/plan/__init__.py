@@ -92,8 +92,8 @@ class _Parts:
     sharding: memory.Sharding
 
 
-def _memory(p: _Parts, cfg: RunCfg, sharding: memory.Sharding, micro: int | None = None) -> dict:
-    micro = micro or cfg.train.micro_batch_size
+def _memory(p: _Parts, cfg: RunCfg, sharding: memory.Sharding) -> dict:
+    micro = cfg.train.micro_batch_size
     pad = padding(p.lengths.tokens, micro, 1, cfg.train.group_by_length, cfg.train.packing)
     q = cfg.model.quantization
     if q is not None or p.cfg.model.quantization is not None:
@@ -101,41 +101,49 @@ def _memory(p: _Parts, cfg: RunCfg, sharding: memory.Sharding, micro: int | None
     else:
         quantised = 0
     state = memory.state_bytes(p.model, q, quantised)
-    targets = set(cfg.lora.targets or p.family.lora_targets) if cfg.lora.enabled else set()
+    targets = tuple(cfg.lora.targets or p.family.lora_targets) if cfg.lora.enabled else ()
     return memory.predict(cfg, p.dims, state, _shape(cfg, p.lengths, micro, pad), sharding, targets)
 
 
 def _alternatives(p: _Parts, budget: float, gpus: int) -> list[dict]:
-    """The cheapest changes that make the run fit, each with its predicted peak (the memory model re-run)."""
+    """The changes that make the run fit, cheapest first (a smaller micro-batch with more accumulation costs least,
+    then gradient checkpointing (~30% more compute), ZeRO-3 (communication), a 4-bit base (QLoRA: slower, a little
+    less accurate)), each alone with its predicted peak (the memory model re-run), then, when none fits alone, the
+    combination of all of them in that order up to the first that fits."""
     cfg, t = p.cfg, p.cfg.train
-    options: list[tuple[str, RunCfg, memory.Sharding, int | None]] = []
+    steps: list[tuple[str, Any]] = []
+    if t.micro_batch_size > 1:
+        steps.append((f"--train.micro_batch_size 1 (same global batch {t.global_batch_size}, more accumulation)",
+                      lambda c, s: (dataclasses.replace(c, train=dataclasses.replace(c.train, micro_batch_size=1)),
+                                    s)))
     if not t.gradient_checkpointing:
-        options.append(("--train.gradient_checkpointing true (~30% more compute)",
-                        dataclasses.replace(cfg, train=dataclasses.replace(t, gradient_checkpointing=True)),
-                        p.sharding, None))
-    for micro in (t.micro_batch_size // 2, 1):
-        if 1 <= micro < t.micro_batch_size and t.global_batch_size % micro == 0:
-            options.append((f"--train.micro_batch_size {micro} (same global batch {t.global_batch_size}, more "
-                            f"accumulation)", dataclasses.replace(cfg, train=dataclasses.replace(
-                                t, micro_batch_size=micro)), p.sharding, micro))
-    if cfg.lora.enabled and cfg.model.quantization is None:
-        options.append(("QLoRA: --model.quantization.bits 4 (4-bit NF4 base)",
-                        dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, quantization=QuantCfg())),
-                        p.sharding, None))
+        steps.append(("--train.gradient_checkpointing true (~30% more compute)",
+                      lambda c, s: (dataclasses.replace(c, train=dataclasses.replace(c.train,
+                                                                                     gradient_checkpointing=True)), s)))
     if gpus > 1 and p.sharding.mode not in ("zero3", "fsdp"):
-        options.append((f"ZeRO-3 over {gpus} GPUs (accelerate launch --config_file configs/accelerate/zero3.yaml)",
-                        cfg, memory.Sharding("zero3", gpus), None))
+        steps.append((f"ZeRO-3 over {gpus} GPUs (accelerate launch --config_file configs/accelerate/zero3.yaml)",
+                      lambda c, s: (c, memory.Sharding("zero3", gpus))))
+    if cfg.lora.enabled and cfg.model.quantization is None:
+        steps.append(("QLoRA: --model.quantization.bits 4 (a 4-bit NF4 base)",
+                      lambda c, s: (dataclasses.replace(c, model=dataclasses.replace(c.model, quantization=QuantCfg())),
+                                    s)))
     out = []
-    for what, alt, sharding, micro in options:
-        m = _memory(p, alt, sharding, micro)
-        out.append({"change": what, "peak_bytes": m["total"], "fits": m["total"] + RUNTIME_RESERVE <= budget})
-    if not cfg.train.gradient_checkpointing and cfg.lora.enabled:
-        both = dataclasses.replace(cfg, train=dataclasses.replace(t, gradient_checkpointing=True, micro_batch_size=1)
-                                   ) if t.global_batch_size % 1 == 0 else cfg
-        m = _memory(p, both, p.sharding, 1)
-        out.append({"change": "gradient checkpointing and micro-batch 1 together", "peak_bytes": m["total"],
-                    "fits": m["total"] + RUNTIME_RESERVE <= budget})
-    return sorted(out, key=lambda o: (not o["fits"], -o["peak_bytes"] if o["fits"] else o["peak_bytes"]))
+    for what, change in steps:
+        alt, sharding = change(cfg, p.sharding)
+        peak = _memory(p, alt, sharding)["total"]
+        out.append({"change": what, "peak_bytes": peak, "fits": peak + RUNTIME_RESERVE <= budget})
+    if out and not any(o["fits"] for o in out):
+        alt, sharding, names = cfg, p.sharding, []
+        for what, change in steps:
+            alt, sharding = change(alt, sharding)
+            names.append(what.split(" (")[0])
+            peak = _memory(p, alt, sharding)["total"]
+            if peak + RUNTIME_RESERVE <= budget or len(names) == len(steps):
+                break
+        if len(names) > 1:
+            out.append({"change": "together: " + " + ".join(names), "peak_bytes": peak,
+                        "fits": peak + RUNTIME_RESERVE <= budget})
+    return out
 
 
 def make_plan(cfg: RunCfg, data: str | Path | None = None, gpus: int = 1, gpu_memory: str | float | None = None,
@@ -179,7 +187,8 @@ def make_plan(cfg: RunCfg, data: str | Path | None = None, gpus: int = 1, gpu_me
     lang_mode = ("trained" if not cfg.lora.enabled and not cfg.train.freeze_language
                  else "passes" if cfg.lora.enabled else "frozen")
     vision_trained = mem["vision_trained"]
-    flops = speed.step_flops(counts, dims, n_tokens=int(gb * mean(lengths.tokens) / max(1e-9, 1 - pad["padding_fraction"])),
+    positions = gb * mean(lengths.tokens) / max(1e-9, 1 - pad["padding_fraction"])  # padding computes too
+    flops = speed.step_flops(counts, dims, n_tokens=int(positions),
                              n_patches=int(gb * mean(lengths.patches)), n_targets=int(gb * mean(lengths.targets)),
                              row_len=int(mean(lengths.tokens)), lang_mode=lang_mode,
                              adapters=counts["trainable"]["groups"].get("language/lora", 0),
@@ -284,11 +293,10 @@ def render(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def plan_for_train(cfg: RunCfg, run_dir: Path, main_process: bool) -> Plan | None:
-    """`vlmtune train`'s plan: printed (stderr) and saved as run_dir/plan.json by the main process. Never fails the
-    run: when the plan cannot be made (no config files offline, ...) it says why in one line."""
-    if not main_process:
-        return None
+def plan_for_train(cfg: RunCfg, run_dir: Path) -> Plan | None:
+    """`vlmtune train`'s plan (its main process calls it): printed (stderr) and saved as run_dir/plan.json, over at
+    most 200 samples of the data. Never fails the run: when the plan cannot be made (no config files offline, ...)
+    it says why in one line."""
     try:
         plan = make_plan(cfg, max_samples=200)
     except Exception as e:  # noqa: BLE001 - the plan is advice: training goes on without it

@@ -16,8 +16,8 @@ et al. 2022, "Reducing Activation Recomputation in Large Transformer Models" (ar
 bytes per layer for a GPT layer in 16 bits, plus 5·a·s²·b for the attention scores). Changes: the attention scores
 are not stored (sdpa / flash attention keep only q, k, v, the output and a log-sum-exp per row), grouped-query
 attention has smaller k and v, the MLP is gated (SwiGLU: gate, up, their activation and product, 4 x intermediate),
-RMSNorm keeps its float32 input, no dropout in the base model, and LoRA adds its own saved inputs (one dropout
-output and mask per adapted Linear when lora.dropout > 0). Under LoRA a frozen Linear saves nothing for its weight.
+a frozen Linear saves nothing for its weight, and LoRA adds the float32 copies of the inputs peft hands its adapters
+(see `language_activations`, whose terms were checked tensor by tensor with saved_tensors_hooks).
 With gradient checkpointing each layer keeps only its input, and one layer's activations exist at a time during
 recomputation. A frozen vision tower that no gradient passes (LoRA on the language model, or freeze_vision) saves
 nothing: only one block's transient forward exists.
@@ -90,28 +90,41 @@ def state_bytes(model, q, quantised: int) -> dict:
     return {"weights": weights, "grads": grads, "optimizer": 2 * grads}
 
 
-def language_activations(d: Dims, cfg: RunCfg, shape: Shape, lora_targets: set[str], act_bytes: int) -> dict:
-    """Saved activations of the language model for one micro-batch (bytes), with and without checkpointing."""
+LINEAR_INPUTS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def adapted(lora_targets: tuple[str, ...]) -> list[str]:
+    """Which of a decoder layer's Linears LoRA adapts: each name that a target (a suffix or a regex) mentions."""
+    text = " ".join(lora_targets)
+    return [name for name in LINEAR_INPUTS if name in text]
+
+
+def language_activations(d: Dims, cfg: RunCfg, shape: Shape, lora_targets: tuple[str, ...], act_bytes: int) -> dict:
+    """Saved activations of the language model for one micro-batch (bytes), with and without checkpointing.
+
+    Per token and layer, in the compute dtype: 5·h + 2·kv + 4·I (the attention's normed input, q, its output twice
+    (sdpa's output and o_proj's input), k and v; the MLP's normed input, gate, up, act(gate) and their product).
+    Under LoRA each adapted Linear also saves its input as peft hands it to lora_A: cast to the adapters' float32
+    (and through dropout), so one float32 copy of h (q/k/v/o/gate/up) or I (down) each, whenever the base is
+    bf16/fp16 or lora.dropout > 0. Plus the final norm's float32 input once, and a backward workspace of one
+    layer's MLP gradients (T·I in 3 compute-dtype and 1 float32 tensors). Checked with
+    torch.autograd.graph.saved_tensors_hooks on a Qwen2-VL layer (tests/train/test_plan_memory.py)."""
     h, inter = d.hidden, d.intermediate
     kv = d.kv_heads * (h // d.heads)
     tokens = shape.rows * shape.seq
     lora, full = cfg.lora.enabled, not cfg.lora.enabled and not cfg.train.freeze_language
     if not lora and not full:
-        return {"saved": 0.0, "checkpointed": 0.0, "per_layer": 0.0}
-    # elements per token in the compute dtype
-    attn = h + h + 2 * kv + h + h  # norm output (q/k/v input), q, k, v, sdpa output (o_proj input)
-    mlp = h + 4 * inter  # norm output (gate/up input), gate, up, act(gate), act(gate)*up (down input)
-    fp32 = 2 * 2 * h  # two RMSNorms: their float32 input and normalised value
-    masks = 0
-    if lora and cfg.lora.dropout > 0:
-        ins = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": h, "gate_proj": h, "up_proj": h, "down_proj": inter}
-        extra = sum(n for name, n in ins.items() if name in lora_targets)
-        attn, masks = attn + extra, extra  # one dropout output per adapted Linear, and its bool mask
-    per_token = (attn + mlp) * act_bytes + fp32 * 4 + masks
+        return {"saved": 0.0, "checkpointed": 0.0, "per_layer": 0.0, "workspace": 0.0}
+    per_token = (5 * h + 2 * kv + 4 * inter) * act_bytes
+    if lora and (act_bytes != 4 or cfg.lora.dropout > 0):
+        widths = {name: inter if name == "down_proj" else h for name in LINEAR_INPUTS}
+        per_token += 4 * sum(widths[name] for name in adapted(lora_targets))
     per_layer = per_token * tokens
-    saved = per_layer * d.layers
-    checkpointed = tokens * h * act_bytes * d.layers + per_layer  # layer inputs + one layer recomputed
-    return {"saved": saved, "checkpointed": checkpointed, "per_layer": per_layer}
+    final = tokens * h * 4
+    workspace = tokens * inter * (3 * act_bytes + 4)
+    saved = per_layer * d.layers + final + workspace
+    checkpointed = tokens * h * act_bytes * d.layers + per_layer + final + workspace  # inputs + one layer recomputed
+    return {"saved": saved, "checkpointed": checkpointed, "per_layer": per_layer, "workspace": workspace}
 
 
 def vision_activations(d: Dims, cfg: RunCfg, shape: Shape, act_bytes: int) -> dict:
@@ -134,13 +147,20 @@ def logits_bytes(d: Dims, shape: Shape, act_bytes: int) -> dict:
             "answer_positions": shape.targets, "full_positions": shape.rows * shape.seq}
 
 
+def inputs_bytes(d: Dims, shape: Shape, act_bytes: int) -> float:
+    """The micro-batch itself: input ids, attention mask and labels (int64) and the pixel values (3 x patch² per
+    vision position, in the compute dtype)."""
+    return shape.rows * shape.seq * 8 * 3 + shape.patches * 3 * d.patch_size**2 * act_bytes
+
+
 def vision_cache_bytes(n_images: int, mean_image_tokens: float, d: Dims, dtype_bytes: int) -> float:
     """The frozen-vision cache's features (train/vision_cache.py): per image, its image tokens x the language model's
     width in the base dtype (get_image_features' output), one safetensors file each."""
     return n_images * mean_image_tokens * d.hidden * dtype_bytes
 
 
-def predict(cfg: RunCfg, d: Dims, state: dict, shape: Shape, sharding: Sharding, lora_targets: set[str]) -> dict:
+def predict(cfg: RunCfg, d: Dims, state: dict, shape: Shape, sharding: Sharding, lora_targets: tuple[str, ...]
+            ) -> dict:
     """The itemised peak of one step per GPU (bytes) and its total under `train.gradient_checkpointing`."""
     act_bytes = DTYPE_BYTES[cfg.model.dtype]
     lang = language_activations(d, cfg, shape, lora_targets, act_bytes)
@@ -155,6 +175,7 @@ def predict(cfg: RunCfg, d: Dims, state: dict, shape: Shape, sharding: Sharding,
         "optimizer": state["optimizer"] * sharding.share("optimizer"),
         "activations": activations,
         "logits": logits["answer_only"],
+        "inputs": inputs_bytes(d, shape, act_bytes),
     }
     return {"items": items, "total": sum(items.values()),
             "activations_without_checkpointing": lang["saved"] + vis["saved"],
