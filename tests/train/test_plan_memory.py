@@ -1,11 +1,12 @@
 """`vlmtune plan`'s memory model against a measurement: predicted vs measured peak of one training step within 15%,
 on CPU, at real width (the real config.json of ../shared/real-models with its depth cut to 2 language and 2 vision
 layers: real hidden sizes, real vocabulary), LoRA r=16 with dropout, bf16 under the loop's autocast, a micro-batch of
-2 of the plan's assumed sample (one 448x448 image) encoded by the real processor.
+2 (SmolVLM in the default suite: 1) of the plan's assumed sample (one 448x448 image) encoded by the real processor.
 
 The measurement (tests/train/plan_measure.py, a fresh process) counts the bytes of live tensor storages, as a GPU's
-allocated-bytes counter would, not RSS. The plan reads the same cut config. SmolVLM runs in the default suite (~20 s);
-Qwen2-VL-2B and LLaVA-1.5-7B (1.1 and 2 GB) are `large`.
+allocated-bytes counter would, not RSS. The plan reads the same cut config. SmolVLM at micro-batch 1 runs in the
+default suite (~40 s on a quiet 2-core machine, mostly imports in the fresh process); Qwen2-VL-2B and LLaVA-1.5-7B
+(1.1 and 2.4 GB) and SmolVLM at micro-batch 2 are `large`.
 """
 
 from __future__ import annotations
@@ -62,15 +63,20 @@ def predicted_vs_measured(tmp_path: Path, folder: str, family: str, micro: int =
     return plan.memory["total"], measured["peak"], items
 
 
-def check(tmp_path, folder, family):
+def check(tmp_path, folder, family, micro=2):
     if not (REAL / folder / "config.json").is_file():
         pytest.skip(f"{folder} is not in ../shared/real-models")
-    predicted, measured, _ = predicted_vs_measured(tmp_path, folder, family)
+    predicted, measured, _ = predicted_vs_measured(tmp_path, folder, family, micro)
     assert abs(predicted - measured) / measured <= TOLERANCE, (predicted, measured)
 
 
 def test_smolvlm_peak_memory_within_15_percent(tmp_path):
-    check(tmp_path, "HuggingFaceTB__SmolVLM2-256M-Video-Instruct", "smolvlm")
+    check(tmp_path, "HuggingFaceTB__SmolVLM2-256M-Video-Instruct", "smolvlm", micro=1)
+
+
+@pytest.mark.large
+def test_smolvlm_micro_batch_2_peak_memory_within_15_percent(tmp_path):
+    check(tmp_path, "HuggingFaceTB__SmolVLM2-256M-Video-Instruct", "smolvlm", micro=2)
 
 
 @pytest.mark.large

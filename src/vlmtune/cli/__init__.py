@@ -7,7 +7,7 @@
     vlmtune models
 """
 
-# One module per noun, each with its commands and their parsers (add_parsers): data (data ...), run (train, eval,
+# One module per noun, each with its commands and their parsers (add_parsers): data (data ...), plan, run (train, eval,
 # predict, export, demo), serve, chart, retrieve, models (models, compose); flags holds the argparse helpers they
 # share. This file only builds the parser from them and runs the command.
 

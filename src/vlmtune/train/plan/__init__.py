@@ -105,6 +105,10 @@ def _memory(p: _Parts, cfg: RunCfg, sharding: memory.Sharding) -> dict:
     return memory.predict(cfg, p.dims, state, _shape(cfg, p.lengths, micro, pad), sharding, targets)
 
 
+def _micro(cfg: RunCfg, micro: int) -> RunCfg:
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, micro_batch_size=micro))
+
+
 def _alternatives(p: _Parts, budget: float, gpus: int) -> list[dict]:
     """The changes that make the run fit, cheapest first (a smaller micro-batch with more accumulation costs least,
     then gradient checkpointing (~30% more compute), ZeRO-3 (communication), a 4-bit base (QLoRA: slower, a little
@@ -112,10 +116,13 @@ def _alternatives(p: _Parts, budget: float, gpus: int) -> list[dict]:
     combination of all of them in that order up to the first that fits."""
     cfg, t = p.cfg, p.cfg.train
     steps: list[tuple[str, Any]] = []
-    if t.micro_batch_size > 1:
-        steps.append((f"--train.micro_batch_size 1 (same global batch {t.global_batch_size}, more accumulation)",
-                      lambda c, s: (dataclasses.replace(c, train=dataclasses.replace(c.train, micro_batch_size=1)),
-                                    s)))
+    if t.micro_batch_size > 1:  # the largest micro-batch (halving) that fits, else 1
+        sizes = sorted({m for m in (t.micro_batch_size // 2, t.micro_batch_size // 4, t.micro_batch_size // 8, 1)
+                        if m >= 1 and t.global_batch_size % m == 0}, reverse=True)
+        micro = next((m for m in sizes if _memory(p, _micro(cfg, m), p.sharding)["total"] + RUNTIME_RESERVE
+                      <= budget), 1)
+        steps.append((f"--train.micro_batch_size {micro} (same global batch {t.global_batch_size}, more "
+                      "accumulation)", lambda c, s, m=micro: (_micro(c, m), s)))
     if not t.gradient_checkpointing:
         steps.append(("--train.gradient_checkpointing true (~30% more compute)",
                       lambda c, s: (dataclasses.replace(c, train=dataclasses.replace(c.train,
@@ -215,7 +222,9 @@ def make_plan(cfg: RunCfg, data: str | Path | None = None, gpus: int = 1, gpu_me
         vc = memory.vision_cache_bytes(n_images, mean(lengths.image_tokens), dims,
                                        memory.DTYPE_BYTES[cfg.model.dtype])
     mem["vision_cache"] = {"disk_bytes": vc, "ram_bytes": min(vc, 2 << 30) if vc is not None else None,
-                           "note": "one image per sample assumed" if vc is not None else "off for this recipe"}
+                           "note": "every training sample's image features: its image tokens x hidden size in "
+                                   f"{cfg.model.dtype}, in RAM up to 2 GiB" if vc is not None
+                           else "off for this recipe (the vision side trains, hflip, or the family has none)"}
     recipe = {"name": cfg.name, "family": family.name, "model": cfg.model.path, "dtype": cfg.model.dtype,
               "lora": cfg.lora.enabled, "quantization": dataclasses.asdict(cfg.model.quantization)
               if cfg.model.quantization else None, "micro_batch_size": cfg.train.micro_batch_size,
@@ -234,6 +243,12 @@ def make_plan(cfg: RunCfg, data: str | Path | None = None, gpus: int = 1, gpu_me
 
 def _gb(n: float | None) -> str:
     return "-" if n is None else f"{n / memory.GIB:.2f} GiB"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def _count(n: float) -> str:
@@ -276,10 +291,10 @@ def render(plan: Plan) -> str:
               + (f"; per epoch {s['flops_per_epoch']:.3g} ({s['steps_per_epoch']} steps)"
                  if s["flops_per_epoch"] else "")]
     if s["gpu"]:
-        epoch = (f"epoch {s['seconds_per_epoch'] / 3600:.2f} h ({s['gpu_hours_per_epoch']:.2f} GPU-hours), "
+        epoch = (f"epoch {_duration(s['seconds_per_epoch'])} ({s['gpu_hours_per_epoch']:.2f} GPU-hours), "
                  if s.get("seconds_per_epoch") else "")
         lines.append(f"  time on {s['gpus']} x {s['gpu']} at MFU {s['mfu']:.2f}: {s['seconds_per_step']:.2f} s/step, "
-                     f"{epoch}max_steps {s['seconds_max_steps'] / 3600:.2f} h ({s['gpu_hours_max_steps']:.2f} "
+                     f"{epoch}max_steps {_duration(s['seconds_max_steps'])} ({s['gpu_hours_max_steps']:.2f} "
                      f"GPU-hours)")
     if v["fits"] is None:
         lines.append("  verdict: no --gpu-memory or --gpu given: memory reported only")
