@@ -65,30 +65,38 @@ def test_trainable_counts_match_the_recipe_check(qwen25_plan):
     assert plan.params["trainable"]["groups"] == {"language/lora": 29933568}
 
 
+SMOL = REAL / "HuggingFaceTB__SmolVLM2-256M-Video-Instruct"
+
+
 @needs
 @pytest.mark.parametrize("size", [(224, 224), (640, 480), (1000, 300)])
-def test_image_tokens_match_the_real_processor(size, tmp_path):
-    """Image tokens and sequence length of a sample at a real size: the processor's own count of <|image_pad|>."""
-    cfg = RunCfg.from_dict({"model": {"family": "qwen2_5_vl", "path": str(QWEN25), "dtype": "bfloat16"},
+@pytest.mark.parametrize("family_name, folder", [("qwen2_5_vl", QWEN25), ("smolvlm", SMOL)])
+def test_image_tokens_match_the_real_processor(family_name, folder, size, tmp_path):
+    """Image tokens of an image at a real size (the family's `image_tokens`, which the plan reports) equal the image
+    tokens the real processor puts into the encoded sample (dynamic resolution for Qwen, tiles for SmolVLM); the
+    sequence length and vision positions are the encoded sample's."""
+    cfg = RunCfg.from_dict({"model": {"family": family_name, "path": str(folder), "dtype": "bfloat16"},
                             "lora": {"enabled": True}, "train": {"mixed_precision": "bf16"}})
-    family = get_family("qwen2_5_vl")
-    processor = family.load_processor(str(QWEN25))
+    family = get_family(family_name)
+    processor = family.load_processor(str(folder))
     root = tmp_path / "data"
     (root / "images").mkdir(parents=True)
     Image.new("RGB", size, (10, 200, 30)).save(root / "images/a.png")
     row = {"id": "a", "messages": [user("What colour?"), assistant("green")], "images": ["images/a.png"],
            "split": "train"}
     (root / "manifest.jsonl").write_text(json.dumps(row) + "\n")
-    lengths = measure_lengths(cfg, family, processor, 14, root)
-    img = Image.open(root / "images/a.png")
-    ids = processor(text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[img])["input_ids"][0]
-    pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    assert lengths.image_tokens == [sum(1 for i in ids if i == pad)]
+    patch = 16 if family_name == "smolvlm" else 14  # the vision configs' patch_size
+    lengths = measure_lengths(cfg, family, processor, patch, root)
     sample = Sample(id="a", messages=row["messages"], images=row["images"])
-    batch = family.encode(processor, [sample], [[img]], "train", 1 << 20)
-    assert lengths.tokens == [batch.inputs["input_ids"].shape[1]]
-    assert lengths.patches == [batch.inputs["pixel_values"].shape[0]]
-    assert lengths.targets[0] == 2  # "green" and <|im_end|>
+    batch = family.encode(processor, [sample], [[Image.open(root / "images/a.png")]], "train", 1 << 20)
+    ids = batch.inputs["input_ids"][0].tolist()
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    print(family_name, size, lengths.summary()["image_tokens"], ids.count(image_id))
+    assert lengths.image_tokens == [ids.count(image_id)] and lengths.image_tokens[0] > 0
+    assert lengths.tokens == [len(ids)]
+    pixels = batch.inputs["pixel_values"]  # Qwen: [patches, C*T*p*p]; SmolVLM: [1, tiles, 3, 512, 512]
+    assert lengths.patches == [pixels.shape[0] if pixels.ndim == 2 else pixels.shape[1] * (512 // patch) ** 2]
+    assert lengths.targets[0] >= 2  # "green" and the end token
 
 
 def test_padding_is_simulated_on_the_recipe_batching():
