@@ -73,9 +73,8 @@ def _processor(cfg: RunCfg, family):
 
 def _shape(cfg: RunCfg, lengths: Lengths, rows: int, pad: dict) -> memory.Shape:
     """The worst micro-batch: `rows` samples as long as the longest measured one (packed: one row of them)."""
-    longest = max(lengths.tokens)
-    seq = pad["longest_row"] if cfg.train.packing else longest
-    return memory.Shape(rows=1 if cfg.train.packing else rows, seq=seq if cfg.train.packing else longest,
+    seq = pad["longest_row"] if cfg.train.packing else max(lengths.tokens)
+    return memory.Shape(rows=1 if cfg.train.packing else rows, seq=seq,
                         targets=rows * max(lengths.targets), patches=rows * max(lengths.patches),
                         images=rows, image_tokens=rows * max(lengths.image_tokens))
 
@@ -86,8 +85,7 @@ class _Parts:
     family: Any
     dims: Any
     model: Any
-    counts: dict
-    quantisable: int
+    """The meta model after make_trainable."""
     lengths: Lengths
     sharding: memory.Sharding
 
@@ -185,7 +183,7 @@ def make_plan(cfg: RunCfg, data: str | Path | None = None, gpus: int = 1, gpu_me
         == 0 else 1
     pad = padding(lengths.tokens, cfg.train.micro_batch_size, accum, cfg.train.group_by_length, cfg.train.packing,
                   cfg.train.seed)
-    parts = _Parts(cfg, family, dims, trained, counts, 0, lengths, memory.Sharding(sharding, gpus))
+    parts = _Parts(cfg, family, dims, trained, lengths, memory.Sharding(sharding, gpus))
     mem = _memory(parts, cfg, parts.sharding)
     mem["runtime_reserve"] = RUNTIME_RESERVE
     n = len(lengths.tokens)
