@@ -83,7 +83,7 @@ def test_every_command_on_the_pages_parses(where, command, whole, monkeypatch):
         if not whole and not re.search(r"unrecognized arguments|argument \w*verb: invalid choice", str(e)):
             return  # a sentence naming the command, or its arguments as placeholders (JOB, --seed S)
         pytest.fail(f"{where}: `{command}` is refused by the command line: {e}")
-    if a.verb == "train":
+    if a.verb in ("train", "plan"):  # the verbs that take --section.key overrides
         config = REPO / a.config if a.config else None
         # the overrides' keys and values against the real recipe when the page names one in the repository
         RunCfg.from_file(config if config is not None and config.is_file() else None, rest)

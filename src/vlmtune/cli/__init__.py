@@ -7,7 +7,7 @@
     vlmtune models
 """
 
-# One module per noun, each with its commands and their parsers (add_parsers): data (data ...), run (train, eval,
+# One module per noun, each with its commands and their parsers (add_parsers): data (data ...), plan, run (train, eval,
 # predict, export, demo), serve, chart, retrieve, models (models, compose); flags holds the argparse helpers they
 # share. This file only builds the parser from them and runs the command.
 
@@ -19,7 +19,8 @@ import logging
 import os
 import sys
 
-from vlmtune.cli import chart, data, models, retrieve, run, serve
+from vlmtune.cli import chart, data, models, plan, retrieve, run, serve
+from vlmtune.cli.plan import cmd_plan
 from vlmtune.cli.retrieve import _route_retrieve
 from vlmtune.cli.run import cmd_train
 
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vlmtune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="verb", required=True)
-    for noun in (data, run, models, serve, retrieve, chart):
+    for noun in (data, run, plan, models, serve, retrieve, chart):
         noun.add_parsers(sub)
     return p
 
@@ -64,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = _route_retrieve(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     a, rest = parser.parse_known_args(argv)
-    if a.verb != "train" and rest:
+    if a.verb not in ("train", "plan") and rest:  # the verbs that take --section.key overrides
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        result = cmd_train(a, rest) if a.verb == "train" else a.fn(a)
+        result = cmd_train(a, rest) if a.verb == "train" else cmd_plan(a, rest) if a.verb == "plan" else a.fn(a)
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input: say what and where, without a traceback
         if os.environ.get("VLMTUNE_DEBUG"):
             raise

@@ -46,6 +46,7 @@ from vlmtune.train.batching import check_hflip, step_batches, trained_tokens_of
 from vlmtune.train.build import build_data, build_model, build_optimizer
 from vlmtune.train.checks import check_run
 from vlmtune.train.distributed import has_accelerator_device, launched, shards_parameters, vision_dummy
+from vlmtune.train.plan import plan_for_train
 from vlmtune.train.preflight import check_samples
 from vlmtune.train.trainable import train_autocast
 
@@ -123,6 +124,7 @@ def setup(cfg: RunCfg) -> State:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "run_config.yaml")
         data = build_data(cfg, run_dir)
+        plan_for_train(cfg, run_dir)  # what the run will cost: printed, and saved as plan.json (never fails the run)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:  # the same data; only rank 0 writes into the run directory (rejected.jsonl)
         with tempfile.TemporaryDirectory(prefix="vlmtune-rank-") as scratch:
