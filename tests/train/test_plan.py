@@ -154,11 +154,34 @@ def test_train_writes_plan_json(tmp_path, fashion_dir, capsys):
 def test_train_goes_on_when_the_plan_cannot_be_made(tmp_path, fashion_dir, capsys):
     from vlmtune.train.plan import plan_for_train
 
+    (tmp_path / "empty").mkdir()  # a directory without config.json: the plan says why in one line
     cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, fashion_dir, model={"family": "qwen2_vl",
-                                                                       "path": str(tmp_path / "nowhere")}))
+                                                                       "path": str(tmp_path / "empty")}))
     assert plan_for_train(cfg, tmp_path) is None
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("plan: not computed")
+    # a directory that does not exist: no line (the model's loading, right after, names it without the hub's words)
+    cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, fashion_dir, model={"family": "qwen2_vl",
+                                                                       "path": str(tmp_path / "nowhere")}))
+    assert plan_for_train(cfg, tmp_path) is None and capsys.readouterr().err == ""
+
+
+def test_the_plan_leaves_every_random_generator_as_it_was(tmp_path, fashion_dir):
+    """Building the meta model's LoRA layers draws from torch's generator: the plan must not, or a run's weights
+    would depend on whether it planned (the Qwen2-VL export test caught it: 93% instead of 100% equal argmaxes)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from vlmtune.train.plan import plan_for_train
+
+    cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, fashion_dir, lora={"enabled": True, "r": 4}))
+    torch.manual_seed(7), random.seed(7), np.random.seed(7)
+    before = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    assert plan_for_train(cfg, tmp_path) is not None
+    assert torch.equal(before[0], torch.get_rng_state()) and before[1] == random.getstate()
+    assert (before[2] == np.random.get_state()[1]).all()
 
 
 @pytest.mark.parametrize("flag, message", [

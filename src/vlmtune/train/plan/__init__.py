@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmtune.config import QuantCfg, RunCfg
+from vlmtune.config import QuantCfg, RunCfg, check_model_path
 from vlmtune.io import atomic_write_text
 from vlmtune.models import get_family
 from vlmtune.models.builtin import build_builtin
+from vlmtune.train.checkpoint import rng_state, set_rng_state
 from vlmtune.train.plan import memory, speed
 from vlmtune.train.plan.lengths import MAX_SAMPLES, Lengths, measure_lengths, padding
 from vlmtune.train.plan.params import build_meta_model, count_params, dims_of, quantised_params
@@ -309,12 +310,20 @@ def render(plan: Plan) -> str:
 def plan_for_train(cfg: RunCfg, run_dir: Path) -> Plan | None:
     """`vlmtune train`'s plan (its main process calls it): printed (stderr) and saved as run_dir/plan.json, over at
     most 200 samples of the data. Never fails the run: when the plan cannot be made (no config files offline, ...)
-    it says why in one line."""
+    it says why in one line. Nor changes it: every random generator is as it was before (building the LoRA
+    layers of the meta model draws from torch's), so a run trains the same weights with or without its plan."""
+    try:
+        check_model_path(cfg.model.path)
+    except FileNotFoundError:
+        return None  # the model's loading, right after, names the missing directory
+    generators = rng_state()
     try:
         plan = make_plan(cfg, max_samples=200)
     except Exception as e:  # noqa: BLE001 - the plan is advice: training goes on without it
         print(f"plan: not computed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", file=sys.stderr)
         return None
+    finally:
+        set_rng_state(generators)
     print(plan.text(), file=sys.stderr)
     atomic_write_text(run_dir / "plan.json", json.dumps(plan.to_dict(), indent=1) + "\n")
     return plan
