@@ -298,6 +298,66 @@ def _resized(width: int, height: int, ip) -> tuple[int, int]:
     return width, height
 
 
+def limit_pixels(image_processor, max_pixels: int, family: str = "the model") -> str:
+    """Make `image_processor` (in place) resize each image to at most `max_pixels` pixels, in the unit its resize
+    works in (see `ModelCfg.max_pixels`); returns what was set, in words. Raises ValueError, naming `family`, for a
+    processor that resizes every image to one size, or for a limit below its smallest unit (one merged patch, one
+    tile, one grid resolution)."""
+    ip, size = image_processor, getattr(image_processor, "size", None)
+    patch, max_patches = getattr(ip, "patch_size", None), getattr(ip, "max_patches", None)
+
+    def too_small(unit: str, least: int):
+        raise ValueError(f"model.max_pixels {max_pixels}: below {family}'s smallest {unit} ({least} pixels)")
+
+    if max_patches and _edge(patch, "height"):  # Pix2Struct
+        unit = _edge(patch, "height") * _edge(patch, "width")
+        if max_pixels < unit:
+            too_small("patch", unit)
+        ip.max_patches = min(max_patches, max_pixels // unit)
+        return f"max_patches {ip.max_patches}"
+    merge = getattr(ip, "merge_size", None)
+    low = getattr(ip, "min_pixels", None) or _edge(size, "shortest_edge")
+    high = getattr(ip, "max_pixels", None) or _edge(size, "longest_edge")
+    if merge and low and high:  # Qwen2-VL: `size` holds min/max pixels
+        unit = (patch * merge) ** 2
+        if max_pixels < unit:
+            too_small("image token", unit)
+        new = min(high, max_pixels)
+        for obj, key in ((ip, "max_pixels"), (size, "longest_edge")):
+            _set(obj, key, new)
+        if low > new:
+            for obj, key in ((ip, "min_pixels"), (size, "shortest_edge")):
+                _set(obj, key, new)
+        return f"max_pixels {new} (at most {new // unit} image tokens per image)"
+    if getattr(ip, "image_grid_pinpoints", None):  # LLaVA-NeXT
+        kept = [g for g in ip.image_grid_pinpoints if g[0] * g[1] <= max_pixels]
+        if not kept:
+            too_small("grid resolution", min(g[0] * g[1] for g in ip.image_grid_pinpoints))
+        ip.image_grid_pinpoints = kept
+        return f"image_grid_pinpoints {kept}"
+    if getattr(ip, "max_image_tiles", None) and _edge(size, "height"):  # Mllama
+        unit = _edge(size, "height") * _edge(size, "width")
+        if max_pixels < unit:
+            too_small("tile", unit)
+        ip.max_image_tiles = min(ip.max_image_tiles, max_pixels // unit)
+        return f"max_image_tiles {ip.max_image_tiles}"
+    tile = _edge(getattr(ip, "max_image_size", None), "longest_edge")
+    if _edge(size, "longest_edge") and not _edge(size, "shortest_edge") and tile:  # Idefics3/SmolVLM
+        if max_pixels < tile * tile:
+            too_small("tile", tile * tile)
+        _set(size, "longest_edge", min(_edge(size, "longest_edge"), int(math.sqrt(max_pixels)) // tile * tile))
+        return f"longest_edge {_edge(size, 'longest_edge')}"
+    raise ValueError(f"model.max_pixels does not apply to {family}: its image processor "
+                     f"({type(ip).__name__}) gives every image the same number of image tokens")
+
+
+def _set(obj, key: str, value) -> None:
+    if isinstance(obj, dict):
+        obj[key] = value
+    elif obj is not None and getattr(obj, key, None) is not None:
+        setattr(obj, key, value)
+
+
 def check_image_shape(width: int, height: int, name: str, image_processor=None,
                       max_aspect_ratio: float = MAX_ASPECT_RATIO, max_resized_pixels: int = MAX_RESIZED_PIXELS) -> None:
     """Refuse (ImageError naming `name`, with the numbers) an image thinner than `max_aspect_ratio`:1, or one that

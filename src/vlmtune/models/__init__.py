@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vlmtune.data.images import limit_pixels
 from vlmtune.models import (
     blip2,
     florence2,
@@ -92,13 +93,28 @@ def family_of(model_dir) -> str:
 
 
 def load_model(cfg, seed: int = 0) -> Loaded:
-    """Model + processor for a ModelCfg: the built-in model (random weights) or a checkpoint via the family."""
+    """Model + processor for a ModelCfg: the built-in model (random weights) or a checkpoint via the family, with
+    `cfg.max_pixels` set into the processor (`apply_max_pixels`)."""
     if cfg.path == "builtin":
         if cfg.family != "llava":
             raise ValueError("model.path=builtin is a llava-family model; set model.family: llava")
-        return build_builtin(cfg.builtin, seed=seed)
-    return get_family(cfg.family).load(cfg)
+        loaded = build_builtin(cfg.builtin, seed=seed)
+    else:
+        loaded = get_family(cfg.family).load(cfg)
+    apply_max_pixels(loaded.processor, cfg)
+    return loaded
 
 
-__all__ = ["FAMILIES", "Batch", "Loaded", "ModelFamily", "SampleTooLong", "family_of", "get_family", "load_model",
-           "support_table"]
+def apply_max_pixels(processor, cfg) -> str | None:
+    """Set `cfg.max_pixels` (a ModelCfg's) into `processor`'s image processor; returns what was set, in words, or
+    None when there is no limit. Raises ValueError for a family whose processor gives every image one size."""
+    if cfg.max_pixels is None:
+        return None
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        raise ValueError(f"model.max_pixels does not apply to {cfg.family}: its processor has no image processor")
+    return limit_pixels(image_processor, cfg.max_pixels, cfg.family)
+
+
+__all__ = ["FAMILIES", "Batch", "Loaded", "ModelFamily", "SampleTooLong", "apply_max_pixels", "family_of", "get_family",
+           "load_model", "support_table"]

@@ -10,17 +10,20 @@ train` prints the plan at its start and saves it as plan.json in the run directo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vlmtune.config import QuantCfg, RunCfg, check_model_path
+from vlmtune.data.images import limit_pixels
 from vlmtune.io import atomic_write_text
-from vlmtune.models import get_family
+from vlmtune.models import apply_max_pixels, get_family
 from vlmtune.models.builtin import build_builtin
 from vlmtune.train.checkpoint import rng_state, set_rng_state
 from vlmtune.train.plan import memory, speed
@@ -63,13 +66,17 @@ class Plan:
 
 
 def _processor(cfg: RunCfg, family):
+    """The processor training will use: the family's, with the recipe's `model.max_pixels`."""
     if cfg.model.path == "builtin":
-        return build_builtin(cfg.model.builtin).processor
-    try:
-        return family.load_processor(cfg.model.path, revision=cfg.model.revision,
-                                     trust_remote_code=cfg.model.trust_remote_code)
-    except OSError as e:
-        raise ValueError(f"cannot load the processor of {cfg.model.path!r}: {str(e).splitlines()[0]}") from None
+        processor = build_builtin(cfg.model.builtin).processor
+    else:
+        try:
+            processor = family.load_processor(cfg.model.path, revision=cfg.model.revision,
+                                              trust_remote_code=cfg.model.trust_remote_code)
+        except OSError as e:
+            raise ValueError(f"cannot load the processor of {cfg.model.path!r}: {str(e).splitlines()[0]}") from None
+    apply_max_pixels(processor, cfg.model)
+    return processor
 
 
 def _shape(cfg: RunCfg, lengths: Lengths, rows: int, pad: dict) -> memory.Shape:
@@ -89,11 +96,23 @@ class _Parts:
     """The meta model after make_trainable."""
     lengths: Lengths
     sharding: memory.Sharding
+    remeasure: Callable[[int], Lengths] | None = None
+    """The lengths again under another `model.max_pixels` (None: the family's images have one size)."""
+    _measured: dict = field(default_factory=dict)
+
+    def lengths_for(self, cfg: RunCfg) -> Lengths:
+        mp = cfg.model.max_pixels
+        if mp == self.cfg.model.max_pixels or self.remeasure is None:
+            return self.lengths
+        if mp not in self._measured:
+            self._measured[mp] = self.remeasure(mp)
+        return self._measured[mp]
 
 
 def _memory(p: _Parts, cfg: RunCfg, sharding: memory.Sharding) -> dict:
     micro = cfg.train.micro_batch_size
-    pad = padding(p.lengths.tokens, micro, 1, cfg.train.group_by_length, cfg.train.packing)
+    lengths = p.lengths_for(cfg)
+    pad = padding(lengths.tokens, micro, 1, cfg.train.group_by_length, cfg.train.packing)
     q = cfg.model.quantization
     if q is not None or p.cfg.model.quantization is not None:
         quantised = quantised_params(p.model, p.family, q.skip_modules if q is not None else None)
@@ -101,18 +120,39 @@ def _memory(p: _Parts, cfg: RunCfg, sharding: memory.Sharding) -> dict:
         quantised = 0
     state = memory.state_bytes(p.model, q, quantised)
     targets = tuple(cfg.lora.targets or p.family.lora_targets) if cfg.lora.enabled else ()
-    return memory.predict(cfg, p.dims, state, _shape(cfg, p.lengths, micro, pad), sharding, targets)
+    return memory.predict(cfg, p.dims, state, _shape(cfg, lengths, micro, pad), sharding, targets)
 
 
 def _micro(cfg: RunCfg, micro: int) -> RunCfg:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, micro_batch_size=micro))
 
 
+def _remeasure(cfg: RunCfg, family, processor, patch_size: int, data, max_samples: int
+               ) -> Callable[[int], Lengths] | None:
+    """`measure_lengths` under another pixel limit (a copy of the processor with it), or None for a family whose
+    processor gives every image one size."""
+    try:
+        limit_pixels(copy.deepcopy(processor.image_processor), 1 << 40, family.name)
+    except (AttributeError, ValueError):
+        return None
+
+    def measure(max_pixels: int) -> Lengths:
+        limited = copy.deepcopy(processor)
+        limit_pixels(limited.image_processor, max_pixels, family.name)
+        return measure_lengths(cfg, family, limited, patch_size, data, max_samples, cfg.train.seed)
+    return measure
+
+
+def _with_pixels(cfg: RunCfg, max_pixels: int) -> RunCfg:
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, max_pixels=max_pixels))
+
+
 def _alternatives(p: _Parts, budget: float, gpus: int) -> list[dict]:
     """The changes that make the run fit, cheapest first (a smaller micro-batch with more accumulation costs least,
     then gradient checkpointing (~30% more compute), ZeRO-3 (communication), a 4-bit base (QLoRA: slower, a little
-    less accurate)), each alone with its predicted peak (the memory model re-run), then, when none fits alone, the
-    combination of all of them in that order up to the first that fits."""
+    less accurate), fewer image tokens (`model.max_pixels`: the model sees less of each image)), each alone with its
+    predicted peak (the memory model re-run; the lengths measured again under a pixel limit), then, when none fits
+    alone, the combination of all of them in that order up to the first that fits."""
     cfg, t = p.cfg, p.cfg.train
     steps: list[tuple[str, Any]] = []
     if t.micro_batch_size > 1:  # the largest micro-batch (halving) that fits, else 1
@@ -133,6 +173,14 @@ def _alternatives(p: _Parts, budget: float, gpus: int) -> list[dict]:
         steps.append(("QLoRA: --model.quantization.bits 4 (a 4-bit NF4 base)",
                       lambda c, s: (dataclasses.replace(c, model=dataclasses.replace(c.model, quantization=QuantCfg())),
                                     s)))
+    if p.remeasure is not None and p.lengths.largest_image > 0:  # the largest limit (halving) that fits
+        limits = [p.lengths.largest_image // k for k in (2, 4, 8)]
+        limit = next((mp for mp in limits if _memory(p, _with_pixels(cfg, mp), p.sharding)["total"]
+                      + RUNTIME_RESERVE <= budget), limits[-1])
+        before = p.lengths.stats(p.lengths.image_tokens)["p50"]
+        after = p.lengths_for(_with_pixels(cfg, limit)).stats(p.lengths_for(_with_pixels(cfg, limit)).image_tokens)
+        steps.append((f"--model.max_pixels {limit} (image tokens per sample p50 {before} -> {after['p50']}: the "
+                      "model sees less of each image)", lambda c, s, m=limit: (_with_pixels(c, m), s)))
     out = []
     for what, change in steps:
         alt, sharding = change(cfg, p.sharding)
@@ -184,7 +232,8 @@ def make_plan(cfg: RunCfg, data: str | Path | None = None, gpus: int = 1, gpu_me
         == 0 else 1
     pad = padding(lengths.tokens, cfg.train.micro_batch_size, accum, cfg.train.group_by_length, cfg.train.packing,
                   cfg.train.seed)
-    parts = _Parts(cfg, family, dims, trained, lengths, memory.Sharding(sharding, gpus))
+    parts = _Parts(cfg, family, dims, trained, lengths, memory.Sharding(sharding, gpus),
+                   _remeasure(cfg, family, processor, dims.patch_size, data, max_samples))
     mem = _memory(parts, cfg, parts.sharding)
     mem["runtime_reserve"] = RUNTIME_RESERVE
     n = len(lengths.tokens)
@@ -228,7 +277,7 @@ def make_plan(cfg: RunCfg, data: str | Path | None = None, gpus: int = 1, gpu_me
               "lora": cfg.lora.enabled, "quantization": dataclasses.asdict(cfg.model.quantization)
               if cfg.model.quantization else None, "micro_batch_size": cfg.train.micro_batch_size,
               "global_batch_size": gb, "gradient_checkpointing": cfg.train.gradient_checkpointing,
-              "packing": cfg.train.packing, "sharding": sharding, "gpus": gpus}
+              "packing": cfg.train.packing, "sharding": sharding, "gpus": gpus, "max_pixels": cfg.model.max_pixels}
     params = {**counts, "dims": dataclasses.asdict(dims)}
     batching = {**pad, "micro_batch_size": cfg.train.micro_batch_size, "accumulation": accum}
     assumptions += [
@@ -269,7 +318,8 @@ def render(plan: Plan) -> str:
              f"  trainable: {_count(p['trainable']['trainable'])} ("
              + ", ".join(f"{k} {_count(n)}" for k, n in p["trainable"]["groups"].items()) + ")"]
     L = plan.lengths
-    lines += [f"  lengths ({L['source']}):",
+    lines += [f"  lengths ({L['source']}; largest image {L['largest_image_pixels']} pixels after resize"
+              + (f", model.max_pixels {r['max_pixels']}" if r.get("max_pixels") else "") + "):",
               *(f"    {k:<13} p50 {L[k]['p50']:>6}  p95 {L[k]['p95']:>6}  max {L[k]['max']:>6}"
                 for k in ("tokens", "image_tokens", "targets", "patches")),
               f"  batching: {plan.batching['mode']}, micro-batch {plan.batching['micro_batch_size']}: "

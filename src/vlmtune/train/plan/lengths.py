@@ -16,7 +16,7 @@ from PIL import Image
 
 from vlmtune.config import RunCfg
 from vlmtune.data.dataset import load_split
-from vlmtune.data.images import load_images
+from vlmtune.data.images import load_images, resized_size
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models import ModelFamily
 from vlmtune.models.labels import IGNORE_INDEX
@@ -42,6 +42,8 @@ class Lengths:
     """How they were obtained: the data's split and how many samples, or the assumption."""
     n_split: int = 0
     """Samples in the split (the epoch's size); 0 without data."""
+    largest_image: int = 0
+    """Pixels of the largest measured image after the processor's resize (what `model.max_pixels` limits)."""
 
     def stats(self, values: list[int]) -> dict:
         v = sorted(values)
@@ -50,6 +52,7 @@ class Lengths:
 
     def summary(self) -> dict:
         return {"source": self.source, "measured": len(self.tokens), "split_size": self.n_split,
+                "largest_image_pixels": self.largest_image,
                 **{k: self.stats(getattr(self, k)) for k in ("tokens", "targets", "image_tokens", "patches")}}
 
     def to_dict(self) -> dict:
@@ -91,7 +94,8 @@ def measure_lengths(cfg: RunCfg, family: ModelFamily, processor, patch_size: int
         n_img = family.image_tokens(processor, *ASSUMED_IMAGE)
         return Lengths([tokens], [targets], [n_img], [patches],
                        f"assumed: one {ASSUMED_IMAGE[0]}x{ASSUMED_IMAGE[1]} image, a {len(ASSUMED_QUESTION.split())}"
-                       f"-word question and a {len(ASSUMED_ANSWER.split())}-word answer (no --data)")
+                       f"-word question and a {len(ASSUMED_ANSWER.split())}-word answer (no --data)",
+                       largest_image=_pixels(processor, *ASSUMED_IMAGE))
     root = Path(data)
     if not root.is_dir():
         raise ValueError(f"--data {str(root)!r}: no such dataset directory")
@@ -112,7 +116,14 @@ def measure_lengths(cfg: RunCfg, family: ModelFamily, processor, patch_size: int
             out.targets.append(targets)
             out.patches.append(patches)
             out.image_tokens.append(sum(family.image_tokens(processor, *im.size) for im in imgs))
+            out.largest_image = max([out.largest_image, *(_pixels(processor, *im.size) for im in imgs)])
     return out
+
+
+def _pixels(processor, width: int, height: int) -> int:
+    ip = getattr(processor, "image_processor", None)
+    w, h = resized_size(width, height, ip) if ip is not None else (width, height)
+    return w * h
 
 
 def padding(lengths: list[int], micro_batch: int, accum: int, group_by_length: bool, packing: bool,
