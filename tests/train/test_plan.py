@@ -144,11 +144,41 @@ def test_train_writes_plan_json(tmp_path, fashion_dir, capsys):
     from vlmtune.train.loop import setup
 
     cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, fashion_dir, train={"max_steps": 1}))
-    setup(cfg)
+    state = setup(cfg)
     plan = json.loads((cfg.run_dir / "plan.json").read_text())
     assert plan["recipe"]["family"] == "llava" and plan["params"]["trainable"]["trainable"] > 0
-    assert plan["lengths"]["measured"] > 0 and "train split" in plan["lengths"]["source"]
+    # over the samples setup read (not the data directory read again): every one, or a seeded 200 of them
+    n = len(state.mixture.sources[0].samples)
+    assert plan["lengths"]["split_size"] == n and plan["lengths"]["measured"] == min(n, 200)
+    assert plan["lengths"]["source"].startswith("the run's training samples")
     assert "plan: t (llava, builtin" in capsys.readouterr().err
+
+
+def test_the_train_plan_measures_every_source_of_the_mixture(tmp_path, fashion_dir):
+    """A mixture's plan counts each source's samples: a second source of long answers raises the measured targets
+    above the first source's alone."""
+    from vlmtune.train.plan import plan_for_train
+
+    long = tmp_path / "long"
+    (long / "images").mkdir(parents=True)
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(long / "images/r.png")
+    answer = " ".join(["red"] * 40)
+    long_rows = [{"id": f"l{k}", "messages": [user("Describe it."), assistant(answer)], "images": ["images/r.png"],
+                  "split": "train"} for k in range(3)]
+    (long / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in long_rows))
+    one = RunCfg.from_dict(tiny_run_cfg(tmp_path, fashion_dir, data={"max_length": 256}))
+    mixed = RunCfg.from_dict(tiny_run_cfg(tmp_path, fashion_dir, data={
+        "max_length": 256, "sources": [{"name": "fashion", "path": str(fashion_dir)},
+                                       {"name": "long", "path": str(long)}]}))
+    from vlmtune.train.build import build_data
+
+    plans = []
+    for cfg in (one, mixed):
+        _, mixture, roots, _, _ = build_data(cfg, tmp_path)
+        pairs = [(root, s) for src, root in zip(mixture.sources, roots, strict=True) for s in src.samples]
+        plans.append(plan_for_train(cfg, tmp_path, pairs))
+    assert plans[1].lengths["split_size"] == plans[0].lengths["split_size"] + 3
+    assert plans[1].lengths["targets"]["max"] > plans[0].lengths["targets"]["max"] + 20
 
 
 def test_train_goes_on_when_the_plan_cannot_be_made(tmp_path, fashion_dir, capsys):

@@ -124,7 +124,9 @@ def setup(cfg: RunCfg) -> State:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "run_config.yaml")
         data = build_data(cfg, run_dir)
-        plan_for_train(cfg, run_dir)  # what the run will cost: printed, and saved as plan.json (never fails the run)
+        _, mixture, roots = data[:3]  # what the run will cost, over the samples it trains on: printed, and saved
+        plan_for_train(cfg, run_dir, [(root, s) for src, root in zip(mixture.sources, roots, strict=True)
+                                      for s in src.samples])  # as plan.json (never fails the run)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:  # the same data; only rank 0 writes into the run directory (rejected.jsonl)
         with tempfile.TemporaryDirectory(prefix="vlmtune-rank-") as scratch:

@@ -200,10 +200,11 @@ def _alternatives(p: _Parts, budget: float, gpus: int) -> list[dict]:
     return out
 
 
-def make_plan(cfg: RunCfg, data: str | Path | None = None, gpus: int = 1, gpu_memory: str | float | None = None,
-              gpu: str | None = None, sharding: str = "none", max_samples: int = MAX_SAMPLES,
-              mfu: float = speed.MFU) -> Plan:
-    """The plan of a recipe: see the module docstring. `gpu_memory` as text ('24GB') or bytes; `gpu` a name of
+def make_plan(cfg: RunCfg, data: str | Path | list | None = None, gpus: int = 1,
+              gpu_memory: str | float | None = None, gpu: str | None = None, sharding: str = "none",
+              max_samples: int = MAX_SAMPLES, mfu: float = speed.MFU) -> Plan:
+    """The plan of a recipe: see the module docstring. `data`: a dataset directory, or the samples already read as
+    (image root, sample) pairs (`vlmtune train`'s); `gpu_memory` as text ('24GB') or bytes; `gpu` a name of
     `speed.GPU_PEAK`; `sharding` one of SHARDING_MODES over `gpus`."""
     if gpus < 1:
         raise ValueError(f"--gpus must be >= 1, got {gpus}")
@@ -213,7 +214,7 @@ def make_plan(cfg: RunCfg, data: str | Path | None = None, gpus: int = 1, gpu_me
     budget = parse_memory(gpu_memory) if isinstance(gpu_memory, str) else gpu_memory
     if budget is None and spec is not None:
         budget = spec[2]
-    if data is not None and not Path(data).is_dir():
+    if data is not None and not isinstance(data, list) and not Path(data).is_dir():
         raise ValueError(f"--data {str(data)!r}: no such dataset directory")
     assumptions = []
     if data is None and cfg.data.path and Path(cfg.data.path).is_dir():
@@ -357,18 +358,20 @@ def render(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def plan_for_train(cfg: RunCfg, run_dir: Path) -> Plan | None:
+def plan_for_train(cfg: RunCfg, run_dir: Path, samples: list[tuple[Path, Any]] | None = None) -> Plan | None:
     """`vlmtune train`'s plan (its main process calls it): printed (stderr) and saved as run_dir/plan.json, over at
-    most 200 samples of the data. Never fails the run: when the plan cannot be made (no config files offline, ...)
-    it says why in one line. Nor changes it: every random generator is as it was before (building the LoRA
-    layers of the meta model draws from torch's), so a run trains the same weights with or without its plan."""
+    most 200 of `samples` (the run's training samples as (image root, sample) pairs, every source of its mixture,
+    as setup read them; None: the recipe's data.path). Never fails the run: when the plan cannot be made (no
+    config files offline, ...) it says why in one line. Nor changes it: every random generator is as it was before
+    (building the LoRA layers of the meta model draws from torch's), so a run trains the same weights with or
+    without its plan."""
     try:
         check_model_path(cfg.model.path)
     except FileNotFoundError:
         return None  # the model's loading, right after, names the missing directory
     generators = rng_state()
     try:
-        plan = make_plan(cfg, max_samples=200)
+        plan = make_plan(cfg, data=samples or None, max_samples=200)
     except Exception as e:  # noqa: BLE001 - the plan is advice: training goes on without it
         print(f"plan: not computed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", file=sys.stderr)
         return None

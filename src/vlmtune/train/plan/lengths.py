@@ -84,9 +84,11 @@ def _measure(family: ModelFamily, processor, samples: list[Sample], images: list
     return tokens, int((labels != IGNORE_INDEX).sum()), vision_patches(inputs.get("pixel_values"), patch_size)
 
 
-def measure_lengths(cfg: RunCfg, family: ModelFamily, processor, patch_size: int, data: str | Path | None,
-                    max_samples: int = MAX_SAMPLES, seed: int = 0) -> Lengths:
-    """Lengths of the training split of `data` (a vlmtune dataset directory), or of the stated assumption."""
+def measure_lengths(cfg: RunCfg, family: ModelFamily, processor, patch_size: int,
+                    data: str | Path | list[tuple[Path, Sample]] | None, max_samples: int = MAX_SAMPLES,
+                    seed: int = 0) -> Lengths:
+    """Lengths of the training split of `data` (a vlmtune dataset directory), of the samples already read (a list of
+    (image root, sample): `vlmtune train`'s mixture), or of the stated assumption."""
     if data is None:
         img = Image.new("RGB", ASSUMED_IMAGE, (127, 127, 127))
         sample = Sample(id="assumed", messages=[user(ASSUMED_QUESTION), assistant(ASSUMED_ANSWER)], images=["x"])
@@ -96,21 +98,24 @@ def measure_lengths(cfg: RunCfg, family: ModelFamily, processor, patch_size: int
                        f"assumed: one {ASSUMED_IMAGE[0]}x{ASSUMED_IMAGE[1]} image, a {len(ASSUMED_QUESTION.split())}"
                        f"-word question and a {len(ASSUMED_ANSWER.split())}-word answer (no --data)",
                        largest_image=_pixels(processor, *ASSUMED_IMAGE))
-    root = Path(data)
-    if not root.is_dir():
-        raise ValueError(f"--data {str(root)!r}: no such dataset directory")
-    samples = load_split(root, "train", skip_bad=True)
-    n_split = len(samples)
-    if n_split > max_samples:
-        samples = random.Random(seed).sample(samples, max_samples)
-        source = f"{root} train split: a seeded random {max_samples} of its {n_split} samples"
+    if isinstance(data, list):
+        pairs, what = data, "the run's training samples"
     else:
-        source = f"{root} train split: all {n_split} samples"
+        root = Path(data)
+        if not root.is_dir():
+            raise ValueError(f"--data {str(root)!r}: no such dataset directory")
+        pairs, what = [(root, s) for s in load_split(root, "train", skip_bad=True)], f"{root} train split"
+    n_split = len(pairs)
+    if n_split > max_samples:
+        pairs = random.Random(seed).sample(pairs, max_samples)
+        source = f"{what}: a seeded random {max_samples} of its {n_split} samples"
+    else:
+        source = f"{what}: all {n_split} samples"
     out = Lengths([], [], [], [], source, n_split)
-    for k in range(0, len(samples), CHUNK):
-        chunk = samples[k:k + CHUNK]
-        images = [load_images(root, s) for s in chunk]
-        for s, imgs in zip(chunk, images, strict=True):
+    for k in range(0, len(pairs), CHUNK):
+        chunk = pairs[k:k + CHUNK]
+        images = [load_images(root, s) for root, s in chunk]
+        for (_, s), imgs in zip(chunk, images, strict=True):
             tokens, targets, patches = _measure(family, processor, [s], [imgs], patch_size)
             out.tokens.append(tokens)
             out.targets.append(targets)
