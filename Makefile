@@ -17,7 +17,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: gpu-runbook test-large test-pages install demo test test-gpu test-latest test-oldest lock recipe lint clean browser ocr fuzz layers
+.PHONY: gpu-runbook test-large test-pages test-slow install demo test test-gpu test-latest test-oldest lock recipe lint clean browser ocr fuzz layers
 
 UV_VERSION := 0.13.9
 # torch is pinned by pyproject.toml (==2.13.0) and installed on its own: the CPU wheel these machines carry
@@ -49,6 +49,13 @@ gpu-runbook: $(STAMP)
 # cores, up to ~14 GB of memory. `.ci/run` runs it after `make test`
 test-large: $(STAMP)
 	$(BIN)/python -m pytest -m "large and not gpu" -p no:cacheprovider --junitxml=$(VENV)/junit-large.xml; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+# the two benchmark scripts' whole paths at tiny sizes, each a chain of fresh processes: bench/gpu/run.sh --dry (the
+# GPU runbook on CPU, ~8 minutes) and bench/real_scale.py --quick (cut real Qwen2-VL config; TRL's row where
+# VLMTUNE_TRL_PATH names it, else the script says TRL is absent). `.ci/run` runs it after `make test-large`
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "slow and not gpu" -p no:cacheprovider --junitxml=$(VENV)/junit-slow.xml; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 # each docs page's offline route (docs/testing.md) run at small sizes in a fresh directory, its deliverable checked: a
