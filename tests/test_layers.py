@@ -52,7 +52,7 @@ LAYERS: dict[str, int] = {
     "models": 2,
     "runs": 3,
     "infer": 4,
-    "eval": 5,
+    "eval": 5, "remote": 5,
     "train": 6,
     "export": 7, "serve": 7, "chart": 7, "retrieval": 7, "demo": 7,
     "cli": 8,

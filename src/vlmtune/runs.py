@@ -65,10 +65,12 @@ def resolve_model_dir(path: str | Path) -> Path:
     return path
 
 
-def run_config_of(model: str | Path) -> RunCfg | None:
+def run_config_of(model: str | Path | None) -> RunCfg | None:
     """The RunCfg of the run a model belongs to (a run directory, its best/ or checkpoints/step-N/), read from its
     run_config.yaml; None for a model trained outside vlmtune or exported. Checked by its dataclasses only: a command
     that uses it also calls `train.checks.check_run` (the task registry's checks, which `vlmtune train` made)."""
+    if model is None:  # `vlmtune eval --url` without --model: a served model, no run to read
+        return None
     path = Path(model)
     for d in (path, path.parent, path.parent.parent):
         if (d / "run_config.yaml").is_file():
@@ -76,7 +78,7 @@ def run_config_of(model: str | Path) -> RunCfg | None:
     return None
 
 
-def model_ocr_options(model: str | Path) -> OcrCfg | None:
+def model_ocr_options(model: str | Path | None) -> OcrCfg | None:
     """The OCR settings a model was trained with (`data.ocr`, see data/ocr.py), from the run_config.yaml of the run
     it belongs to; None when it was trained without OCR or outside vlmtune."""
     cfg = run_config_of(model)

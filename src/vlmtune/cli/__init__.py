@@ -23,6 +23,7 @@ from vlmtune.cli import chart, data, models, plan, retrieve, run, serve
 from vlmtune.cli.plan import cmd_plan
 from vlmtune.cli.retrieve import _route_retrieve
 from vlmtune.cli.run import cmd_train
+from vlmtune.remote import RemoteError
 
 
 def _emit(result: dict | None) -> None:
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         result = cmd_train(a, rest) if a.verb == "train" else cmd_plan(a, rest) if a.verb == "plan" else a.fn(a)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input: say what and where, without a traceback
+    except (ValueError, FileNotFoundError, FileExistsError, RemoteError) as e:  # bad input (or a server that
+        # refused or went away): say what and where, without a traceback
         if os.environ.get("VLMTUNE_DEBUG"):
             raise
         print(f"vlmtune {a.verb}: error: {e}", file=sys.stderr)

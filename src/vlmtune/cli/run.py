@@ -23,7 +23,8 @@ from vlmtune.eval.score import score_file
 from vlmtune.eval.tasks import TASKS, get_task
 from vlmtune.export import export
 from vlmtune.infer import Predictor
-from vlmtune.runs import model_ocr_options, run_config_of
+from vlmtune.remote import RemotePredictor
+from vlmtune.runs import load_processor, model_ocr_options, run_config_of
 from vlmtune.train.checks import check_run
 from vlmtune.train.distributed import join_processes
 from vlmtune.train.loop import train
@@ -64,8 +65,11 @@ def _run_defaults(a) -> None:
 
 def build_predictor(a, samples=None):
     """The Predictor of --model with the generation settings of `_run_defaults`; `max_new_tokens` auto is sized from
-    `samples`' gold texts with the model's tokenizer (`auto_max_new_tokens`)."""
+    `samples`' gold texts with the model's tokenizer (`auto_max_new_tokens`). With --url, a RemotePredictor of the
+    server there (the run's settings still come from --model when it is given)."""
     _run_defaults(a)
+    if getattr(a, "url", None):
+        return _remote_predictor(a, samples)
     device = join_processes()  # under torchrun / accelerate launch: one process group, each process its share
     auto = a.max_new_tokens == "auto"
     p = Predictor.from_path(a.model, device=device if device is not None else a.device, dtype=a.dtype,
@@ -75,6 +79,21 @@ def build_predictor(a, samples=None):
         cap, how = auto_max_new_tokens(p.loaded.processor.tokenizer, samples or [])
         print(how, file=sys.stderr)
         p = dataclasses.replace(p, max_new_tokens=cap)
+    return p
+
+
+def _remote_predictor(a, samples):
+    p = RemotePredictor.connect(a.url, a.served_model, a.engine, batch_size=a.batch_size, num_beams=a.num_beams)
+    if a.max_new_tokens == "auto":  # sized with the model's tokenizer: the run's, else the server's (vLLM's)
+        tokenizer = load_processor(a.model)[1].tokenizer if a.model else p.tokenizer()
+        if tokenizer is None:
+            raise ValueError(f"--max-new-tokens auto sizes answers with the model's tokenizer, and the {p.engine} "
+                             "server offers none: give --model RUN (the run it serves) or a number")
+        a.max_new_tokens, how = auto_max_new_tokens(tokenizer, samples or [])
+        print(how, file=sys.stderr)
+    p = dataclasses.replace(p, max_new_tokens=a.max_new_tokens)
+    print(f"answers from {p.engine}{' ' + p.version if p.version else ''} at {p.url}, model {p.model!r}",
+          file=sys.stderr)
     return p
 
 
@@ -94,10 +113,15 @@ def cmd_eval(a) -> dict:
         return cmd_eval_score(a)
     if a.eval_verb == "compare":
         return cmd_eval_compare(a)
-    if not a.model or not a.data:
-        raise ValueError("eval: --model and --data are required (or: vlmtune eval score / vlmtune eval compare)")
+    if not (a.model or a.url) or not a.data:
+        raise ValueError("eval: --model (or --url) and --data are required (or: vlmtune eval score / vlmtune eval "
+                         "compare)")
+    if a.url and not (a.out or a.model):
+        raise ValueError("eval --url: give --out (where predictions and metrics go), or --model RUN to write them "
+                         "under RUN/eval/")
     _run_defaults(a)  # before the task options read a.lang
-    out = Path(a.out) if a.out else Path(a.model) / "eval" / (a.split or "all")
+    split = a.split or "all"  # a served model's evaluation beside the run's own: eval/served-SPLIT
+    out = Path(a.out) if a.out else Path(a.model) / "eval" / (f"served-{split}" if a.url else split)
     samples = _eval_samples(a, out)
     a.task = a.task or _samples_task(samples)
     metrics = evaluate(build_predictor(a, samples), a.data, samples, get_task(a.task), out, progress=True,
@@ -119,6 +143,8 @@ def cmd_eval_compare(a) -> dict:
 
 
 def cmd_predict(a) -> dict:
+    if not (a.model or a.url):
+        raise ValueError("predict: --model (or --url) is required")
     out = Path(a.out)
     _run_defaults(a)  # the run read back and checked before its data is
     samples = _eval_samples(a, out.parent)
@@ -150,8 +176,8 @@ def _max_new_tokens(text: str) -> int | str:
     return n
 
 
-def _add_model_args(p, required: bool = True) -> None:
-    p.add_argument("--model", required=required,
+def _add_model_args(p, required: bool = True, model_required: bool | None = None) -> None:
+    p.add_argument("--model", required=required if model_required is None else model_required,
                    help="a run directory (its best checkpoint), checkpoint or HF model dir")
     p.add_argument("--data", required=required, help="dataset directory (manifest.jsonl + images)")
     p.add_argument("--split", default=None, help="split to use (default: every sample)")
@@ -166,6 +192,17 @@ def _add_model_args(p, required: bool = True) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N samples")
     p.add_argument("--skip-bad", action="store_true", help="skip bad records (listed in rejected.jsonl)")
     add_device_args(p)
+
+
+def _add_remote_args(p) -> None:
+    p.add_argument("--url", default=None, help="answers from the OpenAI-compatible server at URL (vlmtune serve, vLLM) "
+                                               "instead of loading --model; --model RUN then only gives the run's "
+                                               "generation settings")
+    p.add_argument("--served-model", default=None, help="with --url: the served model name (default: the first in "
+                                                        "its /v1/models)")
+    p.add_argument("--engine", default=None, choices=["vllm", "vlmtune", "openai"],
+                   help="with --url: refuse a server that is not this engine (default: any; the predictions' "
+                        "fingerprint records which it was)")
 
 
 def _add_task_args(p) -> None:
@@ -212,6 +249,7 @@ def add_parsers(sub) -> None:
                               "  vlmtune eval compare base/predictions.jsonl tuned/predictions.jsonl --data data/x "
                               "--out compare.html")
     _add_model_args(e, required=False)
+    _add_remote_args(e)
     _add_task_args(e)
     e.add_argument("--out", default=None, help="output directory (default: MODEL/eval/SPLIT)")
     e.add_argument("--prompt", default=None, help='rewrite each question, e.g. "{question}\\nAnswer the question '
@@ -238,7 +276,8 @@ def add_parsers(sub) -> None:
 
     pr = sub.add_parser("predict", help="write predictions for a dataset", formatter_class=ex,
                         epilog="example: vlmtune predict --model runs/x --data data/fashion --out preds.jsonl")
-    _add_model_args(pr)
+    _add_model_args(pr, model_required=False)
+    _add_remote_args(pr)
     pr.add_argument("--out", required=True, help="predictions JSONL file")
     pr.add_argument("--submission", choices=SUBMISSIONS, action="append", default=None,
                     help=SUBMISSION_HELP + ", beside --out")
