@@ -14,10 +14,13 @@ It is written to a temporary directory and renamed into place, and never over an
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
+from vlmtune.infer import checkpoint_identity
 from vlmtune.io import atomic_dir
-from vlmtune.runs import META, load_for_inference, resolve_model_dir
+from vlmtune.runs import META, base_path, load_for_inference, resolve_model_dir, run_config_of
 
 REQUIRED_FILES = ("config.json", "generation_config.json")
 
@@ -41,6 +44,11 @@ def export(model: str | Path, out: str | Path, merge: bool = False) -> dict:
         tmp.mkdir()
         model_obj.save_pretrained(tmp, safe_serialization=True)
         loaded.processor.save_pretrained(tmp)
+        image_processor = getattr(loaded.processor, "image_processor", None)
+        if image_processor is not None and not (tmp / "preprocessor_config.json").is_file():
+            # transformers 5 nests it in processor_config.json; older loaders (the transformers vLLM pins, other
+            # serving stacks, converters) read preprocessor_config.json: the same settings, on their own too
+            image_processor.save_pretrained(tmp)
         missing = [f for f in REQUIRED_FILES if not (tmp / f).is_file()]
         if missing:
             raise RuntimeError(f"{tmp}: export is missing {missing}")
@@ -50,3 +58,55 @@ def export(model: str | Path, out: str | Path, merge: bool = False) -> dict:
             info["trained_on_quantized_base"] = meta["quantization"]
         (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
     return {"out": str(out), **info, "files": sorted(p.name for p in out.iterdir())}
+
+
+VLLM_EXPORT = "vllm-export"
+"""Where `for_vllm` keeps a run checkpoint's export, beside the checkpoint: best/ -> best.vllm-export/."""
+
+
+def for_vllm(model: str | Path, lora: bool = False) -> dict:
+    """What `vlmtune serve --engine vllm` serves for `model` (a run, checkpoint, adapter or model directory):
+    {"path", "name", "chat_template", "adapter", "lora_rank", "dtype", "max_length"}.
+
+    A run's checkpoint (an adapter merged, or a full model) is exported once beside it (`<ckpt>.vllm-export/`, made
+    again when the checkpoint changed), so vLLM reads a plain HF directory with every processor file; a directory
+    without vlmtune's metadata (an export) is served as it is. With `lora`, an adapter is served on its base
+    instead (vLLM's --enable-lora): refused for an adapter that also trains whole modules (peft's modules_to_save:
+    a projector trained in full), which vLLM cannot load as LoRA."""
+    source = resolve_model_dir(model)
+    meta = json.loads((source / META).read_text()) if (source / META).is_file() else {}
+    cfg = run_config_of(source)
+    name = cfg.name if cfg is not None else source.name
+    info = {"name": name, "adapter": None, "lora_rank": None, "dtype": meta.get("dtype") or "auto",
+            "max_length": cfg.data.max_length if cfg is not None else None}
+    if lora:
+        if not meta.get("adapter"):
+            raise ValueError(f"{source}: --lora serves a LoRA adapter on its base, and this is a full model")
+        adapter = json.loads((source / "adapter_config.json").read_text())
+        if adapter.get("modules_to_save"):
+            raise ValueError(f"{source}: the adapter also trains {adapter['modules_to_save']} in full, which vLLM "
+                             "cannot load as LoRA; serve the merged model (leave out --lora)")
+        base = base_path(source, meta["base"])
+        return {**info, "path": base, "adapter": str(source), "lora_rank": adapter.get("r"),
+                "chat_template": _chat_template(source)}
+    if not meta:  # an export or another plain HF directory
+        return {**info, "path": str(source), "chat_template": _chat_template(source)}
+    out = source.parent / f"{source.name}.{VLLM_EXPORT}"
+    identity = checkpoint_identity(source)
+    made = out / META
+    if not (made.is_file() and json.loads(made.read_text()).get("checkpoint_identity") == identity):
+        if out.exists():
+            shutil.rmtree(out)  # vlmtune's own cache of an older checkpoint
+        print(f"exporting {source} for vLLM into {out}", file=sys.stderr)
+        export(source, out, merge=bool(meta.get("adapter")))
+        written = json.loads(made.read_text())
+        made.write_text(json.dumps({**written, "checkpoint_identity": identity}, indent=2) + "\n")
+    return {**info, "path": str(out), "chat_template": _chat_template(out)}
+
+
+def _chat_template(model_dir: Path) -> str | None:
+    """The chat template file among the processor files (transformers 5 writes chat_template.jinja), passed to vLLM
+    explicitly: vLLM's own default for an architecture is not necessarily the template the run trained with. None:
+    vLLM takes the processor's (an older export's chat_template.json is read by the processor itself)."""
+    path = model_dir / "chat_template.jinja"
+    return str(path) if path.is_file() else None

@@ -105,7 +105,7 @@ def base_fingerprint(model_dir: str | Path) -> str | None:
     return h.hexdigest()
 
 
-def _base_path(model_dir: Path, base: str) -> str:
+def base_path(model_dir: Path, base: str) -> str:
     if base != RUN_BASE:
         return base
     for parent in (model_dir.parent, model_dir.parent.parent):
@@ -139,7 +139,7 @@ def load_for_inference(path: str | Path, quantized: bool = True, device=None, dt
         from peft import PeftModel
 
         quant = QuantCfg(**meta["quantization"]) if quantized and meta.get("quantization") else None
-        base = _base_path(model_dir, meta["base"])
+        base = base_path(model_dir, meta["base"])
         check_base(model_dir, meta, base)
         base_cfg = ModelCfg(family=meta["family"], path=base, quantization=quant, dtype=dtype,
                             revision=meta.get("base_revision"), attn_implementation=meta.get("attn_implementation"),
