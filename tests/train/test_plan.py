@@ -113,7 +113,8 @@ def test_cli_json_and_verdict_flip(capsys):
     assert cli.main([*args, "--gpu-memory", "80GB"]) == 0
     big = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(big) == {"recipe", "params", "lengths", "batching", "memory", "speed", "verdict", "assumptions"}
-    assert set(big["memory"]["items"]) == {"weights", "grads", "optimizer", "activations", "logits", "inputs"}
+    assert set(big["memory"]["items"]) == {"weights", "grads", "optimizer", "activations", "weight_casts", "logits",
+                                           "optim_step", "inputs"}
     assert big["verdict"]["fits"] is True and big["verdict"]["alternatives"] == []
     assert big["memory"]["full_logits"] > 10 * big["memory"]["answer_logits"]
     assert cli.main([*args, "--gpu-memory", "8GB"]) == 0

@@ -19,8 +19,11 @@ attention has smaller k and v, the MLP is gated (SwiGLU: gate, up, their activat
 a frozen Linear saves nothing for its weight, and LoRA adds the float32 copies of the inputs peft hands its adapters
 (see `language_activations`, whose terms were checked tensor by tensor with saved_tensors_hooks).
 With gradient checkpointing each layer keeps only its input, and one layer's activations exist at a time during
-recomputation. A frozen vision tower that no gradient passes (LoRA on the language model, or freeze_vision) saves
-nothing: only one block's transient forward exists.
+recomputation. A frozen vision tower that no gradient passes (LoRA on the language model, or freeze_vision, without
+gradient checkpointing) saves nothing: only one block's transient forward exists; under gradient checkpointing a
+gradient does pass it (see `vision_activations`).
+
+Autocast's copies of float32 trainable weights and AdamW's step temporary: see `predict`.
 
 Logits: vlmtune computes logits only at the positions it trains (`models/loss.py`: `logits_to_keep` = the answer
 tokens), n_targets x vocab, in the compute dtype, then a float32 copy for cross-entropy and its float32 log-softmax
@@ -29,6 +32,7 @@ tokens), n_targets x vocab, in the compute dtype, then a float32 copy for cross-
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from vlmtune.config import RunCfg
@@ -70,12 +74,25 @@ class Shape:
 def state_bytes(model, q, quantised: int) -> dict:
     """(weights, grads, optimizer) bytes of the model after make_trainable, from each parameter's real dtype;
     under `q` (a QuantCfg or None) the `quantised` parameters (`params.quantised_params`) at their bitsandbytes
-    size."""
+    size. Also `step_temp`, the float32 temporary of AdamW's step, and `cast_params`, the trainables that autocast
+    copies into the compute dtype (see `predict`)."""
     weights = grads = 0.0
+    group_bytes = [0.0, 0.0]  # train/optim.adamw's two groups: matrices (ndim >= 2), the rest
+    cast_params = 0
+    try:  # an input embedding that is not also the LM head is only looked up (not autocast)
+        lookup = model.get_input_embeddings().weight
+        head = model.get_output_embeddings()
+        if head is not None and head.weight is lookup:
+            lookup = None
+    except (AttributeError, NotImplementedError):
+        lookup = None
     for _, p in model.named_parameters():
         size = p.element_size()
         if p.requires_grad:
             grads += p.numel() * size
+            group_bytes[0 if p.ndim >= 2 else 1] += p.numel() * size
+            if p.ndim >= 2 and p is not lookup:
+                cast_params += p.numel()
         elif q is not None and p.dtype.itemsize == 2:
             size = 4  # prepare_model_for_kbit_training: the unquantised frozen parameters in float32
         weights += p.numel() * size
@@ -87,7 +104,8 @@ def state_bytes(model, q, quantised: int) -> dict:
         else:
             per = 1.0 + 4 / 1024
         weights += quantised * (per - 4)
-    return {"weights": weights, "grads": grads, "optimizer": 2 * grads}
+    return {"weights": weights, "grads": grads, "optimizer": 2 * grads, "step_temp": max(group_bytes),
+            "cast_params": cast_params}
 
 
 LINEAR_INPUTS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -130,14 +148,27 @@ def language_activations(d: Dims, cfg: RunCfg, shape: Shape, lora_targets: tuple
 def vision_activations(d: Dims, cfg: RunCfg, shape: Shape, act_bytes: int) -> dict:
     """Saved activations of the vision tower (bytes): none when it is frozen and no gradient passes through it;
     else per block and patch LayerNorm in/out x2, q, k, v, attention output, projection input, the MLP's hidden
-    and activation: 9 x width + 2 x intermediate."""
+    and activation: 9 x width + 2 x intermediate.
+
+    Under gradient checkpointing a gradient passes through a frozen vision tower too: transformers'
+    `activation_checkpointing_enable` (train/build.py) calls `enable_input_require_grads`, which hooks the input
+    embeddings of every sub-model, the vision tower's patch embedding included (seen on SmolVLM, Qwen2-VL,
+    Qwen2.5-VL and LLaVA-1.5), so its output requires grad and
+    the backward runs through every (checkpointed) vision block, recomputing one at a time. Measured on SmolVLM
+    (5 tiles of 1,024 patches per image): the peak of a LoRA step with checkpointing is that vision backward
+    (block inputs + one block recomputed with its gradients), ~50 MB above the step without checkpointing per
+    image; modelled as `checkpointed` = the block inputs + one block's `per_layer`, and not added to the language
+    model's (whose backward is over by then): see `predict`."""
     w, inter = d.vision_hidden, d.vision_intermediate
     per_layer = shape.patches * (9 * w + 2 * inter) * act_bytes
     trained = not cfg.train.freeze_vision and not cfg.lora.enabled
+    passes = trained or cfg.train.gradient_checkpointing  # a gradient runs through the vision blocks
     saved = per_layer * d.vision_layers if trained else 0.0
     transient = shape.patches * (4 * w + 2 * inter) * act_bytes  # one block's forward
-    checkpointed = (shape.patches * w * act_bytes * d.vision_layers + per_layer) if trained else 0.0
-    return {"saved": saved, "checkpointed": checkpointed, "transient": transient, "trained": trained}
+    inputs = shape.patches * w * act_bytes * d.vision_layers if passes else 0.0
+    checkpointed = inputs + per_layer if passes else 0.0
+    return {"saved": saved, "checkpointed": checkpointed, "inputs": inputs, "transient": transient,
+            "trained": trained}
 
 
 def logits_bytes(d: Dims, shape: Shape, act_bytes: int) -> dict:
@@ -161,25 +192,47 @@ def vision_cache_bytes(n_images: int, mean_image_tokens: float, d: Dims, dtype_b
 
 def predict(cfg: RunCfg, d: Dims, state: dict, shape: Shape, sharding: Sharding, lora_targets: tuple[str, ...]
             ) -> dict:
-    """The itemised peak of one step per GPU (bytes) and its total under `train.gradient_checkpointing`."""
+    """The itemised peak of one step per GPU (bytes) and its total under `train.gradient_checkpointing`.
+
+    Two moments compete for the peak of a steady-state step (AdamW's states exist from the second step on): the end
+    of the forward / start of the backward (weights, grads and states, the activations, autocast's weight copies,
+    the logits) and AdamW's step (weights, grads, states and the step's float32 temporary). Both were missed before
+    full fine-tuning was measured (Qwen2-VL-2B cut to 2+2 layers, 18% under):
+    - `weight_casts`: under bf16/fp16 autocast every float32 trainable matrix (all of a full fine-tune's; LoRA's
+      adapters) is cast to the compute dtype once per forward, and autocast keeps that copy (its cache holds casts
+      of leaf tensors that require grad) until the autocast context ends, the backward's saved tensors after it.
+      An input embedding that is only looked up (not tied to the LM head) is not cast.
+    - `optim_step`: torch's AdamW on a GPU (foreach) computes sqrt(exp_avg_sq) for a whole parameter group at once:
+      one float32 temporary the size of the largest group's trainables (train/optim.py: the matrices), at a moment
+      when the activations are gone; the item is what it adds above the backward's activations + casts + logits."""
     act_bytes = DTYPE_BYTES[cfg.model.dtype]
     lang = language_activations(d, cfg, shape, lora_targets, act_bytes)
     vis = vision_activations(d, cfg, shape, act_bytes)
     ckpt = cfg.train.gradient_checkpointing
-    activations = (lang["checkpointed"] + vis["checkpointed"]) if ckpt else (lang["saved"] + vis["saved"])
+    vis_ckpt = vis if ckpt else vision_activations(
+        d, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, gradient_checkpointing=True)), shape,
+        act_bytes)
+    # under checkpointing the vision blocks' backward (recomputing one) comes after the language model's is over
+    with_ckpt = max(lang["checkpointed"] + vis_ckpt["inputs"], vis_ckpt["checkpointed"])
+    activations = with_ckpt if ckpt else lang["saved"] + vis["saved"]
     activations = max(activations, vis["transient"])
     logits = logits_bytes(d, shape, act_bytes)
+    casts = state.get("cast_params", 0) * act_bytes if act_bytes < 4 else 0.0
+    casts *= sharding.share("weights")
+    step_temp = state.get("step_temp", 0.0) * sharding.share("optimizer")
     items = {
         "weights": state["weights"] * sharding.share("weights"),
         "grads": state["grads"] * sharding.share("grads"),
         "optimizer": state["optimizer"] * sharding.share("optimizer"),
         "activations": activations,
+        "weight_casts": casts,
         "logits": logits["answer_only"],
+        "optim_step": max(0.0, step_temp - (activations + casts + logits["answer_only"])),
         "inputs": inputs_bytes(d, shape, act_bytes),
     }
     return {"items": items, "total": sum(items.values()),
             "activations_without_checkpointing": lang["saved"] + vis["saved"],
-            "activations_with_checkpointing": lang["checkpointed"] + vis["checkpointed"],
+            "activations_with_checkpointing": with_ckpt,
             "full_logits": logits["full"], "answer_logits": logits["answer_only"],
             "logit_positions": {"answer_only": logits["answer_positions"], "full": logits["full_positions"]},
             "vision_trained": vis["trained"], "gradient_checkpointing": ckpt, "sharding": sharding.mode,
