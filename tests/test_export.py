@@ -77,3 +77,33 @@ def test_merged_weights_equal_base_plus_scaled_lora_product(tmp_path, fashion_di
     expected = base[w_key].detach() + (8 / 4) * b @ adapter[a_key]
     torch.testing.assert_close(merged[w_key].detach(), expected, rtol=1e-5, atol=1e-6)
     assert not torch.equal(merged[w_key], base[w_key])
+
+
+@pytest.mark.parametrize("family_name", ["llava", "llava_next", "paligemma", "gemma3"])
+def test_export_writes_the_hub_layout_of_flat_vision_towers(family_name, tmp_path):
+    """A model built in code (tiny, built-in, composed) saves its CLIP/SigLIP tower flat (`vision_tower.embeddings`);
+    the export writes the hub's `vision_tower.vision_model.` keys that vLLM and older transformers load, and
+    transformers 5 reads them back to the same weights and logits."""
+    from safetensors import safe_open
+    from transformers import AutoModelForImageTextToText
+
+    from vlmtune.models import get_family
+
+    tiny = get_family(family_name).tiny()
+    src = tmp_path / "src"
+    tiny.model.save_pretrained(src)
+    tiny.processor.save_pretrained(src)
+    with safe_open(src / "model.safetensors", "pt") as f:
+        assert any(k.startswith("vision_tower.embeddings") for k in f.keys())
+    out = export(src, tmp_path / "out")["out"]
+    with safe_open(f"{out}/model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    tower = [k for k in keys if k.startswith("vision_tower.")]
+    assert tower and all(k.startswith("vision_tower.vision_model.") for k in tower)
+    back = AutoModelForImageTextToText.from_pretrained(out).eval()
+    mine = tiny.model.eval().state_dict()
+    assert back.state_dict().keys() == mine.keys()
+    assert all(torch.equal(back.state_dict()[k], v) for k, v in mine.items())
+    from vlmtune.export import hub_layout
+
+    assert hub_layout(tmp_path / "out") == 0  # already in the hub's layout: nothing renamed twice

@@ -49,6 +49,7 @@ def export(model: str | Path, out: str | Path, merge: bool = False) -> dict:
             # transformers 5 nests it in processor_config.json; older loaders (the transformers vLLM pins, other
             # serving stacks, converters) read preprocessor_config.json: the same settings, on their own too
             image_processor.save_pretrained(tmp)
+        hub_layout(tmp)
         missing = [f for f in REQUIRED_FILES if not (tmp / f).is_file()]
         if missing:
             raise RuntimeError(f"{tmp}: export is missing {missing}")
@@ -58,6 +59,44 @@ def export(model: str | Path, out: str | Path, merge: bool = False) -> dict:
             info["trained_on_quantized_base"] = meta["quantization"]
         (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
     return {"out": str(out), **info, "files": sorted(p.name for p in out.iterdir())}
+
+
+FLAT_TOWERS = ("CLIPVisionModel", "SiglipVisionModel")
+"""Vision towers that transformers 5 builds flat (no `vision_model` submodule) and saves as `vision_tower.embeddings...`
+when the model was not loaded from a checkpoint in the hub's layout (the built-in model, `vlmtune compose`, a tiny
+model), where the hub checkpoints and the loaders of other tools (vLLM 0.32, transformers < 5) have
+`vision_tower.vision_model.embeddings...`. transformers 5 reads both (its conversion mapping drops the prefix)."""
+
+
+def hub_layout(model_dir: Path) -> int:
+    """Rename a saved LLaVA / LLaVA-NeXT / PaliGemma / Gemma 3 directory's flat vision-tower keys to the hub's layout
+    (`vision_tower.X` -> `vision_tower.vision_model.X`, in every shard and the shard index), so that vLLM and older
+    transformers load the export. Returns the number of keys renamed (0: already in the hub's layout, or another
+    kind of model)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    config = json.loads((model_dir / "config.json").read_text())
+    tower = (config.get("vision_config") or {}).get("model_type")
+    if tower not in ("clip_vision_model", "siglip_vision_model"):
+        return 0
+    flat = lambda k: k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.")  # noqa: E731
+    new = lambda k: "vision_tower.vision_model." + k.removeprefix("vision_tower.") if flat(k) else k  # noqa: E731
+    renamed = 0
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(shard, "pt") as f:
+            keys, metadata = list(f.keys()), f.metadata()
+            if not any(flat(k) for k in keys):
+                continue
+            tensors = {new(k): f.get_tensor(k) for k in keys}
+        renamed += sum(flat(k) for k in keys)
+        save_file(tensors, shard, metadata=metadata or {"format": "pt"})
+    index = model_dir / "model.safetensors.index.json"
+    if renamed and index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {new(k): v for k, v in data["weight_map"].items()}
+        index.write_text(json.dumps(data, indent=2) + "\n")
+    return renamed
 
 
 VLLM_EXPORT = "vllm-export"
