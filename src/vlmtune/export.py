@@ -126,10 +126,18 @@ def for_vllm(model: str | Path, lora: bool = False) -> dict:
             raise ValueError(f"{source}: the adapter also trains {adapter['modules_to_save']} in full, which vLLM "
                              "cannot load as LoRA; serve the merged model (leave out --lora)")
         base = base_path(source, meta["base"])
+        if Path(base).is_dir():  # a local base (a run's base/, a composed model): in the hub's layout too
+            base = str(_exported(Path(base), merge=False))
         return {**info, "path": base, "adapter": str(source), "lora_rank": adapter.get("r"),
                 "chat_template": _chat_template(source)}
     if not meta:  # an export or another plain HF directory
         return {**info, "path": str(source), "chat_template": _chat_template(source)}
+    out = _exported(source, merge=bool(meta.get("adapter")))
+    return {**info, "path": str(out), "chat_template": _chat_template(out)}
+
+
+def _exported(source: Path, merge: bool) -> Path:
+    """`source` exported beside itself (`<source>.vllm-export/`), made again when `source` changed."""
     out = source.parent / f"{source.name}.{VLLM_EXPORT}"
     identity = checkpoint_identity(source)
     made = out / META
@@ -137,10 +145,10 @@ def for_vllm(model: str | Path, lora: bool = False) -> dict:
         if out.exists():
             shutil.rmtree(out)  # vlmtune's own cache of an older checkpoint
         print(f"exporting {source} for vLLM into {out}", file=sys.stderr)
-        export(source, out, merge=bool(meta.get("adapter")))
+        export(source, out, merge=merge)
         written = json.loads(made.read_text())
         made.write_text(json.dumps({**written, "checkpoint_identity": identity}, indent=2) + "\n")
-    return {**info, "path": str(out), "chat_template": _chat_template(out)}
+    return out
 
 
 def _chat_template(model_dir: Path) -> str | None:

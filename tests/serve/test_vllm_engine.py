@@ -72,7 +72,7 @@ def test_the_run_is_exported_once_for_vllm_with_its_processor_files(lora_run):
 def test_lora_serves_the_adapter_on_its_base_and_refuses_what_vllm_cannot_load(lora_run, tmp_path, fashion_dir):
     info = for_vllm(lora_run, lora=True)
     assert info["adapter"] == str(lora_run / "best") and info["lora_rank"] == 4
-    assert info["path"] == str(lora_run / "base")
+    assert info["path"] == str(lora_run / "base.vllm-export")  # the run's base in the hub's layout
     argv = vllm_command(Path("/py"), VllmModel(path=info["path"], name="t", adapter=Path(info["adapter"]),
                                                lora_rank=4), tensor_parallel=2)
     assert argv[argv.index("--lora-modules") + 1] == f"t={lora_run / 'best'}" and "--enable-lora" in argv
