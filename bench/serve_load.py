@@ -1,6 +1,7 @@
-"""Load test of `vlmtune serve` on loopback: dynamic batching vs batch size 1.
+"""Load test of `vlmtune serve` on loopback: dynamic batching vs batch size 1, and vLLM beside them.
 
     .venv/bin/python bench/serve_load.py            # ~3 minutes on 2 CPU cores; prints a markdown table
+    .venv/bin/python bench/serve_load.py --engines builtin,vllm     # + `vlmtune serve --engine vllm` (make vllm)
 
 The built-in model (LLaVA architecture, CLIP 4x128 on 64x64 images + Llama 2x128, random weights, so every answer
 runs to max_tokens=16: the same work per request) is saved once and served twice from one script, by uvicorn on
@@ -32,12 +33,12 @@ def _image_uri(k: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-async def _load(url: str, clients: int, requests: int, max_tokens: int):
+async def _load(url: str, clients: int, requests: int, max_tokens: int, extra: dict | None = None):
     import httpx
 
     bodies = [{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _image_uri(k)}},
                                                          {"type": "text", "text": "What colour is the top?"}]}],
-               "max_tokens": max_tokens} for k in range(requests)]
+               "max_tokens": max_tokens, **(extra or {})} for k in range(requests)]
     latencies, errors, tokens = [], 0, 0
     queue: asyncio.Queue = asyncio.Queue()
     for b in bodies:
@@ -94,12 +95,56 @@ def serve_and_load(model_dir: Path, batch: int, clients: int, requests: int, max
             "mean_batch": sum(sizes) / max(1, len(sizes))}
 
 
+def vllm_and_load(model_dir: Path, clients: int, requests: int, max_tokens: int, vllm_python: str | None) -> dict:
+    """The same model and requests through `vlmtune serve --engine vllm` (vLLM's server in .venv-vllm, its own
+    process; the export is made first, outside the timing). Every answer runs to max_tokens (`ignore_eos`): the
+    same work per request as the random built-in model does on the builtin engine."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-m", "vlmtune.cli", "serve", "--engine", "vllm", "--model", str(model_dir), "--port",
+            str(port), "--max-tokens", str(max_tokens), "--model-name", "bench",
+            *(["--vllm-python", vllm_python] if vllm_python else [])]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for line in proc.stderr:
+            if "serving at" in line:
+                break
+        else:
+            raise RuntimeError(f"vlmtune serve --engine vllm exited ({proc.wait()})")
+        start_s = time.perf_counter() - t0
+        extra = {"model": "bench", "ignore_eos": True, "temperature": 0}
+        asyncio.run(_load(url, clients, 8, max_tokens, extra))  # warm-up
+        wall, lat, errors, tokens = asyncio.run(_load(url, clients, requests, max_tokens, extra))
+        version = httpx.get(url + "/version").json().get("version")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    lat.sort()
+    return {"engine": f"vllm {version}", "wall": wall, "rps": requests / wall, "tps": tokens / wall,
+            "p50": statistics.median(lat), "p95": lat[int(0.95 * (len(lat) - 1))], "errors": errors,
+            "mean_batch": None, "start_s": start_s}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--engines", default="builtin", help="builtin, vllm or builtin,vllm (vllm: `make vllm` first)")
+    ap.add_argument("--vllm-python", default=None, help="the Python of vLLM's environment (default .venv-vllm)")
     a = ap.parse_args()
+    engines = a.engines.split(",")
     os.environ.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     from vlmtune.config import BuiltinCfg
     from vlmtune.models.builtin import build_builtin
@@ -108,15 +153,28 @@ def main() -> None:
     loaded = build_builtin(BuiltinCfg(), seed=0)
     loaded.model.save_pretrained(model_dir)
     loaded.processor.save_pretrained(model_dir)
-    rows = [serve_and_load(model_dir, b, a.clients, a.requests, a.max_tokens) for b in (1, 16)]
+    rows = []
+    if "builtin" in engines:
+        rows += [serve_and_load(model_dir, b, a.clients, a.requests, a.max_tokens) for b in (1, 16)]
+    if "vllm" in engines:
+        rows.append(vllm_and_load(model_dir, a.clients, a.requests, a.max_tokens, a.vllm_python))
     print(f"{a.clients} concurrent clients, {a.requests} requests, max_tokens {a.max_tokens}, one 64x64 PNG each\n")
     print("| server | requests/s | tokens/s | p50 latency (s) | p95 latency (s) | errors | mean batch |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        name = "max_batch_size 1" if r["batch"] == 1 else f"dynamic batching (max_batch_size {r['batch']}, 10 ms)"
+        if "engine" in r:
+            name = f"{r['engine']} (`serve --engine vllm`; started in {r['start_s']:.0f} s)"
+        elif r["batch"] == 1:
+            name = "builtin, max_batch_size 1"
+        else:
+            name = f"builtin, dynamic batching (max_batch_size {r['batch']}, 10 ms)"
+        batch = "-" if r["mean_batch"] is None else f"{r['mean_batch']:.1f}"
         print(f"| {name} | {r['rps']:.1f} | {r['tps']:.0f} | {r['p50']:.2f} | {r['p95']:.2f} | {r['errors']} "
-              f"| {r['mean_batch']:.1f} |")
-    print(f"\nthroughput ratio (batching / batch 1): {rows[1]['rps'] / rows[0]['rps']:.2f}x")
+              f"| {batch} |")
+    if "builtin" in engines:
+        print(f"\nthroughput ratio (batching / batch 1): {rows[1]['rps'] / rows[0]['rps']:.2f}x")
+    if len(engines) == 2:
+        print(f"throughput ratio (vLLM / builtin dynamic batching): {rows[2]['rps'] / rows[1]['rps']:.2f}x")
 
 
 if __name__ == "__main__":
