@@ -132,3 +132,15 @@ def test_llava_full_fine_tune_peak_memory_within_15_percent(tmp_path):
 @pytest.mark.large
 def test_qwen2_vl_full_fine_tune_with_checkpointing_peak_memory_within_15_percent(tmp_path):
     check(tmp_path, "Qwen__Qwen2-VL-2B-Instruct", "qwen2_vl", mode="full_ckpt")
+
+
+@pytest.mark.large
+def test_smolvlm_full_fine_tune_peak_memory_within_15_percent(tmp_path):
+    """Crashed at the first forward before `merge_in_model_dtype` (SmolVLM casts its image features to the trained
+    vision tower's float32): now the peak is AdamW's step."""
+    check(tmp_path, "HuggingFaceTB__SmolVLM2-256M-Video-Instruct", "smolvlm", micro=1, mode="full")
+
+
+@pytest.mark.large
+def test_smolvlm_full_fine_tune_with_checkpointing_peak_memory_within_15_percent(tmp_path):
+    check(tmp_path, "HuggingFaceTB__SmolVLM2-256M-Video-Instruct", "smolvlm", micro=1, mode="full_ckpt")
