@@ -4,8 +4,9 @@
 
 MODE: `lora` (the default: LoRA r/dropout on the family's targets), `full` (`lora.enabled: false` with the recipe
 defaults: vision, projector and language all trained, every weight upcast to float32 by `make_trainable`),
-`lora_ckpt` / `full_ckpt` (the same with `train.gradient_checkpointing`, enabled as train/build.py does:
-`activation_checkpointing_enable(use_reentrant=False)` on the base model before `make_trainable`).
+`lora_ckpt` / `full_ckpt` (the same with `train.gradient_checkpointing`, enabled by train/build.py's own calls:
+`train.trainable.enable_checkpointing` on the base model, then `make_trainable`, which removes the input-grad hooks
+checkpointing put in a frozen vision tower).
 
 Run in a fresh process: the model is built from MODEL_DIR's config (a real config with its depth cut) with random
 weights, made trainable by vlmtune's `make_trainable`, a micro-batch of the plan's assumed sample (the real processor,
@@ -91,7 +92,7 @@ def main(model_dir: str, family_name: str, dtype: str, micro: int, r: int = 16, 
     from vlmtune.models.loss import forward_losses
     from vlmtune.train.optim import adamw
     from vlmtune.train.plan.lengths import ASSUMED_ANSWER, ASSUMED_IMAGE, ASSUMED_QUESTION
-    from vlmtune.train.trainable import make_trainable
+    from vlmtune.train.trainable import enable_checkpointing, make_trainable
 
     torch.manual_seed(0)
     raw = run_config(model_dir, family_name, dtype, micro, r, dropout, mode)
@@ -99,8 +100,8 @@ def main(model_dir: str, family_name: str, dtype: str, micro: int, r: int = 16, 
     family = get_family(family_name)
     model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(model_dir),
                                                     dtype=getattr(torch, dtype))
-    if cfg.train.gradient_checkpointing:  # as train/build.py: on the base model, before make_trainable
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.train.gradient_checkpointing:  # train/build.py's call: on the base model, before make_trainable
+        enable_checkpointing(model)
     model = make_trainable(cfg, family, model)
     model.train()
     processor = family.load_processor(model_dir)

@@ -152,6 +152,13 @@ class ModelFamily:
     """Dotted name of the vision encoder in the HF model (`model.vision_tower`, Qwen2-VL's `model.visual`); the vision
     dummy's blank image is cast to its dtype."""
 
+    merge_in_model_dtype: str | None = None
+    """For a model that casts its image features to `model.dtype` (transformers': its first parameter's, the vision
+    tower's) right before merging them into the text embeddings (SmolVLM): the dotted name of the decoder that takes
+    the merged `inputs_embeds` (`model.text_model`). When a full fine-tune trains the vision tower that dtype is
+    float32: `train.trainable.align_dtypes` merges in it and casts the merged embeddings to the base dtype at this
+    decoder's input. None: the model casts its features to the text embeddings' dtype (every other family)."""
+
     def load_processor(self, path, **options):
         check_model_path(path)
         if self.processor_loader is not None:

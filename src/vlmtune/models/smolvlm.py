@@ -13,6 +13,9 @@ Trained tokens: the answer and `<end_of_utterance>` (SmolVLM's EOS). Traps handl
   needs torchvision, and `num2words`. Its image-text processing is Idefics3Processor's (same image expansion, same
   tokens), so `load` builds an `Idefics3Processor` from the checkpoint's files; saved again, it reloads with
   AutoProcessor. Videos are not supported.
+- Unlike Idefics3, the model casts its image features to `model.dtype` (the first parameter's: the vision tower's,
+  float32 when a full fine-tune trains it) rather than to the text embeddings' dtype before `masked_scatter`:
+  `merge_in_model_dtype` has `align_dtypes` merge in that dtype (a bf16 full fine-tune crashed at its first forward).
 - Everything else as in idefics3.py (nested image lists, size-dependent image tokens, wrapper tokens).
 """
 
@@ -68,4 +71,5 @@ FAMILY = ModelFamily(
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
     vision_features="per_sample",  # get_image_features lists one entry per sample (all its images' tiles)
     vision_tower="model.vision_model",
+    merge_in_model_dtype="model.text_model",  # image features cast to model.dtype (the vision tower's) before the merge
 )

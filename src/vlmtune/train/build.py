@@ -17,7 +17,7 @@ from vlmtune.models.family import Loaded
 from vlmtune.runs import RUN_BASE
 from vlmtune.train import checkpoint as ckpt
 from vlmtune.train.optim import adamw, lr_schedule
-from vlmtune.train.trainable import make_trainable
+from vlmtune.train.trainable import enable_checkpointing, make_trainable
 
 
 def build_model(cfg: RunCfg, family: ModelFamily, run_dir: Path, is_main: bool) -> tuple[Loaded, Any, dict]:
@@ -32,7 +32,7 @@ def build_model(cfg: RunCfg, family: ModelFamily, run_dir: Path, is_main: bool) 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         meta["quantization"] = dataclasses.asdict(cfg.model.quantization)
     if cfg.train.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)  # make_trainable then drops its input-grad hooks in a frozen vision tower
     if cfg.lora.enabled and cfg.model.path == "builtin":  # a built (random) base must be saved for the adapter
         if is_main:
             ckpt.save_base(run_dir, model, loaded.processor, family.name)

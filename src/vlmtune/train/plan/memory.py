@@ -19,9 +19,9 @@ attention has smaller k and v, the MLP is gated (SwiGLU: gate, up, their activat
 a frozen Linear saves nothing for its weight, and LoRA adds the float32 copies of the inputs peft hands its adapters
 (see `language_activations`, whose terms were checked tensor by tensor with saved_tensors_hooks).
 With gradient checkpointing each layer keeps only its input, and one layer's activations exist at a time during
-recomputation. A frozen vision tower that no gradient passes (LoRA on the language model, or freeze_vision, without
-gradient checkpointing) saves nothing: only one block's transient forward exists; under gradient checkpointing a
-gradient does pass it (see `vision_activations`).
+recomputation. A frozen vision tower (LoRA on the language model, or freeze_vision) saves nothing, with or without
+gradient checkpointing: no gradient passes it (`train.trainable.skip_frozen_vision_backward`), only one block's
+transient forward exists (see `vision_activations`).
 
 Autocast's copies of float32 trainable weights and AdamW's step temporary: see `predict`.
 
@@ -32,7 +32,6 @@ tokens), n_targets x vocab, in the compute dtype, then a float32 copy for cross-
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from vlmtune.config import RunCfg
@@ -146,27 +145,25 @@ def language_activations(d: Dims, cfg: RunCfg, shape: Shape, lora_targets: tuple
 
 
 def vision_activations(d: Dims, cfg: RunCfg, shape: Shape, act_bytes: int) -> dict:
-    """Saved activations of the vision tower (bytes): none when it is frozen and no gradient passes through it;
-    else per block and patch LayerNorm in/out x2, q, k, v, attention output, projection input, the MLP's hidden
-    and activation: 9 x width + 2 x intermediate.
+    """Saved activations of the vision tower (bytes): none when it is frozen; else per block and patch LayerNorm
+    in/out x2, q, k, v, attention output, projection input, the MLP's hidden and activation: 9 x width + 2 x
+    intermediate.
 
-    Under gradient checkpointing a gradient passes through a frozen vision tower too: transformers'
-    `activation_checkpointing_enable` (train/build.py) calls `enable_input_require_grads`, which hooks the input
-    embeddings of every sub-model, the vision tower's patch embedding included (seen on SmolVLM, Qwen2-VL,
-    Qwen2.5-VL and LLaVA-1.5), so its output requires grad and
-    the backward runs through every (checkpointed) vision block, recomputing one at a time. Measured on SmolVLM
-    (5 tiles of 1,024 patches per image): the peak of a LoRA step with checkpointing is that vision backward
-    (block inputs + one block recomputed with its gradients), ~50 MB above the step without checkpointing per
-    image; modelled as `checkpointed` = the block inputs + one block's `per_layer`, and not added to the language
-    model's (whose backward is over by then): see `predict`."""
+    A frozen tower gets no gradient, with or without gradient checkpointing. (transformers'
+    `activation_checkpointing_enable` hooks the vision tower's patch embedding to require grad, which made the
+    backward run through every frozen, checkpointed vision block: measured on SmolVLM as the peak of a LoRA step with
+    checkpointing, ~50 MB per image above the step without. `make_trainable` removes those hooks
+    (`train.trainable.skip_frozen_vision_backward`), so the term is gone for a frozen tower.) A trained tower under
+    checkpointing keeps its blocks' inputs and recomputes one block at a time in its backward: `checkpointed` = the
+    block inputs + one block's `per_layer`, not added to the language model's (whose backward is over by then): see
+    `predict`."""
     w, inter = d.vision_hidden, d.vision_intermediate
     per_layer = shape.patches * (9 * w + 2 * inter) * act_bytes
-    trained = not cfg.train.freeze_vision and not cfg.lora.enabled
-    passes = trained or cfg.train.gradient_checkpointing  # a gradient runs through the vision blocks
+    trained = not cfg.train.freeze_vision and not cfg.lora.enabled  # the only case a gradient runs through it
     saved = per_layer * d.vision_layers if trained else 0.0
     transient = shape.patches * (4 * w + 2 * inter) * act_bytes  # one block's forward
-    inputs = shape.patches * w * act_bytes * d.vision_layers if passes else 0.0
-    checkpointed = inputs + per_layer if passes else 0.0
+    inputs = shape.patches * w * act_bytes * d.vision_layers if trained else 0.0
+    checkpointed = inputs + per_layer if trained else 0.0
     return {"saved": saved, "checkpointed": checkpointed, "inputs": inputs, "transient": transient,
             "trained": trained}
 
@@ -209,11 +206,8 @@ def predict(cfg: RunCfg, d: Dims, state: dict, shape: Shape, sharding: Sharding,
     lang = language_activations(d, cfg, shape, lora_targets, act_bytes)
     vis = vision_activations(d, cfg, shape, act_bytes)
     ckpt = cfg.train.gradient_checkpointing
-    vis_ckpt = vis if ckpt else vision_activations(
-        d, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, gradient_checkpointing=True)), shape,
-        act_bytes)
-    # under checkpointing the vision blocks' backward (recomputing one) comes after the language model's is over
-    with_ckpt = max(lang["checkpointed"] + vis_ckpt["inputs"], vis_ckpt["checkpointed"])
+    # under checkpointing a trained vision tower's backward (recomputing one block) comes after the language model's
+    with_ckpt = max(lang["checkpointed"] + vis["inputs"], vis["checkpointed"])
     activations = with_ckpt if ckpt else lang["saved"] + vis["saved"]
     activations = max(activations, vis["transient"])
     logits = logits_bytes(d, shape, act_bytes)
