@@ -222,7 +222,7 @@ def test_a_trained_vision_tower_reuses_decoded_images_across_epochs(tmp_path, fa
     real = images_module.load_image
     monkeypatch.setattr(images_module, "load_image", lambda path, *a: decoded.append(str(path)) or real(path, *a))
     # the start-up plan (train/plan) reads each image once more to measure its tokens: not what is counted here
-    monkeypatch.setattr("vlmtune.train.loop.plan_for_train", lambda cfg, run_dir: None)
+    monkeypatch.setattr("vlmtune.train.loop.plan_for_train", lambda cfg, run_dir, samples=None: None)
     runs = {}
     for mb in (0, 64):
         decoded.clear()
