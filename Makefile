@@ -72,7 +72,7 @@ test-pages: $(STAMP) ocr
 PYTEST_WORKERS ?= 2
 # the suite as CI runs it; pytest's exit code 5 (no test ran) is a failure
 define PYTEST
-$(1)/bin/python -m pytest -n $(PYTEST_WORKERS) -m "not gpu and not slow and not large and not pages" -p no:cacheprovider --junitxml=$(1)/junit.xml; \
+$(1)/bin/python -m pytest -n $(PYTEST_WORKERS) -m "not gpu and not slow and not large and not pages and not vllm" -p no:cacheprovider --junitxml=$(1)/junit.xml; \
   rc=$$?; \
   if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 endef
@@ -132,6 +132,12 @@ $(VLLM_STAMP): requirements-vllm.txt $(VLLM_SHIM) | $(UV)
 	touch $(VLLM_STAMP)
 
 vllm: $(VLLM_STAMP)
+
+# what is evaluated is what is served: each family vLLM's CPU build serves at tiny size, `vlmtune serve --engine vllm`
+# against `vlmtune eval --model`, token by token (tests/serve/test_vllm_parity.py; ~2 minutes a family on 2 cores)
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python -m pytest -m vllm -p no:cacheprovider --junitxml=$(VENV)/junit-vllm.xml; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 # re-resolve requirements-vllm.txt (run it when requirements-vllm.in changes, then `make vllm`)
 lock-vllm: $(UV)

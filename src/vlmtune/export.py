@@ -68,11 +68,11 @@ model), where the hub checkpoints and the loaders of other tools (vLLM 0.32, tra
 `vision_tower.vision_model.embeddings...`. transformers 5 reads both (its conversion mapping drops the prefix)."""
 
 
-def hub_layout(model_dir: Path) -> int:
+def hub_layout(model_dir: Path, dry: bool = False) -> int:
     """Rename a saved LLaVA / LLaVA-NeXT / PaliGemma / Gemma 3 directory's flat vision-tower keys to the hub's layout
     (`vision_tower.X` -> `vision_tower.vision_model.X`, in every shard and the shard index), so that vLLM and older
     transformers load the export. Returns the number of keys renamed (0: already in the hub's layout, or another
-    kind of model)."""
+    kind of model). `dry`: count them, change nothing."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -88,11 +88,13 @@ def hub_layout(model_dir: Path) -> int:
             keys, metadata = list(f.keys()), f.metadata()
             if not any(flat(k) for k in keys):
                 continue
+            renamed += sum(flat(k) for k in keys)
+            if dry:
+                continue
             tensors = {new(k): f.get_tensor(k) for k in keys}
-        renamed += sum(flat(k) for k in keys)
         save_file(tensors, shard, metadata=metadata or {"format": "pt"})
     index = model_dir / "model.safetensors.index.json"
-    if renamed and index.is_file():
+    if renamed and index.is_file() and not dry:
         data = json.loads(index.read_text())
         data["weight_map"] = {new(k): v for k, v in data["weight_map"].items()}
         index.write_text(json.dumps(data, indent=2) + "\n")
@@ -130,7 +132,7 @@ def for_vllm(model: str | Path, lora: bool = False) -> dict:
             base = str(_exported(Path(base), merge=False))
         return {**info, "path": base, "adapter": str(source), "lora_rank": adapter.get("r"),
                 "chat_template": _chat_template(source)}
-    if not meta:  # an export or another plain HF directory
+    if not meta and not hub_layout(source, dry=True):  # an export, or another HF directory other tools load
         return {**info, "path": str(source), "chat_template": _chat_template(source)}
     out = _exported(source, merge=bool(meta.get("adapter")))
     return {**info, "path": str(out), "chat_template": _chat_template(out)}

@@ -148,6 +148,8 @@ class RemotePredictor:
     def _one(self, sample: Sample, images: list, max_new_tokens: int) -> Completion:
         body = {"model": self.model, "messages": chat_messages(sample, images), "max_tokens": max_new_tokens,
                 "temperature": 0, "stream": False}
+        if self.engine == "vllm":  # vLLM's extension: the answer's token ids, for an exact comparison
+            body["return_token_ids"] = True
         try:
             out = _call(f"{self.url}/v1/chat/completions", body, self.timeout, self.api_key)
         except RemoteError as e:
@@ -155,8 +157,13 @@ class RemotePredictor:
         choice = (out.get("choices") or [{}])[0]
         text = ((choice.get("message") or {}).get("content") or "").strip()
         usage = out.get("usage") or {}
+        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        ids = list(choice.get("token_ids") or [])
+        if ids and finish == "stop" and not isinstance(choice.get("stop_reason"), str):  # ended by an end token
+            ids = ids[:-1]  # (the eos: stop_reason None; another of generation_config's: its id), which vLLM lists
+            # and `Predictor.complete` does not; a stop string (never sent here) would be part of the answer
         return Completion(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
-                          "length" if choice.get("finish_reason") == "length" else "stop")
+                          finish, ids)
 
     def complete(self, samples: list[Sample], images: list[list], max_new_tokens: int | None = None,
                  **_ignored) -> list[Completion]:

@@ -121,7 +121,8 @@ def test_a_vllm_server_is_recognised_and_sent_the_samples_images(fashion_dir, tm
         assert [c.text for c in done] == [f"1 {s.question[:5]}".strip() for s in samples]  # in the samples' order
         assert all(c.finish_reason == "stop" and c.prompt_tokens == 7 for c in done)
         assert p.complete(samples[:1], images[:1], max_new_tokens=2)[0].finish_reason == "length"
-        body = _FakeVllm.seen[0]
+        question = samples[0].question  # the requests went out concurrently: find the first sample's
+        body = next(b for b in _FakeVllm.seen if b["messages"][-1]["content"][-1]["text"] == question)
         assert body["temperature"] == 0 and body["max_tokens"] == 8 and body["model"] == "served-run"
         assert body["messages"] == chat_messages(samples[0], images[0])
         uri = body["messages"][0]["content"][0]["image_url"]["url"]

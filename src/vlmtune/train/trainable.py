@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from vlmtune.config import RunCfg
 from vlmtune.models import ModelFamily
-from vlmtune.models.family import freeze_group_of
+from vlmtune.models.family import base_model, freeze_group_of
 
 
 def projector_frozen(cfg: RunCfg) -> bool:
@@ -66,8 +66,6 @@ def skip_frozen_vision_backward(model, family: ModelFamily) -> int:
     autograd records the frozen tower and the backward runs through all its blocks (recomputing each under
     checkpointing) for gradients nothing uses. Non-reentrant checkpointing (the only kind vlmtune enables) does not
     need inputs that require grad; the language model's hook stays (LoRA's gradients flow as before)."""
-    from vlmtune.models.family import base_model
-
     if any(p.requires_grad for n, p in model.named_parameters() if freeze_group_of(family, n) == "vision"):
         return 0
     removed = 0
@@ -104,8 +102,6 @@ def align_dtypes(model, family: ModelFamily, dtype) -> None:
 
     embeds_dtype = dtype
     if family.merge_in_model_dtype:
-        from vlmtune.models.family import base_model
-
         hf = base_model(model)
         embeds_dtype = hf.dtype  # what the model casts its image features to before the merge
 
