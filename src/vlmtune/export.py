@@ -118,7 +118,8 @@ def for_vllm(model: str | Path, lora: bool = False) -> dict:
     meta = json.loads((source / META).read_text()) if (source / META).is_file() else {}
     cfg = run_config_of(source)
     name = cfg.name if cfg is not None else source.name
-    info = {"name": name, "adapter": None, "lora_rank": None, "dtype": meta.get("dtype") or "auto",
+    family = meta.get("family") or json.loads((source / "config.json").read_text()).get("model_type")
+    info = {"name": name, "family": family, "adapter": None, "lora_rank": None, "dtype": meta.get("dtype") or "auto",
             "max_length": cfg.data.max_length if cfg is not None else None}
     if lora:
         if not meta.get("adapter"):

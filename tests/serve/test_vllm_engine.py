@@ -59,7 +59,8 @@ def test_the_run_is_exported_once_for_vllm_with_its_processor_files(lora_run):
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
             "preprocessor_config.json", "chat_template.jinja"} <= files, files
     assert info["chat_template"] == str(out / "chat_template.jinja")
-    assert (info["name"], info["dtype"], info["max_length"], info["adapter"]) == ("t", "float32", 128, None)
+    assert (info["name"], info["dtype"], info["max_length"], info["adapter"], info["family"]) == (
+        "t", "float32", 128, None, "llava")
     stamp = (out / "model.safetensors").stat().st_mtime_ns
     assert for_vllm(lora_run)["path"] == str(out) and (out / "model.safetensors").stat().st_mtime_ns == stamp
     # the plain HF directory loads without vlmtune's classes (the merged weights, the processor)

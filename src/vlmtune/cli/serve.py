@@ -38,6 +38,10 @@ def _serve_vllm(a, cfg: ServeCfg) -> dict:
         raise ValueError(f"--tensor-parallel must be >= 1, got {a.tensor_parallel}")
     python = find_vllm_python(a.vllm_python)  # before any export: say at once when vLLM is not installed
     info = for_vllm(a.model, lora=a.lora)
+    if info["family"] == "paligemma":
+        print("vlmtune serve: warning: vLLM's CPU attention runs PaliGemma's prompt causally, not as the prefix LM it "
+              "was trained as: its answers differ from `vlmtune eval`'s there (docs/vllm-cpu.md); on a GPU vLLM's "
+              "attention backends attend both ways", file=sys.stderr)
     model = VllmModel(path=info["path"], name=cfg.model_name or info["name"], chat_template=info["chat_template"],
                       adapter=info["adapter"], lora_rank=info["lora_rank"], dtype=a.dtype or info["dtype"],
                       max_model_len=info["max_length"] + cfg.max_tokens if info["max_length"] else None)
