@@ -72,7 +72,7 @@ test-pages: $(STAMP) ocr
 PYTEST_WORKERS ?= 2
 # the suite as CI runs it; pytest's exit code 5 (no test ran) is a failure
 define PYTEST
-$(1)/bin/python -m pytest -n $(PYTEST_WORKERS) -m "not gpu and not slow and not large and not pages" -p no:cacheprovider --junitxml=$(1)/junit.xml; \
+$(1)/bin/python -m pytest -n $(PYTEST_WORKERS) -m "not gpu and not slow and not large and not pages and not vllm" -p no:cacheprovider --junitxml=$(1)/junit.xml; \
   rc=$$?; \
   if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 endef
