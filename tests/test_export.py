@@ -1,6 +1,7 @@
 """`vlmtune export`: a standalone HF directory whose outputs equal the run's Predictor, for full and LoRA runs."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from vlmtune.data.images import load_images
 from vlmtune.data.store import read_samples
 from vlmtune.export import export
 from vlmtune.infer import Predictor
+from vlmtune.models import FAMILIES
 from vlmtune.train.loop import train
 
 
@@ -107,3 +109,112 @@ def test_export_writes_the_hub_layout_of_flat_vision_towers(family_name, tmp_pat
     from vlmtune.export import hub_layout
 
     assert hub_layout(tmp_path / "out") == 0  # already in the hub's layout: nothing renamed twice
+
+
+def _exported_tiny(family_name: str, tmp_path):
+    """A tiny model of `family_name`, saved and exported; returns (tiny Loaded, export directory)."""
+    tiny = FAMILIES[family_name].tiny()
+    tiny.model.save_pretrained(tmp_path / "src")
+    tiny.processor.save_pretrained(tmp_path / "src")
+    return tiny, Path(export(tmp_path / "src", tmp_path / "out")["out"])
+
+
+def _question():
+    from PIL import Image
+
+    from vlmtune.data.sample import Sample, assistant, user
+
+    sample = Sample(id="q", messages=[user("What colour is the top?"), assistant("red")], images=["a.png"], task="vqa")
+    return sample, Image.new("RGB", (40, 40), "red")
+
+
+@pytest.mark.parametrize("family_name", sorted(FAMILIES))
+def test_the_exported_chat_template_gives_the_prompt_training_used(family_name, tmp_path):
+    """Serving renders the export's chat template and tokenizes it as the processor does; training and the Predictor
+    use `encode`. The two prompts are the same ids, or the family says why it has no chat prompt (and the export has
+    no template that would build another one)."""
+    family = FAMILIES[family_name]
+    tiny, out = _exported_tiny(family_name, tmp_path)
+    # the family's loader reads the export's own files (AutoProcessor would build Qwen2-VL's video processor, which
+    # needs torchvision); the template rendered is the one in the directory
+    processor = family.load_processor(out)
+    if family.no_chat_prompt:
+        assert processor.chat_template is None and not (out / "chat_template.jinja").exists()
+        return
+    assert (out / "chat_template.jinja").is_file()
+    sample, image = _question()
+    # Blip2Processor and InstructBlipProcessor drop their `chat_template` argument (transformers 5.25): the template
+    # file reaches their tokenizer only, where vLLM also finds it
+    template = processor.chat_template or processor.tokenizer.chat_template
+    text = processor.apply_chat_template(sample.prompt_messages, add_generation_prompt=True, tokenize=False,
+                                         chat_template=template)
+    # transformers' own rule for a rendered prompt: no special tokens added when it already starts with BOS (vLLM
+    # never adds them)
+    bos = processor.tokenizer.bos_token
+    served = processor(text=[text], images=[[image]], add_special_tokens=not (bos and text.startswith(bos)),
+                       return_tensors="pt")
+    trained = family.encode(tiny.processor, [sample], [[image]], "generate", 512).inputs
+    print(family_name, repr(text))
+    for key in ("input_ids", "qformer_input_ids"):
+        if key in trained:
+            assert served[key].tolist() == trained[key].tolist(), key
+
+
+def test_the_blip_templates_equal_render_on_conversations():
+    """BLIP-2's and InstructBLIP's templates equal their `render` on conversations with a system turn, several turns,
+    list contents and an empty (captioning) user turn, with and without the generation prompt."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from vlmtune.data.sample import assistant, user
+    from vlmtune.models import blip2, instructblip
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    conversations = [
+        [user("What colour is the top?"), assistant("red")],
+        [{"role": "system", "content": "Be brief."}, user(" Which one? "), assistant("a"), user("And?"),
+         assistant("b")],
+        [user(""), assistant("a red top")],
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "two"},
+                                      {"type": "text", "text": "parts"}]}],
+    ]
+    for messages in conversations:
+        got = env.from_string(blip2.CHAT_TEMPLATE).render(messages=messages, bos_token="<s>")
+        assert got == "<s>" + blip2.render(messages), messages
+        got = env.from_string(instructblip.CHAT_TEMPLATE).render(messages=messages, eos_token="</s>")
+        assert got == instructblip.render_with("</s>")(messages), messages
+
+
+@pytest.mark.vllm
+def test_a_smolvlm_export_loads_as_smolvlm_processor_in_the_vllm_venv(tmp_path):
+    """vLLM builds SmolVLMProcessor, which needs a video processor config the Idefics3Processor vlmtune saves lacks:
+    the export writes one from the image processor's settings and names SmolVLMProcessor. In .venv-vllm (torchvision,
+    transformers 5.19) AutoProcessor builds SmolVLMProcessor with the same image settings; here vlmtune's loader and
+    AutoModelForImageTextToText still load the export."""
+    import subprocess
+
+    from transformers import AutoModelForImageTextToText
+
+    from vlmtune.runs import load_for_inference
+    from vlmtune.serve.vllm import find_vllm_python
+
+    python = find_vllm_python()  # FileNotFoundError, saying how to build it, when there is no .venv-vllm
+    tiny, out = _exported_tiny("smolvlm", tmp_path)
+    video = json.loads((out / "video_preprocessor_config.json").read_text())
+    assert video["video_processor_type"] == "SmolVLMVideoProcessor" and video["do_sample_frames"] is False
+    script = ("import json, sys; from transformers import AutoProcessor; "
+              "p = AutoProcessor.from_pretrained(sys.argv[1]);"
+              "print(json.dumps({'class': type(p).__name__, 'video': type(p.video_processor).__name__,"
+              " 'image': p.image_processor.to_dict()}, default=str))")
+    run = subprocess.run([str(python), "-c", script, str(out)], capture_output=True, text=True, timeout=300,
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    built = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (built["class"], built["video"]) == ("SmolVLMProcessor", "SmolVLMVideoProcessor")
+    ours = json.loads(json.dumps(tiny.processor.image_processor.to_dict(), default=str))  # tuples as JSON lists
+    for key in ("size", "max_image_size", "resample", "do_resize", "do_rescale", "rescale_factor", "do_normalize",
+                "do_pad", "do_convert_rgb", "do_image_splitting", "image_mean", "image_std"):
+        assert built["image"][key] == ours[key], key
+    loaded = load_for_inference(out)
+    assert type(loaded.processor).__name__ == "Idefics3Processor"
+    assert type(AutoModelForImageTextToText.from_pretrained(out)).__name__ == "SmolVLMForConditionalGeneration"
+

@@ -4,8 +4,10 @@
     vlmtune export --model runs/my_lora_run --out exported/ --merge   # LoRA: the adapter merged into its base
 
 The directory holds the weights, config.json, generation_config.json and every processor file (image processor,
-tokenizer, chat template), so `AutoModelForImageTextToText.from_pretrained(out)` and
-`AutoProcessor.from_pretrained(out)` load it with no vlmtune, no adapter and no base model beside it. An adapter
+tokenizer, chat template), plus what the family's `export_extras` adds for other loaders (SmolVLM's
+video_preprocessor_config.json, BLIP-2's chat template), so `AutoModelForImageTextToText.from_pretrained(out)` and
+`AutoProcessor.from_pretrained(out)` load it with no vlmtune, no adapter and no base model beside it (SmolVLM's
+processor, as for its checkpoints, with torchvision and num2words installed). An adapter
 run without `--merge` is refused: its weights mean nothing without the base, and the point of an export is a
 directory that stands alone (the adapter itself is already in the run's checkpoint for PEFT users).
 It is written to a temporary directory and renamed into place, and never over an existing directory.
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from vlmtune.infer import checkpoint_identity
 from vlmtune.io import atomic_dir
+from vlmtune.models import get_family
 from vlmtune.runs import META, base_path, load_for_inference, resolve_model_dir, run_config_of
 
 REQUIRED_FILES = ("config.json", "generation_config.json")
@@ -49,6 +52,9 @@ def export(model: str | Path, out: str | Path, merge: bool = False) -> dict:
             # transformers 5 nests it in processor_config.json; older loaders (the transformers vLLM pins, other
             # serving stacks, converters) read preprocessor_config.json: the same settings, on their own too
             image_processor.save_pretrained(tmp)
+        extras = get_family(loaded.family).export_extras
+        if extras is not None:  # files other loaders (vLLM) need beside the processor's own
+            extras(loaded.processor, tmp)
         hub_layout(tmp)
         missing = [f for f in REQUIRED_FILES if not (tmp / f).is_file()]
         if missing:

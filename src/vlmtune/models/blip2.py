@@ -8,7 +8,8 @@ Prompt format. The checkpoints have no chat template; BLIP-2 was trained (LAVIS 
 "Question: {q} Answer: {a}\\n" for VQA and on the bare caption for captioning, with "\\n" as the end token (the
 checkpoints' `eos_token_id`, 50118 in OPT's vocabulary). So a user turn renders as "Question: {text} Answer:", a user
 turn with no text as nothing (captioning from the image alone), and an assistant turn as " {answer}\\n"; the loss is
-on the answer and that "\\n". Multi-turn conversations chain the turns, and every answer is trained.
+on the answer and that "\\n". Multi-turn conversations chain the turns, and every answer is trained. The export
+writes the same format as a chat template (`CHAT_TEMPLATE`), which vLLM needs.
 
 Traps handled:
 - The processor prepends `num_query_tokens` image tokens to every text (before BOS) and adds the `<image>` token
@@ -23,7 +24,7 @@ from tokenizers import processors
 
 from vlmtune.data.sample import message_text
 from vlmtune.data.tokenizer import train_byte_bpe
-from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
+from vlmtune.models.family import Batch, Loaded, ModelFamily, chat_template_export, load_image_list, load_pretrained
 from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
 
 END = "\n"
@@ -42,6 +43,20 @@ CORPUS = [
     "Question: Describe the image. Answer: a person wearing a red top and blue trousers",
     "what colour is the shirt? a man wearing a blue shirt and white shoes.",
 ]
+
+
+TEXT = ("{%- if message['content'] is string -%}{%- set text = message['content'] | trim -%}"
+        "{%- else -%}{%- set text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text')"
+        " | join(' ') | trim -%}{%- endif -%}")
+"""Jinja: a message's text as `message_text(m).strip()` has it (its text parts joined by a space)."""
+CHAT_TEMPLATE = ("{{- bos_token -}}{%- set ns = namespace(prompted=false) -%}{%- for message in messages -%}" + TEXT
+                 + "{%- if message['role'] == 'system' -%}{{- text + ' ' -}}"
+                 "{%- elif message['role'] == 'user' -%}{%- if text -%}{{- 'Question: ' + text + ' Answer:' -}}"
+                 "{%- endif -%}{%- set ns.prompted = text | length > 0 -%}"
+                 "{%- else -%}{{- (' ' if ns.prompted else '') + text + '\n' -}}{%- endif -%}{%- endfor -%}")
+"""`render` as a chat template, for the export (vLLM and transformers' apply_chat_template need one, and the
+checkpoints have none). It begins with BOS: a rendered chat prompt is tokenized without adding special tokens (vLLM;
+transformers when the text starts with BOS), where `encode`'s tokenizer adds it."""
 
 
 def load(cfg, family: str = "blip2") -> Loaded:
@@ -164,4 +179,5 @@ FAMILY = ModelFamily(
     projector_modules=("qformer", "language_projection"),
     language_model="language_model",
     vision_tower="vision_model",
+    export_extras=chat_template_export(CHAT_TEMPLATE),
 )

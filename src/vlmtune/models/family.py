@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from vlmtune.config import check_model_path
@@ -159,6 +160,15 @@ class ModelFamily:
     float32: `train.trainable.align_dtypes` merges in it and casts the merged embeddings to the base dtype at this
     decoder's input. None: the model casts its features to the text embeddings' dtype (every other family)."""
 
+    export_extras: Callable[[Any, Path], None] | None = None
+    """export_extras(processor, out_dir): writes the files other loaders (vLLM) read that the processor's
+    `save_pretrained` does not (SmolVLM's video processor config, BLIP-2's chat template), and never replaces one the
+    directory already has; `vlmtune export` calls it after saving the processor. None: the saved files are enough."""
+    no_chat_prompt: str | None = None
+    """Why the family's prompt is not a chat template's rendering (the processor builds it from task prefixes, or an
+    encoder reads it), so an export carries no chat template. None: the export's chat template renders exactly the
+    prompt `encode` builds for generation, token for token (tests/test_export.py checks every family)."""
+
     def load_processor(self, path, **options):
         check_model_path(path)
         if self.processor_loader is not None:
@@ -281,3 +291,14 @@ def base_model(model):
         else:
             break
     return model
+
+
+def chat_template_export(template: str) -> Callable[[Any, Path], None]:
+    """An `export_extras` for a family whose checkpoints have no chat template: writes `template` as the export's
+    chat_template.jinja (which transformers' processors and vLLM read) when the processor has none of its own."""
+
+    def write(processor, out: Path) -> None:
+        if getattr(processor, "chat_template", None) is None and not (out / "chat_template.jinja").exists():
+            (out / "chat_template.jinja").write_text(template)
+
+    return write

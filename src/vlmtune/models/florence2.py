@@ -150,4 +150,6 @@ FAMILY = ModelFamily(
     shift_labels=False,
     language_model="model.language_model",
     vision_tower="model.vision_tower",
+    no_chat_prompt="an encoder-decoder model: the encoder reads the task prompt (\"<VQA>\" + question or the "
+    "plain text), not a chat template",
 )

@@ -147,4 +147,6 @@ FAMILY = ModelFamily(
     # the image features are prepended inside the model: the logits have that many positions before the text
     logit_prefix=lambda model: model.git.encoder.layer[0].attention.self.image_patch_tokens,
     vision_tower="git.image_encoder",
+    no_chat_prompt="GIT's checkpoints take `[CLS] question`, what the processor's tokenizer makes of the bare text; "
+    "they were never trained on a chat format",
 )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from vlmtune.data.sample import message_text
 from vlmtune.models import blip2
-from vlmtune.models.family import Batch, Loaded, ModelFamily
+from vlmtune.models.family import Batch, Loaded, ModelFamily, chat_template_export
 
 
 def render_with(eos: str):
@@ -41,6 +41,13 @@ def render_with(eos: str):
         return text
 
     return render
+
+
+CHAT_TEMPLATE = ("{%- set ns = namespace(prompted=false) -%}{%- for message in messages -%}" + blip2.TEXT
+                 + "{%- if message['role'] == 'assistant' -%}{{- (' ' if ns.prompted else '') + text + eos_token -}}"
+                 "{%- else -%}{{- text -}}{%- set ns.prompted = text | length > 0 -%}{%- endif -%}{%- endfor -%}")
+"""`render_with(eos)` as a chat template, for the export (the checkpoints have none). No BOS in it, unlike BLIP-2's:
+the processor then adds it, as `encode`'s tokenizer does, and the Q-Former reads the instruction without it."""
 
 
 def qformer_text(messages: list[dict]) -> str:
@@ -100,4 +107,5 @@ FAMILY = ModelFamily(
     projector_modules=("qformer", "language_projection"),
     language_model="language_model",
     vision_tower="vision_model",
+    export_extras=chat_template_export(CHAT_TEMPLATE),
 )

@@ -154,4 +154,6 @@ FAMILY = ModelFamily(
     packing=True,
     language_model="model.language_model",
     vision_tower="model.vision_tower",
+    no_chat_prompt="the prefix depends on the sample's task (\"answer en {question}\" for VQA, \"caption en\" for "
+    "captions), which a chat template cannot see; the processor adds the image tokens, BOS and \"\\n\" itself",
 )

@@ -184,4 +184,6 @@ FAMILY = ModelFamily(
     text_only=False,
     multi_image=False,
     shift_labels=False,
+    no_chat_prompt="an encoder-decoder model that reads the question drawn as a header on the image "
+    "(`flattened_patches`): there is no text prompt to template",
 )

@@ -12,7 +12,8 @@ Trained tokens: the answer and `<end_of_utterance>` (SmolVLM's EOS). Traps handl
 - `SmolVLMProcessor` (what the checkpoints name, and what AutoProcessor builds) needs a video processor, which
   needs torchvision, and `num2words`. Its image-text processing is Idefics3Processor's (same image expansion, same
   tokens), so `load` builds an `Idefics3Processor` from the checkpoint's files; saved again, it reloads with
-  AutoProcessor. Videos are not supported.
+  AutoProcessor. Videos are not supported; the export still writes `video_preprocessor_config.json` (from the
+  image processor's settings) and names SmolVLMProcessor, as the checkpoints do, so that vLLM loads it.
 - Unlike Idefics3, the model casts its image features to `model.dtype` (the first parameter's: the vision tower's,
   float32 when a full fine-tune trains it) rather than to the text embeddings' dtype before `masked_scatter`:
   `merge_in_model_dtype` has `align_dtypes` merge in that dtype (a bf16 full fine-tune crashed at its first forward).
@@ -20,6 +21,9 @@ Trained tokens: the answer and `<end_of_utterance>` (SmolVLM's EOS). Traps handl
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from vlmtune.models import idefics3
 from vlmtune.models.family import Loaded, ModelFamily, load_pretrained
@@ -39,6 +43,31 @@ def load_processor(path, **options):
     from transformers import Idefics3Processor
 
     return Idefics3Processor.from_pretrained(path, **options)
+
+
+VIDEO_SETTINGS = ("do_convert_rgb", "do_resize", "size", "max_image_size", "resample", "do_rescale", "rescale_factor",
+                  "do_normalize", "image_mean", "image_std", "do_pad")
+"""The image processor's settings that SmolVLM's video processor shares (its frames are resized like images)."""
+
+
+def export_files(processor, out: Path) -> None:
+    """`export_extras`: the directory as the checkpoints have it, for SmolVLMProcessor (what vLLM and AutoProcessor
+    with torchvision build): video_preprocessor_config.json from the image processor's settings, without which it
+    refuses the directory (transformers' defaults for the rest: no frame sampling, no metadata), and
+    `processor_class` SmolVLMProcessor where `load` saved Idefics3Processor (vlmtune's loaders name their class)."""
+    path = out / "video_preprocessor_config.json"
+    if not path.exists():
+        image = processor.image_processor.to_dict()
+        config = {k: image[k] for k in VIDEO_SETTINGS if k in image}
+        if "resample" in config:
+            config["resample"] = int(config["resample"])  # a PIL resampling enum in some versions
+        config |= {"do_sample_frames": False, "return_metadata": False, "video_processor_type": "SmolVLMVideoProcessor"}
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        saved = out / name
+        config = json.loads(saved.read_text()) if saved.is_file() else {}
+        if config.get("processor_class") == "Idefics3Processor":
+            saved.write_text(json.dumps({**config, "processor_class": "SmolVLMProcessor"}, indent=2) + "\n")
 
 
 def tiny() -> Loaded:
@@ -72,4 +101,5 @@ FAMILY = ModelFamily(
     vision_features="per_sample",  # get_image_features lists one entry per sample (all its images' tiles)
     vision_tower="model.vision_model",
     merge_in_model_dtype="model.text_model",  # image features cast to model.dtype (the vision tower's) before the merge
+    export_extras=export_files,  # the video processor config and class that vLLM's SmolVLMProcessor needs
 )
