@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vlmtune.infer import checkpoint_identity
 from vlmtune.io import atomic_dir
-from vlmtune.models import get_family
+from vlmtune.models import family_of, get_family
 from vlmtune.runs import META, base_path, load_for_inference, resolve_model_dir, run_config_of
 
 REQUIRED_FILES = ("config.json", "generation_config.json")
@@ -124,8 +124,12 @@ def for_vllm(model: str | Path, lora: bool = False) -> dict:
     meta = json.loads((source / META).read_text()) if (source / META).is_file() else {}
     cfg = run_config_of(source)
     name = cfg.name if cfg is not None else source.name
-    family = meta.get("family") or json.loads((source / "config.json").read_text()).get("model_type")
-    info = {"name": name, "family": family, "adapter": None, "lora_rank": None, "dtype": meta.get("dtype") or "auto",
+    family = meta.get("family") or family_of(source)
+    config = json.loads((source / "config.json").read_text()) if (source / "config.json").is_file() else {}
+    # the dtype it was trained (and is evaluated) in, or the checkpoint's: never vLLM's "auto", which serves a
+    # float32 checkpoint in bfloat16 ("Downcasting torch.float32 to torch.bfloat16"), other answers than eval's
+    dtype = meta.get("dtype") or config.get("dtype") or config.get("torch_dtype") or "auto"
+    info = {"name": name, "family": family, "adapter": None, "lora_rank": None, "dtype": dtype,
             "max_length": cfg.data.max_length if cfg is not None else None}
     if lora:
         if not meta.get("adapter"):
@@ -139,7 +143,8 @@ def for_vllm(model: str | Path, lora: bool = False) -> dict:
             base = str(_exported(Path(base), merge=False))
         return {**info, "path": base, "adapter": str(source), "lora_rank": adapter.get("r"),
                 "chat_template": _chat_template(source)}
-    if not meta and not hub_layout(source, dry=True):  # an export, or another HF directory other tools load
+    if not meta and not hub_layout(source, dry=True) and get_family(family).export_extras is None:
+        # an export, or another HF directory other tools load as it is
         return {**info, "path": str(source), "chat_template": _chat_template(source)}
     out = _exported(source, merge=bool(meta.get("adapter")))
     return {**info, "path": str(out), "chat_template": _chat_template(out)}

@@ -149,3 +149,15 @@ def test_clear_errors(lora_run, tmp_path, capsys, monkeypatch):
     assert "head size 16 is not supported" in err and "Traceback" not in err
     rc = cli.main(["serve", "--model", str(lora_run), "--tensor-parallel", "2"])
     assert rc == 2 and "options of --engine vllm" in capsys.readouterr().err
+
+
+def test_a_plain_directory_is_served_in_its_own_dtype(tmp_path):
+    """vLLM's "auto" serves a float32 checkpoint in bfloat16: other answers than `vlmtune eval`'s. The checkpoint's
+    dtype is passed instead; a directory other tools load as it is (hub layout, no extras) is served in place."""
+    from vlmtune.models import get_family
+
+    tiny = get_family("qwen2_vl").tiny()
+    tiny.model.save_pretrained(tmp_path / "m")
+    tiny.processor.save_pretrained(tmp_path / "m")
+    info = for_vllm(tmp_path / "m")
+    assert info["dtype"] == "float32" and info["path"] == str(tmp_path / "m") and info["family"] == "qwen2_vl"
