@@ -90,33 +90,31 @@ def test_vllm_answers_equal_the_evaluated_model(family_name, data, tmp_path, cap
     rows = {name: {json.loads(x)["id"]: json.loads(x)["prediction"]
                    for x in (tmp_path / name / "predictions.jsonl").read_text().splitlines()}
             for name in ("local", "served")}
-    diverged = []
-    for s, im, r, lo in zip(samples, images, remote, local, strict=True):
+    for s, r, lo in zip(samples, remote, local, strict=True):
         print(family_name, s.id, lo.token_ids, r.token_ids, repr(lo.text), repr(r.text))
-        if r.token_ids == lo.token_ids:
-            # the texts too, but for the incomplete UTF-8 bytes a random model can end on, which transformers'
-            # decode writes as U+FFFD and vLLM's detokenizer leaves out
-            assert rows["served"][s.id].rstrip("\ufffd") == rows["local"][s.id].rstrip("\ufffd"), s.id
+    differ = [s.id for s, r, lo in zip(samples, remote, local, strict=True) if r.token_ids != lo.token_ids]
+    assert not differ, _why(model, samples, images, remote, local, differ)
+    for s in samples:  # the texts too, but for the incomplete UTF-8 bytes a random model can end on, which
+        # transformers' decode writes as U+FFFD and vLLM's detokenizer leaves out
+        assert rows["served"][s.id].rstrip("\ufffd") == rows["local"][s.id].rstrip("\ufffd"), s.id
+
+
+def _why(model_dir, samples, images, remote, local, differ) -> str:
+    """For a failure: where each differing answer first differs and how far vLLM's token was below transformers'
+    argmax there (a random model's logits are nearly flat: a gap of 1e-3 is a near-tie that numerics can flip; the
+    same test served in vLLM's default bf16 instead of float32 differed this way, by 2e-4 to 5e-3)."""
+    lines = []
+    for s, im, r, lo in zip(samples, images, remote, local, strict=True):
+        if s.id not in differ:
             continue
-        diverged.append(s.id)
         step = next((i for i, (a, b) in enumerate(zip(r.token_ids, lo.token_ids, strict=False)) if a != b),
                     min(len(r.token_ids), len(lo.token_ids)))
-        scores = _local_scores(model, s, im, len(lo.token_ids))
+        scores = _local_scores(model_dir, s, im, len(lo.token_ids))[step]
         chosen = r.token_ids[step] if step < len(r.token_ids) else None
-        if chosen is not None:  # vLLM took a token that is within a near-tie of transformers' argmax there
-            gap = float(scores[step].max() - scores[step][chosen])
-        else:  # vLLM ended where transformers went on: its end token must have been that close
-            gap = min(float(scores[step].max() - scores[step][e]) for e in _end_ids(model))
-        print(f"  {s.id}: first differs at step {step}, vLLM's choice {gap:.2e} below the argmax")
-        assert gap < NEAR_TIE, f"{s.id}: vLLM's token at step {step} is {gap:.3g} below transformers' argmax"
-    assert len(diverged) <= len(samples) // 2, f"most answers differ: {diverged}"
-
-
-NEAR_TIE = 2e-3
-"""A random tiny model's logits are nearly flat (top two 8e-4 apart at times): a divergence at such a near-tie is
-numerical (vLLM's CPU attention and matmul kernels sum in another order than torch's; a downscaled image differs by
-up to one grey level between torchvision's resize, which vLLM's processor runs, and PIL's: docs/vllm-cpu.md), not
-a different prompt or image. A skew would show at the first token, by whole logits."""
+        gap = f"{float(scores.max() - scores[chosen]):.2e}" if chosen is not None else "(vLLM ended)"
+        lines.append(f"{s.id}: first differs at step {step}: vLLM {r.token_ids}, transformers {lo.token_ids}; "
+                     f"vLLM's token {gap} below the argmax")
+    return "\n".join(lines)
 
 
 def _local_scores(model_dir, sample, images, n: int):
@@ -128,10 +126,3 @@ def _local_scores(model_dir, sample, images, n: int):
         out = p.loaded.model.generate(**batch.inputs, max_new_tokens=n + 1, do_sample=False, output_scores=True,
                                       return_dict_in_generate=True)
     return [sc[0].float() for sc in out.scores]
-
-
-def _end_ids(model_dir) -> set[int]:
-    from vlmtune.infer import stop_ids
-
-    p = Predictor.from_path(model_dir, device="cpu")
-    return stop_ids(p.loaded.model, p.loaded.processor.tokenizer)
