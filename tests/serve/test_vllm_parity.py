@@ -83,6 +83,16 @@ def test_vllm_answers_equal_the_evaluated_model(family_name, data, tmp_path, cap
         images = [load_images(data, s) for s in samples]
         remote = RemotePredictor.connect(url, engine="vllm", max_new_tokens=8).complete(samples, images)
         local = Predictor.from_path(model, device="cpu", max_new_tokens=8).complete(samples, images)
+        # and what a user's code does: the official openai client, the run's name as the model
+        from openai import OpenAI
+
+        from vlmtune.remote import chat_messages
+
+        client = OpenAI(base_url=f"{url}/v1", api_key="none")
+        name = client.models.list().data[0].id
+        answer = client.chat.completions.create(model=name, messages=chat_messages(samples[0], images[0]),
+                                                max_tokens=8, temperature=0)
+        assert answer.choices[0].message.content.strip() == remote[0].text
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
