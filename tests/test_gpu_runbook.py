@@ -74,6 +74,10 @@ def test_dry_run_writes_a_row_for_every_item(tmp_path):
             assert note.startswith("skipped: dry (CPU):") and "needs CUDA" in note, f"{name}: {note}"
         elif name.startswith("trl-"):
             assert note.startswith("skipped: trl does not import") or float(cells[4]) > 0, f"{name}: {note}"
+        elif name == "serve-vllm":  # vLLM's CPU build: bench/serve_load.py (BENCHMARKS.md), not the dry runbook
+            assert note.startswith("skipped: dry (CPU): vLLM's CPU build"), note
+        elif name == "serve-builtin":
+            assert float(cells[4]) > 0 and "requests/s" in note and "0 errors" in note, f"{name}: {cells}"
         elif name == "data" or name.startswith("base-"):
             assert note and note != "-", name
         else:  # a training item: tokens/s and ms/step are numbers, MFU and memory give their CPU reason

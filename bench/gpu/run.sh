@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU runbook (issue 23, part 3): real-config random-weight models (Qwen2.5-VL-3B, LLaVA-1.5-7B, SmolVLM2-256M)
 # in bf16 through vlmtune's loop on one GPU, offline, in under ~8 minutes: LoRA (sdpa, flash-attention-2), QLoRA,
-# full fine-tuning, TRL on the same run, the vision cache over 3 epochs, packing on/off. Writes a markdown table.
+# full fine-tuning, TRL on the same run, the vision cache over 3 epochs, packing on/off, serving on the builtin
+# engine and on vLLM (where .venv-vllm or $VLMTUNE_VLLM_PYTHON has vLLM's CUDA build). Writes a markdown table.
 #
 #   bench/gpu/run.sh [--dry] [--out FILE] [--work DIR] [--trl-path DIR] [--budget SECONDS]
 #

@@ -9,7 +9,8 @@ bench/gpu/run.sh drives it; by hand:
 Items: `data` (synthetic fashion images at a real size), `base-M` (a random-weight checkpoint of model M's real
 config from ../shared/real-models, bf16), then training items on vlmtune's own loop: LoRA with sdpa and with
 flash-attention-2, QLoRA (bitsandbytes 4-bit), full fine-tuning (vision frozen), TRL's SFTTrainer on the same LoRA
-run, the vision cache on vs off over 3 epochs of a frozen-vision LoRA, packing on vs off. Each training item's
+run, the vision cache on vs off over 3 epochs of a frozen-vision LoRA, packing on vs off; then serving: the same
+load (bench/serve_load.py) on the builtin engine and on vLLM (`serve --engine vllm`, where a vLLM environment is). Each training item's
 RunCfg is a YAML written here; `vlmtune plan --config YAML --json` predicts its peak memory where the command exists.
 With --dry everything runs on CPU at tiny sizes (1 layer, narrowed towers, few steps): a test of the path, not a
 measurement. This file imports no torch; bench/gpu/workers.py does the measuring inside the item's process.
@@ -40,6 +41,9 @@ MODELS = {  # family: (name in the table, folder in ../shared/real-models, GPU d
 GPU = {"n": 64, "size": 448, "batch": 4, "warmup": 3, "steps": 13, "lr": 1e-4}
 DRY = {"n": 8, "size": 64, "batch": 2, "warmup": 1, "steps": 3, "lr": 1e-4}
 CACHE_MODEL = PACK_MODEL = "smolvlm"  # the smallest model: 3 epochs and 2 packing runs fit the time budget
+SERVE_MODEL = "smolvlm"  # the served model: the same requests on the builtin engine and on vLLM (bench/serve_load.py)
+SERVE = {"GPU": {"clients": 32, "requests": 512, "max_tokens": 32}, "DRY": {"clients": 4, "requests": 16,
+                                                                             "max_tokens": 8}}
 TRL_MODEL = "llava"  # LLaVA's processor is the one TRL's VLM collator is known to handle (no video processor)
 # bytes per trained parameter in full fine-tuning: fp32 weights (vlmtune upcasts trainables), grads, AdamW's 2 moments
 FULL_BYTES_PER_PARAM = 16
@@ -52,6 +56,7 @@ def items(dry: bool) -> list[tuple[str, int]]:
     out = [("data", 60 if dry else 120)] + [(f"base-{m}", base) for m in MODELS]
     out += [(f"lora-{m}", train) for m in MODELS] + [(f"trl-{TRL_MODEL}", train)]
     out += [("cache-off", train), ("cache-on", train), ("pack-off", train), ("pack-on", train)]
+    out += [("serve-builtin", train), ("serve-vllm", 60 if dry else 480)]  # vLLM starts in ~1-2 minutes
     out += [(f"qlora-{m}", train) for m in MODELS]
     out += [(f"lora-fa2-{m}", train) for m in MODELS]
     out += [(f"full-{m}", train) for m in MODELS]  # last: the slowest (AdamW over billions of fp32 parameters)
@@ -94,6 +99,8 @@ def spec_of(item: str, work: Path, dry: bool) -> tuple[str, dict, dict]:
         return "base", {"family": model, "real": str(REAL / folder), "out": str(work / item),
                         "depth": 1 if dry else depth, "max_hidden": width if dry else None}, {"model": name}
     cuda_only = "dry (CPU): {} needs CUDA" if dry else None
+    if item.startswith("serve-"):
+        return _serve_spec(item, work, dry)
     desc: dict = {"attn": "sdpa", "method": "LoRA r16"}
     if item.startswith(("cache-", "pack-")):
         mode, on = item.split("-")
@@ -153,6 +160,30 @@ def spec_of(item: str, work: Path, dry: bool) -> tuple[str, dict, dict]:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     desc.setdefault("model", MODELS[cfg["model"]["family"]][0])
     return kind if kind in ("trl",) else "vlmtune", {"config": str(path), "work": str(work)}, desc
+
+
+def _serve_spec(item: str, work: Path, dry: bool) -> tuple[str, dict, dict]:
+    """serve-builtin / serve-vllm: bench/serve_load.py's load on the base SmolVLM checkpoint, through `vlmtune serve`
+    and `vlmtune serve --engine vllm` (vLLM's environment: `.venv-vllm`, or $VLMTUNE_VLLM_PYTHON)."""
+    engine = item.split("-", 1)[1]
+    if engine == "vllm":
+        if dry:
+            raise Skip("dry (CPU): vLLM's CPU build is measured by bench/serve_load.py --engines builtin,vllm")
+        sys.path.insert(0, str(REPO / "src"))
+        from vlmtune.serve.vllm import find_vllm_python
+
+        try:
+            find_vllm_python()
+        except FileNotFoundError as e:
+            raise Skip(f"no vLLM environment on this machine ({str(e).split('(')[0].strip()}; "
+                       "make vllm builds the CPU build, a GPU machine needs vLLM's CUDA build)") from None
+    model_dir = work / f"base-{SERVE_MODEL}"
+    if not (model_dir / "config.json").is_file():
+        raise Skip(f"no base checkpoint (item base-{SERVE_MODEL} failed)")
+    load = SERVE["DRY" if dry else "GPU"]
+    desc = {"model": MODELS[SERVE_MODEL][0], "method": f"serve: {engine}", "attn": "sdpa" if engine == "builtin"
+            else "vLLM's", **load}
+    return "serve", {"engine": engine, "model_dir": str(model_dir), **load}, desc
 
 
 class Skip(Exception):
@@ -230,6 +261,14 @@ def run_item(item: str, work: Path, dry: bool) -> dict:
         return {"skipped": str(e)}
     if kind == "data":
         return {**desc, **make_data(work, dry)}
+    if kind == "serve":  # bench/serve_load.py's servers and clients, in this process (vLLM in its own)
+        sys.path.insert(0, str(REPO / "bench"))
+        import serve_load
+
+        d, m = Path(spec["model_dir"]), spec
+        r = (serve_load.serve_and_load(d, 16, m["clients"], m["requests"], m["max_tokens"]) if m["engine"] == "builtin"
+             else serve_load.vllm_and_load(d, m["clients"], m["requests"], m["max_tokens"], None))
+        return {**desc, **r}
     out = dict(desc)
     if kind == "vlmtune":
         out.update(call_plan(Path(spec["config"])))

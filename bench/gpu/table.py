@@ -58,6 +58,16 @@ def _row(item: str, r: dict, results: dict, dry: bool) -> list[str]:
         note = (f"{r['params'] / 1e6:.0f}M params; layers x width: text {r['text_layers']} x {r['text_hidden']}, "
                 f"vision {r['vision_layers']} x {r['vision_hidden']}; made and written in {r['seconds']:.0f} s")
         return [*what, *["-"] * 6, note]
+    if item.startswith("serve-"):  # tokens/s of the answers; the "ms/step" column holds the p50 latency
+        note = (f"{r['requests']} requests from {r['clients']} clients, max_tokens {r['max_tokens']}: "
+                f"{r['rps']:.1f} requests/s, latency p50 / p95 {r['p50']:.2f} / {r['p95']:.2f} s, {r['errors']} errors")
+        if r.get("engine"):
+            note += f"; {r['engine']}, started in {r['start_s']:.0f} s"
+        builtin = results.get("serve-builtin", {})
+        if item == "serve-vllm" and "rps" in builtin:
+            note += f"; vLLM/builtin requests/s {r['rps'] / builtin['rps']:.2f}x"
+        return [*what, f"{r['tps']:.0f}", f"{1000 * r['p50']:.0f} (p50 latency)", "n/a: serving", "-", "-", "-",
+                note]
     t = throughput(r)
     if not t:
         return [*what, *["-"] * 6, f"failed: {len(r.get('times') or [])} steps logged, fewer than the warm-up + 1"]
