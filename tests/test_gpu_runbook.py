@@ -1,7 +1,7 @@
 """The GPU runbook (bench/gpu/run.sh, issue 23 part 3) in its dry mode: its whole path on CPU at tiny sizes (every
 item in its own process, the workers, the `vlmtune plan` call, the table), and every item of the table has a row
 with numbers or the reason it has none. The dry run is marked `slow` (8 minutes on 2 busy shared cores, mostly
-imports in its 23 processes): the default suite leaves it out, `make test-slow` (which `.ci/run` calls) runs it;
+imports in its 25 processes): the default suite leaves it out, `make test-slow` (which `.ci/run` calls) runs it;
 `make gpu-runbook RUNBOOK_ARGS=--dry` runs the same command. The table's pure parts are tested here directly."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 #
 #   bench/gpu/run.sh [--dry] [--out FILE] [--work DIR] [--trl-path DIR] [--budget SECONDS]
 #
-# --dry: the whole path on CPU at tiny sizes, ~8 minutes on 2 busy cores (23 processes, mostly imports);
+# --dry: the whole path on CPU at tiny sizes, ~8 minutes on 2 busy cores (25 processes, mostly imports);
 #   make gpu-runbook RUNBOOK_ARGS=--dry runs it so, and tests/test_gpu_runbook.py.
 # --trl-path: a directory holding the trl package (pip install --target DIR trl==1.16.0), put on PYTHONPATH.
 # --budget: items not started after this many seconds get a "skipped: time budget" row (default 420; dry 1500).
