@@ -67,11 +67,12 @@ def export(model: str | Path, out: str | Path, merge: bool = False) -> dict:
     return {"out": str(out), **info, "files": sorted(p.name for p in out.iterdir())}
 
 
-FLAT_TOWERS = ("CLIPVisionModel", "SiglipVisionModel")
-"""Vision towers that transformers 5 builds flat (no `vision_model` submodule) and saves as `vision_tower.embeddings...`
-when the model was not loaded from a checkpoint in the hub's layout (the built-in model, `vlmtune compose`, a tiny
-model), where the hub checkpoints and the loaders of other tools (vLLM 0.32, transformers < 5) have
-`vision_tower.vision_model.embeddings...`. transformers 5 reads both (its conversion mapping drops the prefix)."""
+FLAT_TOWERS = ("clip_vision_model", "siglip_vision_model")
+"""Vision towers (their config's model_type) that transformers 5 builds flat (no `vision_model` submodule) and saves
+as `vision_tower.embeddings...` when the model was not loaded from a checkpoint in the hub's layout (the built-in
+model, `vlmtune compose`, a tiny model), where the hub checkpoints and the loaders of other tools (vLLM 0.32,
+transformers < 5) have `vision_tower.vision_model.embeddings...`. transformers 5 reads both (its conversion mapping
+drops the prefix)."""
 
 
 def hub_layout(model_dir: Path, dry: bool = False) -> int:
@@ -84,7 +85,7 @@ def hub_layout(model_dir: Path, dry: bool = False) -> int:
 
     config = json.loads((model_dir / "config.json").read_text())
     tower = (config.get("vision_config") or {}).get("model_type")
-    if tower not in ("clip_vision_model", "siglip_vision_model"):
+    if tower not in FLAT_TOWERS:
         return 0
     flat = lambda k: k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.")  # noqa: E731
     new = lambda k: "vision_tower.vision_model." + k.removeprefix("vision_tower.") if flat(k) else k  # noqa: E731
@@ -113,13 +114,13 @@ VLLM_EXPORT = "vllm-export"
 
 def for_vllm(model: str | Path, lora: bool = False) -> dict:
     """What `vlmtune serve --engine vllm` serves for `model` (a run, checkpoint, adapter or model directory):
-    {"path", "name", "chat_template", "adapter", "lora_rank", "dtype", "max_length"}.
+    {"path", "name", "family", "chat_template", "adapter", "lora_rank", "dtype", "max_length"}.
 
     A run's checkpoint (an adapter merged, or a full model) is exported once beside it (`<ckpt>.vllm-export/`, made
-    again when the checkpoint changed), so vLLM reads a plain HF directory with every processor file; a directory
-    without vlmtune's metadata (an export) is served as it is. With `lora`, an adapter is served on its base
-    instead (vLLM's --enable-lora): refused for an adapter that also trains whole modules (peft's modules_to_save:
-    a projector trained in full), which vLLM cannot load as LoRA."""
+    again when the checkpoint changed), so vLLM reads a plain HF directory with every processor file; a `vlmtune
+    export`, or a directory in the hub's layout that needs no extra file, is served as it is. With `lora`, an
+    adapter is served on its base instead (vLLM's --enable-lora): refused for an adapter that also trains whole
+    modules (peft's modules_to_save: a projector trained in full), which vLLM cannot load as LoRA."""
     source = resolve_model_dir(model)
     meta = json.loads((source / META).read_text()) if (source / META).is_file() else {}
     cfg = run_config_of(source)
@@ -143,8 +144,9 @@ def for_vllm(model: str | Path, lora: bool = False) -> dict:
             base = str(_exported(Path(base), merge=False))
         return {**info, "path": base, "adapter": str(source), "lora_rank": adapter.get("r"),
                 "chat_template": _chat_template(source)}
-    if not meta and not hub_layout(source, dry=True) and get_family(family).export_extras is None:
-        # an export, or another HF directory other tools load as it is
+    if "exported_from" in meta or (not meta and not hub_layout(source, dry=True)
+                                   and get_family(family).export_extras is None):
+        # a `vlmtune export`, or another HF directory other tools load as it is
         return {**info, "path": str(source), "chat_template": _chat_template(source)}
     out = _exported(source, merge=bool(meta.get("adapter")))
     return {**info, "path": str(out), "chat_template": _chat_template(out)}

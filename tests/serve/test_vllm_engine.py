@@ -161,3 +161,8 @@ def test_a_plain_directory_is_served_in_its_own_dtype(tmp_path):
     tiny.processor.save_pretrained(tmp_path / "m")
     info = for_vllm(tmp_path / "m")
     assert info["dtype"] == "float32" and info["path"] == str(tmp_path / "m") and info["family"] == "qwen2_vl"
+    # a `vlmtune export` is served as it is too, not exported again
+    from vlmtune.export import export
+
+    out = export(tmp_path / "m", tmp_path / "exported")["out"]
+    assert for_vllm(out)["path"] == out and not (tmp_path / "exported.vllm-export").exists()
