@@ -10,8 +10,9 @@ Items: `data` (synthetic fashion images at a real size), `base-M` (a random-weig
 config from ../shared/real-models, bf16), then training items on vlmtune's own loop: LoRA with sdpa and with
 flash-attention-2, QLoRA (bitsandbytes 4-bit), full fine-tuning (vision frozen), TRL's SFTTrainer on the same LoRA
 run, the vision cache on vs off over 3 epochs of a frozen-vision LoRA, packing on vs off; then serving: the same
-load (bench/serve_load.py) on the builtin engine and on vLLM (`serve --engine vllm`, where a vLLM environment is). Each training item's
-RunCfg is a YAML written here; `vlmtune plan --config YAML --json` predicts its peak memory where the command exists.
+load (bench/serve_load.py) on the builtin engine and on vLLM (`serve --engine vllm`, where a vLLM environment is).
+Each training item's RunCfg is a YAML written here; `vlmtune plan --config YAML --json` predicts its peak memory
+where the command exists.
 With --dry everything runs on CPU at tiny sizes (1 layer, narrowed towers, few steps): a test of the path, not a
 measurement. This file imports no torch; bench/gpu/workers.py does the measuring inside the item's process.
 """
