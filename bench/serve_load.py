@@ -89,10 +89,15 @@ def serve_and_load(model_dir: Path, batch: int, clients: int, requests: int, max
     sizes = batcher.batch_sizes[n0:]
     server.should_exit = True
     thread.join(timeout=10)
-    lat.sort()
-    return {"batch": batch, "wall": wall, "rps": requests / wall, "tps": tokens / wall,
-            "p50": statistics.median(lat), "p95": lat[int(0.95 * (len(lat) - 1))], "errors": errors,
+    return {"batch": batch, **_summary(requests, wall, lat, errors, tokens),
             "mean_batch": sum(sizes) / max(1, len(sizes))}
+
+
+def _summary(requests: int, wall: float, latencies: list, errors: int, tokens: int) -> dict:
+    """Throughput and latency of one load run (`_load`'s result)."""
+    lat = sorted(latencies)
+    return {"wall": wall, "rps": requests / wall, "tps": tokens / wall, "p50": statistics.median(lat),
+            "p95": lat[int(0.95 * (len(lat) - 1))], "errors": errors}
 
 
 def vllm_and_load(model_dir: Path, clients: int, requests: int, max_tokens: int, vllm_python: str | None) -> dict:
@@ -130,10 +135,8 @@ def vllm_and_load(model_dir: Path, clients: int, requests: int, max_tokens: int,
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
-    lat.sort()
-    return {"engine": f"vllm {version}", "wall": wall, "rps": requests / wall, "tps": tokens / wall,
-            "p50": statistics.median(lat), "p95": lat[int(0.95 * (len(lat) - 1))], "errors": errors,
-            "mean_batch": None, "start_s": start_s}
+    return {"engine": f"vllm {version}", **_summary(requests, wall, lat, errors, tokens), "mean_batch": None,
+            "start_s": start_s}
 
 
 def main() -> None:

@@ -171,6 +171,3 @@ class RemotePredictor:
         limit = max_new_tokens or self.max_new_tokens
         with ThreadPoolExecutor(max_workers=max(1, min(self.batch_size, len(samples)))) as pool:
             return list(pool.map(lambda pair: self._one(pair[0], pair[1], limit), zip(samples, images, strict=True)))
-
-    def generate(self, samples: list[Sample], images: list[list]) -> list[str]:
-        return [c.text for c in self.complete(samples, images)]

@@ -10,6 +10,7 @@ import json
 import threading
 
 import pytest
+from fake_vllm import handler
 from helpers import save_builtin
 from serving import Server
 
@@ -69,47 +70,9 @@ def test_predict_url_and_unreachable_server(fashion_dir, tmp_path, capsys):
     assert rc == 2 and "an http(s) URL" in capsys.readouterr().err
 
 
-class _FakeVllm(http.server.BaseHTTPRequestHandler):
-    """What vLLM's OpenAI server answers: /version, /v1/models and a chat completion that echoes the request's
-    shape (how many images it carried, its last text) so the test sees what was sent."""
-
-    seen: list = []
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, obj, code=200):
-        body = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        if self.path == "/version":
-            self._send({"version": "0.32.0"})
-        elif self.path == "/v1/models":
-            self._send({"object": "list", "data": [{"id": "served-run", "object": "model", "owned_by": "vllm"}]})
-        else:
-            self._send({"error": "no"}, 404)
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        if self.path == "/tokenize":  # one token per character
-            self._send({"tokens": list(range(len(body["prompt"]))), "count": len(body["prompt"])})
-            return
-        type(self).seen.append(body)
-        parts = body["messages"][-1]["content"]
-        images = sum(p["type"] == "image_url" for p in parts)
-        text = [p["text"] for p in parts if p["type"] == "text"][-1]
-        self._send({"choices": [{"message": {"role": "assistant", "content": f" {images} {text[:5]} "},
-                                 "finish_reason": "length" if body["max_tokens"] < 3 else "stop"}],
-                    "usage": {"prompt_tokens": 7, "completion_tokens": 2}})
-
-
 def test_a_vllm_server_is_recognised_and_sent_the_samples_images(fashion_dir, tmp_path):
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeVllm)
+    seen: list = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler("served-run", seen))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
     try:
@@ -118,11 +81,11 @@ def test_a_vllm_server_is_recognised_and_sent_the_samples_images(fashion_dir, tm
         samples = load_split(fashion_dir, "test", False)
         images = [load_images(fashion_dir, s) for s in samples]
         done = p.complete(samples, images)
-        assert [c.text for c in done] == [f"1 {s.question[:5]}".strip() for s in samples]  # in the samples' order
+        assert [c.text for c in done] == [f"1 image(s): {s.question}" for s in samples]  # in the samples' order
         assert all(c.finish_reason == "stop" and c.prompt_tokens == 7 for c in done)
         assert p.complete(samples[:1], images[:1], max_new_tokens=2)[0].finish_reason == "length"
         question = samples[0].question  # the requests went out concurrently: find the first sample's
-        body = next(b for b in _FakeVllm.seen if b["messages"][-1]["content"][-1]["text"] == question)
+        body = next(b for b in seen if b["messages"][-1]["content"][-1]["text"] == question)
         assert body["temperature"] == 0 and body["max_tokens"] == 8 and body["model"] == "served-run"
         assert body["messages"] == chat_messages(samples[0], images[0])
         uri = body["messages"][0]["content"][0]["image_url"]["url"]

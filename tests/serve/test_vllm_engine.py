@@ -1,7 +1,7 @@
 """`vlmtune serve --engine vllm`: the run exported for vLLM (merged adapter, every processor file, chat template),
 vLLM's flags from the run (name, dtype, greedy default, image limit, prompt length, LoRA, tensor parallelism), the
 server started in its own environment and stopped cleanly, and clear errors. vLLM itself is replaced by
-tests/serve/fake_vllm.py (what the flags do inside vLLM is the parity test's business: `make test-vllm`)."""
+tests/fake_vllm.py (what the flags do inside vLLM is the parity test's business: `make test-vllm`)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO, tiny_run_cfg
+from serving import _free_port
 
 from vlmtune import cli
 from vlmtune.config import RunCfg
@@ -22,7 +23,7 @@ from vlmtune.export import for_vllm
 from vlmtune.remote import RemotePredictor
 from vlmtune.serve.vllm import VllmModel, vllm_command
 
-FAKE = Path(__file__).with_name("fake_vllm.py")
+FAKE = Path(__file__).parents[1] / "fake_vllm.py"
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +42,6 @@ def _fake_python(tmp_path: Path, fail: str | None = None) -> Path:
     script.write_text(f"#!/bin/sh\n{env}exec {sys.executable} {FAKE} \"$@\"\n")
     script.chmod(0o755)
     return script
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_run_is_exported_once_for_vllm_with_its_processor_files(lora_run):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO
 from PIL import Image
+from serving import _free_port
 from vllm_models import WIDE_FAMILIES, save_wide_tiny
 
 from vlmtune import cli
@@ -50,12 +50,6 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("family_name", WIDE_FAMILIES)
 def test_vllm_answers_equal_the_evaluated_model(family_name, data, tmp_path, capsys):
     python = REPO / ".venv-vllm/bin/python"
@@ -63,7 +57,7 @@ def test_vllm_answers_equal_the_evaluated_model(family_name, data, tmp_path, cap
     model = save_wide_tiny(family_name, tmp_path / "model")
     common = ["--data", str(data), "--split", "test", "--max-new-tokens", "8", "--no-report", "--task", "vqa"]
     assert cli.main(["eval", "--model", str(model), "--out", str(tmp_path / "local"), *common]) == 0
-    port = _port()
+    port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src"),
            "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     proc = subprocess.Popen([sys.executable, "-m", "vlmtune.cli", "serve", "--engine", "vllm", "--model", str(model),
