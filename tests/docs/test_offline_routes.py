@@ -117,7 +117,14 @@ def _two_stage_memes(route: Route) -> None:
     assert stage2["model"]["path"] == "models/meme_captions_ru_stage1"
     exported = load_file(w / "models/meme_captions_ru_stage1/model.safetensors")
     stage1 = load_file(w / "runs/meme_captions_ru_stage1/best/model.safetensors")
-    assert exported.keys() == stage1.keys() and all(np.array_equal(exported[k], stage1[k]) for k in stage1)
+    # the export writes the vision tower in the hub's layout (export.hub_layout: vision_tower.X ->
+    # vision_tower.vision_model.X); the tensors are the checkpoint's
+    def hub(k: str) -> str:
+        flat = k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.")
+        return "vision_tower.vision_model." + k.removeprefix("vision_tower.") if flat else k
+
+    expected = {hub(k): v for k, v in stage1.items()}
+    assert exported.keys() == expected.keys() and all(np.array_equal(exported[k], expected[k]) for k in expected)
 
     def first_predictions(run_name: str) -> list[str]:
         path = w / "runs" / run_name / "predictions/step-0/predictions.jsonl"
