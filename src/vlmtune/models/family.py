@@ -169,6 +169,12 @@ class ModelFamily:
     encoder reads it), so an export carries no chat template. None: the export's chat template renders exactly the
     prompt `encode` builds for generation, token for token (tests/test_export.py checks every family)."""
 
+    video_tokens: Callable[[Any, Any], int] | None = None
+    """video_tokens(processor, video) -> the sequence positions one `vlmtune.data.video.Video` takes, for a family
+    that encodes videos natively (its `encode` takes `videos=`: per sample, the `Video`s of its `{"type": "video"}`
+    slots, in order; Qwen2-VL's `pixel_values_videos`). None: the family sees a video as its frames, one image slot
+    each (when it takes several images per sample), or takes no video."""
+
     def load_processor(self, path, **options):
         check_model_path(path)
         if self.processor_loader is not None:
