@@ -67,7 +67,7 @@ class ModelCfg:
     that area; Mllama: whole tiles; Pix2Struct: the patches. Set into the processor at load time, so it is saved
     with every checkpoint and export: inference, eval and serving see images as training did. None: the processor's
     own setting. A family that resizes every image to one size (LLaVA-1.5, BLIP-2, PaliGemma, Gemma 3, ...) refuses
-    it."""
+    it, and so does LLaVA-OneVision (its model tiles each image by its own config's grid resolutions)."""
 
     def __post_init__(self):
         if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)
