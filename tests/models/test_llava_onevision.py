@@ -143,3 +143,15 @@ def test_max_pixels_is_refused_since_the_model_tiles_by_its_own_config(tiny):
     batch = llava_onevision.encode(processor, [_vqa()], [[Image.new("RGB", (128, 128))]], "train", 4096)
     with pytest.raises(RuntimeError, match="split"), torch.no_grad():
         tiny.model(**batch.inputs)
+
+
+def test_data_check_on_a_saved_model_reports_the_image_tokens_encode_makes(tiny, tmp_path, capsys):
+    from vlmtune.cli import main
+
+    tiny.model.save_pretrained(tmp_path)
+    tiny.processor.save_pretrained(tmp_path)
+    assert main(["data", "check", "--model", str(tmp_path), "--image-size", "64x48", "--image-size", "200x100"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["family"] == "llava_onevision"
+    assert report["image_tokens"] == {f"{w}x{h}": llava_onevision.FAMILY.image_tokens(tiny.processor, w, h)
+                                      for w, h in [(64, 48), (200, 100)]}

@@ -138,3 +138,15 @@ def test_saved_files_name_the_upstream_class_and_load_without_vlmtune(tiny, tmp_
     assert got["processor"] == "PixtralProcessor" or "torchvision" in got["processor"].lower(), got
     again = mistral3.load_processor(tmp_path)
     assert (again.patch_size, again.spatial_merge_size) == (8, 2) and again.chat_template == mistral3.CHAT_TEMPLATE
+
+
+def test_data_check_on_a_saved_model_reports_the_image_tokens_encode_makes(tiny, tmp_path, capsys):
+    from vlmtune.cli import main
+
+    tiny.model.save_pretrained(tmp_path)
+    tiny.processor.save_pretrained(tmp_path)
+    assert main(["data", "check", "--model", str(tmp_path), "--image-size", "64x48", "--image-size", "200x100"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["family"] == "mistral3"
+    assert report["image_tokens"] == {f"{w}x{h}": mistral3.FAMILY.image_tokens(tiny.processor, w, h)
+                                      for w, h in [(64, 48), (200, 100)]}
