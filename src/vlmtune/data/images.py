@@ -234,13 +234,13 @@ def resized_size(width: int, height: int, image_processor) -> tuple[int, int]:
     settings without running it, so that a request or record can be refused before the processor allocates it.
 
     Exact for the resizes that can grow an image: the short side scaled to `size.shortest_edge` (CLIP, LLaVA, GIT;
-    capped by `longest_edge`), the square a LLaVA processor pads to first (`do_pad` with `pad_to_square`), Qwen2-VL's
-    `smart_resize` within min/max pixels (`size.shortest_edge`/`longest_edge` with a `merge_size`), Pix2Struct's
-    patches. For the bounded ones it gives the size the image is fitted into: a fixed `height` x `width` (BLIP-2,
-    SigLIP, Gemma 3), `max_height` x `max_width`, the `longest_edge` (Idefics3, SmolVLM, rounded up to their
-    `max_image_size` tiles), LLaVA-NeXT's best `image_grid_pinpoints` canvas, Mllama's tile canvas. A processor that
-    does not resize gives the input size. Raises ValueError where the processor itself would refuse the image
-    (Qwen2-VL beyond an aspect ratio of 200)."""
+    capped by `longest_edge`), the square a LLaVA processor pads to first (`do_pad` with `pad_to_square`),
+    Qwen2-VL's `smart_resize` within min/max pixels (`size.shortest_edge`/`longest_edge` with a `merge_size`),
+    Pix2Struct's patches. For the bounded ones it gives the size the image is fitted into: a fixed `height` x
+    `width` (BLIP-2, SigLIP, Gemma 3), `max_height` x `max_width`, the `longest_edge` (Idefics3, SmolVLM, rounded up
+    to their `max_image_size` tiles; Pixtral/Mistral 3, never enlarged, rounded up to whole tokens), LLaVA-NeXT's
+    best `image_grid_pinpoints` canvas, Mllama's tile canvas. A processor that does not resize gives the input size.
+    Raises ValueError where the processor itself would refuse the image (Qwen2-VL beyond an aspect ratio of 200)."""
     if getattr(image_processor, "do_pad", False) and hasattr(image_processor, "pad_to_square"):
         side = max(width, height)  # LLaVA: padded to a square first, then resized
         w, h = _resized(side, side, image_processor)
@@ -283,6 +283,10 @@ def _resized(width: int, height: int, ip) -> tuple[int, int]:
 
         h, w = get_size_with_aspect_ratio((height, width), shortest, longest)
         return max(w, 1), max(h, 1)
+    if longest and _is_pixtral(ip):  # Mistral 3: the longest side down to `longest_edge` (never up), whole tokens
+        unit, scale = _pixtral_unit(ip), min(1.0, longest / max(width, height))
+        w, h = max(1, int(width * scale)), max(1, int(height * scale))
+        return math.ceil(w / unit) * unit, math.ceil(h / unit) * unit
     if longest:  # Idefics3/SmolVLM: the longest side to `longest_edge`, then whole tiles of max_image_size
         scale = longest / max(width, height)
         w, h = max(1, int(width * scale)), max(1, int(height * scale))
@@ -329,6 +333,10 @@ def limit_pixels(image_processor, max_pixels: int, family: str = "the model") ->
             for obj, key in ((ip, "min_pixels"), (size, "shortest_edge")):
                 _set(obj, key, new)
         return f"max_pixels {new} (at most {new // unit} image tokens per image)"
+    if type(ip).__name__.startswith("LlavaOnevisionImageProcessor"):
+        raise ValueError(f"model.max_pixels does not apply to {family}: its model picks each image's tile grid from "
+                         "its own config's image_grid_pinpoints, which a limit set into the processor does not change "
+                         "(the two would tile the image differently)")
     if getattr(ip, "image_grid_pinpoints", None):  # LLaVA-NeXT
         kept = [g for g in ip.image_grid_pinpoints if g[0] * g[1] <= max_pixels]
         if not kept:
@@ -347,8 +355,24 @@ def limit_pixels(image_processor, max_pixels: int, family: str = "the model") ->
             too_small("tile", tile * tile)
         _set(size, "longest_edge", min(_edge(size, "longest_edge"), int(math.sqrt(max_pixels)) // tile * tile))
         return f"longest_edge {_edge(size, 'longest_edge')}"
+    if _edge(size, "longest_edge") and _is_pixtral(ip):  # Mistral 3: longest_edge in whole merged patches
+        unit = _pixtral_unit(ip)
+        if max_pixels < unit * unit:
+            too_small("image token", unit * unit)
+        _set(size, "longest_edge", min(_edge(size, "longest_edge"), math.isqrt(max_pixels) // unit * unit))
+        return f"longest_edge {_edge(size, 'longest_edge')}"
     raise ValueError(f"model.max_pixels does not apply to {family}: its image processor "
                      f"({type(ip).__name__}) gives every image the same number of image tokens")
+
+
+def _is_pixtral(ip) -> bool:
+    return type(ip).__name__.startswith("PixtralImageProcessor")
+
+
+def _pixtral_unit(ip) -> int:
+    """Pixels per side of one image token of a Pixtral image processor: 2 patches (Mistral 3 merges 2x2 patches into
+    a token, and its processor resizes to multiples of that; a side in whole pairs is whole tokens for Pixtral-12B)."""
+    return 2 * _edge(getattr(ip, "patch_size", None), "height")
 
 
 def _set(obj, key: str, value) -> None:

@@ -12,8 +12,8 @@ the first time an image is seen, keeps it (in memory and as one safetensors file
 embeddings, so the loss is the same (tested to 1e-5 for every family that supports it, `ModelFamily.vision_cache`).
 
 `auto` turns the cache on only when all of these hold, and says why when it does not:
-* the family's model takes `mm_encoder_outputs` (llava, llava_next, qwen2_vl, qwen2_5_vl, idefics3, smolvlm, gemma3,
-  paligemma; not blip2, instructblip, florence2, git, mllama, pix2struct);
+* the family's model takes `mm_encoder_outputs` (llava, llava_next, llava_onevision, mistral3, qwen2_vl, qwen2_5_vl,
+  idefics3, smolvlm, gemma3, paligemma; not blip2, instructblip, florence2, git, mllama, pix2struct);
 * the vision tower and the projector are frozen (LoRA on the language model, whose default freezes the projector,
   or full fine-tuning with `freeze_vision` and `freeze_projector`);
 * images are not augmented (`hflip`) and the frozen modules have no active dropout.
@@ -47,6 +47,9 @@ IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask")
 """Processor outputs only the vision side reads (dropped once the features are cached)."""
 PER_IMAGE = ("image_grid_thw", "image_sizes")
 """Processor outputs with one row per image (kept: the language model positions the image tokens with them)."""
+PER_SAMPLE = ("batch_num_images",)
+"""Processor outputs with one row per sample that has images (LLaVA-OneVision's image counts, which decide whether
+its images are tiled)."""
 MEMORY_BUDGET = 2 << 30
 """Bytes of features kept in memory; older ones are read back from their safetensors files."""
 
@@ -262,21 +265,23 @@ class VisionCache:
         ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
         per_token = []
         for name, value in inputs.items():
-            if name in IMAGE_INPUTS or name == "attention_mask" or name in PER_IMAGE:
+            if name in IMAGE_INPUTS or name == "attention_mask" or name in PER_IMAGE or name in PER_SAMPLE:
                 continue
             if not (hasattr(value, "shape") and value.shape[:2] == ids.shape):
                 self.rows_off = f"{name} is neither per token nor per image"
                 return
             per_token.append(name)
-        first = 0  # the sample's first image in the batch
+        first = with_images = 0  # the sample's first image in the batch; samples with images before it
         for b, ((j, s), key) in enumerate(zip(items, keys, strict=True)):
             last = first + len(s.images)
             self.rows[(j, s.id)] = {
                 "unit": key,
                 "token": {n: inputs[n][b][mask[b]].clone() for n in per_token},
                 "image": {n: inputs[n][first:last].clone() for n in PER_IMAGE if n in inputs},
+                "sample": {n: inputs[n][with_images:with_images + 1].clone() for n in PER_SAMPLE
+                           if n in inputs and s.images},
             }
-            first = last
+            first, with_images = last, with_images + bool(s.images)
 
     def _collate(self, rows: list[dict]) -> dict | None:
         """Right-padded batch tensors from stored rows (what `encode` gives, without the pixels); None when the rows
@@ -301,6 +306,10 @@ class VisionCache:
         out["attention_mask"] = mask
         for name in PER_IMAGE:
             parts = [r["image"][name] for r in rows if name in r["image"]]
+            if parts:
+                out[name] = torch.cat(parts)
+        for name in PER_SAMPLE:
+            parts = [r["sample"][name] for r in rows if name in r.get("sample", {})]
             if parts:
                 out[name] = torch.cat(parts)
         return out
