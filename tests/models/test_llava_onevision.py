@@ -127,24 +127,6 @@ def test_saved_files_name_the_upstream_class_and_load_without_vlmtune(tiny, tmp_
     assert again.chat_template == llava_onevision.CHAT_TEMPLATE
 
 
-def test_max_pixels_is_refused_since_the_model_tiles_by_its_own_config(tiny):
-    """The processor-side limit LLaVA-NeXT gets (fewer grid resolutions) cannot serve OneVision: the model computes
-    each image's grid from `config.image_grid_pinpoints`, so a processor with fewer resolutions makes fewer tiles than
-    the model splits its features into. The limit is refused with the reason instead of failing at the first step."""
-    import copy
-
-    from vlmtune.config import ModelCfg
-    from vlmtune.models import apply_max_pixels
-
-    with pytest.raises(ValueError, match="model.max_pixels does not apply to llava_onevision: its model picks"):
-        apply_max_pixels(copy.deepcopy(tiny.processor), ModelCfg(family="llava_onevision", path="x", max_pixels=4096))
-    processor = copy.deepcopy(tiny.processor)  # what the limit would have done: pinpoints up to 64 x 64
-    processor.image_processor.image_grid_pinpoints = [g for g in llava_onevision.PINPOINTS if g[0] * g[1] <= 4096]
-    batch = llava_onevision.encode(processor, [_vqa()], [[Image.new("RGB", (128, 128))]], "train", 4096)
-    with pytest.raises(RuntimeError, match="split"), torch.no_grad():
-        tiny.model(**batch.inputs)
-
-
 def test_data_check_on_a_saved_model_reports_the_image_tokens_encode_makes(tiny, tmp_path, capsys):
     from vlmtune.cli import main
 

@@ -169,3 +169,43 @@ def test_the_plan_offers_fewer_image_tokens_with_their_memory(tmp_path):
                         gpu_memory="8GB")  # the suggestion, planned as a recipe: the same peak
     assert limited.memory["total"] == pytest.approx(pixels[0]["peak_bytes"])
     assert limited.lengths["image_tokens"]["max"] < plan.lengths["image_tokens"]["max"]
+
+
+@pytest.mark.parametrize("name", ["llava_next", "llava_onevision"])
+def test_grid_families_tile_as_their_model_splits_under_the_limit(name, tmp_path):
+    """LLaVA-NeXT / OneVision models split an image's features by the grid they compute from their own
+    `config.image_grid_pinpoints`: the limit reaches the model's config too (load_model), so a large image trains
+    with fewer tiles and no mismatch, and a checkpoint saved from it carries the same grid as its processor. With the
+    processor limited alone, the model splits the features into the wrong grid and fails."""
+    import copy
+
+    import torch
+
+    family = get_family(name)
+    tiny = family.tiny()
+    tiny.model.save_pretrained(tmp_path / "base")
+    tiny.processor.save_pretrained(tmp_path / "base")
+    grids = tiny.processor.image_processor.image_grid_pinpoints
+    limit = sorted(g[0] * g[1] for g in grids)[1]  # keeps the smallest grid resolutions only
+    sample = Sample(id="big", messages=[user("What colour?"), assistant("green")], images=["a.png"])
+    image = [[Image.new("RGB", (300, 290), (10, 200, 30))]]
+    full = family.encode(tiny.processor, [sample], image, "train", 1 << 20)
+
+    processor_only = copy.deepcopy(tiny.processor)
+    limit_pixels(processor_only.image_processor, limit, name)
+    with pytest.raises(RuntimeError), torch.no_grad():  # what the limit did before the model's config followed it
+        tiny.model(**family.encode(processor_only, [sample], image, "train", 1 << 20).inputs)
+
+    from vlmtune.models import load_model
+
+    loaded = load_model(ModelCfg(family=name, path=str(tmp_path / "base"), max_pixels=limit))
+    assert loaded.model.config.image_grid_pinpoints == loaded.processor.image_processor.image_grid_pinpoints
+    assert all(g[0] * g[1] <= limit for g in loaded.model.config.image_grid_pinpoints)
+    batch = family.encode(loaded.processor, [sample], image, "train", 1 << 20)
+    assert batch.inputs["input_ids"].shape[1] < full.inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        loss = loaded.model(**batch.inputs).loss
+    assert torch.isfinite(loss)
+    loaded.model.save_pretrained(tmp_path / "ckpt")
+    saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())["image_grid_pinpoints"]
+    assert saved == loaded.model.config.image_grid_pinpoints

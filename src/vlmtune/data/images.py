@@ -333,11 +333,7 @@ def limit_pixels(image_processor, max_pixels: int, family: str = "the model") ->
             for obj, key in ((ip, "min_pixels"), (size, "shortest_edge")):
                 _set(obj, key, new)
         return f"max_pixels {new} (at most {new // unit} image tokens per image)"
-    if type(ip).__name__.startswith("LlavaOnevisionImageProcessor"):
-        raise ValueError(f"model.max_pixels does not apply to {family}: its model picks each image's tile grid from "
-                         "its own config's image_grid_pinpoints, which a limit set into the processor does not change "
-                         "(the two would tile the image differently)")
-    if getattr(ip, "image_grid_pinpoints", None):  # LLaVA-NeXT
+    if getattr(ip, "image_grid_pinpoints", None):  # LLaVA-NeXT/OneVision (apply_max_pixels sets the model too)
         kept = [g for g in ip.image_grid_pinpoints if g[0] * g[1] <= max_pixels]
         if not kept:
             too_small("grid resolution", min(g[0] * g[1] for g in ip.image_grid_pinpoints))

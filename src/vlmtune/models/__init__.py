@@ -105,19 +105,27 @@ def load_model(cfg, seed: int = 0) -> Loaded:
         loaded = build_builtin(cfg.builtin, seed=seed)
     else:
         loaded = get_family(cfg.family).load(cfg)
-    apply_max_pixels(loaded.processor, cfg)
+    apply_max_pixels(loaded.processor, cfg, loaded.model)
     return loaded
 
 
-def apply_max_pixels(processor, cfg) -> str | None:
+def apply_max_pixels(processor, cfg, model=None) -> str | None:
     """Set `cfg.max_pixels` (a ModelCfg's) into `processor`'s image processor; returns what was set, in words, or
-    None when there is no limit. Raises ValueError for a family whose processor gives every image one size."""
+    None when there is no limit. Raises ValueError for a family whose processor gives every image one size.
+
+    LLaVA-NeXT / LLaVA-OneVision models split an image's features by the tile grid they compute from their own
+    `config.image_grid_pinpoints`: the grid resolutions the limit keeps are set into `model`'s config too (and so into
+    every checkpoint and export), or the model would cut the fewer tiles the processor made into the wrong grid."""
     if cfg.max_pixels is None:
         return None
     image_processor = getattr(processor, "image_processor", None)
     if image_processor is None:
         raise ValueError(f"model.max_pixels does not apply to {cfg.family}: its processor has no image processor")
-    return limit_pixels(image_processor, cfg.max_pixels, cfg.family)
+    said = limit_pixels(image_processor, cfg.max_pixels, cfg.family)
+    pinpoints = getattr(image_processor, "image_grid_pinpoints", None)
+    if model is not None and pinpoints and getattr(model.config, "image_grid_pinpoints", None) is not None:
+        model.config.image_grid_pinpoints = [list(g) for g in pinpoints]
+    return said
 
 
 __all__ = ["FAMILIES", "Batch", "Loaded", "ModelFamily", "SampleTooLong", "apply_max_pixels", "family_of", "get_family",
