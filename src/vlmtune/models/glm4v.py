@@ -2,8 +2,9 @@
 positions) -> 2x2 downsampling conv -> patch merger (SwiGLU) -> GLM-4 decoder with multimodal rotary positions
 (M-RoPE on half of each head, `partial_rotary_factor` 0.5).
 
-Checkpoints: zai-org/GLM-4.1V-9B-Thinking, zai-org/GLM-4.1V-9B-Base (and fine-tunes). GLM-4.5V (zai-org/GLM-4.5V,
-`glm4v_moe`, glm4v_moe.py) reuses this file's processor, `encode` and `image_tokens`.
+Checkpoints: zai-org/GLM-4.1V-9B-Thinking, zai-org/GLM-4.1V-9B-Base (and fine-tunes). GLM-4.5V (`glm4v_moe`) shares
+the processor (registered here for its config too) but is no family yet: its chat template (empty `<think></think>`
+written into every assistant turn, `enable_thinking`) needs its own decision, and no real files of it are at hand.
 
 Prompt format: the checkpoint's chat template (CHAT_TEMPLATE, the real file's text), rendered through the processor:
 
