@@ -19,7 +19,7 @@ def recipe_trainables(cfg) -> tuple[dict, bool]:
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from vlmtune.models import get_family
+    from vlmtune.models import get_family, glm4v
     from vlmtune.models.builtin import build_builtin
     from vlmtune.models.family import trainable_summary
     from vlmtune.train.trainable import make_trainable
@@ -28,7 +28,9 @@ def recipe_trainables(cfg) -> tuple[dict, bool]:
     real = real_config_dir(cfg.model.path) if cfg.model.path != "builtin" else None
     if real is not None:
         with torch.device("meta"):
-            model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(real), dtype=torch.bfloat16)
+            # GLM-4.1V's real config.json is in an older layout that its family converts
+            config = (glm4v.load_config if family.name == "glm4v" else AutoConfig.from_pretrained)(real)
+            model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
     elif cfg.model.path == "builtin":
         model = build_builtin(cfg.model.builtin).model
     else:

@@ -56,8 +56,13 @@ def test_docs_models_md_is_the_generated_support_table(capsys):
 
 def test_models_lists_families(capsys):
     assert main(["models"]) == 0
-    fam = _last_json(capsys)["families"]["llava"]
+    families = _last_json(capsys)["families"]
+    fam = families["llava"]
     assert fam["freeze_groups"] == ["language", "projector", "vision"] and "vqa" in fam["tasks"]
+    # the rows name the checkpoints users look for: SmolVLM2 is the smolvlm family, GLM-4.1V the glm4v one
+    assert all(f"SmolVLM2-{size}" in families["smolvlm"]["description"]
+               for size in ("2.2B-Instruct", "500M-Video-Instruct", "256M-Video-Instruct"))
+    assert "zai-org/GLM-4.1V-9B-Thinking" in families["glm4v"]["description"]
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ FOLDERS = {
     "smolvlm": "HuggingFaceTB__SmolVLM2-256M-Video-Instruct",
     "mllama": "meta-llama__Llama-3.2-11B-Vision-Instruct",
     "pix2struct": "google__pix2struct-docvqa-base",
+    "glm4v": "zai-org__GLM-4.1V-9B-Thinking",
 }
 
 

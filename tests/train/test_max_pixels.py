@@ -1,10 +1,11 @@
 """`model.max_pixels`: fewer image tokens for the families whose image tokens follow the image's size, set into the
-real processors (Qwen2-VL/2.5-VL, SmolVLM, LLaVA-NeXT, Mllama, Pix2Struct), refused by the fixed-size ones, carried
-by every checkpoint and export so inference sees images as training did, and offered by `vlmtune plan`."""
+real processors (Qwen2-VL/2.5-VL, GLM-4.1V, SmolVLM, LLaVA-NeXT, Mllama, Pix2Struct), refused by the fixed-size ones,
+carried by every checkpoint and export so inference sees images as training did, and offered by `vlmtune plan`."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from helpers import SHARED, tiny_run_cfg
@@ -34,6 +35,7 @@ def _image_tokens_in(processor, family, size) -> int:
     ("qwen2_vl", "Qwen__Qwen2-VL-2B-Instruct", 256 * 28 * 28),
     ("qwen2_5_vl", "Qwen__Qwen2.5-VL-3B-Instruct", 100_000),
     ("smolvlm", "HuggingFaceTB__SmolVLM2-256M-Video-Instruct", 600 * 600),
+    ("glm4v", "zai-org__GLM-4.1V-9B-Thinking", 256 * 28 * 28),  # its processor's limits count two frames
 ])
 def test_real_processors_give_fewer_image_tokens(name, folder, max_pixels):
     """With the limit, the real processor makes every image at most `max_pixels` pixels and fewer image tokens
@@ -50,8 +52,10 @@ def test_real_processors_give_fewer_image_tokens(name, folder, max_pixels):
         print(name, size, before[size], "->", after, (w, h), said)
         assert w * h <= max_pixels and after == family.image_tokens(processor, *size)
         assert after < before[size]
-    if name.startswith("qwen"):  # one image token per 28x28 block
-        assert max(_image_tokens_in(processor, family, s) for s in SIZES) <= max_pixels // 784
+    if name.startswith(("qwen", "glm4v")):  # one image token per 28x28 block, the limit nearly reached
+        tokens = {s: _image_tokens_in(processor, family, s) for s in SIZES}
+        assert all(n * 784 == math.prod(resized_size(*s, processor.image_processor)) for s, n in tokens.items())
+        assert 0.8 * max_pixels // 784 < max(tokens.values()) <= max_pixels // 784
 
 
 @needs

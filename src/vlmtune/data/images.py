@@ -262,6 +262,12 @@ def _resized(width: int, height: int, ip) -> tuple[int, int]:
     merge = getattr(ip, "merge_size", None)
     low = getattr(ip, "min_pixels", None) or _edge(size, "shortest_edge")
     high = getattr(ip, "max_pixels", None) or _edge(size, "longest_edge")
+    if merge and low and high and _budget_frames(ip) > 1:  # GLM-4.1V: min/max pixels of two frames
+        from transformers.models.glm4v.image_processing_pil_glm4v import smart_resize as glm4v_resize
+
+        t = _budget_frames(ip)
+        h, w = glm4v_resize(t, height, width, temporal_factor=t, factor=patch * merge, min_pixels=low, max_pixels=high)
+        return w, h
     if merge and low and high:  # Qwen2-VL: `size` holds min/max pixels, not edges
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
@@ -322,17 +328,17 @@ def limit_pixels(image_processor, max_pixels: int, family: str = "the model") ->
     merge = getattr(ip, "merge_size", None)
     low = getattr(ip, "min_pixels", None) or _edge(size, "shortest_edge")
     high = getattr(ip, "max_pixels", None) or _edge(size, "longest_edge")
-    if merge and low and high:  # Qwen2-VL: `size` holds min/max pixels
-        unit = (patch * merge) ** 2
+    if merge and low and high:  # Qwen2-VL, GLM-4.1V: `size` holds min/max pixels (GLM's: of two frames)
+        unit, frames = (patch * merge) ** 2, _budget_frames(ip)
         if max_pixels < unit:
             too_small("image token", unit)
-        new = min(high, max_pixels)
+        new = min(high, max_pixels * frames)
         for obj, key in ((ip, "max_pixels"), (size, "longest_edge")):
             _set(obj, key, new)
         if low > new:
             for obj, key in ((ip, "min_pixels"), (size, "shortest_edge")):
                 _set(obj, key, new)
-        return f"max_pixels {new} (at most {new // unit} image tokens per image)"
+        return f"max_pixels {new // frames} (at most {new // frames // unit} image tokens per image)"
     if getattr(ip, "image_grid_pinpoints", None):  # LLaVA-NeXT/OneVision (apply_max_pixels sets the model too)
         kept = [g for g in ip.image_grid_pinpoints if g[0] * g[1] <= max_pixels]
         if not kept:
@@ -369,6 +375,13 @@ def _pixtral_unit(ip) -> int:
     """Pixels per side of one image token of a Pixtral image processor: 2 patches (Mistral 3 merges 2x2 patches into
     a token, and its processor resizes to multiples of that; a side in whole pairs is whole tokens for Pixtral-12B)."""
     return 2 * _edge(getattr(ip, "patch_size", None), "height")
+
+
+def _budget_frames(ip) -> int:
+    """The frames a dynamic-resolution image processor's pixel limits count for one image: GLM-4.1V's `smart_resize`
+    budgets an image as `temporal_patch_size` (2) frames, so its `longest_edge` is twice the pixels an image gets;
+    Qwen2-VL's counts one."""
+    return getattr(ip, "temporal_patch_size", 1) if type(ip).__name__.startswith("Glm4v") else 1
 
 
 def _set(obj, key: str, value) -> None:

@@ -184,27 +184,31 @@ class ModelFamily:
         return AutoProcessor.from_pretrained(path, **options)
 
 
-def load_pretrained(cfg: ModelCfg, family: str, processor_class=None, *, freeze_groups: dict[str, tuple[str, ...]]
-                    ) -> Loaded:
+def load_pretrained(cfg: ModelCfg, family: str, processor_class=None, *, freeze_groups: dict[str, tuple[str, ...]],
+                    config=None) -> Loaded:
     """Model + processor of a hub id or local directory through the Auto classes (or `processor_class`, for
     processors AutoProcessor cannot build here), with `cfg`'s revision, remote-code, dtype and attention options.
     `freeze_groups` are the family's (`ModelFamily.freeze_groups`), passed by its `load`: under `cfg.quantization`
-    the groups other than the language model stay in full precision (`quantization_config`)."""
+    the groups other than the language model stay in full precision (`quantization_config`). `config`: the model
+    config to load the weights with, for a family that converts a checkpoint's config (GLM-4.1V's older layout);
+    None: the checkpoint's own."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     check_model_path(cfg.path)
     options = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     processor = (processor_class or AutoProcessor).from_pretrained(cfg.path, **options)
-    quantized = {}
+    extra = {}  # quantisation and a converted config
     if cfg.quantization is not None:
         from accelerate import PartialState
 
         # bitsandbytes places the weights itself: on this process's device (its GPU under accelerate launch)
-        quantized = {"quantization_config": quantization_config(cfg.quantization, freeze_groups),
-                     "device_map": {"": PartialState().device}}
+        extra = {"quantization_config": quantization_config(cfg.quantization, freeze_groups),
+                 "device_map": {"": PartialState().device}}
+    if config is not None:
+        extra["config"] = config
     model = AutoModelForImageTextToText.from_pretrained(
-        cfg.path, **options, dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation, **quantized
+        cfg.path, **options, dtype=getattr(torch, cfg.dtype), attn_implementation=cfg.attn_implementation, **extra
     )
     return Loaded(model=model, processor=processor, family=family)
 

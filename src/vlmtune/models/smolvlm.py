@@ -1,7 +1,11 @@
-"""SmolVLM family (`SmolVLMForConditionalGeneration`): SigLIP vision model -> pixel-shuffle connector -> SmolLM2.
+"""SmolVLM and SmolVLM2 family (`SmolVLMForConditionalGeneration`): SigLIP vision model -> pixel-shuffle connector ->
+SmolLM2.
 
-Checkpoints: HuggingFaceTB/SmolVLM-256M-Instruct, SmolVLM-500M-Instruct, SmolVLM-Instruct (2.2B). SmolVLM2
-checkpoints share the model class (images only here; not checked against a real SmolVLM2 checkpoint).
+Checkpoints: SmolVLM2 (HuggingFaceTB/SmolVLM2-256M-Video-Instruct, SmolVLM2-500M-Video-Instruct,
+SmolVLM2-2.2B-Instruct) and SmolVLM (HuggingFaceTB/SmolVLM-256M-Instruct, SmolVLM-500M-Instruct, SmolVLM-Instruct
+(2.2B)): one model class and processor, one prompt format. tests/real checks the family against SmolVLM2-256M-Video-
+Instruct's real files; its recipe (configs/smolvlm/256m_lora_vqa.yaml) trains it. Images only here: SmolVLM2's
+videos are not taken.
 
 The design, the image splitting and the prompt format are Idefics3's, so `encode` and `image_tokens` are
 idefics3.py's. The checkpoints' chat template:
@@ -83,8 +87,9 @@ def tiny() -> Loaded:
 
 FAMILY = ModelFamily(
     name="smolvlm",
-    description="SmolVLM (HuggingFaceTB/SmolVLM-256M-Instruct ... 2.2B, SmolVLM2 images): SigLIP -> pixel-shuffle "
-    "connector -> SmolLM2; Idefics3's image splitting and prompt format",
+    description="SmolVLM2 / SmolVLM (HuggingFaceTB/SmolVLM2-2.2B-Instruct, SmolVLM2-500M-Video-Instruct, "
+    "SmolVLM2-256M-Video-Instruct, SmolVLM-*-Instruct; images): SigLIP -> pixel-shuffle connector -> SmolLM2; "
+    "Idefics3's image splitting and prompt format",
     load=load,
     encode=idefics3.encode,
     lora_targets=idefics3.FAMILY.lora_targets,
