@@ -20,6 +20,8 @@ from vlmtune.models import (
     pix2struct,
     qwen2_5_vl,
     qwen2_vl,
+    qwen3_5,
+    qwen3_vl,
     smolvlm,
 )
 from vlmtune.models.builtin import build_builtin
@@ -39,6 +41,8 @@ FAMILIES: dict[str, ModelFamily] = {
     "pix2struct": pix2struct.FAMILY,
     "qwen2_5_vl": qwen2_5_vl.FAMILY,
     "qwen2_vl": qwen2_vl.FAMILY,
+    "qwen3_5": qwen3_5.FAMILY,
+    "qwen3_vl": qwen3_vl.FAMILY,
     "smolvlm": smolvlm.FAMILY,
 }
 
