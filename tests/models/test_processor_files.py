@@ -31,7 +31,8 @@ print(json.dumps({"image": type(image).__name__, "size": image.to_dict().get("pa
 
 
 @pytest.mark.parametrize("name,upstream", [("qwen2_vl", "Qwen2VLProcessor"), ("qwen2_5_vl", "Qwen2_5_VLProcessor"),
-                                           ("qwen3_vl", "Qwen3VLProcessor"), ("qwen3_5", "Qwen3VLProcessor")])
+                                           ("qwen3_vl", "Qwen3VLProcessor"), ("qwen3_vl_moe", "Qwen3VLProcessor"),
+                                           ("qwen3_5", "Qwen3VLProcessor")])
 def test_a_saved_qwen_processor_names_its_upstream_class_and_loads_without_vlmtune(name, upstream, tmp_path):
     tiny = FAMILIES[name].tiny()
     tiny.processor.save_pretrained(tmp_path)

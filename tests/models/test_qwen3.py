@@ -1,7 +1,7 @@
-"""Qwen3-VL and Qwen3.5: a sample's loss and generation logits do not depend on the padding around it (Qwen3.5's
-linear-attention layers included), Qwen3.5's thinking block is prompt not answer, multi-turn samples the Qwen3.5
-template cannot label are refused by name, and loading a Qwen3.5 checkpoint without a generation config stops at
-`<|im_end|>`."""
+"""Qwen3-VL (dense and MoE) and Qwen3.5: a sample's loss and generation logits do not depend on the padding around
+it (Qwen3.5's linear-attention layers included), Qwen3.5's thinking block is prompt not answer, multi-turn samples
+the Qwen3.5 template cannot label are refused by name, and loading a Qwen3.5 checkpoint without a generation config
+stops at `<|im_end|>`."""
 
 import json
 
@@ -16,7 +16,7 @@ from vlmtune.models.labels import IGNORE_INDEX, trained_tokens
 from vlmtune.models.loss import forward_losses
 
 
-@pytest.fixture(scope="module", params=["qwen3_vl", "qwen3_5"])
+@pytest.fixture(scope="module", params=["qwen3_vl", "qwen3_vl_moe", "qwen3_5"])
 def family_and_tiny(request):
     family = FAMILIES[request.param]
     torch.manual_seed(0)

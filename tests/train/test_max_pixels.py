@@ -33,6 +33,8 @@ def _image_tokens_in(processor, family, size) -> int:
 @pytest.mark.parametrize("name, folder, max_pixels", [
     ("qwen2_vl", "Qwen__Qwen2-VL-2B-Instruct", 256 * 28 * 28),
     ("qwen2_5_vl", "Qwen__Qwen2.5-VL-3B-Instruct", 100_000),
+    ("qwen3_vl", "Qwen__Qwen3-VL-4B-Instruct", 200_000),
+    ("qwen3_5", "Qwen__Qwen3.5-0.8B", 150_000),
     ("smolvlm", "HuggingFaceTB__SmolVLM2-256M-Video-Instruct", 600 * 600),
 ])
 def test_real_processors_give_fewer_image_tokens(name, folder, max_pixels):
@@ -50,8 +52,9 @@ def test_real_processors_give_fewer_image_tokens(name, folder, max_pixels):
         print(name, size, before[size], "->", after, (w, h), said)
         assert w * h <= max_pixels and after == family.image_tokens(processor, *size)
         assert after < before[size]
-    if name.startswith("qwen"):  # one image token per 28x28 block
-        assert max(_image_tokens_in(processor, family, s) for s in SIZES) <= max_pixels // 784
+    if name.startswith("qwen"):  # one image token per 28x28 block (32x32 from Qwen3-VL on)
+        block = 32 * 32 if name.startswith("qwen3") else 28 * 28
+        assert max(_image_tokens_in(processor, family, s) for s in SIZES) <= max_pixels // block
 
 
 @needs

@@ -22,6 +22,7 @@ from vlmtune.models import (
     qwen2_vl,
     qwen3_5,
     qwen3_vl,
+    qwen3_vl_moe,
     smolvlm,
 )
 from vlmtune.models.builtin import build_builtin
@@ -43,6 +44,7 @@ FAMILIES: dict[str, ModelFamily] = {
     "qwen2_vl": qwen2_vl.FAMILY,
     "qwen3_5": qwen3_5.FAMILY,
     "qwen3_vl": qwen3_vl.FAMILY,
+    "qwen3_vl_moe": qwen3_vl_moe.FAMILY,
     "smolvlm": smolvlm.FAMILY,
 }
 
