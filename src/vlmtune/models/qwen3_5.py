@@ -26,6 +26,9 @@ Traps handled here:
   cannot reach a sample's tokens, and the layers zero the hidden states of padded positions
   (`apply_mask_to_padding_states`), which keeps the recurrent state at zero through left padding (generation).
   tests/models/test_qwen3.py checks a sample's loss and logits are the same alone and padded in a batch.
+- Packing stays off: besides the M-RoPE positions (`get_rope_index` has Qwen2-VL's signature), the linear
+  attention's recurrence and convolution would run across the samples of a packed row: transformers hands the
+  row's `cu_seq_lens_q` only to the flash-linear-attention kernels, and the torch fallback (`**kwargs`) ignores it.
 - The linear attention runs transformers' torch fallback without the `flash-linear-attention` / `causal-conv1d`
   kernels (CPU, or a GPU without them): exact, slower.
 - Qwen3.5-0.8B ships no generation_config.json and its config's eos is `<|endoftext|>`: generation would not stop
