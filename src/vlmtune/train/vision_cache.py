@@ -38,6 +38,7 @@ import hashlib
 import inspect
 import json
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from vlmtune.data.images import resolve_inside
@@ -103,8 +104,6 @@ def fingerprint(model, family, processor, precision: str = "no") -> str:
 def deepstack_output() -> type:
     """transformers' BaseModelOutputWithPooling with `deepstack_features`, what Qwen3-VL's `mm_encoder_outputs` reads
     (a ModelOutput dataclass, so `Batch.to` moves its tensors)."""
-    from dataclasses import dataclass
-
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     @dataclass
