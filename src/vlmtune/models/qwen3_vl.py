@@ -40,7 +40,7 @@ from __future__ import annotations
 import functools
 
 from vlmtune.models import qwen2_vl
-from vlmtune.models.family import Loaded, ModelFamily
+from vlmtune.models.family import Loaded, ModelFamily, load_pretrained
 
 UPSTREAM = "Qwen3VLProcessor"
 
@@ -104,7 +104,7 @@ def load_processor(path, **options):
 
 
 def load(cfg, family: str = "qwen3_vl", freeze_groups=None) -> Loaded:
-    loaded = qwen2_vl.load_pretrained(cfg, family, register(), freeze_groups=freeze_groups or FREEZE_GROUPS)
+    loaded = load_pretrained(cfg, family, register(), freeze_groups=freeze_groups or FREEZE_GROUPS)
     loaded.processor.upstream = UPSTREAM
     return loaded
 
