@@ -32,6 +32,9 @@ print(json.dumps({"image": type(image).__name__, "size": image.to_dict().get("pa
 
 @pytest.mark.parametrize("name,upstream,image", [("qwen2_vl", "Qwen2VLProcessor", "Qwen2VLImageProcessor"),
                                                  ("qwen2_5_vl", "Qwen2_5_VLProcessor", "Qwen2VLImageProcessor"),
+                                                 ("qwen3_vl", "Qwen3VLProcessor", "Qwen2VLImageProcessor"),
+                                                 ("qwen3_vl_moe", "Qwen3VLProcessor", "Qwen2VLImageProcessor"),
+                                                 ("qwen3_5", "Qwen3VLProcessor", "Qwen2VLImageProcessor"),
                                                  ("glm4v", "Glm4vProcessor", "Glm4vImageProcessor")])
 def test_a_saved_qwen_processor_names_its_upstream_class_and_loads_without_vlmtune(name, upstream, image, tmp_path):
     tiny = FAMILIES[name].tiny()

@@ -19,6 +19,8 @@ FOLDERS = {
     "gemma3": "google__gemma-3-4b-it",
     "qwen2_vl": "Qwen__Qwen2-VL-2B-Instruct",
     "qwen2_5_vl": "Qwen__Qwen2.5-VL-3B-Instruct",
+    "qwen3_vl": "Qwen__Qwen3-VL-4B-Instruct",
+    "qwen3_5": "Qwen__Qwen3.5-0.8B",
     "smolvlm": "HuggingFaceTB__SmolVLM2-256M-Video-Instruct",
     "mllama": "meta-llama__Llama-3.2-11B-Vision-Instruct",
     "pix2struct": "google__pix2struct-docvqa-base",

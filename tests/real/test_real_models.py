@@ -21,10 +21,10 @@ from vlmtune.config import RunCfg
 from vlmtune.models import FAMILIES, glm4v
 
 # 2-layer cuts of the small checkpoints (under 0.5B parameters each): in `make test`
-SMALL = ["qwen2_vl", "smolvlm", "pix2struct", "blip2"]
+SMALL = ["qwen2_vl", "qwen3_5", "smolvlm", "pix2struct", "blip2"]
 # 2-layer cuts of the 3B-11B checkpoints are 0.5-1.5B parameters (the embedding and head alone are 0.3-1B at real
 # width): marked `large`, run by `make test-large`, which `.ci/run` runs after `make test`
-LARGE = ["qwen2_5_vl", "gemma3", "llava", "mllama", "glm4v"]
+LARGE = ["qwen2_5_vl", "qwen3_vl", "gemma3", "llava", "mllama", "glm4v"]
 # a full step of the Llama-3.2-11B-Vision cut trains 1.5B parameters (GLM-4.1V-9B's 1.8B: its untied 151k x 4096
 # embedding and head): fp32 weights, gradients and AdamW's two moments are ~24-29 GB, over a 24 GB CI machine's
 # memory; it runs where CUDA is (`make test-gpu`)
@@ -47,7 +47,12 @@ def _cut(config, depth: int = 2):
             if isinstance(getattr(sub, attr, None), int):
                 setattr(sub, attr, min(getattr(sub, attr), depth))
         if isinstance(getattr(sub, "layer_types", None), list):
-            sub.layer_types = sub.layer_types[:depth]
+            kinds = sub.layer_types
+            sub.layer_types = kinds[:depth]
+            if "linear_attention" in kinds[:depth] and "full_attention" in kinds:  # Qwen3.5: one layer of each kind
+                sub.layer_types = kinds[:depth - 1] + ["full_attention"]
+        if getattr(sub, "deepstack_visual_indexes", None):  # Qwen3-VL: DeepStack taps the layers that are left
+            sub.deepstack_visual_indexes = list(range(min(len(sub.deepstack_visual_indexes), depth)))
         if isinstance(getattr(sub, "num_global_layers", None), int):  # Mllama's vision tower: a second stack
             sub.num_global_layers = min(sub.num_global_layers, depth)
         if isinstance(getattr(sub, "fullatt_block_indexes", None), list):

@@ -120,3 +120,37 @@ def test_image_tokens_per_real_size_are_what_the_family_says(real, size):
     n = int((batch.inputs["input_ids"][0] == image_id).sum())
     assert n == family.image_tokens(processor, *size)
     assert image_token_report(path, [size])["image_tokens"][f"{size[0]}x{size[1]}"] == n  # data check --model
+
+
+@pytest.mark.parametrize("name", ["qwen3_vl", "qwen3_5"])
+def test_the_tiny_models_chat_template_renders_as_the_checkpoints(name):
+    """The families' CHAT_TEMPLATE (the checkpoint's, its lines stripped and joined) renders every conversation as
+    the checkpoint's own template does: system turns, several turns and images, tool-less, with and without the
+    generation prompt."""
+    import importlib
+
+    from jinja2.exceptions import TemplateError
+
+    processor = FAMILIES[name].load_processor(real_path(name))
+    ours = importlib.import_module(f"vlmtune.models.{name}").CHAT_TEMPLATE
+    assert ours != processor.chat_template and "\n" not in ours.replace("\\n", "")
+    image, text = {"type": "image"}, lambda t: {"type": "text", "text": t}
+    conversations = [
+        [user("What colour is the top?"), assistant("red")],
+        [{"role": "system", "content": [text("Answer briefly.")]}, user("Describe the image.", 2), assistant(" a b "),
+         user("And now?", 0), assistant("c")],
+        [{"role": "user", "content": "plain"}, {"role": "assistant", "content": "text"}],
+        [{"role": "user", "content": [image, text("x")]}, {"role": "assistant", "content": [text("<think>\nhm\n"
+                                                                                             "</think>\n\ny")]}],
+    ]
+    for messages in conversations:
+        for k in range(1, len(messages) + 1):
+            for generation in (False, True):
+                got = []
+                for template in (processor.chat_template, ours):
+                    try:
+                        got.append(processor.apply_chat_template(messages[:k], chat_template=template,
+                                                                 add_generation_prompt=generation, tokenize=False))
+                    except TemplateError as e:  # e.g. Qwen3.5's "No user query found" for a system turn alone
+                        got.append(f"error: {e}")
+                assert got[0] == got[1], (messages[:k], generation)

@@ -34,6 +34,8 @@ def _image_tokens_in(processor, family, size) -> int:
 @pytest.mark.parametrize("name, folder, max_pixels", [
     ("qwen2_vl", "Qwen__Qwen2-VL-2B-Instruct", 256 * 28 * 28),
     ("qwen2_5_vl", "Qwen__Qwen2.5-VL-3B-Instruct", 100_000),
+    ("qwen3_vl", "Qwen__Qwen3-VL-4B-Instruct", 200_000),
+    ("qwen3_5", "Qwen__Qwen3.5-0.8B", 150_000),
     ("smolvlm", "HuggingFaceTB__SmolVLM2-256M-Video-Instruct", 600 * 600),
     ("glm4v", "zai-org__GLM-4.1V-9B-Thinking", 256 * 28 * 28),  # its processor's limits count two frames
 ])
@@ -52,10 +54,11 @@ def test_real_processors_give_fewer_image_tokens(name, folder, max_pixels):
         print(name, size, before[size], "->", after, (w, h), said)
         assert w * h <= max_pixels and after == family.image_tokens(processor, *size)
         assert after < before[size]
-    if name.startswith(("qwen", "glm4v")):  # one image token per 28x28 block, the limit nearly reached
+    if name.startswith(("qwen", "glm4v")):  # a token per 28x28 block (32x32 from Qwen3-VL on), the limit nearly reached
+        block = 32 * 32 if name.startswith("qwen3") else 28 * 28
         tokens = {s: _image_tokens_in(processor, family, s) for s in SIZES}
-        assert all(n * 784 == math.prod(resized_size(*s, processor.image_processor)) for s, n in tokens.items())
-        assert 0.8 * max_pixels // 784 < max(tokens.values()) <= max_pixels // 784
+        assert all(n * block == math.prod(resized_size(*s, processor.image_processor)) for s, n in tokens.items())
+        assert 0.8 * max_pixels // block < max(tokens.values()) <= max_pixels // block
 
 
 @needs

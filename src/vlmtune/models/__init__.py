@@ -23,6 +23,9 @@ from vlmtune.models import (
     pix2struct,
     qwen2_5_vl,
     qwen2_vl,
+    qwen3_5,
+    qwen3_vl,
+    qwen3_vl_moe,
     smolvlm,
 )
 from vlmtune.models.builtin import build_builtin
@@ -45,6 +48,9 @@ FAMILIES: dict[str, ModelFamily] = {
     "pix2struct": pix2struct.FAMILY,
     "qwen2_5_vl": qwen2_5_vl.FAMILY,
     "qwen2_vl": qwen2_vl.FAMILY,
+    "qwen3_5": qwen3_5.FAMILY,
+    "qwen3_vl": qwen3_vl.FAMILY,
+    "qwen3_vl_moe": qwen3_vl_moe.FAMILY,
     "smolvlm": smolvlm.FAMILY,
 }
 

@@ -13,7 +13,8 @@ embeddings, so the loss is the same (tested to 1e-5 for every family that suppor
 
 `auto` turns the cache on only when all of these hold, and says why when it does not:
 * the family's model takes `mm_encoder_outputs` (`ModelFamily.vision_cache`: the "frozen-vision cache" column of
-  `vlmtune models`; not blip2, instructblip, florence2, git, mllama, pix2struct);
+  `vlmtune models`; Qwen3-VL's with its DeepStack features; not blip2, instructblip, florence2, git, mllama,
+  pix2struct);
 * the vision tower and the projector are frozen (LoRA on the language model, whose default freezes the projector,
   or full fine-tuning with `freeze_vision` and `freeze_projector`);
 * images are not augmented (`hflip`) and the frozen modules have no active dropout.
@@ -32,10 +33,12 @@ from their files beyond it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 from vlmtune.data.images import resolve_inside
@@ -100,6 +103,19 @@ def fingerprint(model, family, processor, precision: str = "no") -> str:
     return h.hexdigest()
 
 
+@functools.cache
+def deepstack_output() -> type:
+    """transformers' BaseModelOutputWithPooling with `deepstack_features`, what Qwen3-VL's `mm_encoder_outputs` reads
+    (a ModelOutput dataclass, so `Batch.to` moves its tensors)."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    @dataclass
+    class DeepstackOutput(BaseModelOutputWithPooling):
+        deepstack_features: list | None = None
+
+    return DeepstackOutput
+
+
 def _joint(hashes: list[str]) -> str | None:
     """The key of a sample's images: None without images, the image's own key for one, a hash of the keys else."""
     if not hashes:
@@ -119,9 +135,13 @@ class VisionCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.memory: OrderedDict[str, list] = OrderedDict()
         self.memory_bytes = 0
-        layout = self.dir / "layout.json"
-        self.stacked = json.loads(layout.read_text())["stacked"] if layout.is_file() else None
+        layout = json.loads((self.dir / "layout.json").read_text()) if (self.dir / "layout.json").is_file() else {}
+        self.stacked = layout.get("stacked")
         """Whether the model's pooler_output is one (images, ...) tensor rather than a list."""
+        self.deepstack = layout.get("deepstack", 0)
+        """How many DeepStack feature layers the model's vision output has besides pooler_output (Qwen3-VL's
+        `deepstack_features`: per layer, one tensor per image); each image's entry is then its pooled features
+        followed by its feature of each layer."""
         self.hits = self.misses = 0
         self._file_hash: dict[str, str] = {}
         self.rows: dict[tuple[int, str], dict] = {}
@@ -194,9 +214,11 @@ class VisionCache:
             out = base.get_image_features(**{k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
                                              for k, v in inputs.items() if k in wanted})
         pooled = out.pooler_output
+        deep = list(getattr(out, "deepstack_features", None) or [])
         if self.stacked is None:
-            self.stacked = isinstance(pooled, torch.Tensor)
-            atomic_write_text(self.dir / "layout.json", json.dumps({"stacked": self.stacked}))
+            self.stacked, self.deepstack = isinstance(pooled, torch.Tensor), len(deep)
+            atomic_write_text(self.dir / "layout.json", json.dumps({"stacked": self.stacked,
+                                                                    "deepstack": self.deepstack}))
         if self.family.vision_features == "per_sample":  # one entry per sample, all its images' tiles in it
             entries = list(pooled)
             if len(entries) != len(counts):
@@ -206,8 +228,9 @@ class VisionCache:
             per_image = list(pooled.unbind(0)) if self.stacked else list(pooled)
             if len(per_image) != sum(counts):
                 raise RuntimeError(f"vision cache: {len(per_image)} feature sets for {sum(counts)} images")
-            it = iter(per_image)
-            units = [[next(it) for _ in range(n)] if n else None for n in counts]
+            layers = [list(layer) for layer in deep]  # per DeepStack layer, one tensor per image
+            it = iter([[f, *(layer[i] for layer in layers)] for i, f in enumerate(per_image)])
+            units = [[t for _ in range(n) for t in next(it)] if n else None for n in counts]
         for key, unit in zip(keys, units, strict=True):
             if key is not None:
                 self._put(key, unit)
@@ -220,7 +243,12 @@ class VisionCache:
 
         feats = [f for unit in units if unit is not None for f in unit]
         rest = {k: v for k, v in inputs.items() if k not in IMAGE_INPUTS}
-        if feats:
+        if feats and self.deepstack:  # per image: pooled, then one feature per DeepStack layer
+            step = 1 + self.deepstack
+            deep = [feats[1 + layer::step] for layer in range(self.deepstack)]
+            rest["mm_encoder_outputs"] = {"image": deepstack_output()(pooler_output=feats[::step],
+                                                                      deepstack_features=deep)}
+        elif feats:
             pooled = torch.stack(feats) if self.stacked else feats
             rest["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=pooled)}
         return rest
