@@ -52,8 +52,8 @@ def mixed_batch():
 
 
 def video_ids(processor) -> list[int]:
-    """The ids the video features replace: Qwen's `<|video_pad|>`."""
-    return [processor.video_token_id]
+    """The ids the video features replace: Qwen's `<|video_pad|>`, SmolVLM's `<image>` (a global view per frame)."""
+    return [getattr(processor, "video_token_id", None) or processor.image_token_id]
 
 
 @pytest.fixture(scope="module", params=VIDEO_FAMILIES)
@@ -63,8 +63,8 @@ def family_and_tiny(request):
     return family, family.tiny()
 
 
-def test_qwen_families_take_video():
-    assert {"qwen2_vl", "qwen2_5_vl"} <= set(VIDEO_FAMILIES)
+def test_the_video_families():
+    assert {"qwen2_vl", "qwen2_5_vl", "smolvlm"} <= set(VIDEO_FAMILIES)
 
 
 def test_trained_tokens_are_the_answer_and_the_end_token(family_and_tiny):
@@ -261,3 +261,56 @@ def test_a_checkpoints_video_preprocessor_config_sets_the_frame_pixels(tmp_path)
     assert family.video_tokens(processor, clip) == 4 < before  # 32x32 pixels: 4x4 patches of 8, merged 2x2
     processor.save_pretrained(tmp_path / "again")
     assert family.load_processor(tmp_path / "again").video_size == processor.video_size
+
+
+# --- SmolVLM2: a video is frames with timestamps, as SmolVLMProcessor writes it ---------------------------------------
+
+def test_smolvlm_video_prompt_is_upstream_replace_video_token(monkeypatch):
+    """`video_prompt` equals SmolVLMProcessor.replace_video_token (which needs num2words, absent here: it is given
+    vlmtune's `number_words`, checked against num2words' output below) for the same frames and timestamps."""
+    from transformers.models.smolvlm import processing_smolvlm
+    from transformers.video_utils import VideoMetadata
+
+    from vlmtune.models import smolvlm
+
+    processor = FAMILIES["smolvlm"].tiny().processor
+    monkeypatch.setattr(processing_smolvlm, "num2words", smolvlm.number_words)
+    stub = type("Stub", (), {"image_seq_len": processor.image_seq_len, "image_token": processor.image_token,
+                             "fake_image_token": processor.fake_image_token,
+                             "global_image_token": processor.global_image_tag})()
+    for n, fps in [(1, 1.0), (3, 1.0), (21, 0.5), (7, 3.0)]:
+        clip = Video(frames(n, 16, 16), [i / fps for i in range(n)], fps=fps)
+        metadata = VideoMetadata(total_num_frames=n, fps=fps, frames_indices=list(range(n)))
+        upstream = processing_smolvlm.SmolVLMProcessor.replace_video_token(stub, {"video_metadata": [metadata]}, 0)
+        assert smolvlm.video_prompt(processor, clip) == upstream
+
+
+def test_smolvlm_number_words_are_num2words():
+    from vlmtune.models.smolvlm import number_words
+
+    # num2words 0.5.14's English cardinals
+    assert [number_words(i) for i in (0, 1, 13, 20, 21, 45, 99, 100, 101, 110, 121, 200, 999)] == [
+        "zero", "one", "thirteen", "twenty", "twenty-one", "forty-five", "ninety-nine", "one hundred",
+        "one hundred and one", "one hundred and ten", "one hundred and twenty-one", "two hundred",
+        "nine hundred and ninety-nine"]
+    with pytest.raises(ValueError, match="1000 frames"):
+        number_words(1000)
+
+
+def test_smolvlm_video_batches_encode_images_as_the_processor_does():
+    """The video path (per-slot units) on a batch of images and text gives exactly the processor's own batch
+    (idefics3.encode): the same ids, labels, pixels and masks, in both modes."""
+    from vlmtune.models import idefics3, smolvlm
+
+    processor = FAMILIES["smolvlm"].tiny().processor
+    samples, images, _ = mixed_batch()
+    samples, images = samples[1:], images[1:]
+    two = Sample(id="two", images=["a.png", "b.png"], messages=[user("Both?", 2), assistant("red and blue")])
+    samples, images = [*samples, two], [*images, [image("red"), Image.new("RGB", (64, 20), "blue")]]
+    for mode in ("train", "generate"):
+        ours = smolvlm.encode_units(processor, samples, images, mode, 512, [[] for _ in samples])
+        upstream = idefics3.encode(processor, samples, images, mode, 512)
+        assert ours.inputs.keys() == upstream.inputs.keys()
+        for k, v in ours.inputs.items():
+            assert torch.equal(v, upstream.inputs[k]), (mode, k)
+        assert ours.n_target_tokens == upstream.n_target_tokens
