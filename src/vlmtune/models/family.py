@@ -104,7 +104,8 @@ class ModelFamily:
     """encode(processor, samples, images, mode, max_length) -> Batch, every argument given (the budget is the
     caller's: data.max_length in training, Predictor.max_length in inference). In "train" mode labels are -100
     everywhere except the assistant answer tokens and the end token; in "generate" mode the prompt ends with
-    the generation prompt and padding is on the left."""
+    the generation prompt and padding is on the left. A family with `video_tokens` also takes `videos=`: per sample,
+    the `Video`s of its `{"type": "video"}` slots in order (None or [] for a sample without video)."""
     lora_targets: tuple[str, ...]
     """Module-name suffixes given to peft's target_modules (regex over the language model only)."""
     freeze_groups: dict[str, tuple[str, ...]]

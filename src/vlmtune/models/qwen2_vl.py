@@ -27,6 +27,17 @@ Traps handled here:
 - `mm_token_type_ids` must reach the model: Qwen2-VL raises without it, Qwen2.5-VL silently computes wrong rotary
   positions. The processor returns it and `encode` passes every processor output on.
 - In tiny configs `mrope_section` must sum to head_dim / 2.
+- Video (`encode(..., videos=)`, a `{"type": "video"}` slot -> `<|vision_start|><|video_pad|><|vision_end|>`):
+  upstream's Qwen2VLVideoProcessor needs torchvision, so `video_inputs` builds `pixel_values_videos` and
+  `video_grid_thw` from the PIL image processor's patches (frames resized by the same smart_resize within the video
+  pixel bounds, consecutive frames paired by temporal_patch_size, an odd count padded with the last frame): equal to
+  upstream's output (tests/golden, made with torchvision; exact where frames need no resize, else within PIL's and
+  torchvision's bicubic difference). The Qwen2-VL / Qwen2.5-VL checkpoints have no video_preprocessor_config.json,
+  so upstream's video processor reads preprocessor_config.json: frames get the image pixel bounds unless the
+  directory has one. `video_tokens` is the expanded `<|video_pad|>` count (labels.py maps both placeholders).
+- Qwen2.5-VL's `second_per_grid_ts` (temporal_patch_size / fps; upstream's default 24 fps without metadata) goes to
+  the model as a list of floats: as a float tensor `Batch.to` would cast it to bf16, and the model multiplies it
+  into the rotary time positions before rounding them down.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """SmolVLM family (`SmolVLMForConditionalGeneration`): SigLIP vision model -> pixel-shuffle connector -> SmolLM2.
 
-Checkpoints: HuggingFaceTB/SmolVLM-256M-Instruct, SmolVLM-500M-Instruct, SmolVLM-Instruct (2.2B). SmolVLM2
-checkpoints share the model class (images only here; not checked against a real SmolVLM2 checkpoint).
+Checkpoints: HuggingFaceTB/SmolVLM-256M-Instruct, SmolVLM-500M-Instruct, SmolVLM-Instruct (2.2B), and SmolVLM2
+(SmolVLM2-256M/500M-Video-Instruct, 2.2B), which share the model class and take video as frames.
 
 The design, the image splitting and the prompt format are Idefics3's, so `encode` and `image_tokens` are
 idefics3.py's. The checkpoints' chat template:
@@ -12,8 +12,16 @@ Trained tokens: the answer and `<end_of_utterance>` (SmolVLM's EOS). Traps handl
 - `SmolVLMProcessor` (what the checkpoints name, and what AutoProcessor builds) needs a video processor, which
   needs torchvision, and `num2words`. Its image-text processing is Idefics3Processor's (same image expansion, same
   tokens), so `load` builds an `Idefics3Processor` from the checkpoint's files; saved again, it reloads with
-  AutoProcessor. Videos are not supported; the export still writes `video_preprocessor_config.json` (from the
-  image processor's settings) and names SmolVLMProcessor, as the checkpoints do, so that vLLM loads it.
+  AutoProcessor. The export still writes `video_preprocessor_config.json` (from the image processor's settings) and
+  names SmolVLMProcessor, as the checkpoints do, so that vLLM loads it.
+- Video (`encode(..., videos=)`): SmolVLMProcessor renders a conversation with a video through its own template
+  (`VIDEO_CHAT_TEMPLATE`; the checkpoints' writes nothing for a video part) and expands `<video>` to
+  "You are provided the following series of three frames from a 0:00:01 [H:MM:SS] video.\n" then per frame
+  "\nFrame from 00:00:" + one global view's image tokens, then "\n\n"; the frames are resized to the longest edge
+  of `video_sampling.video_size`, then squared to `max_image_size` (not split). `encode` builds the same ids without
+  torchvision or num2words (`number_words`): token for token what the real SmolVLM2 processor gives
+  (tests/golden), frames within one 8-bit level. The duration is the last timestamp (upstream's value for frames
+  without a decoded file's metadata). Its image tokens are `video_tokens` (frames x image_seq_len).
 - Unlike Idefics3, the model casts its image features to `model.dtype` (the first parameter's: the vision tower's,
   float32 when a full fine-tune trains it) rather than to the text embeddings' dtype before `masked_scatter`:
   `merge_in_model_dtype` has `align_dtypes` merge in that dtype (a bf16 full fine-tune crashed at its first forward).
@@ -27,6 +35,8 @@ import re
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 from vlmtune.models import idefics3
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
@@ -134,8 +144,6 @@ def _units(processor, slots: list, pixels: list, masks: list, replacements: list
     the text each placeholder becomes. An image goes through the processor itself (split into tiles); a video's
     frames through the image processor as SmolVLMVideoProcessor treats them: longest edge resized, then squared to
     `max_image_size`, not split."""
-    import numpy as np
-
     for slot in slots:
         if isinstance(slot, tuple):  # ("video", Video)
             video = slot[1]
@@ -161,7 +169,6 @@ def encode(processor, samples, images, mode: str, max_length: int, videos=None) 
 
 
 def encode_units(processor, samples, images, mode: str, max_length: int, videos: list[list]) -> Batch:
-    import numpy as np
     import torch
 
     tok = processor.tokenizer
