@@ -314,3 +314,24 @@ def test_smolvlm_video_batches_encode_images_as_the_processor_does():
         for k, v in ours.inputs.items():
             assert torch.equal(v, upstream.inputs[k]), (mode, k)
         assert ours.n_target_tokens == upstream.n_target_tokens
+
+
+def test_a_bf16_model_trains_and_generates_on_videos_through_the_one_cast(family_and_tiny):
+    """`Batch.to(device, bf16)`: the video pixels are cast with the images'; Qwen2.5-VL's seconds per temporal patch
+    stay exact floats (as a float tensor, bf16 would make 2/24 0.0835, which can shift rotary time positions)."""
+    family, tiny = family_and_tiny
+    model = copy.deepcopy(tiny.model).to(torch.bfloat16)
+    samples, images, videos = mixed_batch()
+    batch = family.encode(tiny.processor, samples, images, "train", 512, videos=videos).to("cpu", torch.bfloat16)
+    for k in ("pixel_values_videos", "pixel_values"):
+        if k in batch.inputs:
+            assert batch.inputs[k].dtype == torch.bfloat16
+    if "second_per_grid_ts" in batch.inputs:
+        assert batch.inputs["second_per_grid_ts"] == [1.0]
+    loss = model(**batch.inputs).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    prompt = family.encode(tiny.processor, samples, images, "generate", 512, videos=videos).to("cpu", torch.bfloat16)
+    with torch.no_grad():
+        out = model.eval().generate(**prompt.inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    assert out.shape[1] - prompt_length(family, prompt) == 2

@@ -89,3 +89,33 @@ def test_a_real_video_sample_trains_the_answer_and_the_real_stop_token(name):
     assert processor.tokenizer.convert_tokens_to_string(trained[:-1]).strip() == "red" and trained[-1] == stop
     video_id = getattr(processor, "video_token_id", None) or processor.image_token_id
     assert ids.count(video_id) == family.video_tokens(processor, clip)
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "smolvlm"])  # the small checkpoints (test_real_models.SMALL)
+def test_a_real_width_bf16_model_trains_and_generates_on_a_video_and_an_image(name):
+    """The real config at real width, cut to 2 layers, random bf16 weights: a batch of a video sample and an image
+    sample goes through `Batch.to` (the one cast) to a finite loss with gradients, and generation is bounded."""
+    from PIL import Image
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from tests.real.test_real_models import _cut
+    from vlmtune.data.sample import user
+    from vlmtune.infer import prompt_length
+
+    family = FAMILIES[name]
+    path = real_path(name)
+    processor = family.load_processor(path)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(_cut(AutoConfig.from_pretrained(path)), dtype=torch.bfloat16)
+    clip = Video(qwen_golden.frames(2, 56, 84), [0.0, 0.5], fps=2.0)
+    samples = [_sample(), Sample(id="img", images=["a.png"], messages=[user("What colour?"), assistant("blue")])]
+    images, videos = [[], [Image.new("RGB", (64, 48), "blue")]], [[clip], []]
+    batch = family.encode(processor, samples, images, "train", 8192, videos=videos).to("cpu", torch.bfloat16)
+    loss = model(**batch.inputs).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    prompt = family.encode(processor, samples, images, "generate", 8192, videos=videos).to("cpu", torch.bfloat16)
+    with torch.no_grad():
+        out = model.eval().generate(**prompt.inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    assert out.shape[1] - prompt_length(family, prompt) == 2
