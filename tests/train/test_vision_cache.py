@@ -293,12 +293,17 @@ def test_a_batch_with_a_video_is_run_live_with_the_same_loss(name, tmp_path):
     cache = VisionCache(model, family, tiny.processor, tmp_path / "cache")
     for _ in range(2):  # the second time too: no stored row stands in for the video's pixels
         batch = cache.batch(model, items, [tmp_path], encode)
-        assert "pixel_values_videos" in batch.inputs and "mm_encoder_outputs" not in batch.inputs
+        assert batch.inputs.keys() == encode().inputs.keys() and "mm_encoder_outputs" not in batch.inputs
         with torch.no_grad():
             assert torch.equal(model(**batch.inputs).loss, reference)
     assert cache.rows == {} and cache.misses == cache.hits == 0
-    inputs = encode().inputs  # evaluation's entry point leaves a video batch as it is
-    assert cache.with_features(model, inputs, [0, 1], cache.image_unit_keys([[], [img]])) is inputs
+    # evaluation's entry point leaves a video batch as it is: told by its videos (SmolVLM's frames are among the
+    # images' pixel_values), or seeing Qwen's pixel_values_videos
+    videos = [[clip], []]
+    inputs = family.encode(tiny.processor, samples, [[], [img]], "generate", 512, videos=videos).inputs
+    assert cache.with_features(model, inputs, [0, 1], cache.image_unit_keys([[], [img]]), videos) is inputs
+    if "pixel_values_videos" in inputs:
+        assert cache.with_features(model, inputs, [0, 1], cache.image_unit_keys([[], [img]])) is inputs
     image_only = cache.batch(model, items[1:], [tmp_path], lambda: family.encode(
         tiny.processor, samples[1:], [[img]], "train", 512))
     assert "mm_encoder_outputs" in image_only.inputs and cache.misses == 1
