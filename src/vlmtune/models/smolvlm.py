@@ -247,8 +247,8 @@ def tiny() -> Loaded:
 
 FAMILY = ModelFamily(
     name="smolvlm",
-    description="SmolVLM (HuggingFaceTB/SmolVLM-256M-Instruct ... 2.2B, SmolVLM2 images): SigLIP -> pixel-shuffle "
-    "connector -> SmolLM2; Idefics3's image splitting and prompt format",
+    description="SmolVLM (HuggingFaceTB/SmolVLM-256M-Instruct ... 2.2B, SmolVLM2 images and video): SigLIP -> "
+    "pixel-shuffle connector -> SmolLM2; Idefics3's image splitting and prompt format",
     load=load,
     encode=encode,
     lora_targets=idefics3.FAMILY.lora_targets,
