@@ -92,7 +92,9 @@ def image_only_processor() -> type:
 
     class ImageOnlyProcessor(Qwen2VLProcessor):
         """Qwen2VLProcessor without its video processor (which needs torchvision); images and text go through the
-        very same code. Qwen2.5-VL's processor differs from Qwen2-VL's only for video, so this serves both."""
+        very same code, videos (`vlmtune.data.video.Video`s) through `video_inputs`. Qwen2.5-VL's processor differs
+        from Qwen2-VL's only for video (`second_per_grid_ts`, added for `upstream` Qwen2_5_VLProcessor), so this
+        serves both."""
 
         upstream = "Qwen2VLProcessor"
         """The class name written into the saved files: what plain transformers loads them with."""
