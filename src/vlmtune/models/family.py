@@ -173,8 +173,10 @@ class ModelFamily:
     video_tokens: Callable[[Any, Any], int] | None = None
     """video_tokens(processor, video) -> the sequence positions one `vlmtune.data.video.Video` takes, for a family
     that encodes videos natively (its `encode` takes `videos=`: per sample, the `Video`s of its `{"type": "video"}`
-    slots, in order; Qwen2-VL's `pixel_values_videos`). None: the family sees a video as its frames, one image slot
-    each (when it takes several images per sample), or takes no video."""
+    slots, in order; Qwen2-VL's `pixel_values_videos`). Like `image_tokens`, the positions the features fill
+    (Qwen's `<|video_pad|>`, SmolVLM2's frames' `<image>`); wrappers and SmolVLM2's timestamps count as text. Exactly
+    what `encode` expands (tests/models/test_video_encode.py). None: the family sees a video as its frames, one image
+    slot each (when it takes several images per sample), or takes no video."""
 
     def load_processor(self, path, **options):
         check_model_path(path)
