@@ -264,3 +264,46 @@ def test_the_projector_default_frozen_under_lora_trained_in_full(tmp_path, fashi
     err = capsys.readouterr().err
     assert ("vision cache: on" in err) is not trained
     assert ("projector/full" in err) is trained
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if f.vision_cache and f.video_tokens))
+def test_a_batch_with_a_video_is_run_live_with_the_same_loss(name, tmp_path):
+    """Video features are not cached: a batch with a video sample reaches the model as encoded (its pixels, no
+    `mm_encoder_outputs`, which the model refuses next to video pixels), every time, with the uncached loss; a batch
+    without video still uses the cache."""
+    from vlmtune.data.video import Video
+
+    family = FAMILIES[name]
+    tiny = family.tiny()
+    model = tiny.model.eval()
+    img = Image.new("RGB", (40, 40), "red")
+    img.save(tmp_path / "a.png")
+    clip = Video([Image.new("RGB", (40, 32), c) for c in ("red", "blue", "green")], [0.0, 0.5, 1.0], fps=2.0)
+    samples = [Sample(id="v", images=[], messages=[
+                   {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What colour?"}]},
+                   assistant("red")]),
+               Sample(id="a", messages=[user("What colour?"), assistant("red")], images=["a.png"])]
+    items = [(0, s) for s in samples]
+
+    def encode():
+        return family.encode(tiny.processor, samples, [[], [img]], "train", 512, videos=[[clip], []])
+
+    with torch.no_grad():
+        reference = model(**encode().inputs).loss
+    cache = VisionCache(model, family, tiny.processor, tmp_path / "cache")
+    for _ in range(2):  # the second time too: no stored row stands in for the video's pixels
+        batch = cache.batch(model, items, [tmp_path], encode)
+        assert batch.inputs.keys() == encode().inputs.keys() and "mm_encoder_outputs" not in batch.inputs
+        with torch.no_grad():
+            assert torch.equal(model(**batch.inputs).loss, reference)
+    assert cache.rows == {} and cache.misses == cache.hits == 0
+    # evaluation's entry point leaves a video batch as it is: told by its videos (SmolVLM's frames are among the
+    # images' pixel_values), or seeing Qwen's pixel_values_videos
+    videos = [[clip], []]
+    inputs = family.encode(tiny.processor, samples, [[], [img]], "generate", 512, videos=videos).inputs
+    assert cache.with_features(model, inputs, [0, 1], cache.image_unit_keys([[], [img]]), videos) is inputs
+    if "pixel_values_videos" in inputs:
+        assert cache.with_features(model, inputs, [0, 1], cache.image_unit_keys([[], [img]])) is inputs
+    image_only = cache.batch(model, items[1:], [tmp_path], lambda: family.encode(
+        tiny.processor, samples[1:], [[img]], "train", 512))
+    assert "mm_encoder_outputs" in image_only.inputs and cache.misses == 1

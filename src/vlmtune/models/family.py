@@ -104,7 +104,8 @@ class ModelFamily:
     """encode(processor, samples, images, mode, max_length) -> Batch, every argument given (the budget is the
     caller's: data.max_length in training, Predictor.max_length in inference). In "train" mode labels are -100
     everywhere except the assistant answer tokens and the end token; in "generate" mode the prompt ends with
-    the generation prompt and padding is on the left."""
+    the generation prompt and padding is on the left. A family with `video_tokens` also takes `videos=`: per sample,
+    the `Video`s of its `{"type": "video"}` slots in order (None or [] for a sample without video)."""
     lora_targets: tuple[str, ...]
     """Module-name suffixes given to peft's target_modules (regex over the language model only)."""
     freeze_groups: dict[str, tuple[str, ...]]
@@ -172,8 +173,10 @@ class ModelFamily:
     video_tokens: Callable[[Any, Any], int] | None = None
     """video_tokens(processor, video) -> the sequence positions one `vlmtune.data.video.Video` takes, for a family
     that encodes videos natively (its `encode` takes `videos=`: per sample, the `Video`s of its `{"type": "video"}`
-    slots, in order; Qwen2-VL's `pixel_values_videos`). None: the family sees a video as its frames, one image slot
-    each (when it takes several images per sample), or takes no video."""
+    slots, in order; Qwen2-VL's `pixel_values_videos`). Like `image_tokens`, the positions the features fill
+    (Qwen's `<|video_pad|>`, SmolVLM2's frames' `<image>`); wrappers and SmolVLM2's timestamps count as text. Exactly
+    what `encode` expands (tests/models/test_video_encode.py). None: the family sees a video as its frames, one image
+    slot each (when it takes several images per sample), or takes no video."""
 
     def load_processor(self, path, **options):
         check_model_path(path)

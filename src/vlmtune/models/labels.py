@@ -15,7 +15,7 @@ Anything that does not line up raises an error naming the sample instead of trai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from vlmtune.models.family import SampleTooLong
 
@@ -53,23 +53,27 @@ def labels_for_expanded(
     unexpanded: Sequence[int],
     spans: list[tuple[int, int]],
     expanded: Sequence[int],
-    image_token_id: int,
+    image_token_id: int | Collection[int],
     tokens_per_image: Sequence[int],
     sample_id: str,
 ) -> list[int]:
     """Labels over `expanded` (the processor's ids, no padding): the `spans` of `unexpanded` keep their ids, the rest
-    is IGNORE_INDEX. Each image placeholder in `unexpanded` must be a run of `tokens_per_image[k]` ids in `expanded`."""
+    is IGNORE_INDEX. The k-th placeholder in `unexpanded` (a token of `image_token_id`, or of any of its ids: several
+    for a family with image and video placeholders, e.g. Qwen2-VL's `<|image_pad|>` and `<|video_pad|>`) must be a run
+    of `tokens_per_image[k]` of the same id in `expanded`; `tokens_per_image` lists the placeholders in text order."""
+    placeholders = {image_token_id} if isinstance(image_token_id, int) else set(image_token_id)
     position = [0] * len(unexpanded)  # unexpanded index -> expanded index
     j = 0
     k = 0
     for i, tok in enumerate(unexpanded):
         position[i] = j
-        if tok == image_token_id:
+        if tok in placeholders:
             if k >= len(tokens_per_image):
-                raise ValueError(f"sample {sample_id!r}: more image placeholders than images")
+                raise ValueError(f"sample {sample_id!r}: more image/video placeholders than images and videos")
             n = tokens_per_image[k]
-            if list(expanded[j : j + n]) != [image_token_id] * n:
-                raise ValueError(f"sample {sample_id!r}: image {k} is not {n} image tokens in the processor's output")
+            if list(expanded[j : j + n]) != [tok] * n:
+                raise ValueError(f"sample {sample_id!r}: placeholder {k} (token {tok}) is not {n} such tokens in the "
+                                 "processor's output")
             j += n
             k += 1
         else:
@@ -85,11 +89,12 @@ def labels_for_expanded(
     return labels
 
 
-def expanded_labels(input_ids, attention_mask, image_token_id: int, sample_ids: Sequence[str],
+def expanded_labels(input_ids, attention_mask, image_token_id: int | Collection[int], sample_ids: Sequence[str],
                     rows: Sequence[tuple[Sequence[int], list[tuple[int, int]], Sequence[int]]]):
     """(batch, seq) labels of a right-padded batch of processor ids: row b is `labels_for_expanded` of `rows[b]`
-    = (ids with one placeholder per image, assistant spans, tokens per image) against row b's unpadded ids; padding
-    and everything outside the spans is IGNORE_INDEX."""
+    = (ids with one placeholder per image or video, assistant spans, tokens per placeholder in text order) against
+    row b's unpadded ids; padding and everything outside the spans is IGNORE_INDEX. `image_token_id`: the placeholder
+    id, or the ids (image and video) of a family with several."""
     import torch
 
     labels = torch.full_like(input_ids, IGNORE_INDEX)
@@ -100,15 +105,21 @@ def expanded_labels(input_ids, attention_mask, image_token_id: int, sample_ids: 
     return labels
 
 
-def check_length(sample_id: str, n_image: int, n_text: int, max_length: int, resize: bool = False) -> None:
-    """Raise `SampleTooLong`, naming the sample and its image and text tokens, when they exceed `max_length`: vlmtune
-    never truncates (cut image tokens break the model's input; a cut answer loses its end token). `resize` names
-    resizing the images among the fixes (families whose image tokens grow with the image)."""
-    n = n_image + n_text
+def check_length(sample_id: str, n_image: int, n_text: int, max_length: int, resize: bool = False,
+                 n_video: int = 0) -> None:
+    """Raise `SampleTooLong`, naming the sample and its image, video and text tokens, when they exceed `max_length`:
+    vlmtune never truncates (cut image tokens break the model's input; a cut answer loses its end token). `resize`
+    names resizing the images among the fixes (families whose image tokens grow with the image); `n_video`: the
+    tokens of the sample's videos (families that take video natively), named with fewer frames as a fix."""
+    n = n_image + n_video + n_text
     if n > max_length:
         fixes = "shorten the text, resize the images" if resize else "shorten the text"
+        videos = ""
+        if n_video:
+            fixes += ", sample fewer or smaller video frames"
+            videos = f" + {n_video} video tokens"
         raise SampleTooLong(
-            f"sample {sample_id!r}: {n} tokens ({n_image} image tokens + {n_text} text tokens) exceed "
+            f"sample {sample_id!r}: {n} tokens ({n_image} image tokens{videos} + {n_text} text tokens) exceed "
             f"max_length={max_length}; vlmtune never truncates: raise max_length, {fixes} or drop the sample"
         )
 

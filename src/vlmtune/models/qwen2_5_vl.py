@@ -45,6 +45,7 @@ FAMILY = ModelFamily(
     freeze_groups=qwen2_vl.FREEZE_GROUPS,
     tiny=tiny,
     image_tokens=qwen2_vl.image_tokens,
+    video_tokens=qwen2_vl.video_tokens,
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,

@@ -27,12 +27,25 @@ Traps handled here:
 - `mm_token_type_ids` must reach the model: Qwen2-VL raises without it, Qwen2.5-VL silently computes wrong rotary
   positions. The processor returns it and `encode` passes every processor output on.
 - In tiny configs `mrope_section` must sum to head_dim / 2.
+- Video (`encode(..., videos=)`, a `{"type": "video"}` slot -> `<|vision_start|><|video_pad|><|vision_end|>`):
+  upstream's Qwen2VLVideoProcessor needs torchvision, so `video_inputs` builds `pixel_values_videos` and
+  `video_grid_thw` from the PIL image processor's patches (frames resized by the same smart_resize within the video
+  pixel bounds, consecutive frames paired by temporal_patch_size, an odd count padded with the last frame): equal to
+  upstream's output (tests/golden, made with torchvision; exact where frames need no resize, else within PIL's and
+  torchvision's bicubic difference). The Qwen2-VL / Qwen2.5-VL checkpoints have no video_preprocessor_config.json,
+  so upstream's video processor reads preprocessor_config.json: frames get the image pixel bounds unless the
+  directory has one. `video_tokens` is the expanded `<|video_pad|>` count (labels.py maps both placeholders).
+- Qwen2.5-VL's `second_per_grid_ts` (temporal_patch_size / fps; upstream's default 24 fps without metadata) goes to
+  the model as a list of floats: as a float tensor `Batch.to` would cast it to bf16, and the model multiplies it
+  into the rotary time positions before rounding them down.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
+import re
 from pathlib import Path
 
 from tokenizers import Regex, pre_tokenizers
@@ -79,17 +92,53 @@ def image_only_processor() -> type:
 
     class ImageOnlyProcessor(Qwen2VLProcessor):
         """Qwen2VLProcessor without its video processor (which needs torchvision); images and text go through the
-        very same code. Qwen2.5-VL's processor differs from Qwen2-VL's only for video, so this serves both."""
+        very same code, videos (`vlmtune.data.video.Video`s) through `video_inputs`. Qwen2.5-VL's processor differs
+        from Qwen2-VL's only for video (`second_per_grid_ts`, added for `upstream` Qwen2_5_VLProcessor), so this
+        serves both."""
 
         upstream = "Qwen2VLProcessor"
         """The class name written into the saved files: what plain transformers loads them with."""
 
+        video_size = None
+        """{"shortest_edge", "longest_edge"}: the per-frame pixel bounds of the checkpoint's
+        video_preprocessor_config.json, when it has one (`load_processor`); None: the image processor's."""
+
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
             super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+        def __call__(self, images=None, text=None, videos=None, **kwargs):
+            """Upstream's call, with `videos` as `vlmtune.data.video.Video`s (one per `<|video_pad|>` of `text`, in
+            order): their `pixel_values_videos` and `video_grid_thw` (+ Qwen2.5-VL's `second_per_grid_ts`) come
+            from `video_inputs` (no torchvision), each `<|video_pad|>` expanded to its `video_tokens` as upstream's
+            `replace_video_token` does."""
+            texts = [text] if isinstance(text, str) else list(text or [])
+            found = sum(t.count(self.video_token) for t in texts)
+            if found != len(videos or []):
+                raise ValueError(f"{found} {self.video_token} in the text but {len(videos or [])} video(s)")
+            if not videos:
+                return super().__call__(images=images, text=text, **kwargs)
+            counts = iter([video_tokens(self, v) for v in videos])
+            texts = [re.sub(re.escape(self.video_token), lambda _: self.video_token * next(counts), t) for t in texts]
+            out = super().__call__(images=images, text=texts, **kwargs)
+            out.update(video_inputs(self, videos))
+            return out
+
+        def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
+            # video tokens are counted and expanded by __call__ (upstream asks the video processor this class lacks)
+            if isinstance(text, list):
+                text = [t.replace(self.video_token, "") if isinstance(t, str) else t for t in text]
+            super().validate_inputs(images=images, text=text, videos=None, audio=audio, **kwargs)
 
         def save_pretrained(self, save_directory, *args, **kwargs):
             out = super().save_pretrained(save_directory, *args, **kwargs)
             write_upstream_processor_files(Path(save_directory), self.upstream, self.image_processor)
+            if self.video_size is not None:  # as the checkpoint had it
+                config = {**self.image_processor.to_dict(), "size": dict(self.video_size),
+                          "video_processor_type": "Qwen2VLVideoProcessor", "processor_class": self.upstream}
+                for key in ("image_processor_type", "min_pixels", "max_pixels"):
+                    config.pop(key, None)
+                (Path(save_directory) / "video_preprocessor_config.json").write_text(
+                    json.dumps(config, indent=2, sort_keys=True) + "\n")
             return out
 
     ImageOnlyProcessor.__qualname__ = ImageOnlyProcessor.__name__
@@ -120,13 +169,31 @@ def load_processor(path, family: str = "qwen2_vl", **options):
     """The processor of a Qwen2-VL / Qwen2.5-VL checkpoint (or a vlmtune checkpoint of one), image half only."""
     processor = image_only_processor().from_pretrained(path, **options)
     processor.upstream = UPSTREAM[family]
+    read_video_size(processor, path)
     return processor
+
+
+def read_video_size(processor, path) -> None:
+    """The per-frame pixel bounds of a local checkpoint's video_preprocessor_config.json (`size`, or the older
+    `min_pixels` / `max_pixels`), which upstream's video processor prefers to preprocessor_config.json's."""
+    file = Path(path) / "video_preprocessor_config.json"
+    if not file.is_file():
+        return
+    config = json.loads(file.read_text())
+    size = dict(config.get("size") or {})
+    if "min_pixels" in config:
+        size["shortest_edge"] = config["min_pixels"]
+    if "max_pixels" in config:
+        size["longest_edge"] = config["max_pixels"]
+    if {"shortest_edge", "longest_edge"} <= size.keys():
+        processor.video_size = {k: size[k] for k in ("shortest_edge", "longest_edge")}
 
 
 def load(cfg, family: str = "qwen2_vl") -> Loaded:
     # the checkpoint's image processor, tokenizer and chat template, without the torchvision-only video processor
     loaded = load_pretrained(cfg, family, image_only_processor(), freeze_groups=FREEZE_GROUPS)
     loaded.processor.upstream = UPSTREAM[family]
+    read_video_size(loaded.processor, cfg.path)
     return loaded
 
 
@@ -136,35 +203,119 @@ def image_tokens(processor, width: int, height: int) -> int:
     return image_processor.get_number_of_image_patches(height, width) // image_processor.merge_size**2
 
 
-def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
+def video_size(processor) -> dict[str, int]:
+    """{"shortest_edge": min pixels, "longest_edge": max pixels} of one video frame: the checkpoint's video settings
+    (`ImageOnlyProcessor.video_size`), else the image processor's, as upstream's video processor falls back to
+    preprocessor_config.json (the Qwen2-VL / Qwen2.5-VL checkpoints have no video_preprocessor_config.json)."""
+    size = getattr(processor, "video_size", None) or processor.image_processor.size
+    return {"shortest_edge": size["shortest_edge"], "longest_edge": size["longest_edge"]}
+
+
+def video_grid(processor, video) -> tuple[int, int, int]:
+    """(t, h, w) patches of a video: every frame resized by `smart_resize` within `video_size`, consecutive frames
+    paired by `temporal_patch_size` (an odd count padded with the last frame, as upstream's `patchify` does)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    ip = processor.image_processor
+    size = video_size(processor)
+    width, height = video.size
+    h, w = smart_resize(height, width, ip.patch_size * ip.merge_size, size["shortest_edge"], size["longest_edge"])
+    return math.ceil(len(video.frames) / ip.temporal_patch_size), h // ip.patch_size, w // ip.patch_size
+
+
+def video_tokens(processor, video) -> int:
+    """`<|video_pad|>` tokens for one `Video`: its merged patches (upstream's replace_video_token)."""
+    t, h, w = video_grid(processor, video)
+    return t * h * w // processor.image_processor.merge_size**2
+
+
+def seconds_per_grid(video, temporal_patch_size: int) -> float:
+    """Qwen2.5-VL's `second_per_grid_ts` of a video: the seconds one temporal patch spans, temporal_patch_size / fps,
+    with the Video's fps, else the rate of its timestamps, else upstream's default 24 (a single frame)."""
+    fps = video.fps
+    first, last = video.timestamps[0], video.timestamps[-1]
+    if fps is None and len(video.frames) > 1 and last > first:
+        fps = (len(video.frames) - 1) / (last - first)
+    return temporal_patch_size / (fps or 24)
+
+
+def video_inputs(processor, videos) -> dict:
+    """`pixel_values_videos`, `video_grid_thw` (and for Qwen2.5-VL `second_per_grid_ts`) of `Video`s, equal to upstream
+    Qwen2VLVideoProcessor's (torchvision) output for the same frames (tests/golden): each frame goes through the PIL
+    image processor (resize within `video_size`, rescale, normalise, patches), which repeats it over the temporal
+    patch; a video patch instead takes `temporal_patch_size` consecutive frames, the last frame repeated to fill."""
+    import torch
+
+    ip = processor.image_processor
+    tp, p = ip.temporal_patch_size, ip.patch_size
+    pixels, grids, seconds = [], [], []
+    for video in videos:
+        frames = list(video.frames) + [video.frames[-1]] * (-len(video.frames) % tp)
+        out = ip(frames, size=video_size(processor), return_tensors="np")
+        _, h, w = (int(x) for x in out["image_grid_thw"][0])
+        t, n = len(frames) // tp, h * w
+        per_frame = out["pixel_values"].reshape(len(frames), n, -1, tp, p * p)[:, :, :, 0]  # (frames, n, C, p*p)
+        paired = per_frame.reshape(t, tp, n, -1, p * p).transpose(0, 2, 3, 1, 4)  # (t, n, C, tp, p*p)
+        pixels.append(torch.from_numpy(paired.reshape(t * n, -1).copy()))
+        grids.append([t, h, w])
+        seconds.append(seconds_per_grid(video, tp))
+    out = {"pixel_values_videos": torch.cat(pixels), "video_grid_thw": torch.tensor(grids, dtype=torch.long)}
+    if processor.upstream == UPSTREAM["qwen2_5_vl"]:
+        out["second_per_grid_ts"] = seconds  # floats, not a tensor: Batch.to would cast a tensor to bf16
+    return out
+
+
+def count_video_slots(messages: list[dict]) -> int:
+    """The `{"type": "video"}` content parts of a conversation."""
+    return sum(1 for m in messages if not isinstance(m["content"], str) for part in m["content"]
+               if part.get("type") == "video")
+
+
+def video_lists(samples, videos) -> list[list]:
+    """Per sample, its `Video`s (None / [] for a sample without video), checked against its video slots."""
+    videos = [list(v or []) for v in videos] if videos is not None else [[] for _ in samples]
+    for s, vids in zip(samples, videos, strict=True):
+        if count_video_slots(s.messages) != len(vids):
+            raise ValueError(f"sample {s.id!r}: expected {count_video_slots(s.messages)} video(s), got {len(vids)}")
+    return videos
+
+
+def encode(processor, samples, images, mode: str, max_length: int, videos=None) -> Batch:
     """Samples -> model inputs. "train": the whole conversation, labels only on assistant answers + their
     `<|im_end|>`, right padding. "generate": the conversation up to `<|im_start|>assistant\\n`, left padding.
-    A sample longer than `max_length` (image tokens included) raises SampleTooLong; nothing is cut."""
+    A sample longer than `max_length` (image and video tokens included) raises SampleTooLong; nothing is cut.
+    `videos`: per sample, the `Video`s of its `{"type": "video"}` slots (`pixel_values_videos`, `video_grid_thw`)."""
     tok = processor.tokenizer
     train = mode == "train"
     end_id = tok.convert_tokens_to_ids(END)
+    image_id, video_id = processor.image_token_id, processor.video_token_id
+    videos = video_lists(samples, videos)
 
     def render(messages, add_generation_prompt):
         return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     flat = load_image_list(samples, images)
     texts = [render(s.messages if train else s.prompt_messages, not train) for s in samples]
-    tokenized = []  # per sample: (ids with one <|image_pad|> per image, assistant spans, image tokens per image)
-    for s, text, imgs in zip(samples, texts, images, strict=True):
+    tokenized = []  # per sample: (ids with one pad token per image / video, assistant spans, tokens per pad token)
+    for s, text, imgs, vids in zip(samples, texts, images, videos, strict=True):
         per_image = [image_tokens(processor, img.width, img.height) for img in imgs]
+        per_video = [video_tokens(processor, v) for v in vids]
         if train:
             unexpanded, spans = assistant_spans(lambda ts: tok(ts).input_ids, render, s.messages, s.id)
             spans = [(start, _through_end_token(unexpanded, start, end, end_id, s.id)) for start, end in spans]
         else:
             unexpanded, spans = tok(text).input_ids, []
-        check_length(s.id, sum(per_image), len(unexpanded) - len(imgs), max_length)
-        tokenized.append((unexpanded, spans, per_image))
-    out = processor(text=texts, images=flat or None, padding=True, padding_side="right" if train else "left",
-                    return_tensors="pt")
-    inputs = dict(out)  # input_ids, attention_mask, mm_token_type_ids (+ pixel_values, image_grid_thw)
+        check_length(s.id, sum(per_image), len(unexpanded) - len(imgs) - len(vids), max_length,
+                     n_video=sum(per_video))
+        counts = {image_id: iter(per_image), video_id: iter(per_video)}  # in the order the pad tokens come
+        tokenized.append((unexpanded, spans, [next(counts[t]) for t in unexpanded if t in counts]))
+    flat_videos = [v for vids in videos for v in vids]
+    out = processor(text=texts, images=flat or None, videos=flat_videos or None, padding=True,
+                    padding_side="right" if train else "left", return_tensors="pt")
+    inputs = dict(out)  # input_ids, attention_mask, mm_token_type_ids (+ pixel_values, image_grid_thw, video inputs)
     n_target = 0
     if train:
-        labels = expanded_labels(out["input_ids"], out["attention_mask"], processor.image_token_id,
+        labels = expanded_labels(out["input_ids"], out["attention_mask"], (image_id, video_id),
                                  [s.id for s in samples], tokenized)
         n_target = int((labels != IGNORE_INDEX).sum())
         inputs["labels"] = labels
@@ -261,6 +412,7 @@ FAMILY = ModelFamily(
     freeze_groups=FREEZE_GROUPS,
     tiny=tiny,
     image_tokens=image_tokens,
+    video_tokens=video_tokens,
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,

@@ -19,6 +19,11 @@ embeddings, so the loss is the same (tested to 1e-5 for every family that suppor
   or full fine-tuning with `freeze_vision` and `freeze_projector`);
 * images are not augmented (`hflip`) and the frozen modules have no active dropout.
 
+Videos (Qwen2-VL's `pixel_values_videos`, SmolVLM2's frames among the images' pixels) are not cached: a batch with a
+video sample is encoded and run as is, and no row of a video sample is kept (Qwen2-VL takes precomputed features for
+all of a batch's vision inputs or for none: it refuses `pixel_values_videos` next to `mm_encoder_outputs`); batches
+without video use the cache as before. `with_features` (evaluation) is told a batch's videos by its caller.
+
 The key of an image is the sha256 of its file; the directory is named by a fingerprint of the family, the frozen
 weights, the processor's image settings and the transformers version, so a change to any of them starts a new cache.
 
@@ -114,6 +119,12 @@ def deepstack_output() -> type:
         deepstack_features: list | None = None
 
     return DeepstackOutput
+
+
+def has_video(sample) -> bool:
+    """Whether a sample's messages have a `{"type": "video"}` slot."""
+    return any(part.get("type") == "video" for m in sample.messages if not isinstance(m["content"], str)
+               for part in m["content"])
 
 
 def _joint(hashes: list[str]) -> str | None:
@@ -256,7 +267,9 @@ class VisionCache:
     def batch(self, model, items, roots, encode):
         """The training Batch of (source index, Sample) items: from the stored rows and features when every sample
         was seen before, else `encode()`d (images decoded and preprocessed), with the features of images not seen
-        before computed in one vision forward."""
+        before computed in one vision forward. A batch with a video sample is `encode()`d and returned as is."""
+        if any(has_video(s) for _, s in items):
+            return encode()
         rows = [self.rows.get((j, s.id)) for j, s in items]
         if all(r is not None for r in rows):
             units = [self._get(r["unit"]) if r["unit"] is not None else None for r in rows]
@@ -272,10 +285,14 @@ class VisionCache:
         self._keep_rows(batch.inputs, items, keys)
         return Batch(inputs, batch.ids, batch.n_target_tokens)
 
-    def with_features(self, model, inputs: dict, counts: list[int], keys: list[str | None]) -> dict:
+    def with_features(self, model, inputs: dict, counts: list[int], keys: list[str | None], videos=None) -> dict:
         """Encoded `inputs` (any mode) with the cached features of their samples' images in place of the pixels;
         `counts` are the images per sample, `keys` their unit keys. Missing features are computed first, in one
-        vision forward over the batch."""
+        vision forward over the batch. A batch with video (`videos`: per sample its `Video`s, as `encode` got them;
+        or Qwen's `pixel_values_videos` in `inputs`) is returned as it is: videos are not cached, and SmolVLM's
+        frames sit among the images' pixels, which a key of the images alone would not describe."""
+        if "pixel_values_videos" in inputs or any(videos or []):
+            return inputs
         units = [self._get(k) if k is not None else None for k in keys]
         if any(k is not None and u is None for k, u in zip(keys, units, strict=True)):
             self.misses += sum(n for n, k, u in zip(counts, keys, units, strict=True) if k is not None and u is None)
