@@ -1,6 +1,6 @@
-"""Saved processors load with plain transformers in a fresh process (no vlmtune import): Qwen2-VL / Qwen2.5-VL name
-their upstream processor class, not vlmtune's ImageOnlyProcessor; and vlmtune itself reloads every family's
-processor the family's way (data check / show-mask on a Qwen or SmolVLM checkpoint)."""
+"""Saved processors load with plain transformers in a fresh process (no vlmtune import): Qwen2-VL / Qwen2.5-VL and
+InternVL name their upstream processor class, not vlmtune's ImageOnlyProcessor; and vlmtune itself reloads every
+family's processor the family's way (data check / show-mask on a Qwen or SmolVLM checkpoint)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,10 @@ print(json.dumps({"image": type(image).__name__, "size": image.to_dict().get("pa
 """
 
 
-@pytest.mark.parametrize("name,upstream", [("qwen2_vl", "Qwen2VLProcessor"), ("qwen2_5_vl", "Qwen2_5_VLProcessor")])
-def test_a_saved_qwen_processor_names_its_upstream_class_and_loads_without_vlmtune(name, upstream, tmp_path):
+@pytest.mark.parametrize("name,upstream,image", [("qwen2_vl", "Qwen2VLProcessor", "Qwen2VLImageProcessor"),
+                                                ("qwen2_5_vl", "Qwen2_5_VLProcessor", "Qwen2VLImageProcessor"),
+                                                ("internvl", "InternVLProcessor", "GotOcr2ImageProcessor")])
+def test_a_saved_qwen_processor_names_its_upstream_class_and_loads_without_vlmtune(name, upstream, image, tmp_path):
     tiny = FAMILIES[name].tiny()
     tiny.processor.save_pretrained(tmp_path)
     for f in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
@@ -42,8 +44,8 @@ def test_a_saved_qwen_processor_names_its_upstream_class_and_loads_without_vlmtu
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert not got["vlmtune"]
-    assert got["image"].startswith("Qwen2VLImageProcessor")
-    assert got["size"] == tiny.processor.image_processor.patch_size
+    assert got["image"].startswith(image)
+    assert got["size"] == getattr(tiny.processor.image_processor, "patch_size", None)
     assert got["tokens"] == len(tiny.processor.tokenizer)
     assert got["processor"] == upstream or "torchvision" in got["processor"].lower(), got["processor"]
     assert got["processor"] != "TokenizersBackend"  # never silently a bare tokenizer

@@ -169,3 +169,26 @@ def test_the_plan_offers_fewer_image_tokens_with_their_memory(tmp_path):
                         gpu_memory="8GB")  # the suggestion, planned as a recipe: the same peak
     assert limited.memory["total"] == pytest.approx(pixels[0]["peak_bytes"])
     assert limited.lengths["image_tokens"]["max"] < plan.lengths["image_tokens"]["max"]
+
+
+def test_internvl_takes_the_limit_as_fewer_tiles_and_keeps_it_when_saved(tmp_path):
+    """InternVL cuts each image into tiles (as many as its aspect ratio asks, up to max_patches, + a thumbnail): the
+    limit lowers max_patches, the encoded samples hold fewer image tokens, `image_tokens` still counts them, and the
+    saved processor carries it. A limit below one tile is refused."""
+    family = get_family("internvl")
+    processor = family.tiny().processor  # 32x32 tiles, up to 6 of them
+    sizes = [(100, 20), (96, 64), (200, 200)]
+    before = {s: _image_tokens_in(processor, family, s) for s in sizes}
+    with pytest.raises(ValueError, match="below internvl's smallest tile \\(1024 pixels\\)"):
+        limit_pixels(processor.image_processor, 1000, "internvl")
+    said = apply_max_pixels(processor, ModelCfg(family="internvl", path="x", max_pixels=2 * 32 * 32 + 5))
+    assert said.startswith("max_patches 2")
+    for size in sizes:
+        w, h = resized_size(*size, processor.image_processor)
+        after = _image_tokens_in(processor, family, size)
+        assert w * h <= 2 * 32 * 32 and after == family.image_tokens(processor, *size) - 2  # - <img> </img>
+        assert after < before[size] and after <= 3 * processor.image_seq_length  # 2 tiles + the thumbnail
+    processor.save_pretrained(tmp_path)
+    again = family.load_processor(tmp_path)
+    assert again.image_processor.max_patches == 2
+    assert _image_tokens_in(again, family, (200, 200)) == _image_tokens_in(processor, family, (200, 200))

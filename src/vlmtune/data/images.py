@@ -238,9 +238,9 @@ def resized_size(width: int, height: int, image_processor) -> tuple[int, int]:
     `smart_resize` within min/max pixels (`size.shortest_edge`/`longest_edge` with a `merge_size`), Pix2Struct's
     patches. For the bounded ones it gives the size the image is fitted into: a fixed `height` x `width` (BLIP-2,
     SigLIP, Gemma 3), `max_height` x `max_width`, the `longest_edge` (Idefics3, SmolVLM, rounded up to their
-    `max_image_size` tiles), LLaVA-NeXT's best `image_grid_pinpoints` canvas, Mllama's tile canvas. A processor that
-    does not resize gives the input size. Raises ValueError where the processor itself would refuse the image
-    (Qwen2-VL beyond an aspect ratio of 200)."""
+    `max_image_size` tiles), LLaVA-NeXT's best `image_grid_pinpoints` canvas, Mllama's and InternVL's tile canvas.
+    A processor that does not resize gives the input size. Raises ValueError where the processor itself would refuse
+    the image (Qwen2-VL beyond an aspect ratio of 200)."""
     if getattr(image_processor, "do_pad", False) and hasattr(image_processor, "pad_to_square"):
         side = max(width, height)  # LLaVA: padded to a square first, then resized
         w, h = _resized(side, side, image_processor)
@@ -257,6 +257,14 @@ def _resized(width: int, height: int, ip) -> tuple[int, int]:
         rows = max(min(int(scale * height / ph), max_patches), 1)
         cols = max(min(int(scale * width / pw), max_patches), 1)
         return cols * pw, rows * ph
+    if getattr(ip, "crop_to_patches", False) and max_patches and _edge(size, "height"):  # InternVL: tiles
+        th, tw = _edge(size, "height"), _edge(size, "width")
+        cols, rows = (1, 1)
+        if max_patches > 1:
+            from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
+
+            cols, rows = get_optimal_tiled_canvas((height, width), (th, tw), ip.min_patches, max_patches)
+        return cols * tw, rows * th
     if not getattr(ip, "do_resize", True):
         return width, height
     merge = getattr(ip, "merge_size", None)
@@ -315,6 +323,13 @@ def limit_pixels(image_processor, max_pixels: int, family: str = "the model") ->
             too_small("patch", unit)
         ip.max_patches = min(max_patches, max_pixels // unit)
         return f"max_patches {ip.max_patches}"
+    if getattr(ip, "crop_to_patches", False) and max_patches and _edge(size, "height"):  # InternVL (GOT-OCR2 tiles)
+        unit = _edge(size, "height") * _edge(size, "width")
+        if max_pixels < unit:
+            too_small("tile", unit)
+        ip.max_patches = min(max_patches, max_pixels // unit)
+        ip.min_patches = min(ip.min_patches, ip.max_patches)
+        return f"max_patches {ip.max_patches} (+ a thumbnail tile when an image is cut into several)"
     merge = getattr(ip, "merge_size", None)
     low = getattr(ip, "min_pixels", None) or _edge(size, "shortest_edge")
     high = getattr(ip, "max_pixels", None) or _edge(size, "longest_edge")
