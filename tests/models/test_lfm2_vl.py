@@ -24,6 +24,11 @@ def tiny():
     torch.manual_seed(0)
     loaded = FAMILY.tiny()
     loaded.model.eval()
+    with torch.no_grad():  # sharpened: at random init (std 0.02) the convolutions' gated products barely show
+        for layer in loaded.model.model.language_model.layers:
+            if hasattr(layer, "conv"):
+                layer.conv.in_proj.weight.mul_(20)
+                layer.conv.conv.weight.mul_(10)
     return loaded
 
 
@@ -134,3 +139,33 @@ def test_the_pil_port_gives_what_transformers_torchvision_processor_gives(tiny, 
     assert ours["spatial_shapes"].tolist() == theirs["shapes"]
     torch.testing.assert_close(ours["pixel_values"], torch.tensor(theirs["pixel_values"]), atol=2 / 255 * 2 + 1e-6,
                                rtol=0)
+
+
+def test_packing_is_off_because_a_packed_row_mixes_the_convolutions_of_neighbouring_samples(tiny):
+    """What `packing=False` rests on: packed back to back (per-sample positions, no attention mask, as
+    `train.packing` does), every sample after the first gets another loss than padded, since the short
+    convolutions of LFM2 read the previous sample's last tokens."""
+    from vlmtune.models.loss import forward_losses
+    from vlmtune.train.collate import pack
+
+    assert not FAMILY.packing
+    samples, images = zip(*SAMPLES, strict=True)
+    batch = FAMILY.encode(tiny.processor, list(samples), list(images), "train", 512)
+    packed = pack(batch)
+
+    def losses(b):
+        inputs = dict(b.inputs)
+        labels = inputs.pop("labels")
+        with torch.no_grad():
+            return forward_losses(tiny.model, FAMILY, inputs, labels, False, 0, b.segments)[0]
+
+    padded, mixed = losses(batch), losses(packed)
+    # the first sample has no neighbour before it; a later one misses the tolerance tests/train/test_length_grouping.py
+    # holds packing families to
+    torch.testing.assert_close(mixed[0], padded[0], rtol=1e-5, atol=1e-5)
+    assert ((mixed[1:] - padded[1:]).abs() > 1e-5 + 1e-5 * padded[1:].abs()).any(), (mixed, padded)
+    with torch.no_grad():  # and the logits of the second sample's first positions, where the previous one leaks in
+        row = tiny.model(**{k: v for k, v in packed.inputs.items() if k != "labels"}).logits[0]
+        alone = tiny.model(**FAMILY.encode(tiny.processor, [samples[1]], [images[1]], "generate", 512).inputs).logits
+    start = int(batch.inputs["attention_mask"][0].sum())
+    assert (row[start:start + 3] - alone[0, :3]).abs().max() > 0.05
