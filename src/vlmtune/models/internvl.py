@@ -24,9 +24,9 @@ Traps handled here:
   the video half, on the PIL image processor (`GotOcr2ImageProcessorPil`, same tiling and outputs); it saves itself
   as `InternVLProcessor` + `GotOcr2ImageProcessor`, which plain transformers reloads (as qwen2_vl.py does).
 - InternVLProcessor pads on the LEFT by default (its `text_kwargs`): training passes `padding_side="right"`.
-- The `<img>` / `</img>` around each image's context tokens are text tokens (embedded, never labelled): the ids
-  the label mapping compares with are the template's text with each `<IMG_CONTEXT>` written as
-  `<img><IMG_CONTEXT></img>`.
+- The `<img>` / `</img>` around each image's context tokens are embedded, never labelled: the ids the label
+  mapping compares with are the template's text with each `<IMG_CONTEXT>` written as `<img><IMG_CONTEXT></img>`.
+  `image_tokens` counts them with the context tokens (InternVLProcessor's `image_token_ids` names all three).
 - The frozen-vision cache is not declared: `get_image_features` returns one row per *tile*, not per image, which
   the cache (one entry per image or per sample) does not split.
 """

@@ -20,6 +20,7 @@ Traps handled here:
   per tile and `<|img_thumbnail|>` + a thumbnail's run, then `<|image_end|>`. The markers depend on the image's
   layout, so the label mapping compares with the fully expanded text (each `<image>` its own placeholder);
   `image_tokens` is the number of `<image>` tokens (the features the model inserts), the markers count as text.
+  `model.max_pixels` caps max_image_tokens and max_tiles (data/images.py `limit_pixels`).
 - LFM2's short convolutions look back `conv_L_cache - 1` positions and zero masked positions: right padding (training)
   and left padding (generation) leave each sample's logits unchanged (tests/models/test_lfm2_vl.py checks it), but a
   packed row would leak one sample's tokens into the next one's convolution: `packing` is off.
@@ -290,7 +291,9 @@ def build_processor():
 
 def tiny() -> Loaded:
     """A random LFM2-VL: SigLIP2 2 layers dim 32 (16 patch positions), projector into a 2-layer LFM2 (one short
-    convolution layer, one attention layer, dim 32); special token ids and generation config as in the checkpoints."""
+    convolution layer, one attention layer, dim 32); special token ids and generation config as in the checkpoints.
+    `conv_dim` (the convolutions' width, = hidden_size) is not a field of transformers' Lfm2Config, but the
+    checkpoints' config.json has it and vLLM reads it."""
     from transformers import Lfm2VlConfig, Lfm2VlForConditionalGeneration
 
     processor = build_processor()
@@ -299,8 +302,9 @@ def tiny() -> Loaded:
                   num_attention_heads=4, patch_size=8, num_patches=16, vision_use_head=False)
     text = dict(model_type="lfm2", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, layer_types=["conv", "full_attention"],
-                block_auto_adjust_ff_dim=False, max_position_embeddings=1024, pad_token_id=tok.pad_token_id,
-                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+                block_auto_adjust_ff_dim=False, conv_dim=32, max_position_embeddings=1024,
+                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                tie_word_embeddings=False)
     config = Lfm2VlConfig(vision_config=vision, text_config=text, image_token_id=processor.image_token_id,
                           projector_hidden_size=32, downsample_factor=2, tie_word_embeddings=False)
     model = Lfm2VlForConditionalGeneration(config).float()
