@@ -25,6 +25,10 @@ Traps handled here:
   and left padding (generation) leave each sample's logits unchanged (tests/models/test_lfm2_vl.py checks it), but a
   packed row would leak one sample's tokens into the next one's convolution: `packing` is off.
 - `get_image_features` lists one entry per tile, not per image: no frozen-vision cache.
+- Not served by vLLM yet (not in tests/vllm_models.py): transformers 5.25 saves SigLIP2 as
+  `model.vision_tower.embeddings...` where the checkpoints (and vLLM's loader) have
+  `model.vision_tower.vision_model.embeddings...`, so vLLM refuses an export ("no module or parameter named
+  'embeddings' in Siglip2Model").
 - LoRA targets the decoder's attention (q/k/v/out_proj), convolution (in/out_proj) and MLP (w1, w2, w3) linears;
   SigLIP2 has q/k/v/out_proj too, hence the language-model regex.
 """
@@ -292,8 +296,8 @@ def build_processor():
 def tiny() -> Loaded:
     """A random LFM2-VL: SigLIP2 2 layers dim 32 (16 patch positions), projector into a 2-layer LFM2 (one short
     convolution layer, one attention layer, dim 32); special token ids and generation config as in the checkpoints.
-    `conv_dim` (the convolutions' width, = hidden_size) is not a field of transformers' Lfm2Config, but the
-    checkpoints' config.json has it and vLLM reads it."""
+    `conv_dim` and `block_dim` (the convolutions' and blocks' width, = hidden_size) are not fields of transformers'
+    Lfm2Config, but the checkpoints' config.json has them and vLLM reads them."""
     from transformers import Lfm2VlConfig, Lfm2VlForConditionalGeneration
 
     processor = build_processor()
@@ -302,7 +306,7 @@ def tiny() -> Loaded:
                   num_attention_heads=4, patch_size=8, num_patches=16, vision_use_head=False)
     text = dict(model_type="lfm2", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, layer_types=["conv", "full_attention"],
-                block_auto_adjust_ff_dim=False, conv_dim=32, max_position_embeddings=1024,
+                block_auto_adjust_ff_dim=False, conv_dim=32, block_dim=32, max_position_embeddings=1024,
                 pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                 tie_word_embeddings=False)
     config = Lfm2VlConfig(vision_config=vision, text_config=text, image_token_id=processor.image_token_id,
