@@ -26,6 +26,12 @@ FOLDERS = {
     "pix2struct": "google__pix2struct-docvqa-base",
     "glm4v": "zai-org__GLM-4.1V-9B-Thinking",
 }
+# Not here: internvl. ../shared/real-models/OpenGVLab__InternVL3-1B-hf is partial (its SOURCES.txt): no config.json
+# (so no real-width model for test_real_models.py), no preprocessor_config.json / processor_config.json (so neither
+# the tiling settings nor image_seq_length, and no processor for test_real_processors.py), and its tokenizer files are
+# an unverified copy (tokenizer_config.json from Liger-Kernel's fake_configs; vocab.json and merges.txt from the
+# remote-code InternVL3 / Qwen2.5). What is usable, the tokenizer and its chat template, is checked in
+# test_real_internvl_tokenizer.py.
 
 
 def real_path(family: str) -> str:

@@ -216,3 +216,45 @@ def test_grid_families_tile_as_their_model_splits_under_the_limit(name, tmp_path
     loaded.model.save_pretrained(tmp_path / "ckpt")
     saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())["image_grid_pinpoints"]
     assert saved == loaded.model.config.image_grid_pinpoints
+
+
+def test_internvl_takes_the_limit_as_fewer_tiles_and_keeps_it_when_saved(tmp_path):
+    """InternVL cuts each image into tiles (as many as its aspect ratio asks, up to max_patches, + a thumbnail): the
+    limit lowers max_patches, the encoded samples hold fewer image tokens, `image_tokens` still counts them, and the
+    saved processor carries it. A limit below one tile is refused."""
+    family = get_family("internvl")
+    processor = family.tiny().processor  # 32x32 tiles, up to 6 of them
+    sizes = [(100, 20), (96, 64), (200, 200)]
+    before = {s: _image_tokens_in(processor, family, s) for s in sizes}
+    with pytest.raises(ValueError, match="below internvl's smallest tile \\(1024 pixels\\)"):
+        limit_pixels(processor.image_processor, 1000, "internvl")
+    said = apply_max_pixels(processor, ModelCfg(family="internvl", path="x", max_pixels=2 * 32 * 32 + 5))
+    assert said.startswith("max_patches 2")
+    for size in sizes:
+        w, h = resized_size(*size, processor.image_processor)
+        after = _image_tokens_in(processor, family, size)
+        assert w * h <= 2 * 32 * 32 and after == family.image_tokens(processor, *size) - 2  # - <img> </img>
+        assert after < before[size] and after <= 3 * processor.image_seq_length  # 2 tiles + the thumbnail
+    processor.save_pretrained(tmp_path)
+    again = family.load_processor(tmp_path)
+    assert again.image_processor.max_patches == 2
+    assert _image_tokens_in(again, family, (200, 200)) == _image_tokens_in(processor, family, (200, 200))
+
+
+@pytest.mark.parametrize("max_pixels, said", [(2 * 32 * 32 + 5, "max_image_tokens 4, max_tiles 2"),
+                                              (700, "max_image_tokens 2, no tiles")])
+def test_lfm2_vl_takes_the_limit_as_fewer_tiles_and_image_tokens(max_pixels, said):
+    """LFM2-VL resizes a small image whole (up to max_image_tokens) and cuts a large one into tiles + a thumbnail: the
+    limit caps both, below one tile it resizes every image whole; `image_tokens` still counts what encode makes."""
+    family = get_family("lfm2_vl")
+    processor = family.tiny().processor  # a token per 16x16 pixels, up to 4 of them whole, else 2-4 32x32 tiles
+    sizes = [(200, 200), (96, 64), (120, 40)]
+    before = {s: _image_tokens_in(processor, family, s) for s in sizes}
+    with pytest.raises(ValueError, match="below lfm2_vl's smallest image token \\(256 pixels\\)"):
+        limit_pixels(processor.image_processor, 200, "lfm2_vl")
+    assert apply_max_pixels(processor, ModelCfg(family="lfm2_vl", path="x", max_pixels=max_pixels)) == said
+    for size in sizes:
+        w, h = resized_size(*size, processor.image_processor)
+        after = _image_tokens_in(processor, family, size)
+        assert w * h <= max_pixels and after == family.image_tokens(processor, *size)
+        assert after < before[size], (size, before[size], after)

@@ -239,8 +239,9 @@ def resized_size(width: int, height: int, image_processor) -> tuple[int, int]:
     Pix2Struct's patches. For the bounded ones it gives the size the image is fitted into: a fixed `height` x
     `width` (BLIP-2, SigLIP, Gemma 3), `max_height` x `max_width`, the `longest_edge` (Idefics3, SmolVLM, rounded up
     to their `max_image_size` tiles; Pixtral/Mistral 3, never enlarged, rounded up to whole tokens), LLaVA-NeXT's
-    best `image_grid_pinpoints` canvas, Mllama's tile canvas. A processor that does not resize gives the input size.
-    Raises ValueError where the processor itself would refuse the image (Qwen2-VL beyond an aspect ratio of 200)."""
+    best `image_grid_pinpoints` canvas, Mllama's, InternVL's and LFM2-VL's tile canvas. A processor that does not
+    resize gives the input size. Raises ValueError where the processor itself would refuse the image (Qwen2-VL beyond
+    an aspect ratio of 200)."""
     if getattr(image_processor, "do_pad", False) and hasattr(image_processor, "pad_to_square"):
         side = max(width, height)  # LLaVA: padded to a square first, then resized
         w, h = _resized(side, side, image_processor)
@@ -257,6 +258,17 @@ def _resized(width: int, height: int, ip) -> tuple[int, int]:
         rows = max(min(int(scale * height / ph), max_patches), 1)
         cols = max(min(int(scale * width / pw), max_patches), 1)
         return cols * pw, rows * ph
+    if getattr(ip, "crop_to_patches", False) and max_patches and _edge(size, "height"):  # InternVL: tiles
+        th, tw = _edge(size, "height"), _edge(size, "width")
+        cols, rows = (1, 1)
+        if max_patches > 1:
+            from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
+
+            cols, rows = get_optimal_tiled_canvas((height, width), (th, tw), ip.min_patches, max_patches)
+        return cols * tw, rows * th
+    if getattr(ip, "encoder_patch_size", None) and hasattr(ip, "_get_split_layout"):  # LFM2-VL: tiles or one resize
+        split, rows, cols, h, w = ip._get_split_layout(height, width, **_lfm2_layout(ip))
+        return (cols * ip.tile_size, rows * ip.tile_size) if split else (w, h)
     if not getattr(ip, "do_resize", True):
         return width, height
     merge = getattr(ip, "merge_size", None)
@@ -308,6 +320,15 @@ def _resized(width: int, height: int, ip) -> tuple[int, int]:
     return width, height
 
 
+def _lfm2_layout(ip) -> dict:
+    names = ("downsample_factor", "min_tiles", "max_tiles", "min_image_tokens", "max_image_tokens",
+             "encoder_patch_size", "tile_size", "max_pixels_tolerance")
+    layout = {k: getattr(ip, k) for k in names}
+    if not ip.do_image_splitting:
+        layout["min_tiles"] = layout["max_tiles"] = 1
+    return layout
+
+
 def limit_pixels(image_processor, max_pixels: int, family: str = "the model") -> str:
     """Make `image_processor` (in place) resize each image to at most `max_pixels` pixels, in the unit its resize
     works in (see `ModelCfg.max_pixels`); returns what was set, in words. Raises ValueError, naming `family`, for a
@@ -325,6 +346,24 @@ def limit_pixels(image_processor, max_pixels: int, family: str = "the model") ->
             too_small("patch", unit)
         ip.max_patches = min(max_patches, max_pixels // unit)
         return f"max_patches {ip.max_patches}"
+    if getattr(ip, "crop_to_patches", False) and max_patches and _edge(size, "height"):  # InternVL (GOT-OCR2 tiles)
+        unit = _edge(size, "height") * _edge(size, "width")
+        if max_pixels < unit:
+            too_small("tile", unit)
+        ip.max_patches = min(max_patches, max_pixels // unit)
+        ip.min_patches = min(ip.min_patches, ip.max_patches)
+        return f"max_patches {ip.max_patches} (+ a thumbnail tile when an image is cut into several)"
+    if getattr(ip, "encoder_patch_size", None) and hasattr(ip, "_get_split_layout"):  # LFM2-VL
+        unit = (ip.encoder_patch_size * ip.downsample_factor) ** 2
+        if max_pixels < unit:
+            too_small("image token", unit)
+        ip.max_image_tokens = min(ip.max_image_tokens, max_pixels // unit)  # a whole image's (or thumbnail's) resize
+        ip.min_image_tokens = min(ip.min_image_tokens, ip.max_image_tokens)
+        ip.max_tiles = min(ip.max_tiles, max_pixels // ip.tile_size**2)
+        if ip.max_tiles < ip.min_tiles:  # no tile grid fits: every image is resized whole
+            ip.do_image_splitting = False
+        grid = f"max_tiles {ip.max_tiles}" if ip.do_image_splitting else "no tiles"
+        return f"max_image_tokens {ip.max_image_tokens}, {grid}"
     merge = getattr(ip, "merge_size", None)
     low = getattr(ip, "min_pixels", None) or _edge(size, "shortest_edge")
     high = getattr(ip, "max_pixels", None) or _edge(size, "longest_edge")

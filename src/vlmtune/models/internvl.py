@@ -1,0 +1,271 @@
+"""InternVL 3 / 3.5 family (`InternVLForConditionalGeneration`, the transformers-native `-hf` checkpoints):
+InternViT -> pixel shuffle (2x2 -> 1) -> MLP projector -> Qwen2 / Qwen3 decoder.
+
+Checkpoints: OpenGVLab/InternVL3-1B-hf, InternVL3-2B-hf, InternVL3-8B-hf, ..., OpenGVLab/InternVL3_5-1B-HF,
+InternVL3_5-2B-HF, InternVL3_5-8B-HF, ... (not the remote-code `OpenGVLab/InternVL3-1B` repos: other weights' names).
+
+Prompt format: the -hf checkpoints' ChatML chat template (no default system turn):
+
+    <|im_start|>user\\n<IMG_CONTEXT>\\nWhat colour is the top?<|im_end|>\\n<|im_start|>assistant\\nred<|im_end|>\\n
+
+The processor expands each `<IMG_CONTEXT>` into `<img>` + `<IMG_CONTEXT>` x (image_seq_length x tiles) + `</img>`.
+The generation prompt is `<|im_start|>assistant\\n`; the trained tokens are the answer and `<|im_end|>` (the
+checkpoints' eos; the template's `\\n` after it is not trained).
+
+Traps handled here:
+- Dynamic tiling (`crop_to_patches`): each image is resized to the grid of `size` tiles (between min_patches and
+  max_patches of them) whose aspect ratio is closest to the image's, plus one thumbnail tile when the grid has more
+  than one; every tile is `image_seq_length` tokens. `image_tokens` asks the processor's own count
+  (`_get_num_multimodal_tokens`, with the processor's defaults merged in: InternVLProcessor switches
+  `crop_to_patches` on at call time even where the checkpoint's preprocessor_config.json says false).
+  `model.max_pixels` lowers `max_patches` (data/images.py `limit_pixels`).
+- `InternVLProcessor` insists on a video processor, which needs torchvision (absent here), and the checkpoints name
+  the torchvision image processor (`GotOcr2ImageProcessorFast`). `ImageOnlyProcessor` is InternVLProcessor without
+  the video half, on the PIL image processor (`GotOcr2ImageProcessorPil`, same tiling and outputs); it saves itself
+  as `InternVLProcessor` + `GotOcr2ImageProcessor`, which plain transformers reloads (as qwen2_vl.py does).
+- InternVLProcessor pads on the LEFT by default (its `text_kwargs`): training passes `padding_side="right"`.
+- The `<img>` / `</img>` around each image's context tokens are embedded, never labelled: the ids the label
+  mapping compares with are the template's text with each `<IMG_CONTEXT>` written as `<img><IMG_CONTEXT></img>`.
+  `image_tokens` counts them with the context tokens (InternVLProcessor's `image_token_ids` names all three).
+- The frozen-vision cache is not declared: `get_image_features` returns one row per *tile*, not per image, which
+  the cache (one entry per image or per sample) does not split.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+from tokenizers import Regex, pre_tokenizers
+
+from vlmtune.data.tokenizer import train_byte_bpe
+from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
+from vlmtune.models.qwen2_vl import _SPLIT, write_upstream_processor_files
+
+LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+END = "<|im_end|>"
+IMAGE, START_IMAGE, END_IMAGE, VIDEO = "<IMG_CONTEXT>", "<img>", "</img>", "<video>"
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", END, START_IMAGE, END_IMAGE, IMAGE, VIDEO]
+UPSTREAM = "InternVLProcessor"
+
+# The chat template of OpenGVLab/InternVL3-*-hf (tokenizer_config.json).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}{% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "{{ '<IMG_CONTEXT>\n' }}{% elif content['type'] == 'video' %}{{ '<video>\n' }}{% elif content['type'] == 'text' %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}{% endif %}{{'<|im_end|>\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def __getattr__(name: str):
+    # built on first use: defining it imports transformers, which importing the family registry must not do
+    if name == "ImageOnlyProcessor":
+        return image_only_processor()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def image_only_processor() -> type:
+    """`ImageOnlyProcessor`, registered with AutoProcessor for InternVLConfig."""
+    from transformers import AutoProcessor, InternVLConfig, InternVLProcessor
+
+    class ImageOnlyProcessor(InternVLProcessor):
+        """InternVLProcessor without its video processor (which needs torchvision); images and text go through the
+        very same code."""
+
+        def __init__(self, image_processor=None, tokenizer=None, image_seq_length: int = 256, chat_template=None,
+                     **kwargs):
+            super().__init__(image_processor, tokenizer, None, image_seq_length=image_seq_length,
+                             chat_template=chat_template, **kwargs)
+
+        def save_pretrained(self, save_directory, *args, **kwargs):
+            out = super().save_pretrained(save_directory, *args, **kwargs)
+            write_upstream_processor_files(Path(save_directory), UPSTREAM, self.image_processor)
+            write_video_config(Path(save_directory), self.image_processor)
+            return out
+
+    ImageOnlyProcessor.__qualname__ = ImageOnlyProcessor.__name__
+    AutoProcessor.register(InternVLConfig, ImageOnlyProcessor, exist_ok=True)
+    return ImageOnlyProcessor
+
+
+VIDEO_KEYS = ("size", "resample", "do_resize", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
+              "image_std", "do_convert_rgb")
+
+
+def write_video_config(directory: Path, image_processor) -> None:
+    """`video_preprocessor_config.json` as the -hf checkpoints have it (frames at the image processor's settings),
+    unless the directory has one: without it, plain transformers' AutoProcessor cannot tell which video processor
+    InternVLProcessor wants and fails; with it, it builds InternVLVideoProcessor (given torchvision)."""
+    path = directory / "video_preprocessor_config.json"
+    if not path.exists():
+        settings = {k: v for k, v in image_processor.to_dict().items() if k in VIDEO_KEYS}
+        config = {**settings, "processor_class": UPSTREAM, "video_processor_type": "InternVLVideoProcessor"}
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def load_processor(path, **options):
+    """The processor of an InternVL -hf checkpoint (or a vlmtune checkpoint of one), image half only, PIL images."""
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    image_processor = GotOcr2ImageProcessorPil.from_pretrained(path, **options)
+    # what InternVLProcessor does at call time, made the image processor's own setting (the -hf checkpoints save
+    # false), so that resizing limits and `model.max_pixels` (data/images.py) see the tiling
+    image_processor.crop_to_patches = True
+    return image_only_processor().from_pretrained(path, image_processor=image_processor, **options)
+
+
+def load(cfg) -> Loaded:
+    # the checkpoint's tokenizer, chat template and tiling settings, on the PIL image processor, without video
+    return load_pretrained(cfg, "internvl", SimpleNamespace(from_pretrained=load_processor),
+                           freeze_groups=FREEZE_GROUPS)
+
+
+def context_tokens(processor, width: int, height: int) -> int:
+    """`<IMG_CONTEXT>` tokens for one image: image_seq_length per tile (the tiles of the best grid + a thumbnail),
+    counted by the processor's own function with its call-time defaults."""
+    return processor._get_num_multimodal_tokens(image_sizes=[(height, width)])["num_image_tokens"][0]
+
+
+def image_tokens(processor, width: int, height: int) -> int:
+    """The positions one image takes: its `<IMG_CONTEXT>` tokens and the `<img>` `</img>` around them (what
+    `processor.image_token_ids` names)."""
+    return context_tokens(processor, width, height) + 2
+
+
+def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
+    """Samples -> model inputs. "train": the whole conversation, labels only on assistant answers + their
+    `<|im_end|>`, right padding. "generate": the conversation up to `<|im_start|>assistant\\n`, left padding.
+    A sample longer than `max_length` (image tokens included) raises SampleTooLong; nothing is cut."""
+    tok = processor.tokenizer
+    train = mode == "train"
+    end_id = tok.convert_tokens_to_ids(END)
+    one_image = processor.start_image_token + processor.image_token + processor.end_image_token
+
+    def render(messages, add_generation_prompt):
+        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def tokenize(texts):  # the processor's ids with one <IMG_CONTEXT> per image
+        return tok([t.replace(processor.image_token, one_image) for t in texts]).input_ids
+
+    flat = load_image_list(samples, images)
+    texts = [render(s.messages if train else s.prompt_messages, not train) for s in samples]
+    tokenized = []  # per sample: (ids with one <IMG_CONTEXT> per image, assistant spans, image tokens per image)
+    for s, text, imgs in zip(samples, texts, images, strict=True):
+        per_image = [context_tokens(processor, img.width, img.height) for img in imgs]
+        if train:
+            unexpanded, spans = assistant_spans(tokenize, render, s.messages, s.id)
+            spans = [(start, _through_end_token(unexpanded, start, end, end_id, s.id)) for start, end in spans]
+        else:
+            unexpanded, spans = tokenize([text])[0], []
+        # an image's <img> </img> count as its tokens (image_tokens), not as text
+        check_length(s.id, sum(per_image) + 2 * len(imgs), len(unexpanded) - 3 * len(imgs), max_length, resize=True)
+        tokenized.append((unexpanded, spans, per_image))
+    out = processor(text=texts, images=flat or None, padding=True, padding_side="right" if train else "left",
+                    return_tensors="pt")
+    inputs = dict(out)  # input_ids, attention_mask (+ pixel_values: every tile of every image, in order)
+    n_target = 0
+    if train:
+        labels = expanded_labels(out["input_ids"], out["attention_mask"], processor.image_token_id,
+                                 [s.id for s in samples], tokenized)
+        n_target = int((labels != IGNORE_INDEX).sum())
+        inputs["labels"] = labels
+    return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
+
+
+def _through_end_token(ids: list[int], start: int, end: int, end_id: int, sample_id: str) -> int:
+    """The end of an assistant span cut after its `<|im_end|>` (the template's "\\n" after it is not trained)."""
+    if end_id not in ids[start:end]:
+        raise ValueError(f"sample {sample_id!r}: an assistant turn does not end with {END}")
+    return ids.index(end_id, start, end) + 1
+
+
+_CORPUS = [
+    "<|im_start|>user\n<|im_start|>assistant\n",
+    "What colour is the top? What colour are the trousers? Describe the image.",
+    "a person wearing a red top and blue trousers",
+    "red blue green yellow white black orange purple pink grey brown",
+    "what which who where how many is are the a an of in on at with and or not yes no there this that",
+    "shirt dress skirt jacket coat shoes hat shape circle square triangle left right top bottom one two three",
+]
+
+
+def build_tokenizer():
+    """A small byte-level BPE trained in-process with Qwen2's pre-tokenizer and InternVL's image tokens, named as
+    the checkpoints' tokenizer_config.json names them (start/end/context image token, video token)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = train_byte_bpe(_CORPUS * 20, SPECIAL_TOKENS, 640, pre_tokenizer=pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ]))
+    # as in the -hf checkpoints: no BOS, eos <|im_end|>, pad <|endoftext|>
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=END, pad_token="<|endoftext|>", model_max_length=4096,
+        extra_special_tokens={"start_image_token": START_IMAGE, "end_image_token": END_IMAGE,
+                              "context_image_token": IMAGE, "video_token": VIDEO})
+
+
+def build_processor(max_patches: int = 6):
+    """Tokenizer + PIL image processor: 32x32 tiles, 1..`max_patches` of them + a thumbnail, 4 tokens per tile."""
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    image_processor = GotOcr2ImageProcessorPil(size={"height": 32, "width": 32}, crop_to_patches=True,
+                                               min_patches=1, max_patches=max_patches)
+    return image_only_processor()(image_processor, build_tokenizer(), image_seq_length=4,
+                                  chat_template=CHAT_TEMPLATE)
+
+
+def tiny() -> Loaded:
+    """A random InternVL: InternViT 2 layers dim 32 on 32x32 tiles (patch 8: 4x4 patches, shuffled to 2x2 = 4
+    tokens), projector into a 2-layer Qwen2 decoder dim 32; special token ids and generation config as in the
+    -hf checkpoints."""
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    processor = build_processor()
+    tok = processor.tokenizer
+    end, pad = tok.convert_tokens_to_ids(END), tok.pad_token_id
+    vision = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32,
+                  patch_size=8)
+    text = dict(model_type="qwen2", vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=pad,
+                eos_token_id=end, pad_token_id=pad, tie_word_embeddings=False)
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=processor.image_token_id,
+                            image_seq_length=4, downsample_ratio=0.5, tie_word_embeddings=False)
+    model = InternVLForConditionalGeneration(config).float()
+    model.generation_config.bos_token_id = pad
+    model.generation_config.pad_token_id = pad
+    model.generation_config.eos_token_id = [end, pad]  # stop at <|im_end|> or <|endoftext|>
+    return Loaded(model=model, processor=processor, family="internvl")
+
+
+FREEZE_GROUPS = {
+    "vision": ("model.vision_tower.",),
+    "projector": ("model.multi_modal_projector.",),
+    "language": ("model.language_model.", "lm_head."),
+}
+
+FAMILY = ModelFamily(
+    name="internvl",
+    description="InternVL 3/3.5 (OpenGVLab/InternVL3-*-hf, InternVL3_5-*-HF): tiled InternViT -> pixel-shuffle MLP "
+                "-> Qwen2/Qwen3",
+    load=load,
+    encode=encode,
+    # regex: the language model's linears only (InternViT's attention is q_proj/k_proj/v_proj too)
+    lora_targets=(r".*language_model.*\.(" + "|".join(LANGUAGE_LINEARS) + ")",),
+    freeze_groups=FREEZE_GROUPS,
+    tiny=tiny,
+    image_tokens=image_tokens,
+    tasks=("vqa", "caption"),
+    text_only=True,
+    multi_image=True,
+    projector_modules=("multi_modal_projector",),
+    packing=True,  # a Qwen2 LM with 1-D positions, no token types: samples can share a row
+    processor_loader=load_processor,
+    language_model="model.language_model",
+    vision_tower="model.vision_tower",
+)
