@@ -136,7 +136,7 @@ def test_paligemma_packing_keeps_each_samples_prefix_mask():
     assert (leak_gap > 50 * noise + 1e-4).all()
 
 
-@pytest.mark.parametrize("name", ["gemma3", "qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("name", ["gemma3", "gemma4", "qwen2_vl", "qwen2_5_vl"])
 def test_families_that_cannot_pack_say_so_and_would_get_another_loss(name, tmp_path, fashion_dir):
     from vlmtune.train.collate import pack
 

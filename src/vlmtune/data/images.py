@@ -235,8 +235,8 @@ def resized_size(width: int, height: int, image_processor) -> tuple[int, int]:
 
     Exact for the resizes that can grow an image: the short side scaled to `size.shortest_edge` (CLIP, LLaVA, GIT;
     capped by `longest_edge`), the square a LLaVA processor pads to first (`do_pad` with `pad_to_square`), Qwen2-VL's
-    `smart_resize` within min/max pixels (`size.shortest_edge`/`longest_edge` with a `merge_size`), Pix2Struct's
-    patches. For the bounded ones it gives the size the image is fitted into: a fixed `height` x `width` (BLIP-2,
+    `smart_resize` within min/max pixels (`size.shortest_edge`/`longest_edge` with a `merge_size`), Gemma 4's resize
+    within its soft-token budget, Pix2Struct's patches. For the bounded ones it gives the size the image is fitted into: a fixed `height` x `width` (BLIP-2,
     SigLIP, Gemma 3), `max_height` x `max_width`, the `longest_edge` (Idefics3, SmolVLM, rounded up to their
     `max_image_size` tiles), LLaVA-NeXT's best `image_grid_pinpoints` canvas, Mllama's tile canvas. A processor that
     does not resize gives the input size. Raises ValueError where the processor itself would refuse the image
@@ -259,6 +259,12 @@ def _resized(width: int, height: int, ip) -> tuple[int, int]:
         return cols * pw, rows * ph
     if not getattr(ip, "do_resize", True):
         return width, height
+    soft, pool = getattr(ip, "max_soft_tokens", None), getattr(ip, "pooling_kernel_size", None)
+    if soft and pool:  # Gemma 4: aspect kept, whole pool x pool patch blocks within max_soft_tokens (upscaled too)
+        from transformers.models.gemma4.image_processing_pil_gemma4 import get_aspect_ratio_preserving_size
+
+        h, w = get_aspect_ratio_preserving_size(height, width, patch, soft * pool * pool, pool)
+        return w, h
     merge = getattr(ip, "merge_size", None)
     low = getattr(ip, "min_pixels", None) or _edge(size, "shortest_edge")
     high = getattr(ip, "max_pixels", None) or _edge(size, "longest_edge")
@@ -298,6 +304,10 @@ def _resized(width: int, height: int, ip) -> tuple[int, int]:
     return width, height
 
 
+GEMMA4_SOFT_TOKENS = (70, 140, 280, 560, 1120)
+"""The soft-token budgets (`max_soft_tokens`) Gemma 4's image processor accepts; it refuses any other."""
+
+
 def limit_pixels(image_processor, max_pixels: int, family: str = "the model") -> str:
     """Make `image_processor` (in place) resize each image to at most `max_pixels` pixels, in the unit its resize
     works in (see `ModelCfg.max_pixels`); returns what was set, in words. Raises ValueError, naming `family`, for a
@@ -315,6 +325,14 @@ def limit_pixels(image_processor, max_pixels: int, family: str = "the model") ->
             too_small("patch", unit)
         ip.max_patches = min(max_patches, max_pixels // unit)
         return f"max_patches {ip.max_patches}"
+    soft, pool = getattr(ip, "max_soft_tokens", None), getattr(ip, "pooling_kernel_size", None)
+    if soft and pool:  # Gemma 4: the largest soft-token budget the processor allows whose images fit
+        unit = (patch * pool) ** 2  # pixels per soft token
+        budgets = [t for t in GEMMA4_SOFT_TOKENS if t <= soft and t * unit <= max_pixels]
+        if not budgets:
+            too_small("soft-token budget", GEMMA4_SOFT_TOKENS[0] * unit)
+        ip.max_soft_tokens = max(budgets)
+        return f"max_soft_tokens {ip.max_soft_tokens} (at most {ip.max_soft_tokens} image tokens per image)"
     merge = getattr(ip, "merge_size", None)
     low = getattr(ip, "min_pixels", None) or _edge(size, "shortest_edge")
     high = getattr(ip, "max_pixels", None) or _edge(size, "longest_edge")
