@@ -236,11 +236,11 @@ def resized_size(width: int, height: int, image_processor) -> tuple[int, int]:
     Exact for the resizes that can grow an image: the short side scaled to `size.shortest_edge` (CLIP, LLaVA, GIT;
     capped by `longest_edge`), the square a LLaVA processor pads to first (`do_pad` with `pad_to_square`), Qwen2-VL's
     `smart_resize` within min/max pixels (`size.shortest_edge`/`longest_edge` with a `merge_size`), Gemma 4's resize
-    within its soft-token budget, Pix2Struct's patches. For the bounded ones it gives the size the image is fitted into: a fixed `height` x `width` (BLIP-2,
-    SigLIP, Gemma 3), `max_height` x `max_width`, the `longest_edge` (Idefics3, SmolVLM, rounded up to their
-    `max_image_size` tiles), LLaVA-NeXT's best `image_grid_pinpoints` canvas, Mllama's tile canvas. A processor that
-    does not resize gives the input size. Raises ValueError where the processor itself would refuse the image
-    (Qwen2-VL beyond an aspect ratio of 200)."""
+    within its soft-token budget, Pix2Struct's patches. For the bounded ones it gives the size the image is fitted
+    into: a fixed `height` x `width` (BLIP-2, SigLIP, Gemma 3), `max_height` x `max_width`, the `longest_edge`
+    (Idefics3, SmolVLM, rounded up to their `max_image_size` tiles), LLaVA-NeXT's best `image_grid_pinpoints` canvas,
+    Mllama's tile canvas. A processor that does not resize gives the input size. Raises ValueError where the
+    processor itself would refuse the image (Qwen2-VL beyond an aspect ratio of 200)."""
     if getattr(image_processor, "do_pad", False) and hasattr(image_processor, "pad_to_square"):
         side = max(width, height)  # LLaVA: padded to a square first, then resized
         w, h = _resized(side, side, image_processor)
