@@ -23,7 +23,7 @@ from vlmtune.models import FAMILIES
 SMALL = ["qwen2_vl", "smolvlm", "pix2struct", "blip2"]
 # 2-layer cuts of the 3B-11B checkpoints are 0.5-1.5B parameters (the embedding and head alone are 0.3-1B at real
 # width): marked `large`, run by `make test-large`, which `.ci/run` runs after `make test`
-LARGE = ["qwen2_5_vl", "gemma3", "llava", "mllama"]
+LARGE = ["qwen2_5_vl", "gemma3", "gemma4", "llava", "mllama"]
 # a full step of the Llama-3.2-11B-Vision cut trains 1.5B parameters: fp32 weights, gradients and AdamW's two moments
 # are ~24 GB, over a 24 GB CI machine's memory; it runs where CUDA is (`make test-gpu`)
 FULL_ON_GPU = {"mllama"}
@@ -36,7 +36,16 @@ def _params(names, full: bool = False):
 
 def _cut(config, depth: int = 2):
     """Every tower `depth` layers deep, widths untouched."""
-    for sub in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None)):
+    text = getattr(config, "text_config", None)
+    if getattr(text, "num_kv_shared_layers", None) is not None:  # Gemma 4: rebuilt, its per-layer settings follow
+        d = text.to_dict()
+        overrides = d.pop("per_layer_config") or {}  # the global layers' head_dim
+        kinds = list(dict.fromkeys(d["layer_types"]))[:depth]  # a sliding and a global layer, the global one last
+        d.update(num_hidden_layers=len(kinds), layer_types=sorted(kinds, key="full_attention".__eq__),
+                 num_kv_shared_layers=0,  # no later layer left to reuse another's KV
+                 global_head_dim=next(iter(overrides.values()), {}).get("head_dim", d["head_dim"]))
+        config.text_config = type(text)(**d)
+    for sub in (config, *(getattr(config, f"{k}_config", None) for k in ("text", "vision", "audio"))):
         if sub is None:
             continue
         for attr in ("num_hidden_layers", "depth"):
