@@ -26,8 +26,8 @@ Traps handled here:
   soft tokens of an image depend on its aspect ratio (`image_tokens` uses the processor's own resize rule).
   `model.max_pixels` lowers `max_soft_tokens` to the largest allowed budget that fits (`data/images.py`).
 - The -it checkpoints' generation_config eos ids are [1, 106, 50]: `<eos>`, `<turn|>` (the end of a turn, trained
-  here) and the token a tool-call turn stops at; the "\\n" the template writes after `<turn|>` is never generated, so
-  it is not trained either.
+  here) and `<|tool_response>` (where a tool call stops, for the caller to answer); the "\\n" the template writes
+  after `<turn|>` is never generated, so it is not trained either.
 - The template writes `<bos>` itself (nothing is tokenized with special tokens), trims each text, and renders a
   system turn's content as a string only (a list of parts would print as a Python list): `encode` passes it joined.
 - `mm_token_type_ids` (1 on the soft image tokens) is passed in training and generation: with

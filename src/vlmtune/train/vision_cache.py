@@ -13,7 +13,7 @@ embeddings, so the loss is the same (tested to 1e-5 for every family that suppor
 
 `auto` turns the cache on only when all of these hold, and says why when it does not:
 * the family's model takes `mm_encoder_outputs` (llava, llava_next, qwen2_vl, qwen2_5_vl, idefics3, smolvlm, gemma3,
-  paligemma; not blip2, instructblip, florence2, git, mllama, pix2struct);
+  gemma4, paligemma; not blip2, instructblip, florence2, git, mllama, pix2struct);
 * the vision tower and the projector are frozen (LoRA on the language model, whose default freezes the projector,
   or full fine-tuning with `freeze_vision` and `freeze_projector`);
 * images are not augmented (`hflip`) and the frozen modules have no active dropout.
