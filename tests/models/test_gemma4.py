@@ -112,3 +112,15 @@ def test_the_copied_chat_template_renders_as_the_checkpoints():
                                                               chat_template=t, **extra) for t in (gemma4.CHAT_TEMPLATE,
                                                                                                   real))
                 assert ours == theirs, (messages, prompt, extra)
+
+
+def test_a_system_turn_given_as_parts_is_rendered_as_its_text():
+    """The checkpoint's template prints a system turn's content as is: `encode` hands it the text, never a list."""
+    processor = _processor()
+    system = {"role": "system", "content": [{"type": "text", "text": "Be brief."}]}
+    sample = Sample(id="s", messages=[system, user("What colour?"), assistant("green")], images=["a.png"])
+    batch = gemma4.encode(processor, [sample], [[Image.new("RGB", (64, 64))]], "train", 4096)
+    text = processor.tokenizer.decode(batch.inputs["input_ids"][0])
+    assert text.startswith("<bos><|turn>system\nBe brief.<turn|>\n<|turn>user\n<|image>"), text[:80]
+    labelled = batch.inputs["labels"][0][batch.inputs["labels"][0] != -100]
+    assert processor.tokenizer.decode(labelled) == "green<turn|>"
