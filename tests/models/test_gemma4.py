@@ -124,3 +124,28 @@ def test_a_system_turn_given_as_parts_is_rendered_as_its_text():
     assert text.startswith("<bos><|turn>system\nBe brief.<turn|>\n<|turn>user\n<|image>"), text[:80]
     labelled = batch.inputs["labels"][0][batch.inputs["labels"][0] != -100]
     assert processor.tokenizer.decode(labelled) == "green<turn|>"
+
+
+def test_merging_the_adapter_is_exact_in_float32():
+    """Every LoRA target (the per-layer-embedding gates and projections included) merges into its weight exactly:
+    in float32 the merged model's logits are the adapter's at run time (the real-width bf16 test can only bound
+    the rounding)."""
+    from peft import LoraConfig, get_peft_model
+
+    family = get_family("gemma4")
+    tiny = family.tiny()
+    torch.manual_seed(0)
+    model = get_peft_model(tiny.model, LoraConfig(r=4, lora_alpha=8, target_modules=family.lora_targets[0]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    inputs = _encoded(tiny.processor, (40, 60), "train")
+    model.eval()
+    with torch.no_grad():
+        adapted = model(**inputs).logits
+        with model.disable_adapter():
+            plain = model(**inputs).logits
+        merged = model.merge_and_unload()(**inputs).logits
+    assert (adapted - plain).abs().mean() > 1e-2  # the adapter matters
+    torch.testing.assert_close(merged, adapted, rtol=1e-5, atol=1e-5)
