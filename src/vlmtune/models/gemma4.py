@@ -4,11 +4,11 @@ positions, 3x3 pooling) -> RMS-norm + linear embedder -> Gemma 4 decoder (slidin
 
 Checkpoints: google/gemma-4-E2B-it, google/gemma-4-E4B-it (and the larger -it checkpoints of the same architecture,
 whose text config sets `use_bidirectional_attention: "vision"`). Their config.json names
-`Gemma4ForConditionalGeneration`; the `gemma4_unified` / `*_assistant` classes of transformers are other models
-(speculative-decoding drafts), not these checkpoints. Image only: the E2B/E4B checkpoints also have an audio tower
-(`model.audio_tower`, `model.embed_audio`), which vlmtune never feeds; it is its own freeze group ("audio", always
-frozen, never a LoRA target), and the processor is built without the audio feature extractor and the video
-processor.
+`Gemma4ForConditionalGeneration`; transformers' `gemma4_unified` (another variant, with its own processor and a
+raw-waveform audio embedder) and `gemma4_assistant` (a small draft model tied to a target model) are not these.
+Image only: the E2B/E4B checkpoints also have an audio tower (`model.audio_tower`, `model.embed_audio`), which
+vlmtune never feeds; it is its own freeze group ("audio", always frozen, never a LoRA target), and the processor is
+built without the audio feature extractor and the video processor.
 
 Prompt format: the checkpoints' chat template, `<bos><|turn>user\\n{image}{text}<turn|>\\n<|turn>model\\n{answer}
 <turn|>\\n` ("assistant" is rendered as "model"; a system turn is its own `<|turn>system\\n...<turn|>\\n`). Each image
