@@ -1,4 +1,4 @@
-"""`data.images.resized_size` / `check_image_shape`: the size a model's image processor makes of an image, computed
+"""`data.resize.resized_size` / `check_image_shape`: the size a model's image processor makes of an image, computed
 from its settings without running it, equals what the processor really makes, for every family's processor."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from vlmtune.data.images import ImageError, check_image_shape, resized_size
+from vlmtune.data.images import ImageError, check_image_shape
+from vlmtune.data.resize import resized_size
 
 SIZES = [(40, 30), (30, 40), (1, 60), (60, 1), (7, 300), (333, 17), (1000, 999), (64, 64), (5, 5)]
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmtune.data.images import limit_pixels, resized_size
+from vlmtune.data.resize import limit_pixels, resized_size
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models import apply_max_pixels, mistral3
 from vlmtune.models.labels import IGNORE_INDEX

@@ -31,25 +31,35 @@ print(json.dumps({"image": type(image).__name__, "size": image.to_dict().get("pa
 """
 
 
-@pytest.mark.parametrize("name,upstream,image", [("qwen2_vl", "Qwen2VLProcessor", "Qwen2VLImageProcessor"),
-                                                 ("qwen2_5_vl", "Qwen2_5_VLProcessor", "Qwen2VLImageProcessor"),
-                                                 ("qwen3_vl", "Qwen3VLProcessor", "Qwen2VLImageProcessor"),
-                                                 ("qwen3_vl_moe", "Qwen3VLProcessor", "Qwen2VLImageProcessor"),
-                                                 ("qwen3_5", "Qwen3VLProcessor", "Qwen2VLImageProcessor"),
-                                                 ("glm4v", "Glm4vProcessor", "Glm4vImageProcessor"),
-                                                 ("internvl", "InternVLProcessor", "GotOcr2ImageProcessor")])
-def test_a_saved_qwen_processor_names_its_upstream_class_and_loads_without_vlmtune(name, upstream, image, tmp_path):
+@pytest.mark.parametrize("name,upstream,image_class", [("qwen2_vl", "Qwen2VLProcessor", "Qwen2VLImageProcessor"),
+                                                      ("qwen2_5_vl", "Qwen2_5_VLProcessor", "Qwen2VLImageProcessor"),
+                                                      ("qwen3_vl", "Qwen3VLProcessor", "Qwen2VLImageProcessor"),
+                                                      ("qwen3_vl_moe", "Qwen3VLProcessor", "Qwen2VLImageProcessor"),
+                                                      ("qwen3_5", "Qwen3VLProcessor", "Qwen2VLImageProcessor"),
+                                                      ("glm4v", "Glm4vProcessor", "Glm4vImageProcessor"),
+                                                      ("internvl", "InternVLProcessor", "GotOcr2ImageProcessor"),
+                                                      ("gemma4", "Gemma4Processor", "Gemma4ImageProcessor")])
+def test_a_saved_image_only_processor_names_its_upstream_class_and_loads_without_vlmtune(name, upstream, image_class,
+                                                                                       tmp_path):
+    """Processors built without their torchvision video processors (Qwen-VL, GLM-4.1V, InternVL, Gemma 4): saved, they
+    name the upstream class (and Gemma 4's carries its video and audio settings, as the checkpoints' files do)."""
     tiny = FAMILIES[name].tiny()
     tiny.processor.save_pretrained(tmp_path)
-    for f in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
+    files = ["processor_config.json", "tokenizer_config.json"]
+    files += [] if name == "gemma4" else ["preprocessor_config.json"]
+    for f in files:
         assert json.loads((tmp_path / f).read_text())["processor_class"] == upstream, f
+    if name == "gemma4":
+        saved = json.loads((tmp_path / "processor_config.json").read_text())
+        assert {"feature_extractor", "video_processor", "image_processor"} <= set(saved)
+        assert saved["image_processor"]["image_processor_type"] == "Gemma4ImageProcessor"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", FRESH, str(tmp_path)], capture_output=True, text=True, env=env,
                          timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert not got["vlmtune"]
-    assert got["image"].startswith(image)
+    assert got["image"].startswith(image_class)
     assert got["size"] == getattr(tiny.processor.image_processor, "patch_size", None)
     assert got["tokens"] == len(tiny.processor.tokenizer)
     assert got["processor"] == upstream or "torchvision" in got["processor"].lower(), got["processor"]

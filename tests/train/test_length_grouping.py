@@ -136,7 +136,7 @@ def test_paligemma_packing_keeps_each_samples_prefix_mask():
     assert (leak_gap > 50 * noise + 1e-4).all()
 
 
-@pytest.mark.parametrize("name", ["gemma3", "glm4v", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe",
+@pytest.mark.parametrize("name", ["gemma3", "gemma4", "glm4v", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe",
                                   "qwen3_5"])
 def test_families_that_cannot_pack_say_so_and_would_get_another_loss(name, tmp_path, fashion_dir):
     from vlmtune.train.collate import pack

@@ -13,7 +13,7 @@ from PIL import Image
 
 from vlmtune import cli
 from vlmtune.config import ModelCfg, RunCfg
-from vlmtune.data.images import limit_pixels, resized_size
+from vlmtune.data.resize import limit_pixels, resized_size
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models import apply_max_pixels, get_family
 

@@ -15,7 +15,7 @@ from vlmtune.config import RunCfg
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models import FAMILIES
 from vlmtune.models.loss import forward_losses
-from vlmtune.train.vision_cache import VisionCache, fingerprint, why_not
+from vlmtune.train.vision_cache import IMAGE_INPUTS, VisionCache, fingerprint, why_not
 
 
 def _losses(run_dir):
@@ -160,7 +160,7 @@ def test_cached_features_give_the_same_loss_for_every_family_that_supports_it(na
         again = cache.batch(model, items, [tmp_path], encode)  # seen before: built from the stored rows
         assert len(encoded) == 2 and "pixel_values" not in again.inputs
         for k, v in batch.inputs.items():  # the same tensors as encode's, without the pixels
-            if k not in ("pixel_values", "pixel_attention_mask"):
+            if k not in IMAGE_INPUTS:
                 assert torch.equal(again.inputs[k], v), k
         assert again.n_target_tokens == batch.n_target_tokens
         hit = loss(again)

@@ -64,10 +64,12 @@ class ModelCfg:
     image's size: fewer pixels, fewer image tokens, less memory and time (LLaMA-Factory's `image_max_pixels`).
     Qwen2-VL/2.5-VL: the `smart_resize` budget (each 28x28 block is one image token); Idefics3/SmolVLM: the longest
     edge, in whole tiles; Mistral 3: the longest edge, in whole 28 px tokens; LLaVA-NeXT/OneVision: the grid
-    resolutions up to that area (set into the model's config too, which tiles by them); Mllama: whole tiles;
-    Pix2Struct: the patches. Set into the processor at load time, so it is saved with every checkpoint and export:
-    inference, eval and serving see images as training did. None: the processor's own setting. A family that resizes
-    every image to one size (LLaVA-1.5, BLIP-2, PaliGemma, Gemma 3, ...) refuses it."""
+    resolutions up to that area (set into the model's config too, which tiles by them); Mllama, InternVL: whole
+    tiles; LFM2-VL: image tokens and tiles; Pix2Struct: the patches; Gemma 4: the largest soft-token budget
+    (70/140/280/560/1120, one token per 48x48 block) that fits. Set into the processor at load time, so it is saved
+    with every checkpoint and export: inference, eval and serving see images as training did. None: the processor's
+    own setting. A family that resizes every image to one size (LLaVA-1.5, BLIP-2, PaliGemma, Gemma 3, ...) refuses
+    it."""
 
     def __post_init__(self):
         if self.max_pixels is not None and (isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int)

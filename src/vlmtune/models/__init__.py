@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlmtune.data.images import limit_pixels
+from vlmtune.data.resize import limit_pixels
 from vlmtune.models import (
     blip2,
     florence2,
     gemma3,
+    gemma4,
     git,
     glm4v,
     idefics3,
@@ -38,6 +39,7 @@ FAMILIES: dict[str, ModelFamily] = {
     "florence2": florence2.FAMILY,
     "git": git.FAMILY,
     "gemma3": gemma3.FAMILY,
+    "gemma4": gemma4.FAMILY,
     "glm4v": glm4v.FAMILY,
     "idefics3": idefics3.FAMILY,
     "instructblip": instructblip.FAMILY,

@@ -33,7 +33,7 @@ Traps handled here:
   saved processor reloads with plain transformers.
 - The image processor budgets pixels for two frames (`smart_resize` multiplies by `temporal_patch_size` even for an
   image): `size.longest_edge` 9,633,792 means at most 4,816,896 pixels per image; `model.max_pixels`
-  (data/images.py `limit_pixels`) takes that into account.
+  (data/resize.py `limit_pixels`) takes that into account.
 - The template writes an assistant or system turn's `content` as it is: vlmtune's content lists (parts) would come
   out as their Python repr; `render_with` joins their text parts into the string the template expects.
 - `mm_token_type_ids` (from the processor) must reach the model for the 3-D positions; `encode` passes every

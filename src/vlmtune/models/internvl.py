@@ -18,7 +18,7 @@ Traps handled here:
   than one; every tile is `image_seq_length` tokens. `image_tokens` asks the processor's own count
   (`_get_num_multimodal_tokens`, with the processor's defaults merged in: InternVLProcessor switches
   `crop_to_patches` on at call time even where the checkpoint's preprocessor_config.json says false).
-  `model.max_pixels` lowers `max_patches` (data/images.py `limit_pixels`).
+  `model.max_pixels` lowers `max_patches` (data/resize.py `limit_pixels`).
 - `InternVLProcessor` insists on a video processor, which needs torchvision (absent here), and the checkpoints name
   the torchvision image processor (`GotOcr2ImageProcessorFast`). `ImageOnlyProcessor` is InternVLProcessor without
   the video half, on the PIL image processor (`GotOcr2ImageProcessorPil`, same tiling and outputs); it saves itself
@@ -114,7 +114,7 @@ def load_processor(path, **options):
 
     image_processor = GotOcr2ImageProcessorPil.from_pretrained(path, **options)
     # what InternVLProcessor does at call time, made the image processor's own setting (the -hf checkpoints save
-    # false), so that resizing limits and `model.max_pixels` (data/images.py) see the tiling
+    # false), so that resizing limits and `model.max_pixels` (data/resize.py) see the tiling
     image_processor.crop_to_patches = True
     return image_only_processor().from_pretrained(path, image_processor=image_processor, **options)
 

@@ -20,7 +20,7 @@ Traps handled here:
   per tile and `<|img_thumbnail|>` + a thumbnail's run, then `<|image_end|>`. The markers depend on the image's
   layout, so the label mapping compares with the fully expanded text (each `<image>` its own placeholder);
   `image_tokens` is the number of `<image>` tokens (the features the model inserts), the markers count as text.
-  `model.max_pixels` caps max_image_tokens and max_tiles (data/images.py `limit_pixels`).
+  `model.max_pixels` caps max_image_tokens and max_tiles (data/resize.py `limit_pixels`).
 - LFM2's short convolutions look back `conv_L_cache - 1` positions and zero masked positions: right padding (training)
   and left padding (generation) leave each sample's logits unchanged (tests/models/test_lfm2_vl.py checks it), but a
   packed row would leak one sample's tokens into the next one's convolution: `packing` is off.

@@ -51,8 +51,8 @@ from vlmtune.io import atomic_path, atomic_write_text, file_sha256
 from vlmtune.models.family import Batch, base_model, freeze_group_of, input_dtype
 from vlmtune.models.labels import IGNORE_INDEX
 
-IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask")
-"""Processor outputs only the vision side reads (dropped once the features are cached)."""
+IMAGE_INPUTS = ("pixel_values", "pixel_attention_mask", "image_position_ids")
+"""Processor outputs only the vision side reads (dropped once the features are cached; Gemma 4's patch positions)."""
 PER_IMAGE = ("image_grid_thw", "image_sizes")
 """Processor outputs with one row per image (kept: the language model positions the image tokens with them)."""
 PER_SAMPLE = ("batch_num_images",)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmtune.config import QuantCfg, RunCfg, check_model_path
-from vlmtune.data.images import limit_pixels
+from vlmtune.data.resize import limit_pixels
 from vlmtune.io import atomic_write_text
 from vlmtune.models import apply_max_pixels, get_family
 from vlmtune.models.builtin import build_builtin

@@ -16,7 +16,8 @@ from PIL import Image
 
 from vlmtune.config import RunCfg
 from vlmtune.data.dataset import load_split
-from vlmtune.data.images import load_images, resized_size
+from vlmtune.data.images import load_images
+from vlmtune.data.resize import resized_size
 from vlmtune.data.sample import Sample, assistant, user
 from vlmtune.models import ModelFamily
 from vlmtune.models.labels import IGNORE_INDEX
