@@ -171,6 +171,24 @@ def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
 
 
+def pack_inputs(model, padded: dict, packed: dict) -> dict:
+    """A packed row's positions (`ModelFamily.pack_inputs`): (4, 1, length), the 1-D text positions `pack` made over
+    the three M-RoPE rows (temporal, height, width) of each sample, computed by the model's own `get_rope_index` on
+    the padded batch (each row's unpadded tokens and image grids, from 0) and kept where `pack` keeps tokens. With
+    4 rows the decoder takes the first to find the packed samples (block-diagonal mask, or varlen flash attention);
+    with 3 it would see one sequence. Image tensors and grids stay in order, as the image tokens do. Qwen2.5-VL and
+    Qwen3-VL take the same layout."""
+    import torch
+
+    owner = next(m for m in model.modules() if hasattr(m, "get_rope_index"))
+    grids = {k: padded[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if k in padded}
+    mask = padded["attention_mask"].bool()
+    rope, _ = owner.get_rope_index(padded["input_ids"], mm_token_type_ids=padded["mm_token_type_ids"],
+                                   attention_mask=padded["attention_mask"], **grids)
+    text = packed["position_ids"].to(rope.device)
+    return dict(packed, position_ids=torch.cat([text[None], rope[:, mask.to(rope.device)][:, None]]))
+
+
 def _through_end_token(ids: list[int], start: int, end: int, end_id: int, sample_id: str) -> int:
     """The end of an assistant span cut after its `<|im_end|>` (the template's "\\n" after it is not trained)."""
     if end_id not in ids[start:end]:
@@ -266,6 +284,8 @@ FAMILY = ModelFamily(
     multi_image=True,
     projector_modules=("merger",),
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
+    packing=True,  # with each sample's M-RoPE positions (pack_inputs)
+    pack_inputs=pack_inputs,
     processor_loader=load_processor,
     language_model="model.language_model",
     vision_tower="model.visual",
