@@ -18,17 +18,19 @@ def _rows(run_dir):
     return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
 
 
-def _shapes_runs(tmp_path, option: str, values, **train_options) -> dict:
-    """Per value of train.`option`: the metrics rows of a tiny run on short questions mixed with long captions."""
+def _shapes_runs(tmp_path, option: str, values, sections=None, **train_options) -> dict:
+    """Per value of train.`option`: the metrics rows of a tiny run on short questions mixed with long captions
+    (the built-in model, or what `sections` set: model, lora)."""
     from vlmtune.data.dataset import synthesize
     from vlmtune.train.loop import train
 
     data = tmp_path / "shapes"
-    synthesize(data, "shapes", 80, seed=0, size=32, caption_fraction=0.5)  # short questions and long captions
+    if not data.exists():
+        synthesize(data, "shapes", 80, seed=0, size=32, caption_fraction=0.5)  # short questions and long captions
     rows = {}
     for value in values:
         cfg = RunCfg.from_dict(tiny_run_cfg(
-            tmp_path / str(value), data, data={"max_length": 256, "val_split": None},
+            tmp_path / str(value), data, **(sections or {}), data={"max_length": 256, "val_split": None},
             train={"global_batch_size": 8, "eval_every": 0, "save_every": 0, option: value, **train_options}))
         train(cfg)
         rows[value] = _rows(cfg.run_dir)
@@ -239,3 +241,19 @@ def test_training_packed_gives_the_same_losses_with_no_padding(tmp_path):
     rows = _shapes_runs(tmp_path, "packing", (False, True), max_steps=6, micro_batch_size=4)
     assert all(r["padding"] == 0 for r in rows[True]) and all(r["padding"] > 0 for r in rows[False])
     _same_losses(rows[True], rows[False])
+
+
+def test_training_qwen2_vl_packed_gives_the_same_losses_also_with_the_vision_cache(tmp_path):
+    """A LoRA run of the tiny Qwen2-VL: packed (with and without the frozen-vision cache) == padded, step by step."""
+    tiny = FAMILIES["qwen2_vl"].tiny()
+    tiny.model.save_pretrained(tmp_path / "base")
+    tiny.processor.save_pretrained(tmp_path / "base")
+    sections = {"model": {"family": "qwen2_vl", "path": str(tmp_path / "base")},
+                "lora": {"enabled": True, "r": 4, "dropout": 0.0}}  # dropout would draw other masks for a packed row
+    options = dict(max_steps=4, micro_batch_size=4, freeze_projector=True, lr=1e-2)
+    rows = _shapes_runs(tmp_path, "packing", (False, True), sections, vision_cache="off", **options)
+    cached = _shapes_runs(tmp_path / "cached", "packing", (True,), sections, vision_cache="auto", **options)[True]
+    assert list((tmp_path / "cached" / "True" / "runs").rglob("vision_cache/*/*/*.safetensors")), "the cache was used"
+    assert all(r["padding"] == 0 for r in rows[True] + cached) and all(r["padding"] > 0 for r in rows[False])
+    _same_losses(rows[True], rows[False])
+    _same_losses(cached, rows[False])
