@@ -257,3 +257,27 @@ def test_training_qwen2_vl_packed_gives_the_same_losses_also_with_the_vision_cac
     assert all(r["padding"] == 0 for r in rows[True] + cached) and all(r["padding"] > 0 for r in rows[False])
     _same_losses(rows[True], rows[False])
     _same_losses(cached, rows[False])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "gemma3"])
+def test_a_packed_row_gives_each_sample_its_padded_loss_under_flash_attention(name):
+    """`make test-gpu`: on CUDA in bf16 with flash-attention-2 the packed row runs varlen (transformers reads the
+    sample boundaries from the 1-D text positions: Qwen's first position row, Gemma 3's positions, whose masks
+    `pack_inputs` leaves to flash attention) and gives each sample its padded loss, to bf16 rounding."""
+    from vlmtune.train.collate import pack
+
+    assert torch.cuda.is_available(), "the gpu-marked tests need a CUDA device"
+    import flash_attn  # noqa: F401  # the test is about its varlen path: it fails where flash-attn is missing
+
+    family = FAMILIES[name]
+    tiny = _sharpened(family)
+    tiny.model.to("cuda", torch.bfloat16).set_attn_implementation("flash_attention_2")
+    batch = _batch(family, tiny)
+    packed = pack(batch, family, tiny.model)
+    assert not isinstance(packed.inputs.get("attention_mask"), dict)  # flash attention: no masks, varlen
+    padded, counts = _per_sample_losses(family, tiny, batch.to("cuda", torch.bfloat16))
+    sums, packed_counts = _per_sample_losses(family, tiny, packed.to("cuda", torch.bfloat16))
+    assert packed_counts.tolist() == counts.tolist()
+    print(f"padded {padded.tolist()} packed {sums.tolist()}")
+    torch.testing.assert_close(sums / counts, padded / counts, rtol=2e-2, atol=2e-2)
