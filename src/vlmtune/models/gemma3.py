@@ -18,6 +18,10 @@ Traps handled:
 - `processor.image_token_id` is the `<start_of_image>` placeholder (one per image), not the soft token the
   image features replace: the soft tokens are `processor.tokenizer.image_token_id`.
 - Pan-and-scan (extra crops, with extra text between them) is switched off, so every image costs the same tokens.
+- Packing (`train.packing`): transformers 5.25 builds a packed row's sliding-window masks with the image blocks
+  looked up at the wrong tokens; `pack_inputs` builds both masks itself (tested packed == padded).
+- A randomly initialised model's projector (`mm_input_projection_weight`) is zeros: every image token gets the same
+  features, so a tiny model's loss barely depends on the image (tests that need it to re-initialise it).
 """
 
 from __future__ import annotations

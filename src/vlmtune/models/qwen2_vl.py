@@ -27,6 +27,9 @@ Traps handled here:
 - `mm_token_type_ids` must reach the model: Qwen2-VL raises without it, Qwen2.5-VL silently computes wrong rotary
   positions. The processor returns it and `encode` passes every processor output on.
 - In tiny configs `mrope_section` must sum to head_dim / 2.
+- Packing (`train.packing`): 1-D or 3-row `position_ids` make the decoder see one sequence (it finds packed samples
+  only in a 4-row tensor's first row, the text positions) and lose the images' 2-D rotary positions; `pack_inputs`
+  gives it each sample's `get_rope_index` rows under the text positions (tested packed == padded, Qwen2.5-VL too).
 """
 
 from __future__ import annotations
