@@ -1,12 +1,14 @@
 """Benchmark: padded fraction of the positions per epoch, without and with length grouping, and with packing.
 
     .venv/bin/python bench/padding.py            # ~4 minutes on 2 CPU cores; prints a markdown table
+    .venv/bin/python bench/padding.py --family qwen2_vl   # the same with the tiny Qwen2-VL (packing by M-RoPE rows)
 
 Data: 384 training samples of the synthetic shapes world at 64x64, half of them a short question with a one-word
 answer and half a long caption (`caption_fraction: 0.5`): the length mix that makes padding expensive. Model: the
-built-in LLaVA-architecture model (64 image tokens per sample), LoRA r=8 (dropout 0). Global batch 32 in 8
-micro-batches of 4 (gradient accumulation 8), 36 steps = 3 epochs, seed 0. `padding` is read from the run's
-metrics.jsonl, logged once per epoch (12 steps): padded positions / all positions of that epoch's micro-batches.
+built-in LLaVA-architecture model (64 image tokens per sample), or with `--family` that family's tiny random model
+(`ModelFamily.tiny`, saved first; Qwen2-VL's: 16 image tokens per 64x64 image), LoRA r=8 (dropout 0). Global
+batch 32 in 8 micro-batches of 4 (gradient accumulation 8), 36 steps = 3 epochs, seed 0. `padding` is read from the
+run's metrics.jsonl, logged once per epoch (12 steps): padded positions / all positions of that epoch's micro-batches.
 
 Modes, each a fresh `vlmtune train` process, `--repeats` times interleaved (samples/s: the median run):
 * `group_by_length: false`: micro-batches in sampling order;
@@ -52,12 +54,22 @@ def main() -> None:
     synthesize(work / "data", "shapes", N, seed=0, size=64, caption_fraction=0.5, val=0.0, test=0.0)
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--family", default=None, help="a family's tiny model instead of the built-in one")
     a = ap.parse_args()
+    model = BASE["model"]
+    if a.family:
+        from vlmtune.models import get_family
+
+        tiny = get_family(a.family).tiny()
+        tiny.model.save_pretrained(work / "base")
+        tiny.processor.save_pretrained(work / "base")
+        model = {"family": a.family, "path": str(work / "base")}
     results: dict[str, list] = {}
     speed: dict[str, list[float]] = {mode: [] for mode in MODES}
     for rep in range(a.repeats):
         for k, (mode, train) in enumerate(MODES.items()):
             cfg = json.loads(json.dumps(BASE))
+            cfg["model"] = model
             cfg["name"], cfg["out_dir"] = f"mode{k}-{rep}", str(work / "runs")
             cfg["data"]["path"] = str(work / "data")
             cfg["train"].update(train)

@@ -195,3 +195,52 @@ def test_lora_step_then_export_reloads_without_vlmtune(real_model_dir, tmp_path,
     assert (theirs.argmax(-1) == ours.argmax(-1))[keep].float().mean() > 0.95
     assert (theirs - ours)[keep].abs().mean() < tolerance * ours[keep].abs().mean()
     shutil.rmtree(tmp_path, ignore_errors=True)  # GBs of real-width checkpoints and exports: not kept by pytest
+
+
+@pytest.mark.parametrize("real_model_dir", _params(["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3"]), indirect=True)
+def test_a_packed_row_gives_each_sample_its_padded_loss_in_bf16(real_model_dir):
+    """`train.packing` at real width in bf16 with the real processor: samples with images of different sizes, two
+    images and none in one row give each sample its padded loss, to bf16 rounding; with the samples of the row able
+    to see each other (one sequence) the samples after the first get other losses, well beyond that rounding."""
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText
+
+    from vlmtune.data.sample import Sample, assistant, user
+    from vlmtune.models.loss import forward_losses
+    from vlmtune.train.collate import pack
+
+    name, base = real_model_dir
+    family = FAMILIES[name]
+    processor = family.load_processor(str(base))
+    model = AutoModelForImageTextToText.from_pretrained(base, dtype=torch.bfloat16).eval()
+    noise = torch.Generator().manual_seed(0)
+
+    def image(width, height):
+        return Image.fromarray(torch.randint(0, 256, (height, width, 3), generator=noise, dtype=torch.uint8).numpy())
+
+    samples = [Sample(id="a", messages=[user("What colour is it?"), assistant("red")], images=["a"]),
+               Sample(id="b", messages=[user("Describe both.", 2), assistant("two squares, the second one wider")],
+                      images=["b", "c"]),
+               Sample(id="t", messages=[user("Say fine.", 0), assistant("fine")], images=[]),
+               Sample(id="d", messages=[user("And this one?"), assistant("a tall blue shape")], images=["d"])]
+    images = [[image(224, 224)], [image(112, 168), image(336, 112)], [], [image(140, 280)]]
+    batch = family.encode(processor, samples, images, "train", 4096).to("cpu", torch.bfloat16)
+
+    def losses(b):
+        inputs = dict(b.inputs)
+        with torch.no_grad():
+            sums, counts = forward_losses(model, family, inputs, inputs.pop("labels"), True, 0, b.segments)
+        return sums / counts
+
+    padded = losses(batch)
+    packed = pack(batch, family, model)
+    got = losses(packed)
+    print(f"padded {padded.tolist()} packed {got.tolist()}")
+    torch.testing.assert_close(got, padded, rtol=2e-2, atol=2e-2)
+    # the row as one sequence: Qwen without the text positions row, Gemma 3 without its masks and positions
+    one = {"position_ids": packed.inputs["position_ids"][1:]} if name != "gemma3" else {"attention_mask": None,
+                                                                                     "position_ids": None}
+    leaky = type(packed)(dict(packed.inputs, **one), packed.ids, packed.n_target_tokens, packed.segments)
+    gap = (losses(leaky) - padded).abs()
+    print(f"leaky gap {gap.tolist()}")
+    assert (gap[1:] > 5 * (got - padded).abs().max() + 1e-3).all()

@@ -49,9 +49,8 @@ class TrainCfg:
     each seen sample's encoded rows instead, which skip the preprocessing too."""
     packing: bool = False
     """Pack each micro-batch's samples back to back into one row with no padding (families with
-    `ModelFamily.packing`: llava, llava_next, llava_onevision, mistral3, idefics3, smolvlm); the loss is the
-    same. Pays off where attention is varlen (flash attention on GPU); with sdpa the packed row's attention is
-    computed densely under a mask."""
+    `ModelFamily.packing`: `vlmtune models`' packing column); the loss is the same. Pays off where attention
+    is varlen (flash attention on GPU); with sdpa the packed row's attention is computed densely under a mask."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (non-reentrant): less memory for ~30% more compute."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"

@@ -128,9 +128,15 @@ class ModelFamily:
     packing: bool = False
     """Whether samples can be packed back to back into one row (`train.packing`): the language model takes
     per-sample `position_ids` with no attention mask as separate sequences (transformers builds the block-diagonal
-    mask, or uses varlen flash attention) and nothing else depends on the row layout. Not so for families with
-    multimodal RoPE (Qwen2-VL) or image masks from `token_type_ids` that ignore the packing (Gemma 3); the contract test
-    checks the packed loss equals the padded one."""
+    mask, or uses varlen flash attention), and whatever else depends on the row layout is rebuilt by `pack_inputs`;
+    tests/train/test_length_grouping.py checks the packed loss equals the padded one, sample by sample."""
+    pack_inputs: Callable[[Any, dict, dict], dict] | None = None
+    """pack_inputs(model, padded, packed) -> packed: for a packing family whose model needs more than the generic
+    packed row (`train.collate.pack`: per-token tensors back to back, 1-D `position_ids` from 0 per sample, no
+    attention mask), the row's inputs completed from the padded batch's inputs `padded` and the model (its config
+    and own position code; peft-wrapped or not). Qwen2-VL/2.5-VL: each sample's multimodal rotary positions
+    (`qwen2_vl.pack_inputs`); Gemma 3: its image-block masks per sample (`gemma3.pack_inputs`). None: the generic
+    row is right for the model."""
     vision_features: Literal["per_image", "per_sample"] = "per_image"
     """How the model's `get_image_features` lists its output: one entry per image, or one per sample holding all of
     the sample's images (Idefics3/SmolVLM, whose tiles are split per sample)."""

@@ -18,12 +18,16 @@ Traps handled:
 - `processor.image_token_id` is the `<start_of_image>` placeholder (one per image), not the soft token the
   image features replace: the soft tokens are `processor.tokenizer.image_token_id`.
 - Pan-and-scan (extra crops, with extra text between them) is switched off, so every image costs the same tokens.
+- Packing (`train.packing`): transformers 5.25 builds a packed row's sliding-window masks with the image blocks
+  looked up at the wrong tokens; `pack_inputs` builds both masks itself (tested packed == padded).
+- A randomly initialised model's projector (`mm_input_projection_weight`) is zeros: every image token gets the same
+  features, so a tiny model's loss barely depends on the image (tests that need it to re-initialise it).
 """
 
 from __future__ import annotations
 
 from vlmtune.data.tokenizer import train_byte_bpe
-from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
+from vlmtune.models.family import Batch, Loaded, ModelFamily, input_dtype, load_image_list, load_pretrained
 from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -102,6 +106,37 @@ def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
 
 
+def pack_inputs(model, padded: dict, packed: dict) -> dict:
+    """A packed row's attention masks (`ModelFamily.pack_inputs`), built here as the model's `{"full_attention",
+    "sliding_attention"}` mapping: causal or inside one image's block, within one sample (and, for the sliding
+    layers, the window). transformers 5.25 gets the sliding layers wrong in a packed row: the image-block overlay is
+    applied before it remaps token indices to per-sample positions, so a query looks up the image block of the token
+    at its *position* in the row's first sample. A flash-attention model keeps the generic row (varlen from the
+    position ids; flash attention has no image blocks, padded or packed)."""
+    import torch
+    from transformers.masking_utils import (
+        and_masks,
+        blockwise_overlay,
+        create_causal_mask,
+        packed_sequence_mask_function,
+        sliding_window_overlay,
+    )
+    from transformers.models.gemma3.modeling_gemma3 import get_block_sequence_ids_for_mask
+
+    config = model.config.get_text_config()
+    if "flash" in (config._attn_implementation or "") or "token_type_ids" not in packed:
+        return packed
+    segments = (packed["position_ids"] == 0).cumsum(-1) - 1
+    shape = dict(config=config, inputs_embeds=torch.empty((*segments.shape, 0), dtype=input_dtype(model)),
+                 attention_mask=None, cache=None, position_ids=None,
+                 or_mask_function=blockwise_overlay(get_block_sequence_ids_for_mask(packed["token_type_ids"])))
+    one_sample = packed_sequence_mask_function(segments)
+    masks = {"full_attention": create_causal_mask(**shape, and_mask_function=one_sample),
+             "sliding_attention": create_causal_mask(**shape, and_mask_function=and_masks(
+                 sliding_window_overlay(config.sliding_window), one_sample))}
+    return dict(packed, attention_mask=masks)
+
+
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>",
             "<image_soft_token>"]  # Gemma's order for pad 0, eos 1, bos 2
 _CORPUS = [
@@ -175,6 +210,8 @@ FAMILY = ModelFamily(
     text_only=True,
     multi_image=True,
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
+    packing=True,  # with each sample's image-block masks (pack_inputs)
+    pack_inputs=pack_inputs,
     language_model="model.language_model",
     vision_tower="model.vision_tower",
 )

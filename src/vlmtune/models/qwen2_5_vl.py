@@ -52,6 +52,8 @@ FAMILY = ModelFamily(
     processor_loader=lambda path, **options: qwen2_vl.load_processor(path, "qwen2_5_vl", **options),
     projector_modules=("merger",),
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
+    packing=True,  # with each sample's M-RoPE positions, as Qwen2-VL
+    pack_inputs=qwen2_vl.pack_inputs,
     language_model="model.language_model",
     vision_tower="model.visual",
 )

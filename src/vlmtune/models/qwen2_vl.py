@@ -38,6 +38,9 @@ Traps handled here:
 - Qwen2.5-VL's `second_per_grid_ts` (temporal_patch_size / fps; upstream's default 24 fps without metadata) goes to
   the model as a list of floats: as a float tensor `Batch.to` would cast it to bf16, and the model multiplies it
   into the rotary time positions before rounding them down.
+- Packing (`train.packing`): 1-D or 3-row `position_ids` make the decoder see one sequence (it finds packed samples
+  only in a 4-row tensor's first row, the text positions) and lose the images' 2-D rotary positions; `pack_inputs`
+  gives it each sample's `get_rope_index` rows under the text positions (tested packed == padded, Qwen2.5-VL too).
 """
 
 from __future__ import annotations
@@ -322,6 +325,24 @@ def encode(processor, samples, images, mode: str, max_length: int, videos=None) 
     return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
 
 
+def pack_inputs(model, padded: dict, packed: dict) -> dict:
+    """A packed row's positions (`ModelFamily.pack_inputs`): (4, 1, length), the 1-D text positions `pack` made over
+    the three M-RoPE rows (temporal, height, width) of each sample, computed by the model's own `get_rope_index` on
+    the padded batch (each row's unpadded tokens and image grids, from 0) and kept where `pack` keeps tokens. With
+    4 rows the decoder takes the first to find the packed samples (block-diagonal mask, or varlen flash attention);
+    with 3 it would see one sequence. Image tensors and grids stay in order, as the image tokens do. Qwen2.5-VL and
+    Qwen3-VL take the same layout."""
+    import torch
+
+    owner = next(m for m in model.modules() if hasattr(m, "get_rope_index"))
+    grids = {k: padded[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if k in padded}
+    mask = padded["attention_mask"].bool()
+    rope, _ = owner.get_rope_index(padded["input_ids"], mm_token_type_ids=padded["mm_token_type_ids"],
+                                   attention_mask=padded["attention_mask"], **grids)
+    text = packed["position_ids"].to(rope.device)
+    return dict(packed, position_ids=torch.cat([text[None], rope[:, mask.to(rope.device)][:, None]]))
+
+
 def _through_end_token(ids: list[int], start: int, end: int, end_id: int, sample_id: str) -> int:
     """The end of an assistant span cut after its `<|im_end|>` (the template's "\\n" after it is not trained)."""
     if end_id not in ids[start:end]:
@@ -418,6 +439,8 @@ FAMILY = ModelFamily(
     multi_image=True,
     projector_modules=("merger",),
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
+    packing=True,  # with each sample's M-RoPE positions (pack_inputs)
+    pack_inputs=pack_inputs,
     processor_loader=load_processor,
     language_model="model.language_model",
     vision_tower="model.visual",

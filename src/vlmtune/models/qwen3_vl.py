@@ -185,6 +185,8 @@ FAMILY = ModelFamily(
     projector_modules=("merger",),
     vision_cache=True,  # takes mm_encoder_outputs (pooled + DeepStack features): the frozen-vision cache applies
     processor_loader=load_processor,
+    packing=True,  # with each sample's M-RoPE positions, as Qwen2-VL (qwen2_vl.pack_inputs)
+    pack_inputs=qwen2_vl.pack_inputs,
     language_model="model.language_model",
     vision_tower="model.visual",
 )

@@ -94,7 +94,8 @@ def step_batches(state: StepState, step: int, rank: int, accum: int):
 
         weights = [torch.tensor(w, dtype=torch.float32) for w in weights]
     if t.packing:
-        batches = [pack(b) for b in batches]
+        model = state.accelerator.unwrap_model(state.model)
+        batches = [pack(b, state.family, model) for b in batches]
     return chunks, batches, weights
 
 

@@ -226,10 +226,10 @@ def fit(state: State) -> dict:
                 # DDP averages gradients over processes; accelerate (and DeepSpeed) divide by the accumulation steps
                 acc.backward(sums.sum() / total_tokens * world * accum)
             mask = batch.inputs.get("attention_mask")
-            if mask is not None:
-                padding += torch.tensor([mask.numel() - mask.sum().item(), mask.numel()], dtype=torch.float64)
-            elif batch.segments is not None:  # packed: no padding
+            if batch.segments is not None:  # packed: no padding (Gemma 3's row carries its attention masks)
                 padding[1] += batch.segments.numel()
+            elif mask is not None:
+                padding += torch.tensor([mask.numel() - mask.sum().item(), mask.numel()], dtype=torch.float64)
             src = torch.tensor([j for j, _ in chunk], device=acc.device)
             stats[:, 0].index_add_(0, src, sums.detach().double())
             stats[:, 1].index_add_(0, src, counts.double())
