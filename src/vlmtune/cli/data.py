@@ -24,7 +24,7 @@ from vlmtune.data.standin import JOBS, write_standin
 from vlmtune.data.stats import dataset_stats, parse_ratios, split_dataset
 from vlmtune.data.translate import translate_dataset
 from vlmtune.eval.autolabel import autolabel
-from vlmtune.runs import image_token_report, resolve_model, resolve_model_dir
+from vlmtune.runs import image_token_report, model_video_options, resolve_model, resolve_model_dir
 
 
 def cmd_data_synth(a) -> dict:
@@ -57,7 +57,8 @@ def cmd_data_check(a) -> dict:
             print(f"{report['family']}: one {size} image takes {n} tokens", file=sys.stderr)
         return report
     limit = {} if a.max_text_chars is None else {"max_text_chars": a.max_text_chars}
-    report = check_dataset(a.dir, *resolve_model(a.model), a.max_length, model_name=a.model, **limit)
+    report = check_dataset(a.dir, *resolve_model(a.model), a.max_length, model_name=a.model,
+                           video=model_video_options(a.model) if a.model else None, **limit)
     if a.image_size:
         report["image_tokens"] = image_token_report(a.model, [parse_size(s) for s in a.image_size])["image_tokens"]
     out = Path(a.out) if a.out else Path(a.dir) / "check_report.json"

@@ -20,6 +20,7 @@ from typing import Any
 
 from vlmtune.data.images import ImageError, check_image_file, load_image, resolve_inside
 from vlmtune.data.sample import Sample
+from vlmtune.data.video import frame_files
 from vlmtune.io import atomic_path, atomic_write_text
 
 MANIFEST = "manifest.jsonl"
@@ -114,6 +115,11 @@ def parse_line(root: Path, file: Path, lineno: int, raw: str, check_images: bool
                 load_image(path)
             else:
                 check_image_file(path)  # a FIFO or directory is named as what it is, never opened
+        except ImageError as e:
+            raise BadRecord(file, lineno, f"sample {sample.id!r}: {e}", raw) from None
+    for entry in sample.videos:  # paths inside the root and present; decoded where they are read (data/video.py)
+        try:
+            frame_files(root, entry)
         except ImageError as e:
             raise BadRecord(file, lineno, f"sample {sample.id!r}: {e}", raw) from None
     return sample

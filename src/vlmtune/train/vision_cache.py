@@ -18,8 +18,10 @@ embeddings, so the loss is the same (tested to 1e-5 for every family that suppor
   or full fine-tuning with `freeze_vision` and `freeze_projector`);
 * images are not augmented (`hflip`) and the frozen modules have no active dropout.
 
-The key of an image is the sha256 of its file; the directory is named by a fingerprint of the family, the frozen
-weights, the processor's image settings and the transformers version, so a change to any of them starts a new cache.
+The key of an image is the sha256 of its file; a video's frame is keyed by the video (its files' paths, sizes and
+times, its entry) with the sampling policy (`data.video`) and the frame's timestamp; the directory is named by a
+fingerprint of the family, the frozen weights, the processor's image settings and the transformers version, so a
+change to any of them starts a new cache.
 
 A sample seen before costs nothing but its language-model step: besides its images' features, the cache keeps the
 sample's encoded tokens (input ids, labels and the family's per-token and per-image extras, unpadded), so a later
@@ -38,7 +40,9 @@ import json
 from collections import OrderedDict
 from pathlib import Path
 
+from vlmtune.config import VideoCfg
 from vlmtune.data.images import resolve_inside
+from vlmtune.data.video import VideoLoader, video_key
 from vlmtune.io import atomic_path, atomic_write_text, file_sha256
 from vlmtune.models.family import Batch, base_model, freeze_group_of, input_dtype
 from vlmtune.models.labels import IGNORE_INDEX
@@ -128,6 +132,26 @@ class VisionCache:
         as the uncached forward, so the cached path gives the same numbers (set by the loop's setup)."""
         self.rows_off: str | None = None
         """Why encoded rows are not kept (a processor output this file does not know how to pad), if so."""
+        self.videos = None
+        """The run's VideoLoader (`data.video`): a video's frames are keyed by its files, the sampling policy and
+        each frame's timestamp (set by the loop's setup; None: VideoLoader(VideoCfg()))."""
+
+    def _video_frames(self, root, sample) -> list[tuple[str, float]]:
+        """(video key, timestamp) of every frame of the sample's videos, in slot order: what the frozen vision side
+        sees of them (a family without native video sees each frame as an image)."""
+        if not sample.videos:
+            return []
+        if self.family.video_tokens is not None:
+            raise ValueError(f"sample {sample.id!r}: the frozen-vision cache does not hold native video features "
+                             f"({self.family.name}); set train.vision_cache: off for video data")
+        if self.videos is None:
+            self.videos = VideoLoader(VideoCfg())
+        return [(video_key(root, e, self.videos.policy), t) for e in sample.videos
+                for t in self.videos.load(root, e).timestamps]
+
+    def image_count(self, root, sample) -> int:
+        """Images the model sees for a sample: its own, and each frame of its videos."""
+        return len(sample.images) + len(self._video_frames(root, sample))
 
     def unit_keys(self, items, roots) -> list[str | None]:
         """Per (source index, Sample) item: the key of its images' features (the sha256 of the image file, or of the
@@ -140,6 +164,8 @@ class VisionCache:
                 if path not in self._file_hash:
                     self._file_hash[path] = file_sha256(path)
                 hashes.append(self._file_hash[path])
+            hashes += [hashlib.sha256(f"{key}@{t!r}".encode()).hexdigest() for key, t in
+                       self._video_frames(roots[j], sample)]
             keys.append(_joint(hashes))
         return keys
 
@@ -232,13 +258,14 @@ class VisionCache:
             inputs = self._collate(rows) if all(u is not None or r["unit"] is None for u, r in
                                                 zip(units, rows, strict=True)) else None
             if inputs is not None:
-                self.hits += sum(len(s.images) for _, s in items)
+                self.hits += sum(self.image_count(roots[j], s) for j, s in items)
                 n_target = int((inputs["labels"] != IGNORE_INDEX).sum())
                 return Batch(self._model_inputs(inputs, units), [s.id for _, s in items], n_target)
         batch = encode()
         keys = self.unit_keys(items, roots)
-        inputs = self.with_features(model, batch.inputs, [len(s.images) for _, s in items], keys)
-        self._keep_rows(batch.inputs, items, keys)
+        counts = [self.image_count(roots[j], s) for j, s in items]
+        inputs = self.with_features(model, batch.inputs, counts, keys)
+        self._keep_rows(batch.inputs, items, keys, counts)
         return Batch(inputs, batch.ids, batch.n_target_tokens)
 
     def with_features(self, model, inputs: dict, counts: list[int], keys: list[str | None]) -> dict:
@@ -254,7 +281,7 @@ class VisionCache:
             self.hits += sum(counts)
         return self._model_inputs(inputs, units)
 
-    def _keep_rows(self, inputs: dict, items, keys) -> None:
+    def _keep_rows(self, inputs: dict, items, keys, counts: list[int]) -> None:
         """Store each sample's unpadded tensors: per-token ones where attention_mask is 1, per-image ones by its
         images. Nothing is stored (and the reason kept) when the batch has an output of another kind."""
         if self.rows_off is not None:
@@ -269,8 +296,8 @@ class VisionCache:
                 return
             per_token.append(name)
         first = 0  # the sample's first image in the batch
-        for b, ((j, s), key) in enumerate(zip(items, keys, strict=True)):
-            last = first + len(s.images)
+        for b, ((j, s), key, n) in enumerate(zip(items, keys, counts, strict=True)):
+            last = first + n
             self.rows[(j, s.id)] = {
                 "unit": key,
                 "token": {n: inputs[n][b][mask[b]].clone() for n in per_token},
