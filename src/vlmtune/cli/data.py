@@ -111,7 +111,7 @@ def add_parsers(sub) -> None:
     dsub = d.add_subparsers(dest="data_verb", required=True)
     s = dsub.add_parser("synth", help="draw a synthetic world with known answers", formatter_class=ex,
                         epilog="example: vlmtune data synth fashion --out data/fashion --n 3000 --seed 0")
-    s.add_argument("world", choices=["fashion", "shapes", "charts"])
+    s.add_argument("world", choices=["fashion", "shapes", "charts", "video"])
     s.add_argument("--out", required=True)
     s.add_argument("--n", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)

@@ -20,7 +20,7 @@ from typing import Any
 
 from vlmtune.data.images import ImageError, check_image_file, load_image, resolve_inside
 from vlmtune.data.sample import Sample
-from vlmtune.data.video import frame_files
+from vlmtune.data.video import frame_files, write_video
 from vlmtune.io import atomic_path, atomic_write_text
 
 MANIFEST = "manifest.jsonl"
@@ -208,16 +208,20 @@ def read_jsonl(path: Path) -> list:
     return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").split("\n") if x.strip()]
 
 
-def write_dataset(root: str | Path, items: Iterable[tuple[Sample, list]]) -> int:
-    """Write (Sample, [PIL images]) pairs: each image to its `sample.images` path, then the manifest atomically."""
+def write_dataset(root: str | Path, items: Iterable[tuple]) -> int:
+    """Write (Sample, [PIL images]) or (Sample, [PIL images], [[frames] per video]) items: each image to its
+    `sample.images` path, each video's frames to its `sample.videos` entry (a directory of PNGs "00.png", "01.png",
+    ..., or a video file, see `video.write_video`), then the manifest atomically."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
-    for sample, imgs in items:
+    for sample, imgs, *videos in items:
         for rel, img in zip(sample.images, imgs, strict=True):
             path = resolve_inside(root, rel)
             with atomic_path(path) as tmp:
                 img.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
+        for entry, frames in zip(sample.videos, videos[0] if videos else [], strict=True):
+            write_video(root, entry, frames)
         rows.append(sample.to_json())
     return write_jsonl(root / MANIFEST, rows)
 

@@ -309,3 +309,27 @@ def encode_with_videos(family, processor, samples: list[Sample], images: list[li
         return family.encode(processor, samples, images, mode, max_length, videos=videos)
     pairs = [frames_as_images(s, ims, vs) for s, ims, vs in zip(samples, images, videos, strict=True)]
     return family.encode(processor, [s for s, _ in pairs], [ims for _, ims in pairs], mode, max_length)
+
+
+def write_video(root: Path, entry: str | dict, frames: list[Image.Image]) -> None:
+    """Write `frames` as the video `entry` names under `root`: a video file (by its suffix, e.g. .mp4: H.264 with
+    PyAV at the entry's `fps`, or `frame_fps` 1) or a directory of PNG frames ("00.png", "01.png", ...)."""
+    rel = entry if isinstance(entry, str) else entry["path"]
+    path = resolve_inside(Path(root), rel)
+    fps = entry.get("fps") if isinstance(entry, dict) else None
+    if path.suffix.lower() in (".mp4", ".mkv", ".webm", ".avi", ".mov"):
+        import av
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("libx264" if path.suffix.lower() in (".mp4", ".mkv", ".mov") else "mpeg4",
+                                    rate=round(fps or 1))
+            stream.width, stream.height = frames[0].size
+            stream.pix_fmt = "yuv420p"
+            for f in frames:
+                out.mux(stream.encode(av.VideoFrame.from_image(f.convert("RGB"))))
+            out.mux(stream.encode())
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    for k, f in enumerate(frames):
+        f.save(path / f"{k:02d}.png")
