@@ -220,7 +220,7 @@ def write_dataset(root: str | Path, items: Iterable[tuple]) -> int:
             path = resolve_inside(root, rel)
             with atomic_path(path) as tmp:
                 img.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
-        for entry, frames in zip(sample.videos, videos[0] if videos else [], strict=True):
+        for entry, frames in zip(sample.videos, videos[0], strict=True) if videos else ():  # (sample, imgs): none
             write_video(root, entry, frames)
         rows.append(sample.to_json())
     return write_jsonl(root / MANIFEST, rows)
