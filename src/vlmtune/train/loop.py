@@ -303,6 +303,7 @@ def validate(state: State) -> dict:
     predictor = Predictor(Loaded(unwrapped, state.loaded.processor, state.family.name), state.family,
                           max_new_tokens=max_new_tokens, num_beams=e.num_beams, batch_size=e.batch_size,
                           max_length=state.cfg.data.max_length, vision_cache=state.vision_cache,
+                          video=state.cfg.data.video,  # validation takes the frames training takes
                           autocast=lambda: train_autocast(acc),
                           # names the weights for a resumed validation (hashing them would gather a sharded model):
                           # the step and what the run was trained with, not where it is written (name, out_dir), so
