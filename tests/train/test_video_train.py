@@ -86,3 +86,19 @@ def test_the_vision_cache_keys_video_frames_by_video_policy_and_timestamp(tmp_pa
         assert torch.allclose(model(**cached.inputs).loss, want, atol=1e-5)
         assert torch.allclose(model(**again.inputs).loss, want, atol=1e-5)
     assert cache.hits == 9, "3 clips of 3 frames each, seen the second time"
+
+
+def test_plan_measures_video_positions_as_frames_times_image_tokens(tmp_path, video_dir):
+    from vlmtune.data.video import encode_with_videos, sample_inputs
+    from vlmtune.train.plan.lengths import measure_lengths
+
+    family = get_family("llava")
+    loaded = family.tiny()
+    cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, video_dir, data={"video": {"fps": 2.0, "max_frames": 4}}))
+    samples = read_samples(video_dir, "train")[0][:2]
+    lengths = measure_lengths(cfg, family, loaded.processor, 8, [(video_dir, s) for s in samples])
+    per_image = family.image_tokens(loaded.processor, 32, 32)
+    assert lengths.image_tokens == [4 * per_image, 4 * per_image], "4 of the 6 frames, each one image"
+    s, ims, vids = sample_inputs(video_dir, samples[0], family, policy=cfg.data.video)
+    batch = encode_with_videos(family, loaded.processor, [s], [ims], [vids], "train", 1 << 30)
+    assert lengths.tokens[0] == int(batch.inputs["attention_mask"].sum())
