@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vlmtune.data.images import ImageError, resolve_inside
+from vlmtune.data.images import ImageError, load_images, resolve_inside
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import load_json
 from vlmtune.eval.ranking import retrieval_rows
@@ -306,8 +306,10 @@ def _predict_sharded(predictor, root: Path, samples: list[Sample], out: Path | N
         for k in range(rounds):
             chunk = mine[k * step : (k + 1) * step]
             batch = chunk or todo[:1]  # an idle process keeps step with the others
-            inputs = [predictor.inputs(root, with_prompt(s, prompt)) for s in batch]  # videos sampled as trained
-            answers = predictor.complete([x[0] for x in inputs], [x[1] for x in inputs], videos=[x[2] for x in inputs])
+            inputs = [predictor.inputs(root, q) if q.videos else (q, load_images(root, q), [])  # videos: as trained
+                      for q in (with_prompt(s, prompt) for s in batch)]
+            native = {"videos": [x[2] for x in inputs]} if any(x[2] for x in inputs) else {}
+            answers = predictor.complete([x[0] for x in inputs], [x[1] for x in inputs], **native)
             rows = [row_of(s, c.text, c.finish_reason) | ({"input_hash": keys[s.id]} if keys else {})
                     for s, c in zip(chunk, answers[: len(chunk)], strict=True)]
             for part in _all_gather(rows, world):
