@@ -205,11 +205,11 @@ def test_the_video_worlds_answers_follow_from_the_drawing_and_no_single_frame_ho
             assert answer == min(m["appear"], key=m["appear"].get)
             assert all(k <= sv.MIDDLE for k in m["appear"].values()), "all three are in the middle frame"
             # pixels: the first frame holds exactly the colour of the answer's shape
-            colours = {c for c in clip[0].getdata() if c != (235, 235, 225)}
+            colours = {c for c in clip[0].get_flattened_data() if c != (235, 235, 225)}
             assert colours == {sv.COLOURS[answer]}
         else:
             assert answer == str(sv.runs(m["visible"]))
-            shown = [any(c != (235, 235, 225) for c in f.getdata()) for f in clip]
+            shown = [any(c != (235, 235, 225) for c in f.get_flattened_data()) for f in clip]
             assert shown == m["visible"]
     assert [s.to_json() for s, _ in sv.video(5, seed=1, size=32)] == [s.to_json() for s, _ in samples[:5]]
     assert evenly(sv.FRAMES, 1) == [sv.MIDDLE], "the single-frame baseline sees the middle frame"
