@@ -85,6 +85,7 @@ LAZY_LIBRARIES: dict[str, str] = {
     "huggingface_hub": "its download and validation modules are heavy; only to resolve a hub id",
     "pycocoevalcap": "only to score captions", "sacrebleu": "only to score translations",
     "openpyxl": "only to read an .xlsx",
+    "av": "PyAV (FFmpeg): only to read or write a video file",
     # optional: extras of pyproject.toml; the command that needs one names the extra when it is missing
     "bitsandbytes": "optional (qlora extra)", "uvicorn": "optional (serve extra)", "fastapi": "optional (serve extra)",
 }

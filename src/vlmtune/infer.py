@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmtune.config import MAX_PROMPT_LENGTH
+from vlmtune.config import MAX_PROMPT_LENGTH, VideoCfg
 from vlmtune.data.sample import Sample, assistant, user
+from vlmtune.data.video import encode_with_videos, sample_inputs
 from vlmtune.models import get_family
 from vlmtune.models.family import Loaded, ModelFamily, autocast_for, input_dtype
 from vlmtune.models.loss import accepts_logits_to_keep, forward_losses, logit_prefix_of
-from vlmtune.runs import load_for_inference, resolve_model_dir
+from vlmtune.runs import load_for_inference, model_video_options, resolve_model_dir
 
 
 def prompt_length(family, batch) -> int:
@@ -163,6 +164,9 @@ class Predictor:
     autocast: Any = None
     """A callable returning the context generation runs in: the training loop passes its own autocast; by default
     `autocast_for(model)` (autocast only for a model that mixes float32 trainables with a half-precision base)."""
+    video: VideoCfg = field(default_factory=VideoCfg)
+    """How a sample's videos become frames (`data.video`): `from_path` takes the run's, so evaluation, prediction
+    and serving sample a video as training did."""
     identity: str | None = None
     """What names the weights, for resuming an evaluation (eval/runner.py keeps only rows the same weights made):
     `from_path` sets the checkpoint's `checkpoint_identity`, the training loop its step and config. None: the
@@ -176,7 +180,13 @@ class Predictor:
         """The Predictor of a run, checkpoint or model directory, on `device` (`--device`: auto picks the GPU when
         there is one) in `dtype` (`--dtype`; default: the dtype the run trained in); see `vlmtune.models.device`."""
         loaded = load_for_inference(path, device=device, dtype=dtype)
+        kwargs.setdefault("video", model_video_options(path))
         return cls(loaded=loaded, family=get_family(loaded.family), identity=checkpoint_identity(path), **kwargs)
+
+    def inputs(self, root: Path, sample: Sample) -> tuple[Sample, list, list]:
+        """(sample, images, videos) of a dataset sample as `complete` takes them (data/video.py `sample_inputs`,
+        videos sampled by `self.video`)."""
+        return sample_inputs(Path(root), sample, self.family, policy=self.video)
 
     def fingerprint(self) -> dict:
         """What an answer depends on besides its sample: the model ("model") and the generation settings
@@ -198,18 +208,20 @@ class Predictor:
 
     def complete(self, samples: list[Sample], images: list[list], max_new_tokens: int | None = None,
                  temperature: float = 0.0, top_p: float = 1.0, streamer=None,
-                 stopping_criteria=None) -> list[Completion]:
+                 stopping_criteria=None, videos: list[list] | None = None) -> list[Completion]:
         """One `generate` call for a batch: greedy (temperature 0, or beam search with `num_beams`) or sampled.
         `streamer` (a transformers streamer) receives the new token ids of every row at each step; the serving
         batcher uses it to stream each request's text as it is written (through `TextStream`), and
-        `stopping_criteria` (a transformers `StoppingCriteriaList`) to end the rows of requests that went away."""
+        `stopping_criteria` (a transformers `StoppingCriteriaList`) to end the rows of requests that went away.
+        `videos`: per sample its `Video`s, for a family with native video (`inputs` gives them)."""
         import torch
 
         model = self.loaded.model
         was_training = model.training
         model.eval()
         try:
-            batch = self.family.encode(self.loaded.processor, samples, images, "generate", self.max_length)
+            batch = encode_with_videos(self.family, self.loaded.processor, samples, images, videos, "generate",
+                                       self.max_length)
             if self.vision_cache is not None:
                 batch.inputs = self.vision_cache.with_features(model, batch.inputs, [len(ims) for ims in images],
                                                                self.vision_cache.image_unit_keys(images))

@@ -28,7 +28,7 @@ import json
 import re
 from pathlib import Path
 
-from vlmtune.config import ModelCfg, OcrCfg, QuantCfg, RunCfg, check_model_path
+from vlmtune.config import ModelCfg, OcrCfg, QuantCfg, RunCfg, VideoCfg, check_model_path
 from vlmtune.models import FAMILIES, family_of, get_family
 from vlmtune.models import device as policy
 from vlmtune.models.family import Loaded
@@ -76,6 +76,13 @@ def run_config_of(model: str | Path | None) -> RunCfg | None:
         if (d / "run_config.yaml").is_file():
             return RunCfg.from_file(d / "run_config.yaml")
     return None
+
+
+def model_video_options(model: str | Path | None) -> VideoCfg:
+    """How a model's run sampled videos into frames (`data.video`), so evaluation, prediction and serving take the
+    same frames; the defaults (VideoCfg()) for a model without a run."""
+    cfg = run_config_of(model)
+    return cfg.data.video if cfg is not None else VideoCfg()
 
 
 def model_ocr_options(model: str | Path | None) -> OcrCfg | None:

@@ -24,7 +24,7 @@ from vlmtune.data.standin import JOBS, write_standin
 from vlmtune.data.stats import dataset_stats, parse_ratios, split_dataset
 from vlmtune.data.translate import translate_dataset
 from vlmtune.eval.autolabel import autolabel
-from vlmtune.runs import image_token_report, resolve_model, resolve_model_dir
+from vlmtune.runs import image_token_report, model_video_options, resolve_model, resolve_model_dir
 
 
 def cmd_data_synth(a) -> dict:
@@ -57,7 +57,8 @@ def cmd_data_check(a) -> dict:
             print(f"{report['family']}: one {size} image takes {n} tokens", file=sys.stderr)
         return report
     limit = {} if a.max_text_chars is None else {"max_text_chars": a.max_text_chars}
-    report = check_dataset(a.dir, *resolve_model(a.model), a.max_length, model_name=a.model, **limit)
+    report = check_dataset(a.dir, *resolve_model(a.model), a.max_length, model_name=a.model,
+                           video=model_video_options(a.model) if a.model else None, **limit)
     if a.image_size:
         report["image_tokens"] = image_token_report(a.model, [parse_size(s) for s in a.image_size])["image_tokens"]
     out = Path(a.out) if a.out else Path(a.dir) / "check_report.json"
@@ -110,7 +111,7 @@ def add_parsers(sub) -> None:
     dsub = d.add_subparsers(dest="data_verb", required=True)
     s = dsub.add_parser("synth", help="draw a synthetic world with known answers", formatter_class=ex,
                         epilog="example: vlmtune data synth fashion --out data/fashion --n 3000 --seed 0")
-    s.add_argument("world", choices=["fashion", "shapes", "charts"])
+    s.add_argument("world", choices=["fashion", "shapes", "charts", "video"])
     s.add_argument("--out", required=True)
     s.add_argument("--n", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)

@@ -14,7 +14,7 @@ SynthCfg, OcrCfg), `train.py` (TrainCfg, EvalCfg, ProbeCfg, ForgettingCfg), `ser
 (RunCfg and the loading: YAML, overrides, type conversion).
 """
 
-from vlmtune.config.data import MAX_PROMPT_LENGTH, PSM_MODES, DataCfg, OcrCfg, SourceCfg, SynthCfg
+from vlmtune.config.data import MAX_PROMPT_LENGTH, PSM_MODES, DataCfg, OcrCfg, SourceCfg, SynthCfg, VideoCfg
 from vlmtune.config.model import LOCAL_PREFIXES, BuiltinCfg, LoraCfg, ModelCfg, QuantCfg, check_model_path
 from vlmtune.config.run import OLD_OCR_KEYS, RunCfg, build_section, parse_overrides
 from vlmtune.config.serve import ServeCfg
@@ -22,4 +22,4 @@ from vlmtune.config.train import EvalCfg, ForgettingCfg, ProbeCfg, TrainCfg
 
 __all__ = ["LOCAL_PREFIXES", "MAX_PROMPT_LENGTH", "OLD_OCR_KEYS", "PSM_MODES", "BuiltinCfg", "DataCfg", "EvalCfg",
            "ForgettingCfg", "LoraCfg", "ModelCfg", "OcrCfg", "ProbeCfg", "QuantCfg", "RunCfg", "ServeCfg",
-           "SourceCfg", "SynthCfg", "TrainCfg", "build_section", "check_model_path", "parse_overrides"]
+           "SourceCfg", "SynthCfg", "TrainCfg", "VideoCfg", "build_section", "check_model_path", "parse_overrides"]

@@ -5,7 +5,7 @@ and OCR enrichment (`OcrCfg`).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 
@@ -106,6 +106,37 @@ class OcrCfg:
             raise ValueError(f"data.ocr.timeout_s: must be > 0, got {self.timeout_s}")
 
 
+@dataclass
+class VideoCfg:
+    """`data.video`: how a sample's videos become frames (data/video.py `sample_frames`), the same in training,
+    evaluation, prediction and serving (a run's config carries it to `--model RUN`):
+
+        data: {path: data/clips, video: {fps: 2, max_frames: 8, max_pixels: 50176}}
+
+    Frames are taken at `fps` (the first frame at or after each k/fps seconds); if that gives more than
+    `max_frames`, `max_frames` of them evenly spaced over the clip are kept; each frame is then scaled down (aspect
+    kept) to at most `max_pixels` pixels. Deterministic: a sample gets the same frames every epoch."""
+
+    fps: float | None = 2.0
+    """Frames per second of video time to sample; None: every frame of the video."""
+    max_frames: int = 8
+    """At most this many frames per video (evenly spaced over the sampled ones when there are more)."""
+    max_pixels: int | None = 200_704
+    """Each frame is scaled down (aspect kept) to at most this many pixels (448x448); None: frames kept as decoded."""
+    frame_fps: float = 1.0
+    """The rate of a video given as frame images (a directory or a `frames` list) with no `fps` of its own."""
+
+    def __post_init__(self):
+        if self.fps is not None and not self.fps > 0:
+            raise ValueError(f"data.video.fps: must be > 0 (or null: every frame), got {self.fps}")
+        if self.max_frames < 1:
+            raise ValueError(f"data.video.max_frames: must be >= 1, got {self.max_frames}")
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ValueError(f"data.video.max_pixels: must be >= 1 (or null), got {self.max_pixels}")
+        if not self.frame_fps > 0:
+            raise ValueError(f"data.video.frame_fps: must be > 0, got {self.frame_fps}")
+
+
 MAX_PROMPT_LENGTH = 4096
 """The default prompt budget at inference, image tokens included: `Predictor.max_length` and
 `serve.max_prompt_tokens` (training's is `data.max_length`)."""
@@ -137,6 +168,8 @@ class DataCfg:
     `data/mix.py`); loss and sample counts are logged per source. Validation still uses `path`/`synth`."""
     ocr: OcrCfg | None = None
     """Read the text in each image with tesseract (see OcrCfg); None: off."""
+    video: VideoCfg = field(default_factory=VideoCfg)
+    """How videos are sampled into frames (see VideoCfg): fps 2, at most 8 frames, at most 448x448 pixels each."""
 
     def __post_init__(self):
         if self.path is None and self.synth is None:

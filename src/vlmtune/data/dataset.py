@@ -35,7 +35,7 @@ def synthesize(out: str | Path, world: str, n: int, seed: int = 0, size: int = 6
             sample.split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
             if caption_turn and sample.split == "train":
                 sample = with_caption_turn(sample, CAPTION_PROMPTS[i % len(CAPTION_PROMPTS)])
-            yield sample, [image]
+            yield (sample, [], [image]) if sample.videos else (sample, [image])  # a video world: a clip's frames
 
     write_dataset(out, items())
     return counts

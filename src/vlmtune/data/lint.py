@@ -40,7 +40,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vlmtune.config import DataCfg
+from vlmtune.config import DataCfg, VideoCfg
 from vlmtune.data.images import (
     MAX_IMAGE_PIXELS,
     Decoded,
@@ -52,6 +52,7 @@ from vlmtune.data.images import (
 )
 from vlmtune.data.sample import Sample, message_text
 from vlmtune.data.store import MANIFEST, BadRecord, iter_lines, load_json, read_samples
+from vlmtune.data.video import encode_with_videos, load_video, video_refusal
 
 MAX_LISTED = 200
 """Issues listed per kind in the report (all are counted)."""
@@ -165,8 +166,10 @@ def _family_issues(family, sample: Sample) -> list[str]:
     issues = []
     if len(sample.images) > 1 and not family.multi_image:
         issues.append(f"{len(sample.images)} images; the {family.name} family takes one per sample")
-    if not sample.images and not family.text_only:
+    if not sample.images and not sample.videos and not family.text_only:
         issues.append(f"no image; the {family.name} family needs one")
+    if sample.videos and video_refusal(family):
+        issues.append(video_refusal(family))
     return issues
 
 
@@ -212,10 +215,12 @@ def _percentile(sorted_values: list[int], q: float) -> int:
 
 def check_dataset(root: str | Path, family=None, processor=None, max_length: int | None = None,
                   max_pixels: int = MAX_IMAGE_PIXELS, progress: bool = True,
-                  max_text_chars: int = MAX_TEXT_CHARS, model_name: str | None = None) -> dict:
+                  max_text_chars: int = MAX_TEXT_CHARS, model_name: str | None = None,
+                  video: VideoCfg | None = None) -> dict:
     """Check the dataset at `root` (see the module docstring); returns the report (`report["ok"]`: no errors).
     With a model family (a ModelFamily), also what the family can take; with its processor too, the token lengths,
-    reported under `model_name`. `vlmtune.runs.resolve_model` gives both for a `--model` (data sits below models)."""
+    reported under `model_name`. `vlmtune.runs.resolve_model` gives both for a `--model` (data sits below models).
+    Videos are decoded and sampled under `video` (`data.video`; default VideoCfg()), as training will."""
     root = Path(root)
     if max_text_chars < 1:
         raise ValueError(f"max_text_chars must be at least 1, got {max_text_chars}")
@@ -228,7 +233,7 @@ def check_dataset(root: str | Path, family=None, processor=None, max_length: int
     broken: dict[str, str] = {}  # relative path -> why it cannot be used
     splits, tasks = Counter(), Counter()
     answers, by_type = Counter(), defaultdict(Counter)
-    sizes, modes = Counter(), Counter()
+    sizes, modes, frames = Counter(), Counter(), Counter()
     lengths: list[int] = []
     too_long: list[dict] = []
     bar = tqdm(desc=f"check {root}", unit=" samples", disable=not progress)
@@ -287,7 +292,15 @@ def check_dataset(root: str | Path, family=None, processor=None, max_length: int
                 seen[split] = s.id
             if processor is not None:
                 images.append(decoded.image)
-        key = hashlib.sha1(json.dumps([s.split, [hash_of.get(r, r) for r in s.images], s.prompt_messages],
+        videos = []
+        for entry in s.videos:  # decoded and sampled as training will; frames counted
+            try:
+                videos.append(load_video(root, entry, video or VideoCfg()))
+                frames[len(videos[-1].frames)] += 1
+            except ImageError as e:
+                report.add("error", "video", lineno, s.id, str(e))
+                ok = False
+        key = hashlib.sha1(json.dumps([s.split, [hash_of.get(r, r) for r in s.images], s.videos, s.prompt_messages],
                                       sort_keys=True).encode()).digest()
         if key in prompts:  # several questions per image are normal; the same question twice is a duplicate
             report.add("warning", "duplicate_sample", lineno, s.id, f"same images and prompt as {prompts[key]!r}")
@@ -295,7 +308,7 @@ def check_dataset(root: str | Path, family=None, processor=None, max_length: int
         if processor is not None and ok:
             try:
                 mode = "train" if s.messages[-1]["role"] == "assistant" else "generate"
-                batch = family.encode(processor, [s], [images], mode, 10**9)
+                batch = encode_with_videos(family, processor, [s], [images], [videos], mode, 10**9)
             except ValueError as e:
                 report.add("error", "encode", lineno, s.id, str(e))
                 continue
@@ -310,6 +323,7 @@ def check_dataset(root: str | Path, family=None, processor=None, max_length: int
     stats = {
         "samples": len(ids), "splits": dict(splits), "tasks": dict(tasks), "image_modes": dict(modes),
         "image_sizes": dict(sizes.most_common(20)), "distinct_images": len(image_splits),
+        **({"video_frames": dict(sorted(frames.items()))} if frames else {}),
         "answers": {"distinct": len(answers), "top": answers.most_common(20),
                     "by_question_type": {t: c.most_common(10) for t, c in sorted(by_type.items())}},
     }

@@ -46,9 +46,10 @@ def message_text(message: dict) -> str:
     return " ".join(part["text"] for part in content if part.get("type") == "text")
 
 
-def count_image_slots(messages: list[dict]) -> int:
+def count_image_slots(messages: list[dict], kind: str = "image") -> int:
+    """The `{"type": kind}` parts of `messages` (kind "image" or "video")."""
     return sum(
-        1 for m in messages if not isinstance(m["content"], str) for part in m["content"] if part.get("type") == "image"
+        1 for m in messages if not isinstance(m["content"], str) for part in m["content"] if part.get("type") == kind
     )
 
 
@@ -68,6 +69,10 @@ class Sample:
     split: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     """Free-form facts used for breakdowns, e.g. question_type, answer_type."""
+    videos: list[str | dict] = field(default_factory=list)
+    """Videos, in the order of the `{"type": "video"}` slots in `messages`, each a path relative to the dataset
+    directory (a video file, or a directory of frame images) or an object {"path": ..., "fps": F} /
+    {"frames": [paths...], "fps": F}; data/video.py reads and samples them (`data.video`)."""
 
     def __post_init__(self) -> None:
         if not self.messages:
@@ -78,6 +83,9 @@ class Sample:
         slots = count_image_slots(self.messages)
         if slots != len(self.images):
             raise ValueError(f"sample {self.id!r}: {slots} image slot(s) in messages but {len(self.images)} image(s)")
+        slots = count_image_slots(self.messages, "video")
+        if slots != len(self.videos):
+            raise ValueError(f"sample {self.id!r}: {slots} video slot(s) in messages but {len(self.videos)} video(s)")
 
     @property
     def target(self) -> str:
@@ -109,7 +117,7 @@ class Sample:
         return self.answers or self.references or ([self.target] if self.has_target else [])
 
     def to_json(self) -> dict:
-        row = {k: v for k, v in asdict(self).items() if v not in (None, {}, "")}
+        row = {k: v for k, v in asdict(self).items() if v not in (None, {}, "") and not (k == "videos" and not v)}
         return row
 
     @classmethod
@@ -132,17 +140,38 @@ class _Strict(BaseModel):
 
 
 class Part(_Strict):
-    """One content part: {"type": "image"} (an image slot) or {"type": "text", "text": "..."}."""
+    """One content part: {"type": "image"} (an image slot), {"type": "video"} (a video slot) or
+    {"type": "text", "text": "..."}."""
 
-    type: Literal["text", "image"]
+    type: Literal["text", "image", "video"]
     text: str | None = None
 
     @model_validator(mode="after")
     def _text_in_text_parts(self) -> Part:
         if self.type == "text" and self.text is None:
             raise ValueError("a text part needs 'text' (a string)")
-        if self.type == "image" and self.text is not None:
-            raise ValueError("an image part has no 'text' (put the text in a part of its own)")
+        if self.type != "text" and self.text is not None:
+            raise ValueError(f"an {self.type} part has no 'text' (put the text in a part of its own)")
+        return self
+
+
+class VideoEntry(_Strict):
+    """A video given as an object: {"path": "clip.mp4" or a frame directory, "fps": F} or {"frames": [...], "fps": F}
+    (`fps`: the rate the frames were taken at; for a video file it replaces the container's)."""
+
+    path: str | None = Field(default=None, min_length=1)
+    frames: list[str] | None = Field(default=None, min_length=1)
+    fps: float | None = Field(default=None, gt=0)
+
+    @field_validator("fps", mode="before")
+    @classmethod
+    def _int_is_a_rate(cls, value: Any) -> Any:
+        return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VideoEntry:
+        if (self.path is None) == (self.frames is None):
+            raise ValueError("a video object needs exactly one of 'path' or 'frames'")
         return self
 
 
@@ -169,6 +198,7 @@ class SampleRecord(_Strict):
     source: str = ""
     split: str | None = None
     meta: dict[str, Any] = {}
+    videos: list[str | VideoEntry] = []
 
 
 _JSON_TYPES = {dict: "object", list: "list", str: "string", int: "integer", float: "number", bool: "boolean",

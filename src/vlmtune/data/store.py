@@ -20,6 +20,7 @@ from typing import Any
 
 from vlmtune.data.images import ImageError, check_image_file, load_image, resolve_inside
 from vlmtune.data.sample import Sample
+from vlmtune.data.video import frame_files, write_video
 from vlmtune.io import atomic_path, atomic_write_text
 
 MANIFEST = "manifest.jsonl"
@@ -116,6 +117,11 @@ def parse_line(root: Path, file: Path, lineno: int, raw: str, check_images: bool
                 check_image_file(path)  # a FIFO or directory is named as what it is, never opened
         except ImageError as e:
             raise BadRecord(file, lineno, f"sample {sample.id!r}: {e}", raw) from None
+    for entry in sample.videos:  # paths inside the root and present; decoded where they are read (data/video.py)
+        try:
+            frame_files(root, entry)
+        except ImageError as e:
+            raise BadRecord(file, lineno, f"sample {sample.id!r}: {e}", raw) from None
     return sample
 
 
@@ -202,16 +208,20 @@ def read_jsonl(path: Path) -> list:
     return [json.loads(x) for x in Path(path).read_text(encoding="utf-8").split("\n") if x.strip()]
 
 
-def write_dataset(root: str | Path, items: Iterable[tuple[Sample, list]]) -> int:
-    """Write (Sample, [PIL images]) pairs: each image to its `sample.images` path, then the manifest atomically."""
+def write_dataset(root: str | Path, items: Iterable[tuple]) -> int:
+    """Write (Sample, [PIL images]) or (Sample, [PIL images], [[frames] per video]) items: each image to its
+    `sample.images` path, each video's frames to its `sample.videos` entry (a directory of PNGs "00.png", "01.png",
+    ..., or a video file, see `video.write_video`), then the manifest atomically."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
-    for sample, imgs in items:
+    for sample, imgs, *videos in items:
         for rel, img in zip(sample.images, imgs, strict=True):
             path = resolve_inside(root, rel)
             with atomic_path(path) as tmp:
                 img.save(tmp, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
+        for entry, frames in zip(sample.videos, videos[0], strict=True) if videos else ():  # (sample, imgs): none
+            write_video(root, entry, frames)
         rows.append(sample.to_json())
     return write_jsonl(root / MANIFEST, rows)
 

@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 
 from vlmtune.data.charts import charts  # matplotlib charts with their data tables (DePlot-style chart QA)
 from vlmtune.data.sample import Sample, assistant, user
+from vlmtune.data.synthetic_video import video  # clips of moving shapes, questions about time
 
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -442,5 +443,5 @@ def shapes(
         yield _sample("shapes", seed, i, question, answer, qtype, {"shapes": items}, caption), img
 
 
-WORLDS: dict[str, Callable[..., Iterator[tuple[Sample, Image.Image]]]] = {"fashion": fashion, "shapes": shapes,
-                                                                          "charts": charts}
+WORLDS: dict[str, Callable[..., Iterator[tuple[Sample, Image.Image]]]] = {
+    "fashion": fashion, "shapes": shapes, "charts": charts, "video": video}  # video: (Sample, frames) pairs

@@ -77,7 +77,8 @@ def sample_keys(root: Path, samples: list[Sample]) -> dict[str, str]:
         for rel in s.images:
             if rel not in images:
                 images[rel] = _image_key(root, rel)
-        keys[s.id] = _digest({"messages": s.prompt_messages, "task": s.task, "images": [images[r] for r in s.images]})
+        keys[s.id] = _digest({"messages": s.prompt_messages, "task": s.task, "images": [images[r] for r in s.images],
+                              **({"videos": s.videos} if s.videos else {})})
     return keys
 
 
@@ -305,7 +306,10 @@ def _predict_sharded(predictor, root: Path, samples: list[Sample], out: Path | N
         for k in range(rounds):
             chunk = mine[k * step : (k + 1) * step]
             batch = chunk or todo[:1]  # an idle process keeps step with the others
-            answers = predictor.complete([with_prompt(s, prompt) for s in batch], [load_images(root, s) for s in batch])
+            inputs = [predictor.inputs(root, q) if q.videos else (q, load_images(root, q), [])  # videos: as trained
+                      for q in (with_prompt(s, prompt) for s in batch)]
+            native = {"videos": [x[2] for x in inputs]} if any(x[2] for x in inputs) else {}
+            answers = predictor.complete([x[0] for x in inputs], [x[1] for x in inputs], **native)
             rows = [row_of(s, c.text, c.finish_reason) | ({"input_hash": keys[s.id]} if keys else {})
                     for s, c in zip(chunk, answers[: len(chunk)], strict=True)]
             for part in _all_gather(rows, world):

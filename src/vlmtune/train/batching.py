@@ -14,9 +14,9 @@ import numpy as np
 from PIL import ImageOps
 
 from vlmtune.config import RunCfg
-from vlmtune.data.images import resolve_inside
 from vlmtune.data.mix import Mixture
 from vlmtune.data.sample import Sample, message_text
+from vlmtune.data.video import encode_with_videos, sample_inputs
 from vlmtune.models import ModelFamily
 from vlmtune.models.family import Loaded
 from vlmtune.models.labels import IGNORE_INDEX, trained_tokens
@@ -38,6 +38,8 @@ class StepState(Protocol):
     vision_cache: Any
     images: Any
     """DecodedImages: the training images decoded once while they fit `train.image_cache_mb`."""
+    videos: Any
+    """VideoLoader: the training videos, sampled by `data.video` (decoded once while they fit the same budget)."""
 
 
 def hflip_mask(seed: int, step: int, n: int) -> list[bool]:
@@ -112,13 +114,15 @@ def trained_tokens_of(state: StepState, sample: Sample) -> list[str]:
 def length_estimate(sample: Sample) -> int:
     """A sample's rough length in tokens (about 4 characters a token; an image costs hundreds of positions), to put
     samples of similar length in one micro-batch. The loss is summed over the whole step, so it does not change."""
-    return sum(len(message_text(m)) for m in sample.messages) // 4 + 256 * len(sample.images)
+    return sum(len(message_text(m)) for m in sample.messages) // 4 + 256 * (len(sample.images) + 8 * len(sample.videos))
 
 
 def encode_batch(state: StepState, items: list[tuple[int, Sample]], flips: list[bool] | None = None):
-    """(source index, sample) pairs -> a training Batch; images are read from each source's root."""
-    samples = [s for _, s in items]
-    images = [[state.images.load(resolve_inside(state.roots[j], rel)) for rel in s.images] for j, s in items]
+    """(source index, sample) pairs -> a training Batch; images and videos are read from each source's root (a
+    video as `data.video` samples it: frames as images, or `videos=` for a family with native video)."""
+    inputs = [sample_inputs(state.roots[j], s, state.family, state.images.load, state.videos.load) for j, s in items]
+    samples, images, videos = ([x[k] for x in inputs] for k in range(3))
     if flips:
         images = [[ImageOps.mirror(im) for im in ims] if f else ims for ims, f in zip(images, flips, strict=True)]
-    return state.family.encode(state.loaded.processor, samples, images, "train", state.cfg.data.max_length)
+    return encode_with_videos(state.family, state.loaded.processor, samples, images, videos, "train",
+                              state.cfg.data.max_length)

@@ -30,6 +30,7 @@ from vlmtune.config import RunCfg
 from vlmtune.data.images import DecodedImages
 from vlmtune.data.mix import Mixture
 from vlmtune.data.sample import Sample
+from vlmtune.data.video import VideoLoader
 from vlmtune.eval import forgetting
 from vlmtune.eval.report import write_run_report
 from vlmtune.eval.runner import auto_max_new_tokens, evaluate
@@ -83,6 +84,8 @@ class State:
     """A VisionCache when the frozen vision side's output is cached (train.vision_cache)."""
     images: Any = None
     """DecodedImages: the training images decoded once while they fit `train.image_cache_mb`."""
+    videos: Any = None
+    """VideoLoader: the training videos sampled by `data.video`, decoded once while they fit the same budget."""
     stopped: str | None = None
 
 
@@ -155,7 +158,10 @@ def setup(cfg: RunCfg) -> State:
     state = State(cfg, run_dir, accelerator, family, loaded, model, optimizer, scheduler, data_root, mixture, roots,
                   val, probes, meta, vision_cache=cache,
                   # with the feature cache on, a seen sample's stored rows replace its images: keep none decoded
-                  images=DecodedImages(0 if cache is not None else cfg.train.image_cache_mb << 20))
+                  images=DecodedImages(0 if cache is not None else cfg.train.image_cache_mb << 20),
+                  videos=VideoLoader(cfg.data.video, 0 if cache is not None else cfg.train.image_cache_mb << 20))
+    if cache is not None:  # the cache keys a video's frames by its files, the sampling policy and their timestamps
+        cache.videos = state.videos
     check_samples(state)  # every sample passes data check's record checks and fits max_length
     first = state.mixture.sources[0].samples[0]
     accelerator.print(f"trained tokens of sample {first.id!r}: {trained_tokens_of(state, first)}", file=sys.stderr)
@@ -297,6 +303,7 @@ def validate(state: State) -> dict:
     predictor = Predictor(Loaded(unwrapped, state.loaded.processor, state.family.name), state.family,
                           max_new_tokens=max_new_tokens, num_beams=e.num_beams, batch_size=e.batch_size,
                           max_length=state.cfg.data.max_length, vision_cache=state.vision_cache,
+                          video=state.cfg.data.video,  # validation takes the frames training takes
                           autocast=lambda: train_autocast(acc),
                           # names the weights for a resumed validation (hashing them would gather a sharded model):
                           # the step and what the run was trained with, not where it is written (name, out_dir), so

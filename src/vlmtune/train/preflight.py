@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vlmtune.config import RunCfg
-from vlmtune.data.images import ImageError, check_image_shape, resolve_inside
+from vlmtune.data.images import ImageError, check_image_shape
 from vlmtune.data.lint import manifest_lines, placeholder_pattern, record_issues
 from vlmtune.data.mix import Mixture
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import MANIFEST, BadRecord, read_jsonl, write_jsonl
+from vlmtune.data.video import VideoLoader, encode_with_videos, sample_inputs
 from vlmtune.eval.forgetting import Probe
 from vlmtune.models import ModelFamily
 from vlmtune.models.family import Loaded, SampleTooLong
@@ -123,28 +124,28 @@ def _check(state: CheckState, samples: list[Sample], root: Path, mode: str,
             passed.append(s)
     keep = []
     for i in range(0, len(passed), chunk):
-        part, images = [], []
+        part, encoded = [], []  # the samples; (sample, images, videos) as the family's encode gets them
         for s in passed[i : i + chunk]:
-            ims = [state.images.load(resolve_inside(root, rel)) for rel in s.images]
             try:  # what the processor would make of each image, from its size: a thin one grows to gigabytes
-                for rel, im in zip(s.images, ims, strict=True):
+                inputs = sample_inputs(root, s, family, state.images.load, _videos(state))
+                for rel, im in zip(inputs[0].images, inputs[1], strict=True):
                     check_image_shape(*im.size, rel, image_processor)
-            except ImageError as e:
+            except ImageError as e:  # a video that does not decode (VideoError) too
                 failed.append(("record", s, _named(s, str(e))))
                 continue
             part.append(s)
-            images.append(ims)
+            encoded.append(inputs)
         if not part:
             continue
         try:  # one encode per chunk; only a chunk that fails is encoded sample by sample
-            family.encode(processor, *_targets(d, mode, part, images), mode, d.max_length)
+            encode_with_videos(family, processor, *_targets(d, mode, encoded), mode, d.max_length)
             keep.extend(part)
             continue
         except ValueError as e:
             error, before = e, len(failed)
-        for s, ims in zip(part, images, strict=True):
+        for s, inputs in zip(part, encoded, strict=True):
             try:
-                family.encode(processor, *_targets(d, mode, [s], [ims]), mode, d.max_length)
+                encode_with_videos(family, processor, *_targets(d, mode, [inputs]), mode, d.max_length)
                 keep.append(s)
             except SampleTooLong as e:
                 failed.append(("long", s, _named(s, str(e))))
@@ -155,10 +156,17 @@ def _check(state: CheckState, samples: list[Sample], root: Path, mode: str,
     return keep, failed
 
 
-def _targets(d, mode: str, samples: list[Sample], images: list[list]) -> tuple[list[Sample], list[list]]:
-    """What is encoded to check `samples`: in "train" mode under data.answer_targets sampled or weighted, the sample
-    with each answer it may be trained on (any of them may be drawn at any step; each must fit max_length)."""
+def _targets(d, mode: str, encoded: list[tuple]) -> tuple[list[Sample], list[list], list[list]]:
+    """What is encoded to check samples, given as (sample, images, videos): in "train" mode under data.answer_targets
+    sampled or weighted, the sample with each answer it may be trained on (any of them may be drawn at any step; each
+    must fit max_length). Returns the samples, their images and their videos."""
     if mode != "train" or d.answer_targets == "single":
-        return samples, images
-    pairs = [(v, ims) for s, ims in zip(samples, images, strict=True) for v, _ in variants(s)]
-    return [v for v, _ in pairs], [ims for _, ims in pairs]
+        rows = encoded
+    else:
+        rows = [(v, ims, vids) for s, ims, vids in encoded for v, _ in variants(s)]
+    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+
+
+def _videos(state):
+    """The run's VideoLoader (`data.video`); a loader without memory for a state that has none."""
+    return (getattr(state, "videos", None) or VideoLoader(state.cfg.data.video)).load

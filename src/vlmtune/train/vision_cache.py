@@ -19,10 +19,13 @@ embeddings, so the loss is the same (tested to 1e-5 for every family that suppor
   or full fine-tuning with `freeze_vision` and `freeze_projector`);
 * images are not augmented (`hflip`) and the frozen modules have no active dropout.
 
-Videos (Qwen2-VL's `pixel_values_videos`, SmolVLM2's frames among the images' pixels) are not cached: a batch with a
-video sample is encoded and run as is, and no row of a video sample is kept (Qwen2-VL takes precomputed features for
-all of a batch's vision inputs or for none: it refuses `pixel_values_videos` next to `mm_encoder_outputs`); batches
-without video use the cache as before. `with_features` (evaluation) is told a batch's videos by its caller.
+Videos read as frames (the families without native video: each frame an image slot) are cached like images: a
+frame is keyed by the video (its files' paths, sizes and times, its entry) with the sampling policy (`data.video`)
+and the frame's timestamp. Native videos (Qwen2-VL's `pixel_values_videos`, SmolVLM2's frames among the images'
+pixels) are not cached: a batch with such a video is encoded and run as is, and no row of its samples is kept
+(Qwen2-VL takes precomputed features for all of a batch's vision inputs or for none: it refuses
+`pixel_values_videos` next to `mm_encoder_outputs`); batches without video use the cache as before. `with_features`
+(evaluation) is told a batch's videos by its caller.
 
 The key of an image is the sha256 of its file; the directory is named by a fingerprint of the family, the frozen
 weights, the processor's image settings and the transformers version, so a change to any of them starts a new cache.
@@ -46,7 +49,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from vlmtune.config import VideoCfg
 from vlmtune.data.images import resolve_inside
+from vlmtune.data.video import VideoLoader, video_key
 from vlmtune.io import atomic_path, atomic_write_text, file_sha256
 from vlmtune.models.family import Batch, base_model, freeze_group_of, input_dtype
 from vlmtune.models.labels import IGNORE_INDEX
@@ -162,6 +167,26 @@ class VisionCache:
         as the uncached forward, so the cached path gives the same numbers (set by the loop's setup)."""
         self.rows_off: str | None = None
         """Why encoded rows are not kept (a processor output this file does not know how to pad), if so."""
+        self.videos = None
+        """The run's VideoLoader (`data.video`): a video's frames are keyed by its files, the sampling policy and
+        each frame's timestamp (set by the loop's setup; None: VideoLoader(VideoCfg()))."""
+
+    def _video_frames(self, root, sample) -> list[tuple[str, float]]:
+        """(video key, timestamp) of every frame of the sample's videos, in slot order: what the frozen vision side
+        sees of them (a family without native video sees each frame as an image)."""
+        if not sample.videos:
+            return []
+        if self.family.video_tokens is not None:
+            raise ValueError(f"sample {sample.id!r}: the frozen-vision cache does not hold native video features "
+                             f"({self.family.name}); set train.vision_cache: off for video data")
+        if self.videos is None:
+            self.videos = VideoLoader(VideoCfg())
+        return [(video_key(root, e, self.videos.policy), t) for e in sample.videos
+                for t in self.videos.load(root, e).timestamps]
+
+    def image_count(self, root, sample) -> int:
+        """Images the model sees for a sample: its own, and each frame of its videos."""
+        return len(sample.images) + len(self._video_frames(root, sample))
 
     def unit_keys(self, items, roots) -> list[str | None]:
         """Per (source index, Sample) item: the key of its images' features (the sha256 of the image file, or of the
@@ -174,6 +199,8 @@ class VisionCache:
                 if path not in self._file_hash:
                     self._file_hash[path] = file_sha256(path)
                 hashes.append(self._file_hash[path])
+            hashes += [hashlib.sha256(f"{key}@{t!r}".encode()).hexdigest() for key, t in
+                       self._video_frames(roots[j], sample)]
             keys.append(_joint(hashes))
         return keys
 
@@ -276,13 +303,14 @@ class VisionCache:
             inputs = self._collate(rows) if all(u is not None or r["unit"] is None for u, r in
                                                 zip(units, rows, strict=True)) else None
             if inputs is not None:
-                self.hits += sum(len(s.images) for _, s in items)
+                self.hits += sum(self.image_count(roots[j], s) for j, s in items)
                 n_target = int((inputs["labels"] != IGNORE_INDEX).sum())
                 return Batch(self._model_inputs(inputs, units), [s.id for _, s in items], n_target)
         batch = encode()
         keys = self.unit_keys(items, roots)
-        inputs = self.with_features(model, batch.inputs, [len(s.images) for _, s in items], keys)
-        self._keep_rows(batch.inputs, items, keys)
+        counts = [self.image_count(roots[j], s) for j, s in items]
+        inputs = self.with_features(model, batch.inputs, counts, keys)
+        self._keep_rows(batch.inputs, items, keys, counts)
         return Batch(inputs, batch.ids, batch.n_target_tokens)
 
     def with_features(self, model, inputs: dict, counts: list[int], keys: list[str | None], videos=None) -> dict:
@@ -302,7 +330,7 @@ class VisionCache:
             self.hits += sum(counts)
         return self._model_inputs(inputs, units)
 
-    def _keep_rows(self, inputs: dict, items, keys) -> None:
+    def _keep_rows(self, inputs: dict, items, keys, counts: list[int]) -> None:
         """Store each sample's unpadded tensors: per-token ones where attention_mask is 1, per-image ones by its
         images. Nothing is stored (and the reason kept) when the batch has an output of another kind."""
         if self.rows_off is not None:
@@ -317,16 +345,16 @@ class VisionCache:
                 return
             per_token.append(name)
         first = with_images = 0  # the sample's first image in the batch; samples with images before it
-        for b, ((j, s), key) in enumerate(zip(items, keys, strict=True)):
-            last = first + len(s.images)
+        for b, ((j, s), key, count) in enumerate(zip(items, keys, counts, strict=True)):
+            last = first + count
             self.rows[(j, s.id)] = {
                 "unit": key,
                 "token": {n: inputs[n][b][mask[b]].clone() for n in per_token},
                 "image": {n: inputs[n][first:last].clone() for n in PER_IMAGE if n in inputs},
                 "sample": {n: inputs[n][with_images:with_images + 1].clone() for n in PER_SAMPLE
-                           if n in inputs and s.images},
+                           if n in inputs and count},
             }
-            first, with_images = last, with_images + bool(s.images)
+            first, with_images = last, with_images + bool(count)
 
     def _collate(self, rows: list[dict]) -> dict | None:
         """Right-padded batch tensors from stored rows (what `encode` gives, without the pixels); None when the rows

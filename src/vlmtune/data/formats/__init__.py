@@ -19,6 +19,7 @@ FORMATS: dict[str, str] = {
     "coco": "COCO captions annotations JSON, or Karpathy-split dataset_coco.json",
     "flickr30k": "Flickr30k results_20130124.token file or results.csv",
     "llava": "LLaVA conversation JSON (conversations with <image> placeholders)",
+    "llava_video": "LLaVA-Video-178K / ShareGPT-video JSON (conversations with a <video> placeholder, one video each)",
     "sharegpt": "ShareGPT JSONL (conversations from/value or messages role/content, images as paths or base64)",
     "openai": "OpenAI chat messages JSONL (image_url parts: paths, file:// or base64 data URIs)",
     "chartqa": "ChartQA split directory (<split>_human.json / <split>_augmented.json, png/, tables/)",

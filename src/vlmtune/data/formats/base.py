@@ -23,7 +23,7 @@ import reprlib
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -31,6 +31,7 @@ from tqdm import tqdm
 from vlmtune.data.images import ImageError, check_image_file, load_image, resolve_inside
 from vlmtune.data.sample import Sample
 from vlmtune.data.store import MANIFEST, BadRecord, iter_records, json_line, load_json, write_jsonl
+from vlmtune.data.video import VideoError, frame_files
 from vlmtune.io import atomic_path, atomic_write_text
 
 
@@ -52,6 +53,8 @@ class Imported:
     file: Path | None = None
     line: int = 0
     """Where the record is (file, line or record number), for error messages about its images or answers."""
+    videos: list[Path] = field(default_factory=list)
+    """One source (a video file or a directory of frames) per `sample.videos` entry (each a path), in order."""
 
 
 Record = Imported | BadRecord
@@ -65,6 +68,9 @@ class Format:
     """The source layout in one line, shown by `vlmtune data import --help`."""
     read: Callable[[Path, Path | None], Iterator[Record]]
     write: Callable[[Iterable[tuple[Sample, list[Path]]], Path], dict]
+    videos: bool = False
+    """Whether the format holds videos: export gives `write` each sample's image paths followed by its video paths
+    (a file or a frame directory); a sample with videos is refused by the formats that hold none."""
 
 
 # ---------------------------------------------------------------- helpers for format files
@@ -124,6 +130,22 @@ def copy_image(src: Path, root: Path, rel: str) -> str:
         return rel
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
+    return rel
+
+
+def copy_video(src: Path, root: Path, rel: str) -> str:
+    """Copy a video (a file, or a directory of frame images) to `root/rel`, checking it is there (`frame_files`: a
+    VideoError naming the source when it is missing, empty or escapes); returns `rel`."""
+    if not src.exists():
+        raise VideoError(f"{src}: video file not found")
+    if src.is_dir():
+        _, frames = frame_files(src.parent, src.name)
+        for f in frames:
+            copy_image(f, root, f"{rel.rstrip('/')}/{f.name}")
+    else:
+        check_image_file(src)
+        copy_image(src, root, rel)
+    frame_files(root, rel)
     return rel
 
 
@@ -224,6 +246,8 @@ def import_dataset(fmt: Format, src: str | Path, out: str | Path, images: str | 
                                 resolve_inside(out, rel).unlink()  # a rejected image does not stay in the dataset
                                 raise
                             placed[rel] = origin
+                    for entry, source in zip(rec.sample.videos, rec.videos, strict=True):
+                        copy_video(source, out, entry)
                     _check_answers(rec.sample)
                 except (ImageError, ValueError) as e:
                     rec = BadRecord(rec.file or src, rec.line or i + 1, f"sample {rec.sample.id!r}: {e}",
@@ -275,7 +299,10 @@ def export_dataset(fmt: Format, root: str | Path, dest: str | Path, split: str |
             if isinstance(rec, BadRecord):
                 raise rec
             if split is None or rec.split == split:
-                yield rec, [resolve_inside(root, rel) for rel in rec.images]
+                if rec.videos and not fmt.videos:
+                    raise ValueError(f"sample {rec.id!r}: has a video; the {fmt.name} format holds no videos")
+                yield rec, [resolve_inside(root, rel) for rel in rec.images] + [
+                    resolve_inside(root, v if isinstance(v, str) else v["path"]) for v in rec.videos]
 
     info = fmt.write(items(), new_dir(Path(dest)))
     return {"format": fmt.name, "out": str(dest), **info}
@@ -292,5 +319,5 @@ def write_json(path: Path, obj) -> None:
 
 
 __all__ = ["IMAGE_SUFFIXES", "BadRecord", "Format", "ImageRef", "Imported", "Record", "check_image", "content_name",
-           "copy_image", "data_uri", "decode_data_uri", "export_dataset", "image_ref", "import_dataset", "load_json",
-           "new_dir", "text_value", "write_json", "write_jsonl"]
+           "copy_image", "copy_video", "data_uri", "decode_data_uri", "export_dataset", "image_ref", "import_dataset",
+           "load_json", "new_dir", "text_value", "write_json", "write_jsonl"]

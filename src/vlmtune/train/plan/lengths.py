@@ -16,9 +16,9 @@ from PIL import Image
 
 from vlmtune.config import RunCfg
 from vlmtune.data.dataset import load_split
-from vlmtune.data.images import load_images
 from vlmtune.data.resize import resized_size
 from vlmtune.data.sample import Sample, assistant, user
+from vlmtune.data.video import encode_with_videos, sample_inputs
 from vlmtune.models import ModelFamily
 from vlmtune.models.labels import IGNORE_INDEX
 
@@ -73,9 +73,10 @@ def vision_patches(pixel_values, patch_size: int) -> int:
     return n * (int(pixel_values.shape[-2]) // patch_size) * (int(pixel_values.shape[-1]) // patch_size)
 
 
-def _measure(family: ModelFamily, processor, samples: list[Sample], images: list[list], patch_size: int):
+def _measure(family: ModelFamily, processor, samples: list[Sample], images: list[list], patch_size: int,
+             videos: list[list] | None = None):
     """(tokens, targets, patches) of each sample, encoded one by one (no padding) in train mode."""
-    batch = family.encode(processor, samples, images, "train", 1 << 30)
+    batch = encode_with_videos(family, processor, samples, images, videos, "train", 1 << 30)
     inputs = batch.inputs
     if len(samples) != 1:
         raise AssertionError("encode one sample at a time")
@@ -115,13 +116,15 @@ def measure_lengths(cfg: RunCfg, family: ModelFamily, processor, patch_size: int
     out = Lengths([], [], [], [], source, n_split)
     for k in range(0, len(pairs), CHUNK):
         chunk = pairs[k:k + CHUNK]
-        images = [load_images(root, s) for root, s in chunk]
-        for (_, s), imgs in zip(chunk, images, strict=True):
-            tokens, targets, patches = _measure(family, processor, [s], [imgs], patch_size)
+        # a video as data.video samples it: its frames as images, or a native family's Videos
+        inputs = [sample_inputs(root, s, family, policy=cfg.data.video) for root, s in chunk]
+        for s, imgs, vids in inputs:
+            tokens, targets, patches = _measure(family, processor, [s], [imgs], patch_size, [vids])
             out.tokens.append(tokens)
             out.targets.append(targets)
             out.patches.append(patches)
-            out.image_tokens.append(sum(family.image_tokens(processor, *im.size) for im in imgs))
+            out.image_tokens.append(sum(family.image_tokens(processor, *im.size) for im in imgs)
+                                    + sum(family.video_tokens(processor, v) for v in vids))
             out.largest_image = max([out.largest_image, *(_pixels(processor, *im.size) for im in imgs)])
     return out
 

@@ -1,0 +1,104 @@
+"""Training on video samples: a short run of the built-in model on the synthetic video world runs, saves and resumes
+to the same weights; the frozen-vision cache keys video frames by the video, the sampling policy and each frame's
+timestamp, and gives the same loss as encoding the frames."""
+
+import json
+
+import pytest
+import torch
+from helpers import tiny_run_cfg
+from safetensors.torch import load_file
+
+from vlmtune.config import RunCfg, VideoCfg
+from vlmtune.data.dataset import synthesize
+from vlmtune.data.store import read_samples
+from vlmtune.models import get_family
+from vlmtune.train import vision_cache
+from vlmtune.train.loop import fit, setup
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("video")
+    synthesize(root, "video", 40, seed=2, size=32)
+    return root
+
+
+def _cfg(tmp_path, data, name, **train):
+    return RunCfg.from_dict(tiny_run_cfg(tmp_path, data, name=name, data={"max_length": 256, "video": {"fps": 2.0}},
+                                         train={"max_steps": 4, "save_every": 2, "eval_every": 4,
+                                                "schedule": "constant", **train}))  # lr independent of max_steps
+
+
+def test_a_run_on_video_samples_trains_and_resumes_to_the_same_weights(tmp_path, video_dir):
+    straight = setup(_cfg(tmp_path, video_dir, "straight"))
+    assert straight.videos.policy == VideoCfg(fps=2.0)
+    first = straight.mixture.sources[0].samples[0]
+    assert first.videos and not first.images
+    result = fit(straight)
+    assert result["n"] == 4 and set(result["by_question_type"]) <= {"direction", "first_appeared", "blink_count"}
+    rows = [json.loads(x) for x in (straight.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+
+    fit(setup(_cfg(tmp_path, video_dir, "cut", max_steps=2)))  # stopped after step 2 (its checkpoint saved)
+    resumed = setup(_cfg(tmp_path, video_dir, "cut"))  # the same run, now to step 4: resumes from step 2
+    assert resumed.step == 2
+    fit(resumed)
+    a = load_file(straight.run_dir / "checkpoints/step-4/model.safetensors")
+    b = load_file(resumed.run_dir / "checkpoints/step-4/model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_vision_cache_keys_video_frames_by_video_policy_and_timestamp(tmp_path, video_dir):
+    family = get_family("llava")
+    loaded = family.tiny()
+    model = loaded.model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    cache = vision_cache.VisionCache(model, family, loaded.processor, tmp_path / "vc")
+    samples = read_samples(video_dir, "train")[0][:3]
+    items = [(0, s) for s in samples]
+    roots = [video_dir]
+    six = cache.unit_keys(items, roots)
+    assert len(set(six)) == 3 and cache.unit_keys(items, roots) == six, "one key per clip, the same each time"
+    assert [cache.image_count(video_dir, s) for s in samples] == [6, 6, 6]
+
+    from vlmtune.data.video import VideoLoader
+
+    cache.videos = VideoLoader(VideoCfg(fps=2.0, max_frames=3))
+    three = cache.unit_keys(items, roots)
+    assert [cache.image_count(video_dir, s) for s in samples] == [3, 3, 3]
+    assert not set(three) & set(six), "another sampling policy: other frames, other keys"
+
+    from vlmtune.data.video import encode_with_videos, sample_inputs
+
+    def encode():
+        inputs = [sample_inputs(video_dir, s, family, video=cache.videos.load) for s in samples]
+        return encode_with_videos(family, loaded.processor, *([x[k] for x in inputs] for k in range(3)), "train",
+                                  512)
+
+    plain = encode()
+    with torch.no_grad():
+        want = model(**plain.inputs).loss
+        cached = cache.batch(model, items, roots, encode)  # computes and stores the frames' features
+        again = cache.batch(model, items, roots, encode)  # every sample seen: from the stored rows and features
+        assert "pixel_values" not in again.inputs and "mm_encoder_outputs" in again.inputs
+        assert torch.allclose(model(**cached.inputs).loss, want, atol=1e-5)
+        assert torch.allclose(model(**again.inputs).loss, want, atol=1e-5)
+    assert cache.hits == 9, "3 clips of 3 frames each, seen the second time"
+
+
+def test_plan_measures_video_positions_as_frames_times_image_tokens(tmp_path, video_dir):
+    from vlmtune.data.video import encode_with_videos, sample_inputs
+    from vlmtune.train.plan.lengths import measure_lengths
+
+    family = get_family("llava")
+    loaded = family.tiny()
+    cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, video_dir, data={"video": {"fps": 2.0, "max_frames": 4}}))
+    samples = read_samples(video_dir, "train")[0][:2]
+    lengths = measure_lengths(cfg, family, loaded.processor, 8, [(video_dir, s) for s in samples])
+    per_image = family.image_tokens(loaded.processor, 32, 32)
+    assert lengths.image_tokens == [4 * per_image, 4 * per_image], "4 of the 6 frames, each one image"
+    s, ims, vids = sample_inputs(video_dir, samples[0], family, policy=cfg.data.video)
+    batch = encode_with_videos(family, loaded.processor, [s], [ims], [vids], "train", 1 << 30)
+    assert lengths.tokens[0] == int(batch.inputs["attention_mask"].sum())
