@@ -213,3 +213,27 @@ def test_the_video_worlds_answers_follow_from_the_drawing_and_no_single_frame_ho
             assert shown == m["visible"]
     assert [s.to_json() for s, _ in sv.video(5, seed=1, size=32)] == [s.to_json() for s, _ in samples[:5]]
     assert evenly(sv.FRAMES, 1) == [sv.MIDDLE], "the single-frame baseline sees the middle frame"
+
+
+def test_the_video_worlds_caption_turn_describes_the_clip_in_training_samples_only(tmp_path):
+    from vlmtune.data.dataset import synthesize
+    synthesize(tmp_path / "d", "video", 30, seed=2, size=32, val=0.2, test=0.2, caption_turn=True)
+    samples, _ = read_samples(tmp_path / "d")
+    for s in samples:
+        m = s.meta
+        if s.split != "train":  # held-out clips keep the single question they are scored on
+            assert s.task == "vqa" and len(s.messages) == 2 and s.target == s.answers[0]
+            continue
+        qtype, answer = m["first_question_type"], s.messages[1]["content"][0]["text"]
+        assert s.videos == [{"path": f"videos/{s.id}", "fps": sv.FPS}], "the caption turn keeps the clip"
+        assert s.messages[2]["content"] == [{"type": "text", "text": sv.CAPTION_PROMPT}]
+        assert s.target == m["caption"] == sv.describe(qtype, answer, m)
+        if qtype == "direction":
+            assert m["caption"].endswith(f"moves {sv.direction_of(m['positions'])}")
+        elif qtype == "first_appeared":
+            assert m["caption"].split()[1] == answer == min(m["appear"], key=m["appear"].get)
+        else:
+            seen = m["caption"].split("frames ")[1].split(":")[0].split()
+            assert [str(k + 1) for k, v in enumerate(m["visible"]) if v] == seen
+            assert m["caption"].endswith(f"{sv.runs(m['visible'])} flashes")
+    assert {s.split for s in samples} == {"train", "val", "test"}

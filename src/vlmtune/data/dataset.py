@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from vlmtune.data.ocr import enrich_samples
 from vlmtune.data.store import MANIFEST, BadRecord, add_rejected, read_samples, write_dataset
 from vlmtune.data.synthetic import CAPTION_PROMPTS, WORLDS, with_caption_turn
+from vlmtune.data.synthetic_video import CAPTION_PROMPT as VIDEO_PROMPT
 
 if TYPE_CHECKING:
     from vlmtune.config import OcrCfg
@@ -34,7 +35,8 @@ def synthesize(out: str | Path, world: str, n: int, seed: int = 0, size: int = 6
         ):
             sample.split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
             if caption_turn and sample.split == "train":
-                sample = with_caption_turn(sample, CAPTION_PROMPTS[i % len(CAPTION_PROMPTS)])
+                prompt = VIDEO_PROMPT if sample.videos else CAPTION_PROMPTS[i % len(CAPTION_PROMPTS)]
+                sample = with_caption_turn(sample, prompt)
             yield (sample, [], [image]) if sample.videos else (sample, [image])  # a video world: a clip's frames
 
     write_dataset(out, items())

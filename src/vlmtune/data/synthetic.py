@@ -172,6 +172,7 @@ def with_caption_turn(sample: Sample, prompt: str) -> Sample:
         id=sample.id,
         messages=[*sample.messages, user(prompt, n_images=0), assistant(caption)],
         images=list(sample.images),
+        videos=list(sample.videos),
         task="caption",
         references=[caption],
         source=sample.source,

@@ -44,6 +44,9 @@ QUESTIONS: dict[str, tuple[str, ...]] = {
     "blink_count": ("How many times does the shape flash?", "How many times does the shape appear?"),
 }
 ANSWER_TYPES = {"direction": "other", "first_appeared": "other", "blink_count": "number"}
+COLOUR_NAMES = {"circle": "red", "square": "blue", "triangle": "green"}
+CAPTION_PROMPT = "Describe the clip."
+"""The prompt of a training clip's description turn (`synth.caption_turn`, see `describe`)."""
 
 
 def direction_of(positions: list[list[float]]) -> str:
@@ -57,6 +60,19 @@ def direction_of(positions: list[list[float]]) -> str:
 def runs(visible: list[bool]) -> int:
     """Maximal runs of consecutive visible frames: how many times the shape flashed."""
     return sum(1 for k, v in enumerate(visible) if v and (k == 0 or not visible[k - 1]))
+
+
+def describe(qtype: str, answer: str, facts: dict) -> str:
+    """A clip's description, in time order (the caption turn of a training sample, `synthetic.with_caption_turn`):
+    what moves and where, the order the shapes appear in, the frames the flashing shape is seen in."""
+    if qtype == "direction":
+        shape = facts["shape"]
+        return f"the {COLOUR_NAMES[shape]} {shape} moves {answer}"
+    if qtype == "first_appeared":
+        first, second, third = sorted(facts["appear"], key=facts["appear"].get)
+        return f"the {first} appears first, then the {second}, then the {third}"
+    shape, seen = facts["shape"], [str(k + 1) for k, v in enumerate(facts["visible"]) if v]
+    return f"the {COLOUR_NAMES[shape]} {shape} is seen in frames {' '.join(seen)}: {answer} flashes"
 
 
 PATTERNS = {c: [list(p) for p in itertools.product((False, True), repeat=FRAMES) if runs(list(p)) == c]
@@ -129,6 +145,7 @@ def video(n: int, seed: int = 0, size: int = 32, caption_fraction: float = 0.0,
             messages=[{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]},
                       assistant(answer)],
             answers=[answer], source="video",
-            meta={"question_type": qtype, "answer_type": ANSWER_TYPES[qtype], "frames": FRAMES, **facts},
+            meta={"question_type": qtype, "answer_type": ANSWER_TYPES[qtype], "frames": FRAMES, **facts,
+                  "caption": describe(qtype, answer, facts)},
         )
         yield sample, frames
