@@ -66,8 +66,10 @@ def describe(qtype: str, answer: str, facts: dict) -> str:
     """A clip's description, in time order (the caption turn of a training sample, `synthetic.with_caption_turn`):
     what moves and where, the order the shapes appear in, the frames the flashing shape is seen in."""
     if qtype == "direction":
-        shape = facts["shape"]
-        return f"the {COLOUR_NAMES[shape]} {shape} moves {answer}"
+        shape, (x0, y0), (x1, y1) = facts["shape"], facts["positions"][0], facts["positions"][-1]
+        where = ("the left", "the right") if answer in ("left", "right") else ("the top", "the bottom")
+        start, end = (where[0], where[1]) if (x1 - x0) + (y1 - y0) > 0 else (where[1], where[0])
+        return f"the {COLOUR_NAMES[shape]} {shape} goes from {start} to {end}: it moves {answer}"
     if qtype == "first_appeared":
         first, second, third = sorted(facts["appear"], key=facts["appear"].get)
         return f"the {first} appears first, then the {second}, then the {third}"
@@ -103,7 +105,7 @@ def clip(qtype: str, r: random.Random, size: int) -> tuple[list[Image.Image], st
     if qtype == "direction":
         shape, answer = r.choice(SHAPES), r.choice(sorted(DIRECTIONS))
         dx, dy = DIRECTIONS[answer]
-        step = size * 0.1
+        step = size * 0.15  # 0.75 of the frame over the clip: start and end are on opposite thirds
         # the middle frame's centre is drawn from where every direction keeps the centre inside the frame
         reach = step * max(MIDDLE, FRAMES - 1 - MIDDLE)
         mid = (r.uniform(reach, size - reach), r.uniform(reach, size - reach))
