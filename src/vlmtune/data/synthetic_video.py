@@ -15,6 +15,10 @@ at that frame whatever its direction; the three shapes have all appeared by then
 order; the flashing shape's visible runs are drawn uniformly among the patterns with the asked number of runs. So a
 model that answers above chance uses more than one frame.
 
+`meta["caption"]` describes the clip (`describe`: where the moving shape starts and ends, the order the shapes
+appear in, the frames the flashing shape is seen in); `synth.caption_turn` puts it after each training question
+(prompt `CAPTION_PROMPT`), which is what lets the from-scratch built-in model learn the world (docs/video.md).
+
 `meta` holds the ground truth the answer follows from (positions per frame, appearance frames, visibility per
 frame), so tests check each answer against the drawing (`direction_of`, `runs`). Deterministic given the seed, and
 prefix-stable like the image worlds (data/synthetic.py).
