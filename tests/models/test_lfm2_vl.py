@@ -151,7 +151,7 @@ def test_packing_is_off_because_a_packed_row_mixes_the_convolutions_of_neighbour
     assert not FAMILY.packing
     samples, images = zip(*SAMPLES, strict=True)
     batch = FAMILY.encode(tiny.processor, list(samples), list(images), "train", 512)
-    packed = pack(batch)
+    packed = pack(batch, FAMILY, tiny.model)
 
     def losses(b):
         inputs = dict(b.inputs)

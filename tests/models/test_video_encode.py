@@ -31,7 +31,7 @@ VIDEO_FAMILIES = sorted(name for name, f in FAMILIES.items() if f.video_tokens i
 
 
 def video_sample(i: int = 0, question: str = "What colour is the top?", answer: str = "red") -> Sample:
-    return Sample(id=f"video-{i}", images=[], messages=[
+    return Sample(id=f"video-{i}", images=[], videos=["clip.mp4"], messages=[
         {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}, assistant(answer)])
 
 

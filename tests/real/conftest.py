@@ -44,7 +44,7 @@ def real_path(family: str) -> str:
     A folder without the tokenizer's files (Gemma 4) is completed with a stand-in (`with_stand_in_tokenizer`)."""
     folder = REAL / FOLDERS[family]
     if folder.is_dir():
-        if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model")):
+        if not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
             return with_stand_in_tokenizer(str(folder))
         return str(folder)
     if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("CI"):

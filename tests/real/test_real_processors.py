@@ -29,14 +29,17 @@ def real(request):
 
 def _stop_ids(path: str, tok) -> set[int]:
     """The model's stop tokens: its generation_config's eos, else its config.json's (which transformers derives the
-    generation config from: GLM-4.1V's files have no generation_config.json), else the tokenizer's eos."""
+    generation config from: GLM-4.1V's files have no generation_config.json), and the tokenizer's eos (Qwen3.5-0.8B
+    has no generation_config and its config names <|endoftext|>; its chat turns end with the tokenizer's eos,
+    <|im_end|>, which the family's `load` adds to the stop tokens)."""
     gen, config = Path(path) / "generation_config.json", Path(path) / "config.json"
     eos = json.loads(gen.read_text()).get("eos_token_id") if gen.is_file() else None
     if eos is None and config.is_file():
         config = json.loads(config.read_text())
         eos = config.get("eos_token_id", (config.get("text_config") or {}).get("eos_token_id"))
-    eos = tok.eos_token_id if eos is None else eos
-    return set(eos if isinstance(eos, list) else [eos])
+    if eos is None:
+        return {tok.eos_token_id}
+    return set(eos if isinstance(eos, list) else [eos]) | ({tok.eos_token_id} if not gen.is_file() else set())
 
 
 def _image_token_id(path: str, processor):

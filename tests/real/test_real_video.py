@@ -27,7 +27,7 @@ QWEN_PROMPT = "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>What
 
 
 def _sample(question: str = "What colour is the top?") -> Sample:
-    return Sample(id="clip", images=[], messages=[
+    return Sample(id="clip", images=[], videos=["clip.mp4"], messages=[
         {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}, assistant("red")])
 
 
