@@ -287,7 +287,7 @@ def test_a_batch_with_a_video_is_run_live_with_the_same_loss(name, tmp_path):
     img = Image.new("RGB", (40, 40), "red")
     img.save(tmp_path / "a.png")
     clip = Video([Image.new("RGB", (40, 32), c) for c in ("red", "blue", "green")], [0.0, 0.5, 1.0], fps=2.0)
-    samples = [Sample(id="v", images=[], messages=[
+    samples = [Sample(id="v", images=[], videos=["clip.mp4"], messages=[
                    {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What colour?"}]},
                    assistant("red")]),
                Sample(id="a", messages=[user("What colour?"), assistant("red")], images=["a.png"])]

@@ -65,22 +65,28 @@ def support_table() -> str:
     """What each family supports, as the markdown table in docs/models.md (generated from FAMILIES, never by hand:
     `vlmtune models --markdown > docs/models.md`; a test keeps the two equal)."""
     yes = {True: "yes", False: "no"}
+    # (native video input, several images per sample): a video is the model's own video input, or its frames as images
+    video = {(True, True): "native", (True, False): "native", (False, True): "as frames", (False, False): "no"}
     lines = [
         "# Model families",
         "",
         "Generated from `FAMILIES` by `vlmtune models --markdown > docs/models.md` (a test fails if it is stale).",
         "Every family passes the same contract test (`tests/models/test_contract.py`) on a tiny random model and",
         "loads a 4/8-bit base for QLoRA with only its language model quantised (`tests/test_quantization.py`).",
+        "Video: `native` families encode a video as the model's own video input (`ModelFamily.video_tokens`), `as",
+        "frames` ones see its frames as images after their timestamps (docs/video.md), `no` ones refuse video samples.",
         "",
-        "| family | models | tasks | architecture | text-only samples | several images per sample "
+        "| family | models | tasks | architecture | text-only samples | several images per sample | video "
         "| frozen-vision cache | packing | freeze groups | LoRA targets (regex) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, f in sorted(FAMILIES.items()):
         arch = "decoder-only" if f.shift_labels else "encoder-decoder"
         targets = " ".join(f"`{t}`" for t in f.lora_targets).replace("|", "\\|")
         lines.append(f"| `{name}` | {f.description.replace('|', '/')} | {', '.join(f.tasks)} | {arch} "
-                     f"| {yes[f.text_only]} | {yes[f.multi_image]} | {yes[f.vision_cache]} | {yes[f.packing]} "
+                     f"| {yes[f.text_only]} | {yes[f.multi_image]} "
+                     f"| {video[f.video_tokens is not None, f.multi_image]} "
+                     f"| {yes[f.vision_cache]} | {yes[f.packing]} "
                      f"| {', '.join(sorted(f.freeze_groups))} "
                      f"| {targets} |")
     return "\n".join(lines) + "\n"

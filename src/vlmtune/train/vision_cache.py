@@ -294,8 +294,9 @@ class VisionCache:
     def batch(self, model, items, roots, encode):
         """The training Batch of (source index, Sample) items: from the stored rows and features when every sample
         was seen before, else `encode()`d (images decoded and preprocessed), with the features of images not seen
-        before computed in one vision forward. A batch with a video sample is `encode()`d and returned as is."""
-        if any(has_video(s) for _, s in items):
+        before computed in one vision forward. For a family with native video a batch with a video sample is
+        `encode()`d and returned as is; a family that sees videos as frames caches the frames like images."""
+        if self.family.video_tokens is not None and any(has_video(s) for _, s in items):
             return encode()
         rows = [self.rows.get((j, s.id)) for j, s in items]
         if all(r is not None for r in rows):
