@@ -42,7 +42,7 @@ from tokenizers import Regex, pre_tokenizers
 
 from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
-from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels, through_end_token
 from vlmtune.models.qwen2_vl import _SPLIT, write_upstream_processor_files
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -159,7 +159,7 @@ def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
         per_image = [context_tokens(processor, img.width, img.height) for img in imgs]
         if train:
             unexpanded, spans = assistant_spans(tokenize, render, s.messages, s.id)
-            spans = [(start, _through_end_token(unexpanded, start, end, end_id, s.id)) for start, end in spans]
+            spans = [(start, through_end_token(unexpanded, start, end, end_id, s.id, END)) for start, end in spans]
         else:
             unexpanded, spans = tokenize([text])[0], []
         # an image's <img> </img> count as its tokens (image_tokens), not as text
@@ -175,13 +175,6 @@ def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
         n_target = int((labels != IGNORE_INDEX).sum())
         inputs["labels"] = labels
     return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
-
-
-def _through_end_token(ids: list[int], start: int, end: int, end_id: int, sample_id: str) -> int:
-    """The end of an assistant span cut after its `<|im_end|>` (the template's "\\n" after it is not trained)."""
-    if end_id not in ids[start:end]:
-        raise ValueError(f"sample {sample_id!r}: an assistant turn does not end with {END}")
-    return ids.index(end_id, start, end) + 1
 
 
 _CORPUS = [

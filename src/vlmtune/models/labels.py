@@ -49,6 +49,15 @@ def assistant_spans(tokenize: Callable[[list[str]], list[list[int]]], render: Re
     return full, spans
 
 
+def through_end_token(ids: list[int], start: int, end: int, end_id: int, sample_id: str, end_token: str) -> int:
+    """The end of an assistant span `ids[start:end]` cut after its first `end_id` (the turn's end token, which
+    generation stops at: trained); what the template writes after it (ChatML's "\\n") is not trained. Raises
+    ValueError naming the sample when the turn has no `end_token`."""
+    if end_id not in ids[start:end]:
+        raise ValueError(f"sample {sample_id!r}: an assistant turn does not end with {end_token}")
+    return ids.index(end_id, start, end) + 1
+
+
 def labels_for_expanded(
     unexpanded: Sequence[int],
     spans: list[tuple[int, int]],

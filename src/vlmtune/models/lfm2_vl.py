@@ -42,7 +42,7 @@ import numpy as np
 
 from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
-from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels, through_end_token
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "out_proj", "in_proj", "w1", "w2", "w3")
 END = "<|im_end|>"
@@ -244,7 +244,7 @@ def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
 
         if train:
             ids, spans = assistant_spans(tokenize, render, s.messages, s.id)
-            spans = [(start, _through_end_token(ids, start, end, end_id, s.id)) for start, end in spans]
+            spans = [(start, through_end_token(ids, start, end, end_id, s.id, END)) for start, end in spans]
         else:
             ids, spans = tokenize([text])[0], []
         n_image = sum(n for _, n in expansions)
@@ -261,13 +261,6 @@ def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
         n_target = int((labels != IGNORE_INDEX).sum())
         inputs["labels"] = labels
     return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
-
-
-def _through_end_token(ids: list[int], start: int, end: int, end_id: int, sample_id: str) -> int:
-    """The end of an assistant span cut after its `<|im_end|>` (the template's "\\n" after it is not trained)."""
-    if end_id not in ids[start:end]:
-        raise ValueError(f"sample {sample_id!r}: an assistant turn does not end with {END}")
-    return ids.index(end_id, start, end) + 1
 
 
 _CORPUS = [

@@ -41,7 +41,7 @@ from tokenizers import Regex, pre_tokenizers
 
 from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
-from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels, through_end_token
 from vlmtune.models.qwen2_vl import _SPLIT, LANGUAGE_LINEARS, write_upstream_processor_files
 
 END = "<|im_end|>"
@@ -142,7 +142,7 @@ def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     for s, text, imgs in zip(samples, texts, images, strict=True):
         if train:
             unexpanded, spans = assistant_spans(lambda ts: tok(ts).input_ids, rendered, s.messages, s.id)
-            spans = [(start, _through_end(unexpanded, start, end, end_id, s.id)) for start, end in spans]
+            spans = [(start, through_end_token(unexpanded, start, end, end_id, s.id, END)) for start, end in spans]
         else:
             unexpanded, spans = tok(text).input_ids, []
         counts = [image_token_count(processor, *img.size, alone=len(imgs) == 1) for img in imgs]
@@ -160,13 +160,6 @@ def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
         n_target = int((labels != IGNORE_INDEX).sum())
         inputs["labels"] = labels
     return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
-
-
-def _through_end(ids: list[int], start: int, end: int, end_id: int, sample_id: str) -> int:
-    """The end of an assistant span cut after its `<|im_end|>`."""
-    if end_id not in ids[start:end]:
-        raise ValueError(f"sample {sample_id!r}: an assistant turn does not end with {END}")
-    return ids.index(end_id, start, end) + 1
 
 
 _CORPUS = [

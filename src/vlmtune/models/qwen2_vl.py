@@ -55,7 +55,7 @@ from tokenizers import Regex, pre_tokenizers
 
 from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
-from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels
+from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels, through_end_token
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 END = "<|im_end|>"
@@ -305,7 +305,7 @@ def encode(processor, samples, images, mode: str, max_length: int, videos=None) 
         per_video = [video_tokens(processor, v) for v in vids]
         if train:
             unexpanded, spans = assistant_spans(lambda ts: tok(ts).input_ids, render, s.messages, s.id)
-            spans = [(start, _through_end_token(unexpanded, start, end, end_id, s.id)) for start, end in spans]
+            spans = [(start, through_end_token(unexpanded, start, end, end_id, s.id, END)) for start, end in spans]
         else:
             unexpanded, spans = tok(text).input_ids, []
         check_length(s.id, sum(per_image), len(unexpanded) - len(imgs) - len(vids), max_length,
@@ -341,13 +341,6 @@ def pack_inputs(model, padded: dict, packed: dict) -> dict:
                                    attention_mask=padded["attention_mask"], **grids)
     text = packed["position_ids"].to(rope.device)
     return dict(packed, position_ids=torch.cat([text[None], rope[:, mask.to(rope.device)][:, None]]))
-
-
-def _through_end_token(ids: list[int], start: int, end: int, end_id: int, sample_id: str) -> int:
-    """The end of an assistant span cut after its `<|im_end|>` (the template's "\\n" after it is not trained)."""
-    if end_id not in ids[start:end]:
-        raise ValueError(f"sample {sample_id!r}: an assistant turn does not end with {END}")
-    return ids.index(end_id, start, end) + 1
 
 
 _CORPUS = [
