@@ -38,6 +38,10 @@ Traps handled here:
 from __future__ import annotations
 
 import functools
+import math
+import re
+
+from PIL import Image
 
 from vlmtune.models import qwen2_vl
 from vlmtune.models.family import Loaded, ModelFamily, load_pretrained
@@ -85,40 +89,123 @@ CHAT_TEMPLATE = (
 )
 
 
+def __getattr__(name: str):
+    # built on first use (importing transformers takes seconds); resolving it here lets pickle find it by name
+    if name == "Qwen3Processor":
+        return register()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @functools.cache
 def register() -> type:
-    """qwen2_vl's ImageOnlyProcessor, also registered with AutoProcessor for the Qwen3-VL / Qwen3.5 configs."""
+    """`Qwen3Processor` (qwen2_vl's ImageOnlyProcessor with Qwen3-VL's video rendering), registered with
+    AutoProcessor for the Qwen3-VL / Qwen3.5 configs."""
     from transformers import AutoProcessor, Qwen3_5Config, Qwen3VLConfig, Qwen3VLMoeConfig
 
-    cls = qwen2_vl.image_only_processor()
+    class Qwen3Processor(qwen2_vl.image_only_processor()):
+        """Qwen3VLProcessor's output without its (torchvision) video processor: a video is, per temporal patch,
+        `<{seconds:.1f} seconds><|vision_start|><|video_pad|>...<|vision_end|>`, which replaces the template's whole
+        `<|vision_start|><|video_pad|><|vision_end|>` (upstream's replace_video_token / get_text_with_replacements);
+        frames are resized by Qwen3-VL's video smart_resize (pixel bounds over all frames together)."""
+
+        upstream = UPSTREAM
+        video_processor_type = "Qwen3VLVideoProcessor"
+        video_slot = re.escape("<|vision_start|><|video_pad|><|vision_end|>") + "|" + re.escape("<|video_pad|>")
+
+        def video_placeholder(self, video, expand: bool = True) -> str:
+            t, h, w = video_grid(self, video)
+            pads = self.video_token * (h * w // self.image_processor.merge_size**2 if expand else 1)
+            return "".join(f"<{s:.1f} seconds><|vision_start|>{pads}<|vision_end|>"
+                           for s in patch_seconds(video, self.image_processor.temporal_patch_size))
+
+        def video_pad_counts(self, video) -> list[int]:
+            t, h, w = video_grid(self, video)
+            return [h * w // self.image_processor.merge_size**2] * t
+
+        def video_frames(self, video) -> tuple[list, dict]:
+            _, h, w = video_grid(self, video)
+            p = self.image_processor.patch_size
+            size = (w * p, h * p)
+            return [f if f.size == size else f.resize(size, Image.BICUBIC) for f in video.frames], {"do_resize": False}
+
+    Qwen3Processor.__qualname__ = Qwen3Processor.__name__
+    Qwen3Processor.__module__ = __name__
     for config_cls in (Qwen3VLConfig, Qwen3VLMoeConfig, Qwen3_5Config):
-        AutoProcessor.register(config_cls, cls, exist_ok=True)
-    return cls
+        AutoProcessor.register(config_cls, Qwen3Processor, exist_ok=True)
+    return Qwen3Processor
+
+
+def smart_resize(frames: int, height: int, width: int, temporal: int, factor: int, min_pixels: int,
+                 max_pixels: int) -> tuple[int, int]:
+    """Qwen3-VL's video resize (video_processing_qwen3_vl.smart_resize, which imports torch): the frame size,
+    multiples of `factor`, with frames x height x width (frames rounded to `temporal`) within the pixel bounds."""
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    if (ratio := max(height, width) / min(height, width)) > 200:
+        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {ratio}")
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    t_bar = round(frames / temporal) * temporal
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt(frames * height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (frames * height * width))
+        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def video_grid(processor, video) -> tuple[int, int, int]:
+    """(t, h, w) patches of a video: its frames resized by `smart_resize` within `qwen2_vl.video_size` (the
+    checkpoint's video_preprocessor_config.json), paired by temporal_patch_size (an odd count padded with the last
+    frame). A single frame counts as two (upstream raises for fewer frames than temporal_patch_size, before it
+    would pad them: the padded video is what it would encode)."""
+    ip = processor.image_processor
+    size = qwen2_vl.video_size(processor)
+    width, height = video.size
+    n = max(len(video.frames), ip.temporal_patch_size)
+    h, w = smart_resize(n, height, width, ip.temporal_patch_size, ip.patch_size * ip.merge_size,
+                        size["shortest_edge"], size["longest_edge"])
+    return math.ceil(n / ip.temporal_patch_size), h // ip.patch_size, w // ip.patch_size
+
+
+def video_tokens(processor, video) -> int:
+    """`<|video_pad|>` tokens of one `Video` (the timestamps and the wrappers of each temporal patch are text)."""
+    t, h, w = video_grid(processor, video)
+    return t * h * w // processor.image_processor.merge_size**2
+
+
+def patch_seconds(video, temporal: int) -> list[float]:
+    """The time of each temporal patch: the mean of its first and last frame's timestamps (the last frame repeated
+    to fill), as upstream's `_calculate_timestamps` computes them from frame indices / fps."""
+    times = list(video.timestamps) + [video.timestamps[-1]] * (-len(video.timestamps) % temporal)
+    return [(times[i] + times[i + temporal - 1]) / 2 for i in range(0, len(times), temporal)]
 
 
 def load_processor(path, **options):
     """The processor of a Qwen3-VL / Qwen3.5 checkpoint (or a vlmtune checkpoint of one), image half only."""
     processor = register().from_pretrained(path, **options)
-    processor.upstream = UPSTREAM
+    qwen2_vl.read_video_size(processor, path)
     return processor
 
 
 def load(cfg, family: str = "qwen3_vl", freeze_groups=None) -> Loaded:
     loaded = load_pretrained(cfg, family, register(), freeze_groups=freeze_groups or FREEZE_GROUPS)
-    loaded.processor.upstream = UPSTREAM
+    qwen2_vl.read_video_size(loaded.processor, cfg.path)
     return loaded
 
 
 def build_processor(tokenizer=None, chat_template: str = CHAT_TEMPLATE):
     """Tokenizer (qwen2_vl's, unless given) + PIL image processor: 16x16 patches merged 2x2 (32-pixel cells),
-    images resized to 32x32 .. 96x96 pixels (1 .. 9 image tokens)."""
+    images resized to 32x32 .. 96x96 pixels (1 .. 9 image tokens), videos to 2 x 32x32 .. 8 x 64x64 pixels."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     image_processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
                                                min_pixels=32 * 32, max_pixels=96 * 96, image_mean=[0.5] * 3,
                                                image_std=[0.5] * 3)
     processor = register()(image_processor, tokenizer or qwen2_vl.build_tokenizer(), chat_template=chat_template)
-    processor.upstream = UPSTREAM
+    processor.video_size = {"shortest_edge": 2 * 32 * 32, "longest_edge": 8 * 64 * 64}
     return processor
 
 
@@ -179,6 +266,7 @@ FAMILY = ModelFamily(
     freeze_groups=FREEZE_GROUPS,
     tiny=tiny,
     image_tokens=qwen2_vl.image_tokens,
+    video_tokens=video_tokens,
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,

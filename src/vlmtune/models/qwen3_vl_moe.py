@@ -48,6 +48,7 @@ FAMILY = ModelFamily(
     freeze_groups=qwen3_vl.FREEZE_GROUPS,
     tiny=tiny,
     image_tokens=qwen3_vl.FAMILY.image_tokens,
+    video_tokens=qwen3_vl.FAMILY.video_tokens,
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,
