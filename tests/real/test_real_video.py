@@ -118,7 +118,8 @@ def test_a_real_video_sample_trains_the_answer_and_the_real_stop_token(name):
     assert ids.count(video_id) == family.video_tokens(processor, clip)
 
 
-@pytest.mark.parametrize("name", ["qwen2_vl", "smolvlm"])  # the small checkpoints (test_real_models.SMALL)
+@pytest.mark.parametrize("name", ["qwen2_vl", "smolvlm",  # the small checkpoints (test_real_models.SMALL)
+                                  pytest.param("qwen3_vl", marks=pytest.mark.large)])
 def test_a_real_width_bf16_model_trains_and_generates_on_a_video_and_an_image(name):
     """The real config at real width, cut to 2 layers, random bf16 weights: a batch of a video sample and an image
     sample goes through `Batch.to` (the one cast) to a finite loss with gradients, and generation is bounded."""

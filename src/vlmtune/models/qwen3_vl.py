@@ -16,12 +16,26 @@ generation config's first eos). The Instruct template has no `<think>` block (th
 those with their own template only if it renders turns as prefixes, which `assistant_spans` checks).
 
 Processing is Qwen2-VL's (qwen2_vl.py): the same PIL image processor (dynamic resolution, here patch 16 x merge 2 =
-32-pixel cells), `<|image_pad|>` expanded to the merged patches, the same `encode` and `image_tokens`.
+32-pixel cells), `<|image_pad|>` expanded to the merged patches, the same `encode` and `image_tokens`. A video
+(`encode(..., videos=)`) is Qwen3VLProcessor's: its template slot becomes, per temporal patch (2 frames),
+
+    <0.2 seconds><|vision_start|><|video_pad|>...<|vision_end|><1.2 seconds><|vision_start|>...<|vision_end|>
 
 Traps handled here:
-- `Qwen3VLProcessor` insists on a video processor (torchvision): qwen2_vl's `ImageOnlyProcessor` serves (the two
-  processors differ only for video, whose frames Qwen3-VL separates by timestamps) and saves itself as
-  `Qwen3VLProcessor`, so plain transformers reloads the files.
+- `Qwen3VLProcessor` insists on a video processor (torchvision): `Qwen3Processor`, qwen2_vl's `ImageOnlyProcessor`
+  with Qwen3-VL's video rendering, serves and saves itself as `Qwen3VLProcessor` (plus the checkpoint's
+  video_preprocessor_config.json), so plain transformers reloads the files.
+- Video differs from Qwen2-VL's: (1) the `<seconds>` text (the mean timestamp of the patch's two frames, one
+  decimal) and wrappers per temporal patch replace the template's whole `<|vision_start|><|video_pad|><|vision_end|>`
+  (they count as text: `video_tokens` is the `<|video_pad|>` count); (2) the video_preprocessor_config.json pixel
+  bounds (4096 .. 25165824 in the 4B) bound frames x height x width together, with the frame count rounded to 2
+  (`smart_resize`), not each frame; (3) upstream raises for a single frame (its resize wants >= 2): here it is
+  encoded as its padded pair, as upstream pads odd counts. Timestamps come from the `Video`'s (upstream's frame
+  indices / fps; without metadata it assumes 24 fps), the frames from vlmtune's sampling policy (`data.video`;
+  upstream would sample 2 per second itself), no per-frame pixel cap (upstream's `cap_pixels_per_frame`, off by
+  default in transformers 5.25). tests/real/test_real_video.py compares ids and pixels with the real processor
+  (tests/golden/make_qwen3_video_golden.py). Video features are not cached (frozen-vision cache: a video batch
+  runs live).
 - The frozen-vision cache must keep the DeepStack features besides the merged image features: Qwen3-VL reads
   both from `mm_encoder_outputs["image"]` (`deepstack_features`: per DeepStack layer, one tensor per image);
   train/vision_cache.py stores them per image and hands them back (the contract test checks the loss).
