@@ -194,6 +194,13 @@ def test_save_and_reload_gives_identical_logits(family_and_tiny, tmp_path):
         assert torch.equal(model(**b.inputs).logits, tiny.model.eval()(**b0.inputs).logits)
 
 
+def test_qwen3_vl_names_a_video_it_cannot_take():
+    family = FAMILIES["qwen3_vl"]
+    processor = family.tiny().processor
+    with pytest.raises(ValueError, match=r"video 'clip.mp4': 402x2 frames, an aspect ratio over Qwen3-VL's 200"):
+        family.encode(processor, [video_sample()], [[]], "train", 512, videos=[[video(2, (402, 2))]])
+
+
 # --- Qwen2-VL / Qwen2.5-VL: the video pixels are upstream's ---------------------------------------------------------
 
 def _golden():

@@ -178,6 +178,8 @@ def video_grid(processor, video) -> tuple[int, int, int]:
     ip = processor.image_processor
     size = qwen2_vl.video_size(processor)
     width, height = video.size
+    if max(width, height) > 200 * min(width, height):
+        raise ValueError(f"video {video.source!r}: {width}x{height} frames, an aspect ratio over Qwen3-VL's 200")
     n = max(len(video.frames), ip.temporal_patch_size)
     h, w = smart_resize(n, height, width, ip.temporal_patch_size, ip.patch_size * ip.merge_size,
                         size["shortest_edge"], size["longest_edge"])
