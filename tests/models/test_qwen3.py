@@ -122,4 +122,4 @@ def test_loading_qwen3_5_without_a_generation_config_stops_at_im_end(tmp_path):
     loaded = family.load(ModelCfg(family="qwen3_5", path=str(tmp_path)))
     eos = loaded.model.generation_config.eos_token_id
     assert tok.convert_tokens_to_ids("<|im_end|>") in eos and pad in eos, eos
-    assert type(loaded.processor).__name__ == "ImageOnlyProcessor"
+    assert type(loaded.processor).__name__ == "Qwen3Processor"  # qwen3_vl.py: torchvision-free, Qwen3-VL video

@@ -194,6 +194,13 @@ def test_save_and_reload_gives_identical_logits(family_and_tiny, tmp_path):
         assert torch.equal(model(**b.inputs).logits, tiny.model.eval()(**b0.inputs).logits)
 
 
+def test_qwen3_vl_names_a_video_it_cannot_take():
+    family = FAMILIES["qwen3_vl"]
+    processor = family.tiny().processor
+    with pytest.raises(ValueError, match=r"video 'clip.mp4': 402x2 frames, an aspect ratio over Qwen3-VL's 200"):
+        family.encode(processor, [video_sample()], [[]], "train", 512, videos=[[video(2, (402, 2))]])
+
+
 # --- Qwen2-VL / Qwen2.5-VL: the video pixels are upstream's ---------------------------------------------------------
 
 def _golden():
@@ -335,3 +342,32 @@ def test_a_bf16_model_trains_and_generates_on_videos_through_the_one_cast(family
     with torch.no_grad():
         out = model.eval().generate(**prompt.inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)
     assert out.shape[1] - prompt_length(family, prompt) == 2
+
+
+@pytest.mark.parametrize("name", [n for n in VIDEO_FAMILIES if FAMILIES[n].pack_inputs is not None])
+def test_a_packed_batch_with_a_video_gives_each_sample_its_padded_loss(name):
+    """`train.packing` with a video sample (Qwen2-VL / 2.5-VL / 3-VL): `pack_inputs` asks the model's `get_rope_index`
+    with the video grids (which Qwen3-VL splits per temporal patch, each with its own wrappers and timestamp), so
+    packed == padded per sample, and the video tokens' M-RoPE positions are not the text's (2x2 tokens a patch)."""
+    from vlmtune.train.collate import pack
+
+    family = FAMILIES[name]
+    torch.manual_seed(0)
+    tiny = family.tiny()
+    samples, images, _ = mixed_batch()
+    videos = [[video(4, (64, 64))], None, []]
+    batch = family.encode(tiny.processor, samples, images, "train", 512, videos=videos)
+    packed = pack(batch, family, tiny.model)
+
+    def losses(b):
+        inputs = dict(b.inputs)
+        labels = inputs.pop("labels")
+        with torch.no_grad():
+            return forward_losses(tiny.model.eval(), family, inputs, labels, False, 0, b.segments)
+
+    (padded, padded_counts), (sums, counts) = losses(batch), losses(packed)
+    assert counts.tolist() == padded_counts.tolist()
+    torch.testing.assert_close(sums, padded, rtol=1e-5, atol=1e-5)
+    positions = packed.inputs["position_ids"][:, 0]
+    is_video = packed.inputs["input_ids"][0] == tiny.processor.video_token_id
+    assert is_video.any() and not torch.equal(positions[1:, is_video], positions[:1, is_video].expand(3, -1))

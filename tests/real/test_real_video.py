@@ -20,6 +20,7 @@ from vlmtune.models.labels import trained_tokens
 
 GOLDEN = Path(__file__).parents[1] / "golden"
 sys.path.insert(0, str(GOLDEN))
+import make_qwen3_video_golden as qwen3_golden  # noqa: E402
 import make_qwen_video_golden as qwen_golden  # noqa: E402
 import make_smolvlm_video_golden as smolvlm_golden  # noqa: E402
 
@@ -56,6 +57,32 @@ def test_qwen_video_inputs_equal_the_real_upstream_processors(name, case):
     assert FAMILIES[name].video_tokens(processor, clip) == int((out["input_ids"] == processor.video_token_id).sum())
 
 
+@pytest.mark.parametrize("case", sorted(qwen3_golden.CASES))
+def test_qwen3_vl_video_inputs_equal_the_real_upstream_processor(case):
+    """Qwen3-VL-4B's real files (patch 16, video_preprocessor_config.json: 4096 .. 25165824 pixels over all frames,
+    mean/std 0.5): the same ids (per temporal patch its `<seconds>` and wrapped video tokens), token types, grid,
+    pixels (an exact first patch where the frames need no resize; rows' sums within PIL's and torchvision's bicubic
+    difference, where they are resized or upscaled to the minimum)."""
+    golden = np.load(GOLDEN / "qwen3_video.npz")
+    family = FAMILIES["qwen3_vl"]
+    processor = family.load_processor(real_path("qwen3_vl"))
+    w, h, indices, fps = qwen3_golden.CASES[case]
+    clip = Video(qwen_golden.frames(len(indices), w, h), [i / fps for i in indices], fps=fps)
+    out = processor(text=[QWEN_PROMPT], videos=[clip], return_tensors="pt")
+    assert out["input_ids"][0].tolist() == golden[f"{case}/input_ids"].tolist()
+    assert out["mm_token_type_ids"][0].tolist() == golden[f"{case}/mm_token_type_ids"].tolist()
+    assert out["video_grid_thw"].tolist() == golden[f"{case}/video_grid_thw"].tolist()
+    pixels = out["pixel_values_videos"]
+    exact = case == "even"  # 96x64: multiples of 32 within the bounds, no resize
+    torch.testing.assert_close(pixels[0], torch.from_numpy(golden[f"{case}/first_patch"]), rtol=0,
+                               atol=1e-5 if exact else 0.05)
+    torch.testing.assert_close(pixels.sum(-1), torch.from_numpy(golden[f"{case}/row_sums"]), rtol=0,
+                               atol=1e-3 if exact else 0.5)
+    if not exact:
+        assert (pixels.sum(-1) - torch.from_numpy(golden[f"{case}/row_sums"])).abs().mean() < 0.1
+    assert family.video_tokens(processor, clip) == int((out["input_ids"] == processor.video_token_id).sum())
+
+
 @pytest.mark.parametrize("case", sorted(smolvlm_golden.CASES))
 def test_smolvlm2_video_prompt_and_frames_equal_the_real_processor(case):
     """SmolVLM2-256M-Video's real processor renders a video as an intro, per frame its timestamp and one 512x512
@@ -77,21 +104,22 @@ def test_smolvlm2_video_prompt_and_frames_equal_the_real_processor(case):
     assert int(batch.inputs["pixel_attention_mask"].sum()) == int(golden[f"{case}/pixel_attention_mask_sum"])
 
 
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "smolvlm"])
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm"])
 def test_a_real_video_sample_trains_the_answer_and_the_real_stop_token(name):
     family = FAMILIES[name]
     processor = family.load_processor(real_path(name))
     clip = Video(qwen_golden.frames(3, 64, 48), [0.0, 0.5, 1.0], fps=2.0)
     batch = family.encode(processor, [_sample()], [[]], "train", 8192, videos=[[clip]])
     ids, labels = batch.inputs["input_ids"][0].tolist(), batch.inputs["labels"][0].tolist()
-    stop = {"qwen2_vl": "<|im_end|>", "qwen2_5_vl": "<|im_end|>", "smolvlm": "<end_of_utterance>"}[name]
+    stop = "<end_of_utterance>" if name == "smolvlm" else "<|im_end|>"
     trained = trained_tokens(processor.tokenizer, ids, labels)
     assert processor.tokenizer.convert_tokens_to_string(trained[:-1]).strip() == "red" and trained[-1] == stop
     video_id = getattr(processor, "video_token_id", None) or processor.image_token_id
     assert ids.count(video_id) == family.video_tokens(processor, clip)
 
 
-@pytest.mark.parametrize("name", ["qwen2_vl", "smolvlm"])  # the small checkpoints (test_real_models.SMALL)
+@pytest.mark.parametrize("name", ["qwen2_vl", "smolvlm",  # the small checkpoints (test_real_models.SMALL)
+                                  pytest.param("qwen3_vl", marks=pytest.mark.large)])
 def test_a_real_width_bf16_model_trains_and_generates_on_a_video_and_an_image(name):
     """The real config at real width, cut to 2 layers, random bf16 weights: a batch of a video sample and an image
     sample goes through `Batch.to` (the one cast) to a finite loss with gradients, and generation is bounded."""

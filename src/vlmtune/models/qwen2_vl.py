@@ -28,13 +28,13 @@ Traps handled here:
   positions. The processor returns it and `encode` passes every processor output on.
 - In tiny configs `mrope_section` must sum to head_dim / 2.
 - Video (`encode(..., videos=)`, a `{"type": "video"}` slot -> `<|vision_start|><|video_pad|><|vision_end|>`):
-  upstream's Qwen2VLVideoProcessor needs torchvision, so `video_inputs` builds `pixel_values_videos` and
-  `video_grid_thw` from the PIL image processor's patches (frames resized by the same smart_resize within the video
-  pixel bounds, consecutive frames paired by temporal_patch_size, an odd count padded with the last frame): equal to
-  upstream's output (tests/golden, made with torchvision; exact where frames need no resize, else within PIL's and
-  torchvision's bicubic difference). The Qwen2-VL / Qwen2.5-VL checkpoints have no video_preprocessor_config.json,
-  so upstream's video processor reads preprocessor_config.json: frames get the image pixel bounds unless the
-  directory has one. `video_tokens` is the expanded `<|video_pad|>` count (labels.py maps both placeholders).
+  upstream's video processor needs torchvision, so `video_inputs` builds `pixel_values_videos` and `video_grid_thw`
+  from the PIL image processor's patches (frames resized by smart_resize within the video pixel bounds, paired by
+  temporal_patch_size, an odd count padded with the last frame): upstream's output (tests/golden; exact where frames
+  need no resize, else within PIL's and torchvision's bicubic difference). Without a video_preprocessor_config.json
+  (the Qwen2-VL / 2.5-VL checkpoints) frames get the image pixel bounds, as upstream. `video_tokens` is the expanded
+  `<|video_pad|>` count; the processor's `video_placeholder` / `video_pad_counts` / `video_frames` are what
+  Qwen3-VL (qwen3_vl.py: timestamps per temporal patch) overrides.
 - Qwen2.5-VL's `second_per_grid_ts` (temporal_patch_size / fps; upstream's default 24 fps without metadata) goes to
   the model as a list of floats: as a float tensor `Batch.to` would cast it to bf16, and the model multiplies it
   into the rotary time positions before rounding them down.
@@ -80,8 +80,7 @@ CHAT_TEMPLATE = (
 
 
 def __getattr__(name: str):
-    # ImageOnlyProcessor is built on first use: defining it imports transformers (seconds), which importing the
-    # family registry must not do. Resolving it here also lets pickle find it by name.
+    # built on first use (defining it imports transformers: seconds); resolving it here lets pickle find it by name
     if name == "ImageOnlyProcessor":
         return image_only_processor()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -89,8 +88,7 @@ def __getattr__(name: str):
 
 @functools.cache
 def image_only_processor() -> type:
-    """`ImageOnlyProcessor`, registered with AutoProcessor for both Qwen VL configs, so a processor saved with its
-    name as `processor_class` reloads with `AutoProcessor.from_pretrained`."""
+    """`ImageOnlyProcessor`, registered with AutoProcessor for both Qwen VL configs (a saved one reloads with it)."""
     from transformers import AutoProcessor, Qwen2_5_VLConfig, Qwen2VLConfig, Qwen2VLProcessor
 
     class ImageOnlyProcessor(Qwen2VLProcessor):
@@ -105,23 +103,38 @@ def image_only_processor() -> type:
         video_size = None
         """{"shortest_edge", "longest_edge"}: the per-frame pixel bounds of the checkpoint's
         video_preprocessor_config.json, when it has one (`load_processor`); None: the image processor's."""
+        video_processor_type = "Qwen2VLVideoProcessor"
+        video_slot = re.escape("<|video_pad|>")  # what `video_placeholder` replaces (Qwen3-VL: with the wrappers)
+
+        def video_placeholder(self, video, expand: bool = True) -> str:  # expand=False: a pad per video_pad_counts
+            return self.video_token * (video_tokens(self, video) if expand else 1)
+
+        def video_pad_counts(self, video) -> list[int]:
+            return [video_tokens(self, video)]
+
+        def video_frames(self, video) -> tuple[list, dict]:  # what video_inputs hands the image processor
+            return list(video.frames), {"size": video_size(self)}
+
+        def render_videos(self, text: str, videos, expand: bool = True) -> str:
+            """The first len(videos) video slots of `text` -> their placeholders (a conversation prefix: fewer)."""
+            it = iter(videos)  # slots past the videos stay
+            return re.sub(self.video_slot, lambda m: self.video_placeholder(v, expand) if (v := next(it, None))
+                          else m[0], text)
 
         def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
             super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
 
         def __call__(self, images=None, text=None, videos=None, **kwargs):
             """Upstream's call, with `videos` as `vlmtune.data.video.Video`s (one per `<|video_pad|>` of `text`, in
-            order): their `pixel_values_videos` and `video_grid_thw` (+ Qwen2.5-VL's `second_per_grid_ts`) come
-            from `video_inputs` (no torchvision), each `<|video_pad|>` expanded to its `video_tokens` as upstream's
-            `replace_video_token` does."""
+            order): their inputs from `video_inputs` (no torchvision), each slot replaced as upstream's
+            `replace_video_token` does (`render_videos`)."""
             texts = [text] if isinstance(text, str) else list(text or [])
             found = sum(t.count(self.video_token) for t in texts)
             if found != len(videos or []):
                 raise ValueError(f"{found} {self.video_token} in the text but {len(videos or [])} video(s)")
             if not videos:
                 return super().__call__(images=images, text=text, **kwargs)
-            counts = iter([video_tokens(self, v) for v in videos])
-            texts = [re.sub(re.escape(self.video_token), lambda _: self.video_token * next(counts), t) for t in texts]
+            texts = [self.render_videos(t, it) for it in [iter(videos)] for t in texts]  # one iterator: in order
             out = super().__call__(images=images, text=texts, **kwargs)
             out.update(video_inputs(self, videos))
             return out
@@ -137,7 +150,7 @@ def image_only_processor() -> type:
             write_upstream_processor_files(Path(save_directory), self.upstream, self.image_processor)
             if self.video_size is not None:  # as the checkpoint had it
                 config = {**self.image_processor.to_dict(), "size": dict(self.video_size),
-                          "video_processor_type": "Qwen2VLVideoProcessor", "processor_class": self.upstream}
+                          "video_processor_type": self.video_processor_type, "processor_class": self.upstream}
                 for key in ("image_processor_type", "min_pixels", "max_pixels"):
                     config.pop(key, None)
                 (Path(save_directory) / "video_preprocessor_config.json").write_text(
@@ -207,16 +220,14 @@ def image_tokens(processor, width: int, height: int) -> int:
 
 
 def video_size(processor) -> dict[str, int]:
-    """{"shortest_edge": min pixels, "longest_edge": max pixels} of one video frame: the checkpoint's video settings
-    (`ImageOnlyProcessor.video_size`), else the image processor's, as upstream's video processor falls back to
-    preprocessor_config.json (the Qwen2-VL / Qwen2.5-VL checkpoints have no video_preprocessor_config.json)."""
+    """{"shortest_edge", "longest_edge"}: the video pixel bounds, the checkpoint's (`ImageOnlyProcessor.video_size`),
+    else the image processor's, as upstream's video processor falls back to preprocessor_config.json."""
     size = getattr(processor, "video_size", None) or processor.image_processor.size
     return {"shortest_edge": size["shortest_edge"], "longest_edge": size["longest_edge"]}
 
 
 def video_grid(processor, video) -> tuple[int, int, int]:
-    """(t, h, w) patches of a video: every frame resized by `smart_resize` within `video_size`, consecutive frames
-    paired by `temporal_patch_size` (an odd count padded with the last frame, as upstream's `patchify` does)."""
+    """(t, h, w) patches: frames resized by `smart_resize` within `video_size`, paired (odd: last one repeated)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
     ip = processor.image_processor
@@ -243,18 +254,18 @@ def seconds_per_grid(video, temporal_patch_size: int) -> float:
 
 
 def video_inputs(processor, videos) -> dict:
-    """`pixel_values_videos`, `video_grid_thw` (and for Qwen2.5-VL `second_per_grid_ts`) of `Video`s, equal to upstream
-    Qwen2VLVideoProcessor's (torchvision) output for the same frames (tests/golden): each frame goes through the PIL
-    image processor (resize within `video_size`, rescale, normalise, patches), which repeats it over the temporal
-    patch; a video patch instead takes `temporal_patch_size` consecutive frames, the last frame repeated to fill."""
+    """`pixel_values_videos`, `video_grid_thw` (Qwen2.5-VL: + `second_per_grid_ts`) of `Video`s, upstream's for the
+    same frames (tests/golden): each frame through the PIL image processor (which repeats it over the temporal
+    patch), then `temporal_patch_size` consecutive frames per video patch, the last frame repeated to fill."""
     import torch
 
     ip = processor.image_processor
     tp, p = ip.temporal_patch_size, ip.patch_size
     pixels, grids, seconds = [], [], []
     for video in videos:
-        frames = list(video.frames) + [video.frames[-1]] * (-len(video.frames) % tp)
-        out = ip(frames, size=video_size(processor), return_tensors="np")
+        frames, options = processor.video_frames(video)
+        frames += [frames[-1]] * (-len(frames) % tp)
+        out = ip(frames, **options, return_tensors="np")
         _, h, w = (int(x) for x in out["image_grid_thw"][0])
         t, n = len(frames) // tp, h * w
         per_frame = out["pixel_values"].reshape(len(frames), n, -1, tp, p * p)[:, :, :, 0]  # (frames, n, C, p*p)
@@ -285,30 +296,32 @@ def video_lists(samples, videos) -> list[list]:
 
 def encode(processor, samples, images, mode: str, max_length: int, videos=None) -> Batch:
     """Samples -> model inputs. "train": the whole conversation, labels only on assistant answers + their
-    `<|im_end|>`, right padding. "generate": the conversation up to `<|im_start|>assistant\\n`, left padding.
-    A sample longer than `max_length` (image and video tokens included) raises SampleTooLong; nothing is cut.
-    `videos`: per sample, the `Video`s of its `{"type": "video"}` slots (`pixel_values_videos`, `video_grid_thw`)."""
+    `<|im_end|>`, right padding. "generate": the conversation up to `<|im_start|>assistant\\n`, left padding. A
+    sample longer than `max_length` (image and video tokens included) raises SampleTooLong; nothing is cut. `videos`:
+    per sample, the `Video`s of its `{"type": "video"}` slots."""
     tok = processor.tokenizer
     train = mode == "train"
     end_id = tok.convert_tokens_to_ids(END)
     image_id, video_id = processor.image_token_id, processor.video_token_id
     videos = video_lists(samples, videos)
 
-    def render(messages, add_generation_prompt):
-        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    def render(messages, add_generation_prompt, vids=()):  # vids: each video slot -> its unexpanded placeholder
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return processor.render_videos(text, vids, expand=False)
 
     flat = load_image_list(samples, images)
     texts = [render(s.messages if train else s.prompt_messages, not train) for s in samples]
     tokenized = []  # per sample: (ids with one pad token per image / video, assistant spans, tokens per pad token)
-    for s, text, imgs, vids in zip(samples, texts, images, videos, strict=True):
+    for s, imgs, vids in zip(samples, images, videos, strict=True):
         per_image = [image_tokens(processor, img.width, img.height) for img in imgs]
-        per_video = [video_tokens(processor, v) for v in vids]
+        per_video = [n for v in vids for n in processor.video_pad_counts(v)]
         if train:
-            unexpanded, spans = assistant_spans(lambda ts: tok(ts).input_ids, render, s.messages, s.id)
+            unexpanded, spans = assistant_spans(lambda ts: tok(ts).input_ids, functools.partial(render, vids=vids),
+                                                s.messages, s.id)
             spans = [(start, through_end_token(unexpanded, start, end, end_id, s.id, END)) for start, end in spans]
         else:
-            unexpanded, spans = tok(text).input_ids, []
-        check_length(s.id, sum(per_image), len(unexpanded) - len(imgs) - len(vids), max_length,
+            unexpanded, spans = tok(render(s.prompt_messages, True, vids)).input_ids, []
+        check_length(s.id, sum(per_image), len(unexpanded) - len(imgs) - len(per_video), max_length,
                      n_video=sum(per_video))
         counts = {image_id: iter(per_image), video_id: iter(per_video)}  # in the order the pad tokens come
         tokenized.append((unexpanded, spans, [next(counts[t]) for t in unexpanded if t in counts]))
@@ -326,12 +339,10 @@ def encode(processor, samples, images, mode: str, max_length: int, videos=None) 
 
 
 def pack_inputs(model, padded: dict, packed: dict) -> dict:
-    """A packed row's positions (`ModelFamily.pack_inputs`): (4, 1, length), the 1-D text positions `pack` made over
-    the three M-RoPE rows (temporal, height, width) of each sample, computed by the model's own `get_rope_index` on
-    the padded batch (each row's unpadded tokens and image grids, from 0) and kept where `pack` keeps tokens. With
-    4 rows the decoder takes the first to find the packed samples (block-diagonal mask, or varlen flash attention);
-    with 3 it would see one sequence. Image tensors and grids stay in order, as the image tokens do. Qwen2.5-VL and
-    Qwen3-VL take the same layout."""
+    """A packed row's positions (`ModelFamily.pack_inputs`): (4, 1, length), `pack`'s 1-D text positions over each
+    sample's three M-RoPE rows (the model's `get_rope_index` on the padded batch, kept where `pack` keeps tokens).
+    With 4 rows the decoder finds the packed samples in the first; with 3 it would see one sequence. Image tensors
+    and grids stay in order. Qwen2.5-VL and Qwen3-VL take the same layout."""
     import torch
 
     owner = next(m for m in model.modules() if hasattr(m, "get_rope_index"))
@@ -380,8 +391,7 @@ def build_processor():
 
 
 def build_tiny(config_cls, model_cls, vision: dict, family: str) -> Loaded:
-    """A random model around `vision`: a 2-layer Qwen2 decoder, dim 32, 4 heads of 8 (M-RoPE sections (t, h, w) sum
-    to head_dim / 2 = 4), special token ids and generation config as in the Instruct checkpoints."""
+    """A random model around `vision`: 2-layer Qwen2 decoder, dim 32, 4 heads of 8 (M-RoPE sections sum to 4)."""
     processor = build_processor()
     tok = processor.tokenizer
     ids = tok.convert_tokens_to_ids

@@ -16,12 +16,26 @@ generation config's first eos). The Instruct template has no `<think>` block (th
 those with their own template only if it renders turns as prefixes, which `assistant_spans` checks).
 
 Processing is Qwen2-VL's (qwen2_vl.py): the same PIL image processor (dynamic resolution, here patch 16 x merge 2 =
-32-pixel cells), `<|image_pad|>` expanded to the merged patches, the same `encode` and `image_tokens`.
+32-pixel cells), `<|image_pad|>` expanded to the merged patches, the same `encode` and `image_tokens`. A video
+(`encode(..., videos=)`) is Qwen3VLProcessor's: its template slot becomes, per temporal patch (2 frames),
+
+    <0.2 seconds><|vision_start|><|video_pad|>...<|vision_end|><1.2 seconds><|vision_start|>...<|vision_end|>
 
 Traps handled here:
-- `Qwen3VLProcessor` insists on a video processor (torchvision): qwen2_vl's `ImageOnlyProcessor` serves (the two
-  processors differ only for video, whose frames Qwen3-VL separates by timestamps) and saves itself as
-  `Qwen3VLProcessor`, so plain transformers reloads the files.
+- `Qwen3VLProcessor` insists on a video processor (torchvision): `Qwen3Processor`, qwen2_vl's `ImageOnlyProcessor`
+  with Qwen3-VL's video rendering, serves and saves itself as `Qwen3VLProcessor` (plus the checkpoint's
+  video_preprocessor_config.json), so plain transformers reloads the files.
+- Video differs from Qwen2-VL's: (1) the `<seconds>` text (the mean timestamp of the patch's two frames, one
+  decimal) and wrappers per temporal patch replace the template's whole `<|vision_start|><|video_pad|><|vision_end|>`
+  (they count as text: `video_tokens` is the `<|video_pad|>` count); (2) the video_preprocessor_config.json pixel
+  bounds (4096 .. 25165824 in the 4B) bound frames x height x width together, with the frame count rounded to 2
+  (`smart_resize`), not each frame; (3) upstream raises for a single frame (its resize wants >= 2): here it is
+  encoded as its padded pair, as upstream pads odd counts. Timestamps come from the `Video`'s (upstream's frame
+  indices / fps; without metadata it assumes 24 fps), the frames from vlmtune's sampling policy (`data.video`;
+  upstream would sample 2 per second itself), no per-frame pixel cap (upstream's `cap_pixels_per_frame`, off by
+  default in transformers 5.25). tests/real/test_real_video.py compares ids and pixels with the real processor
+  (tests/golden/make_qwen3_video_golden.py). Video features are not cached (frozen-vision cache: a video batch
+  runs live).
 - The frozen-vision cache must keep the DeepStack features besides the merged image features: Qwen3-VL reads
   both from `mm_encoder_outputs["image"]` (`deepstack_features`: per DeepStack layer, one tensor per image);
   train/vision_cache.py stores them per image and hands them back (the contract test checks the loss).
@@ -38,6 +52,10 @@ Traps handled here:
 from __future__ import annotations
 
 import functools
+import math
+import re
+
+from PIL import Image
 
 from vlmtune.models import qwen2_vl
 from vlmtune.models.family import Loaded, ModelFamily, load_pretrained
@@ -85,40 +103,125 @@ CHAT_TEMPLATE = (
 )
 
 
+def __getattr__(name: str):
+    # built on first use (importing transformers takes seconds); resolving it here lets pickle find it by name
+    if name == "Qwen3Processor":
+        return register()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @functools.cache
 def register() -> type:
-    """qwen2_vl's ImageOnlyProcessor, also registered with AutoProcessor for the Qwen3-VL / Qwen3.5 configs."""
+    """`Qwen3Processor` (qwen2_vl's ImageOnlyProcessor with Qwen3-VL's video rendering), registered with
+    AutoProcessor for the Qwen3-VL / Qwen3.5 configs."""
     from transformers import AutoProcessor, Qwen3_5Config, Qwen3VLConfig, Qwen3VLMoeConfig
 
-    cls = qwen2_vl.image_only_processor()
+    class Qwen3Processor(qwen2_vl.image_only_processor()):
+        """Qwen3VLProcessor's output without its (torchvision) video processor: a video is, per temporal patch,
+        `<{seconds:.1f} seconds><|vision_start|><|video_pad|>...<|vision_end|>`, which replaces the template's whole
+        `<|vision_start|><|video_pad|><|vision_end|>` (upstream's replace_video_token / get_text_with_replacements);
+        frames are resized by Qwen3-VL's video smart_resize (pixel bounds over all frames together)."""
+
+        upstream = UPSTREAM
+        video_processor_type = "Qwen3VLVideoProcessor"
+        video_slot = re.escape("<|vision_start|><|video_pad|><|vision_end|>") + "|" + re.escape("<|video_pad|>")
+
+        def video_placeholder(self, video, expand: bool = True) -> str:
+            t, h, w = video_grid(self, video)
+            pads = self.video_token * (h * w // self.image_processor.merge_size**2 if expand else 1)
+            return "".join(f"<{s:.1f} seconds><|vision_start|>{pads}<|vision_end|>"
+                           for s in patch_seconds(video, self.image_processor.temporal_patch_size))
+
+        def video_pad_counts(self, video) -> list[int]:
+            t, h, w = video_grid(self, video)
+            return [h * w // self.image_processor.merge_size**2] * t
+
+        def video_frames(self, video) -> tuple[list, dict]:
+            _, h, w = video_grid(self, video)
+            p = self.image_processor.patch_size
+            size = (w * p, h * p)
+            return [f if f.size == size else f.resize(size, Image.BICUBIC) for f in video.frames], {"do_resize": False}
+
+    Qwen3Processor.__qualname__ = Qwen3Processor.__name__
+    Qwen3Processor.__module__ = __name__
     for config_cls in (Qwen3VLConfig, Qwen3VLMoeConfig, Qwen3_5Config):
-        AutoProcessor.register(config_cls, cls, exist_ok=True)
-    return cls
+        AutoProcessor.register(config_cls, Qwen3Processor, exist_ok=True)
+    return Qwen3Processor
+
+
+def smart_resize(frames: int, height: int, width: int, temporal: int, factor: int, min_pixels: int,
+                 max_pixels: int) -> tuple[int, int]:
+    """Qwen3-VL's video resize (video_processing_qwen3_vl.smart_resize, which imports torch): the frame size,
+    multiples of `factor`, with frames x height x width (frames rounded to `temporal`) within the pixel bounds."""
+    if height < factor or width < factor:
+        scale = max(factor / height, factor / width)
+        height, width = int(height * scale), int(width * scale)
+    if (ratio := max(height, width) / min(height, width)) > 200:
+        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {ratio}")
+    h_bar, w_bar = round(height / factor) * factor, round(width / factor) * factor
+    t_bar = round(frames / temporal) * temporal
+    if t_bar * h_bar * w_bar > max_pixels:
+        beta = math.sqrt(frames * height * width / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif t_bar * h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (frames * height * width))
+        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def video_grid(processor, video) -> tuple[int, int, int]:
+    """(t, h, w) patches of a video: its frames resized by `smart_resize` within `qwen2_vl.video_size` (the
+    checkpoint's video_preprocessor_config.json), paired by temporal_patch_size (an odd count padded with the last
+    frame). A single frame counts as two (upstream raises for fewer frames than temporal_patch_size, before it
+    would pad them: the padded video is what it would encode)."""
+    ip = processor.image_processor
+    size = qwen2_vl.video_size(processor)
+    width, height = video.size
+    if max(width, height) > 200 * min(width, height):
+        raise ValueError(f"video {video.source!r}: {width}x{height} frames, an aspect ratio over Qwen3-VL's 200")
+    n = max(len(video.frames), ip.temporal_patch_size)
+    h, w = smart_resize(n, height, width, ip.temporal_patch_size, ip.patch_size * ip.merge_size,
+                        size["shortest_edge"], size["longest_edge"])
+    return math.ceil(n / ip.temporal_patch_size), h // ip.patch_size, w // ip.patch_size
+
+
+def video_tokens(processor, video) -> int:
+    """`<|video_pad|>` tokens of one `Video` (the timestamps and the wrappers of each temporal patch are text)."""
+    t, h, w = video_grid(processor, video)
+    return t * h * w // processor.image_processor.merge_size**2
+
+
+def patch_seconds(video, temporal: int) -> list[float]:
+    """The time of each temporal patch: the mean of its first and last frame's timestamps (the last frame repeated
+    to fill), as upstream's `_calculate_timestamps` computes them from frame indices / fps."""
+    times = list(video.timestamps) + [video.timestamps[-1]] * (-len(video.timestamps) % temporal)
+    return [(times[i] + times[i + temporal - 1]) / 2 for i in range(0, len(times), temporal)]
 
 
 def load_processor(path, **options):
     """The processor of a Qwen3-VL / Qwen3.5 checkpoint (or a vlmtune checkpoint of one), image half only."""
     processor = register().from_pretrained(path, **options)
-    processor.upstream = UPSTREAM
+    qwen2_vl.read_video_size(processor, path)
     return processor
 
 
 def load(cfg, family: str = "qwen3_vl", freeze_groups=None) -> Loaded:
     loaded = load_pretrained(cfg, family, register(), freeze_groups=freeze_groups or FREEZE_GROUPS)
-    loaded.processor.upstream = UPSTREAM
+    qwen2_vl.read_video_size(loaded.processor, cfg.path)
     return loaded
 
 
 def build_processor(tokenizer=None, chat_template: str = CHAT_TEMPLATE):
     """Tokenizer (qwen2_vl's, unless given) + PIL image processor: 16x16 patches merged 2x2 (32-pixel cells),
-    images resized to 32x32 .. 96x96 pixels (1 .. 9 image tokens)."""
+    images resized to 32x32 .. 96x96 pixels (1 .. 9 image tokens), videos to 2 x 32x32 .. 8 x 64x64 pixels."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     image_processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2,
                                                min_pixels=32 * 32, max_pixels=96 * 96, image_mean=[0.5] * 3,
                                                image_std=[0.5] * 3)
     processor = register()(image_processor, tokenizer or qwen2_vl.build_tokenizer(), chat_template=chat_template)
-    processor.upstream = UPSTREAM
+    processor.video_size = {"shortest_edge": 2 * 32 * 32, "longest_edge": 8 * 64 * 64}
     return processor
 
 
@@ -179,6 +282,7 @@ FAMILY = ModelFamily(
     freeze_groups=FREEZE_GROUPS,
     tiny=tiny,
     image_tokens=qwen2_vl.image_tokens,
+    video_tokens=video_tokens,
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,

@@ -3,9 +3,10 @@ Qwen3 decoder: each layer's MLP is a router over many small SwiGLU experts, a fe
 
 Checkpoints: Qwen/Qwen3-VL-30B-A3B-Instruct, Qwen/Qwen3-VL-235B-A22B-Instruct (and fine-tunes).
 
-Prompt format and processing are Qwen3-VL's: the same chat template, image-only processor (saved as
-`Qwen3VLProcessor`), `encode` and `image_tokens`; the vision tower (with DeepStack) is the same too, and so is the
-frozen-vision cache.
+Prompt format and processing are Qwen3-VL's: the same chat template, processor (`qwen3_vl.Qwen3Processor`, saved as
+`Qwen3VLProcessor`), `encode`, `image_tokens` and native video (`video_tokens`: per temporal patch a `<seconds>` text
+and its wrapped `<|video_pad|>`s); the vision tower (with DeepStack) is the same too, and so is the frozen-vision
+cache.
 
 Traps handled here (besides Qwen3-VL's):
 - The experts are fused 3-D parameters (`mlp.experts.gate_up_proj` [experts, 2 x inter, hidden] and
@@ -48,6 +49,7 @@ FAMILY = ModelFamily(
     freeze_groups=qwen3_vl.FREEZE_GROUPS,
     tiny=tiny,
     image_tokens=qwen3_vl.FAMILY.image_tokens,
+    video_tokens=qwen3_vl.FAMILY.video_tokens,
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,
