@@ -198,7 +198,7 @@ def test_lora_step_then_export_reloads_without_vlmtune(real_model_dir, tmp_path,
     shutil.rmtree(tmp_path, ignore_errors=True)  # GBs of real-width checkpoints and exports: not kept by pytest
 
 
-@pytest.mark.parametrize("real_model_dir", _params(["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3"]), indirect=True)
+@pytest.mark.parametrize("real_model_dir", _params(["qwen2_vl", "qwen2_5_vl", "gemma3"]), indirect=True)
 def test_a_packed_row_gives_each_sample_its_padded_loss_in_bf16(real_model_dir):
     """`train.packing` at real width in bf16 with the real processor: samples with images of different sizes, two
     images and none in one row give each sample its padded loss, to bf16 rounding; with the samples of the row able
