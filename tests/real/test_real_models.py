@@ -25,7 +25,8 @@ SMALL = ["qwen2_vl", "smolvlm", "pix2struct", "blip2"]
 # 2-layer cuts of the 3B-11B checkpoints are 0.5-1.5B parameters (the embedding and head alone are 0.3-1B at real
 # width): marked `large`, run by `make test-large`, which `.ci/run` runs after `make test`. Qwen3.5-0.8B's cut is
 # small but slow on CPU (its linear-attention layers' torch fallback: 135 s for its two tests), so it is here too.
-LARGE = ["qwen2_5_vl", "qwen3_5", "qwen3_vl", "gemma3", "gemma4", "llava", "mllama", "glm4v"]
+# the largest full steps (Gemma 3's 1.2B-parameter cut: ~19 GB of fp32 state) first, in a process that holds nothing
+LARGE = ["gemma3", "gemma4", "qwen2_5_vl", "llava", "mllama", "glm4v", "qwen3_5", "qwen3_vl"]
 # a full step of the Llama-3.2-11B-Vision cut trains 1.5B parameters (GLM-4.1V-9B's 1.8B: its untied 151k x 4096
 # embedding and head): fp32 weights, gradients and AdamW's two moments are ~24-29 GB, over a 24 GB CI machine's
 # memory; it runs where CUDA is (`make test-gpu`)
