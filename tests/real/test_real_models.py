@@ -92,7 +92,9 @@ def real_model_dir(request, tmp_path_factory):
         pass
     model.save_pretrained(out)
     FAMILIES[name].load_processor(path).save_pretrained(out)
-    return name, out
+    del model
+    yield name, out
+    shutil.rmtree(out, ignore_errors=True)  # 1-4 GB each: one family's at a time on disk, not all of `make test-large`
 
 
 def _run(tmp_path, data, base, name: str, lora: bool):
