@@ -321,3 +321,26 @@ def write_json(path: Path, obj) -> None:
 __all__ = ["IMAGE_SUFFIXES", "BadRecord", "Format", "ImageRef", "Imported", "Record", "check_image", "content_name",
            "copy_image", "copy_video", "data_uri", "decode_data_uri", "export_dataset", "image_ref", "import_dataset",
            "load_json", "new_dir", "text_value", "write_json", "write_jsonl"]
+
+
+class SplitArrays:
+    """Rows streamed into `<dest>/<split>.json`, one JSON array per split (split "" -> "all"), as the LLaVA-style
+    exports write them: `with SplitArrays(dest) as out: out.add(split, row)`; `out.counts` is the rows per split."""
+
+    def __init__(self, dest: Path):
+        self.dest, self.files, self.counts = dest, {}, {}
+
+    def add(self, split: str | None, row: dict) -> None:
+        split = split or "all"
+        if split not in self.files:
+            self.files[split], self.counts[split] = open(self.dest / f"{split}.json", "w", encoding="utf-8"), 0
+        self.files[split].write(("[\n" if self.counts[split] == 0 else ",\n") + json.dumps(row, ensure_ascii=False))
+        self.counts[split] += 1
+
+    def __enter__(self) -> SplitArrays:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for f in self.files.values():
+            f.write("\n]\n")
+            f.close()

@@ -32,7 +32,16 @@ import posixpath
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from vlmtune.data.formats.base import BadRecord, Format, Imported, Record, copy_image, image_ref, load_json
+from vlmtune.data.formats.base import (
+    BadRecord,
+    Format,
+    Imported,
+    Record,
+    SplitArrays,
+    copy_image,
+    image_ref,
+    load_json,
+)
 from vlmtune.data.sample import Sample, count_image_slots, message_text
 
 PLACEHOLDER = "<image>"
@@ -245,8 +254,7 @@ def conversation(sample: Sample) -> list[dict]:
 
 def write(items: Iterable[tuple[Sample, list[Path]]], dest: Path) -> dict:
     """The LLaVA layout: <split>.json (split "" -> "all"), one record a line, and the images at their paths."""
-    files: dict[str, list] = {}  # split -> [open file, count]
-    try:
+    with SplitArrays(dest) as out:
         for sample, paths in items:
             if sample.messages[-1]["role"] != "assistant":
                 raise ValueError(f"sample {sample.id!r}: a LLaVA conversation ends with a gpt answer")
@@ -258,17 +266,8 @@ def write(items: Iterable[tuple[Sample, list[Path]]], dest: Path) -> dict:
             row.update({k: v for k, v in sample.meta.items() if k not in _FIELDS})
             for path, rel in zip(paths, rels, strict=True):
                 copy_image(path, dest, rel)
-            split = sample.split or "all"
-            if split not in files:
-                files[split] = [open(dest / f"{split}.json", "w", encoding="utf-8"), 0]
-            out = files[split]
-            out[0].write(("[\n" if out[1] == 0 else ",\n") + json.dumps(row, ensure_ascii=False))
-            out[1] += 1
-    finally:
-        for f, _ in files.values():
-            f.write("\n]\n")
-            f.close()
-    return {"splits": {s: n for s, (_, n) in files.items()}}
+            out.add(sample.split, row)
+    return {"splits": out.counts}
 
 
 FORMAT = Format(

@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from vlmtune.data.formats.base import BadRecord, Format, Imported, Record, image_ref
+from vlmtune.data.formats.base import BadRecord, Format, Imported, Record, SplitArrays, image_ref
 from vlmtune.data.formats.llava import NAMES, PLACEHOLDER, ROLES, _records, source_files, to_messages, unique_id
 from vlmtune.data.sample import Sample, message_text
 
@@ -86,8 +86,7 @@ def read(src: Path, images: Path | None) -> Iterator[Record]:
 
 def write(items: Iterable[tuple[Sample, list[Path]]], dest: Path) -> dict:
     """<split>.json (split "" -> "all"), one record a line, each video at its path next to it."""
-    files: dict[str, list] = {}
-    try:
+    with SplitArrays(dest) as out:
         for sample, paths in items:
             if len(sample.videos) != 1 or sample.images or not isinstance(sample.videos[0], str):
                 raise ValueError(f"sample {sample.id!r}: a LLaVA-Video record has one video (a path) and no image")
@@ -105,17 +104,8 @@ def write(items: Iterable[tuple[Sample, list[Path]]], dest: Path) -> dict:
                 shutil.copytree(paths[-1], target, dirs_exist_ok=True)
             elif not target.exists():
                 shutil.copyfile(paths[-1], target)
-            split = sample.split or "all"
-            if split not in files:
-                files[split] = [open(dest / f"{split}.json", "w", encoding="utf-8"), 0]
-            out = files[split]
-            out[0].write(("[\n" if out[1] == 0 else ",\n") + json.dumps(row, ensure_ascii=False))
-            out[1] += 1
-    finally:
-        for f, _ in files.values():
-            f.write("\n]\n")
-            f.close()
-    return {"splits": {s: n for s, (_, n) in files.items()}}
+            out.add(sample.split, row)
+    return {"splits": out.counts}
 
 
 FORMAT = Format(
