@@ -24,7 +24,7 @@ from vlmtune.data.video import (
     video_refusal,
     write_video,
 )
-from vlmtune.models import get_family
+from vlmtune.models import FAMILIES, get_family
 
 
 def frames(n: int, size=(32, 32)) -> list[Image.Image]:
@@ -237,3 +237,22 @@ def test_the_video_worlds_caption_turn_describes_the_clip_in_training_samples_on
             assert [str(k + 1) for k, v in enumerate(m["visible"]) if v] == seen
             assert m["caption"].endswith(f"{sv.runs(m['visible'])} flashes")
     assert {s.split for s in samples} == {"train", "val", "test"}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if f.video_tokens is not None))
+def test_data_check_counts_a_native_video_familys_positions_exactly(tmp_path, name):
+    """A family with native video (Qwen2-VL, SmolVLM2, InternVL, ...): `data check` encodes the video sample as
+    training will (`videos=`, not frames as images) and reports its length; one token shorter, it is reported."""
+    write_dataset(tmp_path, [(video_sample("v", "clip"), [], [frames(6)])])
+    family = get_family(name)
+    loaded = family.tiny()
+    policy = VideoCfg(fps=None, max_frames=4)
+    report = check_dataset(tmp_path, family, loaded.processor, max_length=4096, progress=False, video=policy)
+    assert report["ok"] and report["video_frames"] == {4: 1}
+    sample = read_samples(tmp_path)[0][0]
+    clip = load_video(tmp_path, "clip", policy)
+    batch = family.encode(loaded.processor, [sample], [[]], "train", 4096, videos=[[clip]])
+    n = int(batch.inputs["attention_mask"].sum())
+    assert report["tokens"]["max"] == n and n > family.video_tokens(loaded.processor, clip) > 0
+    short = check_dataset(tmp_path, family, loaded.processor, max_length=n - 1, progress=False, video=policy)
+    assert short["counts"] == {"error:too_long": 1}

@@ -179,3 +179,24 @@ def test_frames_follow_the_checkpoints_video_config(tiny, tmp_path):
     (tmp_path / "video_preprocessor_config.json").write_text(json.dumps({"video_processor_type": saved[
         "video_processor_type"]}))
     assert internvl.video_settings(FAMILY.load_processor(tmp_path))["size"] == {"height": 384, "width": 384}
+
+
+def test_a_packed_video_batch_gives_each_sample_its_padded_loss(tiny):
+    """`train.packing` with video samples: the frames stay in `pixel_values` in token order, so a packed row (1-D
+    positions per sample, no padding) gives each sample the loss it has padded."""
+    from vlmtune.models.loss import forward_losses
+    from vlmtune.train.collate import pack
+
+    batch = _golden_batch(tiny.processor, "train")
+    packed = pack(batch, FAMILY, tiny.model)
+    assert packed.inputs["input_ids"].shape == (1, int(batch.inputs["attention_mask"].sum()))
+
+    def losses(b):
+        inputs = dict(b.inputs)
+        labels = inputs.pop("labels")
+        with torch.no_grad():
+            return forward_losses(tiny.model.eval(), FAMILY, inputs, labels, False, 0, b.segments)
+
+    (padded, padded_counts), (sums, counts) = losses(batch), losses(packed)
+    assert counts.tolist() == padded_counts.tolist() == [2, 2]
+    torch.testing.assert_close(sums, padded, rtol=1e-5, atol=1e-5)
