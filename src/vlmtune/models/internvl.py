@@ -9,8 +9,9 @@ Prompt format: the -hf checkpoints' ChatML chat template (no default system turn
     <|im_start|>user\\n<IMG_CONTEXT>\\nWhat colour is the top?<|im_end|>\\n<|im_start|>assistant\\nred<|im_end|>\\n
 
 The processor expands each `<IMG_CONTEXT>` into `<img>` + `<IMG_CONTEXT>` x (image_seq_length x tiles) + `</img>`.
-The generation prompt is `<|im_start|>assistant\\n`; the trained tokens are the answer and `<|im_end|>` (the
-checkpoints' eos; the template's `\\n` after it is not trained).
+A video part renders as `<video>\\n`, which becomes one line per frame, "Frame1: <img><IMG_CONTEXT>...</img>" (one
+tile's context tokens each), the lines joined by "\\n". The generation prompt is `<|im_start|>assistant\\n`; the
+trained tokens are the answer and `<|im_end|>` (the checkpoints' eos; the template's `\\n` after it is not trained).
 
 Traps handled here:
 - Dynamic tiling (`crop_to_patches`): each image is resized to the grid of `size` tiles (between min_patches and
@@ -27,6 +28,16 @@ Traps handled here:
 - The `<img>` / `</img>` around each image's context tokens are embedded, never labelled: the ids the label
   mapping compares with are the template's text with each `<IMG_CONTEXT>` written as `<img><IMG_CONTEXT></img>`.
   `image_tokens` counts them with the context tokens (InternVLProcessor's `image_token_ids` names all three).
+- Video (`encode(..., videos=)`): upstream's InternVLVideoProcessor needs torchvision. `encode_videos` does what
+  InternVLProcessor does without it: each `<video>` expanded as `replace_video_token` writes it (`video_prompt`),
+  each frame resized to the video `size` (one tile, never split), rescaled and normalized by the PIL image processor
+  (`video_pixels`), and the frames merged into the one `pixel_values` with the images' tiles in slot order (the model
+  has no video input: frames are tiles to it). Checked against upstream with torchvision (tests/golden/
+  internvl_video.npz): the real tokenizer's ids token for token, frames exact where not resized, else within PIL's
+  and torchvision's antialiased bicubic difference. The frames' settings are the checkpoint's
+  video_preprocessor_config.json over InternVLVideoProcessor's defaults (384x384, CLIP mean / std), as upstream
+  reads them; without one the image processor's. `video_tokens` counts the `<IMG_CONTEXT>` positions
+  (image_seq_length a frame); the "FrameN: " text and each frame's `<img>` `</img>` count as text.
 - The frozen-vision cache is not declared: `get_image_features` returns one row per *tile*, not per image, which
   the cache (one entry per image or per sample) does not split.
 """
@@ -35,7 +46,6 @@ from __future__ import annotations
 
 import functools
 import json
-from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -261,7 +271,7 @@ def encode_videos(processor, samples, images, mode: str, max_length: int, videos
                 replacements.append(START_IMAGE + IMAGE * (processor.image_seq_length * len(tiles)) + END_IMAGE)
                 n_image += processor.image_seq_length * len(tiles) + 2  # its <img> </img> with it (image_tokens)
         if train:
-            ids, spans = assistant_spans(partial(tokenize, replacements), render, s.messages, s.id)
+            ids, spans = assistant_spans(functools.partial(tokenize, replacements), render, s.messages, s.id)
             spans = [(start, through_end_token(ids, start, end, end_id, s.id, END)) for start, end in spans]
         else:
             ids, spans = tokenize(replacements, [text])[0], []
