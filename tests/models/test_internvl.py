@@ -200,3 +200,19 @@ def test_a_packed_video_batch_gives_each_sample_its_padded_loss(tiny):
     (padded, padded_counts), (sums, counts) = losses(batch), losses(packed)
     assert counts.tolist() == padded_counts.tolist() == [2, 2]
     torch.testing.assert_close(sums, padded, rtol=1e-5, atol=1e-5)
+
+
+def test_the_video_path_encodes_images_and_text_as_the_processor_does(tiny):
+    """`encode_videos` (one image at a time through the processor, ids built here) on a batch without video gives
+    exactly the processor's own batch (`encode`): the same ids, mask, labels and pixels, in both modes."""
+    two = Sample(id="two", images=["a.png", "b.png"], messages=[user("Both?", n_images=2), assistant("red and blue")])
+    text_only = Sample(id="text", images=[], messages=[user("What colour is red?", n_images=0), assistant("red")])
+    one = Sample(id="one", images=["c.png"], messages=[user("What colour is the top?"), assistant("blue")])
+    images = [[_img((64, 32)), Image.new("RGB", (100, 20), "blue")], [], [_img((40, 40))]]
+    for mode in ("train", "generate"):
+        ours = internvl.encode_videos(tiny.processor, [two, text_only, one], images, mode, 512, [[], [], []])
+        upstream = FAMILY.encode(tiny.processor, [two, text_only, one], images, mode, 512)
+        assert ours.inputs.keys() == upstream.inputs.keys()
+        for k, v in ours.inputs.items():
+            assert torch.equal(v, upstream.inputs[k]), (mode, k)
+        assert ours.n_target_tokens == upstream.n_target_tokens
