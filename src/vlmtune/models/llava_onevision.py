@@ -24,8 +24,22 @@ Traps handled here:
   processor decides from the nesting of `images` (per sample) and returns `batch_num_images`, which the model needs
   to agree: `encode` passes images nested per sample and counts each image's tokens the same way.
 - `LlavaOnevisionProcessor` declares a video processor, which needs torchvision (absent here): `load_processor`
-  builds the processor from the checkpoint's PIL image processor and tokenizer without one (images only). Saved,
-  the directory has no video_preprocessor_config.json and plain transformers' AutoProcessor reloads it.
+  builds the processor from the checkpoint's PIL image processor and tokenizer without one. Saved, the directory
+  has a video_preprocessor_config.json only when the checkpoint had one (written back as read), and plain
+  transformers' AutoProcessor reloads it (with torchvision, its video processor then reads that file, else
+  preprocessor_config.json: the settings `frame_settings` uses too).
+- Video (`encode(..., videos=)`): the template writes a turn's `<image>`s, then its `<video>`s, then its text
+  ("<|im_start|>user <video>\\nWhat happens?<|im_end|>"). Each `<video>` expands to frames x the tile's features
+  pooled 2x2 (ceil: 27x27 -> 14x14 for the checkpoints' 384 px SigLIP tiles) + 1, the whole video's one
+  `image_newline` (`video_tokens`, upstream's `replace_video_token`). `pixel_values_videos` (videos, frames, 3, H, W)
+  is LlavaOnevisionVideoProcessor's output built with PIL and NumPy (`video_pixels`): each frame resized (bicubic)
+  straight to the tile's size, no AnyRes tiling or padding, and normalized; equal to upstream's torchvision output
+  to float rounding when no resize is needed, else within one 8-bit level (tests/golden/llava_onevision_video.npz).
+- The model takes a batch's videos as ONE 5-D tensor (`get_video_features` reads `batch, frames` from its shape), and
+  upstream's video processor cannot stack videos of different lengths either: `encode` refuses a batch whose videos
+  differ in frame count with one line naming the samples and their counts (a batch of 1, or a fixed frame count
+  via data.video {fps: null, max_frames: N}, avoids it). Videos of one count in a batch, with image and text-only
+  samples beside them, are fine.
 - `model.image_newline` is a parameter outside every submodule: it belongs to the projector group.
 
 No real files of these checkpoints are in ../shared/real-models: the tiny model carries the real chat template,
