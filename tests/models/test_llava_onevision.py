@@ -225,3 +225,26 @@ def test_a_checkpoints_video_config_is_saved_again_and_the_files_load_without_vl
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["image"].startswith("LlavaOnevisionImageProcessor") and not got["vlmtune"]
     assert got["processor"] == "LlavaOnevisionProcessor" or "torchvision" in got["processor"].lower(), got
+
+
+def test_a_packed_batch_with_a_video_gives_each_sample_its_padded_loss(tiny):
+    """`train.packing` (declared: 1-D positions) with a video, an image and a text-only sample in one row: the video's
+    and the image's features fill their own placeholders in order, so every sample's loss is its padded loss."""
+    from vlmtune.models.loss import forward_losses
+    from vlmtune.train.collate import pack
+
+    samples = [_video_sample("v"), _vqa(), Sample(id="t", messages=[user("Which colour?", 0), assistant("green")])]
+    batch = llava_onevision.encode(tiny.processor, samples, [[], [Image.new("RGB", (64, 32), "red")], []], "train",
+                                   512, videos=[[_clip(4, 40, 24)], [], []])
+    packed = pack(batch, llava_onevision.FAMILY, tiny.model)
+    assert packed.inputs["input_ids"].shape[0] == 1 and packed.inputs["pixel_values_videos"].shape == (1, 4, 3, 32, 32)
+
+    def losses(b):
+        inputs = dict(b.inputs)
+        labels = inputs.pop("labels")
+        with torch.no_grad():
+            return forward_losses(tiny.model.eval(), llava_onevision.FAMILY, inputs, labels, False, 0, b.segments)
+
+    (padded, padded_counts), (sums, counts) = losses(batch), losses(packed)
+    assert counts.tolist() == padded_counts.tolist()
+    torch.testing.assert_close(sums, padded, rtol=1e-5, atol=1e-5)
