@@ -8,7 +8,7 @@ checkpoint: from video_preprocessor_config.json when there is one, else from pre
 the repository root, in a venv with torchvision whose transformers has the same LLaVA-OneVision code (the repository's
 .venv-vllm: transformers 5.19, torchvision 0.28):
 
-    PYTHONPATH=src HF_HUB_OFFLINE=1 /work/main/.venv-vllm/bin/python tests/golden/make_llava_onevision_video_golden.py
+    PYTHONPATH=src HF_HUB_OFFLINE=1 .venv-vllm/bin/python tests/golden/make_llava_onevision_video_golden.py
 
 `frames` (make_qwen_video_golden.py) gives the same pixels in the tests.
 """
