@@ -104,6 +104,7 @@ def test_plan_measures_video_positions_as_frames_times_image_tokens(tmp_path, vi
     assert lengths.tokens[0] == int(batch.inputs["attention_mask"].sum())
 
 
+<<<<<<< HEAD
 @pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if f.video_tokens is not None))
 def test_plan_measures_a_native_video_familys_positions_with_its_video_tokens(tmp_path, video_dir, name):
     """A family with native video (Qwen2-VL, SmolVLM2, InternVL, ...): `vlmtune plan` measures each video sample as
@@ -145,3 +146,39 @@ def test_internvl_trains_and_evaluates_on_native_video(tmp_path, video_dir):
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 6 and losses[-1] < losses[0]
     assert result["n"] > 0 and set(result["by_question_type"]) <= {"direction", "first_appeared", "blink_count"}
+=======
+def test_llava_onevision_trains_on_native_videos_and_plan_counts_their_video_tokens(tmp_path, video_dir):
+    """LLaVA-OneVision takes each clip natively (`pixel_values_videos`, 6 frames x 4 pooled features + 1 newline for
+    its tiny 32 px tile): a saved tiny model trains, evaluates (generation on the clips) and saves, and `plan`
+    measures each sample's positions as `encode` makes them, the video's counted by `video_tokens`."""
+    from vlmtune.data.video import encode_with_videos, sample_inputs
+    from vlmtune.train.plan.lengths import measure_lengths
+
+    family = get_family("llava_onevision")
+    torch.manual_seed(0)
+    tiny = family.tiny()
+    base = tmp_path / "base"
+    tiny.model.save_pretrained(base)
+    tiny.processor.save_pretrained(base)
+    cfg = tiny_run_cfg(tmp_path, video_dir, name="ov", data={"max_length": 512, "video": {"fps": 2.0}},
+                       train={"max_steps": 2, "save_every": 2, "eval_every": 2, "schedule": "constant"})
+    cfg["model"] = {"family": "llava_onevision", "path": str(base)}
+    cfg = RunCfg.from_dict(cfg)
+    state = setup(cfg)
+    assert state.family.name == "llava_onevision" and state.family.video_tokens is not None
+    result = fit(state)
+    assert result["n"] > 0
+    rows = [json.loads(x) for x in (state.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 2 and all(x == x and x > 0 for x in losses)
+    assert (state.run_dir / "checkpoints/step-2").is_dir()
+
+    samples = read_samples(video_dir, "train")[0][:2]
+    lengths = measure_lengths(cfg, family, tiny.processor, 8, [(video_dir, s) for s in samples])
+    assert lengths.image_tokens == [6 * 4 + 1] * 2, "6 frames a clip at 2 fps, natively: no image tokens"
+    for s, n in zip(samples, lengths.tokens, strict=True):
+        s, ims, vids = sample_inputs(video_dir, s, family, policy=cfg.data.video)
+        batch = encode_with_videos(family, tiny.processor, [s], [ims], [vids], "train", 1 << 30)
+        assert n == int(batch.inputs["attention_mask"].sum())
+        assert "pixel_values_videos" in batch.inputs and "pixel_values" not in batch.inputs
+>>>>>>> i25b-ovvideo
