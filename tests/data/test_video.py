@@ -239,7 +239,6 @@ def test_the_video_worlds_caption_turn_describes_the_clip_in_training_samples_on
     assert {s.split for s in samples} == {"train", "val", "test"}
 
 
-<<<<<<< HEAD
 @pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if f.video_tokens is not None))
 def test_data_check_counts_a_native_video_familys_positions_exactly(tmp_path, name):
     """A family with native video (Qwen2-VL, SmolVLM2, InternVL, ...): `data check` encodes the video sample as
@@ -257,7 +256,8 @@ def test_data_check_counts_a_native_video_familys_positions_exactly(tmp_path, na
     assert report["tokens"]["max"] == n and n > family.video_tokens(loaded.processor, clip) > 0
     short = check_dataset(tmp_path, family, loaded.processor, max_length=n - 1, progress=False, video=policy)
     assert short["counts"] == {"error:too_long": 1}
-=======
+
+
 def test_data_check_counts_a_native_video_with_the_familys_video_tokens(tmp_path, capsys):
     """LLaVA-OneVision takes a video natively (`video_tokens`: frames x 4 pooled features + 1 newline for its tiny
     tile): `vlmtune data check --model` on a saved model counts the positions encode makes, and a shorter
@@ -282,4 +282,3 @@ def test_data_check_counts_a_native_video_with_the_familys_video_tokens(tmp_path
     assert report["ok"] and report["video_frames"] == {"6": 1} and report["tokens"]["max"] == n
     short = check_dataset(data, family, loaded.processor, max_length=n - 1, progress=False, video=VideoCfg())
     assert short["counts"] == {"error:too_long": 1}, "never truncated: reported"
->>>>>>> i25b-ovvideo

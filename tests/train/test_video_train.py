@@ -104,7 +104,6 @@ def test_plan_measures_video_positions_as_frames_times_image_tokens(tmp_path, vi
     assert lengths.tokens[0] == int(batch.inputs["attention_mask"].sum())
 
 
-<<<<<<< HEAD
 @pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if f.video_tokens is not None))
 def test_plan_measures_a_native_video_familys_positions_with_its_video_tokens(tmp_path, video_dir, name):
     """A family with native video (Qwen2-VL, SmolVLM2, InternVL, ...): `vlmtune plan` measures each video sample as
@@ -146,7 +145,8 @@ def test_internvl_trains_and_evaluates_on_native_video(tmp_path, video_dir):
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 6 and losses[-1] < losses[0]
     assert result["n"] > 0 and set(result["by_question_type"]) <= {"direction", "first_appeared", "blink_count"}
-=======
+
+
 def test_llava_onevision_trains_on_native_videos_and_plan_counts_their_video_tokens(tmp_path, video_dir):
     """LLaVA-OneVision takes each clip natively (`pixel_values_videos`, 6 frames x 4 pooled features + 1 newline for
     its tiny 32 px tile): a saved tiny model trains, evaluates (generation on the clips) and saves, and `plan`
@@ -181,4 +181,3 @@ def test_llava_onevision_trains_on_native_videos_and_plan_counts_their_video_tok
         batch = encode_with_videos(family, tiny.processor, [s], [ims], [vids], "train", 1 << 30)
         assert n == int(batch.inputs["attention_mask"].sum())
         assert "pixel_values_videos" in batch.inputs and "pixel_values" not in batch.inputs
->>>>>>> i25b-ovvideo
