@@ -389,8 +389,45 @@ def test_the_fingerprint_has_the_processors_video_settings(name):
     assert fingerprint(tiny.model, family, tiny.processor) != before
 
 
+@pytest.mark.parametrize("name", VIDEO_CACHED)
+def test_generation_with_a_video_and_the_cache_gives_the_same_answers(name, tmp_path):
+    """Evaluation's Predictor with a cache, on a batch with a video (the way validation runs in training): its
+    `videos` reach the cache, which leaves the batch as encoded; the images of a batch without video are cached."""
+    from vlmtune.config import VideoCfg
+    from vlmtune.data.video import load_video
+    from vlmtune.infer import Predictor
+
+    family = FAMILIES[name]
+    tiny = family.tiny()
+    samples = [s for _, s in _video_items(family, tmp_path)]
+    images = [[], [Image.open(tmp_path / "a.png").convert("RGB")], []]
+    videos = [[load_video(tmp_path, "clip", VideoCfg(fps=2.0))], [], []]
+    plain = [c.text for c in Predictor(tiny, family, max_new_tokens=6).complete(samples, images, videos=videos)]
+    cache = VisionCache(tiny.model, family, tiny.processor, tmp_path / "cache")
+    cached = Predictor(tiny, family, max_new_tokens=6, vision_cache=cache)
+    assert [c.text for c in cached.complete(samples, images, videos=videos)] == plain
+    assert cached.generate(samples[1:], images[1:]) == plain[1:] and cache.misses == 1
+
+
+@pytest.mark.parametrize("name", ["llava", *(n for n in VIDEO_CACHED if FAMILIES[n].video_cache == "frames")])
+def test_frames_among_images_are_keyed_in_slot_order(name, tmp_path):
+    """A sample's image and video in one order or the other: their pixels (and features) come in slot order, so
+    the two get different keys."""
+    family = FAMILIES[name]
+    tiny = family.tiny()
+    (video_sample,) = [s for _, s in _video_items(family, tmp_path)[:1]]
+    parts = [{"type": "image"}, {"type": "video"}, {"type": "text", "text": "Same?"}]
+    first, second = (Sample(id=i, images=["a.png"], videos=["clip"], messages=[
+        {"role": "user", "content": p}, assistant("yes")]) for i, p in (("iv", parts), ("vi", [parts[1], parts[0],
+                                                                                                 parts[2]])))
+    cache = VisionCache(tiny.model, family, tiny.processor, tmp_path / "cache")
+    a, b = cache.unit_keys([(0, first), (0, second)], [tmp_path])
+    assert a != b and None not in (a, b) and video_sample.videos == ["clip"]
+    assert cache.image_count(tmp_path, first) == 1 + 3
+
+
 @pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if f.vision_cache and f.video_tokens))
-def test_a_batch_with_a_video_of_an_undeclared_family_is_run_live_with_the_same_loss(name, tmp_path):
+def test_a_batch_with_a_video_of_an_undeclared_family_is_run_live_with_the_same_loss(name, tmp_path, monkeypatch):
     """A native-video family without `video_cache` (as a family whose video features are not wired yet; here the
     family with it removed): a batch with a video sample reaches the model as encoded (its pixels, no
     `mm_encoder_outputs`, which the model refuses next to video pixels), every time, with the uncached loss; a batch
@@ -418,6 +455,11 @@ def test_a_batch_with_a_video_of_an_undeclared_family_is_run_live_with_the_same_
         reference = model(**encode().inputs).loss
     cache = VisionCache(model, family, tiny.processor, tmp_path / "cache")
     assert cache.video_off.startswith(f"the {name} family's native video features are not cacheable yet")
+    from vlmtune.models import support_table
+
+    monkeypatch.setitem(FAMILIES, name, family)  # `vlmtune models` says the cache leaves its videos out
+    row = next(r for r in support_table().splitlines() if r.startswith(f"| `{name}`"))
+    assert "| yes, not its native video |" in row
     for _ in range(2):  # the second time too: no stored row stands in for the video's pixels
         batch = cache.batch(model, items, [tmp_path], encode)
         assert batch.inputs.keys() == encode().inputs.keys() and "mm_encoder_outputs" not in batch.inputs
