@@ -166,3 +166,27 @@ def test_a_corrupt_video_stops_a_cached_run_with_one_line_naming_the_file_and_th
         setup(cfg)
     message = str(raised.value)
     assert "\n" not in message and str(frame) in message and repr(sample.id) in message.replace('"', "'"), message
+
+
+def test_a_family_whose_native_video_is_not_cacheable_says_so_at_start_up(tmp_path, video_dir, capsys, monkeypatch):
+    """A native-video family without `ModelFamily.video_cache` (the Qwen2-VL family with it removed): the cache is
+    on for images and the start-up line says, once, that batches with a video run uncached."""
+    import dataclasses
+
+    from vlmtune.models import FAMILIES
+
+    family = dataclasses.replace(FAMILIES["qwen2_vl"], video_cache=None)
+    monkeypatch.setattr("vlmtune.train.loop.get_family", lambda name: family)
+    monkeypatch.setattr("vlmtune.train.loop.plan_for_train", lambda cfg, run_dir, samples=None: None)
+    tiny = family.tiny()
+    tiny.model.save_pretrained(tmp_path / "base")
+    tiny.processor.save_pretrained(tmp_path / "base")
+    model = {"family": "qwen2_vl", "path": str(tmp_path / "base")}
+    cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, video_dir, model=model, lora={"enabled": True, "r": 4},
+                                        data={"max_length": 1024}, train={"max_steps": 1, "freeze_projector": True}))
+    state = setup(cfg)
+    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("vision cache: "))
+    assert line.startswith("vision cache: on, ") and line.endswith(
+        "; the qwen2_vl family's native video features are not cacheable yet (ModelFamily.video_cache): batches "
+        "with a video run uncached"), line
+    assert state.vision_cache.video_off is not None
