@@ -181,3 +181,91 @@ def test_llava_onevision_trains_on_native_videos_and_plan_counts_their_video_tok
         batch = encode_with_videos(family, tiny.processor, [s], [ims], [vids], "train", 1 << 30)
         assert n == int(batch.inputs["attention_mask"].sum())
         assert "pixel_values_videos" in batch.inputs and "pixel_values" not in batch.inputs
+
+
+@pytest.mark.parametrize("name", ["qwen2_vl", "smolvlm"])
+def test_training_native_video_with_the_vision_cache_decodes_each_video_once_with_the_same_losses(
+        name, tmp_path, video_dir, capsys, monkeypatch):
+    """A LoRA run of a tiny native-video family on the video world, twice over its clips: with the frozen-vision
+    cache on (said at start-up) each clip is decoded once, its features computed once (`get_video_features` per
+    video, or SmolVLM2's frames among the images'), and the losses equal those of the run without it."""
+    from vlmtune.data import video as video_module
+    from vlmtune.models import FAMILIES
+
+    tiny = FAMILIES[name].tiny()
+    tiny.model.save_pretrained(tmp_path / "base")
+    tiny.processor.save_pretrained(tmp_path / "base")
+    decoded = []
+    real = video_module.load_video
+    monkeypatch.setattr(video_module, "load_video",
+                        lambda root, e, policy: decoded.append(json.dumps(e, sort_keys=True)) or real(root, e, policy))
+    monkeypatch.setattr("vlmtune.train.loop.plan_for_train", lambda cfg, run_dir, samples=None: None)
+    losses, fit_decoded = {}, {}
+    for mode in ("off", "auto"):
+        cfg = RunCfg.from_dict(tiny_run_cfg(
+            tmp_path / mode, video_dir, model={"family": name, "path": str(tmp_path / "base")},
+            lora={"enabled": True, "r": 4, "dropout": 0.0},
+            data={"max_length": 1024, "video": {"fps": 2.0, "max_frames": 3}, "val_split": None},
+            train={"max_steps": 8, "eval_every": 0, "save_every": 0, "lr": 1e-2, "micro_batch_size": 4,
+                   "freeze_projector": True, "vision_cache": mode, "image_cache_mb": 0}))
+        state = setup(cfg)
+        n_train = len(state.mixture.sources[0].samples)
+        decoded.clear()
+        fit(state)
+        fit_decoded[mode] = list(decoded)
+        losses[mode] = [r["loss"] for r in map(json.loads, (state.run_dir / "metrics.jsonl").read_text().splitlines())
+                        if "loss" in r]
+    err = capsys.readouterr().err
+    assert "vision cache: off (train.vision_cache is off)" in err and "vision cache: on, " in err
+    assert "not cacheable" not in err
+    assert 8 * 8 > n_train, "every clip is trained on more than once"
+    assert len(fit_decoded["off"]) == 64 and len(set(fit_decoded["off"])) == n_train
+    assert sorted(fit_decoded["auto"]) == sorted(set(fit_decoded["off"])), "with the cache, each clip decoded once"
+    assert len(losses["off"]) == 8 and list((state.run_dir / "vision_cache").glob("*/*/*.safetensors"))
+    torch.testing.assert_close(torch.tensor(losses["auto"]), torch.tensor(losses["off"]), rtol=1e-5, atol=1e-5)
+
+
+def test_a_corrupt_video_stops_a_cached_run_with_one_line_naming_the_file_and_the_sample(tmp_path, video_dir):
+    import shutil
+
+    from vlmtune.models import FAMILIES
+
+    tiny = FAMILIES["qwen2_vl"].tiny()
+    tiny.model.save_pretrained(tmp_path / "base")
+    tiny.processor.save_pretrained(tmp_path / "base")
+    data = tmp_path / "data"
+    shutil.copytree(video_dir, data)
+    sample = read_samples(data, "train")[0][0]
+    frame = data / sample.videos[0]["path"] / "01.png"
+    frame.write_bytes(b"not a png" * 10)
+    cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, data, model={"family": "qwen2_vl", "path": str(tmp_path / "base")},
+                                        lora={"enabled": True, "r": 4}, data={"max_length": 1024},
+                                        train={"max_steps": 2, "freeze_projector": True, "vision_cache": "auto"}))
+    with pytest.raises(ValueError) as raised:
+        setup(cfg)
+    message = str(raised.value)
+    assert "\n" not in message and str(frame) in message and repr(sample.id) in message.replace('"', "'"), message
+
+
+def test_a_family_whose_native_video_is_not_cacheable_says_so_at_start_up(tmp_path, video_dir, capsys, monkeypatch):
+    """A native-video family without `ModelFamily.video_cache` (the Qwen2-VL family with it removed): the cache is
+    on for images and the start-up line says, once, that batches with a video run uncached."""
+    import dataclasses
+
+    from vlmtune.models import FAMILIES
+
+    family = dataclasses.replace(FAMILIES["qwen2_vl"], video_cache=None)
+    monkeypatch.setattr("vlmtune.train.loop.get_family", lambda name: family)
+    monkeypatch.setattr("vlmtune.train.loop.plan_for_train", lambda cfg, run_dir, samples=None: None)
+    tiny = family.tiny()
+    tiny.model.save_pretrained(tmp_path / "base")
+    tiny.processor.save_pretrained(tmp_path / "base")
+    model = {"family": "qwen2_vl", "path": str(tmp_path / "base")}
+    cfg = RunCfg.from_dict(tiny_run_cfg(tmp_path, video_dir, model=model, lora={"enabled": True, "r": 4},
+                                        data={"max_length": 1024}, train={"max_steps": 1, "freeze_projector": True}))
+    state = setup(cfg)
+    line = next(x for x in capsys.readouterr().err.splitlines() if x.startswith("vision cache: "))
+    assert line.startswith("vision cache: on, ") and line.endswith(
+        "; the qwen2_vl family's native video features are not cacheable yet (ModelFamily.video_cache): batches "
+        "with a video run uncached"), line
+    assert state.vision_cache.video_off is not None
