@@ -375,7 +375,7 @@ FAMILY = ModelFamily(
     projector_modules=("multi_modal_projector",),
     processor_loader=load_processor,
     packing=True,  # a Qwen2 LM with 1-D positions: samples can share a row
-    vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
+    vision_cache=True, video_cache="videos",  # mm_encoder_outputs: images, and videos (get_video_features)
     language_model="model.language_model",
     vision_tower="model.vision_tower",
 )

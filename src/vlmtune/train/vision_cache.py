@@ -21,12 +21,12 @@ embeddings, so the loss is the same (tested to 1e-5 for every family that suppor
 
 Videos read as frames (families without native video: each frame an image slot) are cached like images, a frame
 keyed by the video (its files' paths, sizes and times, its entry), the sampling policy (`data.video`) and its
-timestamp. Native videos as the family declares (`ModelFamily.video_cache`): Qwen2-VL / 2.5-VL / 3-VL's
-`get_video_features` once per video, keyed by the video and the policy, handed back as `mm_encoder_outputs["video"]`
-beside the images' (the model takes precomputed features for all of a batch's vision inputs or for none);
-SmolVLM2's frames, global views among the images' pixels, with the sample's images, a key per frame. A family with
-native video and no `video_cache` runs a batch with a video uncached (`video_off` says why). `with_features`
-(evaluation) leaves a batch with videos as it is, told them by its caller.
+timestamp. Native videos as the family declares (`ModelFamily.video_cache`): Qwen2-VL / 2.5-VL / 3-VL's and
+LLaVA-OneVision's `get_video_features` once per video, keyed by the video and the policy, handed back as
+`mm_encoder_outputs["video"]` beside the images' (the model takes precomputed features for all of a batch's vision
+inputs or for none); SmolVLM2's frames, global views among the images' pixels, with the sample's images, a key per
+frame. Other native-video families (InternVL) run a batch with a video uncached (`video_off` says why).
+`with_features` (evaluation) leaves a batch with videos as it is, told them by its caller.
 
 The key of an image is the sha256 of its file; the directory is named by a fingerprint of the family, the frozen
 weights, the processor's image and video settings and the transformers version: a change starts a new cache.
@@ -161,8 +161,9 @@ class VisionCache:
         self.memory: OrderedDict[str, list] = OrderedDict()
         self.memory_bytes = 0
         layout = json.loads((self.dir / "layout.json").read_text()) if (self.dir / "layout.json").is_file() else {}
-        self.stacked = layout.get("stacked")
-        """Whether the model's pooler_output is one (images, ...) tensor rather than a list."""
+        self.stacked, self.video_stacked = layout.get("stacked"), layout.get("video_stacked")
+        """Whether the model's image (video) pooler_output is one tensor rather than a list (LLaVA-OneVision: a list,
+        one tensor)."""
         self.deepstack = layout.get("deepstack", 0)
         """How many DeepStack feature layers the model's vision output has besides pooler_output (Qwen3-VL's
         `deepstack_features`: per layer, one tensor per image); each image's entry is then its pooled features
@@ -277,10 +278,12 @@ class VisionCache:
             out = run(**{k: v.to(device, dtype) if v.is_floating_point() else v.to(device)
                          for k, v in inputs.items() if k in wanted})
         pooled, deep = out.pooler_output, list(getattr(out, "deepstack_features", None) or [])
-        if self.stacked is None:
-            self.stacked, self.deepstack = isinstance(pooled, torch.Tensor), len(deep)
-            atomic_write_text(self.dir / "layout.json", json.dumps({"stacked": self.stacked,
-                                                                    "deepstack": self.deepstack}))
+        attr = "video_stacked" if method == "get_video_features" else "stacked"
+        if getattr(self, attr) is None:
+            setattr(self, attr, isinstance(pooled, torch.Tensor))
+            self.deepstack = len(deep)
+            layout = {"stacked": self.stacked, "deepstack": self.deepstack, "video_stacked": self.video_stacked}
+            atomic_write_text(self.dir / "layout.json", json.dumps(layout))
         return pooled, deep
 
     def _compute_videos(self, model, inputs: dict, keys: list[str]) -> None:
@@ -318,12 +321,12 @@ class VisionCache:
         for kind, feats in (("image", [f for unit in units if unit is not None for f in unit]),
                             ("video", [f for unit in video_units or [] for video in unit for f in video])):
             if feats:
-                outputs[kind] = self._output(feats)
+                outputs[kind] = self._output(feats, self.video_stacked if kind == "video" else self.stacked)
         if outputs:
             rest["mm_encoder_outputs"] = outputs
         return rest
 
-    def _output(self, feats: list):
+    def _output(self, feats: list, stacked: bool):
         """The model output holding stored features (per image or video: pooled, then one per DeepStack layer)."""
         import torch
         from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -332,7 +335,7 @@ class VisionCache:
             step = 1 + self.deepstack
             deep = [feats[1 + layer::step] for layer in range(self.deepstack)]
             return deepstack_output()(pooler_output=feats[::step], deepstack_features=deep)
-        return BaseModelOutputWithPooling(pooler_output=torch.stack(feats) if self.stacked else feats)
+        return BaseModelOutputWithPooling(pooler_output=torch.stack(feats) if stacked else feats)
 
     def batch(self, model, items, roots, encode):
         """The training Batch of (source index, Sample) items: from the stored rows and features when every sample
@@ -435,12 +438,8 @@ class VisionCache:
         for b, r in enumerate(rows):
             mask[b, : len(r["token"]["input_ids"])] = 1
         out["attention_mask"] = mask
-        for name in PER_IMAGE:
-            parts = [r["image"][name] for r in rows if name in r["image"]]
-            if parts:
-                out[name] = torch.cat(parts)
-        for name in PER_SAMPLE:
-            parts = [r["sample"][name] for r in rows if name in r.get("sample", {})]
+        for kind, name in [*(("image", n) for n in PER_IMAGE), *(("sample", n) for n in PER_SAMPLE)]:
+            parts = [r[kind][name] for r in rows if name in r.get(kind, {})]
             if parts:
                 out[name] = torch.cat(parts)
         for name in PER_VIDEO:  # tensors (video_grid_thw) or lists (Qwen2.5-VL's second_per_grid_ts)
