@@ -34,15 +34,19 @@ character with zai-org/GLM-4.5V's chat_template.jinja (no copy of the checkpoint
 template of glm4v.py is a different one: no `<think></think>`, no `enable_thinking`).
 
 Traps handled here (besides GLM-4.1V's):
-- The routed experts are fused 3-D parameters (`mlp.experts.gate_up_proj` [experts, 2 x inter, hidden],
-  `mlp.experts.down_proj`), not `nn.Linear` modules: LoRA targets the attention linears (`q/k/v/o_proj`) and the
-  `nn.Linear`s of the dense MLPs (layer 0) and the shared experts (`gate/up/down_proj`); the routed experts and the
-  router (`mlp.gate`, a bare weight kept in fp32 by transformers, and its `e_score_correction_bias`) stay frozen
-  under LoRA and are trained in full fine-tuning. For the same reason bitsandbytes (which replaces `nn.Linear`s)
-  leaves the routed experts, ~100B of GLM-4.5V's 108B parameters, in bf16: a 4-bit base saves little here.
+- LoRA targets the attention linears (`q/k/v/o_proj`) only. The routed experts are fused 3-D parameters
+  (`mlp.experts.gate_up_proj` [experts, 2 x inter, hidden], `mlp.experts.down_proj`), not `nn.Linear` modules, and
+  the dense MLP (layer 0) and shared experts' `gate/up/down_proj` cannot be named either: peft (0.21) converts a
+  LoRA config for glm4v_moe (a model transformers 5 fused from per-expert linears) and turns every `gate_proj`,
+  `up_proj`, `down_proj` target into `target_parameters` on the fused experts, leaving those `nn.Linear`s
+  unadapted; LoRA on the fused experts (peft's ParamWrapper) builds each layer's full expert delta every forward
+  (128 x 2816 x 4096 for GLM-4.5V's gate_up_proj), too costly at 106B. The experts, the shared experts, the dense
+  MLP and the router (`mlp.gate`, a bare weight transformers keeps in fp32, and its `e_score_correction_bias`)
+  stay frozen under LoRA and are trained in full fine-tuning.
+- bitsandbytes replaces `nn.Linear`s only: a 4-bit base leaves the routed experts, ~100B of GLM-4.5V's 108B
+  parameters, in bf16; quantisation saves little here (configs/glm4v_moe's recipe trains LoRA on a bf16 base).
 - The router's auxiliary load-balancing loss is not added (`output_router_logits` off, as in the checkpoint's
   config): the trained loss is the language-model loss the contract compares.
-- The dense MLP is `gate_proj` + `up_proj` (GLM-4.1V's is one fused `gate_up_proj`): LANGUAGE_LINEARS below.
 """
 
 from __future__ import annotations
@@ -50,13 +54,14 @@ from __future__ import annotations
 from vlmtune.models import glm4v
 from vlmtune.models.family import Batch, Loaded, ModelFamily
 
-LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
+"""LoRA's targets: the attention linears (the MLP names would put peft's LoRA on the fused experts, above)."""
 TEMPLATE_KWARGS = {"enable_thinking": False}
 NOTHINK = "/nothink"
 """A special token of the checkpoint's tokenizer, which the template appends to user turns in non-thinking mode."""
 
 # The GLM-4.5V template family's text (see the module docstring: reconstructed, tool parts left out).
-CHAT_TEMPLATE = r"""[gMASK]<sop>
+CHAT_TEMPLATE = (r"""[gMASK]<sop>
 {%- macro visible_text(content) -%}
     {%- if content is string -%}
         {{- content }}
@@ -95,7 +100,8 @@ CHAT_TEMPLATE = r"""[gMASK]<sop>
 {%- endif %}
 {%- endfor %}
 {%- endif %}
-{{- '/nothink' if (enable_thinking is defined and not enable_thinking and not visible_text(m.content).endswith("/nothink")) else '' -}}
+{{- '/nothink' if (enable_thinking is defined and not enable_thinking and """  # one template line, split here
+    r"""not visible_text(m.content).endswith("/nothink")) else '' -}}
 {%- elif m.role == 'assistant' -%}
 <|assistant|>
 {%- set reasoning_content = '' %}
@@ -123,7 +129,7 @@ CHAT_TEMPLATE = r"""[gMASK]<sop>
 {%- endfor -%}
 {%- if add_generation_prompt -%}
     <|assistant|>{{- '\n<think></think>' if (enable_thinking is defined and not enable_thinking) else '' -}}
-{%- endif -%}"""
+{%- endif -%}""")
 
 
 THINKING_OFF = "{%- if enable_thinking is not defined -%}{%- set enable_thinking = false -%}{%- endif -%}"
@@ -171,7 +177,7 @@ FAMILY = ModelFamily(
                 "GLM-4.5-Air with M-RoPE",
     load=load,
     encode=encode,
-    # regex: the language model's linears only (attention, dense and shared-expert MLPs); routed experts are 3-D
+    # regex: the language model's attention linears only (see the traps: peft maps MLP names to the experts)
     lora_targets=(r".*language_model.*\.(" + "|".join(LANGUAGE_LINEARS) + ")",),
     freeze_groups=glm4v.FREEZE_GROUPS,
     tiny=tiny,

@@ -1,0 +1,80 @@
+"""GLM-4.5V: the template's non-thinking mode (the trained target behind the empty think block, the processor's
+template defaulting to it, once), the stop tokens, and LoRA on the attention, dense and shared-expert linears only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from vlmtune.data.sample import Sample, assistant, user
+from vlmtune.models import glm4v_moe
+from vlmtune.models.labels import trained_tokens
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return glm4v_moe.tiny()
+
+
+def _turns(last: str = "blue") -> Sample:
+    return Sample(id="turns", messages=[user("What colour is the top?"), assistant("red"),
+                                        {"role": "user", "content": [{"type": "text", "text": "And?"}]},
+                                        assistant(last)], images=["a.png"])
+
+
+def test_answers_are_trained_behind_the_empty_think_block(tiny):
+    """Non-thinking mode: `/nothink` after each question, `<think></think>` closing each prompt; the trained tokens
+    are `\\n` + the answer + `<|user|>` (an earlier turn) or `<|endoftext|>` (the last)."""
+    tok = tiny.processor.tokenizer
+    image = [[Image.new("RGB", (40, 40))]]
+    batch = glm4v_moe.encode(tiny.processor, [_turns()], image, "train", 512)
+    ids = batch.inputs["input_ids"][0].tolist()
+    assert tok.convert_tokens_to_string(trained_tokens(tok, ids, batch.inputs["labels"][0].tolist())) == (
+        "\nred<|user|>\nblue<|endoftext|>")
+    text = tok.decode(ids)
+    assert text.count("/nothink<|assistant|>\n<think></think>\n") == 2 and text.endswith("blue<|endoftext|>")
+    prompt = glm4v_moe.encode(tiny.processor, [_turns()], image, "generate", 512).inputs["input_ids"][0].tolist()
+    assert tok.decode(prompt).endswith("And?/nothink<|assistant|>\n<think></think>")
+    assert prompt == ids[: len(prompt)]  # the generation prompt is the training prefix of the last answer
+
+
+def test_an_answer_with_its_own_reasoning_is_refused_naming_the_sample(tiny):
+    with pytest.raises(ValueError, match="sample 'turns': the chat template does not render turn 3 as a prefix"):
+        glm4v_moe.encode(tiny.processor, [_turns("<think>it is blue</think>blue")], [[Image.new("RGB", (40, 40))]],
+                         "train", 512)
+
+
+def test_the_processor_template_defaults_to_non_thinking_once(tiny, tmp_path):
+    """Saved and reloaded, the template has THINKING_OFF in front once; rendered without `enable_thinking` it gives
+    the training prompt (what a server of the export renders), with `enable_thinking=True` the thinking prompt."""
+    tiny.processor.save_pretrained(tmp_path)
+    again = glm4v_moe.load_processor(tmp_path)
+    assert again.chat_template == glm4v_moe.THINKING_OFF + glm4v_moe.CHAT_TEMPLATE
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}]
+    plain = again.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert plain.endswith("Colour?/nothink<|assistant|>\n<think></think>")
+    thinking = again.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
+    assert thinking.endswith("Colour?<|assistant|>")
+
+
+def test_lora_adapts_the_attention_linears_only():
+    """The family's targets give LoRA on q/k/v/o_proj of every decoder layer and nothing else. The trap they avoid:
+    naming the MLP projections, peft converts them into LoRA on the fused routed experts (not the dense or shared
+    linears), which the second model shows."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(glm4v_moe.tiny().model, LoraConfig(r=4, target_modules=glm4v_moe.FAMILY.lora_targets[0]))
+    adapted = {n.removesuffix(".lora_A") for n, _ in model.named_modules() if n.endswith("lora_A")}
+    layers = "base_model.model.model.language_model.layers"
+    assert adapted == {f"{layers}.{k}.self_attn.{p}" for k in (0, 1) for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n and "self_attn" in n for n in trainable)
+    moe = model.get_base_model().model.language_model.layers[1].mlp
+    assert moe.experts.gate_up_proj.ndim == 3 and not isinstance(moe.gate, torch.nn.Linear)  # why none can be adapted
+
+    mlp_names = get_peft_model(glm4v_moe.tiny().model, LoraConfig(r=4, target_modules=r".*language_model.*\.(q_proj|"
+                                                                                        r"gate_proj|up_proj|down_proj)"))
+    adapted = {n.removesuffix(".lora_A") for n, _ in mlp_names.named_modules() if n.endswith("lora_A")}
+    assert f"{layers}.1.mlp.experts" in adapted and f"{layers}.0.mlp.gate_proj" not in adapted
+    assert f"{layers}.1.mlp.shared_experts.gate_proj" not in adapted
