@@ -177,9 +177,10 @@ def test_families_that_cannot_pack_say_so_and_would_get_another_loss(name, tmp_p
                                                 train={"packing": True})))
 
 
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe"])
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe",
+                                  "glm46v"])
 def test_qwen_vl_packing_keeps_each_samples_rope_positions_and_attention(name):
-    """Qwen2-VL/2.5-VL/3-VL and GLM-4.1V/4.5V pack with each sample's M-RoPE positions from the model's `get_rope_index`
+    """Qwen2-VL/2.5-VL/3-VL and GLM-4.xV pack with each sample's M-RoPE positions from the model's `get_rope_index`
     under the text positions (qwen2_vl.pack_inputs): packed == padded with attention sharpened. The equality means
     something: with the three M-RoPE rows alone (no text row) the decoder sees one sequence, and every sample after
     the first gets another loss (it sees the samples before it); with 1-D positions in the M-RoPE rows (what the
