@@ -1,5 +1,5 @@
-"""GLM-4.5V: the template's non-thinking mode (the trained target behind the empty think block, the processor's
-template defaulting to it, once), the stop tokens, and LoRA on the attention, dense and shared-expert linears only."""
+"""GLM-4.5V and GLM-4.6V: the templates' non-thinking mode (the trained target behind the empty think block, the
+processor's template defaulting to it, once), the stop tokens; GLM-4.5V's LoRA on the attention linears only."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 
 from vlmtune.data.sample import Sample, assistant, user
-from vlmtune.models import glm4v_moe
+from vlmtune.models import FAMILIES, glm4v_moe
 from vlmtune.models.labels import trained_tokens
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return glm4v_moe.tiny()
+@pytest.fixture(scope="module", params=["glm4v_moe", "glm46v"])
+def tiny(request):
+    return FAMILIES[request.param].tiny()
 
 
 def _turns(last: str = "blue") -> Sample:
@@ -25,37 +25,43 @@ def _turns(last: str = "blue") -> Sample:
 
 def test_answers_are_trained_behind_the_empty_think_block(tiny):
     """Non-thinking mode: `/nothink` after each question, `<think></think>` closing each prompt; the trained tokens
-    are `\\n` + the answer + `<|user|>` (an earlier turn) or `<|endoftext|>` (the last)."""
+    are (GLM-4.5V: `\\n` +) the answer + `<|user|>` (an earlier turn) or `<|endoftext|>` (the last). GLM-4.6V's
+    generation prompt takes the newline after the think block in."""
     tok = tiny.processor.tokenizer
     image = [[Image.new("RGB", (40, 40))]]
-    batch = glm4v_moe.encode(tiny.processor, [_turns()], image, "train", 512)
+    encode = FAMILIES[tiny.family].encode
+    batch = encode(tiny.processor, [_turns()], image, "train", 512)
     ids = batch.inputs["input_ids"][0].tolist()
+    nl = "\n" if tiny.family == "glm4v_moe" else ""
     assert tok.convert_tokens_to_string(trained_tokens(tok, ids, batch.inputs["labels"][0].tolist())) == (
-        "\nred<|user|>\nblue<|endoftext|>")
+        f"{nl}red<|user|>{nl}blue<|endoftext|>")
     text = tok.decode(ids)
     assert text.count("/nothink<|assistant|>\n<think></think>\n") == 2 and text.endswith("blue<|endoftext|>")
-    prompt = glm4v_moe.encode(tiny.processor, [_turns()], image, "generate", 512).inputs["input_ids"][0].tolist()
-    assert tok.decode(prompt).endswith("And?/nothink<|assistant|>\n<think></think>")
+    prompt = encode(tiny.processor, [_turns()], image, "generate", 512).inputs["input_ids"][0].tolist()
+    assert tok.decode(prompt).endswith("And?/nothink<|assistant|>\n<think></think>" + ("\n" if not nl else ""))
     assert prompt == ids[: len(prompt)]  # the generation prompt is the training prefix of the last answer
 
 
 def test_an_answer_with_its_own_reasoning_is_refused_naming_the_sample(tiny):
     with pytest.raises(ValueError, match="sample 'turns': the chat template does not render turn 3 as a prefix"):
-        glm4v_moe.encode(tiny.processor, [_turns("<think>it is blue</think>blue")], [[Image.new("RGB", (40, 40))]],
-                         "train", 512)
+        FAMILIES[tiny.family].encode(tiny.processor, [_turns("<think>it is blue</think>blue")],
+                                     [[Image.new("RGB", (40, 40))]], "train", 512)
 
 
 def test_the_processor_template_defaults_to_non_thinking_once(tiny, tmp_path):
     """Saved and reloaded, the template has THINKING_OFF in front once; rendered without `enable_thinking` it gives
     the training prompt (what a server of the export renders), with `enable_thinking=True` the thinking prompt."""
+    from vlmtune.models import glm46v
+
     tiny.processor.save_pretrained(tmp_path)
-    again = glm4v_moe.load_processor(tmp_path)
-    assert again.chat_template == glm4v_moe.THINKING_OFF + glm4v_moe.CHAT_TEMPLATE
+    again = FAMILIES[tiny.family].load_processor(tmp_path)
+    template = glm4v_moe.CHAT_TEMPLATE if tiny.family == "glm4v_moe" else glm46v.CHAT_TEMPLATE
+    assert again.chat_template == glm4v_moe.THINKING_OFF + template
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}]
     plain = again.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert plain.endswith("Colour?/nothink<|assistant|>\n<think></think>")
+    assert plain.startswith("[gMASK]<sop><|user|>") and "Colour?/nothink<|assistant|>\n<think></think>" in plain
     thinking = again.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
-    assert thinking.endswith("Colour?<|assistant|>")
+    assert thinking.removesuffix("\n").endswith("Colour?<|assistant|>")
 
 
 def test_lora_adapts_the_attention_linears_only():
