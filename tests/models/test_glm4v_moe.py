@@ -84,3 +84,22 @@ def test_lora_adapts_the_attention_linears_only():
     adapted = {n.removesuffix(".lora_A") for n, _ in mlp_names.named_modules() if n.endswith("lora_A")}
     assert f"{layers}.1.mlp.experts" in adapted and f"{layers}.0.mlp.gate_proj" not in adapted
     assert f"{layers}.1.mlp.shared_experts.gate_proj" not in adapted
+
+
+def test_glm46v_image_processor_budgets_two_frames_as_glm4v_does():
+    """`Glm46VImageProcessorPil` is a copy of GLM-4.1V's, not a subclass: the resize model (data/resize.py, what
+    model.max_pixels and the plan use) counts its pixel limits as two frames too, and the limit gives the same sizes
+    and image tokens as for GLM-4.1V."""
+    from vlmtune.config import ModelCfg
+    from vlmtune.data.resize import resized_size
+    from vlmtune.models import apply_max_pixels
+
+    ours, theirs = FAMILIES["glm46v"].tiny().processor, FAMILIES["glm4v"].tiny().processor
+    sizes = [(200, 150), (40, 40), (300, 20)]
+    for limit in (None, 40 * 40):
+        for processor, name in ((ours, "glm46v"), (theirs, "glm4v")):
+            apply_max_pixels(processor, ModelCfg(family=name, path="x", max_pixels=limit))
+        for size in sizes:
+            w, h = resized_size(*size, ours.image_processor)
+            assert (w, h) == resized_size(*size, theirs.image_processor)
+            assert FAMILIES["glm46v"].image_tokens(ours, *size) == w * h // (16 * 16)

@@ -45,6 +45,8 @@ Traps handled here (besides GLM-4.1V's):
   stay frozen under LoRA and are trained in full fine-tuning.
 - bitsandbytes replaces `nn.Linear`s only: a 4-bit base leaves the routed experts, ~100B of GLM-4.5V's 108B
   parameters, in bf16; quantisation saves little here (configs/glm4v_moe's recipe trains LoRA on a bf16 base).
+- transformers keeps the router's weight in fp32 in a bf16 model (`_keep_in_fp32_modules_strict`): FSDP v1 cannot
+  flatten such a decoder layer ("Must flatten tensors with uniform dtype"); the recipe names FSDP v2.
 - The router's auxiliary load-balancing loss is not added (`output_router_logits` off, as in the checkpoint's
   config): the trained loss is the language-model loss the contract compares.
 """
