@@ -103,3 +103,17 @@ def test_glm46v_image_processor_budgets_two_frames_as_glm4v_does():
             w, h = resized_size(*size, ours.image_processor)
             assert (w, h) == resized_size(*size, theirs.image_processor)
             assert FAMILIES["glm46v"].image_tokens(ours, *size) == w * h // (16 * 16)
+
+
+def test_load_reads_a_saved_checkpoint_with_its_template_non_thinking_once(tiny, tmp_path):
+    from vlmtune.config import ModelCfg
+
+    tiny.model.save_pretrained(tmp_path)
+    tiny.processor.save_pretrained(tmp_path)
+    loaded = FAMILIES[tiny.family].load(ModelCfg(family=tiny.family, path=str(tmp_path), dtype="float32"))
+    assert type(loaded.model) is type(tiny.model) and loaded.family == tiny.family
+    assert loaded.processor.chat_template == tiny.processor.chat_template
+    assert loaded.processor.chat_template.count(glm4v_moe.THINKING_OFF) == 1
+    batch = FAMILIES[tiny.family].encode(loaded.processor, [_turns()], [[Image.new("RGB", (40, 40))]], "train", 512)
+    with torch.no_grad():
+        assert torch.equal(loaded.model.eval()(**batch.inputs).logits, tiny.model.eval()(**batch.inputs).logits)

@@ -288,7 +288,7 @@ def test_training_qwen2_vl_packed_gives_the_same_losses_also_with_the_vision_cac
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v", "glm4v_moe", "gemma3"])
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v", "glm4v_moe", "glm46v", "gemma3"])
 def test_a_packed_row_gives_each_sample_its_padded_loss_under_flash_attention(name):
     """`make test-gpu`: on CUDA in bf16 with flash-attention-2 the packed row runs varlen (transformers reads the
     sample boundaries from the 1-D text positions: Qwen's first position row, Gemma 3's positions, whose masks

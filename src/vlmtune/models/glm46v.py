@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 
 from vlmtune.models import glm4v, glm4v_moe
-from vlmtune.models.family import Loaded, ModelFamily
+from vlmtune.models.family import Loaded, ModelFamily, load_pretrained
 
 _THINKING_OFF = "(enable_thinking is defined and not enable_thinking)"
 _GLM45V_PROMPT = "    <|assistant|>{{- '\\n<think></think>' if " + _THINKING_OFF + " else '' -}}\n"
@@ -69,8 +69,6 @@ def load_processor(path, **options):
 
 
 def load(cfg) -> Loaded:
-    from vlmtune.models.family import load_pretrained
-
     config = glm4v.load_config(cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     loaded = load_pretrained(cfg, "glm46v", image_only_processor(), freeze_groups=glm4v.FREEZE_GROUPS, config=config)
     glm4v_moe.thinking_off(loaded.processor)
