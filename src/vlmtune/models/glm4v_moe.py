@@ -2,7 +2,9 @@
 decoder: after `first_k_dense_replace` dense layers, each layer's MLP is a sigmoid router (grouped top-k, a learned
 score bias) over many small SwiGLU experts plus a shared expert.
 
-Checkpoints: zai-org/GLM-4.5V (106B parameters, 12B active; and fine-tunes). zai-org/GLM-4.5V-FP8 is the same model
+Checkpoints: zai-org/GLM-4.5V (106B parameters, 12B active; and fine-tunes); zai-org/GLM-4.6V, the same
+architecture (its own template and `Glm46VProcessor` files: glm46v.py says what differs; its images are processed
+the same, and a vlmtune checkpoint of it saves `Glm4vProcessor`). zai-org/GLM-4.5V-FP8 is the same model
 in FP8 (fine-grained block scales): it loads for inference where transformers' FP8 path runs, but its weights are
 not trainable; train on the bf16 checkpoint.
 
