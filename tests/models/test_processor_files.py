@@ -37,6 +37,8 @@ print(json.dumps({"image": type(image).__name__, "size": image.to_dict().get("pa
                                                       ("qwen3_vl_moe", "Qwen3VLProcessor", "Qwen2VLImageProcessor"),
                                                       ("qwen3_5", "Qwen3VLProcessor", "Qwen2VLImageProcessor"),
                                                       ("glm4v", "Glm4vProcessor", "Glm4vImageProcessor"),
+                                                      ("glm4v_moe", "Glm4vProcessor", "Glm4vImageProcessor"),
+                                                      ("glm46v", "Glm46VProcessor", "Glm46VImageProcessor"),
                                                       ("internvl", "InternVLProcessor", "GotOcr2ImageProcessor"),
                                                       ("llava_onevision", "LlavaOnevisionProcessor",
                                                        "LlavaOnevisionImageProcessor"),
@@ -70,7 +72,7 @@ def test_a_saved_image_only_processor_names_its_upstream_class_and_loads_without
     assert again.image_processor.to_dict() == tiny.processor.image_processor.to_dict()
 
 
-@pytest.mark.parametrize("name", ["qwen2_vl", "glm4v", "smolvlm"])
+@pytest.mark.parametrize("name", ["qwen2_vl", "glm4v", "glm4v_moe", "glm46v", "smolvlm"])
 def test_data_check_with_a_qwen_or_smolvlm_model_loads_its_processor(name, tmp_path, fashion_dir):
     from vlmtune.runs import load_processor
 

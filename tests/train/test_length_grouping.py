@@ -177,9 +177,10 @@ def test_families_that_cannot_pack_say_so_and_would_get_another_loss(name, tmp_p
                                                 train={"packing": True})))
 
 
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v"])
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe",
+                                  "glm46v"])
 def test_qwen_vl_packing_keeps_each_samples_rope_positions_and_attention(name):
-    """Qwen2-VL/2.5-VL/3-VL and GLM-4.1V pack with each sample's M-RoPE positions from the model's `get_rope_index`
+    """Qwen2-VL/2.5-VL/3-VL and GLM-4.xV pack with each sample's M-RoPE positions from the model's `get_rope_index`
     under the text positions (qwen2_vl.pack_inputs): packed == padded with attention sharpened. The equality means
     something: with the three M-RoPE rows alone (no text row) the decoder sees one sequence, and every sample after
     the first gets another loss (it sees the samples before it); with 1-D positions in the M-RoPE rows (what the
@@ -287,7 +288,7 @@ def test_training_qwen2_vl_packed_gives_the_same_losses_also_with_the_vision_cac
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v", "gemma3"])
+@pytest.mark.parametrize("name", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v", "glm4v_moe", "glm46v", "gemma3"])
 def test_a_packed_row_gives_each_sample_its_padded_loss_under_flash_attention(name):
     """`make test-gpu`: on CUDA in bf16 with flash-attention-2 the packed row runs varlen (transformers reads the
     sample boundaries from the 1-D text positions: Qwen's first position row, Gemma 3's positions, whose masks

@@ -223,9 +223,9 @@ def _pixtral_unit(ip) -> int:
 
 def _budget_frames(ip) -> int:
     """The frames a dynamic-resolution image processor's pixel limits count for one image: GLM-4.1V's `smart_resize`
-    budgets an image as `temporal_patch_size` (2) frames, so its `longest_edge` is twice the pixels an image gets;
-    Qwen2-VL's counts one."""
-    return getattr(ip, "temporal_patch_size", 1) if type(ip).__name__.startswith("Glm4v") else 1
+    budgets an image as `temporal_patch_size` (2) frames, so its `longest_edge` is twice the pixels an image gets
+    (GLM-4.6V's `Glm46VImageProcessorPil`, a copy of it, too); Qwen2-VL's counts one."""
+    return getattr(ip, "temporal_patch_size", 1) if type(ip).__name__.startswith(("Glm4v", "Glm46V")) else 1
 
 
 def _set(obj, key: str, value) -> None:

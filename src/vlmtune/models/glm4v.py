@@ -2,9 +2,9 @@
 positions) -> 2x2 downsampling conv -> patch merger (SwiGLU) -> GLM-4 decoder with multimodal rotary positions
 (M-RoPE on half of each head, `partial_rotary_factor` 0.5).
 
-Checkpoints: zai-org/GLM-4.1V-9B-Thinking, zai-org/GLM-4.1V-9B-Base (and fine-tunes). GLM-4.5V (`glm4v_moe`) shares
-the processor (registered here for its config too) but is no family yet: its chat template (empty `<think></think>`
-written into every assistant turn, `enable_thinking`) needs its own decision, and no real files of it are at hand.
+Checkpoints: zai-org/GLM-4.1V-9B-Thinking, zai-org/GLM-4.1V-9B-Base (and fine-tunes). GLM-4.5V (`glm4v_moe`) is
+the glm4v_moe family (glm4v_moe.py): the same processor (registered here for its config too), `encode` and tiny
+model builder, with its own chat template and mixture-of-experts decoder.
 
 Prompt format: the checkpoint's chat template (CHAT_TEMPLATE, the real file's text), rendered through the processor:
 
@@ -160,26 +160,28 @@ def load(cfg, family: str = "glm4v") -> Loaded:
     return load_pretrained(cfg, family, image_only_processor(), freeze_groups=FREEZE_GROUPS, config=config)
 
 
-def render_with(processor):
+def render_with(processor, template_kwargs: dict | None = None):
     """render(messages, add_generation_prompt) through the checkpoint's template, the assistant and system turns'
-    content as the string the template expects (it writes a list of parts as its Python repr)."""
+    content as the string the template expects (it writes a list of parts as its Python repr); `template_kwargs`
+    (GLM-4.5V's `enable_thinking`) go to the template."""
     def render(messages, add_generation_prompt):
         messages = [m if m["role"] == "user" or isinstance(m["content"], str) else
                     {**m, "content": "".join(p["text"] for p in m["content"] if p.get("type") == "text")}
                     for m in messages]
-        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             **(template_kwargs or {}))
 
     return render
 
 
-def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
+def encode(processor, samples, images, mode: str, max_length: int, template_kwargs: dict | None = None) -> Batch:
     """Samples -> model inputs. "train": the whole conversation + `<|endoftext|>`, labels only on each answer and
     the token after it (`<|user|>`, or that `<|endoftext|>` after the last), right padding. "generate": the
     conversation up to `<|assistant|>\\n`, left padding. A sample longer than `max_length` (image tokens included)
-    raises SampleTooLong; nothing is cut."""
+    raises SampleTooLong; nothing is cut. `template_kwargs` go to the chat template (render_with)."""
     tok = processor.tokenizer
     train = mode == "train"
-    render = render_with(processor)
+    render = render_with(processor, template_kwargs)
     stops = {tok.convert_tokens_to_ids(USER), tok.convert_tokens_to_ids(EOS)}
 
     flat = load_image_list(samples, images)
@@ -233,36 +235,38 @@ _SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[
           r"|\s+(?!\S)|\s+")
 
 
-def build_tokenizer():
-    """A small byte-level BPE trained in-process with GLM-4's pre-tokenizer, special and added tokens."""
+def build_tokenizer(extra_special: tuple[str, ...] = ()):
+    """A small byte-level BPE trained in-process with GLM-4's pre-tokenizer, special and added tokens (and
+    `extra_special` ones, GLM-4.5V's `/nothink`)."""
     from transformers import PreTrainedTokenizerFast
 
-    tok = train_byte_bpe(_CORPUS * 20, SPECIAL_TOKENS, 640, pre_tokenizer=pre_tokenizers.Sequence([
+    special = [*SPECIAL_TOKENS, *extra_special]
+    tok = train_byte_bpe(_CORPUS * 20, special, 640, pre_tokenizer=pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(_SPLIT), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ]))
     # as in the checkpoint: no BOS (the template writes [gMASK]<sop>), eos and pad <|endoftext|>
     out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS,
-                                  extra_special_tokens=[t for t in SPECIAL_TOKENS if t != EOS], model_max_length=4096)
+                                  extra_special_tokens=[t for t in special if t != EOS], model_max_length=4096)
     out.add_tokens(PLAIN_ADDED)
     return out
 
 
-def build_processor():
+def build_processor(chat_template: str = CHAT_TEMPLATE, extra_special: tuple[str, ...] = ()):
     """Tokenizer + PIL image processor: 8x8 patches merged 2x2, images resized to 32x32 .. 64x64 pixels (the
     size limits count two frames)."""
     from transformers.models.glm4v.image_processing_pil_glm4v import Glm4vImageProcessorPil
 
     image_processor = Glm4vImageProcessorPil(patch_size=8, merge_size=2, temporal_patch_size=2,
                                              size={"shortest_edge": 2 * 32 * 32, "longest_edge": 2 * 64 * 64})
-    return image_only_processor()(image_processor, build_tokenizer(), chat_template=CHAT_TEMPLATE)
+    return image_only_processor()(image_processor, build_tokenizer(extra_special), chat_template=chat_template)
 
 
-def build_tiny(config_cls, model_cls, text: dict, family: str) -> Loaded:
+def build_tiny(config_cls, model_cls, text: dict, family: str, processor=None) -> Loaded:
     """A random model: a 2-layer ViT dim 32 and `text` (the decoder's extra keys) around a 2-layer GLM decoder,
     dim 32, 2 heads of 16 (the rotary on half of each, M-RoPE sections (t, h, w) summing to 4), token ids and stop
-    tokens as in the checkpoint."""
-    processor = build_processor()
+    tokens as in the checkpoint. `processor`: build_processor()'s by default."""
+    processor = processor or build_processor()
     tok = processor.tokenizer
     ids = tok.convert_tokens_to_ids
     eos = ids(EOS)
