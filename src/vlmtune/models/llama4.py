@@ -31,11 +31,11 @@ Traps handled here:
   (q/k/v/o_proj), the shared expert's and the dense layers' MLP linears (gate/up/down_proj); the router is left alone
   (adapting it reshuffles which expert sees each token). The vision tower has q/k/v/o_proj too: language-model regex.
 - `get_image_features` lists one entry per tile, not per image: no frozen-vision cache.
-- Packing is off: the chunked-attention layers' chunks are cut by position in the row and nothing rebuilds them per
-  sample; untested, so not declared.
-- Chunked attention (8192 tokens in the checkpoints) is counted from the first position of the row, so a left-padded
-  generation batch moves a long prompt's chunk boundaries; prompts under the chunk size (every vlmtune sample in
-  practice) are unaffected. The tiny model keeps one chunked layer with chunks longer than its samples.
+- Chunked attention (the RoPE layers attend within chunks of 8192 tokens in the checkpoints): transformers cuts the
+  chunks per sample, from its first real token, so left padding (generation) and a packed row (`train.packing`, the
+  generic one: per-sample positions, no mask) leave each sample's logits unchanged. The tiny model's chunks are 16
+  tokens, shorter than its samples, so the contract and packing tests run through chunk boundaries
+  (tests/models/test_llama4.py checks the chunks are in effect).
 """
 
 from __future__ import annotations
@@ -344,7 +344,7 @@ def build_processor():
 
 def tiny() -> Loaded:
     """A random Llama 4: ViT 2 layers dim 32 on 32x32 tiles (patches of 8, pixel shuffle 0.5 -> 4 tokens), decoder of
-    2 layers dim 32: a dense RoPE chunked-attention layer (chunks of 1024) and a NoPE full-attention MoE layer (4
+    2 layers dim 32: a dense RoPE chunked-attention layer (chunks of 16 tokens) and a NoPE full-attention MoE layer (4
     experts, top-1, a shared expert), as Maverick interleaves them; special tokens and generation config as in the
     checkpoints (eos: <|end_of_text|>, <|eom|>, <|eot|>)."""
     from transformers import Llama4Config, Llama4ForConditionalGeneration
@@ -356,7 +356,7 @@ def tiny() -> Loaded:
                   vision_output_dim=32)
     text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=32, intermediate_size_mlp=64,
                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
-                num_experts_per_tok=1, moe_layers=[1], no_rope_layers=[1, 0], attention_chunk_size=1024,
+                num_experts_per_tok=1, moe_layers=[1], no_rope_layers=[1, 0], attention_chunk_size=16,
                 max_position_embeddings=2048, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                 eos_token_id=tok.eos_token_id)
     config = Llama4Config(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids(PATCH),
@@ -388,6 +388,7 @@ FAMILY = ModelFamily(
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,
+    packing=True,  # the generic packed row: transformers' chunked and full masks follow the per-sample positions
     projector_modules=("multi_modal_projector",),
     processor_loader=load_processor,
     language_model="language_model",
