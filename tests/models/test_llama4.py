@@ -125,3 +125,21 @@ def test_load_reads_a_checkpoint_that_names_the_torchvision_image_processor(tiny
     got = FAMILY.encode(loaded.processor, list(samples), list(images), "train", 512).inputs
     want = FAMILY.encode(tiny.processor, list(samples), list(images), "train", 512).inputs
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+
+
+def test_qlora_quantises_the_linears_and_leaves_the_fused_experts_and_router_in_the_model_dtype(tiny, tmp_path):
+    """What the Scout QLoRA recipe's memory figure rests on: bitsandbytes replaces plain nn.Linear layers only, so
+    the routed experts (3-D parameters) and the router (an nn.Linear subclass) keep the model's dtype."""
+    import bitsandbytes as bnb
+
+    from vlmtune.config import QuantCfg
+
+    tiny.model.save_pretrained(tmp_path)
+    tiny.processor.save_pretrained(tmp_path)
+    q = QuantCfg(bits=4, compute_dtype="float32")
+    model = FAMILY.load(ModelCfg(family="llama4", path=str(tmp_path), dtype="bfloat16", quantization=q)).model
+    moe = model.language_model.model.layers[1].feed_forward
+    assert isinstance(moe.shared_expert.up_proj, bnb.nn.Linear4bit)
+    assert isinstance(model.language_model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    assert moe.experts.gate_up_proj.dtype == moe.experts.down_proj.dtype == torch.bfloat16
+    assert type(moe.router).__name__ == "Llama4Router" and moe.router.weight.dtype == torch.bfloat16
