@@ -143,3 +143,24 @@ def test_qlora_quantises_the_linears_and_leaves_the_fused_experts_and_router_in_
     assert isinstance(model.language_model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
     assert moe.experts.gate_up_proj.dtype == moe.experts.down_proj.dtype == torch.bfloat16
     assert type(moe.router).__name__ == "Llama4Router" and moe.router.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("max_pixels, said, wide", [(3 * 32 * 32, "max_patches 3", (96, 32)),
+                                                     (32 * 32, "max_patches 1", (32, 32))])
+def test_max_pixels_caps_the_tiles_and_resized_size_is_the_canvas(max_pixels, said, wide):
+    """`model.max_pixels` keeps canvases of at most max_pixels // tile pixels tiles (+ the global tile), and
+    `resized_size` is the canvas an image is resized and padded into."""
+    from vlmtune.data.resize import limit_pixels, resized_size
+    from vlmtune.models import apply_max_pixels
+
+    processor = FAMILY.tiny().processor
+    ip = processor.image_processor
+    assert resized_size(96, 64, ip) == (64, 64) and resized_size(40, 100, ip) == (32, 96)  # 2x2 and 3x1 tiles
+    assert resized_size(16, 16, ip) == (32, 32)  # never below one tile
+    assert apply_max_pixels(processor, ModelCfg(family="llama4", path="x", max_pixels=max_pixels)).startswith(said)
+    assert resized_size(200, 200, ip) == (32, 32)  # no square canvas of 2x2 any more
+    assert resized_size(300, 100, ip) == wide
+    tiles = (wide[0] // 32) * (wide[1] // 32)
+    assert FAMILY.image_tokens(processor, 300, 100) == 4 * (tiles + 1 if tiles > 1 else 1)
+    with pytest.raises(ValueError, match="below llama4's smallest tile \\(1024 pixels\\)"):
+        limit_pixels(ip, 1000, "llama4")

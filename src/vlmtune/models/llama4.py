@@ -178,6 +178,10 @@ def image_processor_class() -> type:
         valid_kwargs = Llama4ImageProcessorKwargs
         model_input_names = ["pixel_values"]
 
+        def best_canvas(self, height: int, width: int) -> tuple[int, int]:
+            """(height, width) of the canvas of whole tiles an image is resized and padded into (data/resize.py)."""
+            return layout(self, height, width)[0]
+
         def get_number_of_image_patches(self, height: int, width: int, images_kwargs=None) -> int:
             """Tiles of one image, the global tile included when there are several (upstream's)."""
             (th, tw), _ = layout(self, height, width)
