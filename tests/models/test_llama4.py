@@ -4,6 +4,7 @@ is the checkpoints'; the tiny model's chunked attention is in effect and left pa
 unchanged; a saved checkpoint names the upstream image processor and loads back through the family."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -164,3 +165,44 @@ def test_max_pixels_caps_the_tiles_and_resized_size_is_the_canvas(max_pixels, sa
     assert FAMILY.image_tokens(processor, 300, 100) == 4 * (tiles + 1 if tiles > 1 else 1)
     with pytest.raises(ValueError, match="below llama4's smallest tile \\(1024 pixels\\)"):
         limit_pixels(ip, 1000, "llama4")
+
+
+UPSTREAM = """
+import json, sys
+from PIL import Image
+from transformers import AutoProcessor
+p = AutoProcessor.from_pretrained(sys.argv[1])
+out = p(text=json.loads(sys.argv[2]), images=[Image.open(f) for f in json.loads(sys.argv[3])], padding=True,
+        padding_side="right", return_tensors="pt")
+print(json.dumps({"class": type(p).__name__, "image": type(p.image_processor).__name__,
+                  "input_ids": out["input_ids"].tolist(), "pixel_values": out["pixel_values"].float().tolist(),
+                  "template": p.chat_template == json.loads(sys.argv[4])}))
+"""
+
+
+@pytest.mark.vllm
+def test_the_saved_processor_loads_with_plain_auto_processor_and_gives_the_same_inputs(tiny, tmp_path):
+    """The saved processor through plain AutoProcessor in vLLM's environment (transformers' torchvision
+    Llama4ImageProcessor, no vlmtune): Llama4Processor with the same chat template, the same ids (tile markers and
+    `<|patch|>` runs) and tiles, pixel values within two intensity levels."""
+    from vlmtune.serve.vllm import find_vllm_python
+
+    tiny.processor.save_pretrained(tmp_path)
+    sizes = [(32, 32), (16, 16), (64, 32), (96, 64), (40, 100), (200, 120)]
+    files = []
+    for k, (w, h) in enumerate(sizes):
+        image(w, h).save(tmp_path / f"{k}.png")
+        files.append(str(tmp_path / f"{k}.png"))
+    texts = ["<|image|>What colour?"] * len(sizes)
+    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([str(find_vllm_python()), "-c", UPSTREAM, str(tmp_path), json.dumps(texts),
+                          json.dumps(files), json.dumps(CHAT_TEMPLATE)], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    theirs = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (theirs["class"], theirs["image"], theirs["template"]) == ("Llama4Processor", "Llama4ImageProcessor", True)
+    ours = tiny.processor(text=texts, images=[Image.open(f) for f in files], padding=True, padding_side="right",
+                          return_tensors="pt")
+    assert ours["input_ids"].tolist() == theirs["input_ids"]
+    torch.testing.assert_close(ours["pixel_values"].float(), torch.tensor(theirs["pixel_values"]), atol=2 * LEVEL,
+                               rtol=0)
