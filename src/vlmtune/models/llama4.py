@@ -36,6 +36,10 @@ Traps handled here:
   generic one: per-sample positions, no mask) leave each sample's logits unchanged. The tiny model's chunks are 16
   tokens, shorter than its samples, so the contract and packing tests run through chunk boundaries
   (tests/models/test_llama4.py checks the chunks are in effect).
+- vLLM serves an export with the same greedy answers (tests/serve/test_vllm_parity.py) when its config says which
+  layers are MoE by `interleave_moe_layer_step` (vLLM ignores `moe_layers`; the tiny model's 2 gives Maverick's
+  dense/MoE alternation) and its chunk size is whole KV blocks (vLLM asserts a multiple of 128: the parity test's
+  model has 128-token chunks).
 """
 
 from __future__ import annotations
@@ -360,7 +364,7 @@ def tiny() -> Loaded:
                   vision_output_dim=32)
     text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=32, intermediate_size_mlp=64,
                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_local_experts=4,
-                num_experts_per_tok=1, moe_layers=[1], no_rope_layers=[1, 0], attention_chunk_size=16,
+                num_experts_per_tok=1, interleave_moe_layer_step=2, no_rope_layers=[1, 0], attention_chunk_size=16,
                 max_position_embeddings=2048, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                 eos_token_id=tok.eos_token_id)
     config = Llama4Config(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids(PATCH),
