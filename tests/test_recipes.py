@@ -29,7 +29,8 @@ def test_recipe_parses_and_names_what_exists(path):
     assert cfg.eval.task in TASKS and cfg.eval.metric in TASKS[cfg.eval.task].metrics
     if path.parent.name != "builtin":
         assert cfg.model.path != "builtin" and "/" in cfg.model.path, "a hub id"
-        size, method, task = re.fullmatch(r"([^_]+)_(lora|qlora|full)_(\w+)\.yaml", path.name).groups()
+        # size: anything up to the method ("7b", "scout_17b_16e")
+        size, method, task = re.fullmatch(r"(.+?)_(lora|qlora|full)_(\w+)\.yaml", path.name).groups()
         assert (method in ("lora", "qlora")) == cfg.lora.enabled
         assert (method == "qlora") == (cfg.model.quantization is not None)
         assert cfg.train.global_batch_size % cfg.train.micro_batch_size == 0

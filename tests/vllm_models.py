@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-WIDE_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "blip2", "internvl")
+WIDE_FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "blip2", "internvl",
+                 "llama4")
 
 
 def save_wide_tiny(family_name: str, out: Path, seed: int = 0) -> Path:
@@ -34,6 +35,8 @@ def save_wide_tiny(family_name: str, out: Path, seed: int = 0) -> Path:
         vision.out_hidden_size = 128
     if hasattr(text, "conv_dim"):  # LFM2: the convolutions' and blocks' widths, which vLLM reads
         text.conv_dim = text.block_dim = 128
+    if getattr(text, "attention_chunk_size", None):  # Llama 4: vLLM's chunked attention takes whole KV blocks (128)
+        text.attention_chunk_size = 128
     if family_name == "blip2":  # OPT: its own names for the widths
         text.word_embed_proj_dim, text.ffn_dim = 128, 256
     torch.manual_seed(seed)

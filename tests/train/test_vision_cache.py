@@ -202,7 +202,8 @@ def test_memory_holds_a_bounded_number_of_bytes_and_rereads_the_rest(tmp_path, m
     assert list(cache.memory) == ["k3", "k1"]
 
 
-NOT_WIRED = {"internvl": "one feature row per tile", "lfm2_vl": "one feature row per tile"}
+NOT_WIRED = {"internvl": "one feature row per tile", "lfm2_vl": "one feature row per tile",
+             "llama4": "one feature row per tile"}
 """Families whose model takes `mm_encoder_outputs` but whose features the cache does not key yet: the cache keeps one
 entry per image (or per sample), their `get_image_features` lists one per tile."""
 

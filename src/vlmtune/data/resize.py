@@ -26,9 +26,9 @@ def resized_size(width: int, height: int, image_processor) -> tuple[int, int]:
     Gemma 4's resize within its soft-token budget, Pix2Struct's patches. For the bounded ones it gives the size the
     image is fitted into: a fixed `height` x `width` (BLIP-2, SigLIP, Gemma 3), `max_height` x `max_width`, the
     `longest_edge` (Idefics3, SmolVLM, rounded up to their `max_image_size` tiles; Pixtral/Mistral 3, never enlarged,
-    rounded up to whole tokens), LLaVA-NeXT's best `image_grid_pinpoints` canvas, Mllama's, InternVL's and LFM2-VL's
-    tile canvas. A processor that does not resize gives the input size. Raises ValueError where the processor itself
-    would refuse the image (Qwen2-VL beyond an aspect ratio of 200)."""
+    rounded up to whole tokens), LLaVA-NeXT's best `image_grid_pinpoints` canvas, Mllama's, InternVL's, LFM2-VL's
+    and Llama 4's tile canvas. A processor that does not resize gives the input size. Raises ValueError where the
+    processor itself would refuse the image (Qwen2-VL beyond an aspect ratio of 200)."""
     if getattr(image_processor, "do_pad", False) and hasattr(image_processor, "pad_to_square"):
         side = max(width, height)  # LLaVA: padded to a square first, then resized
         w, h = _resized(side, side, image_processor)
@@ -53,6 +53,9 @@ def _resized(width: int, height: int, ip) -> tuple[int, int]:
 
             cols, rows = get_optimal_tiled_canvas((height, width), (th, tw), ip.min_patches, max_patches)
         return cols * tw, rows * th
+    if getattr(ip, "resize_to_max_canvas", None) is not None and hasattr(ip, "best_canvas"):  # Llama 4: tile canvas
+        h, w = ip.best_canvas(height, width)
+        return w, h
     if getattr(ip, "encoder_patch_size", None) and hasattr(ip, "_get_split_layout"):  # LFM2-VL: tiles or one resize
         split, rows, cols, h, w = ip._get_split_layout(height, width, **_lfm2_layout(ip))
         return (cols * ip.tile_size, rows * ip.tile_size) if split else (w, h)
@@ -150,6 +153,12 @@ def limit_pixels(image_processor, max_pixels: int, family: str = "the model") ->
         ip.max_patches = min(max_patches, max_pixels // unit)
         ip.min_patches = min(ip.min_patches, ip.max_patches)
         return f"max_patches {ip.max_patches} (+ a thumbnail tile when an image is cut into several)"
+    if getattr(ip, "resize_to_max_canvas", None) is not None and max_patches and _edge(size, "height"):  # Llama 4
+        unit = _edge(size, "height") * _edge(size, "width")
+        if max_pixels < unit:
+            too_small("tile", unit)
+        ip.max_patches = min(max_patches, max_pixels // unit)
+        return f"max_patches {ip.max_patches} (+ a global tile when an image is cut into several)"
     if getattr(ip, "encoder_patch_size", None) and hasattr(ip, "_get_split_layout"):  # LFM2-VL
         unit = (ip.encoder_patch_size * ip.downsample_factor) ** 2
         if max_pixels < unit:
