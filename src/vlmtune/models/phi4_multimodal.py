@@ -170,8 +170,8 @@ def image_processor_class() -> type:
                 mask = crop_mask(grid, (pad_w, pad_h), patch_size, mask_size)
                 x = torch.from_numpy(np.ascontiguousarray(image))[None]
                 # torchvision's uint8 resize (bilinear, antialias), then white padding right and bottom
-                x = interpolate(x.float(), size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-                x = torch.nn.functional.pad(x.round_().clamp_(0, 255), (0, pad_w, 0, pad_h), value=255.0)[0]
+                x = interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)  # uint8 kernel
+                x = torch.nn.functional.pad(x.float(), (0, pad_w, 0, pad_h), value=255.0)[0]
                 if do_rescale:
                     x = x * rescale_factor
                 if do_normalize:
@@ -243,7 +243,10 @@ def merge_vision_lora(model, path, revision=None):
         if local:
             raise
         return model  # a hub checkpoint without the adapter
-    return adapted.merge_and_unload()
+    model = adapted.merge_and_unload()
+    for p in model.parameters():  # peft froze the base weights: trainable again, as any loaded model's
+        p.requires_grad_(True)
+    return model
 
 
 def freeze_audio(model) -> None:
@@ -371,6 +374,7 @@ FAMILY = ModelFamily(
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,
+    packing=True,
     processor_loader=load_processor,
     projector_modules=("img_projection_up", "img_projection_down"),
 )

@@ -1,0 +1,152 @@
+"""Phi-4-multimodal: the torchvision-free port of Phi4MultimodalImageProcessor gives what transformers' own gives
+(tests/golden/phi4mm_image.npz, made by tests/golden/make_phi4mm_golden.py), `image_tokens` is the number of
+`<|image|>` tokens the processor writes, the checkpoint's vision LoRA adapter is merged on load, the audio encoder
+stays frozen, and the processor vlmtune saves names the upstream classes and loads with plain AutoProcessor (in
+vLLM's environment, which has torchvision)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vlmtune.config import ModelCfg
+from vlmtune.data.sample import Sample, assistant, user
+from vlmtune.models import FAMILIES, phi4_multimodal
+
+GOLDEN = Path(__file__).parents[1] / "golden"
+sys.path.insert(0, str(GOLDEN))
+from make_phi4mm_golden import REAL, REAL_CASES, STEP, TINY, TINY_CASES, image  # noqa: E402
+
+FAMILY = FAMILIES["phi4_multimodal"]
+SAMPLE = Sample(id="q", messages=[user("What colour is the top?"), assistant("red")], images=["a.png"], task="vqa")
+
+
+@pytest.mark.parametrize("name", sorted(TINY_CASES) + sorted(REAL_CASES))
+def test_the_port_gives_upstreams_crops_masks_sizes_and_tokens(name):
+    """Pixels within 1e-6 (float rounding; the uint8 resize is torchvision's kernel), masks, sizes and (at the
+    checkpoint's 448/14 crops) token counts exactly. Upstream's count is written for 448/14 crops (256 + 16 + 1 +
+    ...): at the tiny 28/14 crops its global crop is 1x1 + 1 separator, not 16x16 + 16, so the counts differ by
+    that, and the port's count is the one the tiny model fills (the contract test runs it)."""
+    golden = np.load(GOLDEN / "phi4mm_image.npz")
+    real = name in REAL_CASES
+    width, height = (REAL_CASES if real else TINY_CASES)[name]
+    processor = phi4_multimodal.image_processor_class()(**(REAL if real else TINY))
+    got = processor(images=[image(width, height)], return_tensors="pt")
+    step = STEP if real else 1
+    np.testing.assert_allclose(got["image_pixel_values"][..., ::step, ::step].numpy(), golden[f"{name}/pixels"],
+                               rtol=0, atol=1e-6)
+    assert got["image_attention_mask"].numpy().astype(np.uint8).tolist() == golden[f"{name}/mask"].tolist()
+    assert got["image_sizes"].tolist() == golden[f"{name}/sizes"].tolist()
+    upstream = int(golden[f"{name}/tokens"][0])
+    assert got["num_img_tokens"].tolist() == [upstream if real else upstream - (256 + 16) + (1 + 1)]
+    assert processor.get_number_of_image_tokens(height, width) == got["num_img_tokens"][0]
+
+
+@pytest.mark.parametrize("size", [(40, 40), (40, 60), (90, 30), (17, 23), (200, 20)])
+def test_image_tokens_are_the_image_placeholders_encode_writes(size):
+    tiny = FAMILY.tiny()
+    batch = FAMILY.encode(tiny.processor, [SAMPLE], [[image(*size)]], "train", 512)
+    n = int((batch.inputs["input_ids"] == tiny.processor.image_token_id).sum())
+    assert n == FAMILY.image_tokens(tiny.processor, *size)
+    with torch.no_grad():  # the model fills exactly those positions (it raises on a count mismatch)
+        tiny.model(**batch.inputs)
+
+
+def test_an_extreme_aspect_ratio_is_refused_in_one_line():
+    tiny = FAMILY.tiny()
+    with pytest.raises(ValueError, match="aspect ratio is too extreme"):
+        FAMILY.image_tokens(tiny.processor, 2000, 5)
+
+
+def _saved(tmp_path, adapter: bool):
+    from peft import LoraConfig, get_peft_model
+
+    tiny = FAMILY.tiny()
+    tiny.model.save_pretrained(tmp_path)
+    tiny.processor.save_pretrained(tmp_path)
+    if adapter:  # the checkpoint's vision-lora/: a LoRA on the decoder, nonzero so merging shows
+        torch.manual_seed(1)
+        peft = get_peft_model(tiny.model, LoraConfig(r=4, target_modules=list(FAMILY.lora_targets)[0],
+                                                     init_lora_weights=False))
+        peft.save_pretrained(tmp_path / phi4_multimodal.VISION_LORA)
+        merged = {n: p.detach().clone() for n, p in peft.merge_and_unload().named_parameters()}
+        return merged
+    return {n: p.detach().clone() for n, p in tiny.model.named_parameters()}
+
+
+@pytest.mark.parametrize("adapter", [True, False])
+def test_load_merges_the_vision_lora_into_the_decoder_and_freezes_audio(tmp_path, adapter):
+    expected = _saved(tmp_path, adapter)
+    loaded = FAMILY.load(ModelCfg(family="phi4_multimodal", path=str(tmp_path), dtype="float32"))
+    params = dict(loaded.model.named_parameters())
+    assert not any("lora_" in n for n in params) and params.keys() == expected.keys()
+    for n, p in params.items():
+        torch.testing.assert_close(p, expected[n], rtol=0, atol=0)
+        assert p.requires_grad == (not n.startswith(FAMILY.freeze_groups["audio"])), n
+    assert type(loaded.model).__name__ == "Phi4MultimodalForCausalLM"
+    loaded.model.save_pretrained(tmp_path / "again")  # a vlmtune checkpoint: merged weights, no vision-lora/
+    assert not (tmp_path / "again" / phi4_multimodal.VISION_LORA).exists()
+
+
+def test_a_saved_processor_names_the_upstream_classes_and_keeps_its_template(tmp_path):
+    tiny = FAMILY.tiny()
+    tiny.processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "processor_config.json").read_text())
+    assert saved["processor_class"] == "Phi4MultimodalProcessor"
+    assert saved["image_processor"]["image_processor_type"] == "Phi4MultimodalImageProcessor"
+    assert saved["audio_processor"]["feature_extractor_type"] == "Phi4MultimodalFeatureExtractor"
+    again = FAMILY.load_processor(tmp_path)
+    assert again.chat_template == phi4_multimodal.CHAT_TEMPLATE
+    assert again.image_processor.to_dict() == tiny.processor.image_processor.to_dict()
+
+
+PLAIN = """
+import json, sys
+import numpy as np
+from PIL import Image
+from transformers import AutoProcessor
+d = sys.argv[1]
+p = AutoProcessor.from_pretrained(d)
+text = open(d + "/prompt.txt").read()
+img = Image.open(d + "/image.png")
+out = p(text=[text], images=[img], return_tensors="pt")
+np.save(d + "/pixels.npy", out["image_pixel_values"].numpy())
+print(json.dumps({"class": type(p).__name__, "image": type(p.image_processor).__name__,
+                  "audio": type(p.audio_processor).__name__, "ids": out["input_ids"][0].tolist(),
+                  "mask": out["image_attention_mask"].tolist(), "sizes": out["image_sizes"].tolist()}))
+"""
+
+
+@pytest.mark.vllm
+def test_plain_transformers_loads_the_saved_processor_and_writes_the_same_inputs(tmp_path):
+    """In .venv-vllm (torchvision, transformers 5.19) AutoProcessor builds Phi4MultimodalProcessor with upstream's
+    image processor from the saved files; on the prompt `encode` builds it gives the same ids and masks, and pixels
+    within 1e-6."""
+    from vlmtune.serve.vllm import find_vllm_python
+
+    python = find_vllm_python()
+    tiny = FAMILY.tiny()
+    tiny.processor.save_pretrained(tmp_path)
+    img = image(40, 60)
+    img.save(tmp_path / "image.png")
+    ours = FAMILY.encode(tiny.processor, [SAMPLE], [[img]], "generate", 512).inputs
+    prompt = tiny.processor.apply_chat_template(SAMPLE.prompt_messages, tokenize=False, add_generation_prompt=True)
+    (tmp_path / "prompt.txt").write_text(prompt)
+    run = subprocess.run([str(python), "-c", PLAIN, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (got["class"], got["image"], got["audio"]) == ("Phi4MultimodalProcessor", "Phi4MultimodalImageProcessor",
+                                                          "Phi4MultimodalFeatureExtractor")
+    # upstream's count is written for 448/14 crops: at the tiny 28/14 crops it writes 270 more <|image|> tokens
+    image_id = tiny.processor.image_token_id
+    strip = [t for t in got["ids"] if t != image_id]
+    assert strip == [t for t in ours["input_ids"][0].tolist() if t != image_id]
+    assert got["ids"].count(image_id) == int((ours["input_ids"] == image_id).sum()) + 270
+    assert got["mask"] == ours["image_attention_mask"].tolist() and got["sizes"] == ours["image_sizes"].tolist()
+    np.testing.assert_allclose(np.load(tmp_path / "pixels.npy"), ours["image_pixel_values"].numpy(), rtol=0,
+                               atol=1e-6)
