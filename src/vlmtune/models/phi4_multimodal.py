@@ -44,6 +44,9 @@ Traps handled here:
   the audio encoder is its own freeze group ("audio", always frozen, never a LoRA target).
 - The image features of all images of a batch are one tensor put in order into the `<|image|>` positions; each image
   is global crop + up to `dynamic_hd` (36) 448 px crops, padded to the batch's largest crop count.
+- Packing: the decoder is plain causal attention with rotary positions from `position_ids`, and the image features
+  are put into the `<|image|>` positions in order, which a packed row keeps: the generic packed row gives each
+  sample its padded loss (tests/train/test_length_grouping.py).
 - No frozen-vision cache (the model has no `get_image_features` / precomputed-feature input).
 - LoRA targets the decoder's qkv_proj, o_proj, gate_up_proj and down_proj (`model.layers.N...`); the SigLIP tower and
   the Conformer have their own q/k/v/out projections, hence the anchored regex.
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -229,8 +233,6 @@ def load(cfg) -> Loaded:
 def merge_vision_lora(model, path, revision=None):
     """`model` with the checkpoint's `vision-lora/` peft adapter merged into its decoder, when it has one (a hub
     checkpoint, or a directory holding that folder); the model unchanged otherwise."""
-    from pathlib import Path
-
     local = Path(str(path)).is_dir()
     if local and not (Path(path) / VISION_LORA / "adapter_config.json").is_file():
         return model
