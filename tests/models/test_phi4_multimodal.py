@@ -150,3 +150,25 @@ def test_plain_transformers_loads_the_saved_processor_and_writes_the_same_inputs
     assert got["mask"] == ours["image_attention_mask"].tolist() and got["sizes"] == ours["image_sizes"].tolist()
     np.testing.assert_allclose(np.load(tmp_path / "pixels.npy"), ours["image_pixel_values"].numpy(), rtol=0,
                                atol=1e-6)
+
+
+
+
+def test_a_quantized_load_merges_the_vision_lora_too(tmp_path):
+    """Under model.quantization the adapter is merged into the 4-bit decoder (peft dequantises, adds, requantises):
+    its logits are nearer the full-precision merged model's than the unmerged base's. (Run with gradients on: under
+    no_grad bitsandbytes' CPU inference path repacks 4-bit weights by 64-wide blocks, which the tiny 32-wide layers
+    are not, and fails on their shape.)"""
+    from transformers import AutoModelForCausalLM
+
+    from vlmtune.config.model import QuantCfg
+
+    _saved(tmp_path, adapter=True)
+    q = QuantCfg(bits=4, compute_dtype="float32")
+    model = FAMILY.load(ModelCfg(family="phi4_multimodal", path=str(tmp_path), quantization=q)).model.eval()
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    full = FAMILY.load(ModelCfg(family="phi4_multimodal", path=str(tmp_path), dtype="float32")).model.eval()
+    unmerged = AutoModelForCausalLM.from_pretrained(tmp_path).eval()  # plain transformers: the base alone
+    batch = FAMILY.encode(FAMILY.load_processor(tmp_path), [SAMPLE], [[image(40, 60)]], "train", 512).inputs
+    got, want, plain = (m(**batch).logits.detach() for m in (model, full, unmerged))
+    assert (got - want).abs().mean() < (got - plain).abs().mean()

@@ -18,7 +18,8 @@ The vision and speech LoRA adapters: the original checkpoint merges a "vision" a
 decoder in its remote code. transformers' Phi4MultimodalForCausalLM has no LoRA modules; its documentation loads the
 checkpoint's `vision-lora/` folder as a peft adapter (`model.load_adapter(path, adapter_name="vision",
 adapter_kwargs={"subfolder": "vision-lora"})`), without which the decoder is the text-only Phi-4-mini. `load` does
-the same and merges that adapter into the base weights (peft `merge_and_unload`) when the checkpoint has one, so
+the same and merges that adapter into the base weights (peft `merge_and_unload`; into a 4/8-bit base too, where peft
+dequantises, adds and requantises) when the checkpoint has one, so
 vlmtune's own LoRA (or full fine-tune) trains on top of the vision-adapted decoder, as Microsoft's vision fine-tuning
 recipe does; the speech adapter is never loaded. A vlmtune checkpoint or export holds the merged weights (and no
 `vision-lora/`), so reloading never merges twice.
@@ -247,7 +248,7 @@ def merge_vision_lora(model, path, revision=None):
         return model  # a hub checkpoint without the adapter
     model = adapted.merge_and_unload()
     for p in model.parameters():  # peft froze the base weights: trainable again, as any loaded model's
-        p.requires_grad_(True)
+        p.requires_grad_(p.is_floating_point())  # (4/8-bit quantised weights never are)
     return model
 
 
