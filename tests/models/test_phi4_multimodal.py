@@ -172,3 +172,20 @@ def test_a_quantized_load_merges_the_vision_lora_too(tmp_path):
     batch = FAMILY.encode(FAMILY.load_processor(tmp_path), [SAMPLE], [[image(40, 60)]], "train", 512).inputs
     got, want, plain = (m(**batch).logits.detach() for m in (model, full, unmerged))
     assert (got - want).abs().mean() < (got - plain).abs().mean()
+
+
+def test_plan_builds_the_meta_model_and_counts_every_tower(tmp_path):
+    """`vlmtune plan` builds Phi4MultimodalForCausalLM (an AutoModelForMultimodalLM, not an
+    AutoModelForImageTextToText) on the meta device, and every parameter falls in a freeze group."""
+    from vlmtune.config import RunCfg
+    from vlmtune.train.plan.params import build_meta_model, count_params
+
+    tiny = FAMILY.tiny()
+    tiny.model.save_pretrained(tmp_path)
+    cfg = RunCfg.from_dict({"model": {"family": "phi4_multimodal", "path": str(tmp_path), "dtype": "bfloat16"},
+                            "lora": {"enabled": True}, "train": {"mixed_precision": "bf16"}})
+    model = build_meta_model(cfg)[0]
+    assert type(model).__name__ == "Phi4MultimodalForCausalLM" and model.device.type == "meta"
+    counts = count_params(cfg, FAMILY, model)
+    assert counts["total"] == sum(p.numel() for p in tiny.model.parameters())
+    assert counts["towers"].get("other", 0) == 0, counts["towers"]
