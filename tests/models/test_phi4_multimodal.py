@@ -189,3 +189,31 @@ def test_plan_builds_the_meta_model_and_counts_every_tower(tmp_path):
     counts = count_params(cfg, FAMILY, model)
     assert counts["total"] == sum(p.numel() for p in tiny.model.parameters())
     assert counts["towers"].get("other", 0) == 0, counts["towers"]
+
+
+@pytest.mark.parametrize("size,max_crops", [((300, 200), 36), ((700, 500), 36), ((896, 448), 36), ((1000, 1000), 4)])
+def test_at_the_checkpoints_crop_geometry_the_model_fills_exactly_the_counted_tokens(size, max_crops):
+    """The checkpoint's vision geometry (SigLIP at 448 px crops of 14 px patches, width 1152, 2 of its 27 layers; a
+    narrow decoder) with the checkpoint's processor settings: the model's features for an image (global crop,
+    separators, the unpadded part of the crop grid) are exactly the `<|image|>` tokens counted, for padded and
+    capped grids too (a 3x3 grid capped to 2x2 by `dynamic_hd` 4; transformers' index_put raises on any other
+    number)."""
+    from transformers import Phi4MultimodalConfig, Phi4MultimodalForCausalLM
+
+    processor = phi4_multimodal.build_processor(crop=448, patch=14, dynamic_hd=max_crops)
+    tok = processor.tokenizer
+    config = Phi4MultimodalConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, vision_config=dict(num_hidden_layers=2, image_token_id=processor.image_token_id),
+        audio_config=dict(hidden_size=16, intermediate_size=32, num_blocks=1, num_attention_heads=2,
+                          ext_pw_out_channel=16, depthwise_separable_out_channel=16, nemo_conv_channels=16,
+                          audio_token_id=processor.audio_token_id), pad_token_id=tok.pad_token_id)
+    model = Phi4MultimodalForCausalLM(config).eval()
+    batch = FAMILY.encode(processor, [SAMPLE], [[image(*size)]], "train", 8192).inputs
+    n = int((batch["input_ids"] == processor.image_token_id).sum())
+    assert n == FAMILY.image_tokens(processor, *size)
+    with torch.no_grad():
+        features = model.model.embed_tokens_extend.image_embed(
+            batch["input_ids"], model.model.embed_tokens(batch["input_ids"]), batch["image_pixel_values"],
+            batch["image_sizes"], batch["image_attention_mask"])
+    assert features.shape[1] == batch["input_ids"].shape[1]
