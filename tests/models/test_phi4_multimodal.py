@@ -217,3 +217,47 @@ def test_at_the_checkpoints_crop_geometry_the_model_fills_exactly_the_counted_to
             batch["input_ids"], model.model.embed_tokens(batch["input_ids"]), batch["image_pixel_values"],
             batch["image_sizes"], batch["image_attention_mask"])
     assert features.shape[1] == batch["input_ids"].shape[1]
+
+
+FRESH = """
+import json, sys
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+d = sys.argv[1]
+model = AutoModelForCausalLM.from_pretrained(d).eval()
+ids = torch.tensor(json.loads(open(d + "/../ids.json").read()))
+with torch.no_grad():
+    logits = model(input_ids=ids).logits
+try:
+    AutoModelForImageTextToText.from_pretrained(d)
+    image_text = "loaded"
+except ValueError:
+    image_text = "refused"
+print(json.dumps({"class": type(model).__name__, "logits": logits[0, -1, :8].tolist(), "image_text": image_text,
+                  "tokens": len(AutoTokenizer.from_pretrained(d)), "vlmtune": "vlmtune" in sys.modules}))
+"""
+
+
+def test_an_export_loads_with_plain_transformers_as_a_causal_lm(tmp_path):
+    """Without vlmtune (no registration) an export is an AutoModelForCausalLM with the same logits;
+    AutoModelForImageTextToText refuses it there, as it refuses the checkpoint."""
+    import os
+
+    from vlmtune.export import export
+
+    tiny = FAMILY.tiny()
+    tiny.model.save_pretrained(tmp_path / "src")
+    tiny.processor.save_pretrained(tmp_path / "src")
+    out = Path(export(tmp_path / "src", tmp_path / "out")["out"])
+    ids = tiny.processor.tokenizer(["<|user|>What colour is the top?<|end|><|assistant|>"]).input_ids
+    (tmp_path / "ids.json").write_text(json.dumps(ids))
+    with torch.no_grad():
+        want = tiny.model.eval()(input_ids=torch.tensor(ids)).logits[0, -1, :8]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-c", FRESH, str(out)], capture_output=True, text=True, env=env,
+                         timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (got["class"], got["image_text"], got["vlmtune"]) == ("Phi4MultimodalForCausalLM", "refused", False)
+    assert got["tokens"] == len(tiny.processor.tokenizer)
+    torch.testing.assert_close(torch.tensor(got["logits"]), want, rtol=1e-5, atol=1e-5)
