@@ -2,8 +2,9 @@
 SigLIP (448 px crops, layer -2) -> 2x2 average pool -> 2-layer GELU MLP -> Phi-4-mini decoder (fused qkv/gate_up);
 a Conformer audio encoder beside it, which vlmtune never feeds.
 
-Checkpoints: microsoft/Phi-4-multimodal-instruct in transformers' layout (the hub's converted revision; its `main`
-branch is the remote-code `Phi4MMForCausalLM`, which this family does not load).
+Checkpoints: microsoft/Phi-4-multimodal-instruct in transformers' layout (`model.revision: refs/pr/94`, the revision
+transformers' own tests load; its `main` branch is the remote-code `Phi4MMForCausalLM`, model_type "phi4mm", which
+this family does not load).
 
 Prompt format: the chat template of transformers' Phi4MultimodalProcessor (its tests' template; images as one
 `<|image|>` each, which the processor expands to the image's feature tokens):
@@ -15,14 +16,15 @@ The generation prompt ends with `<|assistant|>`. The checkpoint's generation con
 after the last turn when no generation prompt is asked for is not generated after an answer, so it is not trained.
 
 The vision and speech LoRA adapters: the original checkpoint merges a "vision" and a "speech" LoRA into its
-decoder in its remote code. transformers' Phi4MultimodalForCausalLM has no LoRA modules; its documentation loads the
-checkpoint's `vision-lora/` folder as a peft adapter (`model.load_adapter(path, adapter_name="vision",
-adapter_kwargs={"subfolder": "vision-lora"})`), without which the decoder is the text-only Phi-4-mini. `load` does
-the same and merges that adapter into the base weights (peft `merge_and_unload`; into a 4/8-bit base too, where peft
-dequantises, adds and requantises) when the checkpoint has one, so
-vlmtune's own LoRA (or full fine-tune) trains on top of the vision-adapted decoder, as Microsoft's vision fine-tuning
-recipe does; the speech adapter is never loaded. A vlmtune checkpoint or export holds the merged weights (and no
-`vision-lora/`), so reloading never merges twice.
+decoder in its remote code, and its sample fine-tuning script trains the vision adapter itself. transformers'
+Phi4MultimodalForCausalLM has no LoRA modules; its documentation loads the checkpoint's `vision-lora/` folder as a
+peft adapter (`model.load_adapter(path, adapter_name="vision", adapter_kwargs={"subfolder": "vision-lora"})`),
+without which the decoder is the text-only Phi-4-mini. `load` loads the same adapter and merges it into the base
+weights (peft `merge_and_unload`; into a 4/8-bit base too, where peft dequantises, adds and requantises) when the
+checkpoint has one. What vlmtune trains is then its own LoRA (or a full fine-tune) on top of the vision-adapted
+decoder: the same linears as the vision adapter, as a new adapter over the merged weights rather than the shipped
+adapter continued. The speech adapter is never loaded. A vlmtune checkpoint or export holds the merged weights (and
+no `vision-lora/`), so reloading never merges twice.
 
 Traps handled here:
 - transformers' Phi4MultimodalImageProcessor is torchvision-only: `image_processor_class()` is a port on the PIL
@@ -48,7 +50,9 @@ Traps handled here:
 - Packing: the decoder is plain causal attention with rotary positions from `position_ids`, and the image features
   are put into the `<|image|>` positions in order, which a packed row keeps: the generic packed row gives each
   sample its padded loss (tests/train/test_length_grouping.py).
-- No frozen-vision cache (the model has no `get_image_features` / precomputed-feature input).
+- No frozen-vision cache (the model has no `get_image_features` / precomputed-feature input), and no vision dummy
+  for sharded runs (`language_model` is None: the decoder and the image embedding are one module). Not served by
+  vLLM from here (not in tests/vllm_models.py: untested).
 - LoRA targets the decoder's qkv_proj, o_proj, gate_up_proj and down_proj (`model.layers.N...`); the SigLIP tower and
   the Conformer have their own q/k/v/out projections, hence the anchored regex.
 """
