@@ -54,14 +54,17 @@ def build_meta_model(cfg: RunCfg):
     """The recipe's model with no memory behind its weights (meta device); the builtin model is built for real (it is
     tiny). Returns (model, config)."""
     import torch
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText, AutoModelForMultimodalLM
 
     if cfg.model.path == "builtin":
         model = build_builtin(cfg.model.builtin).model
         return model, model.config
     config = load_config(cfg)
+    auto = AutoModelForImageTextToText
+    if type(config) not in auto._model_mapping:  # Phi-4-multimodal: a multimodal causal LM, not image-text-to-text
+        auto = AutoModelForMultimodalLM
     with torch.device("meta"):
-        model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, cfg.model.dtype))
+        model = auto.from_config(config, dtype=getattr(torch, cfg.model.dtype))
     return model, config
 
 
