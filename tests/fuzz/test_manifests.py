@@ -55,7 +55,8 @@ TEXT_LIMIT = 1000
 """max_text_chars for `data check` and the preflight (the default, 100,000, only makes the huge texts slower)."""
 FIELDS = {"id": ("string",), "messages": ("list",), "images": ("list",), "task": ("string",),
           "answers": ("list", "null"), "references": ("list", "null"), "source": ("string",),
-          "split": ("string", "null"), "meta": ("object",)}
+          "split": ("string", "null"), "meta": ("object",),
+          "chosen": ("string", "null"), "rejected": ("string", "null")}
 """SampleRecord's fields and the JSON types each takes."""
 
 
