@@ -22,6 +22,7 @@ from vlmtune.models.family import Loaded
 from vlmtune.models.labels import IGNORE_INDEX, trained_tokens
 from vlmtune.train import targets
 from vlmtune.train.collate import pack
+from vlmtune.train.preference import pair_samples
 
 
 class StepState(Protocol):
@@ -119,10 +120,14 @@ def length_estimate(sample: Sample) -> int:
 
 def encode_batch(state: StepState, items: list[tuple[int, Sample]], flips: list[bool] | None = None):
     """(source index, sample) pairs -> a training Batch; images and videos are read from each source's root (a
-    video as `data.video` samples it: frames as images, or `videos=` for a family with native video)."""
+    video as `data.video` samples it: frames as images, or `videos=` for a family with native video). Under
+    train.method dpo the samples are preference pairs and the batch has 2n rows: the chosen answers, then the
+    rejected ones, each with its pair's images (train/preference.py)."""
     inputs = [sample_inputs(state.roots[j], s, state.family, state.images.load, state.videos.load) for j, s in items]
     samples, images, videos = ([x[k] for x in inputs] for k in range(3))
     if flips:
         images = [[ImageOps.mirror(im) for im in ims] if f else ims for ims, f in zip(images, flips, strict=True)]
+    if state.cfg.train.method == "dpo":
+        samples, images, videos = pair_samples(samples), images * 2, videos * 2
     return encode_with_videos(state.family, state.loaded.processor, samples, images, videos, "train",
                               state.cfg.data.max_length)

@@ -21,11 +21,22 @@ one side (the failure other tools' DPO recipes had).
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from vlmtune.data.sample import Sample
-from vlmtune.models.family import Batch
-from vlmtune.models.loss import forward_losses
+from vlmtune.io import atomic_write_text
+from vlmtune.models.family import Batch, input_dtype
+from vlmtune.models.loss import accepts_logits_to_keep, forward_losses, logit_prefix_of
+
+REFERENCE = "dpo_reference.json"
+"""In the run directory: every training pair's reference log-probabilities (chosen, rejected), computed before step
+0 by the model as it was loaded; a resumed run reads them instead of the base model it no longer has."""
+STATS = ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "logps/chosen", "logps/rejected")
+"""The per-pair statistics the loop sums over a log window (their means are logged, with rewards/margin)."""
 
 
 def pair_samples(samples: list[Sample]) -> list[Sample]:
@@ -74,6 +85,86 @@ class DpoOutput:
                 "rewards/accuracy": (margin > 0).float().mean().item(),
                 "logps/chosen": chosen_logps.detach().mean().item(),
                 "logps/rejected": rejected_logps.detach().mean().item()}
+
+
+def pair_key(source: int, sample_id: str) -> str:
+    """A training pair's key in the reference file: its source's index in the mixture and its id."""
+    return f"{source}/{sample_id}"
+
+
+def reference_logps(state, encode, resumed: bool) -> dict[str, list[float]]:
+    """pair key -> [chosen, rejected] summed answer log-probabilities of the reference model: read from the run's
+    REFERENCE file, else computed now, before any step, by `state.model` as loaded (under LoRA the fresh adapter is
+    zero, so it IS the base model), in eval mode and under the training autocast, `micro_batch_size` pairs at a time
+    (`encode(items)` encodes (source, sample) items as the loop's pair batches). Every process computes them (a
+    sharded model's forward is collective) and all use what rank 0 wrote, so a resumed run's are the very same.
+    `resumed`: the run has checkpoints, so the model is no longer the reference: the file must be there."""
+    import torch
+
+    from vlmtune.train.trainable import train_autocast
+
+    acc, path = state.accelerator, Path(state.run_dir) / REFERENCE
+    if resumed and not path.is_file():
+        raise ValueError(f"{state.run_dir}: a DPO run with checkpoints but no {REFERENCE}: its reference model is "
+                         "gone. Start the run afresh (another name or out_dir)")
+    items = [(j, s) for j, src in enumerate(state.mixture.sources) for s in src.samples]
+    wanted = {pair_key(j, s.id) for j, s in items}
+    if path.is_file():
+        stored = json.loads(path.read_text())["logps"]
+        missing = sorted(wanted - set(stored))
+        if not missing:
+            return stored
+        if resumed:
+            raise ValueError(f"{path}: no reference log-probabilities for {len(missing)} training pair(s) "
+                             f"({missing[0]}, ...): the data changed since the run started")
+        acc.print(f"{path}: {len(missing)} pair(s) without reference log-probabilities ({missing[0]}, ...): "
+                  "computing them all again", file=sys.stderr)
+    model, m = state.model, state.cfg.train.micro_batch_size
+    unwrapped = acc.unwrap_model(model)
+    dtype, keep_logits, prefix = input_dtype(unwrapped), accepts_logits_to_keep(unwrapped), \
+        logit_prefix_of(state.family, unwrapped)
+    was_training = model.training
+    model.eval()  # the reference has no dropout
+    out: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for k in range(0, len(items), m):
+            chunk = items[k : k + m]
+            batch = encode(chunk).to(acc.device, dtype)
+            with train_autocast(acc):
+                logps, _ = answer_logps(model, state.family, batch, keep_logits, prefix)
+            chosen, rejected = split_pairs(logps.float().cpu())
+            for (j, s), c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
+                out[pair_key(j, s.id)] = [c, r]
+    model.train(was_training)
+    if acc.is_main_process:
+        atomic_write_text(path, json.dumps({"logps": out}) + "\n")
+    acc.wait_for_everyone()
+    acc.print(f"DPO reference: answer log-probabilities of {len(out)} pair(s) computed before training, kept in "
+              f"{path}", file=sys.stderr)
+    return json.loads(path.read_text())["logps"]
+
+
+def pair_losses(logps, chunk: list[tuple[int, Any]], reference: dict[str, list[float]], beta: float,
+                label_smoothing: float):
+    """A micro-batch of pairs' summed answer log-probabilities (2n rows, `encode_pairs`' order) -> (per-pair DPO
+    losses, per-pair statistics (n, len(STATS)), detached)."""
+    import torch
+
+    chosen, rejected = split_pairs(logps)
+    ref = torch.tensor([reference[pair_key(j, s.id)] for j, s in chunk], dtype=torch.float32, device=logps.device)
+    out = dpo_loss(chosen, rejected, ref[:, 0], ref[:, 1], beta, label_smoothing)
+    stats = torch.stack([out.chosen_rewards, out.rejected_rewards,
+                         (out.chosen_rewards > out.rejected_rewards).float(),
+                         chosen.detach().float(), rejected.detach().float()], dim=1)
+    return out.losses, stats
+
+
+def stats_row(window) -> dict[str, float]:
+    """A log window's summed per-pair statistics (len(STATS) + 1: the pair count last) -> their means."""
+    n = max(1.0, float(window[-1]))
+    row = {name: float(window[i]) / n for i, name in enumerate(STATS)}
+    row["rewards/margin"] = row["rewards/chosen"] - row["rewards/rejected"]
+    return row
 
 
 def dpo_loss(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta: float = 0.1,
