@@ -110,3 +110,16 @@ def test_the_wrong_kind_of_sample_is_named_before_training(tmp_path, pairs_dir, 
 def test_settings_dpo_cannot_honour_are_refused(tmp_path, pairs_dir, train_cfg, data_cfg, error):
     with pytest.raises(ValueError, match=error):
         RunCfg.from_dict(tiny_run_cfg(tmp_path, pairs_dir, train={"method": "dpo"} | train_cfg, data=data_cfg))
+
+
+def test_the_plan_counts_a_pair_as_two_rows(tmp_path, pairs_dir, fashion_dir):
+    from vlmtune.train.plan import make_plan
+
+    dpo = make_plan(_cfg(tmp_path, pairs_dir))
+    sft = make_plan(RunCfg.from_dict(tiny_run_cfg(tmp_path, fashion_dir, lora={"enabled": True, "r": 8})))
+    n = sum(1 for s in read_samples(pairs_dir)[0] if s.split == "train")
+    assert dpo.lengths["split_size"] == n and dpo.lengths["measured"] == 2 * n  # chosen and rejected rows
+    assert dpo.recipe["micro_batch_size"] == sft.recipe["micro_batch_size"] == 4
+    assert dpo.memory["micro_batch"]["rows"] == 8 and sft.memory["micro_batch"]["rows"] == 4
+    assert dpo.memory["activations_without_checkpointing"] > 1.2 * sft.memory["activations_without_checkpointing"]
+    assert any("2 rows per pair" in a for a in dpo.assumptions)
