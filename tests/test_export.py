@@ -218,3 +218,55 @@ def test_a_smolvlm_export_loads_as_smolvlm_processor_in_the_vllm_venv(tmp_path):
     assert type(loaded.processor).__name__ == "Idefics3Processor"
     assert type(AutoModelForImageTextToText.from_pretrained(out)).__name__ == "SmolVLMForConditionalGeneration"
 
+
+
+VIDEO_SCRIPT = """
+import json, sys
+import numpy as np
+from transformers import AutoProcessor
+sys.path.insert(0, sys.argv[2])
+from make_qwen_video_golden import frames
+p = AutoProcessor.from_pretrained(sys.argv[1])
+text = p.apply_chat_template([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Which way?"}]}],
+                             add_generation_prompt=True, tokenize=False)
+out = p(text=[text], videos=[frames(3, 40, 24)], return_tensors="np")
+np.save(sys.argv[3], out["pixel_values_videos"])
+print(json.dumps({"class": type(p).__name__, "video": type(p.video_processor).__name__, "text": text,
+                  "ids": out["input_ids"][0].tolist()}))
+"""
+
+
+@pytest.mark.vllm
+def test_a_llava_onevision_export_encodes_a_video_as_upstream_in_the_vllm_venv(tmp_path):
+    """In .venv-vllm (torchvision, transformers 5.19) AutoProcessor builds the export as LlavaOnevisionProcessor with
+    its torchvision LlavaOnevisionVideoProcessor (from preprocessor_config.json: the export writes no video config),
+    and a video conversation gives the ids `encode` gives, and its pixels within one 8-bit level (resized frames)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from vlmtune.data.sample import Sample, assistant
+    from vlmtune.data.video import Video
+    from vlmtune.serve.vllm import find_vllm_python
+
+    python = find_vllm_python()  # FileNotFoundError, saying how to build it, when there is no .venv-vllm
+    tiny, out = _exported_tiny("llava_onevision", tmp_path)
+    golden = Path(__file__).parent / "golden"
+    run = subprocess.run([str(python), "-c", VIDEO_SCRIPT, str(out), str(golden), str(tmp_path / "pixels.npy")],
+                         capture_output=True, text=True, timeout=300,
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    built = json.loads(run.stdout.strip().splitlines()[-1])
+    assert (built["class"], built["video"]) == ("LlavaOnevisionProcessor", "LlavaOnevisionVideoProcessor")
+    sys.path.insert(0, str(golden))
+    from make_qwen_video_golden import frames
+
+    sample = Sample(id="v", videos=["clip.mp4"], messages=[
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Which way?"}]}, assistant("left")])
+    processor = FAMILIES["llava_onevision"].load_processor(out)
+    batch = FAMILIES["llava_onevision"].encode(processor, [sample], [[]], "generate", 4096,
+                                               videos=[[Video(frames(3, 40, 24), [0.0, 0.5, 1.0], fps=2.0)]])
+    assert batch.inputs["input_ids"][0].tolist() == built["ids"]
+    pixels = torch.from_numpy(np.load(tmp_path / "pixels.npy"))
+    torch.testing.assert_close(batch.inputs["pixel_values_videos"], pixels, atol=0.015, rtol=0)

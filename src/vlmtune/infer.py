@@ -224,7 +224,7 @@ class Predictor:
                                        self.max_length)
             if self.vision_cache is not None:
                 batch.inputs = self.vision_cache.with_features(model, batch.inputs, [len(ims) for ims in images],
-                                                               self.vision_cache.image_unit_keys(images))
+                                                               self.vision_cache.image_unit_keys(images), videos)
             batch = batch.to(model.device, input_dtype(model))
             options = {"do_sample": False, "num_beams": self.num_beams}
             if temperature > 0:

@@ -24,7 +24,7 @@ from vlmtune.data.video import (
     video_refusal,
     write_video,
 )
-from vlmtune.models import get_family
+from vlmtune.models import FAMILIES, get_family
 
 
 def frames(n: int, size=(32, 32)) -> list[Image.Image]:
@@ -237,3 +237,48 @@ def test_the_video_worlds_caption_turn_describes_the_clip_in_training_samples_on
             assert [str(k + 1) for k, v in enumerate(m["visible"]) if v] == seen
             assert m["caption"].endswith(f"{sv.runs(m['visible'])} flashes")
     assert {s.split for s in samples} == {"train", "val", "test"}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if f.video_tokens is not None))
+def test_data_check_counts_a_native_video_familys_positions_exactly(tmp_path, name):
+    """A family with native video (Qwen2-VL, SmolVLM2, InternVL, ...): `data check` encodes the video sample as
+    training will (`videos=`, not frames as images) and reports its length; one token shorter, it is reported."""
+    write_dataset(tmp_path, [(video_sample("v", "clip"), [], [frames(6)])])
+    family = get_family(name)
+    loaded = family.tiny()
+    policy = VideoCfg(fps=None, max_frames=4)
+    report = check_dataset(tmp_path, family, loaded.processor, max_length=4096, progress=False, video=policy)
+    assert report["ok"] and report["video_frames"] == {4: 1}
+    sample = read_samples(tmp_path)[0][0]
+    clip = load_video(tmp_path, "clip", policy)
+    batch = family.encode(loaded.processor, [sample], [[]], "train", 4096, videos=[[clip]])
+    n = int(batch.inputs["attention_mask"].sum())
+    assert report["tokens"]["max"] == n and n > family.video_tokens(loaded.processor, clip) > 0
+    short = check_dataset(tmp_path, family, loaded.processor, max_length=n - 1, progress=False, video=policy)
+    assert short["counts"] == {"error:too_long": 1}
+
+
+def test_data_check_counts_a_native_video_with_the_familys_video_tokens(tmp_path, capsys):
+    """LLaVA-OneVision takes a video natively (`video_tokens`: frames x 4 pooled features + 1 newline for its tiny
+    tile): `vlmtune data check --model` on a saved model counts the positions encode makes, and a shorter
+    max_length reports the sample, never cuts it."""
+    from vlmtune.cli import main
+    from vlmtune.data.store import read_samples
+
+    family = get_family("llava_onevision")
+    loaded = family.tiny()
+    model = tmp_path / "model"
+    loaded.model.save_pretrained(model)
+    loaded.processor.save_pretrained(model)
+    data = tmp_path / "data"
+    write_dataset(data, [(video_sample("v", "clip"), [], [frames(6)])])
+    s, ims, vids = sample_inputs(data, read_samples(data)[0][0], family, policy=VideoCfg())  # the CLI's: 2 fps, <= 8
+    assert [len(v.frames) for v in vids] == [6]
+    n = int(encode_with_videos(family, loaded.processor, [s], [ims], [vids], "train", 4096).inputs["attention_mask"]
+            .sum())
+    assert family.video_tokens(loaded.processor, vids[0]) == 6 * 4 + 1 < n
+    assert main(["data", "check", str(data), "--model", str(model), "--max-length", "4096"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["ok"] and report["video_frames"] == {"6": 1} and report["tokens"]["max"] == n
+    short = check_dataset(data, family, loaded.processor, max_length=n - 1, progress=False, video=VideoCfg())
+    assert short["counts"] == {"error:too_long": 1}, "never truncated: reported"

@@ -1,17 +1,27 @@
 """InternVL (-hf): dynamic tiling decides each image's tokens (exact for every aspect ratio), mixed batches pad on the
-right for training although InternVLProcessor pads on the left, and a checkpoint laid out like the official ones
-(torchvision image processor named, crop_to_patches false, a video processor config) loads without torchvision."""
+right for training although InternVLProcessor pads on the left, a checkpoint laid out like the official ones
+(torchvision image processor named, crop_to_patches false, a video processor config) loads without torchvision, and
+videos are upstream's (InternVLVideoProcessor's frames and InternVLProcessor's expansion, through
+tests/golden/internvl_video.npz, which tests/golden/make_internvl_video_golden.py made with torchvision)."""
 
 import json
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from vlmtune.config import ModelCfg
 from vlmtune.data.sample import Sample, assistant, user
-from vlmtune.models import FAMILIES
+from vlmtune.data.video import Video
+from vlmtune.models import FAMILIES, internvl
 from vlmtune.models.labels import trained_tokens
+
+GOLDEN = Path(__file__).parents[1] / "golden"
+sys.path.insert(0, str(GOLDEN))
+import make_internvl_video_golden as golden_cases  # noqa: E402
 
 FAMILY = FAMILIES["internvl"]
 
@@ -86,3 +96,123 @@ def test_load_reads_an_official_checkpoint_layout_without_torchvision(tiny, tmp_
     want = FAMILY.encode(tiny.processor, [sample], [[_img((96, 64))]], "train", 256)
     assert got.inputs.keys() == want.inputs.keys()
     assert all(torch.equal(got.inputs[k], want.inputs[k]) for k in got.inputs)
+
+
+def _clip(n, w, h):
+    return Video(golden_cases.frames(n, w, h), [i / 2 for i in range(n)], "clip.mp4", fps=2.0)
+
+
+def _assert_upstream_pixels(ours, ref):
+    """Exact to float rounding where no frame is resized (32x32 frames, 64x32 image tiles); else within PIL's and
+    torchvision's antialiased bicubic difference: one 8-bit level (0.0146 after CLIP's std) on these smooth
+    frames, up to ~8 levels at the sharp wraps of their modular pattern when a frame is squeezed 2.8x (tall), on
+    under 2% of the values, about a tenth of a level on average."""
+    assert ours.shape == ref.shape and ours.dtype == np.float32
+    diff = np.abs(ours - ref)
+    assert diff.max() < 0.11 and diff.mean() < 3e-3
+    assert (diff > 2 / 255 / 0.26).mean() < 0.02
+
+
+@pytest.mark.parametrize("case", sorted(golden_cases.CASES))
+def test_video_frames_are_upstream_video_processors(tiny, case):
+    """`video_pixels` (PIL) against InternVLVideoProcessor (torchvision) at the tiny settings: every frame one 32x32
+    tile, resized down, up, squeezed, or not at all (then equal to float rounding)."""
+    ours = internvl.video_pixels(tiny.processor, _clip(*golden_cases.CASES[case]))
+    ref = np.load(GOLDEN / "internvl_video.npz")[f"{case}/pixel_values_videos"]
+    if case == "exact":
+        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
+    _assert_upstream_pixels(ours, ref)
+
+
+def _golden_batch(processor, mode="generate"):
+    samples = [Sample(id=f"s{i}", images=["a.png"] if i == 0 else [], videos=["clip.mp4"], messages=messages)
+               for i, messages in enumerate(golden_cases.conversations())]
+    if mode == "train":
+        samples = [Sample(id=s.id, images=s.images, videos=s.videos, messages=[*s.messages, assistant("red")])
+                   for s in samples]
+    videos = [[_clip(*v)] for v in golden_cases.BATCH_VIDEOS]
+    return FAMILY.encode(processor, samples, [[golden_cases.batch_image()], []], mode, 512, videos=videos)
+
+
+def test_a_video_batch_is_what_internvl_processor_gives(tiny):
+    """A batch of an image + video + text sample and a text + video sample: each `<video>` becomes upstream's
+    "Frame<i>: <img>...</img>" lines (the prompt text equal to InternVLProcessor's), and `pixel_values` holds the
+    image's tiles then the first video's frames then the second's, as upstream merges them."""
+    golden = np.load(GOLDEN / "internvl_video.npz")
+    batch = _golden_batch(tiny.processor)
+    tok, ids, mask = tiny.processor.tokenizer, batch.inputs["input_ids"], batch.inputs["attention_mask"]
+    texts = [tok.decode(ids[b][mask[b].bool()]) for b in range(2)]
+    assert texts == json.loads(golden["batch/text"].tobytes())
+    assert "Look: Frame1: <img>" + "<IMG_CONTEXT>" * 4 + "</img>\nFrame2: " in texts[1]
+    assert mask[:, -1].all() and not mask[1, 0]  # left padding to generate, as upstream
+    _assert_upstream_pixels(batch.inputs["pixel_values"].numpy(), golden["batch/pixel_values"])
+    n_tiles = [3, 3, 3]  # the 64x32 image: 2 tiles + a thumbnail; then 3 frames per video
+    assert (ids == tiny.processor.image_token_id).sum().item() == 4 * sum(n_tiles)
+
+
+def test_a_video_batch_trains_on_the_answers_only_and_reaches_the_model(tiny):
+    batch = _golden_batch(tiny.processor, "train")
+    ids, labels = batch.inputs["input_ids"], batch.inputs["labels"]
+    assert batch.inputs["attention_mask"][:, 0].all()  # right padding to train
+    assert all(trained_tokens(tiny.processor.tokenizer, ids[b], labels[b]) == ["red", "<|im_end|>"] for b in range(2))
+    with torch.no_grad():
+        loss = tiny.model.eval()(**batch.inputs).loss
+        batch.inputs["pixel_values"][3:6] = 0  # the first video's frames
+        assert tiny.model(**batch.inputs).loss != loss
+
+
+def test_frames_follow_the_checkpoints_video_config(tiny, tmp_path):
+    """A video_preprocessor_config.json sets the frames' size (over InternVLVideoProcessor's defaults: 384x384, CLIP
+    mean / std where it names none), and a saved processor writes it again; without one, the image settings."""
+    tiny.processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "video_preprocessor_config.json").read_text())
+    assert saved["size"] == {"height": 32, "width": 32} and saved["video_processor_type"] == "InternVLVideoProcessor"
+    clip = _clip(2, 40, 36)
+    assert internvl.video_pixels(FAMILY.load_processor(tmp_path), clip).shape == (2, 3, 32, 32)
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps({**saved, "size": {"height": 16, "width": 24}}))
+    processor = FAMILY.load_processor(tmp_path)
+    assert internvl.video_pixels(processor, clip).shape == (2, 3, 16, 24)
+    assert FAMILY.video_tokens(processor, clip) == 8  # still image_seq_length a frame, as upstream
+    processor.save_pretrained(tmp_path / "again")
+    assert json.loads((tmp_path / "again/video_preprocessor_config.json").read_text())["size"] == {
+        "height": 16, "width": 24}
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps({"video_processor_type": saved[
+        "video_processor_type"]}))
+    assert internvl.video_settings(FAMILY.load_processor(tmp_path))["size"] == {"height": 384, "width": 384}
+
+
+def test_a_packed_video_batch_gives_each_sample_its_padded_loss(tiny):
+    """`train.packing` with video samples: the frames stay in `pixel_values` in token order, so a packed row (1-D
+    positions per sample, no padding) gives each sample the loss it has padded."""
+    from vlmtune.models.loss import forward_losses
+    from vlmtune.train.collate import pack
+
+    batch = _golden_batch(tiny.processor, "train")
+    packed = pack(batch, FAMILY, tiny.model)
+    assert packed.inputs["input_ids"].shape == (1, int(batch.inputs["attention_mask"].sum()))
+
+    def losses(b):
+        inputs = dict(b.inputs)
+        labels = inputs.pop("labels")
+        with torch.no_grad():
+            return forward_losses(tiny.model.eval(), FAMILY, inputs, labels, False, 0, b.segments)
+
+    (padded, padded_counts), (sums, counts) = losses(batch), losses(packed)
+    assert counts.tolist() == padded_counts.tolist() == [2, 2]
+    torch.testing.assert_close(sums, padded, rtol=1e-5, atol=1e-5)
+
+
+def test_the_video_path_encodes_images_and_text_as_the_processor_does(tiny):
+    """`encode_videos` (one image at a time through the processor, ids built here) on a batch without video gives
+    exactly the processor's own batch (`encode`): the same ids, mask, labels and pixels, in both modes."""
+    two = Sample(id="two", images=["a.png", "b.png"], messages=[user("Both?", n_images=2), assistant("red and blue")])
+    text_only = Sample(id="text", images=[], messages=[user("What colour is red?", n_images=0), assistant("red")])
+    one = Sample(id="one", images=["c.png"], messages=[user("What colour is the top?"), assistant("blue")])
+    images = [[_img((64, 32)), Image.new("RGB", (100, 20), "blue")], [], [_img((40, 40))]]
+    for mode in ("train", "generate"):
+        ours = internvl.encode_videos(tiny.processor, [two, text_only, one], images, mode, 512, [[], [], []])
+        upstream = FAMILY.encode(tiny.processor, [two, text_only, one], images, mode, 512)
+        assert ours.inputs.keys() == upstream.inputs.keys()
+        for k, v in ours.inputs.items():
+            assert torch.equal(v, upstream.inputs[k]), (mode, k)
+        assert ours.n_target_tokens == upstream.n_target_tokens

@@ -38,6 +38,8 @@ print(json.dumps({"image": type(image).__name__, "size": image.to_dict().get("pa
                                                       ("qwen3_5", "Qwen3VLProcessor", "Qwen2VLImageProcessor"),
                                                       ("glm4v", "Glm4vProcessor", "Glm4vImageProcessor"),
                                                       ("internvl", "InternVLProcessor", "GotOcr2ImageProcessor"),
+                                                      ("llava_onevision", "LlavaOnevisionProcessor",
+                                                       "LlavaOnevisionImageProcessor"),
                                                       ("gemma4", "Gemma4Processor", "Gemma4ImageProcessor")])
 def test_a_saved_image_only_processor_names_its_upstream_class_and_loads_without_vlmtune(name, upstream, image_class,
                                                                                        tmp_path):

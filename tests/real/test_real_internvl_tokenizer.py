@@ -8,14 +8,22 @@ prefix."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from tests.real.conftest import REAL
 from vlmtune.data.sample import Sample, assistant, user
+from vlmtune.data.video import Video
 from vlmtune.models import FAMILIES, internvl
-from vlmtune.models.labels import IGNORE_INDEX
+from vlmtune.models.labels import IGNORE_INDEX, trained_tokens
+
+GOLDEN = Path(__file__).parents[1] / "golden"
+sys.path.insert(0, str(GOLDEN))
+import make_internvl_video_golden as video_golden  # noqa: E402
 
 FOLDER = REAL / "OpenGVLab__InternVL3-1B-hf"
 pytestmark = pytest.mark.skipif(not (FOLDER / "tokenizer_config.json").is_file(), reason=f"{FOLDER} is absent")
@@ -53,3 +61,25 @@ def test_labelled_tokens_are_the_answer_and_im_end_and_generation_is_the_trainin
     prompt = family.encode(processor, [sample], [[image]], "generate", 8192).inputs["input_ids"][0].tolist()
     assert ids.tolist()[: len(prompt)] == prompt
     assert tok.decode(prompt[-3:]) == "<|im_start|>assistant\n"
+
+
+def test_a_video_batch_is_token_for_token_the_real_internvl_processors(processor):
+    """InternVLProcessor (with torchvision) on the real tokenizer and chat template and the tiny tile settings gave
+    tests/golden/internvl_video.npz's ids for an image + video + text sample and a text + video sample (each
+    `<video>` one "Frame<i>: <img>...</img>" line per frame, left padding): `encode` gives the same ids and mask
+    without torchvision, and trains a video sample on the answer and `<|im_end|>` only."""
+    golden = np.load(GOLDEN / "internvl_video.npz")
+    family = FAMILIES["internvl"]
+    samples = [Sample(id=f"s{i}", images=["a.png"] if i == 0 else [], videos=["clip.mp4"], messages=messages)
+               for i, messages in enumerate(video_golden.conversations())]
+    images = [[video_golden.batch_image()], []]
+    videos = [[Video(video_golden.frames(*v), [0.0, 0.5, 1.0], fps=2.0)] for v in video_golden.BATCH_VIDEOS]
+    batch = family.encode(processor, samples, images, "generate", 8192, videos=videos)
+    assert batch.inputs["input_ids"].tolist() == golden["batch/input_ids"].tolist()
+    assert batch.inputs["attention_mask"].tolist() == golden["batch/attention_mask"].tolist()
+    train = [Sample(id=s.id, images=s.images, videos=s.videos, messages=[*s.messages, assistant("red")])
+             for s in samples]
+    batch = family.encode(processor, train, images, "train", 8192, videos=videos)
+    for b in range(2):
+        trained = trained_tokens(processor.tokenizer, batch.inputs["input_ids"][b], batch.inputs["labels"][b])
+        assert processor.tokenizer.convert_tokens_to_string(trained) == "red<|im_end|>"

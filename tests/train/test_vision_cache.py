@@ -274,14 +274,169 @@ def test_the_projector_default_frozen_under_lora_trained_in_full(tmp_path, fashi
     assert ("projector/full" in err) is trained
 
 
-@pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if f.vision_cache and f.video_tokens))
-def test_a_batch_with_a_video_is_run_live_with_the_same_loss(name, tmp_path):
-    """Video features are not cached: a batch with a video sample reaches the model as encoded (its pixels, no
-    `mm_encoder_outputs`, which the model refuses next to video pixels), every time, with the uncached loss; a batch
-    without video still uses the cache."""
-    from vlmtune.data.video import Video
+def _video_items(family, root, colours=("red", "blue", "green")):
+    """A video sample (a directory of frames, `clip/`), an image sample and a text-only one, written under `root`."""
+    from vlmtune.data.video import write_video
+
+    Image.new("RGB", (40, 40), "red").save(root / "a.png")
+    write_video(root, "clip", [Image.new("RGB", (40, 32), c) for c in colours])
+    samples = [Sample(id="v", images=[], videos=["clip"], messages=[
+                   {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What colour?"}]},
+                   assistant("red")]),
+               Sample(id="a", messages=[user("What colour?"), assistant("red")], images=["a.png"]),
+               Sample(id="t", messages=[user("No image here", 0), assistant("fine")], images=[])]
+    return [(0, s) for s in samples]
+
+
+def _video_encoder(family, tiny, root, items, loader):
+    from vlmtune.data.images import load_image
+    from vlmtune.data.video import encode_with_videos, sample_inputs
+
+    def encode():
+        inputs = [sample_inputs(root, s, family, load_image, loader.load) for _, s in items]
+        return encode_with_videos(family, tiny.processor, *([x[k] for x in inputs] for k in range(3)), "train", 512)
+
+    return encode
+
+
+VIDEO_CACHED = sorted(n for n, f in FAMILIES.items() if f.vision_cache and f.video_cache)
+
+
+@pytest.mark.parametrize("name", VIDEO_CACHED)
+def test_native_video_features_are_cached_with_the_same_loss(name, tmp_path, monkeypatch):
+    """A batch of a video, an image and a text-only sample: the first time its video's features are computed once
+    (`get_video_features`, or SmolVLM2's frames among the images'), the second time the batch comes from the stored
+    rows and features without decoding the video; a new cache reads them from disk. Each gives the uncached loss."""
+    from vlmtune.config import VideoCfg
+    from vlmtune.data import video as video_module
 
     family = FAMILIES[name]
+    tiny = family.tiny()
+    model = tiny.model.eval()
+    items = _video_items(family, tmp_path)
+    decoded = []
+    real = video_module.load_video
+    monkeypatch.setattr(video_module, "load_video", lambda root, e, policy: decoded.append(e) or real(root, e, policy))
+
+    def loss(b):
+        rest = dict(b.inputs)
+        return forward_losses(model, family, rest, rest.pop("labels"), False)[0]
+
+    cache = VisionCache(model, family, tiny.processor, tmp_path / "cache")
+    cache.videos = video_module.VideoLoader(VideoCfg(fps=2.0))  # budget 0: no video kept decoded
+    encode = _video_encoder(family, tiny, tmp_path, items, cache.videos)
+    plain = encode()
+    with torch.no_grad():
+        reference = loss(plain)
+        decoded.clear()
+        first = cache.batch(model, items, [tmp_path], encode)
+        assert decoded == ["clip"], "decoded once, to encode it: the cache keys its frames without decoding again"
+        outputs = first.inputs["mm_encoder_outputs"]
+        assert not set(first.inputs) & {"pixel_values", "pixel_values_videos"}
+        assert set(outputs) == ({"image", "video"} if family.video_cache == "videos" else {"image"})
+        assert cache.misses == (2 if family.video_cache == "videos" else 1 + 3)  # a video or its 3 frames, an image
+        again = cache.batch(model, items, [tmp_path], encode)  # the second epoch
+        assert decoded == ["clip"], "the second epoch does not decode the video"
+        assert cache.hits == cache.misses and again.n_target_tokens == plain.n_target_tokens
+        for k, v in plain.inputs.items():  # the same tensors as encode's, without the pixels
+            if k not in IMAGE_INPUTS + ("pixel_values_videos",):
+                assert (torch.equal(again.inputs[k], v) if isinstance(v, torch.Tensor) else again.inputs[k] == v), k
+        fresh = VisionCache(model, family, tiny.processor, tmp_path / "cache")  # a new process: read from disk
+        fresh.videos = video_module.VideoLoader(VideoCfg(fps=2.0))
+        from_disk = fresh.batch(model, items, [tmp_path], _video_encoder(family, tiny, tmp_path, items, fresh.videos))
+        assert fresh.misses == 0 and fresh.hits == cache.misses
+        for got in (first, again, from_disk):
+            torch.testing.assert_close(loss(got), reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", VIDEO_CACHED)
+def test_a_video_key_changes_with_the_sampling_policy_and_the_video_file(name, tmp_path):
+    import os
+
+    from vlmtune.config import VideoCfg
+    from vlmtune.data.video import VideoLoader
+
+    family = FAMILIES[name]
+    tiny = family.tiny()
+    items = _video_items(family, tmp_path)[:1]
+    cache = VisionCache(tiny.model, family, tiny.processor, tmp_path / "cache")
+
+    def key(policy):
+        cache.videos = VideoLoader(policy)
+        return cache.unit_keys(items, [tmp_path]), cache.video_keys(items, [tmp_path])
+
+    base = key(VideoCfg(fps=2.0))
+    assert key(VideoCfg(fps=2.0)) == base and any(base[0]) + any(base[1]) == 1  # frames among images, or a video
+    seen = {json.dumps(base)}
+    for policy in (VideoCfg(fps=1.0), VideoCfg(fps=2.0, max_frames=2), VideoCfg(fps=2.0, max_pixels=600)):
+        seen.add(json.dumps(key(policy)))
+    assert len(seen) == 4, "each sampling policy its own key"
+    frame = tmp_path / "clip" / "01.png"
+    Image.new("RGB", (40, 32), "yellow").save(frame)
+    os.utime(frame, ns=(1, 1))  # another file: another size or time
+    assert json.dumps(key(VideoCfg(fps=2.0))) not in seen
+
+
+@pytest.mark.parametrize("name", VIDEO_CACHED)
+def test_the_fingerprint_has_the_processors_video_settings(name):
+    family = FAMILIES[name]
+    tiny = family.tiny()
+    before = fingerprint(tiny.model, family, tiny.processor)
+    if family.video_cache == "videos":  # Qwen's video pixel bounds (video_preprocessor_config.json)
+        tiny.processor.video_size = {"shortest_edge": 64, "longest_edge": 4096}
+    else:  # SmolVLM2's frame size
+        tiny.processor.image_processor.video_sampling = {"video_size": {"longest_edge": 48}}
+    assert fingerprint(tiny.model, family, tiny.processor) != before
+
+
+@pytest.mark.parametrize("name", VIDEO_CACHED)
+def test_generation_with_a_video_and_the_cache_gives_the_same_answers(name, tmp_path):
+    """Evaluation's Predictor with a cache, on a batch with a video (the way validation runs in training): its
+    `videos` reach the cache, which leaves the batch as encoded; the images of a batch without video are cached."""
+    from vlmtune.config import VideoCfg
+    from vlmtune.data.video import load_video
+    from vlmtune.infer import Predictor
+
+    family = FAMILIES[name]
+    tiny = family.tiny()
+    samples = [s for _, s in _video_items(family, tmp_path)]
+    images = [[], [Image.open(tmp_path / "a.png").convert("RGB")], []]
+    videos = [[load_video(tmp_path, "clip", VideoCfg(fps=2.0))], [], []]
+    plain = [c.text for c in Predictor(tiny, family, max_new_tokens=6).complete(samples, images, videos=videos)]
+    cache = VisionCache(tiny.model, family, tiny.processor, tmp_path / "cache")
+    cached = Predictor(tiny, family, max_new_tokens=6, vision_cache=cache)
+    assert [c.text for c in cached.complete(samples, images, videos=videos)] == plain
+    assert cached.generate(samples[1:], images[1:]) == plain[1:] and cache.misses == 1
+
+
+@pytest.mark.parametrize("name", ["llava", *(n for n in VIDEO_CACHED if FAMILIES[n].video_cache == "frames")])
+def test_frames_among_images_are_keyed_in_slot_order(name, tmp_path):
+    """A sample's image and video in one order or the other: their pixels (and features) come in slot order, so
+    the two get different keys."""
+    family = FAMILIES[name]
+    tiny = family.tiny()
+    (video_sample,) = [s for _, s in _video_items(family, tmp_path)[:1]]
+    parts = [{"type": "image"}, {"type": "video"}, {"type": "text", "text": "Same?"}]
+    first, second = (Sample(id=i, images=["a.png"], videos=["clip"], messages=[
+        {"role": "user", "content": p}, assistant("yes")]) for i, p in (("iv", parts), ("vi", [parts[1], parts[0],
+                                                                                                 parts[2]])))
+    cache = VisionCache(tiny.model, family, tiny.processor, tmp_path / "cache")
+    a, b = cache.unit_keys([(0, first), (0, second)], [tmp_path])
+    assert a != b and None not in (a, b) and video_sample.videos == ["clip"]
+    assert cache.image_count(tmp_path, first) == 1 + 3
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in FAMILIES.items() if f.vision_cache and f.video_tokens))
+def test_a_batch_with_a_video_of_an_undeclared_family_is_run_live_with_the_same_loss(name, tmp_path, monkeypatch):
+    """A native-video family without `video_cache` (as a family whose video features are not wired yet; here the
+    family with it removed): a batch with a video sample reaches the model as encoded (its pixels, no
+    `mm_encoder_outputs`, which the model refuses next to video pixels), every time, with the uncached loss; a batch
+    without video still uses the cache. Evaluation's entry point leaves a video batch as it is for every family."""
+    import dataclasses
+
+    from vlmtune.data.video import Video
+
+    family = dataclasses.replace(FAMILIES[name], video_cache=None)
     tiny = family.tiny()
     model = tiny.model.eval()
     img = Image.new("RGB", (40, 40), "red")
@@ -299,6 +454,12 @@ def test_a_batch_with_a_video_is_run_live_with_the_same_loss(name, tmp_path):
     with torch.no_grad():
         reference = model(**encode().inputs).loss
     cache = VisionCache(model, family, tiny.processor, tmp_path / "cache")
+    assert cache.video_off.startswith(f"the {name} family's native video features are not cacheable yet")
+    from vlmtune.models import support_table
+
+    monkeypatch.setitem(FAMILIES, name, family)  # `vlmtune models` says the cache leaves its videos out
+    row = next(r for r in support_table().splitlines() if r.startswith(f"| `{name}`"))
+    assert "| yes, not its native video |" in row
     for _ in range(2):  # the second time too: no stored row stands in for the video's pixels
         batch = cache.batch(model, items, [tmp_path], encode)
         assert batch.inputs.keys() == encode().inputs.keys() and "mm_encoder_outputs" not in batch.inputs
@@ -306,7 +467,8 @@ def test_a_batch_with_a_video_is_run_live_with_the_same_loss(name, tmp_path):
             assert torch.equal(model(**batch.inputs).loss, reference)
     assert cache.rows == {} and cache.misses == cache.hits == 0
     # evaluation's entry point leaves a video batch as it is: told by its videos (SmolVLM's frames are among the
-    # images' pixel_values), or seeing Qwen's pixel_values_videos
+    # images' pixel_values), or seeing Qwen's pixel_values_videos; the family's own cache too
+    cache = VisionCache(model, FAMILIES[name], tiny.processor, tmp_path / "cache")
     videos = [[clip], []]
     inputs = family.encode(tiny.processor, samples, [[], [img]], "generate", 512, videos=videos).inputs
     assert cache.with_features(model, inputs, [0, 1], cache.image_unit_keys([[], [img]]), videos) is inputs
@@ -314,4 +476,4 @@ def test_a_batch_with_a_video_is_run_live_with_the_same_loss(name, tmp_path):
         assert cache.with_features(model, inputs, [0, 1], cache.image_unit_keys([[], [img]])) is inputs
     image_only = cache.batch(model, items[1:], [tmp_path], lambda: family.encode(
         tiny.processor, samples[1:], [[img]], "train", 512))
-    assert "mm_encoder_outputs" in image_only.inputs and cache.misses == 1
+    assert "mm_encoder_outputs" in image_only.inputs and cache.misses == 1 and "pixel_values" not in image_only.inputs

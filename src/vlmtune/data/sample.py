@@ -53,6 +53,13 @@ def count_image_slots(messages: list[dict], kind: str = "image") -> int:
     )
 
 
+def visual_slots(messages: list[dict]) -> list[str]:
+    """"image" / "video" per image or video part of `messages`, in order (the order their pixels, and features, take
+    in a batch)."""
+    return [part["type"] for m in messages if not isinstance(m["content"], str) for part in m["content"]
+            if part.get("type") in ("image", "video")]
+
+
 @dataclass
 class Sample:
     id: str

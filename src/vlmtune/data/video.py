@@ -218,17 +218,28 @@ class VideoLoader:
     def __init__(self, policy: VideoCfg, budget: int = 0):
         self.policy, self.budget, self.used = policy, budget, 0
         self.videos: dict[str, Video] = {}
+        self.timestamps: dict[str, list[float]] = {}
+        """Per video loaded (kept or not), its frames' timestamps: what the frozen-vision cache keys frames by,
+        without decoding the video again."""
 
     def load(self, root: Path, entry: str | dict) -> Video:
         key = json.dumps([str(root), entry], sort_keys=True)
         if key in self.videos:
             return self.videos[key]
         video = load_video(root, entry, self.policy)
+        self.timestamps[key] = list(video.timestamps)
         size = sum(f.width * f.height * 3 for f in video.frames)
         if self.used + size <= self.budget:
             self.videos[key] = video
             self.used += size
         return video
+
+    def frame_times(self, root: Path, entry: str | dict) -> list[float]:
+        """The timestamps of a video's sampled frames: remembered from its last `load`, else loaded."""
+        key = json.dumps([str(root), entry], sort_keys=True)
+        if key not in self.timestamps:
+            self.load(root, entry)
+        return self.timestamps[key]
 
 
 def frame_label(t: float) -> str:

@@ -65,6 +65,8 @@ def support_table() -> str:
     """What each family supports, as the markdown table in docs/models.md (generated from FAMILIES, never by hand:
     `vlmtune models --markdown > docs/models.md`; a test keeps the two equal)."""
     yes = {True: "yes", False: "no"}
+    # (takes image features, native video not cacheable: ModelFamily.video_cache unset)
+    cache = {(True, False): "yes", (True, True): "yes, not its native video", (False, False): "no", (False, True): "no"}
     # (native video input, several images per sample): a video is the model's own video input, or its frames as images
     video = {(True, True): "native", (True, False): "native", (False, True): "as frames", (False, False): "no"}
     lines = [
@@ -86,7 +88,7 @@ def support_table() -> str:
         lines.append(f"| `{name}` | {f.description.replace('|', '/')} | {', '.join(f.tasks)} | {arch} "
                      f"| {yes[f.text_only]} | {yes[f.multi_image]} "
                      f"| {video[f.video_tokens is not None, f.multi_image]} "
-                     f"| {yes[f.vision_cache]} | {yes[f.packing]} "
+                     f"| {cache[f.vision_cache, f.video_tokens is not None and not f.video_cache]} | {yes[f.packing]} "
                      f"| {', '.join(sorted(f.freeze_groups))} "
                      f"| {targets} |")
     return "\n".join(lines) + "\n"

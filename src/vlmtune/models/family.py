@@ -125,6 +125,13 @@ class ModelFamily:
     vision_cache: bool = False
     """Whether the model takes precomputed image features (`mm_encoder_outputs`), so the frozen-vision cache can
     skip its vision tower and projector (`train.vision_cache`); the contract test checks the loss is unchanged."""
+    video_cache: Literal["videos", "frames"] | None = None
+    """For a family with native video (`video_tokens`) and `vision_cache`: how the frozen-vision cache holds its
+    video features. "videos": the model's `get_video_features`, once per video (keyed by the video's files and
+    `data.video`), handed back as `mm_encoder_outputs["video"]` beside the images' (Qwen2-VL, 2.5-VL, 3-VL, with
+    DeepStack); "frames": the frames are among the images' pixels and features, cached with the sample's images, one
+    key per frame (video, policy, timestamp) (SmolVLM2). None: a batch with a native video is encoded and run
+    uncached (the training loop says so once). tests/train/test_vision_cache.py checks the loss of each."""
     packing: bool = False
     """Whether samples can be packed back to back into one row (`train.packing`): the language model takes
     per-sample `position_ids` with no attention mask as separate sequences (transformers builds the block-diagonal

@@ -9,8 +9,9 @@ Prompt format: the -hf checkpoints' ChatML chat template (no default system turn
     <|im_start|>user\\n<IMG_CONTEXT>\\nWhat colour is the top?<|im_end|>\\n<|im_start|>assistant\\nred<|im_end|>\\n
 
 The processor expands each `<IMG_CONTEXT>` into `<img>` + `<IMG_CONTEXT>` x (image_seq_length x tiles) + `</img>`.
-The generation prompt is `<|im_start|>assistant\\n`; the trained tokens are the answer and `<|im_end|>` (the
-checkpoints' eos; the template's `\\n` after it is not trained).
+A video part renders as `<video>\\n`, which becomes one line per frame, "Frame1: <img><IMG_CONTEXT>...</img>" (one
+tile's context tokens each), the lines joined by "\\n". The generation prompt is `<|im_start|>assistant\\n`; the
+trained tokens are the answer and `<|im_end|>` (the checkpoints' eos; the template's `\\n` after it is not trained).
 
 Traps handled here:
 - Dynamic tiling (`crop_to_patches`): each image is resized to the grid of `size` tiles (between min_patches and
@@ -27,6 +28,16 @@ Traps handled here:
 - The `<img>` / `</img>` around each image's context tokens are embedded, never labelled: the ids the label
   mapping compares with are the template's text with each `<IMG_CONTEXT>` written as `<img><IMG_CONTEXT></img>`.
   `image_tokens` counts them with the context tokens (InternVLProcessor's `image_token_ids` names all three).
+- Video (`encode(..., videos=)`): upstream's InternVLVideoProcessor needs torchvision. `encode_videos` does what
+  InternVLProcessor does without it: each `<video>` expanded as `replace_video_token` writes it (`video_prompt`),
+  each frame resized to the video `size` (one tile, never split), rescaled and normalized by the PIL image processor
+  (`video_pixels`), and the frames merged into the one `pixel_values` with the images' tiles in slot order (the model
+  has no video input: frames are tiles to it). Checked against upstream with torchvision (tests/golden/
+  internvl_video.npz): the real tokenizer's ids token for token, frames exact where not resized, else within PIL's
+  and torchvision's antialiased bicubic difference. The frames' settings are the checkpoint's
+  video_preprocessor_config.json over InternVLVideoProcessor's defaults (384x384, CLIP mean / std), as upstream
+  reads them; without one the image processor's. `video_tokens` counts the `<IMG_CONTEXT>` positions
+  (image_seq_length a frame); the "FrameN: " text and each frame's `<img>` `</img>` count as text.
 - The frozen-vision cache is not declared: `get_image_features` returns one row per *tile*, not per image, which
   the cache (one entry per image or per sample) does not split.
 """
@@ -38,12 +49,13 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 from tokenizers import Regex, pre_tokenizers
 
 from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
 from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels, through_end_token
-from vlmtune.models.qwen2_vl import _SPLIT, write_upstream_processor_files
+from vlmtune.models.qwen2_vl import _SPLIT, video_lists, write_upstream_processor_files
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 END = "<|im_end|>"
@@ -85,7 +97,7 @@ def image_only_processor() -> type:
         def save_pretrained(self, save_directory, *args, **kwargs):
             out = super().save_pretrained(save_directory, *args, **kwargs)
             write_upstream_processor_files(Path(save_directory), UPSTREAM, self.image_processor)
-            write_video_config(Path(save_directory), self.image_processor)
+            write_video_config(Path(save_directory), self)
             return out
 
     ImageOnlyProcessor.__qualname__ = ImageOnlyProcessor.__name__
@@ -96,27 +108,50 @@ def image_only_processor() -> type:
 VIDEO_KEYS = ("size", "resample", "do_resize", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
               "image_std", "do_convert_rgb")
 
+VIDEO_DEFAULTS = {"size": {"height": 384, "width": 384}, "resample": 3, "do_resize": True, "do_rescale": True,
+                  "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+                  "image_std": [0.26862954, 0.26130258, 0.27577711], "do_convert_rgb": True}
+"""InternVLVideoProcessor's class defaults (bicubic, CLIP mean / std): what a video config leaves out."""
 
-def write_video_config(directory: Path, image_processor) -> None:
-    """`video_preprocessor_config.json` as the -hf checkpoints have it (frames at the image processor's settings),
+
+def write_video_config(directory: Path, processor) -> None:
+    """`video_preprocessor_config.json` as the -hf checkpoints have it (`video_settings`: the frames' preprocessing),
     unless the directory has one: without it, plain transformers' AutoProcessor cannot tell which video processor
     InternVLProcessor wants and fails; with it, it builds InternVLVideoProcessor (given torchvision)."""
     path = directory / "video_preprocessor_config.json"
     if not path.exists():
-        settings = {k: v for k, v in image_processor.to_dict().items() if k in VIDEO_KEYS}
+        settings = video_settings(processor)
+        if "resample" in settings:
+            settings["resample"] = int(settings["resample"])  # a PIL resampling enum in some versions
         config = {**settings, "processor_class": UPSTREAM, "video_processor_type": "InternVLVideoProcessor"}
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def video_settings(processor) -> dict:
+    """How InternVLVideoProcessor preprocesses frames: the checkpoint's video_preprocessor_config.json (what upstream
+    reads; `load_processor` keeps it as `video_config`) over InternVLVideoProcessor's defaults, else the image
+    processor's settings (the -hf checkpoints' video config repeats them; `write_video_config` writes them so)."""
+    config = getattr(processor, "video_config", None)
+    if config is None:
+        return {k: v for k, v in processor.image_processor.to_dict().items() if k in VIDEO_KEYS}
+    return {**VIDEO_DEFAULTS, **{k: v for k, v in config.items() if k in VIDEO_KEYS}}
 
 
 def load_processor(path, **options):
     """The processor of an InternVL -hf checkpoint (or a vlmtune checkpoint of one), image half only, PIL images."""
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+    from transformers.utils import cached_file
 
     image_processor = GotOcr2ImageProcessorPil.from_pretrained(path, **options)
     # what InternVLProcessor does at call time, made the image processor's own setting (the -hf checkpoints save
     # false), so that resizing limits and `model.max_pixels` (data/resize.py) see the tiling
     image_processor.crop_to_patches = True
-    return image_only_processor().from_pretrained(path, image_processor=image_processor, **options)
+    processor = image_only_processor().from_pretrained(path, image_processor=image_processor, **options)
+    video_config = cached_file(path, "video_preprocessor_config.json", _raise_exceptions_for_missing_entries=False,
+                               _raise_exceptions_for_connection_errors=False)
+    if video_config is not None:
+        processor.video_config = json.loads(Path(video_config).read_text())
+    return processor
 
 
 def load(cfg) -> Loaded:
@@ -137,10 +172,14 @@ def image_tokens(processor, width: int, height: int) -> int:
     return context_tokens(processor, width, height) + 2
 
 
-def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
+def encode(processor, samples, images, mode: str, max_length: int, videos=None) -> Batch:
     """Samples -> model inputs. "train": the whole conversation, labels only on assistant answers + their
     `<|im_end|>`, right padding. "generate": the conversation up to `<|im_start|>assistant\\n`, left padding.
-    A sample longer than `max_length` (image tokens included) raises SampleTooLong; nothing is cut."""
+    A sample longer than `max_length` (image and video tokens included) raises SampleTooLong; nothing is cut.
+    `videos`: per sample, the `Video`s of its `{"type": "video"}` slots (a batch with one: `encode_videos`)."""
+    videos = video_lists(samples, videos)
+    if any(videos):
+        return encode_videos(processor, samples, images, mode, max_length, videos)
     tok = processor.tokenizer
     train = mode == "train"
     end_id = tok.convert_tokens_to_ids(END)
@@ -175,6 +214,85 @@ def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
         n_target = int((labels != IGNORE_INDEX).sum())
         inputs["labels"] = labels
     return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=n_target)
+
+
+def video_prompt(processor, video) -> str:
+    """The text a `<video>` becomes (InternVLProcessor.replace_video_token): per frame "Frame<i>: " and one tile's
+    context tokens between `<img>` `</img>`, frames joined by "\\n"."""
+    tile = processor.start_image_token + processor.image_token * processor.image_seq_length + processor.end_image_token
+    return "\n".join(f"Frame{i + 1}: {tile}" for i in range(len(video.frames)))
+
+
+def video_tokens(processor, video) -> int:
+    """The `<IMG_CONTEXT>` positions of one `Video`: `image_seq_length` per frame (its "Frame<i>: " and `<img>`
+    `</img>` count as text)."""
+    return len(video.frames) * processor.image_seq_length
+
+
+def video_pixels(processor, video) -> np.ndarray:
+    """(frames, 3, H, W): what InternVLVideoProcessor (torchvision) gives, with the PIL image processor: each frame
+    resized to the video `size` (one tile, never split), rescaled and normalized with `video_settings`."""
+    return processor.image_processor(list(video.frames), **video_settings(processor), crop_to_patches=False,
+                                     return_tensors="np")["pixel_values"]
+
+
+def encode_videos(processor, samples, images, mode: str, max_length: int, videos: list[list]) -> Batch:
+    """`encode` for a batch with a video, as InternVLProcessor without torchvision: each `<video>` expanded to
+    `video_prompt`, each image to its tiles' context tokens (the processor's own call, one image at a time), and
+    `pixel_values` every image's tiles and every video's frames in slot order, sample after sample."""
+    import torch
+
+    tok = processor.tokenizer
+    train = mode == "train"
+    end_id = tok.convert_tokens_to_ids(END)
+    load_image_list(samples, images)
+
+    def render(messages, add_generation_prompt):
+        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def tokenize(replacements, texts):  # each placeholder (image or video, in order) -> its expansion
+        parts = [processor.multimodal_pattern.split(t)[::3] for t in texts]  # split keeps the two named groups
+        return tok([p[0] + "".join(r + q for r, q in zip(replacements, p[1:], strict=False)) for p in parts]).input_ids
+
+    rows, units = [], []
+    for s, imgs, vids in zip(samples, images, videos, strict=True):
+        text = render(s.messages if train else s.prompt_messages, not train)
+        img_it, vid_it = iter(imgs), iter(vids)
+        replacements, n_image = [], 0
+        for match in processor.multimodal_pattern.finditer(text):
+            if match.lastgroup == "video":
+                video = next(vid_it)
+                units.append(video_pixels(processor, video))
+                replacements.append(video_prompt(processor, video))
+            else:
+                img = next(img_it)
+                tiles = processor(text=[IMAGE], images=[img], return_tensors="np")["pixel_values"]
+                units.append(tiles)
+                replacements.append(START_IMAGE + IMAGE * (processor.image_seq_length * len(tiles)) + END_IMAGE)
+                n_image += processor.image_seq_length * len(tiles) + 2  # its <img> </img> with it (image_tokens)
+        if train:
+            ids, spans = assistant_spans(functools.partial(tokenize, replacements), render, s.messages, s.id)
+            spans = [(start, through_end_token(ids, start, end, end_id, s.id, END)) for start, end in spans]
+        else:
+            ids, spans = tokenize(replacements, [text])[0], []
+        n_video = sum(video_tokens(processor, v) for v in vids)
+        check_length(s.id, n_image, len(ids) - n_image - n_video, max_length, resize=True, n_video=n_video)
+        rows.append((ids, spans))
+    length = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), length), tok.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    for b, (ids, spans) in enumerate(rows):
+        at = 0 if train else length - len(ids)  # right padding to train, left to generate
+        input_ids[b, at:at + len(ids)] = torch.tensor(ids)
+        attention_mask[b, at:at + len(ids)] = 1
+        for start, end in spans:
+            labels[b, at + start:at + end] = torch.tensor(ids[start:end])
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+              "pixel_values": torch.from_numpy(np.concatenate(units).astype(np.float32))}
+    if train:
+        inputs["labels"] = labels
+    return Batch(inputs=inputs, ids=[s.id for s in samples], n_target_tokens=int((labels != IGNORE_INDEX).sum()))
 
 
 _CORPUS = [
@@ -253,6 +371,7 @@ FAMILY = ModelFamily(
     freeze_groups=FREEZE_GROUPS,
     tiny=tiny,
     image_tokens=image_tokens,
+    video_tokens=video_tokens,
     tasks=("vqa", "caption"),
     text_only=True,
     multi_image=True,

@@ -441,7 +441,7 @@ FAMILY = ModelFamily(
     text_only=True,
     multi_image=True,
     projector_modules=("merger",),
-    vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
+    vision_cache=True, video_cache="videos",  # mm_encoder_outputs: images, and videos (get_video_features)
     packing=True,  # with each sample's M-RoPE positions (pack_inputs)
     pack_inputs=pack_inputs,
     processor_loader=load_processor,

@@ -55,6 +55,7 @@ FAMILY = ModelFamily(
     multi_image=True,
     projector_modules=("merger",),
     vision_cache=True,  # takes mm_encoder_outputs (pooled + DeepStack features): the frozen-vision cache applies
+    video_cache="videos",
     processor_loader=qwen3_vl.load_processor,
     packing=True,  # with each sample's M-RoPE positions, as Qwen2-VL (qwen2_vl.pack_inputs)
     pack_inputs=qwen3_vl.FAMILY.pack_inputs,

@@ -268,6 +268,7 @@ FAMILY = ModelFamily(
     processor_loader=load_processor,
     packing=True,  # a Llama-style LM with 1-D positions: samples can share a row
     vision_cache=True,  # takes mm_encoder_outputs: the frozen-vision cache applies
+    video_cache="frames",  # video frames are global views among the images' pixels: cached with them
     vision_features="per_sample",  # get_image_features lists one entry per sample (all its images' tiles)
     vision_tower="model.vision_model",
     merge_in_model_dtype="model.text_model",  # image features cast to model.dtype (the vision tower's) before the merge

@@ -155,7 +155,8 @@ def setup(cfg: RunCfg) -> State:
         cache = vision_cache.VisionCache(model, family, loaded.processor, run_dir / "vision_cache",
                                          precision=accelerator.mixed_precision)
         cache.autocast = lambda: train_autocast(accelerator)
-    accelerator.print(f"vision cache: {'on, ' + str(cache.dir) if cache else 'off (' + reason + ')'}", file=sys.stderr)
+    accelerator.print(f"vision cache: {'on, ' + str(cache.dir) if cache else 'off (' + reason + ')'}"
+                      + (f"; {cache.video_off}" if cache and cache.video_off else ""), file=sys.stderr)
     # micro-batches per optimizer step, for accumulate() and DeepSpeed's "auto" gradient_accumulation_steps
     accelerator.gradient_accumulation_steps = cfg.train.grad_accum_steps(accelerator.num_processes)
     model, optimizer = accelerator.prepare(model, optimizer)
