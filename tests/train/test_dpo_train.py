@@ -123,3 +123,21 @@ def test_the_plan_counts_a_pair_as_two_rows(tmp_path, pairs_dir, fashion_dir):
     assert dpo.memory["micro_batch"]["rows"] == 8 and sft.memory["micro_batch"]["rows"] == 4
     assert dpo.memory["activations_without_checkpointing"] > 1.2 * sft.memory["activations_without_checkpointing"]
     assert any("2 rows per pair" in a for a in dpo.assumptions)
+
+
+def test_the_frozen_vision_cache_serves_both_answers_of_a_pair_with_the_same_losses(tmp_path, pairs_dir):
+    """A pair's image features are computed once and used by its chosen and its rejected row; from the second epoch
+    on no image is read: the losses equal those of a run without the cache."""
+    from vlmtune.train.loop import fit, setup
+
+    state = setup(_cfg(tmp_path, pairs_dir, "cached", max_steps=12, save_every=0))
+    assert state.vision_cache is not None
+    fit(state)
+    cache = state.vision_cache
+    assert cache.hits > cache.misses > 0  # 12 steps x 8 pairs over 38 pairs: most rows' features come from the cache
+    assert {k[1].rsplit("#", 1)[1] for k in cache.rows} == {"chosen", "rejected"}
+    uncached = Path(train(_cfg(tmp_path, pairs_dir, "uncached", max_steps=12, save_every=0,
+                               vision_cache="off"))["run_dir"])
+    for a, b in zip(_log(state.run_dir), _log(uncached), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5) and \
+            a["rewards/margin"] == pytest.approx(b["rewards/margin"], abs=1e-5)

@@ -6,6 +6,7 @@ family (`encode_batch`). `train.loop.fit` calls `step_batches` once a step.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -88,8 +89,8 @@ def step_batches(state: StepState, step: int, rank: int, accum: int):
                                                                                          strict=True)]
     if state.vision_cache is not None:  # features computed once per image; a sample seen before is not re-encoded
         model = state.accelerator.unwrap_model(state.model)
-        batches = [state.vision_cache.batch(model, chunk, state.roots, partial(encode_batch, state, chunk))
-                   for chunk in chunks]
+        batches = [state.vision_cache.batch(model, cached_rows(state, chunk), state.roots,
+                                            partial(encode_batch, state, chunk)) for chunk in chunks]
     else:
         batches = [encode_batch(state, chunk, f) for chunk, f in zip(chunks, chunk_flips, strict=True)]
     if weights is not None:
@@ -100,6 +101,18 @@ def step_batches(state: StepState, step: int, rank: int, accum: int):
         model = state.accelerator.unwrap_model(state.model)
         batches = [pack(b, state.family, model) for b in batches]
     return chunks, batches, weights
+
+
+def cached_rows(state: StepState, items: list[tuple[int, Sample]]) -> list[tuple[int, Sample]]:
+    """The rows of the (source index, sample) items' batch, as the vision cache keys and stores them: the items
+    themselves, or under train.method dpo each pair's chosen then rejected samples (ids `ID#chosen`, `ID#rejected`),
+    which share their pair's image features: computed in the step that first draws the pair (one vision forward over
+    the batch's pixels, both rows'), read from the cache by both rows ever after."""
+    if state.cfg.train.method != "dpo":
+        return items
+    pairs = [(j, s.id, s.pair()) for j, s in items]
+    return [(j, replace(c, id=f"{i}#chosen")) for j, i, (c, _) in pairs] + \
+        [(j, replace(r, id=f"{i}#rejected")) for j, i, (_, r) in pairs]
 
 
 def trained_tokens_of(state: StepState, sample: Sample) -> list[str]:

@@ -146,8 +146,6 @@ def setup(cfg: RunCfg) -> State:
     accelerator.wait_for_everyone()
     optimizer, scheduler = build_optimizer(cfg, model)
     cache, reason = None, vision_cache.why_not(cfg, family, model)
-    if reason is None and cfg.train.method == "dpo":
-        reason = "train.method is dpo (its pair batches are encoded each step)"
 
     if reason is None and shards_parameters(accelerator):  # a miss would run the tower on one rank only: a hang
         reason = f"parameters are sharded over processes ({accelerator.distributed_type.value})"

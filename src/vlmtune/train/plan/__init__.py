@@ -284,7 +284,8 @@ def make_plan(cfg: RunCfg, data: str | Path | list | None = None, gpus: int = 1,
     recipe = {"name": cfg.name, "family": family.name, "model": cfg.model.path, "dtype": cfg.model.dtype,
               "lora": cfg.lora.enabled, "quantization": dataclasses.asdict(cfg.model.quantization)
               if cfg.model.quantization else None, "micro_batch_size": cfg.train.micro_batch_size,
-              "global_batch_size": cfg.train.global_batch_size, "gradient_checkpointing": cfg.train.gradient_checkpointing,
+              "global_batch_size": cfg.train.global_batch_size,
+              "gradient_checkpointing": cfg.train.gradient_checkpointing,
               "packing": cfg.train.packing, "sharding": sharding, "gpus": gpus, "max_pixels": cfg.model.max_pixels}
     params = {**counts, "dims": dataclasses.asdict(dims)}
     batching = {**pad, "micro_batch_size": cfg.train.micro_batch_size, "accumulation": accum}
