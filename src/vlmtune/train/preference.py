@@ -31,6 +31,7 @@ from vlmtune.data.sample import Sample
 from vlmtune.io import atomic_write_text
 from vlmtune.models.family import Batch, input_dtype
 from vlmtune.models.loss import accepts_logits_to_keep, forward_losses, logit_prefix_of
+from vlmtune.train.trainable import train_autocast
 
 REFERENCE = "dpo_reference.json"
 """In the run directory: every training pair's reference log-probabilities (chosen, rejected), computed before step
@@ -100,8 +101,6 @@ def reference_logps(state, encode, resumed: bool) -> dict[str, list[float]]:
     sharded model's forward is collective) and all use what rank 0 wrote, so a resumed run's are the very same.
     `resumed`: the run has checkpoints, so the model is no longer the reference: the file must be there."""
     import torch
-
-    from vlmtune.train.trainable import train_autocast
 
     acc, path = state.accelerator, Path(state.run_dir) / REFERENCE
     if resumed and not path.is_file():
