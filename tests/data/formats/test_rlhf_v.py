@@ -122,3 +122,13 @@ def test_imported_pairs_train_with_dpo(tmp_path):
     logged = [json.loads(line) for line in (tmp_path / "runs" / "t" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in logged if "loss" in r]
     assert len(steps) == 2 and all("rewards/accuracy" in r for r in steps), (out, logged[:3])
+
+
+def test_the_hf_format_points_to_rlhf_v_and_rlhf_v_exports_only_pairs(tmp_path):
+    from vlmtune.data.formats import export_dataset, get_format
+
+    with pytest.raises(BadRecord, match="a preference pair .* import it with the rlhf_v format"):
+        import_format("hf", FIX / "RLAIF-V-Dataset_000.parquet", tmp_path / "hf")
+    import_format("sharegpt", FORMAT_FIXTURES / "sharegpt", tmp_path / "chat")
+    with pytest.raises(ValueError, match="sample 'train-1': the rlhf_v format holds preference pairs"):
+        export_dataset(get_format("rlhf_v"), tmp_path / "chat", tmp_path / "out")
