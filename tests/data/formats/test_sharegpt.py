@@ -164,6 +164,7 @@ def test_bad_preference_records(tmp_path):
         sw | {"messages": sw["messages"][:1]},  # ms-swift without the chosen answer
         sw | {"chosen": "x", "rejected": "y"},  # both layouts at once
         lf | {"chosen": {"from": ["gpt"], "value": "x"}},  # a list as the role
+        sw | {"rejected_images": ["rlhf_v/2.jpg"]},  # ms-swift's rejected image: not read, and not silently dropped
     ]
     lines = [json.dumps(r, ensure_ascii=False) for r in [lf] + bad] + ['{"conversations": [']
     (src / "llamafactory_rlhf_v.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -172,7 +173,7 @@ def test_bad_preference_records(tmp_path):
     samples = import_format("sharegpt", src, tmp_path / "skip", skip_bad=True)
     assert [s.id for s in samples] == ["llamafactory_rlhf_v-1", "swift_dpo-1", "swift-2"]
     errors = [json.loads(line)["error"] for line in (tmp_path / "skip" / "rejected.jsonl").read_text().splitlines()]
-    assert len(errors) == 11
+    assert len(errors) == 12
     assert "'rejected' is missing" in errors[0]
     assert "'chosen' and 'rejected' are the same answer" in errors[1]
     assert "escapes the dataset directory" in errors[2]
@@ -183,4 +184,5 @@ def test_bad_preference_records(tmp_path):
     assert "ends with the chosen assistant answer" in errors[7]
     assert "not both" in errors[8]
     assert "'chosen' must be an assistant turn" in errors[9]
-    assert "malformed JSON" in errors[10]
+    assert "'rejected_images' is not read" in errors[10]
+    assert "malformed JSON" in errors[11]

@@ -23,7 +23,8 @@ Preference pairs (`train.method: dpo`), in the two layouts their trainers read:
 LLaMA-Factory's conversation ends with the user's turn and `chosen` / `rejected` are assistant turns (or plain
 strings); ms-swift's ends with the chosen answer and `rejected_response` is the other. Either becomes a Sample whose
 messages are the prompt with `chosen` / `rejected` set (data/sample.py); a record with only one of the two, equal
-answers or an empty one is a bad record. Export writes pairs in the ms-swift form.
+answers or an empty one is a bad record, and so is one with ms-swift's `rejected_messages` / `rejected_images` (a
+rejected answer to another conversation or image: not read). Export writes pairs in the ms-swift form.
 
 `src` is one such file (images relative to `--images`, default the file's directory) or a directory of *.jsonl files,
 read line by line. Each line becomes one Sample, the conversation mapped as in the llava format (each `<image>` an
@@ -140,6 +141,10 @@ def _answer(value: object, role_key: str, text_key: str, what: str) -> str:
 def _rejected(row: dict, role_key: str, text_key: str, pairs: list[tuple[str, object]]) -> str | None:
     """A preference record's rejected answer (None: not one). LLaMA-Factory's `chosen` is appended to `pairs` as the
     final assistant turn, where ms-swift's already is."""
+    for key in ("rejected_messages", "rejected_images"):  # ms-swift's variants: another conversation or image
+        if key in row:
+            raise ValueError(f"'{key}' is not read (a rejected answer about another conversation or image); give "
+                             "the rejected answer to the same prompt as 'rejected_response'")
     if "rejected_response" in row:
         if "chosen" in row or "rejected" in row:
             raise ValueError("either 'chosen' + 'rejected' (LLaMA-Factory) or 'rejected_response' (ms-swift), not both")
