@@ -76,6 +76,9 @@ SOURCES = {
                             image=("filename",)),
     "llava": Source("llava", "llava", "llava_v1_5_mix665k.json", image=("image",)),
     "sharegpt": Source("sharegpt", "sharegpt", "train.jsonl", key="lines", image=("images", 0)),
+    "sharegpt-pairs": Source("sharegpt", "sharegpt_dpo", "llamafactory_rlhf_v.jsonl", key="lines",
+                             image=("images", 0)),
+    "rlhf_v": Source("rlhf_v", "rlhf_v", "rlaif_v.jsonl", key="lines", image=("image",)),
     "openai": Source("openai", "openai", "train.jsonl", key="lines",
                      image=("messages", 1, "content", 0, "image_url", "url")),
     "chartqa": Source("chartqa", "chartqa/ChartQA Dataset/train", "train_human.json", image=("imgname",),
@@ -85,7 +88,7 @@ SOURCES = {
     "cc3m": Source("cc3m", "cc3m", "cc3m.tsv", key="tsv"),
 }
 """The importers of text annotations (llava's JSON-lines reader is sharegpt's; flickr30k groups five lines into one
-sample and hf reads parquet: not here)."""
+sample, vlfeedback makes several pairs of one line or none, and hf reads parquet: not here)."""
 
 def _copy(source: Source, dest: Path) -> Path:
     shutil.copytree(FORMAT_FIXTURES / source.fixture, dest)

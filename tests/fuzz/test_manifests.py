@@ -55,7 +55,8 @@ TEXT_LIMIT = 1000
 """max_text_chars for `data check` and the preflight (the default, 100,000, only makes the huge texts slower)."""
 FIELDS = {"id": ("string",), "messages": ("list",), "images": ("list",), "task": ("string",),
           "answers": ("list", "null"), "references": ("list", "null"), "source": ("string",),
-          "split": ("string", "null"), "meta": ("object",)}
+          "split": ("string", "null"), "meta": ("object",),
+          "chosen": ("string", "null"), "rejected": ("string", "null")}
 """SampleRecord's fields and the JSON types each takes."""
 
 
@@ -377,7 +378,7 @@ def _ids(lines: list[Line], numbers: set[int]) -> list[str]:
 
 def _preflight(samples, root: Path, predictor, run_dir: Path, skip_bad: bool) -> list:
     """`check_samples` of a training state holding only what it reads: one source, no val split, no probes."""
-    from vlmtune.config import DataCfg
+    from vlmtune.config import DataCfg, TrainCfg
     from vlmtune.data.images import DecodedImages
     from vlmtune.train.preflight import check_samples
 
@@ -385,7 +386,7 @@ def _preflight(samples, root: Path, predictor, run_dir: Path, skip_bad: bool) ->
     state = types.SimpleNamespace(
         mixture=types.SimpleNamespace(sources=[source]), roots=[root], val=[], data_root=root, probes=[],
         cfg=types.SimpleNamespace(data=DataCfg(path=str(root), max_length=4096, max_text_chars=TEXT_LIMIT,
-                                               skip_bad=skip_bad)),
+                                               skip_bad=skip_bad), train=TrainCfg()),
         run_dir=run_dir, accelerator=types.SimpleNamespace(is_main_process=True, print=lambda *a, **k: None),
         images=DecodedImages(0), family=predictor.family, loaded=predictor.loaded)
     check_samples(state)

@@ -39,7 +39,13 @@ def cmd_data_standin(a) -> dict:
 
 
 def cmd_data_import(a) -> dict:
-    return import_dataset(get_format(a.format), a.src, a.out, a.images, skip_bad=a.skip_bad)
+    options = {}
+    for item in a.option or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--option {item!r}: expected NAME=VALUE")
+        options[name] = value
+    return import_dataset(get_format(a.format), a.src, a.out, a.images, skip_bad=a.skip_bad, options=options)
 
 
 def cmd_data_export(a) -> dict:
@@ -143,6 +149,8 @@ def add_parsers(sub) -> None:
     im.add_argument("--out", required=True, help="new dataset directory")
     im.add_argument("--images", default=None, help="directory the source's image paths are relative to")
     im.add_argument("--skip-bad", action="store_true", help="skip bad records (listed in OUT/rejected.jsonl)")
+    im.add_argument("--option", action="append", metavar="NAME=VALUE",
+                    help="a format's import option, e.g. vlfeedback's pairs=all (repeatable)")
     im.set_defaults(fn=cmd_data_import)
     ex_ = dsub.add_parser("export", help="write a vlmtune dataset in an outside format", formatter_class=ex,
                           epilog=f"formats:\n{formats}\n\nexample: vlmtune data export llava data/vizwiz --out llava/")

@@ -47,6 +47,9 @@ class RunCfg:
             if self.model.path == "builtin":
                 raise ValueError("model.quantization: the built-in model is built with random weights; quantise a "
                                  "saved or downloaded model (model.path)")
+        if self.train.method == "dpo" and self.data.answer_targets != "single":
+            raise ValueError(f"data.answer_targets {self.data.answer_targets!r}: DPO trains on each pair's chosen and "
+                             "rejected answers; set data.answer_targets: single")
         half = {"bfloat16": "bf16", "float16": "fp16"}.get(self.model.dtype)
         if half and self.train.mixed_precision != half:
             raise ValueError(f"model.dtype {self.model.dtype}: the trainable parameters are kept in float32 and the "

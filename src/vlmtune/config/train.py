@@ -12,6 +12,14 @@ from vlmtune.config.data import SynthCfg
 
 @dataclass
 class TrainCfg:
+    method: Literal["sft", "dpo"] = "sft"
+    """sft: learn the answers (cross-entropy on the answer tokens). dpo: learn from preference pairs, samples with
+    `chosen` and `rejected` answers to their prompt (Direct Preference Optimisation against the model as it was
+    before training, whose answer log-probabilities are computed once and kept in the run: train/preference.py)."""
+    dpo_beta: float = 0.1
+    """DPO's beta: how far the policy may move from the reference (larger: closer to it)."""
+    dpo_label_smoothing: float = 0.0
+    """The assumed share of pairs whose preference is wrong (conservative DPO); 0: plain DPO."""
     seed: int = 0
     max_steps: int = 1000
     """Optimizer steps."""
@@ -72,6 +80,15 @@ class TrainCfg:
             raise ValueError("train: global_batch_size must be a multiple of micro_batch_size")
         if self.image_cache_mb < 0:
             raise ValueError(f"train.image_cache_mb must be >= 0 (0: off), got {self.image_cache_mb}")
+        if self.dpo_beta <= 0:
+            raise ValueError(f"train.dpo_beta must be > 0, got {self.dpo_beta}")
+        if not 0 <= self.dpo_label_smoothing < 0.5:
+            raise ValueError(f"train.dpo_label_smoothing must be in [0, 0.5), got {self.dpo_label_smoothing}")
+        if self.method == "dpo" and self.packing:
+            raise ValueError("train.packing: DPO compares a pair's two answers row by row; pairs are not packed")
+        if self.method == "dpo" and self.hflip:
+            raise ValueError("train.hflip: DPO's reference log-probabilities are computed once, on the images as "
+                             "they are; mirroring would compare the policy on another image")
 
 
 @dataclass

@@ -80,6 +80,10 @@ class Sample:
     """Videos, in the order of the `{"type": "video"}` slots in `messages`, each a path relative to the dataset
     directory (a video file, or a directory of frame images) or an object {"path": ..., "fps": F} /
     {"frames": [paths...], "fps": F}; data/video.py reads and samples them (`data.video`)."""
+    chosen: str | None = None
+    """Preference data (`train.method: dpo`): the preferred answer to the conversation, which then ends with the
+    user's turn; `rejected` is the dispreferred one. Both or neither."""
+    rejected: str | None = None
 
     def __post_init__(self) -> None:
         if not self.messages:
@@ -93,6 +97,18 @@ class Sample:
         slots = count_image_slots(self.messages, "video")
         if slots != len(self.videos):
             raise ValueError(f"sample {self.id!r}: {slots} video slot(s) in messages but {len(self.videos)} video(s)")
+        if (self.chosen is None) != (self.rejected is None):
+            raise ValueError(f"sample {self.id!r}: a preference pair needs both 'chosen' and 'rejected'")
+        if self.chosen is not None:
+            if self.messages[-1]["role"] != "user":
+                raise ValueError(f"sample {self.id!r}: with 'chosen'/'rejected' the messages are the prompt and end "
+                                 f"with the user's turn, not a {self.messages[-1]['role']} turn")
+            if not self.chosen.strip() or not self.rejected.strip():
+                raise ValueError(f"sample {self.id!r}: an empty {'chosen' if not self.chosen.strip() else 'rejected'}"
+                                 " answer")
+            if self.chosen.strip() == self.rejected.strip():
+                raise ValueError(f"sample {self.id!r}: 'chosen' and 'rejected' are the same answer (the pair "
+                                 "teaches nothing)")
 
     @property
     def target(self) -> str:
@@ -118,10 +134,27 @@ class Sample:
         """Whether the conversation ends with an answer (what training needs)."""
         return self.messages[-1]["role"] == "assistant"
 
+    @property
+    def is_pair(self) -> bool:
+        """Whether the sample is a preference pair (`chosen` and `rejected` answers to its prompt)."""
+        return self.chosen is not None
+
+    def pair(self) -> tuple[Sample, Sample]:
+        """A preference pair -> (the conversation answered with `chosen`, the same answered with `rejected`): two
+        ordinary samples, which every family encodes with its own extras (grid sizes, token types, pixel masks)."""
+        if not self.is_pair:
+            raise ValueError(f"sample {self.id!r}: not a preference pair (no 'chosen'/'rejected' answers)")
+        common = {k: v for k, v in asdict(self).items() if k not in ("messages", "chosen", "rejected")}
+        return (Sample(**common | {"messages": [*self.messages, assistant(self.chosen)]}),
+                Sample(**common | {"messages": [*self.messages, assistant(self.rejected)]}))
+
     def gold(self) -> list[str]:
-        """Every acceptable answer: `answers` or `references` when given, else the target; [] for a sample with
-        no answer (a hidden-label question: there is nothing to score its prediction against)."""
-        return self.answers or self.references or ([self.target] if self.has_target else [])
+        """Every acceptable answer: `answers` or `references` when given, else the target (a preference pair's
+        chosen answer); [] for a sample with no answer (a hidden-label question: there is nothing to score its
+        prediction against)."""
+        if self.answers or self.references:
+            return self.answers or self.references
+        return [self.target] if self.has_target else [self.chosen] if self.is_pair else []
 
     def to_json(self) -> dict:
         row = {k: v for k, v in asdict(self).items() if v not in (None, {}, "") and not (k == "videos" and not v)}
@@ -206,12 +239,15 @@ class SampleRecord(_Strict):
     split: str | None = None
     meta: dict[str, Any] = {}
     videos: list[str | VideoEntry] = []
+    chosen: str | None = Field(default=None, min_length=1)
+    rejected: str | None = Field(default=None, min_length=1)
 
 
 _JSON_TYPES = {dict: "object", list: "list", str: "string", int: "integer", float: "number", bool: "boolean",
                type(None): "null"}
 _EXPECTED = {"model_type": "must be an object", "dict_type": "must be an object", "list_type": "must be a list",
-             "string_type": "must be a string", "too_short": "must not be empty"}
+             "string_type": "must be a string", "too_short": "must not be empty",
+             "string_too_short": "must not be empty"}
 MAX_ERRORS = 5
 """Errors named per record (the rest are counted)."""
 

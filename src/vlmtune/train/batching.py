@@ -6,6 +6,7 @@ family (`encode_batch`). `train.loop.fit` calls `step_batches` once a step.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ from vlmtune.models.family import Loaded
 from vlmtune.models.labels import IGNORE_INDEX, trained_tokens
 from vlmtune.train import targets
 from vlmtune.train.collate import pack
+from vlmtune.train.preference import pair_samples
 
 
 class StepState(Protocol):
@@ -87,8 +89,8 @@ def step_batches(state: StepState, step: int, rank: int, accum: int):
                                                                                          strict=True)]
     if state.vision_cache is not None:  # features computed once per image; a sample seen before is not re-encoded
         model = state.accelerator.unwrap_model(state.model)
-        batches = [state.vision_cache.batch(model, chunk, state.roots, partial(encode_batch, state, chunk))
-                   for chunk in chunks]
+        batches = [state.vision_cache.batch(model, cached_rows(state, chunk), state.roots,
+                                            partial(encode_batch, state, chunk)) for chunk in chunks]
     else:
         batches = [encode_batch(state, chunk, f) for chunk, f in zip(chunks, chunk_flips, strict=True)]
     if weights is not None:
@@ -99,6 +101,18 @@ def step_batches(state: StepState, step: int, rank: int, accum: int):
         model = state.accelerator.unwrap_model(state.model)
         batches = [pack(b, state.family, model) for b in batches]
     return chunks, batches, weights
+
+
+def cached_rows(state: StepState, items: list[tuple[int, Sample]]) -> list[tuple[int, Sample]]:
+    """The rows of the (source index, sample) items' batch, as the vision cache keys and stores them: the items
+    themselves, or under train.method dpo each pair's chosen then rejected samples (ids `ID#chosen`, `ID#rejected`),
+    which share their pair's image features: computed in the step that first draws the pair (one vision forward over
+    the batch's pixels, both rows'), read from the cache by both rows ever after."""
+    if state.cfg.train.method != "dpo":
+        return items
+    pairs = [(j, s.id, s.pair()) for j, s in items]
+    return [(j, replace(c, id=f"{i}#chosen")) for j, i, (c, _) in pairs] + \
+        [(j, replace(r, id=f"{i}#rejected")) for j, i, (_, r) in pairs]
 
 
 def trained_tokens_of(state: StepState, sample: Sample) -> list[str]:
@@ -119,10 +133,14 @@ def length_estimate(sample: Sample) -> int:
 
 def encode_batch(state: StepState, items: list[tuple[int, Sample]], flips: list[bool] | None = None):
     """(source index, sample) pairs -> a training Batch; images and videos are read from each source's root (a
-    video as `data.video` samples it: frames as images, or `videos=` for a family with native video)."""
+    video as `data.video` samples it: frames as images, or `videos=` for a family with native video). Under
+    train.method dpo the samples are preference pairs and the batch has 2n rows: the chosen answers, then the
+    rejected ones, each with its pair's images (train/preference.py)."""
     inputs = [sample_inputs(state.roots[j], s, state.family, state.images.load, state.videos.load) for j, s in items]
     samples, images, videos = ([x[k] for x in inputs] for k in range(3))
     if flips:
         images = [[ImageOps.mirror(im) for im in ims] if f else ims for ims, f in zip(images, flips, strict=True)]
+    if state.cfg.train.method == "dpo":
+        samples, images, videos = pair_samples(samples), images * 2, videos * 2
     return encode_with_videos(state.family, state.loaded.processor, samples, images, videos, "train",
                               state.cfg.data.max_length)

@@ -42,8 +42,8 @@ from vlmtune.models.family import Loaded, describe_trainable, input_dtype, train
 from vlmtune.models.loss import accepts_logits_to_keep, forward_losses, logit_prefix_of
 from vlmtune.runs import checkpoints
 from vlmtune.train import checkpoint as ckpt
-from vlmtune.train import targets, vision_cache
-from vlmtune.train.batching import check_hflip, step_batches, trained_tokens_of
+from vlmtune.train import preference, targets, vision_cache
+from vlmtune.train.batching import check_hflip, encode_batch, step_batches, trained_tokens_of
 from vlmtune.train.build import build_data, build_model, build_optimizer
 from vlmtune.train.checks import check_run
 from vlmtune.train.distributed import has_accelerator_device, launched, shards_parameters, vision_dummy
@@ -87,6 +87,8 @@ class State:
     videos: Any = None
     """VideoLoader: the training videos sampled by `data.video`, decoded once while they fit the same budget."""
     stopped: str | None = None
+    reference: dict | None = None
+    """train.method dpo: every pair's reference answer log-probabilities (train/preference.py)."""
 
 
 def setup(cfg: RunCfg) -> State:
@@ -167,6 +169,8 @@ def setup(cfg: RunCfg) -> State:
     first = state.mixture.sources[0].samples[0]
     accelerator.print(f"trained tokens of sample {first.id!r}: {trained_tokens_of(state, first)}", file=sys.stderr)
     done = checkpoints(run_dir)
+    if cfg.train.method == "dpo":  # before a resume loads trained weights: the model as loaded is the reference
+        state.reference = preference.reference_logps(state, lambda chunk: encode_batch(state, chunk), bool(done))
     if done:
         resumed = ckpt.load_trainer_state(done[-1], accelerator.unwrap_model(model), optimizer, scheduler,
                                           accelerator)
@@ -205,6 +209,8 @@ def fit(state: State) -> dict:
     if t.progress and acc.is_main_process:
         bar = tqdm(total=t.max_steps, initial=state.step, desc="train", file=sys.stderr, dynamic_ncols=True)
     names = state.mixture.names
+    dpo = t.method == "dpo"
+    pairs = torch.zeros(len(preference.STATS) + 1, dtype=torch.float64)  # DPO: statistics' sums, pairs since log
     window = torch.zeros(len(names), 2, dtype=torch.float64)  # per source: loss sum, target tokens since last log
     padding = torch.zeros(2, dtype=torch.float64)  # pad positions, all positions since the last log (this process)
     dtype = input_dtype(acc.unwrap_model(model))  # floating inputs in the base weights' dtype (bf16 recipes)
@@ -213,8 +219,10 @@ def fit(state: State) -> dict:
         chunks, batches, weights = step_batches(state, state.step, rank, accum)
         weights = weights or [None] * len(batches)
         # token-weighted loss over the whole global batch (all micro-batches, all processes); a weighted row's
-        # tokens count `weight` times (data.answer_targets: weighted), so its loss is a weighted token mean too
-        n_tokens = torch.tensor(sum(targets.weighted_tokens(b, w) for b, w in zip(batches, weights, strict=True)),
+        # tokens count `weight` times (data.answer_targets: weighted), so its loss is a weighted token mean too.
+        # DPO: the mean over the global batch's pairs
+        n_tokens = torch.tensor(sum(len(c) if dpo else targets.weighted_tokens(b, w)
+                                    for c, b, w in zip(chunks, batches, weights, strict=True)),
                                 device=acc.device, dtype=torch.float32)
         total_tokens = acc.reduce(n_tokens, reduction="sum").clamp(min=1)
         stats = torch.zeros(len(names), 3, dtype=torch.float64, device=acc.device)  # loss sum, tokens, samples
@@ -227,6 +235,12 @@ def fit(state: State) -> dict:
                 with train_autocast(acc), vision_dummy(acc, model, state.family, batch.inputs, state.loaded.processor):
                     sums, counts = forward_losses(model, state.family, batch.inputs, labels, keep_logits, prefix,
                                                   batch.segments)
+                if dpo:  # the rows' answer log-probabilities -> one loss per pair
+                    sums, per_pair = preference.pair_losses(-sums, chunk, state.reference, t.dpo_beta,
+                                                            t.dpo_label_smoothing)
+                    counts = torch.ones_like(sums)
+                    pairs[:-1] += per_pair.sum(0).double().cpu()
+                    pairs[-1] += len(chunk)
                 if w is not None:  # per row: loss sum and tokens x the row's weight; a sample's weights sum to 1
                     w = w.to(sums.device)
                     sums, counts = sums * w, counts * w
@@ -259,6 +273,9 @@ def fit(state: State) -> dict:
                    "samples_per_s": t.global_batch_size * t.log_every / (time.perf_counter() - tic),
                    "padding": pad[0].item() / max(1.0, pad[1].item())}
             padding.zero_()
+            if dpo:  # every process's pairs
+                row.update(preference.stats_row(acc.reduce(pairs.to(acc.device), reduction="sum").cpu()))
+                pairs.zero_()
             if len(names) > 1:
                 drawn = state.mixture.drawn(state.step, t.global_batch_size)
                 for j, name in enumerate(names):

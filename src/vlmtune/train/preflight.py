@@ -56,7 +56,9 @@ class CheckState(Protocol):
 WHAT = {"record": "that `vlmtune data check` rejects", "long": "longer than data.max_length={max_length}",
         "unanswered": "without an answer to train on or score against (a hidden-label split such as VizWiz's test "
                       "questions is for `vlmtune predict` and `eval`: set data.train_split / val_split to labelled "
-                      "splits)"}
+                      "splits)",
+        "method": "that train.method={method} cannot train (dpo: samples with 'chosen' and 'rejected' answers; sft: "
+                  "samples whose conversation ends with the answer)"}
 """The kinds of failure, as the stop message and the log line count them."""
 
 
@@ -81,7 +83,7 @@ def check_samples(state: CheckState, chunk: int = 32) -> None:
     for root, kind, s, why in found:  # the raw record as ASCII JSON: a lone surrogate stays an escape
         by_kind[kind].append(BadRecord(Path(root) / MANIFEST, lines[Path(root)].get(s.id, 0), why,
                                        json.dumps(s.to_json())))
-    counted = [f"{len(records)} sample(s) {WHAT[kind].format(max_length=d.max_length)}"
+    counted = [f"{len(records)} sample(s) {WHAT[kind].format(max_length=d.max_length, method=state.cfg.train.method)}"
                for kind, records in by_kind.items() if records]
     if not d.skip_bad:
         named = [f"{n}: {'; '.join(map(str, records[:5]))}{' ...' if len(records) > 5 else ''}"
@@ -116,7 +118,12 @@ def _check(state: CheckState, samples: list[Sample], root: Path, mode: str,
     passed, failed = [], []
     for s in samples:  # before encoding: a placeholder breaks the encode, megabytes of text take long to tokenize
         issues = record_issues(s, family, placeholders, d.max_text_chars)
-        if not (s.has_target if mode == "train" else s.gold()):
+        dpo = state.cfg.train.method == "dpo"
+        if mode == "train" and s.is_pair != dpo:
+            failed.append(("method", s, _named(s, "not a preference pair (no 'chosen' and 'rejected' answers)" if dpo
+                                               else "a preference pair ('chosen'/'rejected'): train.method dpo "
+                                                    "trains on it")))
+        elif not (s.has_target or s.is_pair if mode == "train" else s.gold()):
             failed.append(("unanswered", s, _named(s, "no answer: the conversation ends with the user's question")))
         elif issues:
             failed.append(("record", s, _named(s, "; ".join(message for _, message in issues))))
@@ -138,14 +145,14 @@ def _check(state: CheckState, samples: list[Sample], root: Path, mode: str,
         if not part:
             continue
         try:  # one encode per chunk; only a chunk that fails is encoded sample by sample
-            encode_with_videos(family, processor, *_targets(d, mode, encoded), mode, d.max_length)
+            encode_with_videos(family, processor, *_targets(state.cfg, mode, encoded), mode, d.max_length)
             keep.extend(part)
             continue
         except ValueError as e:
             error, before = e, len(failed)
         for s, inputs in zip(part, encoded, strict=True):
             try:
-                encode_with_videos(family, processor, *_targets(d, mode, [inputs]), mode, d.max_length)
+                encode_with_videos(family, processor, *_targets(state.cfg, mode, [inputs]), mode, d.max_length)
                 keep.append(s)
             except SampleTooLong as e:
                 failed.append(("long", s, _named(s, str(e))))
@@ -156,11 +163,14 @@ def _check(state: CheckState, samples: list[Sample], root: Path, mode: str,
     return keep, failed
 
 
-def _targets(d, mode: str, encoded: list[tuple]) -> tuple[list[Sample], list[list], list[list]]:
+def _targets(cfg: RunCfg, mode: str, encoded: list[tuple]) -> tuple[list[Sample], list[list], list[list]]:
     """What is encoded to check samples, given as (sample, images, videos): in "train" mode under data.answer_targets
     sampled or weighted, the sample with each answer it may be trained on (any of them may be drawn at any step; each
-    must fit max_length). Returns the samples, their images and their videos."""
-    if mode != "train" or d.answer_targets == "single":
+    must fit max_length); under train.method dpo, a pair's chosen and rejected samples. Returns the samples, their
+    images and their videos."""
+    if mode == "train" and cfg.train.method == "dpo":
+        rows = [(answered, ims, vids) for s, ims, vids in encoded for answered in s.pair()]
+    elif mode != "train" or cfg.data.answer_targets == "single":
         rows = encoded
     else:
         rows = [(v, ims, vids) for s, ims, vids in encoded for v, _ in variants(s)]

@@ -107,3 +107,82 @@ def test_bad_records_are_named_and_skipped(tmp_path):
     assert "never fetched" in errors[5]
     assert "image 0: invalid base64 image data" in errors[6]
     assert "turn 0: expected {'role': 'user' | 'assistant' | 'system'" in errors[7]
+
+
+# ---------------------------------------------------------------- preference pairs (LLaMA-Factory, ms-swift)
+
+DPO = FORMAT_FIXTURES / "sharegpt_dpo"
+
+
+def test_preference_pairs_in_both_layouts(tmp_path):
+    samples = import_format("sharegpt", DPO, tmp_path / "d")
+    assert [s.id for s in samples] == ["llamafactory_rlhf_v-1", "llamafactory_rlhf_v-2", "lf-3", "swift_dpo-1",
+                                       "swift-2"]
+    assert all(s.is_pair and s.messages[-1]["role"] == "user" for s in samples)
+    bus, multi, text, squares, french = samples
+    # LLaMA-Factory (ranking: true): the conversation is the prompt, chosen / rejected are gpt turns or strings
+    assert bus.messages == [{"role": "user", "content": [IMG, TEXT("What is the colour of the bus?")]}]
+    assert (bus.chosen, bus.rejected) == ("The bus is red.", "The bus is blue, parked next to a tree.")
+    assert bus.images == ["images/rlhf_v/1.jpg"] and bus.meta == {}
+    assert [m["role"] for m in multi.messages] == ["system", "user", "assistant", "user"]
+    assert multi.chosen == "No, there is no person." and text.images == [] and text.rejected == "3 is larger."
+    # ms-swift: the last assistant turn is the chosen answer, rejected_response the other
+    assert squares.messages == [{"role": "user", "content": [IMG, TEXT("How many squares are there?")]}]
+    assert (squares.chosen, squares.rejected) == ("There is one square.", "There are three squares.")
+    assert french.messages[0]["role"] == "system" and french.meta == {"tag": "fr"}
+    assert (french.chosen, french.rejected) == ("Rouge.", "Vert.")
+
+
+def test_preference_pairs_round_trip(tmp_path):
+    samples = assert_round_trip("sharegpt", DPO, tmp_path)
+    assert len(samples) == 5
+    row = _lines(tmp_path / "exported" / "llamafactory_rlhf_v.jsonl")[0]  # written in the ms-swift form
+    assert row["messages"][-1] == {"role": "assistant", "content": "The bus is red."}
+    assert row["rejected_response"] == "The bus is blue, parked next to a tree." and "chosen" not in row
+
+
+def test_cli_import_preference_pairs(tmp_path, capsys):
+    from vlmtune.cli import main
+
+    assert main(["data", "import", "sharegpt", str(DPO / "swift_dpo.jsonl"), "--out", str(tmp_path / "d")]) == 0
+    assert json.loads(capsys.readouterr().out)["samples"] == 2
+
+
+def test_bad_preference_records(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(DPO, src)
+    lf = _lines(DPO / "llamafactory_rlhf_v.jsonl")[0]
+    sw = _lines(DPO / "swift_dpo.jsonl")[0]
+    bad = [
+        {k: v for k, v in lf.items() if k != "rejected"},  # chosen without rejected
+        lf | {"rejected": lf["chosen"]},  # the same answer twice
+        lf | {"images": ["../../../etc/passwd"]},  # escapes the dataset root
+        lf | {"conversations": lf["conversations"] + [{"from": "gpt", "value": "x"}]},  # ends with an answer
+        lf | {"chosen": {"from": "human", "value": "x"}},  # not an assistant turn
+        lf | {"rejected": {"from": "gpt", "value": ""}},  # empty
+        sw | {"rejected_response": ["a"]},  # not a string
+        sw | {"messages": sw["messages"][:1]},  # ms-swift without the chosen answer
+        sw | {"chosen": "x", "rejected": "y"},  # both layouts at once
+        lf | {"chosen": {"from": ["gpt"], "value": "x"}},  # a list as the role
+        sw | {"rejected_images": ["rlhf_v/2.jpg"]},  # ms-swift's rejected image: not read, and not silently dropped
+    ]
+    lines = [json.dumps(r, ensure_ascii=False) for r in [lf] + bad] + ['{"conversations": [']
+    (src / "llamafactory_rlhf_v.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(BadRecord, match=r"llamafactory_rlhf_v.jsonl:2: line 2: a preference pair needs both"):
+        import_format("sharegpt", src, tmp_path / "stop")
+    samples = import_format("sharegpt", src, tmp_path / "skip", skip_bad=True)
+    assert [s.id for s in samples] == ["llamafactory_rlhf_v-1", "swift_dpo-1", "swift-2"]
+    errors = [json.loads(line)["error"] for line in (tmp_path / "skip" / "rejected.jsonl").read_text().splitlines()]
+    assert len(errors) == 12
+    assert "'rejected' is missing" in errors[0]
+    assert "'chosen' and 'rejected' are the same answer" in errors[1]
+    assert "escapes the dataset directory" in errors[2]
+    assert "the conversation ends with the user's turn" in errors[3]
+    assert "'chosen' must be an assistant turn" in errors[4]
+    assert "an empty rejected answer" in errors[5]
+    assert "'rejected_response' must be a string or an assistant turn, got list" in errors[6]
+    assert "ends with the chosen assistant answer" in errors[7]
+    assert "not both" in errors[8]
+    assert "'chosen' must be an assistant turn" in errors[9]
+    assert "'rejected_images' is not read" in errors[10]
+    assert "malformed JSON" in errors[11]

@@ -20,12 +20,15 @@ FORMATS: dict[str, str] = {
     "flickr30k": "Flickr30k results_20130124.token file or results.csv",
     "llava": "LLaVA conversation JSON (conversations with <image> placeholders)",
     "llava_video": "LLaVA-Video-178K / ShareGPT-video JSON (conversations with a <video> placeholder, one video each)",
-    "sharegpt": "ShareGPT JSONL (conversations from/value or messages role/content, images as paths or base64)",
+    "sharegpt": "ShareGPT JSONL (conversations from/value or messages role/content, images as paths or base64; "
+                "LLaMA-Factory / ms-swift preference pairs)",
     "openai": "OpenAI chat messages JSONL (image_url parts: paths, file:// or base64 data URIs)",
     "chartqa": "ChartQA split directory (<split>_human.json / <split>_augmented.json, png/, tables/)",
     "cc3m": "CC3M-style TSV (caption, image, item_url)",
     "deepfashion_mm": "DeepFashion-MultiModal captions.json ({image: caption}) + images/",
     "imagefolder": "image folder with metadata.jsonl or metadata.csv (Hugging Face imagefolder layout)",
+    "rlhf_v": "RLHF-V / RLAIF-V preference pairs (image, question, chosen, rejected): parquet, JSONL or JSON",
+    "vlfeedback": "VLFeedback JSONL (rated completions per prompt -> preference pairs; --option pairs=, score=)",
     "hf": "Hugging Face datasets: a save_to_disk directory or parquet file(s) with an image column",
 }
 """Format name -> one-line description; the module `vlmtune.data.formats.<name>` holds its `FORMAT`."""

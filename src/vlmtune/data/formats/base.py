@@ -71,6 +71,20 @@ class Format:
     videos: bool = False
     """Whether the format holds videos: export gives `write` each sample's image paths followed by its video paths
     (a file or a frame directory); a sample with videos is refused by the formats that hold none."""
+    options: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Import options (`--option NAME=VALUE`): name -> its allowed values, the first the default. A format with
+    options is read as `read(src, images, **options)`, every option given its value."""
+
+    def resolve_options(self, given: dict[str, str] | None) -> dict[str, str]:
+        """`given` checked against `options`, the defaults filled in; a ValueError names an unknown option or value."""
+        given = dict(given or {})
+        for name, value in given.items():
+            if name not in self.options:
+                known = ", ".join(sorted(self.options)) or "none"
+                raise ValueError(f"the {self.name} format has no option {name!r} (its options: {known})")
+            if value not in self.options[name]:
+                raise ValueError(f"{self.name} option {name}={value!r}: expected one of {list(self.options[name])}")
+        return {name: given.get(name, values[0]) for name, values in self.options.items()}
 
 
 # ---------------------------------------------------------------- helpers for format files
@@ -184,20 +198,23 @@ def check_image(path: Path) -> None:
 
 
 def import_dataset(fmt: Format, src: str | Path, out: str | Path, images: str | Path | None = None,
-                   skip_bad: bool = False, progress: bool = True) -> dict:
+                   skip_bad: bool = False, progress: bool = True, options: dict[str, str] | None = None) -> dict:
     """Stream `src` (in format `fmt`) into the vlmtune dataset `out`: images copied to `out`, samples appended to the
     manifest one by one (never all in memory).
 
     A bad record (missing or corrupt image, malformed row, empty answer, a path escaping the source) stops the import
     with a message naming file and record, or with `skip_bad` goes to `out/rejected.jsonl`. The import is resumable:
     what was written so far is kept (`manifest.jsonl.partial` + `.import-state.json`), and running the same command
-    again continues after the last record written. The manifest appears only when the import is complete."""
+    again continues after the last record written. The manifest appears only when the import is complete.
+    `options` are the format's import options (`Format.options`; resuming needs the same ones)."""
+    opts = fmt.resolve_options(options)
     src, out = Path(src), Path(out)
     images = Path(images) if images else None
     if (out / MANIFEST).exists():
         raise FileExistsError(f"{out}: already holds a dataset ({MANIFEST}); import into a new directory")
     out.mkdir(parents=True, exist_ok=True)
-    key = {"format": fmt.name, "src": str(src.resolve()), "images": str(images.resolve()) if images else None}
+    key = {"format": fmt.name, "src": str(src.resolve()), "images": str(images.resolve()) if images else None,
+           "options": opts or None}
     state_file, partial, rejected_file = out / STATE, out / PARTIAL, out / "rejected.jsonl"
     state = {**key, "records": 0, "bytes": 0, "rejected_bytes": 0, "ids": 0}
     if state_file.is_file():
@@ -227,7 +244,7 @@ def import_dataset(fmt: Format, src: str | Path, out: str | Path, images: str | 
             atomic_write_text(state_file, json.dumps(state))
 
         bar = tqdm(desc=f"import {fmt.name}", unit=" records", disable=not progress, initial=state["records"])
-        for i, rec in enumerate(fmt.read(src, images)):
+        for i, rec in enumerate(fmt.read(src, images, **opts) if opts else fmt.read(src, images)):
             if i < state["records"]:
                 continue
             if isinstance(rec, Imported):

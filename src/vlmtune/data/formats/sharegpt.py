@@ -13,6 +13,19 @@ placeholders in the user text and the images, in placeholder order, in "images".
         {"id": "chat-7", "messages": [{"role": "user", "content": "Say hello."}, ...]}      text-only: no "images"
     mllm_demo_data/1.jpg
 
+Preference pairs (`train.method: dpo`), in the two layouts their trainers read:
+    {"conversations": [{"from": "human", "value": "<image>What is in the picture?"}],      LLaMA-Factory, ranking: true
+     "chosen": {"from": "gpt", "value": "A red bus."}, "rejected": {"from": "gpt", "value": "A blue car."},
+     "images": ["rlhf_v/1.jpg"]}                       (its data/dataset_info.json maps these columns, e.g. rlhf_v)
+    {"messages": [{"role": "user", "content": "<image>What is in the picture?"},            ms-swift (RLHF/DPO)
+                  {"role": "assistant", "content": "A red bus."}],
+     "rejected_response": "A blue car.", "images": ["rlhf_v/1.jpg"]}
+LLaMA-Factory's conversation ends with the user's turn and `chosen` / `rejected` are assistant turns (or plain
+strings); ms-swift's ends with the chosen answer and `rejected_response` is the other. Either becomes a Sample whose
+messages are the prompt with `chosen` / `rejected` set (data/sample.py); a record with only one of the two, equal
+answers or an empty one is a bad record, and so is one with ms-swift's `rejected_messages` / `rejected_images` (a
+rejected answer to another conversation or image: not read). Export writes pairs in the ms-swift form.
+
 `src` is one such file (images relative to `--images`, default the file's directory) or a directory of *.jsonl files,
 read line by line. Each line becomes one Sample, the conversation mapped as in the llava format (each `<image>` an
 image part where it stands; placeholders and images must match in number; user/assistant alternate, an optional
@@ -41,6 +54,7 @@ from vlmtune.data.formats.base import (
     image_ref,
 )
 from vlmtune.data.formats.llava import (
+    PLACEHOLDER,
     dataset_image,
     jsonl_rows,
     placeholder_text,
@@ -54,7 +68,7 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
 FORMS = {"conversations": ("from", "value", {"user": "human", "assistant": "gpt", "system": "system"}),
          "messages": ("role", "content", {"user": "user", "assistant": "assistant", "system": "system"})}
 """Each form's list key -> (role key, text key, how it names each role)."""
-_FIELDS = ("id", "conversations", "messages", "images", "system")
+_FIELDS = ("id", "conversations", "messages", "images", "system", "chosen", "rejected", "rejected_response")
 
 
 def source_image(value: object, k: int, base: Path) -> tuple[str, ImageRef]:
@@ -98,12 +112,54 @@ def _sample(row: object, file: Path, lineno: int, base: Path, seen: set[str]) ->
     entries = [] if images is None else [images] if isinstance(images, str) else images
     if not isinstance(entries, list):
         raise ValueError("'images' must be a list of paths or data URIs")
+    rejected = _rejected(row, role_key, text_key, pairs)
     messages = to_messages(pairs, names, len(entries), first=-1 if system is not None else 0)
+    chosen = None
+    if rejected is not None:  # the last turn is the chosen answer: the messages are the prompt before it
+        chosen, messages = message_text(messages[-1]), messages[:-1]
     found = [source_image(value, k, base) for k, value in enumerate(entries)]
     sample = Sample(id=unique_id(row.get("id"), seen, f"{file.stem}-{lineno}"), messages=messages,
                     images=[rel for rel, _ in found], task="vqa", source="sharegpt", split=file.stem,
-                    meta={k: v for k, v in row.items() if k not in _FIELDS})
+                    meta={k: v for k, v in row.items() if k not in _FIELDS}, chosen=chosen, rejected=rejected)
     return Imported(sample, [ref for _, ref in found], file, lineno)
+
+
+def _answer(value: object, role_key: str, text_key: str, what: str) -> str:
+    """A preference answer: a string, or an assistant turn {role_key: "gpt" | "assistant", text_key: "..."}."""
+    if isinstance(value, dict):
+        role = value.get(role_key)
+        if not isinstance(role, str) or ROLES.get(role) != "assistant":
+            raise ValueError(f"'{what}' must be an assistant turn, got {json.dumps(value, ensure_ascii=False)[:80]}")
+        value = value.get(text_key)
+    if not isinstance(value, str):
+        raise ValueError(f"'{what}' must be a string or an assistant turn, got {type(value).__name__}")
+    if PLACEHOLDER in value:
+        raise ValueError(f"a literal {PLACEHOLDER} in the '{what}' answer")
+    return value
+
+
+def _rejected(row: dict, role_key: str, text_key: str, pairs: list[tuple[str, object]]) -> str | None:
+    """A preference record's rejected answer (None: not one). LLaMA-Factory's `chosen` is appended to `pairs` as the
+    final assistant turn, where ms-swift's already is."""
+    for key in ("rejected_messages", "rejected_images"):  # ms-swift's variants: another conversation or image
+        if key in row:
+            raise ValueError(f"'{key}' is not read (a rejected answer about another conversation or image); give "
+                             "the rejected answer to the same prompt as 'rejected_response'")
+    if "rejected_response" in row:
+        if "chosen" in row or "rejected" in row:
+            raise ValueError("either 'chosen' + 'rejected' (LLaMA-Factory) or 'rejected_response' (ms-swift), not both")
+        if not pairs or pairs[-1][0] != "assistant":
+            raise ValueError("with 'rejected_response' the conversation ends with the chosen assistant answer")
+        return _answer(row["rejected_response"], role_key, text_key, "rejected_response")
+    if "chosen" not in row and "rejected" not in row:
+        return None
+    for key in ("chosen", "rejected"):
+        if row.get(key) is None:
+            raise ValueError(f"a preference pair needs both 'chosen' and 'rejected'; '{key}' is missing")
+    if pairs and pairs[-1][0] == "assistant":
+        raise ValueError("with 'chosen'/'rejected' the conversation ends with the user's turn (the prompt)")
+    pairs.append(("assistant", _answer(row["chosen"], role_key, text_key, "chosen")))
+    return _answer(row["rejected"], role_key, text_key, "rejected")
 
 
 def read(src: Path, images: Path | None) -> Iterator[Record]:
@@ -122,16 +178,20 @@ def read(src: Path, images: Path | None) -> Iterator[Record]:
 
 
 def write(items: Iterable[tuple[Sample, list[Path]]], dest: Path) -> dict:
-    """<split>.jsonl (split "" -> "all") in the "messages" form, the images copied under images/."""
+    """<split>.jsonl (split "" -> "all") in the "messages" form (a preference pair in ms-swift's: the chosen answer
+    last, `rejected_response`), the images copied under images/."""
     files: dict[str, list] = {}  # split -> [open file, count]
     try:
         for sample, paths in items:
-            if sample.messages[-1]["role"] != "assistant":
+            if sample.messages[-1]["role"] != "assistant" and not sample.is_pair:
                 raise ValueError(f"sample {sample.id!r}: a ShareGPT conversation ends with an assistant answer")
             rels = [rel if rel.startswith("images/") else f"images/{rel}" for rel in sample.images]
             row: dict = {"id": sample.id, "messages": [
                 {"role": m["role"], "content": placeholder_text(m) if m["role"] == "user" else message_text(m)}
                 for m in sample.messages]}
+            if sample.is_pair:
+                row["messages"].append({"role": "assistant", "content": sample.chosen})
+                row["rejected_response"] = sample.rejected
             if rels:
                 row["images"] = rels
             row.update({k: v for k, v in sample.meta.items() if k not in _FIELDS})

@@ -109,8 +109,14 @@ class _Parts:
         return self._measured[mp]
 
 
+def rows_per_sample(cfg: RunCfg) -> int:
+    """Rows one training sample puts in a forward: 2 under train.method dpo (a pair's chosen and rejected answers),
+    else 1 (data.answer_targets weighted's extra rows are not counted)."""
+    return 2 if cfg.train.method == "dpo" else 1
+
+
 def _memory(p: _Parts, cfg: RunCfg, sharding: memory.Sharding) -> dict:
-    micro = cfg.train.micro_batch_size
+    micro = cfg.train.micro_batch_size * rows_per_sample(cfg)
     lengths = p.lengths_for(cfg)
     pad = padding(lengths.tokens, micro, 1, cfg.train.group_by_length, cfg.train.packing)
     q = cfg.model.quantization
@@ -231,15 +237,16 @@ def make_plan(cfg: RunCfg, data: str | Path | list | None = None, gpus: int = 1,
     world = gpus
     accum = cfg.train.grad_accum_steps(world) if cfg.train.global_batch_size % (cfg.train.micro_batch_size * world) \
         == 0 else 1
-    pad = padding(lengths.tokens, cfg.train.micro_batch_size, accum, cfg.train.group_by_length, cfg.train.packing,
-                  cfg.train.seed)
+    rows = rows_per_sample(cfg)
+    pad = padding(lengths.tokens, cfg.train.micro_batch_size * rows, accum, cfg.train.group_by_length,
+                  cfg.train.packing, cfg.train.seed)
     parts = _Parts(cfg, family, dims, trained, lengths, memory.Sharding(sharding, gpus),
                    _remeasure(cfg, family, processor, dims.patch_size, data, max_samples))
     mem = _memory(parts, cfg, parts.sharding)
     mem["runtime_reserve"] = RUNTIME_RESERVE
     n = len(lengths.tokens)
     mean = lambda v: sum(v) / len(v)  # noqa: E731
-    gb = cfg.train.global_batch_size
+    gb = cfg.train.global_batch_size * rows  # rows per step (the lengths are rows': a pair's two answers)
     lang_mode = ("trained" if not cfg.lora.enabled and not cfg.train.freeze_language
                  else "passes" if cfg.lora.enabled else "frozen")
     vision_trained = mem["vision_trained"]
@@ -249,7 +256,7 @@ def make_plan(cfg: RunCfg, data: str | Path | list | None = None, gpus: int = 1,
                              row_len=int(mean(lengths.tokens)), lang_mode=lang_mode,
                              adapters=counts["trainable"]["groups"].get("language/lora", 0),
                              vision_mode="trained" if vision_trained else "frozen")
-    steps_per_epoch = -(-lengths.n_split // gb) if lengths.n_split else None
+    steps_per_epoch = -(-lengths.n_split // cfg.train.global_batch_size) if lengths.n_split else None
     sp = {"flops_per_step": flops, "mfu": mfu, "steps_per_epoch": steps_per_epoch,
           "flops_per_epoch": flops["total"] * steps_per_epoch if steps_per_epoch else None,
           "gpu": spec[0] if spec else None, "gpu_peak_flops": spec[1] if spec else None, "gpus": gpus}
@@ -277,13 +284,16 @@ def make_plan(cfg: RunCfg, data: str | Path | list | None = None, gpus: int = 1,
     recipe = {"name": cfg.name, "family": family.name, "model": cfg.model.path, "dtype": cfg.model.dtype,
               "lora": cfg.lora.enabled, "quantization": dataclasses.asdict(cfg.model.quantization)
               if cfg.model.quantization else None, "micro_batch_size": cfg.train.micro_batch_size,
-              "global_batch_size": gb, "gradient_checkpointing": cfg.train.gradient_checkpointing,
+              "global_batch_size": cfg.train.global_batch_size,
+              "gradient_checkpointing": cfg.train.gradient_checkpointing,
               "packing": cfg.train.packing, "sharding": sharding, "gpus": gpus, "max_pixels": cfg.model.max_pixels}
     params = {**counts, "dims": dataclasses.asdict(dims)}
     batching = {**pad, "micro_batch_size": cfg.train.micro_batch_size, "accumulation": accum}
     assumptions += [
         "trainable parameters, their gradients and AdamW's two states in float32 (train/trainable.py upcasts them)",
-        f"peak taken at the worst micro-batch: {cfg.train.micro_batch_size} sample(s) as long as the longest measured",
+        f"peak taken at the worst micro-batch: {cfg.train.micro_batch_size} sample(s) as long as the longest measured"
+        + (" (DPO: 2 rows per pair, its chosen and rejected answers; the reference's log-probabilities are computed "
+           "once before training, no second model in memory)" if rows > 1 else ""),
         f"runtime reserve {RUNTIME_RESERVE / memory.GIB:.1f} GiB added on a GPU (CUDA context, allocator)",
         f"MFU {mfu:.2f} for the time estimates",
     ]

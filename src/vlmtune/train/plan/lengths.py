@@ -118,11 +118,12 @@ def measure_lengths(cfg: RunCfg, family: ModelFamily, processor, patch_size: int
         chunk = pairs[k:k + CHUNK]
         # a video as data.video samples it: its frames as images, or a native family's Videos
         inputs = [sample_inputs(root, s, family, policy=cfg.data.video) for root, s in chunk]
-        for s, imgs, vids in inputs:
-            tokens, targets, patches = _measure(family, processor, [s], [imgs], patch_size, [vids])
-            out.tokens.append(tokens)
-            out.targets.append(targets)
-            out.patches.append(patches)
+        for sample, imgs, vids in inputs:
+            for s in sample.pair() if sample.is_pair else (sample,):  # a preference pair: both answers' rows
+                tokens, targets, patches = _measure(family, processor, [s], [imgs], patch_size, [vids])
+                out.tokens.append(tokens)
+                out.targets.append(targets)
+                out.patches.append(patches)
             out.image_tokens.append(sum(family.image_tokens(processor, *im.size) for im in imgs)
                                     + sum(family.video_tokens(processor, v) for v in vids))
             out.largest_image = max([out.largest_image, *(_pixels(processor, *im.size) for im in imgs)])

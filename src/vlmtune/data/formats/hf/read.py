@@ -180,6 +180,8 @@ class _Reader:
                 name, ref = self.image(cell, where)
                 names.append(name)
                 refs.append(ref)
+        if row.get("chosen") is not None and row.get("rejected") is not None:  # not a question with no answer
+            raise ValueError("a preference pair (chosen / rejected columns): import it with the rlhf_v format")
         used = {self.image_col, "id"}
         col = _text_column(row)
         answers = references = None
