@@ -341,7 +341,9 @@ def tiny() -> Loaded:
     register_auto_model()
     processor = build_processor()
     tok = processor.tokenizer
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
+    # 3 vision layers: the image features are the second-to-last layer's (Phi-4-mm's layer_idx -2), so the last one
+    # gets no gradient; with 2, most of the tiny tower would be out of the full fine-tune's reach
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=28,
                   patch_size=14, crop_size=28, image_token_id=processor.image_token_id)
     audio = dict(hidden_size=16, intermediate_size=32, num_blocks=1, num_attention_heads=2, ext_pw_out_channel=16,
                  depthwise_separable_out_channel=16, nemo_conv_channels=16, audio_token_id=processor.audio_token_id)
