@@ -111,8 +111,9 @@ class _Parts:
 
 def rows_per_sample(cfg: RunCfg) -> int:
     """Rows one training sample puts in a forward: 2 under train.method dpo (a pair's chosen and rejected answers),
-    else 1 (data.answer_targets weighted's extra rows are not counted)."""
-    return 2 if cfg.train.method == "dpo" else 1
+    grpo_generations under grpo (its sampled completions), else 1 (data.answer_targets weighted's extra rows are not
+    counted)."""
+    return 2 if cfg.train.method == "dpo" else cfg.train.grpo_generations if cfg.train.method == "grpo" else 1
 
 
 def _memory(p: _Parts, cfg: RunCfg, sharding: memory.Sharding) -> dict:
