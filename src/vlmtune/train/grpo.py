@@ -180,8 +180,11 @@ def rollout(model, family, processor, samples: list[Sample], images: list[list],
     vids = [list(x) for x in videos for _ in range(k)] if videos is not None and any(videos) else None
     batch = encode_with_videos(family, processor, prompts, ims, vids, "generate", max_length)
     batch = batch.to(model.device, input_dtype(model))
+    tok = processor.tokenizer
+    stop = stop_ids(model, tok)
     options = {"do_sample": True, "num_beams": 1, "temperature": t.grpo_temperature, "top_p": t.grpo_top_p,
-               "top_k": t.grpo_top_k, "max_new_tokens": t.grpo_max_new_tokens}
+               "top_k": t.grpo_top_k, "max_new_tokens": t.grpo_max_new_tokens,
+               "suppress_tokens": sorted(placeholder_ids(model, tok) - stop) or None}
     tic, was_training = time.perf_counter(), model.training
     model.eval()
     try:  # sampled by (seed, step, rank, micro-batch); the training RNG (dropout) is left as it was
@@ -192,8 +195,7 @@ def rollout(model, family, processor, samples: list[Sample], images: list[list],
     finally:
         model.train(was_training)
     generate_s = time.perf_counter() - tic
-    tok = processor.tokenizer
-    stop, new = stop_ids(model, tok), out[:, prompt_length(family, batch):]
+    new = out[:, prompt_length(family, batch):]
     labels = torch.full_like(new, IGNORE_INDEX)
     texts, lengths = [], []
     for i, row in enumerate(new.tolist()):
@@ -220,6 +222,22 @@ def rollout(model, family, processor, samples: list[Sample], images: list[list],
     totals, each = score(rewards, [s for s in samples for _ in range(k)], texts)
     advantages, flat = group_advantages(totals, k)
     return Rollout(trained, texts, totals, each, advantages, flat, lengths, generate_s)
+
+
+def placeholder_ids(model, tok) -> set[int]:
+    """Token ids a completion must not hold: the tokenizer's special added tokens and the model config's image /
+    video / vision token ids (a sampled image placeholder would ask the model for image features it has not got),
+    less the tokens generation forces itself."""
+    ids = {i for i, added in tok.added_tokens_decoder.items() if added.special}
+    configs = [getattr(model, "config", None)]
+    configs.append(getattr(configs[0], "text_config", None))
+    for config in filter(None, configs):
+        for key, value in config.to_dict().items():
+            if isinstance(value, int) and key.endswith(("token_id", "token_index")) and \
+                    any(w in key for w in ("image", "video", "vision", "boi", "eoi")):
+                ids.add(value)
+    generation = getattr(model, "generation_config", None)  # what generation itself forces (Florence-2's bos)
+    return ids - {getattr(generation, k, None) for k in ("forced_bos_token_id", "decoder_start_token_id")}
 
 
 def policy_losses(model, family, inputs: dict, labels, ro: Rollout, t, keep_logits: bool, prefix: int = 0):
