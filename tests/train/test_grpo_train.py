@@ -70,6 +70,16 @@ def test_a_resumed_grpo_run_continues_exactly(tmp_path, fashion_dir):
     shutil.rmtree(straight)
 
 
+def test_grpo_with_a_kl_penalty_to_the_adapter_disabled_model(tmp_path, fashion_dir, capfd):
+    run = Path(train(_cfg(tmp_path, fashion_dir, "kl", grpo_beta=0.1, max_steps=4, save_every=0))["run_dir"])
+    rows = _log(run)
+    assert rows[0]["grpo/kl"] == pytest.approx(0.0, abs=1e-7)  # step 1: the fresh adapter is zero: policy = reference
+    assert rows[-1]["grpo/kl"] > 1e-6
+    err = capfd.readouterr().err
+    assert "GRPO: 8 completions per prompt, temperature 1.0, top_p 1.0, top_k off, at most 1 new tokens" in err
+    assert f"reward = 1 x format:^[a-z]+$ + 1 x {__name__}:colour_word" in err
+
+
 @pytest.mark.parametrize(("rewards", "train", "error"), [
     ([{"metric": "bleu"}], {}, r"train.rewards\[0\].metric 'bleu': not one of"),
     ([{"function": "no_such_module_xyz:f"}], {}, r"train.rewards\[0\].function .*cannot import module"),

@@ -45,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import re
+import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -56,6 +57,7 @@ from vlmtune.models.family import Batch, autocast_for, input_dtype
 from vlmtune.models.labels import IGNORE_INDEX
 from vlmtune.models.loss import forward_token_losses
 from vlmtune.train.batching import encode_with_videos, sample_inputs
+from vlmtune.train.distributed import shards_parameters
 from vlmtune.train.trainable import train_autocast
 
 EPS = 1e-4
@@ -273,7 +275,16 @@ class GrpoRun:
         import torch
 
         self.state, self.t = state, state.cfg.train
-        self.rewards = reward_functions(self.t)
+        t = self.t
+        if shards_parameters(state.accelerator):
+            raise ValueError(f"train.method grpo: each process samples its rollouts with the whole model, which "
+                             f"{state.accelerator.distributed_type.value} shards; use DDP (or DeepSpeed ZeRO-1/2)")
+        self.rewards = reward_functions(t)
+        state.accelerator.print(
+            f"GRPO: {t.grpo_generations} completions per prompt, temperature {t.grpo_temperature}, top_p "
+            f"{t.grpo_top_p}, top_k {t.grpo_top_k or 'off'}, at most {t.grpo_max_new_tokens} new tokens, clip "
+            f"{t.grpo_epsilon}, KL beta {t.grpo_beta}; reward = "
+            + " + ".join(f"{r.weight:g} x {r.name}" for r in self.rewards), file=sys.stderr)
         self.pending: list[Rollout] = []
         self.window = torch.zeros(len(STATS) + len(self.rewards), dtype=torch.float64)
         self.maxes = torch.full((2,), float("-inf"), dtype=torch.float64)  # reward, completion length
