@@ -104,3 +104,13 @@ def test_a_kl_penalty_needs_a_lora_reference(tmp_path, fashion_dir):
         RunCfg.from_dict(d)
     d["lora"] = {"enabled": True}
     assert RunCfg.from_dict(d).train.grpo_beta == 0.1
+
+
+def test_the_plan_counts_a_prompt_as_its_completions_rows(tmp_path, fashion_dir):
+    from vlmtune.train.plan import make_plan
+
+    grpo = make_plan(_cfg(tmp_path, fashion_dir))
+    sft = make_plan(RunCfg.from_dict(tiny_run_cfg(tmp_path, fashion_dir, lora={"enabled": True, "r": 8})))
+    assert grpo.recipe["micro_batch_size"] == sft.recipe["micro_batch_size"] == 4
+    assert grpo.memory["micro_batch"]["rows"] == 32 and sft.memory["micro_batch"]["rows"] == 4
+    assert any("GRPO: 8 rows per prompt" in a for a in grpo.assumptions)

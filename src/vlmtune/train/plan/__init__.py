@@ -293,8 +293,10 @@ def make_plan(cfg: RunCfg, data: str | Path | list | None = None, gpus: int = 1,
     assumptions += [
         "trainable parameters, their gradients and AdamW's two states in float32 (train/trainable.py upcasts them)",
         f"peak taken at the worst micro-batch: {cfg.train.micro_batch_size} sample(s) as long as the longest measured"
-        + (" (DPO: 2 rows per pair, its chosen and rejected answers; the reference's log-probabilities are computed "
-           "once before training, no second model in memory)" if rows > 1 else ""),
+        + {"dpo": " (DPO: 2 rows per pair, its chosen and rejected answers; the reference's log-probabilities are "
+                  "computed once before training, no second model in memory)",
+           "grpo": f" (GRPO: {rows} rows per prompt, its sampled completions, measured as long as its gold answer; "
+                   "the rollouts' generation is not counted)"}.get(cfg.train.method, ""),
         f"runtime reserve {RUNTIME_RESERVE / memory.GIB:.1f} GiB added on a GPU (CUDA context, allocator)",
         f"MFU {mfu:.2f} for the time estimates",
     ]
