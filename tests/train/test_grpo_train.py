@@ -114,3 +114,29 @@ def test_the_plan_counts_a_prompt_as_its_completions_rows(tmp_path, fashion_dir)
     assert grpo.recipe["micro_batch_size"] == sft.recipe["micro_batch_size"] == 4
     assert grpo.memory["micro_batch"]["rows"] == 32 and sft.memory["micro_batch"]["rows"] == 4
     assert any("GRPO: 8 rows per prompt" in a for a in grpo.assumptions)
+
+
+def test_two_processes_sample_and_train_like_one(tmp_path, fashion_dir):
+    """Each micro-batch's rollout is seeded by its place in the global batch, not by the process running it: two
+    processes (torchrun, gloo) sample the same completions and log the same rewards and losses as one."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    for name, launcher in (("one", [sys.executable]), ("two", torchrun)):
+        cfg = _cfg(tmp_path, fashion_dir, name, max_steps=3, micro_batch_size=2, save_every=0).to_dict()
+        cfg["report"] = False
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        done = subprocess.run([*launcher, "-m", "vlmtune.cli", "train", "--config", str(tmp_path / f"{name}.yaml")],
+                              capture_output=True, text=True, env=env, timeout=400)
+        assert done.returncode == 0, done.stderr[-4000:]
+    keys = ("loss", "reward/mean", "reward/max", "reward/std", "completion/length_mean", "grpo/zero_spread")
+    one, two = (_log(tmp_path / "runs" / n) for n in ("one", "two"))
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3]
+    for key in keys:
+        assert [r[key] for r in two] == pytest.approx([r[key] for r in one], abs=1e-5), key

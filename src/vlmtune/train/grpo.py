@@ -8,8 +8,8 @@ Rollout. Each step draws its prompts as SFT draws its samples (by (seed, step): 
 answer is the prompt, the answer is not shown); every prompt is repeated `grpo_generations` (k) times in one
 `Predictor.complete` call (the same `encode(..., "generate")` and images as evaluation, batched generation with the
 KV cache), sampled with `grpo_temperature` / `grpo_top_p` / `grpo_top_k` up to `grpo_max_new_tokens`. The sampling
-is seeded by (seed, step, rank, micro-batch) under `torch.random.fork_rng`, so a resumed run draws the very same
-completions and the training RNG (dropout) is left as it was.
+is seeded by (seed, step, micro-batch of the global batch) under `torch.random.fork_rng`, so a resumed run, or one on
+more processes, draws the very same completions, and the training RNG (dropout) is left as it was.
 
 Rewards. Per completion, the weighted sum of the configured rewards: a per-answer metric of eval/metrics
 (`METRICS`: vqa_accuracy, relaxed_accuracy, anls, exact_match) against `Sample.gold()`, a format reward (1 when the
@@ -145,9 +145,10 @@ def grpo_loss(logps, old_logps, advantages, epsilon: float, beta: float = 0.0, r
     return loss, was_clipped, kl.detach()
 
 
-def rollout_seed(seed: int, step: int, rank: int, position: int) -> int:
-    """The sampling seed of one micro-batch's rollout: fixed by (seed, step, rank, micro-batch) alone."""
-    return int.from_bytes(hashlib.sha256(f"grpo/{seed}/{step}/{rank}/{position}".encode()).digest()[:8], "little") >> 1
+def rollout_seed(seed: int, step: int, micro_batch: int) -> int:
+    """The sampling seed of one micro-batch's rollout: fixed by (seed, step, the micro-batch's index in the step's
+    global batch) alone, so N processes sample what one process sampling all the micro-batches does."""
+    return int.from_bytes(hashlib.sha256(f"grpo/{seed}/{step}/{micro_batch}".encode()).digest()[:8], "little") >> 1
 
 
 def prompt_of(sample: Sample) -> Sample:
@@ -189,7 +190,7 @@ def rollout(model, family, processor, samples: list[Sample], images: list[list],
                "suppress_tokens": sorted(placeholder_ids(model, tok) - stop) or None}
     tic, was_training = time.perf_counter(), model.training
     model.eval()
-    try:  # sampled by (seed, step, rank, micro-batch); the training RNG (dropout) is left as it was
+    try:  # sampled by (seed, step, micro-batch); the training RNG (dropout) is left as it was
         with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []), \
                 torch.no_grad(), (autocast or (lambda: autocast_for(model)))():
             torch.manual_seed(seed)
@@ -304,7 +305,7 @@ class GrpoRun:
             inputs = [sample_inputs(s.roots[j], x, s.family, s.images.load, s.videos.load) for j, x in chunk]
             ro = rollout(model, s.family, s.loaded.processor, [x[0] for x in inputs], [x[1] for x in inputs],
                          [x[2] for x in inputs], self.rewards, t, s.cfg.data.max_length,
-                         rollout_seed(t.seed, step, rank, position), lambda: train_autocast(s.accelerator))
+                         rollout_seed(t.seed, step, rank * accum + position), lambda: train_autocast(s.accelerator))
             self.pending.append(ro)
             self._count(ro)
         rows = [[r for r in chunk for _ in range(t.grpo_generations)] for chunk in chunks]
