@@ -5,11 +5,12 @@ metrics, and the clipped policy-gradient loss per token, on the training loop of
             {format: "^[0-9.]+$", weight: 0.1}, {function: "mypkg.rewards:length_penalty", weight: 0.5}]}
 
 Rollout. Each step draws its prompts as SFT draws its samples (by (seed, step): the conversation up to its last
-answer is the prompt, the answer is not shown); every prompt is repeated `grpo_generations` (k) times in one
-`Predictor.complete` call (the same `encode(..., "generate")` and images as evaluation, batched generation with the
-KV cache), sampled with `grpo_temperature` / `grpo_top_p` / `grpo_top_k` up to `grpo_max_new_tokens`. The sampling
-is seeded by (seed, step, micro-batch of the global batch) under `torch.random.fork_rng`, so a resumed run, or one on
-more processes, draws the very same completions, and the training RNG (dropout) is left as it was.
+answer is the prompt, the answer is not shown); every prompt is repeated `grpo_generations` (k) times in one batch,
+encoded by the family's `encode(..., "generate")` (the images processed exactly as in training and in `Predictor`),
+and sampled by one `generate` call (batched, with the KV cache) with `grpo_temperature` / `grpo_top_p` /
+`grpo_top_k` up to `grpo_max_new_tokens`. The sampling is seeded by (seed, step, micro-batch of the global batch)
+under `torch.random.fork_rng`, so a resumed run, or one on more processes, draws the very same completions, and the
+training RNG (dropout) is left as it was.
 
 Rewards. Per completion, the weighted sum of the configured rewards: a per-answer metric of eval/metrics
 (`METRICS`: vqa_accuracy, relaxed_accuracy, anls, exact_match) against `Sample.gold()`, a format reward (1 when the
@@ -21,8 +22,9 @@ scale_rewards "group"). A group whose rewards are all equal has ZERO advantage (
 rounding): its completions push the policy nowhere (only the KL term, if any, acts on them); the share of such
 groups is logged as `grpo/zero_spread`.
 
-Loss. Each completion is trained as the sample's answer, encoded by the family's own `encode(..., "train")` (labels on
-the answer and the real stop token, as SFT). Per answer token t with advantage A of its completion:
+Loss. Each completion is trained as it was sampled: the generation batch's rows (prompt, then the sampled token ids
+up to and including the stop token the model ended with; a completion cut at grpo_max_new_tokens has none), labels
+on the completion only. Per completion token t with advantage A of its completion:
     ratio = exp(logp_t - old_logp_t);  loss_t = -min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A) + beta * kl_t
     kl_t = exp(ref_t - logp_t) - (ref_t - logp_t) - 1      (the k3 estimator, as TRL and the GRPO paper)
 One optimisation step is taken per rollout, so the rollout's log-probabilities `old_logp` are those of the very
@@ -34,10 +36,14 @@ long completion is not down-weighted per token as GRPO's per-sequence mean does.
 TRL's): the reference is the model with its LoRA adapter disabled (peft's `disable_adapter()`); a full fine-tune
 keeps no reference copy and refuses grpo_beta > 0 (config/run.py).
 
-Traps handled here: the completion is re-encoded through the chat template from its TEXT, so a completion the
-tokenizer would split differently is trained as the template tokenizes it (its log-probabilities are computed on
-that encoding, old and new alike, so the ratio stays exact); a completion cut at grpo_max_new_tokens is given the
-template's stop token like any answer.
+Traps handled here:
+- transformers' `generate` samples with top_k=50 unless told otherwise (a default filled in at generation time,
+  not in the model's generation config): `grpo_top_k` is passed always, 0 (off) by default.
+- re-encoding a completion's TEXT through the chat template would train other tokens than the sampled ones (a
+  partial UTF-8 byte decodes to U+FFFD and re-encodes as three other bytes; a cut completion would gain a stop
+  token): the sampled ids themselves are trained.
+- a sampled special or image placeholder token (likely from a small or random model) would ask the model for image
+  features it has not got: such ids are suppressed in sampling (`placeholder_ids`).
 """
 
 from __future__ import annotations
@@ -211,9 +217,8 @@ def rollout(model, family, processor, samples: list[Sample], images: list[list],
     inputs = dict(batch.inputs)
     if family.shift_labels:  # the prompt (left-padded) then the completion: generate's own rows
         n, width = inputs["input_ids"].shape
-        for key, value in inputs.items():  # per-token extras: a text token's type; mllama's cross-attention mask
-            if key not in ("input_ids", "attention_mask") and hasattr(value, "shape") and value.dim() >= 2 \
-                    and tuple(value.shape[:2]) == (n, width):
+        for key, value in inputs.items():  # per-token extras: a text token's type (0); Mllama's cross-attention
+            if "token_type" in key or key == "cross_attention_mask":  # mask (the last position's, as generate does)
                 tail = torch.zeros_like(value[:, :1]) if "token_type" in key else value[:, -1:]
                 inputs[key] = torch.cat([value, tail.expand(-1, new.shape[1], *value.shape[2:])], dim=1)
         inputs["input_ids"] = out
