@@ -140,3 +140,32 @@ def test_two_processes_sample_and_train_like_one(tmp_path, fashion_dir):
     assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3]
     for key in keys:
         assert [r[key] for r in two] == pytest.approx([r[key] for r in one], abs=1e-5), key
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_vl"])  # a video as frames (images); Qwen2-VL's native video
+def test_grpo_samples_and_trains_on_video_samples(tmp_path, tmp_path_factory, name):
+    import torch
+
+    from vlmtune.data.dataset import synthesize
+    from vlmtune.models import FAMILIES
+
+    videos = tmp_path_factory.mktemp("video")
+    synthesize(videos, "video", 12, seed=2, size=32)
+    model = {"family": name, "path": "builtin", "builtin": tiny_run_cfg(tmp_path, videos)["model"]["builtin"]}
+    if name != "llava":
+        torch.manual_seed(0)
+        tiny = FAMILIES[name].tiny()
+        tiny.model.save_pretrained(tmp_path / "base")
+        tiny.processor.save_pretrained(tmp_path / "base")
+        model = {"family": name, "path": str(tmp_path / "base")}
+    cfg = RunCfg.from_dict(tiny_run_cfg(
+        tmp_path, videos, name=name, model=model, lora={"enabled": True, "r": 8, "dropout": 0.0},
+        data={"max_length": 1024, "video": {"fps": 2.0, "max_frames": 3}},
+        train={"method": "grpo", "grpo_generations": 4, "grpo_max_new_tokens": 3, "max_steps": 2,
+               "micro_batch_size": 2, "global_batch_size": 4, "lr": 5e-2, "eval_every": 0, "save_every": 0,
+               "rewards": [{"function": f"{__name__}:colour_word"}, {"format": "^[a-z]+$"}]},
+        eval={"max_samples": 2}))
+    run = Path(train(cfg)["run_dir"])
+    rows = _log(run)
+    assert [r["step"] for r in rows] == [1, 2] and all(r["completion/length_mean"] > 0 for r in rows)
+    assert any(r["grpo/zero_spread"] < 1 for r in rows) and any(r["grad_norm"] > 0 for r in rows)
