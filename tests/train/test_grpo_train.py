@@ -5,6 +5,7 @@ weights), and bad reward settings are refused naming the option."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -169,3 +170,18 @@ def test_grpo_samples_and_trains_on_video_samples(tmp_path, tmp_path_factory, na
     rows = _log(run)
     assert [r["step"] for r in rows] == [1, 2] and all(r["completion/length_mean"] > 0 for r in rows)
     assert any(r["grpo/zero_spread"] < 1 for r in rows) and any(r["grad_norm"] > 0 for r in rows)
+
+
+def test_qlora_grpo_with_a_kl_penalty(tmp_path, fashion_dir):
+    """4-bit base + LoRA: rollouts sample through the quantised layers, the KL reference is the quantised base
+    with the adapter disabled (64 wide: bitsandbytes' CPU 4-bit path packs blocks of 64, tests/test_quantization.py)."""
+    from helpers import TINY_BUILTIN, save_builtin
+
+    base = save_builtin(tmp_path / "base", **{**TINY_BUILTIN, "text_dim": 64})
+    cfg = _cfg(tmp_path, fashion_dir, "qlora", max_steps=3, save_every=0, grpo_beta=0.1)
+    d = cfg.to_dict()
+    d["model"] |= {"path": str(base), "quantization": {"bits": 4, "compute_dtype": "float32"}}
+    run = Path(train(RunCfg.from_dict(d))["run_dir"])
+    rows = _log(run)
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in rows)
+    assert rows[0]["grpo/kl"] == pytest.approx(0.0, abs=1e-7) and rows[-1]["grpo/kl"] > 0
