@@ -208,12 +208,14 @@ class Predictor:
 
     def complete(self, samples: list[Sample], images: list[list], max_new_tokens: int | None = None,
                  temperature: float = 0.0, top_p: float = 1.0, streamer=None,
-                 stopping_criteria=None, videos: list[list] | None = None) -> list[Completion]:
+                 stopping_criteria=None, videos: list[list] | None = None,
+                 top_k: int | None = None) -> list[Completion]:
         """One `generate` call for a batch: greedy (temperature 0, or beam search with `num_beams`) or sampled.
         `streamer` (a transformers streamer) receives the new token ids of every row at each step; the serving
         batcher uses it to stream each request's text as it is written (through `TextStream`), and
         `stopping_criteria` (a transformers `StoppingCriteriaList`) to end the rows of requests that went away.
-        `videos`: per sample its `Video`s, for a family with native video (`inputs` gives them)."""
+        `videos`: per sample its `Video`s, for a family with native video (`inputs` gives them). `top_k`: None
+        leaves the model's generation config's (transformers fills an unset one with 50 when sampling), 0 is off."""
         import torch
 
         model = self.loaded.model
@@ -229,6 +231,7 @@ class Predictor:
             options = {"do_sample": False, "num_beams": self.num_beams}
             if temperature > 0:
                 options = {"do_sample": True, "temperature": temperature, "top_p": top_p, "num_beams": 1}
+                options |= {"top_k": top_k} if top_k is not None else {}
             with torch.inference_mode(), self._autocast():
                 out = model.generate(**batch.inputs, max_new_tokens=max_new_tokens or self.max_new_tokens,
                                      streamer=streamer, stopping_criteria=stopping_criteria, **options)

@@ -18,8 +18,8 @@ from vlmtune.config.data import MAX_PROMPT_LENGTH, PSM_MODES, DataCfg, OcrCfg, S
 from vlmtune.config.model import LOCAL_PREFIXES, BuiltinCfg, LoraCfg, ModelCfg, QuantCfg, check_model_path
 from vlmtune.config.run import OLD_OCR_KEYS, RunCfg, build_section, parse_overrides
 from vlmtune.config.serve import ServeCfg
-from vlmtune.config.train import EvalCfg, ForgettingCfg, ProbeCfg, TrainCfg
+from vlmtune.config.train import EvalCfg, ForgettingCfg, ProbeCfg, RewardCfg, TrainCfg
 
 __all__ = ["LOCAL_PREFIXES", "MAX_PROMPT_LENGTH", "OLD_OCR_KEYS", "PSM_MODES", "BuiltinCfg", "DataCfg", "EvalCfg",
-           "ForgettingCfg", "LoraCfg", "ModelCfg", "OcrCfg", "ProbeCfg", "QuantCfg", "RunCfg", "ServeCfg",
+           "ForgettingCfg", "LoraCfg", "ModelCfg", "OcrCfg", "ProbeCfg", "QuantCfg", "RewardCfg", "RunCfg", "ServeCfg",
            "SourceCfg", "SynthCfg", "TrainCfg", "VideoCfg", "build_section", "check_model_path", "parse_overrides"]

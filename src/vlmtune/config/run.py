@@ -50,6 +50,10 @@ class RunCfg:
         if self.train.method == "dpo" and self.data.answer_targets != "single":
             raise ValueError(f"data.answer_targets {self.data.answer_targets!r}: DPO trains on each pair's chosen and "
                              "rejected answers; set data.answer_targets: single")
+        if self.train.method == "grpo" and self.train.grpo_beta > 0 and not self.lora.enabled:
+            raise ValueError(f"train.grpo_beta {self.train.grpo_beta}: the KL reference is the model with its LoRA "
+                             "adapter disabled; a full fine-tune keeps no copy of the base: set lora.enabled or "
+                             "grpo_beta: 0")
         half = {"bfloat16": "bf16", "float16": "fp16"}.get(self.model.dtype)
         if half and self.train.mixed_precision != half:
             raise ValueError(f"model.dtype {self.model.dtype}: the trainable parameters are kept in float32 and the "

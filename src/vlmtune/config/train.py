@@ -4,6 +4,7 @@ their gate (`ForgettingCfg`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -11,8 +12,39 @@ from vlmtune.config.data import SynthCfg
 
 
 @dataclass
+class RewardCfg:
+    """One term of GRPO's reward (`train.rewards`): exactly one of `metric`, `format`, `function`, times `weight`."""
+
+    metric: str | None = None
+    """A per-answer metric of vlmtune's (eval/metrics: vqa_accuracy, relaxed_accuracy, anls, exact_match) of the
+    completion against the sample's gold answers (`Sample.gold()`)."""
+    format: str | None = None
+    """A regular expression the whole stripped completion must match (1, else 0); an empty completion scores 0."""
+    function: str | None = None
+    """"module:function", a Python function `reward(sample, completion) -> float`, imported at start-up."""
+    weight: float = 1.0
+
+    def __post_init__(self):
+        given = [k for k in ("metric", "format", "function") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"train.rewards: each reward is one of metric / format / function, got {given or 'none'}")
+        if self.format is not None:
+            try:
+                re.compile(self.format)
+            except re.error as e:
+                raise ValueError(f"train.rewards format {self.format!r}: not a regular expression ({e})") from None
+        if self.function is not None and not re.fullmatch(r"[\w.]+:\w+", self.function):
+            raise ValueError(f"train.rewards function {self.function!r}: expected 'module:function'")
+
+    @property
+    def name(self) -> str:
+        """The reward's name in the log (`reward/NAME`)."""
+        return self.metric or (f"format:{self.format}" if self.format is not None else self.function)
+
+
+@dataclass
 class TrainCfg:
-    method: Literal["sft", "dpo"] = "sft"
+    method: Literal["sft", "dpo", "grpo"] = "sft"
     """sft: learn the answers (cross-entropy on the answer tokens). dpo: learn from preference pairs, samples with
     `chosen` and `rejected` answers to their prompt (Direct Preference Optimisation against the model as it was
     before training, whose answer log-probabilities are computed once and kept in the run: train/preference.py)."""
@@ -20,6 +52,21 @@ class TrainCfg:
     """DPO's beta: how far the policy may move from the reference (larger: closer to it)."""
     dpo_label_smoothing: float = 0.0
     """The assumed share of pairs whose preference is wrong (conservative DPO); 0: plain DPO."""
+    grpo_generations: int = 8
+    """GRPO: completions sampled per prompt (a group; its advantages are relative to its own rewards)."""
+    grpo_temperature: float = 1.0
+    """GRPO rollouts' sampling temperature (> 0)."""
+    grpo_top_p: float = 1.0
+    grpo_top_k: int = 0
+    """GRPO rollouts' top-k filter; 0: off (transformers' `generate` would otherwise apply its default of 50)."""
+    grpo_max_new_tokens: int = 32
+    """GRPO: the longest completion sampled (a longer one is cut there and trained on as it is)."""
+    grpo_epsilon: float = 0.2
+    """GRPO's clip range: the policy ratio to the rollout's is clipped to [1 - eps, 1 + eps]."""
+    grpo_beta: float = 0.0
+    """GRPO's KL penalty to the reference model (the adapter-disabled model under LoRA); 0: none (TRL's default)."""
+    rewards: list[RewardCfg] = field(default_factory=list)
+    """GRPO's rewards, summed with their weights (train/grpo.py)."""
     seed: int = 0
     max_steps: int = 1000
     """Optimizer steps."""
@@ -84,11 +131,32 @@ class TrainCfg:
             raise ValueError(f"train.dpo_beta must be > 0, got {self.dpo_beta}")
         if not 0 <= self.dpo_label_smoothing < 0.5:
             raise ValueError(f"train.dpo_label_smoothing must be in [0, 0.5), got {self.dpo_label_smoothing}")
+        if self.method == "grpo":
+            self._check_grpo()
         if self.method == "dpo" and self.packing:
             raise ValueError("train.packing: DPO compares a pair's two answers row by row; pairs are not packed")
         if self.method == "dpo" and self.hflip:
             raise ValueError("train.hflip: DPO's reference log-probabilities are computed once, on the images as "
                              "they are; mirroring would compare the policy on another image")
+
+
+    def _check_grpo(self):
+        if self.grpo_generations < 2:
+            raise ValueError(f"train.grpo_generations must be >= 2 (a group's advantages compare its completions), "
+                             f"got {self.grpo_generations}")
+        if self.grpo_temperature <= 0 or not 0 < self.grpo_top_p <= 1:
+            raise ValueError(f"train.grpo_temperature must be > 0 and train.grpo_top_p in (0, 1], got "
+                             f"{self.grpo_temperature}, {self.grpo_top_p}")
+        if self.grpo_max_new_tokens < 1 or self.grpo_epsilon <= 0 or self.grpo_beta < 0 or self.grpo_top_k < 0:
+            raise ValueError("train.grpo_max_new_tokens must be >= 1, train.grpo_epsilon > 0, train.grpo_beta >= 0, "
+                             "train.grpo_top_k >= 0")
+        if not self.rewards:
+            raise ValueError("train.rewards: train.method grpo needs at least one reward "
+                             "(e.g. [{metric: vqa_accuracy}])")
+        for option in ("packing", "hflip"):
+            if getattr(self, option):
+                raise ValueError(f"train.{option}: GRPO trains on its own sampled completions, one row each; "
+                                 f"turn {option} off")
 
 
 @dataclass

@@ -39,12 +39,26 @@ def forward_losses(model, family: ModelFamily, inputs: dict, labels, keep_logits
     encoder-decoder model whose inputs carry no decoder_input_ids gets the labels too: it builds its decoder inputs
     from them (and computes its own loss, which is not used). `segments` (a packed batch's) make the sums per sample
     rather than per row."""
+    per_token, group, n = forward_token_losses(model, family, inputs, labels, keep_logits, prefix, segments)
+    return per_token.new_zeros(n).index_add(0, group, per_token), torch_bincount(group, n)
+
+
+def forward_token_losses(model, family: ModelFamily, inputs: dict, labels, keep_logits: bool, prefix: int = 0,
+                         segments=None):
+    """`forward_losses` before the sums: (each target token's cross-entropy, the sample it belongs to, the number
+    of samples), the target tokens in row-major order (GRPO weighs each token: train/grpo.py)."""
     kept = loss_positions(labels, family.shift_labels, prefix) if keep_logits else None
     extra = {"logits_to_keep": kept} if kept is not None else {}
     if not family.shift_labels and "decoder_input_ids" not in inputs:
         extra["labels"] = labels
     logits = model(**inputs, **extra).logits
-    return token_losses(logits, labels, family.shift_labels, kept, prefix, segments)
+    return per_token_losses(logits, labels, family.shift_labels, kept, prefix, segments)
+
+
+def torch_bincount(group, n: int):
+    import torch
+
+    return torch.bincount(group, minlength=n)
 
 
 def loss_positions(labels, shift: bool = True, prefix: int = 0):
@@ -71,6 +85,12 @@ def token_losses(logits, labels, shift: bool = True, kept=None, prefix: int = 0,
     `segments` (same shape as `labels`, a packed batch's sample index per position) sum per sample instead of per
     row. The training loop backpropagates sum/total over the whole global batch, and logs the same sums per data source.
     """
+    per_token, group, n = per_token_losses(logits, labels, shift, kept, prefix, segments)
+    return per_token.new_zeros(n).index_add(0, group, per_token), torch_bincount(group, n)
+
+
+def per_token_losses(logits, labels, shift: bool = True, kept=None, prefix: int = 0, segments=None):
+    """`token_losses` per target token: (cross-entropies, the sample index of each, number of samples)."""
     import torch
 
     if segments is None:  # one sample per row
@@ -89,5 +109,4 @@ def token_losses(logits, labels, shift: bool = True, kept=None, prefix: int = 0,
         mask = labels != IGNORE_INDEX
         per_token = torch.nn.functional.cross_entropy(logits.float()[mask], labels[mask], reduction="none")
         group = segments[mask]
-    sums = per_token.new_zeros(n).index_add(0, group, per_token)
-    return sums, torch.bincount(group, minlength=n)
+    return per_token, group, n

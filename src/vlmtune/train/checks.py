@@ -15,6 +15,7 @@ from __future__ import annotations
 from vlmtune.config import RunCfg
 from vlmtune.eval.tasks import get_task
 from vlmtune.models import FAMILIES, get_family
+from vlmtune.train.grpo import reward_functions
 
 
 def check_run(cfg: RunCfg) -> RunCfg:
@@ -28,4 +29,6 @@ def check_run(cfg: RunCfg) -> RunCfg:
     if cfg.train.packing and not get_family(cfg.model.family).packing:
         raise ValueError(f"train.packing: the {cfg.model.family} family cannot pack samples into one row "
                          f"(families that can: {sorted(n for n, f in FAMILIES.items() if f.packing)})")
+    if cfg.train.method == "grpo":  # every reward resolves: a metric of vlmtune's, an importable function
+        reward_functions(cfg.train)
     return cfg

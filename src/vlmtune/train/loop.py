@@ -42,7 +42,7 @@ from vlmtune.models.family import Loaded, describe_trainable, input_dtype, train
 from vlmtune.models.loss import accepts_logits_to_keep, forward_losses, logit_prefix_of
 from vlmtune.runs import checkpoints
 from vlmtune.train import checkpoint as ckpt
-from vlmtune.train import preference, targets, vision_cache
+from vlmtune.train import grpo, preference, targets, vision_cache
 from vlmtune.train.batching import check_hflip, encode_batch, step_batches, trained_tokens_of
 from vlmtune.train.build import build_data, build_model, build_optimizer
 from vlmtune.train.checks import check_run
@@ -210,13 +210,15 @@ def fit(state: State) -> dict:
         bar = tqdm(total=t.max_steps, initial=state.step, desc="train", file=sys.stderr, dynamic_ncols=True)
     names = state.mixture.names
     dpo = t.method == "dpo"
+    grpo_run = grpo.GrpoRun(state) if t.method == "grpo" else None  # rollouts, rewards, their statistics
     pairs = torch.zeros(len(preference.STATS) + 1, dtype=torch.float64)  # DPO: statistics' sums, pairs since log
     window = torch.zeros(len(names), 2, dtype=torch.float64)  # per source: loss sum, target tokens since last log
     padding = torch.zeros(2, dtype=torch.float64)  # pad positions, all positions since the last log (this process)
     dtype = input_dtype(acc.unwrap_model(model))  # floating inputs in the base weights' dtype (bf16 recipes)
     tic = time.perf_counter()
     while state.step < t.max_steps and not state.stopped:
-        chunks, batches, weights = step_batches(state, state.step, rank, accum)
+        chunks, batches, weights = grpo_run.step_batches(state.step, rank, accum) if grpo_run else \
+            step_batches(state, state.step, rank, accum)
         weights = weights or [None] * len(batches)
         # token-weighted loss over the whole global batch (all micro-batches, all processes); a weighted row's
         # tokens count `weight` times (data.answer_targets: weighted), so its loss is a weighted token mean too.
@@ -233,8 +235,9 @@ def fit(state: State) -> dict:
             with acc.accumulate(model):
                 # under ZeRO-3/FSDP a rank with a text-only micro-batch still runs the vision side (x 0): no hang
                 with train_autocast(acc), vision_dummy(acc, model, state.family, batch.inputs, state.loaded.processor):
-                    sums, counts = forward_losses(model, state.family, batch.inputs, labels, keep_logits, prefix,
-                                                  batch.segments)
+                    sums, counts = grpo_run.losses(model, batch.inputs, labels, keep_logits, prefix) if grpo_run \
+                        else forward_losses(model, state.family, batch.inputs, labels, keep_logits, prefix,
+                                            batch.segments)
                 if dpo:  # the rows' answer log-probabilities -> one loss per pair
                     sums, per_pair = preference.pair_losses(-sums, chunk, state.reference, t.dpo_beta,
                                                             t.dpo_label_smoothing)
@@ -276,6 +279,8 @@ def fit(state: State) -> dict:
             if dpo:  # every process's pairs
                 row.update(preference.stats_row(acc.reduce(pairs.to(acc.device), reduction="sum").cpu()))
                 pairs.zero_()
+            if grpo_run:  # rewards, advantages, completion lengths, KL, clipping, generation's share of the time
+                row.update(grpo_run.stats_row(acc))
             if len(names) > 1:
                 drawn = state.mixture.drawn(state.step, t.global_batch_size)
                 for j, name in enumerate(names):

@@ -86,8 +86,8 @@ def why_not(cfg, family, model) -> str | None:
         return "train.vision_cache is off"
     if not family.vision_cache or "mm_encoder_outputs" not in inspect.signature(base_model(model).forward).parameters:
         return f"the {family.name} family's model does not take precomputed image features"
-    if cfg.train.hflip:
-        return "images are augmented (train.hflip)"
+    if cfg.train.hflip or cfg.train.method == "grpo":
+        return "images are augmented (train.hflip)" if cfg.train.hflip else "GRPO encodes its rollouts afresh"
     trainable = [n for n, p in frozen_vision_modules(model, family) if p.requires_grad]
     if trainable:
         return (f"the vision tower or projector is trained ({trainable[0]}, ...); set train.freeze_projector: true "

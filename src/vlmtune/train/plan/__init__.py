@@ -111,8 +111,9 @@ class _Parts:
 
 def rows_per_sample(cfg: RunCfg) -> int:
     """Rows one training sample puts in a forward: 2 under train.method dpo (a pair's chosen and rejected answers),
-    else 1 (data.answer_targets weighted's extra rows are not counted)."""
-    return 2 if cfg.train.method == "dpo" else 1
+    grpo_generations under grpo (its sampled completions), else 1 (data.answer_targets weighted's extra rows are not
+    counted)."""
+    return 2 if cfg.train.method == "dpo" else cfg.train.grpo_generations if cfg.train.method == "grpo" else 1
 
 
 def _memory(p: _Parts, cfg: RunCfg, sharding: memory.Sharding) -> dict:
@@ -292,8 +293,10 @@ def make_plan(cfg: RunCfg, data: str | Path | list | None = None, gpus: int = 1,
     assumptions += [
         "trainable parameters, their gradients and AdamW's two states in float32 (train/trainable.py upcasts them)",
         f"peak taken at the worst micro-batch: {cfg.train.micro_batch_size} sample(s) as long as the longest measured"
-        + (" (DPO: 2 rows per pair, its chosen and rejected answers; the reference's log-probabilities are computed "
-           "once before training, no second model in memory)" if rows > 1 else ""),
+        + {"dpo": " (DPO: 2 rows per pair, its chosen and rejected answers; the reference's log-probabilities are "
+                  "computed once before training, no second model in memory)",
+           "grpo": f" (GRPO: {rows} rows per prompt, its sampled completions, measured as long as its gold answer; "
+                   "the rollouts' generation is not counted)"}.get(cfg.train.method, ""),
         f"runtime reserve {RUNTIME_RESERVE / memory.GIB:.1f} GiB added on a GPU (CUDA context, allocator)",
         f"MFU {mfu:.2f} for the time estimates",
     ]
