@@ -127,7 +127,10 @@ def test_two_processes_sample_and_train_like_one(tmp_path, fashion_dir):
     import yaml
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+           # the reward function's module by the name this one was imported under (`test_grpo_train`, or
+           # `tests.train.test_grpo_train` under pytest-xdist), and the `helpers` it imports
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1]),
+                                          str(Path(__file__).parents[2]), os.environ.get("PYTHONPATH", "")])}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     for name, launcher in (("one", [sys.executable]), ("two", torchrun)):
         cfg = _cfg(tmp_path, fashion_dir, name, max_steps=3, micro_batch_size=2, save_every=0).to_dict()
