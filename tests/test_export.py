@@ -81,11 +81,12 @@ def test_merged_weights_equal_base_plus_scaled_lora_product(tmp_path, fashion_di
     assert not torch.equal(merged[w_key], base[w_key])
 
 
-@pytest.mark.parametrize("family_name", ["llava", "llava_next", "paligemma", "gemma3"])
+@pytest.mark.parametrize("family_name", ["llava", "llava_next", "paligemma", "gemma3", "lfm2_vl"])
 def test_export_writes_the_hub_layout_of_flat_vision_towers(family_name, tmp_path):
-    """A model built in code (tiny, built-in, composed) saves its CLIP/SigLIP tower flat (`vision_tower.embeddings`);
-    the export writes the hub's `vision_tower.vision_model.` keys that vLLM and older transformers load, and
-    transformers 5 reads them back to the same weights and logits."""
+    """A model built in code (tiny, built-in, composed) saves its CLIP/SigLIP tower flat (`vision_tower.embeddings`;
+    LFM2-VL's SigLIP2, always: `model.vision_tower.embeddings`); the export writes the hub's
+    `vision_tower.vision_model.` keys that vLLM and older transformers load, and transformers 5 reads them back to
+    the same weights and logits."""
     from safetensors import safe_open
     from transformers import AutoModelForImageTextToText
 
@@ -95,13 +96,14 @@ def test_export_writes_the_hub_layout_of_flat_vision_towers(family_name, tmp_pat
     src = tmp_path / "src"
     tiny.model.save_pretrained(src)
     tiny.processor.save_pretrained(src)
+    prefix = "model.vision_tower." if family_name == "lfm2_vl" else "vision_tower."
     with safe_open(src / "model.safetensors", "pt") as f:
-        assert any(k.startswith("vision_tower.embeddings") for k in f.keys())
+        assert any(k.startswith(prefix + "embeddings") for k in f.keys())
     out = export(src, tmp_path / "out")["out"]
     with safe_open(f"{out}/model.safetensors", "pt") as f:
         keys = list(f.keys())
-    tower = [k for k in keys if k.startswith("vision_tower.")]
-    assert tower and all(k.startswith("vision_tower.vision_model.") for k in tower)
+    tower = [k for k in keys if k.startswith(prefix)]
+    assert tower and all(k.startswith(prefix + "vision_model.") for k in tower)
     back = AutoModelForImageTextToText.from_pretrained(out).eval()
     mine = tiny.model.eval().state_dict()
     assert back.state_dict().keys() == mine.keys()

@@ -67,19 +67,20 @@ def export(model: str | Path, out: str | Path, merge: bool = False) -> dict:
     return {"out": str(out), **info, "files": sorted(p.name for p in out.iterdir())}
 
 
-FLAT_TOWERS = ("clip_vision_model", "siglip_vision_model")
+FLAT_TOWERS = ("clip_vision_model", "siglip_vision_model", "siglip2_vision_model")
 """Vision towers (their config's model_type) that transformers 5 builds flat (no `vision_model` submodule) and saves
-as `vision_tower.embeddings...` when the model was not loaded from a checkpoint in the hub's layout (the built-in
-model, `vlmtune compose`, a tiny model), where the hub checkpoints and the loaders of other tools (vLLM 0.32,
-transformers < 5) have `vision_tower.vision_model.embeddings...`. transformers 5 reads both (its conversion mapping
-drops the prefix)."""
+as `vision_tower.embeddings...` (LFM2-VL: `model.vision_tower.embeddings...`) when the model was not loaded from a
+checkpoint in the hub's layout (the built-in model, `vlmtune compose`, a tiny model; LFM2-VL always), where the hub
+checkpoints and the loaders of other tools (vLLM 0.32, transformers < 5) have `vision_tower.vision_model.
+embeddings...`. transformers 5 reads both (its conversion mapping drops the prefix)."""
+TOWER_PREFIXES = ("vision_tower.", "model.vision_tower.")
 
 
 def hub_layout(model_dir: Path, dry: bool = False) -> int:
-    """Rename a saved LLaVA / LLaVA-NeXT / PaliGemma / Gemma 3 directory's flat vision-tower keys to the hub's layout
-    (`vision_tower.X` -> `vision_tower.vision_model.X`, in every shard and the shard index), so that vLLM and older
-    transformers load the export. Returns the number of keys renamed (0: already in the hub's layout, or another
-    kind of model). `dry`: count them, change nothing."""
+    """Rename a saved LLaVA / LLaVA-NeXT / PaliGemma / Gemma 3 / LFM2-VL directory's flat vision-tower keys to the
+    hub's layout (`vision_tower.X` -> `vision_tower.vision_model.X`, in every shard and the shard index), so that vLLM
+    and older transformers load the export. Returns the number of keys renamed (0: already in the hub's layout, or
+    another kind of model). `dry`: count them, change nothing."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -87,8 +88,11 @@ def hub_layout(model_dir: Path, dry: bool = False) -> int:
     tower = (config.get("vision_config") or {}).get("model_type")
     if tower not in FLAT_TOWERS:
         return 0
-    flat = lambda k: k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model.")  # noqa: E731
-    new = lambda k: "vision_tower.vision_model." + k.removeprefix("vision_tower.") if flat(k) else k  # noqa: E731
+    def tower(key: str) -> str | None:  # the tower prefix of a flat tower key, else None
+        return next((p for p in TOWER_PREFIXES if key.startswith(p) and not key.startswith(p + "vision_model.")), None)
+
+    flat = lambda k: tower(k) is not None  # noqa: E731
+    new = lambda k: tower(k) + "vision_model." + k.removeprefix(tower(k)) if flat(k) else k  # noqa: E731
     renamed = 0
     for shard in sorted(model_dir.glob("*.safetensors")):
         with safe_open(shard, "pt") as f:

@@ -27,8 +27,9 @@ Traps handled here:
 - `get_image_features` lists one entry per tile, not per image: no frozen-vision cache.
 - Not served by vLLM yet (not in tests/vllm_models.py): transformers 5.25 saves SigLIP2 as
   `model.vision_tower.embeddings...` where the checkpoints (and vLLM's loader) have
-  `model.vision_tower.vision_model.embeddings...`, so vLLM refuses an export ("no module or parameter named
-  'embeddings' in Siglip2Model").
+  `model.vision_tower.vision_model.embeddings...`; the export now writes the hub's keys (export.hub_layout) and
+  vLLM 0.32 loads it, but on the widened tiny model its greedy answers differ from transformers' from the first
+  token (tests/serve/test_vllm_parity.py with lfm2_vl added: all 6 questions), a mismatch not found yet.
 - LoRA targets the decoder's attention (q/k/v/out_proj), convolution (in/out_proj) and MLP (w1, w2, w3) linears;
   SigLIP2 has q/k/v/out_proj too, hence the language-model regex.
 """
