@@ -174,6 +174,10 @@ def test_bad_input_is_named(data, fake_model, tmp_path):
         make_pairs(ScriptedPredictor(), fake_model, data, "exact_match", out=tmp_path / "x")
     with pytest.raises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
         main(["data", "pairs", str(data), "--model", str(fake_model), "--metric", "bleu"])
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):
+        assert main(["data", "pairs", str(data), "--model", str(tmp_path / "no-run"), "--metric", "exact_match"]) != 0
+    assert f"no such run directory: {tmp_path / 'no-run'}" in said.getvalue()
 
 
 @pytest.fixture(scope="module")
