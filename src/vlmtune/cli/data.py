@@ -24,6 +24,8 @@ from vlmtune.data.standin import JOBS, write_standin
 from vlmtune.data.stats import dataset_stats, parse_ratios, split_dataset
 from vlmtune.data.translate import translate_dataset
 from vlmtune.eval.autolabel import autolabel
+from vlmtune.eval.metrics import METRICS
+from vlmtune.eval.pairs import FALLBACKS, make_pairs
 from vlmtune.runs import image_token_report, model_video_options, resolve_model, resolve_model_dir
 
 
@@ -109,6 +111,12 @@ def cmd_data_translate(a) -> dict:
 def cmd_data_autolabel(a) -> dict:
     return autolabel(build_predictor(a), a.model, a.src, a.task, out=a.out, prompt=a.prompt, questions=a.questions,
                      progress=True, model_dir=resolve_model_dir(a.model))
+
+
+def cmd_data_pairs(a) -> dict:
+    return make_pairs(build_predictor(a), a.model, a.src, a.metric, out=a.out, k=a.samples,
+                      temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, split=a.split, threshold=a.threshold,
+                      fallback=a.fallback, seed=a.seed, progress=True, model_dir=resolve_model_dir(a.model))
 
 
 def add_parsers(sub) -> None:
@@ -262,6 +270,36 @@ def add_parsers(sub) -> None:
                          f"{MAX_PROMPT_LENGTH})")
     add_device_args(al)
     al.set_defaults(fn=cmd_data_autolabel)
+
+    pr = dsub.add_parser("pairs", help="DPO pairs from a model's own right and wrong sampled answers",
+                         formatter_class=ex,
+                         epilog="examples:\n  vlmtune data pairs data/charts --model runs/chart-sft --samples 8 "
+                                "--temperature 1.0 --metric relaxed_accuracy --out data/charts-pairs --split train\n"
+                                "  torchrun --nproc_per_node 4 -m vlmtune.cli data pairs data/charts --model runs/x "
+                                "--metric vqa_accuracy   (sharded)\n"
+                                "chosen: the most frequent answer scoring >= --threshold, rejected: the most frequent "
+                                "one below it;\nan interrupted run continues where it stopped; then train with "
+                                "train.method: dpo\nsee docs/preference.md")
+    pr.add_argument("src", help="a vlmtune dataset whose samples have gold answers")
+    pr.add_argument("--model", required=True, help="a run directory (its best checkpoint), checkpoint or model dir")
+    pr.add_argument("--metric", required=True, choices=sorted(METRICS), help="scores each sampled answer")
+    pr.add_argument("--samples", type=int, default=8, help="answers sampled per prompt (default 8)")
+    pr.add_argument("--temperature", type=float, default=1.0)
+    pr.add_argument("--top-p", type=float, default=1.0)
+    pr.add_argument("--top-k", type=int, default=None, help="default: the model's generation config's; 0 is off")
+    pr.add_argument("--threshold", type=float, default=1.0, help="an answer scoring >= this is right (default 1.0)")
+    pr.add_argument("--fallback", choices=FALLBACKS, default="gold",
+                    help="no sampled answer right: gold = the sample's own target is chosen (default), skip = no pair")
+    pr.add_argument("--split", default=None, help="only this split's samples (default: all)")
+    pr.add_argument("--seed", type=int, default=0, help="sampling seed; each prompt's answers by (seed, sample id)")
+    pr.add_argument("--out", default=None, help="new dataset directory (default: SRC-pairs beside SRC)")
+    pr.add_argument("--batch-size", type=int, default=16)
+    pr.add_argument("--max-new-tokens", type=int, default=32)
+    pr.add_argument("--max-length", type=int, default=None,
+                    help="prompt limit, image tokens included (default: the run's data.max_length, at least "
+                         f"{MAX_PROMPT_LENGTH})")
+    add_device_args(pr)
+    pr.set_defaults(fn=cmd_data_pairs, num_beams=1)
 
     oc = dsub.add_parser("ocr", help="read the text in every image with tesseract (into a prompt copy, or meta)",
                          formatter_class=ex,

@@ -107,14 +107,14 @@ def config_hash(model_dir: Path) -> str:
     return h.hexdigest()
 
 
-def _check_state(state: Path, params: dict, write: bool) -> None:
+def _check_state(state: Path, params: dict, write: bool, verb: str = "autolabel") -> None:
     """Refuse to resume rows made with other settings; record these settings (rank 0 only writes)."""
     path = state / "params.json"
     if path.is_file():
         before = json.loads(path.read_text(encoding="utf-8"))
         if before != params:
             diff = sorted(k for k in set(before) | set(params) if before.get(k) != params.get(k))
-            raise ValueError(f"{state}: an earlier autolabel run into this directory used other settings "
+            raise ValueError(f"{state}: an earlier {verb} run into this directory used other settings "
                              f"({', '.join(diff)}); use another --out, or delete {state} to start again")
     elif write:  # atomically: the other processes may be reading it at this moment
         atomic_write_text(path, json.dumps(params, indent=1, ensure_ascii=False) + "\n")
