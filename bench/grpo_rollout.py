@@ -1,8 +1,9 @@
 """GRPO rollout speed (issue 26): rollout tokens/s and the share of a GRPO step in generation vs training, for vlmtune's
 batched, KV-cached rollout against two baselines, one script.
 
-    .venv/bin/python bench/grpo_rollout.py              # tiny + real-width cut: ~5 minutes on 2 CPU cores; markdown
-    .venv/bin/python bench/grpo_rollout.py --quick      # smoke test (tiny model, k 2, 4 tokens; ~1 minute)
+    .venv/bin/python bench/grpo_rollout.py --models tiny --repeats 3 --threads 1      # ~1 minute on 2 CPU cores
+    .venv/bin/python bench/grpo_rollout.py --models qwen2_vl --repeats 1 --threads 1  # ~3.5 minutes; markdown
+    .venv/bin/python bench/grpo_rollout.py --quick      # smoke test (tiny model, k 2 and 4, 4 tokens; ~15 s)
 
 Contenders (each run in every configuration, in one fresh subprocess per model, interleaved per repeat):
 (a) vlmtune: `train/grpo.rollout` itself, the code path of `train.method: grpo`: the prompt repeated k times in one
@@ -20,9 +21,10 @@ generation = generate_s / (the whole rollout call (encode, generate, rewards) + 
 
 Models: `tiny`: the built-in LLaVA-architecture model at its default BuiltinCfg (fp32, 64x64 images);
 `qwen2_vl`: ../shared/real-models/Qwen__Qwen2-VL-2B-Instruct's config at real width and vocabulary, random weights,
-cut to 2 language layers and 2 vision blocks, the real processor and chat template, bf16 base where this CPU's bf16
-matmul beats fp32 (trainables fp32, autocast, as training does), 224x224 images. (c) runs on the real-width cut at
-the shortest length only (its cost grows with the square of the length).
+cut to 2 language layers and 2 vision blocks, the real processor and chat template, 224x224 images (64 image
+tokens), fp32 by default: `--dtype bfloat16` (or auto) gives the bf16 base with fp32 LoRA under autocast that
+training uses, whose `generate` ran about 9x slower than fp32 on this CPU (BENCHMARKS.md). (c) runs on the
+real-width cut at the shortest length only (its cost grows with the square of the length).
 
 TRL's GRPOTrainer is not run: see BENCHMARKS.md. Each time is the best (minimum) of `--repeats`; the machine is
 shared, so the ratios between contenders measured in the same process are the result, not the absolute numbers.
@@ -64,7 +66,7 @@ def _model(spec: dict):
 
     from vlmtune.models.family import Loaded
 
-    picked = pick_dtype("auto")
+    picked = pick_dtype(spec.get("dtype", "auto"))
     family = FAMILIES["qwen2_vl"]
     config = _cut_config({"config_dir": str(CONFIG), "layers": 2, "vision_depth": 2})
     model = AutoModelForImageTextToText.from_config(config, dtype=getattr(torch, picked["dtype"]))
@@ -100,6 +102,7 @@ def worker(spec: dict) -> dict:
     def say(msg: str) -> None:
         print(f"[{spec['model']} {time.perf_counter() - t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
+    torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
     family, loaded, dtype, extra = _model(spec)
     say(f"model built ({dtype})")
     cfg = RunCfg(lora=LoraCfg(enabled=True, r=16, alpha=32, dropout=0.0), model=ModelCfg(dtype=dtype),
@@ -217,6 +220,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny model, k 2 and 4, 4 tokens, 1 repeat")
     ap.add_argument("--models", default="tiny,qwen2_vl")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16"),
+                    help="the real-width cut's base dtype (auto: bf16 where its matmul beats fp32)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads in the workers (0: torch's default); 1 on a machine shared with other work")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--worker", nargs=2, metavar=("SPEC", "RESULT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -235,7 +242,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vlmtune-grpo-bench-") as work:
         for name in models:
             spec = {"model": name, "seed": 0, "ks": list(ks), "lengths": list(lengths), "repeats": args.repeats,
-                    "image_size": 64 if name == "tiny" else 224}
+                    "image_size": 64 if name == "tiny" else 224,
+                    "dtype": args.dtype, "threads": args.threads}
             spec_path, result_path = Path(work) / f"{name}.spec.json", Path(work) / f"{name}.json"
             spec_path.write_text(json.dumps(spec))
             env = {**os.environ, "HF_HUB_OFFLINE": "1",
