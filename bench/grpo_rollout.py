@@ -1,7 +1,7 @@
 """GRPO rollout speed (issue 26): rollout tokens/s and the share of a GRPO step in generation vs training, for vlmtune's
 batched, KV-cached rollout against two baselines, one script.
 
-    .venv/bin/python bench/grpo_rollout.py --models tiny --repeats 3 --threads 1      # ~1 minute on 2 CPU cores
+    .venv/bin/python bench/grpo_rollout.py --models tiny --repeats 3 --threads 1 --trl-path /work/trl-pkgs  # ~1 min
     .venv/bin/python bench/grpo_rollout.py --models qwen2_vl --repeats 1 --threads 1  # ~3.5 minutes; markdown
     .venv/bin/python bench/grpo_rollout.py --quick      # smoke test (tiny model, k 2 and 4, 4 tokens; ~15 s)
 
@@ -26,8 +26,11 @@ tokens), fp32 by default: `--dtype bfloat16` (or auto) gives the bf16 base with 
 training uses, whose `generate` ran about 9x slower than fp32 on this CPU (BENCHMARKS.md). (c) runs on the
 real-width cut at the shortest length only (its cost grows with the square of the length).
 
-TRL's GRPOTrainer is not run: see BENCHMARKS.md. Each time is the best (minimum) of `--repeats`; the machine is
-shared, so the ratios between contenders measured in the same process are the result, not the absolute numbers.
+(d) with `--trl-path` (TRL installed outside the venv, as bench/real_scale.py): TRL's GRPOTrainer on the tiny
+model, LoRA r=16, one prompt and k completions per step, `min_new_tokens = L`; its model's `generate` calls are timed
+(wrapped) and its steps by a callback: its rollout tokens/s and generation share beside vlmtune's.
+Each time is the best (minimum) of `--repeats`; the machine is shared, so the ratios between contenders measured in
+the same run are the result, not the absolute numbers.
 """
 
 from __future__ import annotations
@@ -173,6 +176,64 @@ def worker(spec: dict) -> dict:
     return out
 
 
+def worker_trl(spec: dict) -> dict:
+    """TRL's GRPOTrainer on the tiny model: one prompt and its k completions per step (per-device batch k,
+    num_generations k), LoRA r=16 on vlmtune's targets, sampled to exactly L tokens; per step the time in the model's
+    `generate` (wrapped) and the step's wall time (a callback's timestamps)."""
+    import torch
+    import trl
+    from datasets import Dataset
+    from peft import LoraConfig
+    from PIL import Image
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from vlmtune.config import BuiltinCfg
+    from vlmtune.models import FAMILIES
+    from vlmtune.models.builtin import build_builtin
+
+    torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
+    out = {"model": "tiny", "trl": trl.__version__, "rows": []}
+    for k in spec["ks"]:
+        for length in spec["lengths"]:
+            loaded = build_builtin(BuiltinCfg(), seed=spec["seed"])
+            gen, stamps = [], []
+            plain = loaded.model.generate
+
+            def timed(*a, _plain=plain, _gen=gen, **kw):
+                tic = time.perf_counter()
+                result = _plain(*a, **kw)
+                _gen.append(time.perf_counter() - tic)
+                return result
+
+            class Stamp(TrainerCallback):
+                def on_step_end(self, args, state, control, _stamps=stamps, **kw):
+                    _stamps.append(time.perf_counter())
+
+            loaded.model.generate = timed
+            question = {"type": "text", "text": "What colour is the square in the middle?"}
+            rows = [{"prompt": [{"role": "user", "content": [{"type": "image"}, question]}],
+                     "image": Image.new("RGB", (64, 64), (40 * i, 90, 200))} for i in range(spec["repeats"] + 2)]
+            args = GRPOConfig(output_dir=str(Path(spec["work"]) / f"trl-{k}-{length}"), per_device_train_batch_size=k,
+                              num_generations=k, max_completion_length=length, max_steps=spec["repeats"] + 1,
+                              logging_steps=1, use_cpu=True, report_to=[], bf16=False, top_k=0, temperature=1.0,
+                              generation_kwargs={"min_new_tokens": length}, save_strategy="no", seed=spec["seed"],
+                              learning_rate=1e-4, adam_beta2=0.95, disable_tqdm=True)
+            lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=FAMILIES["llava"].lora_targets[0])
+            trainer = GRPOTrainer(model=loaded.model,
+                                  reward_funcs=lambda completions, **kw: [float(len(str(c))) for c in completions],
+                                  args=args, train_dataset=Dataset.from_list(rows), processing_class=loaded.processor,
+                                  peft_config=lora, callbacks=[Stamp()])
+            start = time.perf_counter()
+            trainer.train()
+            steps = [b - a for a, b in zip([start, *stamps[:-1]], stamps, strict=True)]
+            for r in range(1, len(steps)):  # step 0: the warm-up
+                out["rows"].append({"k": k, "length": length, "trl_s": gen[r], "trl_tokens": k * length,
+                                    "trl_step_s": steps[r]})
+            print(f"[trl] k={k} L={length}: generate {gen}, steps {steps}", file=sys.stderr, flush=True)
+    return out
+
+
 def summarise(result: dict) -> list[dict]:
     """Best of the repeats per (k, length) (each time its minimum: the run least disturbed by the shared machine's
     other work): tokens/s per contender, the step's shares."""
@@ -190,11 +251,30 @@ def summarise(result: dict) -> list[dict]:
     return rows
 
 
+def _trl_table(res: dict, ours: dict) -> str:
+    mine = {(m["k"], m["length"]): m for m in summarise(ours)}
+    lines = [f"**TRL {res['trl']} GRPOTrainer** on the same tiny model (LoRA r=16, one prompt and its k completions "
+             "per step; generation = its model's `generate` calls; best of the steps after the first):\n",
+             "| k | L | TRL tok/s | vlmtune tok/s | vlmtune vs TRL (generation) | TRL step s | vlmtune step s | "
+             "TRL generation share | vlmtune generation share |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for key in sorted({(r["k"], r["length"]) for r in res["rows"]}):
+        runs = [r for r in res["rows"] if (r["k"], r["length"]) == key]
+        gen, step = min(r["trl_s"] for r in runs), min(r["trl_step_s"] for r in runs)
+        tok_s, m = runs[0]["trl_tokens"] / gen, mine[key]
+        lines.append(f"| {key[0]} | {key[1]} | {tok_s:.1f} | {m['batched_tok_s']:.1f} | "
+                     f"{m['batched_tok_s'] / tok_s:.2f}x | {step:.2f} | {m['step_s']:.2f} | {gen / step:.0%} | "
+                     f"{m['generate_share']:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
 def report(results: list[dict], args, wall: float) -> str:
     out = [f"```\n$ {shlex.join(['.venv/bin/python', 'bench/grpo_rollout.py', *sys.argv[1:]])}\n```\n",
            f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end; {args.repeats} repeat(s), "
            f"best of each; {wall:.0f} s wall.\n"]
     for res in results:
+        if "trl" in res:
+            out.append(_trl_table(res, next(r for r in results if r["model"] == "tiny" and "trl" not in r)))
+            continue
         desc = ("built-in LLaVA-architecture model (default BuiltinCfg), fp32" if res["model"] == "tiny" else
                 f"Qwen2-VL-2B-Instruct config at real width, 2 language layers + 2 vision blocks, {res['dtype']} "
                 f"({res.get('why', '')})")
@@ -224,12 +304,15 @@ def main() -> None:
                     help="the real-width cut's base dtype (auto: bf16 where its matmul beats fp32)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads in the workers (0: torch's default); 1 on a machine shared with other work")
+    ap.add_argument("--trl-path", help="TRL installed outside the venv (pip --target): also run TRL's GRPOTrainer "
+                    "on the tiny model")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--worker", nargs=2, metavar=("SPEC", "RESULT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         sys.path.insert(0, str(Path(__file__).parent))
-        Path(args.worker[1]).write_text(json.dumps(worker(json.loads(Path(args.worker[0]).read_text()))))
+        spec = json.loads(Path(args.worker[0]).read_text())
+        Path(args.worker[1]).write_text(json.dumps((worker_trl if spec.get("trl") else worker)(spec)))
         return
     ks, lengths = (4, 8), (8, 32)
     models = args.models.split(",")
@@ -240,14 +323,15 @@ def main() -> None:
         models.remove("qwen2_vl")
     tic, results = time.perf_counter(), []
     with tempfile.TemporaryDirectory(prefix="vlmtune-grpo-bench-") as work:
-        for name in models:
-            spec = {"model": name, "seed": 0, "ks": list(ks), "lengths": list(lengths), "repeats": args.repeats,
-                    "image_size": 64 if name == "tiny" else 224,
+        for name in models + (["trl"] if args.trl_path and "tiny" in models else []):
+            spec = {"model": "tiny" if name == "trl" else name, "trl": name == "trl", "work": work, "seed": 0,
+                    "ks": list(ks), "lengths": list(lengths), "repeats": args.repeats,
+                    "image_size": 224 if name == "qwen2_vl" else 64,
                     "dtype": args.dtype, "threads": args.threads}
             spec_path, result_path = Path(work) / f"{name}.spec.json", Path(work) / f"{name}.json"
             spec_path.write_text(json.dumps(spec))
-            env = {**os.environ, "HF_HUB_OFFLINE": "1",
-                   "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
+            path = [str(REPO / "src"), args.trl_path, os.environ.get("PYTHONPATH")]
+            env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, path))}
             subprocess.run([sys.executable, __file__, "--worker", str(spec_path), str(result_path)], env=env,
                            check=True)
             results.append(json.loads(result_path.read_text()))
