@@ -333,7 +333,7 @@ def main() -> None:
             path = [str(REPO / "src"), args.trl_path, os.environ.get("PYTHONPATH")]
             env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(filter(None, path))}
             subprocess.run([sys.executable, __file__, "--worker", str(spec_path), str(result_path)], env=env,
-                           check=True)
+                           check=True, stdout=sys.stderr)  # TRL prints its log rows: kept out of the markdown
             results.append(json.loads(result_path.read_text()))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
