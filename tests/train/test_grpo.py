@@ -66,6 +66,22 @@ def test_rewards_are_vlmtunes_metrics_a_format_and_a_function_weighted():
     torch.testing.assert_close(total, each @ weights)
 
 
+def failing(sample, completion: str) -> float:
+    values = {"ok": 1, "yes": True, "nan": float("nan"), "none": None}
+    return values[completion] if completion in values else 1 / 0
+
+
+def test_a_reward_function_that_raises_or_returns_no_number_is_named_with_the_sample():
+    rewards = reward_functions(TrainCfg(method="grpo", rewards=[RewardCfg(function=f"{__name__}:failing")]))
+    total, _ = score(rewards, [sample(0, answers=["1"], target="1")] * 2, ["ok", "yes"])  # an int, a bool: 1 each
+    assert total.tolist() == [1.0, 1.0]
+    for completion, error in [("boom", r"raised ZeroDivisionError: division by zero \(sample 's3', completion "
+                                       "'boom'\)"), ("nan", "returned nan for sample 's3'"),
+                              ("none", "returned None for sample 's3': a finite number is needed")]:
+        with pytest.raises(ValueError, match=rf"reward '{__name__}:failing' {error}"):
+            score(rewards, [sample(3, answers=["1"], target="1")], [completion])
+
+
 def test_group_advantages_and_a_group_without_spread():
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.1, 0.1, 0.1, 0.1], dtype=torch.float64)
     adv, flat = group_advantages(rewards, 4)

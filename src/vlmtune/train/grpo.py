@@ -50,6 +50,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import math
+import numbers
 import re
 import sys
 import time
@@ -120,10 +122,23 @@ def score(rewards: list[Reward], samples: list[Sample], completions: list[str]):
     """Per completion (its sample alongside) -> (weighted total (n,), each reward's raw value (n, R)), float64."""
     import torch
 
-    each = torch.tensor([[float(r.fn(s, c)) for r in rewards] for s, c in zip(samples, completions, strict=True)],
+    each = torch.tensor([[_reward(r, s, c) for r in rewards] for s, c in zip(samples, completions, strict=True)],
                         dtype=torch.float64).reshape(len(completions), len(rewards))
     weights = torch.tensor([r.weight for r in rewards], dtype=torch.float64)
     return each @ weights, each
+
+
+def _reward(r: Reward, sample: Sample, completion: str) -> float:
+    """One reward's value, a finite number; ValueError naming the reward and the sample when the function raises or
+    returns anything else (the run stops with that line; a resume starts again from its last checkpoint)."""
+    try:
+        value = r.fn(sample, completion)
+    except Exception as e:  # a user's function: its error, named, not a traceback from inside the loop
+        raise ValueError(f"reward {r.name!r} raised {type(e).__name__}: {e} (sample {sample.id!r}, completion "
+                         f"{completion[:80]!r})") from None
+    if not isinstance(value, numbers.Real) or not math.isfinite(value):  # a bool is 0 or 1, a NumPy float fine
+        raise ValueError(f"reward {r.name!r} returned {value!r} for sample {sample.id!r}: a finite number is needed")
+    return float(value)
 
 
 def group_advantages(rewards, k: int):
