@@ -141,3 +141,28 @@ def test_the_frozen_vision_cache_serves_both_answers_of_a_pair_with_the_same_los
     for a, b in zip(_log(state.run_dir), _log(uncached), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5) and \
             a["rewards/margin"] == pytest.approx(b["rewards/margin"], abs=1e-5)
+
+
+def test_two_processes_train_dpo_like_one(tmp_path, pairs_dir):
+    """Under torchrun (2 processes, gloo) every process computes the reference over all pairs and all use rank 0's
+    file; each takes its share of the step's pairs; the logged loss and statistics equal one process's."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    for name, launcher in (("one", [sys.executable]), ("two", torchrun)):
+        cfg = _cfg(tmp_path, pairs_dir, name, max_steps=3, save_every=0).to_dict()
+        cfg["report"] = False
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        done = subprocess.run([*launcher, "-m", "vlmtune.cli", "train", "--config", str(tmp_path / f"{name}.yaml")],
+                              capture_output=True, text=True, env=env, timeout=400)
+        assert done.returncode == 0, done.stderr[-4000:]
+    one, two = (_log(tmp_path / "runs" / n) for n in ("one", "two"))
+    assert [r["step"] for r in two] == [r["step"] for r in one] == [1, 2, 3]
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracy", "logps/chosen"):
+        assert [r[key] for r in two] == pytest.approx([r[key] for r in one], abs=1e-4), key
+    assert (tmp_path / "runs/two" / REFERENCE).read_text() == (tmp_path / "runs/one" / REFERENCE).read_text()
