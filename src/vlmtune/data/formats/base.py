@@ -340,24 +340,44 @@ __all__ = ["IMAGE_SUFFIXES", "BadRecord", "Format", "ImageRef", "Imported", "Rec
            "load_json", "new_dir", "text_value", "write_json", "write_jsonl"]
 
 
-class SplitArrays:
-    """Rows streamed into `<dest>/<split>.json`, one JSON array per split (split "" -> "all"), as the LLaVA-style
-    exports write them: `with SplitArrays(dest) as out: out.add(split, row)`; `out.counts` is the rows per split."""
+class SplitLines:
+    """Rows streamed into `<dest>/<split>.jsonl`, one JSON object a line (split "" -> `default`), as the ShareGPT-,
+    OpenAI-, RLAIF-V- and VLFeedback-style exports write them: `with SplitLines(dest) as out: out.add(split, row)`;
+    `out.counts` is the rows per split."""
 
-    def __init__(self, dest: Path):
-        self.dest, self.files, self.counts = dest, {}, {}
+    suffix = ".jsonl"
+
+    def __init__(self, dest: Path, default: str = "all"):
+        self.dest, self.default, self.files, self.counts = dest, default, {}, {}
 
     def add(self, split: str | None, row: dict) -> None:
-        split = split or "all"
+        split = split or self.default
         if split not in self.files:
-            self.files[split], self.counts[split] = open(self.dest / f"{split}.json", "w", encoding="utf-8"), 0
-        self.files[split].write(("[\n" if self.counts[split] == 0 else ",\n") + json.dumps(row, ensure_ascii=False))
+            self.files[split], self.counts[split] = open(self.dest / f"{split}{self.suffix}", "w", encoding="utf-8"), 0
+        self.files[split].write(self._line(json.dumps(row, ensure_ascii=False), self.counts[split]))
         self.counts[split] += 1
 
-    def __enter__(self) -> SplitArrays:
+    def _line(self, text: str, index: int) -> str:
+        return text + "\n"
+
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         for f in self.files.values():
-            f.write("\n]\n")
             f.close()
+
+
+class SplitArrays(SplitLines):
+    """Rows streamed into `<dest>/<split>.json`, one JSON array per split (split "" -> "all"), as the LLaVA-style
+    exports write them: `with SplitArrays(dest) as out: out.add(split, row)`; `out.counts` is the rows per split."""
+
+    suffix = ".json"
+
+    def _line(self, text: str, index: int) -> str:
+        return ("[\n" if index == 0 else ",\n") + text
+
+    def __exit__(self, *exc) -> None:
+        for f in self.files.values():
+            f.write("\n]\n")
+        super().__exit__(*exc)

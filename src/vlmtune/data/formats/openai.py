@@ -39,6 +39,7 @@ from vlmtune.data.formats.base import (
     ImageRef,
     Imported,
     Record,
+    SplitLines,
     content_name,
     data_uri,
     decode_data_uri,
@@ -221,21 +222,13 @@ def _line(sample: Sample, paths: list[Path], split: str, lineno: int) -> dict:
 
 def write(items: Iterable[tuple[Sample, list[Path]]], dest: Path) -> dict:
     """<split>.jsonl (split "" -> "all"), every image inline as a base64 data URI."""
-    files: dict[str, list] = {}  # split -> [open file, count]
-    try:
+    with SplitLines(dest) as out:
         for sample, paths in items:
             if sample.messages[-1]["role"] != "assistant":
                 raise ValueError(f"sample {sample.id!r}: an OpenAI fine-tuning example ends with an assistant answer")
             split = sample.split or "all"
-            if split not in files:
-                files[split] = [open(dest / f"{split}.jsonl", "w", encoding="utf-8"), 0]
-            out = files[split]
-            out[1] += 1
-            out[0].write(json.dumps(_line(sample, paths, split, out[1]), ensure_ascii=False) + "\n")
-    finally:
-        for f, _ in files.values():
-            f.close()
-    return {"splits": {s: n for s, (_, n) in files.items()}}
+            out.add(split, _line(sample, paths, split, out.counts.get(split, 0) + 1))
+    return {"splits": out.counts}
 
 
 FORMAT = Format(

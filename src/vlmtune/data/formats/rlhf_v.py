@@ -36,6 +36,7 @@ from vlmtune.data.formats.base import (
     ImageRef,
     Imported,
     Record,
+    SplitLines,
     content_name,
     copy_image,
     decode_data_uri,
@@ -206,8 +207,7 @@ def read(src: Path, images: Path | None) -> Iterator[Record]:
 
 def write(items: Iterable[tuple[Sample, list[Path]]], dest: Path) -> dict:
     """<split>.jsonl (split "" -> "train") in the RLAIF-V layout, the images copied under their dataset paths."""
-    files: dict[str, list] = {}
-    try:
+    with SplitLines(dest, "train") as out:
         for sample, paths in items:
             if not sample.is_pair or len(sample.images) != 1 or len(sample.messages) != 1:
                 raise ValueError(f"sample {sample.id!r}: the rlhf_v format holds preference pairs of one question "
@@ -216,15 +216,8 @@ def write(items: Iterable[tuple[Sample, list[Path]]], dest: Path) -> dict:
                    "chosen": sample.chosen, "rejected": sample.rejected}
             row.update({k: v for k, v in sample.meta.items() if k not in row})
             copy_image(paths[0], dest, sample.images[0])
-            split = sample.split or "train"
-            if split not in files:
-                files[split] = [open(dest / f"{split}.jsonl", "w", encoding="utf-8"), 0]
-            files[split][0].write(json.dumps(row, ensure_ascii=False) + "\n")
-            files[split][1] += 1
-    finally:
-        for f, _ in files.values():
-            f.close()
-    return {"splits": {s: n for s, (_, n) in files.items()}}
+            out.add(sample.split, row)
+    return {"splits": out.counts}
 
 
 FORMAT = Format(

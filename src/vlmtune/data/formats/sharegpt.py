@@ -48,6 +48,7 @@ from vlmtune.data.formats.base import (
     ImageRef,
     Imported,
     Record,
+    SplitLines,
     content_name,
     copy_image,
     decode_data_uri,
@@ -180,8 +181,7 @@ def read(src: Path, images: Path | None) -> Iterator[Record]:
 def write(items: Iterable[tuple[Sample, list[Path]]], dest: Path) -> dict:
     """<split>.jsonl (split "" -> "all") in the "messages" form (a preference pair in ms-swift's: the chosen answer
     last, `rejected_response`), the images copied under images/."""
-    files: dict[str, list] = {}  # split -> [open file, count]
-    try:
+    with SplitLines(dest) as out:
         for sample, paths in items:
             if sample.messages[-1]["role"] != "assistant" and not sample.is_pair:
                 raise ValueError(f"sample {sample.id!r}: a ShareGPT conversation ends with an assistant answer")
@@ -197,15 +197,8 @@ def write(items: Iterable[tuple[Sample, list[Path]]], dest: Path) -> dict:
             row.update({k: v for k, v in sample.meta.items() if k not in _FIELDS})
             for path, rel in zip(paths, rels, strict=True):
                 copy_image(path, dest, rel)
-            split = sample.split or "all"
-            if split not in files:
-                files[split] = [open(dest / f"{split}.jsonl", "w", encoding="utf-8"), 0]
-            files[split][0].write(json.dumps(row, ensure_ascii=False) + "\n")
-            files[split][1] += 1
-    finally:
-        for f, _ in files.values():
-            f.close()
-    return {"splits": {s: n for s, (_, n) in files.items()}}
+            out.add(sample.split, row)
+    return {"splits": out.counts}
 
 
 FORMAT = Format(

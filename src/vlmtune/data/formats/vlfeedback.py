@@ -39,7 +39,7 @@ import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from vlmtune.data.formats.base import BadRecord, Format, Imported, Record, copy_image, text_value
+from vlmtune.data.formats.base import BadRecord, Format, Imported, Record, SplitLines, copy_image, text_value
 from vlmtune.data.formats.llava import unique_id
 from vlmtune.data.formats.rlhf_v import prompt_turn, question_text, row_files, row_image, rows, scalar_meta, split_of
 from vlmtune.data.sample import Sample
@@ -173,8 +173,7 @@ def _annotations(ratings: dict) -> dict:
 
 def write(items: Iterable[tuple[Sample, list[Path]]], dest: Path) -> dict:
     """<split>.jsonl (split "" -> "train"), one row per pair (chosen first), the images copied under their paths."""
-    files: dict[str, list] = {}
-    try:
+    with SplitLines(dest, "train") as out:
         for sample, paths in items:
             if not sample.is_pair or len(sample.images) != 1 or len(sample.messages) != 1:
                 raise ValueError(f"sample {sample.id!r}: the vlfeedback format holds preference pairs of one prompt "
@@ -191,15 +190,8 @@ def write(items: Iterable[tuple[Sample, list[Path]]], dest: Path) -> dict:
                 row["prompt_id"] = prompt_id
             row.update({k: v for k, v in meta.items() if k not in row})
             copy_image(paths[0], dest, sample.images[0])
-            split = sample.split or "train"
-            if split not in files:
-                files[split] = [open(dest / f"{split}.jsonl", "w", encoding="utf-8"), 0]
-            files[split][0].write(json.dumps(row, ensure_ascii=False) + "\n")
-            files[split][1] += 1
-    finally:
-        for f, _ in files.values():
-            f.close()
-    return {"splits": {s: n for s, (_, n) in files.items()}}
+            out.add(sample.split, row)
+    return {"splits": out.counts}
 
 
 FORMAT = Format(
