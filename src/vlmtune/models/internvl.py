@@ -54,7 +54,7 @@ from tokenizers import Regex, pre_tokenizers
 
 from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
-from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels, through_end_token
+from vlmtune.models.labels import IGNORE_INDEX, answer_spans, check_length, expanded_labels
 from vlmtune.models.qwen2_vl import _SPLIT, video_lists, write_upstream_processor_files
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -197,8 +197,7 @@ def encode(processor, samples, images, mode: str, max_length: int, videos=None) 
     for s, text, imgs in zip(samples, texts, images, strict=True):
         per_image = [context_tokens(processor, img.width, img.height) for img in imgs]
         if train:
-            unexpanded, spans = assistant_spans(tokenize, render, s.messages, s.id)
-            spans = [(start, through_end_token(unexpanded, start, end, end_id, s.id, END)) for start, end in spans]
+            unexpanded, spans = answer_spans(tokenize, render, s.messages, s.id, end_id, END)
         else:
             unexpanded, spans = tokenize([text])[0], []
         # an image's <img> </img> count as its tokens (image_tokens), not as text
@@ -271,8 +270,7 @@ def encode_videos(processor, samples, images, mode: str, max_length: int, videos
                 replacements.append(START_IMAGE + IMAGE * (processor.image_seq_length * len(tiles)) + END_IMAGE)
                 n_image += processor.image_seq_length * len(tiles) + 2  # its <img> </img> with it (image_tokens)
         if train:
-            ids, spans = assistant_spans(functools.partial(tokenize, replacements), render, s.messages, s.id)
-            spans = [(start, through_end_token(ids, start, end, end_id, s.id, END)) for start, end in spans]
+            ids, spans = answer_spans(functools.partial(tokenize, replacements), render, s.messages, s.id, end_id, END)
         else:
             ids, spans = tokenize(replacements, [text])[0], []
         n_video = sum(video_tokens(processor, v) for v in vids)

@@ -49,6 +49,13 @@ def assistant_spans(tokenize: Callable[[list[str]], list[list[int]]], render: Re
     return full, spans
 
 
+def answer_spans(tokenize: Callable[[list[str]], list[list[int]]], render: Render, messages: list[dict],
+                 sample_id: str, end_id: int, end_token: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """`assistant_spans`, each span cut after its turn's end token (`through_end_token`): the trained tokens."""
+    ids, spans = assistant_spans(tokenize, render, messages, sample_id)
+    return ids, [(start, through_end_token(ids, start, end, end_id, sample_id, end_token)) for start, end in spans]
+
+
 def through_end_token(ids: list[int], start: int, end: int, end_id: int, sample_id: str, end_token: str) -> int:
     """The end of an assistant span `ids[start:end]` cut after its first `end_id` (the turn's end token, which
     generation stops at: trained); what the template writes after it (ChatML's "\\n") is not trained. Raises

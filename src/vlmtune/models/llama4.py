@@ -52,7 +52,7 @@ from tokenizers import Regex, pre_tokenizers
 
 from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
-from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels, through_end_token
+from vlmtune.models.labels import IGNORE_INDEX, answer_spans, check_length, expanded_labels
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 END = "<|eot|>"
@@ -298,8 +298,7 @@ def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
             return tok(out, add_special_tokens=False).input_ids
 
         if train:
-            ids, spans = assistant_spans(tokenize, render, s.messages, s.id)
-            spans = [(start, through_end_token(ids, start, end, end_id, s.id, END)) for start, end in spans]
+            ids, spans = answer_spans(tokenize, render, s.messages, s.id, end_id, END)
         else:
             ids, spans = tokenize([text])[0], []
         n_image = sum(n for _, n in expansions)

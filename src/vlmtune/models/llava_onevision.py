@@ -60,7 +60,7 @@ from tokenizers import Regex, pre_tokenizers
 
 from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
-from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels, through_end_token
+from vlmtune.models.labels import IGNORE_INDEX, answer_spans, check_length, expanded_labels
 from vlmtune.models.qwen2_vl import _SPLIT, LANGUAGE_LINEARS, video_lists, write_upstream_processor_files
 
 END = "<|im_end|>"
@@ -263,8 +263,7 @@ def encode(processor, samples, images, mode: str, max_length: int, videos=None) 
     tokenized = []  # per sample: (ids with one <image> / <video> each, assistant spans, tokens per placeholder)
     for s, text, imgs, vids in zip(samples, texts, images, videos, strict=True):
         if train:
-            unexpanded, spans = assistant_spans(lambda ts: tok(ts).input_ids, rendered, s.messages, s.id)
-            spans = [(start, through_end_token(unexpanded, start, end, end_id, s.id, END)) for start, end in spans]
+            unexpanded, spans = answer_spans(lambda ts: tok(ts).input_ids, rendered, s.messages, s.id, end_id, END)
         else:
             unexpanded, spans = tok(text).input_ids, []
         counts = [image_token_count(processor, *img.size, alone=len(imgs) == 1) for img in imgs]

@@ -67,7 +67,7 @@ import numpy as np
 
 from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
-from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels, through_end_token
+from vlmtune.models.labels import IGNORE_INDEX, answer_spans, check_length, expanded_labels
 
 END = "<|end|>"
 EOS = "<|endoftext|>"
@@ -288,8 +288,7 @@ def encode(processor, samples, images, mode: str, max_length: int) -> Batch:
     for s, text, imgs in zip(samples, texts, images, strict=True):
         per_image = [image_tokens(processor, img.width, img.height) for img in imgs]
         if train:
-            unexpanded, spans = assistant_spans(tokenize, render, s.messages, s.id)
-            spans = [(start, through_end_token(unexpanded, start, end, end_id, s.id, END)) for start, end in spans]
+            unexpanded, spans = answer_spans(tokenize, render, s.messages, s.id, end_id, END)
         else:
             unexpanded, spans = tokenize([text])[0], []
         check_length(s.id, sum(per_image), len(unexpanded) - len(imgs), max_length, resize=True)

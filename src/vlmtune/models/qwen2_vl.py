@@ -55,7 +55,7 @@ from tokenizers import Regex, pre_tokenizers
 
 from vlmtune.data.tokenizer import train_byte_bpe
 from vlmtune.models.family import Batch, Loaded, ModelFamily, load_image_list, load_pretrained
-from vlmtune.models.labels import IGNORE_INDEX, assistant_spans, check_length, expanded_labels, through_end_token
+from vlmtune.models.labels import IGNORE_INDEX, answer_spans, check_length, expanded_labels
 
 LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 END = "<|im_end|>"
@@ -316,9 +316,8 @@ def encode(processor, samples, images, mode: str, max_length: int, videos=None) 
         per_image = [image_tokens(processor, img.width, img.height) for img in imgs]
         per_video = [n for v in vids for n in processor.video_pad_counts(v)]
         if train:
-            unexpanded, spans = assistant_spans(lambda ts: tok(ts).input_ids, functools.partial(render, vids=vids),
-                                                s.messages, s.id)
-            spans = [(start, through_end_token(unexpanded, start, end, end_id, s.id, END)) for start, end in spans]
+            unexpanded, spans = answer_spans(lambda ts: tok(ts).input_ids, functools.partial(render, vids=vids),
+                                             s.messages, s.id, end_id, END)
         else:
             unexpanded, spans = tok(render(s.prompt_messages, True, vids)).input_ids, []
         check_length(s.id, sum(per_image), len(unexpanded) - len(imgs) - len(per_video), max_length,
